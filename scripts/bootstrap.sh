@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what the platform and its tests need on a fresh Debian 12 machine, as root.
+# Idempotent and quick on the second run: apt only for missing packages, pip only when
+# pyproject.toml changed, npm only when portal/package.json changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  ca-certificates curl xz-utils zstd git make
+  build-essential python3-dev libkrb5-dev   # code-server's native modules
+)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "bootstrap: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+fi
+stamp=.venv/.zlh-deps-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  echo "bootstrap: installing Python dependencies"
+  .venv/bin/pip install -q -e ".[dev]"
+  rm -f .venv/.zlh-deps-*
+  touch "$stamp"
+fi

@@ -1,0 +1,25 @@
+"""Arguments of ``zlh agent``. The handler lives in ``zlh.agent.app``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from zlh.cli import handler
+
+
+def register(commands: Any) -> None:
+    agent = commands.add_parser(
+        "agent", help="run the in-container agent (provisioning, /status, files, console)"
+    )
+    agent.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to listen on")
+    agent.add_argument(
+        "--token-file", required=True, type=Path, help="file holding the per-container secret"
+    )
+    agent.add_argument(
+        "--root",
+        type=Path,
+        default=Path("/"),
+        help="where the spec's paths (/opt/zlh, /home/dev) live; / in a real container",
+    )
+    handler(agent, "zlh.agent.app:cmd_agent")

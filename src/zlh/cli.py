@@ -1,0 +1,99 @@
+"""The ``zlh`` command. One entry point, one subcommand per role.
+
+Subcommand modules only declare their arguments (argparse, nothing heavy); the handler is
+imported when it runs, so ``zlh agent`` inside a container never imports control-plane code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from zlh import __version__
+from zlh.errors import UsageError, ZlhError
+
+__all__ = ["DEFAULT_DATA_DIR", "data_dir_from", "main"]
+
+DEFAULT_DATA_DIR = Path("/var/lib/zlh")
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+Handler = Callable[[argparse.Namespace], int | None]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error on bad usage (exit code 2), no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def data_dir_from(args: argparse.Namespace) -> Path:
+    """``--data-dir``, else ``$ZLH_DATA_DIR``, else ``/var/lib/zlh``."""
+    explicit: Path | None = getattr(args, "data_dir", None)
+    if explicit is not None:
+        return explicit
+    env = os.environ.get("ZLH_DATA_DIR")
+    return Path(env) if env else DEFAULT_DATA_DIR
+
+
+def add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"state directory (env ZLH_DATA_DIR, default {DEFAULT_DATA_DIR})",
+    )
+
+
+def handler(parser: argparse.ArgumentParser, target: str) -> None:
+    """Point ``parser`` at ``module:function``, imported only when the command runs."""
+    parser.set_defaults(_handler=target)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from zlh.agent.cli import register as register_agent
+    from zlh.artifacts.cli import register as register_artifacts
+
+    parser = _Parser(prog="zlh", description="ZeroLagHub dev containers")
+    parser.add_argument("--version", action="version", version=f"zlh {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
+    register_artifacts(commands)
+    register_agent(commands)
+    return parser
+
+
+def _resolve(target: str) -> Handler:
+    module_name, _, func_name = target.partition(":")
+    func: Handler = getattr(importlib.import_module(module_name), func_name)
+    return func
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    target: str | None = getattr(args, "_handler", None)
+    if target is None:
+        # A command group given without its subcommand (e.g. `zlh artifacts`).
+        sub = getattr(args, "_group_parser", parser)
+        sub.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return _resolve(target)(args) or 0
+    except UsageError as exc:
+        print(f"{parser.prog}: error: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except ZlhError as exc:
+        print(f"{parser.prog}: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
