@@ -1,0 +1,164 @@
+"""The one interface every container backend implements (lxc, proxmox, process).
+
+The API never cares which backend runs; it calls these methods and stores ``get_state()``.
+Guarantees every implementation keeps, and the tests in ``tests/backends/`` check:
+
+- ``create`` makes a stopped container with the agent secret inside, or raises
+  :class:`ContainerExists` without touching an existing container of that vmid.
+- ``start`` returns once the container runs (not once the agent answers: see
+  :meth:`Backend.wait_agent`). Starting a running container is a no-op.
+- ``stop`` returns only once the container is stopped: gracefully first, then hard after
+  ``timeout_s``; it logs instead of hanging. Stopping a stopped container is a no-op.
+- ``destroy`` is idempotent: destroying an absent container succeeds. Its address is free again.
+- ``status`` never raises for an unknown vmid: it reports ``ContainerState.ABSENT``.
+- ``list`` finds every container this backend created, also after an API restart (from the
+  host's own records: container names/config, not memory).
+
+Any method may raise :class:`BackendError` (or a subclass) with a message for a person;
+implementations translate lxc/Proxmox/OS errors at this boundary with ``raise ... from exc``.
+Methods are called from one event loop; implementations serialise what must not run
+concurrently for one vmid.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from zlh.errors import ZlhError
+
+__all__ = [
+    "AGENT_PORT",
+    "Backend",
+    "BackendError",
+    "BackendUnavailable",
+    "ContainerExists",
+    "ContainerInfo",
+    "ContainerSpec",
+    "ContainerState",
+    "Resources",
+]
+
+# The agent's port inside a container (LXC, Proxmox). The process backend allocates its own.
+AGENT_PORT = 7100
+
+
+class BackendError(ZlhError):
+    """A backend operation failed; ``message`` says what and, where known, why."""
+
+    status_code = 502
+
+
+class BackendUnavailable(BackendError):
+    """The backend cannot run on this host (missing package, not root, cluster unreachable)."""
+
+    status_code = 503
+
+
+class ContainerExists(BackendError):
+    status_code = 409
+
+
+class ContainerState(StrEnum):
+    ABSENT = "absent"
+    STOPPED = "stopped"
+    RUNNING = "running"
+
+    @property
+    def exists(self) -> bool:
+        return self is not ContainerState.ABSENT
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resources:
+    memory_mb: int = 2048
+    cores: int = 2
+    pids: int = 2048
+    disk_gb: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("memory_mb", "cores", "pids", "disk_gb"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerSpec:
+    vmid: int
+    agent_secret: str
+    resources: Resources = field(default_factory=Resources)
+    # Give the container /dev/net/tun (the tailscale addon wants kernel networking).
+    tun: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerInfo:
+    """Where a container is and how to reach its services from the API host."""
+
+    vmid: int
+    state: ContainerState
+    address: str | None = None  # the container's IP as seen from the API host
+    agent_port: int = AGENT_PORT
+    code_server_port: int = 6000  # what goes into the payload and what the proxy targets
+    node: str | None = None  # Proxmox node, or the host name
+
+    @property
+    def agent_url(self) -> str | None:
+        return f"http://{self.address}:{self.agent_port}" if self.address else None
+
+
+class Backend(abc.ABC):
+    """A place where dev containers run. Subclasses must implement every abstract method."""
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    async def create(self, spec: ContainerSpec) -> ContainerInfo:
+        """Create a stopped container holding ``spec.agent_secret``. Raises ContainerExists."""
+
+    @abc.abstractmethod
+    async def start(self, vmid: int) -> ContainerInfo:
+        """Start it; returns once it runs. Raises BackendError if absent."""
+
+    @abc.abstractmethod
+    async def stop(self, vmid: int, *, timeout_s: float = 10.0) -> None:
+        """Stop gracefully, then hard after ``timeout_s``; returns once stopped."""
+
+    @abc.abstractmethod
+    async def destroy(self, vmid: int) -> None:
+        """Stop if needed and remove everything; succeeds when already absent."""
+
+    @abc.abstractmethod
+    async def status(self, vmid: int) -> ContainerInfo:
+        """Current state; ``ContainerState.ABSENT`` for an unknown vmid, never an exception."""
+
+    @abc.abstractmethod
+    async def list(self) -> list[ContainerInfo]:
+        """Every container this backend created, found from the host's records."""
+
+    def get_state(self) -> dict[str, Any]:
+        """Opaque JSON-able state the control plane stores; ``load_state`` gets it back."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Reattach after an API restart from what ``get_state`` returned earlier."""
+
+    async def wait_agent(self, vmid: int, *, timeout_s: float = 60.0) -> ContainerInfo:
+        """Wait until the container runs and has an address (the agent may still be booting)."""
+        deadline = time.monotonic() + timeout_s
+        delay = 0.05
+        while True:
+            info = await self.status(vmid)
+            if info.state is ContainerState.RUNNING and info.address:
+                return info
+            if time.monotonic() > deadline:
+                raise BackendError(
+                    f"container {vmid} did not come up within {timeout_s:.0f}s "
+                    f"(state {info.state.value})"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
