@@ -6,7 +6,7 @@ Guarantees every implementation keeps, and the tests in ``tests/backends/`` chec
 - ``create`` makes a stopped container with the agent secret inside, or raises
   :class:`ContainerExists` without touching an existing container of that vmid.
 - ``start`` returns once the container runs (not once the agent answers: see
-  :meth:`Backend.wait_agent`). Starting a running container is a no-op.
+  :meth:`Backend.wait_running`). Starting a running container is a no-op.
 - ``stop`` returns only once the container is stopped: gracefully first, then hard after
   ``timeout_s``; it logs instead of hanging. Stopping a stopped container is a no-op.
 - ``destroy`` is idempotent: destroying an absent container succeeds. Its address is free again.
@@ -147,7 +147,7 @@ class Backend(abc.ABC):
     def load_state(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Reattach after an API restart from what ``get_state`` returned earlier."""
 
-    async def wait_agent(self, vmid: int, *, timeout_s: float = 60.0) -> ContainerInfo:
+    async def wait_running(self, vmid: int, *, timeout_s: float = 60.0) -> ContainerInfo:
         """Wait until the container runs and has an address (the agent may still be booting)."""
         deadline = time.monotonic() + timeout_s
         delay = 0.05
