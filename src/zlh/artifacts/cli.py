@@ -36,6 +36,7 @@ def register(commands: Any) -> None:
     source.add_argument("--file", type=Path, help="a local tarball to copy into the store")
     source.add_argument("--url", help="an http(s) URL to download into the store (needs --sha256)")
     add.add_argument("--sha256", help="expected sha256 of the tarball (required with --url)")
+    add.add_argument("--filename", help="file name in the store (default: the source's name)")
     add.add_argument("--format", help="tar.gz, tar.xz or tar.zst (default: from the file name)")
     add.add_argument("--strip-components", type=int, default=1, help="leading path parts to drop")
     add.add_argument("--bin", action="append", default=None, help="dir to put on PATH (repeatable)")
@@ -65,6 +66,9 @@ def register(commands: Any) -> None:
 
     serve = sub.add_parser("serve", help="serve the store over HTTP (Range, ETag, HEAD)")
     serve.add_argument("--listen", default="127.0.0.1:8780", metavar="HOST:PORT")
+    serve.add_argument(
+        "--no-access-log", dest="access_log", action="store_false", help="do not log requests"
+    )
     _store_options(serve)
     handler(serve, f"{_COMMANDS}:cmd_serve")
 
