@@ -18,13 +18,13 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 from zlh.artifacts.errors import ArtifactError
 from zlh.artifacts.store import CATALOG_FILE, CHUNK_SIZE, file_in_store, load_catalog
 from zlh.schemas import ArtifactKind, ErrorBody
 
-__all__ = ["ArtifactServer", "ByteRange", "parse_range"]
+__all__ = ["UNSATISFIABLE", "ArtifactServer", "ByteRange", "parse_range"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -51,6 +51,10 @@ class _Opened:
     etag: str
 
 
+Unsatisfiable = Literal["unsatisfiable"]
+UNSATISFIABLE: Unsatisfiable = "unsatisfiable"
+
+
 @dataclass(frozen=True)
 class ByteRange:
     start: int
@@ -61,11 +65,11 @@ class ByteRange:
         return self.end - self.start + 1
 
 
-def parse_range(header: str, size: int) -> ByteRange | bool | None:
+def parse_range(header: str, size: int) -> ByteRange | Unsatisfiable | None:
     """One ``bytes=`` range of a ``size``-byte file.
 
     Returns the range, ``None`` to ignore the header (malformed, another unit, several ranges:
-    the whole file is sent) or ``False`` when it is well-formed but unsatisfiable (416).
+    the whole file is sent) or ``UNSATISFIABLE`` when it is well-formed but outside (416).
     """
     unit, _, spec = header.partition("=")
     if unit.strip().lower() != "bytes" or "," in spec:
@@ -75,14 +79,14 @@ def parse_range(header: str, size: int) -> ByteRange | bool | None:
         return None
     if not first:  # suffix: the last N bytes
         suffix = int(last)
-        return ByteRange(max(size - suffix, 0), size - 1) if suffix and size else False
+        return ByteRange(max(size - suffix, 0), size - 1) if suffix and size else UNSATISFIABLE
     if not first.isdigit() or (last and not last.isdigit()):
         return None
     start = int(first)
     if last and int(last) < start:
         return None
     if start >= size:
-        return False
+        return UNSATISFIABLE
     return ByteRange(start, min(int(last), size - 1) if last else size - 1)
 
 
@@ -158,7 +162,7 @@ class ArtifactServer:
         wants_range = scope["method"] == "GET" and range_header is not None
         if wants_range and (if_range is None or if_range.strip() == etag):
             parsed = parse_range(range_header or "", size)
-            if parsed is False:
+            if parsed == UNSATISFIABLE:
                 headers.append((b"content-range", f"bytes */{size}".encode()))
                 await _error(send, 416, "range not satisfiable", headers)
                 return
@@ -177,7 +181,11 @@ class ArtifactServer:
     async def _stream(
         self, receive: Receive, send: Send, file: BinaryIO, start: int, length: int
     ) -> None:
-        """Send ``length`` bytes from ``start`` in large chunks; stop if the client leaves."""
+        """Send ``length`` bytes from ``start``; stop early if the client leaves.
+
+        Reads run in a worker thread (a cold disk never stalls the event loop) and one chunk
+        ahead, so the next read overlaps sending the current chunk.
+        """
         gone = asyncio.Event()
 
         async def watch_disconnect() -> None:
@@ -185,21 +193,31 @@ class ArtifactServer:
                 pass
             gone.set()
 
+        def read(size: int) -> bytes:
+            return file.read(min(self.chunk_size, size))
+
         watcher = asyncio.create_task(watch_disconnect())
+        file.seek(start)
+        remaining = length
+        pending: asyncio.Future[bytes] | None = asyncio.ensure_future(
+            asyncio.to_thread(read, remaining)
+        )
         try:
-            if start:
-                file.seek(start)
-            remaining = length
-            while remaining and not gone.is_set():
-                chunk = await asyncio.to_thread(file.read, min(self.chunk_size, remaining))
+            while pending is not None and not gone.is_set():
+                chunk = await pending
+                pending = None
                 if not chunk:
                     raise ArtifactError(f"{file.name} shrank while being served")
                 remaining -= len(chunk)
-                await send(
-                    {"type": "http.response.body", "body": chunk, "more_body": remaining > 0}
-                )
+                if remaining > 0:
+                    pending = asyncio.ensure_future(asyncio.to_thread(read, remaining))
+                more = remaining > 0
+                await send({"type": "http.response.body", "body": chunk, "more_body": more})
         finally:
             watcher.cancel()
+            if pending is not None:  # a thread cannot be cancelled: let it finish its read
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(pending)
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
 
