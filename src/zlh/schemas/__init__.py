@@ -14,6 +14,14 @@ from zlh.schemas.catalog import (
     VersionEntry,
 )
 from zlh.schemas.errors import ErrorBody, FieldProblem, validation_problems
+from zlh.schemas.files import (
+    DirListing,
+    EntryType,
+    FileEntry,
+    MkdirRequest,
+    MoveRequest,
+    PathResult,
+)
 from zlh.schemas.payload import (
     CODE_SERVER_PORT,
     AddonSpec,
@@ -54,9 +62,15 @@ __all__ = [
     "CodeServerAddon",
     "CodeServerOptions",
     "DevUser",
+    "DirListing",
+    "EntryType",
     "ErrorBody",
     "FieldProblem",
+    "FileEntry",
     "InstalledRuntime",
+    "MkdirRequest",
+    "MoveRequest",
+    "PathResult",
     "Progress",
     "ProvisionError",
     "ProvisionPayload",

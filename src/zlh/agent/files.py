@@ -1,0 +1,203 @@
+"""The agent's file browser routes: list, read (Range), upload, mkdir, move, delete.
+
+Every filesystem call goes through :class:`~zlh.agent.workspace.Workspace` (confinement) on the
+:class:`~zlh.agent.runas.FsRunner` (the dev user's identity). Errors are ``ErrorBody`` JSON.
+Authentication is the agent app's middleware; these routes add none of their own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from zlh.agent.runas import DevIdentity, FsRunner
+from zlh.agent.workspace import BadPath, RelPath, TooLarge, Workspace, parse_client_path
+from zlh.errors import ZlhError
+from zlh.schemas.errors import ErrorBody, validation_problems
+from zlh.schemas.files import MkdirRequest, MoveRequest, PathResult
+
+__all__ = ["error_response", "setup_files_routes"]
+
+CHUNK_BYTES = 256 * 1024
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+M = TypeVar("M", bound=BaseModel)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(exc: ZlhError) -> web.Response:
+    problems = exc.problems if isinstance(exc, InvalidBody) else []
+    body = ErrorBody(message=exc.message, detail=exc.reason, validations=problems)
+    return web.json_response(body.model_dump(mode="json"), status=exc.status_code)
+
+
+def _json(model: BaseModel, status: int = 200) -> web.Response:
+    return web.json_response(model.model_dump(mode="json"), status=status)
+
+
+def _errors(handler: Handler) -> Handler:
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ZlhError as exc:
+            return error_response(exc)
+
+    return wrapped
+
+
+def _path(request: web.Request, name: str = "path", *, default: str | None = None) -> RelPath:
+    values = request.query.getall(name, [])
+    if len(values) > 1:
+        raise BadPath(f"query parameter {name!r} given {len(values)} times")
+    if not values and default is None:
+        raise BadPath(f"query parameter {name!r} is required")
+    return parse_client_path(values[0] if values else str(default))
+
+
+def _flag(request: web.Request, name: str, *, default: bool) -> bool:
+    value = request.query.get(name)
+    if value is None:
+        return default
+    if value.lower() in ("true", "1"):
+        return True
+    if value.lower() in ("false", "0"):
+        return False
+    raise BadPath(f"query parameter {name!r} must be true or false, got {value!r}")
+
+
+class InvalidBody(ZlhError):
+    status_code = 422
+
+    def __init__(self, exc: ValidationError) -> None:
+        super().__init__("invalid request body", reason="validation")
+        self.problems = validation_problems(exc)
+
+
+async def _body(request: web.Request, model: type[M]) -> M:
+    try:
+        return model.model_validate_json(await request.read())
+    except ValidationError as exc:
+        raise InvalidBody(exc) from exc
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``(start, end_exclusive)`` of a single ``bytes=`` range; None serves the whole file.
+
+    Malformed or multi-range headers are ignored (RFC 9110 allows it); an unsatisfiable range
+    raises 416.
+    """
+    match = _RANGE.fullmatch(header.strip()) if header else None
+    if match is None or match.group(0) == "bytes=-":
+        return None
+    first, last = match.groups()
+    if not first:
+        start, end = max(size - int(last), 0), size
+    else:
+        start = int(first)
+        end = min(int(last) + 1, size) if last else size
+    if start >= size or start >= end:
+        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
+    return start, end
+
+
+class FileRoutes:
+    def __init__(self, workspace: Workspace, runner: FsRunner, max_upload_bytes: int) -> None:
+        self.workspace = workspace
+        self.runner = runner
+        self.max_upload_bytes = max_upload_bytes
+
+    async def list(self, request: web.Request) -> web.StreamResponse:
+        rel = _path(request, default="")
+        return _json(await self.runner.run(self.workspace.list_dir, rel))
+
+    async def read(self, request: web.Request) -> web.StreamResponse:
+        rel = _path(request)
+        fd, size = await self.runner.run(self.workspace.open_read, rel)
+        try:
+            span = _byte_range(request.headers.get("Range"), size)
+            start, end = span or (0, size)
+            response = web.StreamResponse(status=206 if span else 200)
+            response.content_type = "application/octet-stream"
+            response.content_length = end - start
+            response.headers["Accept-Ranges"] = "bytes"
+            response.headers["X-Content-Type-Options"] = "nosniff"
+            if span:
+                response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+            await response.prepare(request)
+            while start < end:
+                chunk = await self.runner.run(os.pread, fd, min(CHUNK_BYTES, end - start), start)
+                if not chunk:
+                    break  # the file shrank while we sent it; the short body tells the client
+                await response.write(chunk)
+                start += len(chunk)
+            await response.write_eof()
+            return response
+        finally:
+            os.close(fd)
+
+    async def write(self, request: web.Request) -> web.StreamResponse:
+        rel = _path(request)
+        overwrite = _flag(request, "overwrite", default=True)
+        declared = request.content_length
+        if declared is not None and declared > self.max_upload_bytes:
+            raise self._too_large(rel)
+        upload = await self.runner.run(self.workspace.begin_upload, rel, overwrite=overwrite)
+        try:
+            async for chunk in request.content.iter_chunked(CHUNK_BYTES):
+                if upload.size + len(chunk) > self.max_upload_bytes:
+                    raise self._too_large(rel)
+                await self.runner.run(upload.write, chunk)
+            if declared is not None and upload.size != declared:
+                raise BadPath(f"upload cut off after {upload.size} of {declared} bytes")
+            await self.runner.run(upload.commit)
+        finally:
+            # Synchronous on purpose: it must run even when the task is being cancelled. It only
+            # unlinks our own temp name relative to the directory descriptor we hold.
+            upload.abort()
+        return _json(PathResult(path=rel.text, display=rel.display, size=upload.size), 201)
+
+    def _too_large(self, rel: RelPath) -> TooLarge:
+        return TooLarge(
+            f"upload to {rel.display} is larger than the limit of {self.max_upload_bytes} bytes"
+        )
+
+    async def mkdir(self, request: web.Request) -> web.StreamResponse:
+        body = await _body(request, MkdirRequest)
+        rel = parse_client_path(body.path)
+        await self.runner.run(self.workspace.mkdir, rel, parents=body.parents)
+        return _json(PathResult(path=rel.text, display=rel.display), 201)
+
+    async def move(self, request: web.Request) -> web.StreamResponse:
+        body = await _body(request, MoveRequest)
+        source, destination = parse_client_path(body.source), parse_client_path(body.destination)
+        await self.runner.run(self.workspace.move, source, destination, overwrite=body.overwrite)
+        return _json(PathResult(path=destination.text, display=destination.display))
+
+    async def delete(self, request: web.Request) -> web.StreamResponse:
+        rel = _path(request)
+        recursive = _flag(request, "recursive", default=False)
+        await self.runner.run(self.workspace.delete, rel, recursive=recursive)
+        return web.Response(status=204)
+
+    async def close(self, _app: web.Application) -> None:
+        self.runner.close()
+
+
+def setup_files_routes(
+    app: web.Application, *, workspace: Path, dev_user: DevIdentity, max_upload_bytes: int
+) -> None:
+    """Add the ``/files`` routes to the agent's app (its auth middleware covers them)."""
+    routes = FileRoutes(Workspace(workspace), FsRunner(dev_user), max_upload_bytes)
+    app.router.add_get("/files", _errors(routes.list))
+    app.router.add_delete("/files", _errors(routes.delete))
+    app.router.add_get("/files/content", _errors(routes.read), allow_head=False)
+    app.router.add_put("/files/content", _errors(routes.write))
+    app.router.add_post("/files/mkdir", _errors(routes.mkdir))
+    app.router.add_post("/files/move", _errors(routes.move))
+    app.on_cleanup.append(routes.close)
