@@ -1,0 +1,83 @@
+"""HTTP client for the agents: ``GET /status`` and ``POST /provision`` with the container secret.
+
+aiohttp rather than httpx: the poller talks to every agent every few seconds, and aiohttp's
+pooled client costs a fraction of httpx's CPU per request (see bench/poller.py). Errors are
+translated here: connect errors and timeouts become AgentUnreachable, refusals AgentError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from pydantic import ValidationError
+
+from zlh.api.errors import AgentError, AgentUnreachable
+from zlh.schemas import AgentStatus, ProvisionPayload
+
+__all__ = ["AgentClient"]
+
+
+class AgentClient:
+    def __init__(self, *, connections: int = 200) -> None:
+        self._connections = connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self._connections, limit_per_host=4, keepalive_timeout=30
+            )
+            # No cookies, no env proxies: agents are reached directly.
+            self._session = aiohttp.ClientSession(
+                connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def status(self, base_url: str, secret: str, *, timeout_s: float) -> AgentStatus:
+        body = await self._request("GET", f"{base_url}/status", secret, timeout_s, None, 200)
+        try:
+            return AgentStatus.model_validate_json(body)
+        except ValidationError as exc:
+            raise AgentError(
+                f"agent at {base_url} sent an invalid /status document",
+                reason=str(exc).splitlines()[0],
+            ) from exc
+
+    async def provision(
+        self, base_url: str, secret: str, payload: ProvisionPayload, *, timeout_s: float
+    ) -> None:
+        data = payload.model_dump_json(by_alias=True).encode()
+        await self._request("POST", f"{base_url}/provision", secret, timeout_s, data, 202)
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        secret: str,
+        timeout_s: float,
+        data: bytes | None,
+        expected: int,
+    ) -> bytes:
+        headers = {"Authorization": f"Bearer {secret}"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with self._http().request(method, url, data=data, headers=headers) as resp:
+                    body = await resp.read()
+                    status = resp.status
+        except TimeoutError as exc:
+            raise AgentUnreachable(f"agent at {url} did not answer within {timeout_s:g}s") from exc
+        except aiohttp.ClientError as exc:
+            raise AgentUnreachable(f"agent at {url} is unreachable: {exc}") from exc
+        if status == expected:
+            return body
+        if status == 401:
+            raise AgentError(f"agent at {url} refused the container secret (401)")
+        detail = body[:500].decode(errors="replace")
+        raise AgentError(f"agent at {url} answered {status}", reason=detail, status_code=502)

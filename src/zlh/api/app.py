@@ -1,0 +1,226 @@
+"""The control plane as an ASGI app: ``create_app(settings, backend, …)`` → FastAPI.
+
+Builds the services once (database migrated, keys loaded), mounts the built-in artifact
+store when one is given, and in its lifespan resumes unfinished work, runs the status poller
+and keeps the route feed's revocations in sync. Every error leaves through one handler as
+``ErrorBody`` JSON ``{message, detail, validations}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp
+
+from zlh.api.agent_client import AgentClient
+from zlh.api.audit import AuditLog
+from zlh.api.auth import TokenService
+from zlh.api.catalog import CatalogSource
+from zlh.api.containers import ContainerRegistry
+from zlh.api.db import Database
+from zlh.api.errors import NotAuthenticated, RateLimited
+from zlh.api.events import EventBus
+from zlh.api.keys import load_or_create_key
+from zlh.api.poller import Poller
+from zlh.api.provisioning import Provisioner
+from zlh.api.ratelimit import FailureLimiter
+from zlh.api.routefeed import REVOCATION_SYNC_S, RouteFeed
+from zlh.api.routes import audit as audit_routes
+from zlh.api.routes import auth as auth_routes
+from zlh.api.routes import catalog as catalog_routes
+from zlh.api.routes import dev as dev_routes
+from zlh.api.routes import events as events_routes
+from zlh.api.services import Services
+from zlh.api.settings import ApiSettings
+from zlh.backends import Backend
+from zlh.errors import ZlhError
+from zlh.schemas import ErrorBody, FieldProblem
+
+__all__ = ["build_services", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+PORTAL_PLACEHOLDER = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>ZeroLagHub</title></head>
+<body><h1>ZeroLagHub dev containers</h1>
+<p>The portal is not installed yet. The API is at <a href="/api/docs">/api/docs</a>.</p>
+</body></html>
+"""
+
+
+def build_services(
+    settings: ApiSettings,
+    backend: Backend,
+    *,
+    catalog: CatalogSource,
+    artifact_base_url: str,
+    feed: RouteFeed | None = None,
+) -> Services:
+    """Open the database (migrating it) and load the keys; nothing runs yet."""
+    db = Database(settings.db_url)
+    db.migrate()
+    bus = EventBus()
+    feed = feed or RouteFeed()
+    registry = ContainerRegistry(db, bus, feed)
+    audit_log = AuditLog(db)
+    agents = AgentClient(connections=settings.poll_concurrency)
+    provisioner = Provisioner(
+        settings=settings,
+        registry=registry,
+        backend=backend,
+        agents=agents,
+        catalog=catalog,
+        audit=audit_log,
+        agent_key=load_or_create_key(settings.agent_key_path),
+        artifact_base_url=artifact_base_url,
+    )
+
+    async def resend(container: Any) -> None:
+        await provisioner.send_payload(container, wait_s=settings.agent_request_timeout_s)
+
+    poller = Poller(
+        settings=settings,
+        registry=registry,
+        agents=agents,
+        secret=provisioner.secret,
+        resend=resend,
+        overdue=provisioner.provision_overdue,
+    )
+    provisioner.on_provisioning = poller.wake
+    return Services(
+        settings=settings,
+        db=db,
+        backend=backend,
+        tokens=TokenService(
+            db, load_or_create_key(settings.jwt_key_path), ttl_s=settings.session_ttl_s
+        ),
+        registry=registry,
+        provisioner=provisioner,
+        poller=poller,
+        agents=agents,
+        catalog=catalog,
+        audit=audit_log,
+        bus=bus,
+        feed=feed,
+        user_limiter=FailureLimiter(
+            limit=settings.login_failures_per_user, window_s=settings.login_window_s
+        ),
+        address_limiter=FailureLimiter(
+            limit=settings.login_failures_per_address, window_s=settings.login_window_s
+        ),
+    )
+
+
+async def _sync_revocations(svc: Services) -> None:
+    """Revocations made by other processes (``zlh user disable``) reach the feed in seconds."""
+    while True:
+        try:
+            sids = await asyncio.to_thread(svc.tokens.revoked_since, None)
+            svc.feed.replace_revocations(sids)
+        except ZlhError as exc:
+            logger.warning("syncing session revocations failed: %s", exc)
+        await asyncio.sleep(REVOCATION_SYNC_S)
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    svc: Services = app.state.services
+    svc.registry.bind_loop(asyncio.get_running_loop())
+    svc.provisioner.load_backend_state()
+    tasks = [
+        asyncio.create_task(svc.provisioner.resume(), name="resume"),
+        asyncio.create_task(svc.poller.run(), name="poller"),
+        asyncio.create_task(_sync_revocations(svc), name="revocations"),
+    ]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await svc.provisioner.close()
+        await svc.agents.close()
+        svc.db.dispose()
+
+
+def _error(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
+
+
+async def _zlh_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ZlhError)
+    headers: dict[str, str] = {}
+    if isinstance(exc, NotAuthenticated):
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+    validations: list[FieldProblem] = getattr(exc, "validations", [])
+    body = ErrorBody(message=exc.message, detail=exc.reason, validations=validations)
+    return _error(exc.status_code, body, headers)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = []
+    for error in exc.errors():
+        loc = [str(part) for part in error.get("loc", ())]
+        if loc and loc[0] in {"body", "query", "path", "header", "cookie"} and len(loc) > 1:
+            loc = loc[1:]
+        problems.append(FieldProblem(field=".".join(loc) or "(body)", detail=error["msg"]))
+    summary = "; ".join(f"{p.field}: {p.detail}" for p in problems[:3])
+    return _error(422, ErrorBody(message=f"invalid request: {summary}", validations=problems))
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    return _error(exc.status_code, ErrorBody(message=str(exc.detail)), dict(exc.headers or {}))
+
+
+async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    logger.error("unhandled error", exc_info=exc)
+    return _error(500, ErrorBody(message="internal error", detail=exc.__class__.__name__))
+
+
+def create_app(
+    settings: ApiSettings,
+    backend: Backend,
+    *,
+    catalog: CatalogSource,
+    artifact_base_url: str,
+    store_app: ASGIApp | None = None,
+    feed: RouteFeed | None = None,
+) -> FastAPI:
+    """The API app. ``store_app`` (the built-in artifact store) is mounted at /artifacts/."""
+    app = FastAPI(
+        title="ZeroLagHub API",
+        version="1",
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+        lifespan=_lifespan,
+    )
+    app.state.services = build_services(
+        settings, backend, catalog=catalog, artifact_base_url=artifact_base_url, feed=feed
+    )
+    app.add_exception_handler(ZlhError, _zlh_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+    for module in (auth_routes, catalog_routes, dev_routes, events_routes, audit_routes):
+        app.include_router(module.router)
+    if store_app is not None:
+        app.mount("/artifacts", store_app)
+
+    @app.get("/", include_in_schema=False)
+    def portal() -> HTMLResponse:
+        return HTMLResponse(PORTAL_PLACEHOLDER)
+
+    return app

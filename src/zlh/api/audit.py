@@ -1,0 +1,50 @@
+"""The audit log: who created, opened, deleted what, and when."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from sqlalchemy import select
+
+from zlh.api.db import AuditEntry, Database
+
+__all__ = ["Action", "AuditLog"]
+
+
+class Action(StrEnum):
+    LOGIN = "login"
+    LOGOUT = "logout"
+    CREATE = "create"
+    OPEN = "open"  # recorded by whatever opens the IDE or console (the front, relays)
+    DELETE = "delete"
+    FAILED = "failed"
+    TAILNET_VIEW = "tailnet-view"  # GET /api/dev/{vmid}/tailnet (detail: key shown or not)
+    TAILNET_REGENERATE = "tailnet-regenerate"
+
+
+class AuditLog:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def record(self, actor: str, action: Action, vmid: int | None = None, detail: str = "") -> None:
+        with self.db.session() as session:
+            session.add(AuditEntry(actor=actor, action=action.value, vmid=vmid, detail=detail))
+
+    def entries(
+        self,
+        *,
+        vmid: int | None = None,
+        actor: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[AuditEntry]:
+        """Newest first; ``before_id`` pages backwards."""
+        query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+        if vmid is not None:
+            query = query.where(AuditEntry.vmid == vmid)
+        if actor is not None:
+            query = query.where(AuditEntry.actor == actor)
+        if before_id is not None:
+            query = query.where(AuditEntry.id < before_id)
+        with self.db.session() as session:
+            return list(session.scalars(query))

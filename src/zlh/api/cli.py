@@ -1,0 +1,95 @@
+"""Arguments of ``zlh up``, ``zlh api`` and ``zlh user …``. Handlers live in
+``zlh.api.commands`` and load only when a command runs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from zlh.cli import add_data_dir, handler
+
+_COMMANDS = "zlh.api.commands"
+
+
+def _server_options(parser: argparse.ArgumentParser) -> None:
+    add_data_dir(parser)
+    parser.add_argument(
+        "--backend",
+        choices=["lxc", "process", "proxmox"],
+        default=None,
+        help="container backend (env ZLH_BACKEND, default lxc)",
+    )
+    parser.add_argument(
+        "--listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="public address of the API and portal (env ZLH_LISTEN, default 127.0.0.1:8780)",
+    )
+    parser.add_argument(
+        "--unix-socket",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also serve on this unix socket, for the public front (env ZLH_UNIX_SOCKET)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML settings file (env ZLH_CONFIG, default <data dir>/api.toml if present)",
+    )
+
+
+def register(commands: Any) -> None:
+    up = commands.add_parser(
+        "up", help="run the platform: API, portal, built-in artifact store and status poller"
+    )
+    _server_options(up)
+    up.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help="built-in artifact store served at /artifacts/ (default <data dir>/artifacts)",
+    )
+    handler(up, f"{_COMMANDS}:cmd_up")
+
+    api = commands.add_parser(
+        "api", help="run the API and poller only, with an external artifact server"
+    )
+    _server_options(api)
+    api.add_argument(
+        "--artifact-server",
+        default=None,
+        metavar="URL",
+        help="base URL of the artifact server (env ZLH_ARTIFACT_SERVER_URL)",
+    )
+    handler(api, f"{_COMMANDS}:cmd_api")
+
+    group = commands.add_parser("user", help="manage portal accounts")
+    group.set_defaults(_group_parser=group)
+    sub = group.add_subparsers(title="user commands", metavar="COMMAND")
+
+    add = sub.add_parser("add", help="create a user (password from a prompt or stdin)")
+    add.add_argument("name")
+    add.add_argument("--admin", action="store_true", help="may see every container and the audit")
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin's first line"
+    )
+    add_data_dir(add)
+    handler(add, f"{_COMMANDS}:cmd_user_add")
+
+    lst = sub.add_parser("list", help="list users")
+    add_data_dir(lst)
+    handler(lst, f"{_COMMANDS}:cmd_user_list")
+
+    passwd = sub.add_parser("passwd", help="set a user's password")
+    passwd.add_argument("name")
+    passwd.add_argument("--password-stdin", action="store_true")
+    add_data_dir(passwd)
+    handler(passwd, f"{_COMMANDS}:cmd_user_passwd")
+
+    disable = sub.add_parser("disable", help="disable a user and end its sessions at once")
+    disable.add_argument("name")
+    add_data_dir(disable)
+    handler(disable, f"{_COMMANDS}:cmd_user_disable")

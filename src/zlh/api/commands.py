@@ -1,0 +1,185 @@
+"""Handlers of ``zlh up``, ``zlh api`` and ``zlh user …``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import socket
+import sys
+from typing import Any
+
+import uvicorn
+from pydantic import ValidationError
+
+from zlh.api import accounts
+from zlh.api.db import Database
+from zlh.api.settings import ApiSettings, load_settings, parse_listen
+from zlh.cli import data_dir_from
+from zlh.errors import UsageError, ZlhError
+from zlh.schemas import validation_problems
+
+__all__ = ["cmd_api", "cmd_up", "cmd_user_add", "cmd_user_disable", "cmd_user_list", "serve"]
+
+logger = logging.getLogger("zlh.api")
+
+
+def _settings(args: argparse.Namespace, **explicit: Any) -> ApiSettings:
+    try:
+        return load_settings(
+            getattr(args, "config", None), data_dir=data_dir_from(args), **explicit
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"{p.field}: {p.detail}" for p in validation_problems(exc))
+        raise UsageError(f"invalid settings: {problems}") from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _server_settings(args: argparse.Namespace, **explicit: Any) -> ApiSettings:
+    return _settings(
+        args, backend=args.backend, listen=args.listen, unix_socket=args.unix_socket, **explicit
+    )
+
+
+def _container_facing_url(settings: ApiSettings) -> str:
+    host, port = parse_listen(settings.listen)
+    if host in {"0.0.0.0", "::"}:
+        host = "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}/artifacts"
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from zlh.api.app import create_app
+    from zlh.api.catalog import StoreCatalog
+    from zlh.artifacts.server import ArtifactServer
+
+    settings = _server_settings(args, store_dir=args.store)
+    store = settings.store_path
+    store.mkdir(parents=True, exist_ok=True)
+    app = create_app(
+        settings,
+        _backend(settings),
+        catalog=StoreCatalog(store),
+        artifact_base_url=settings.artifact_url_for_containers or _container_facing_url(settings),
+        store_app=ArtifactServer(store),
+    )
+    serve(app, settings)
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    from zlh.api.app import create_app
+    from zlh.api.catalog import HttpCatalog
+
+    settings = _server_settings(args, artifact_server_url=args.artifact_server)
+    if settings.artifact_server_url is None:
+        raise UsageError(
+            "zlh api needs an artifact server: --artifact-server URL or ZLH_ARTIFACT_SERVER_URL "
+            "(or run `zlh up`, which has one built in)"
+        )
+    app = create_app(
+        settings,
+        _backend(settings),
+        catalog=HttpCatalog(settings.artifact_server_url, cache_s=settings.catalog_cache_s),
+        artifact_base_url=settings.artifact_url_for_containers or settings.artifact_server_url,
+    )
+    serve(app, settings)
+    return 0
+
+
+def _backend(settings: ApiSettings) -> Any:
+    from zlh.backends import create_backend  # type: ignore[attr-defined,unused-ignore]
+
+    return create_backend(settings.backend, data_dir=settings.data_dir)
+
+
+def _listen_sockets(settings: ApiSettings) -> list[socket.socket]:
+    host, port = parse_listen(settings.listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    tcp = socket.socket(family, socket.SOCK_STREAM)
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        tcp.bind((host, port))
+    except OSError as exc:
+        tcp.close()
+        raise ZlhError(f"cannot listen on {settings.listen}: {exc.strerror}") from exc
+    sockets = [tcp]
+    if settings.unix_socket is not None:
+        path = settings.unix_socket
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        unix.bind(str(path))
+        os.chmod(path, 0o660)
+        sockets.append(unix)
+    return sockets
+
+
+def serve(app: Any, settings: ApiSettings) -> None:
+    """Run ``app`` on the TCP address and, if configured, the unix socket, until SIGTERM/^C."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    sockets = _listen_sockets(settings)
+    config = uvicorn.Config(app, lifespan="on", log_level="info", access_log=False)
+    logger.info(
+        "serving on http://%s%s (backend %s)",
+        settings.listen,
+        f" and unix:{settings.unix_socket}" if settings.unix_socket else "",
+        settings.backend,
+    )
+    try:
+        asyncio.run(uvicorn.Server(config).serve(sockets=sockets))
+    finally:
+        for sock in sockets:
+            sock.close()
+        if settings.unix_socket is not None:
+            settings.unix_socket.unlink(missing_ok=True)
+
+
+# -- users ---------------------------------------------------------------------------------
+
+
+def _db(args: argparse.Namespace) -> Database:
+    db = Database(_settings(args).db_url)
+    db.migrate()
+    return db
+
+
+def _password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        line = sys.stdin.readline()
+        if not line:
+            raise UsageError("--password-stdin: stdin is empty")
+        return line.rstrip("\r\n")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise UsageError("the passwords differ")
+    return first
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    user = accounts.create_user(_db(args), args.name, _password(args), admin=args.admin)
+    print(f"created {'admin ' if user.is_admin else ''}user {user.username} (id {user.id})")
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    for user in accounts.list_users(_db(args)):
+        flags = [f for f, on in (("admin", user.is_admin), ("disabled", user.disabled)) if on]
+        print(f"{user.id}\t{user.username}\t{','.join(flags) or '-'}")
+    return 0
+
+
+def cmd_user_passwd(args: argparse.Namespace) -> int:
+    accounts.set_password(_db(args), args.name, _password(args))
+    print(f"password of {args.name} changed")
+    return 0
+
+
+def cmd_user_disable(args: argparse.Namespace) -> int:
+    revoked = accounts.disable_user(_db(args), args.name)
+    print(f"disabled {args.name}; ended {len(revoked)} session(s)")
+    return 0

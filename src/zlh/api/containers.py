@@ -1,0 +1,211 @@
+"""The container records and the one place that changes them.
+
+Every change goes through :meth:`ContainerRegistry.update`, which writes only when a field
+really changes and then tells the SSE subscribers (``EventBus``) and the front's route feed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+
+from zlh.api.db import Container, ContainerState, Database, User
+from zlh.api.db.models import utcnow
+from zlh.api.errors import Conflict, Forbidden
+from zlh.api.events import EventBus
+from zlh.api.models import ContainerEvent, ContainerOut
+from zlh.api.routefeed import Route, RouteFeed
+from zlh.schemas import AgentStatus, ide_base_path
+from zlh.schemas.payload import MIN_VMID
+
+__all__ = ["ContainerRegistry", "container_out", "parse_status"]
+
+_ALLOCATE_TRIES = 8
+
+
+def parse_status(container: Container) -> AgentStatus | None:
+    if container.status is None:
+        return None
+    return AgentStatus.model_validate(container.status)
+
+
+def container_out(container: Container) -> ContainerOut:
+    return ContainerOut(
+        vmid=container.vmid,
+        owner=container.owner.username,
+        runtime=container.runtime,
+        version=container.version,
+        addons=list(container.addons),
+        state=container.state,
+        error=container.error,
+        ide_path=ide_base_path(container.vmid) + "/",
+        status=parse_status(container),
+        created_at=container.created_at,
+        updated_at=container.updated_at,
+    )
+
+
+def container_event(container: Container) -> ContainerEvent:
+    status = parse_status(container)
+    return ContainerEvent(
+        vmid=container.vmid,
+        state=container.state,
+        progress=status.progress if status else None,
+        error=container.error,
+        runtime_installed=status.runtime_installed if status else False,
+        code_server_running=status.code_server_running if status else False,
+    )
+
+
+def _route(container: Container) -> Route:
+    status = container.status or {}
+    return Route(
+        vmid=container.vmid,
+        owner_id=container.owner_id,
+        state=container.state,
+        address=container.address,
+        code_server_port=container.code_server_port,
+        code_server_running=bool(status.get("codeServerRunning", False)),
+    )
+
+
+class ContainerRegistry:
+    def __init__(self, db: Database, bus: EventBus, feed: RouteFeed) -> None:
+        self.db = db
+        self.bus = bus
+        self.feed = feed
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Notifications run on ``loop``; changes made from worker threads are handed over."""
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        for container in self.list_for(None):
+            self.feed.set_route(_route(container))
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def get(self, vmid: int) -> Container | None:
+        with self.db.session() as session:
+            return session.get(Container, vmid)
+
+    def list_for(self, owner_id: int | None, *, owner_name: str | None = None) -> list[Container]:
+        query = select(Container).order_by(Container.vmid)
+        if owner_id is not None:
+            query = query.where(Container.owner_id == owner_id)
+        if owner_name is not None:
+            query = query.join(User, Container.owner_id == User.id).where(
+                User.username == owner_name
+            )
+        with self.db.session() as session:
+            return list(session.scalars(query).unique())
+
+    def in_states(self, states: Iterable[ContainerState]) -> list[Container]:
+        wanted = [str(s) for s in states]
+        with self.db.session() as session:
+            query = select(Container).where(Container.state.in_(wanted)).order_by(Container.vmid)
+            return list(session.scalars(query).unique())
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def allocate(
+        self,
+        *,
+        owner: User,
+        runtime: str,
+        version: str,
+        addons: list[str],
+        pins: dict[str, Any],
+        quota: int,
+    ) -> Container:
+        """Record a new container in state ``requested`` under the next free vmid.
+
+        This row is written before the backend is asked for anything: whatever happens
+        afterwards, the vmid is known and a restart resumes it instead of creating another.
+        """
+        for _ in range(_ALLOCATE_TRIES):
+            try:
+                with self.db.session() as session:
+                    held = session.scalar(
+                        select(func.count()).where(Container.owner_id == owner.id)
+                    )
+                    if (held or 0) >= quota:
+                        raise Forbidden(
+                            f"container quota reached: {owner.username} holds {held} of {quota}"
+                        )
+                    top = session.scalar(select(func.max(Container.vmid)))
+                    now = utcnow()
+                    container = Container(
+                        vmid=max(MIN_VMID, (top or 0) + 1),
+                        owner_id=owner.id,
+                        runtime=runtime,
+                        version=version,
+                        addons=addons,
+                        pins=pins,
+                        state=ContainerState.REQUESTED.value,
+                        agent_nonce=secrets.token_hex(16),
+                        created_at=now,
+                        updated_at=now,
+                    )
+                    session.add(container)
+                    session.flush()
+                    session.refresh(container)
+            except IntegrityError:
+                continue  # another request took that vmid at the same moment
+            self._notify(container)
+            return container
+        raise Conflict("could not allocate a vmid; try again")
+
+    def update(self, vmid: int, **changes: Any) -> Container | None:
+        """Apply ``changes``; writes (and notifies) only when a value differs. None if gone."""
+        if "state" in changes:
+            changes["state"] = ContainerState(changes["state"]).value
+        with self.db.session() as session:
+            container = session.get(Container, vmid)
+            if container is None:
+                return None
+            changed = {k: v for k, v in changes.items() if getattr(container, k) != v}
+            if not changed:
+                return container
+            for key, value in changed.items():
+                setattr(container, key, value)
+            container.updated_at = utcnow()
+        self._notify(container)
+        return container
+
+    def remove(self, vmid: int) -> None:
+        with self.db.session() as session:
+            session.execute(delete(Container).where(Container.vmid == vmid))
+        gone = ContainerEvent(vmid=vmid, state="deleted")
+
+        def deliver() -> None:
+            self.bus.publish(gone)
+            self.feed.remove_route(vmid)
+
+        self.call_on_loop(deliver)
+
+    # -- notifications ---------------------------------------------------------------------
+
+    def _notify(self, container: Container) -> None:
+        event = container_event(container)
+        route = _route(container)
+
+        def deliver() -> None:
+            self.bus.publish(event)
+            self.feed.set_route(route)
+
+        self.call_on_loop(deliver)
+
+    def call_on_loop(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the event loop's thread (now, if this is it)."""
+        if self._loop is None or threading.get_ident() == self._loop_thread:
+            fn()
+        else:
+            self._loop.call_soon_threadsafe(fn)

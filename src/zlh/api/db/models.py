@@ -1,0 +1,157 @@
+"""Tables: users, sessions, containers, audit, and a small key-value table for backend state.
+
+Times are stored as naive UTC and handed back timezone-aware (SQLite keeps no zone).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, Text, TypeDecorator
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+__all__ = [
+    "AuditEntry",
+    "Base",
+    "Container",
+    "ContainerState",
+    "KeyValue",
+    "Session",
+    "User",
+    "utcnow",
+]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None else None
+
+
+class ContainerState(StrEnum):
+    """A container's life as the API sees it.
+
+    requested → creating → provisioning → ready; any of them → failed; provisioning/ready ⇄
+    unreachable (the poller missed the agent N times); any → deleting → (row removed).
+    """
+
+    REQUESTED = "requested"
+    CREATING = "creating"
+    PROVISIONING = "provisioning"
+    READY = "ready"
+    FAILED = "failed"
+    UNREACHABLE = "unreachable"
+    DELETING = "deleting"
+
+    @property
+    def is_terminal(self) -> bool:
+        """No more progress comes without a new request: the SSE stream ends here."""
+        return self in {ContainerState.READY, ContainerState.FAILED}
+
+    @property
+    def is_starting(self) -> bool:
+        """The provisioner still owns it (resumed after a restart)."""
+        return self in {ContainerState.REQUESTED, ContainerState.CREATING}
+
+    @property
+    def is_polled(self) -> bool:
+        return self in {
+            ContainerState.PROVISIONING,
+            ContainerState.READY,
+            ContainerState.UNREACHABLE,
+        }
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[str]: JSON}
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    is_admin: Mapped[bool] = mapped_column(default=False)
+    disabled: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Session(Base):
+    """One login. Its id is the token's ``sid`` claim; revoking it kills the token at once."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Container(Base):
+    __tablename__ = "containers"
+
+    vmid: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    runtime: Mapped[str] = mapped_column(String(32))
+    version: Mapped[str] = mapped_column(String(64))
+    addons: Mapped[list[str]]
+    # The catalog artifacts resolved at request time (url, sha256, ...): what gets installed
+    # even if the catalog changes before the payload is (re)sent.
+    pins: Mapped[dict[str, Any]]
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    # The agent secret is HMAC(agent key, vmid:nonce); only the nonce is stored.
+    agent_nonce: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str | None] = mapped_column(String(255), default=None)
+    agent_port: Mapped[int | None] = mapped_column(default=None)
+    code_server_port: Mapped[int | None] = mapped_column(default=None)
+    status: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When the payload was last accepted by the agent (provision timeout counts from here).
+    provision_started_at: Mapped[datetime | None] = mapped_column(default=None)
+    owner: Mapped[User] = relationship(lazy="joined")
+
+    @property
+    def agent_url(self) -> str | None:
+        if self.address is None or self.agent_port is None:
+            return None
+        return f"http://{self.address}:{self.agent_port}"
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    vmid: Mapped[int | None] = mapped_column(BigInteger, default=None, index=True)
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class KeyValue(Base):
+    """Small JSON documents the control plane keeps, e.g. ``backend:<name>`` state."""
+
+    __tablename__ = "kv"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[dict[str, Any]]

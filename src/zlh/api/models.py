@@ -1,0 +1,81 @@
+"""The API's own wire models (requests and responses). Shared agent/API types live in
+``zlh.schemas``; these are only spoken between the API and its clients (portal, CLI)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field
+
+from zlh.schemas import AgentStatus, Progress
+from zlh.schemas._base import WireModel
+
+__all__ = [
+    "AuditOut",
+    "ContainerEvent",
+    "ContainerOut",
+    "DevRequest",
+    "LoginRequest",
+    "LoginResponse",
+    "UserOut",
+]
+
+
+class LoginRequest(WireModel):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class LoginResponse(WireModel):
+    token: str
+    expires_at: datetime
+
+
+class UserOut(WireModel):
+    id: int
+    username: str
+    is_admin: bool
+    disabled: bool
+
+
+class DevRequest(WireModel):
+    """``POST /api/dev``: what to put into a new container; checked against the catalog."""
+
+    runtime: str = Field(min_length=1, max_length=32, examples=["node"])
+    version: str | None = Field(default=None, min_length=1, max_length=64, examples=["22"])
+    addons: list[str] = Field(default_factory=list, max_length=8, examples=[["code-server"]])
+
+
+class ContainerOut(WireModel):
+    vmid: int
+    owner: str
+    runtime: str
+    version: str
+    addons: list[str]
+    state: str
+    error: str | None = None
+    ide_path: str
+    # The agent's last /status document, the spec's fields verbatim.
+    status: AgentStatus | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ContainerEvent(WireModel):
+    """One SSE ``status`` event: the container's state and the agent's provisioning progress."""
+
+    vmid: int
+    state: str
+    progress: Progress | None = None
+    error: str | None = None
+    runtime_installed: bool = False
+    code_server_running: bool = False
+
+
+class AuditOut(WireModel):
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    vmid: int | None
+    detail: str

@@ -1,0 +1,222 @@
+"""The status poller: reads every container's agent ``GET /status`` (agents never push).
+
+Each tick launches a poll for every container that is due and not already being polled, and
+does not wait for them: a slow or dead agent holds one slot of the semaphore until its own
+timeout, never the others. After a miss, an agent's next poll is pushed back exponentially
+(up to ``poll_max_backoff_s``); after ``unreachable_after_misses`` misses in a row the
+container shows ``unreachable``. Results are compared with the last one in memory, and the
+database is written (and SSE/route-feed subscribers told) only when something changed.
+
+The set of containers to poll is reloaded from the database every ``poll_interval_s`` and on
+:meth:`Poller.wake` (a container just entered ``provisioning``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from zlh.api.agent_client import AgentClient
+from zlh.api.containers import ContainerRegistry
+from zlh.api.db import Container, ContainerState
+from zlh.api.errors import AgentError
+from zlh.api.settings import ApiSettings
+from zlh.errors import ZlhError
+from zlh.schemas import AgentState, AgentStatus
+
+__all__ = ["PollTarget", "Poller"]
+
+logger = logging.getLogger(__name__)
+
+Resend = Callable[[Container], Awaitable[None]]
+Overdue = Callable[[Container], bool]
+Secret = Callable[[Container], str]
+
+
+@dataclass
+class PollTarget:
+    container: Container
+    secret: str
+    misses: int = 0
+    due: float = 0.0
+    last_status: dict[str, Any] | None = None
+    in_flight: bool = False
+    resending: bool = field(default=False)
+
+
+class Poller:
+    def __init__(
+        self,
+        *,
+        settings: ApiSettings,
+        registry: ContainerRegistry,
+        agents: AgentClient,
+        secret: Secret,
+        resend: Resend,
+        overdue: Overdue,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.agents = agents
+        self._secret = secret
+        self._resend = resend
+        self._overdue = overdue
+        self._clock = clock
+        self._sem = asyncio.Semaphore(settings.poll_concurrency)
+        self._targets: dict[int, PollTarget] = {}
+        self._reload_at = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+
+    # -- driving -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Tick until cancelled. Ticks are as fine as the provisioning interval."""
+        tick = min(self.settings.poll_interval_provisioning_s, self.settings.poll_interval_s)
+        try:
+            while True:
+                self._launch_due()
+                self._wake.clear()
+                try:
+                    async with asyncio.timeout(tick):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def poll_once(self) -> float:
+        """Poll every due container and wait for all of them; returns the cycle's seconds."""
+        start = self._clock()
+        await asyncio.gather(*self._launch_due())
+        return self._clock() - start
+
+    def wake(self) -> None:
+        """Reload the containers now (one just started provisioning)."""
+        self._reload_at = 0.0
+        self._wake.set()
+
+    def _launch_due(self) -> list[asyncio.Task[None]]:
+        now = self._clock()
+        if now >= self._reload_at:
+            self._reload()
+            self._reload_at = now + self.settings.poll_interval_s
+        launched = []
+        for target in self._targets.values():
+            if target.in_flight or target.due > now:
+                continue
+            target.in_flight = True
+            task = asyncio.get_running_loop().create_task(self._poll(target))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            launched.append(task)
+        return launched
+
+    def _reload(self) -> None:
+        polled = [s for s in ContainerState if s.is_polled]
+        fresh = {c.vmid: c for c in self.registry.in_states(polled) if c.agent_url}
+        for vmid in list(self._targets):
+            if vmid not in fresh:
+                del self._targets[vmid]
+        for vmid, container in fresh.items():
+            target = self._targets.get(vmid)
+            if target is None:
+                self._targets[vmid] = PollTarget(
+                    container, self._secret(container), last_status=container.status
+                )
+            elif not target.in_flight:
+                target.container = container
+
+    # -- one poll ------------------------------------------------------------------------------
+
+    async def _poll(self, target: PollTarget) -> None:
+        try:
+            async with self._sem:
+                status = await self.agents.status(
+                    target.container.agent_url or "",
+                    target.secret,
+                    timeout_s=self.settings.poll_timeout_s,
+                )
+        except AgentError as exc:
+            self._missed(target, exc)
+        except asyncio.CancelledError:
+            raise
+        else:
+            await self._observed(target, status)
+        finally:
+            target.in_flight = False
+
+    def _interval(self, state: str) -> float:
+        if state == ContainerState.PROVISIONING:
+            return self.settings.poll_interval_provisioning_s
+        return self.settings.poll_interval_s
+
+    def _missed(self, target: PollTarget, exc: AgentError) -> None:
+        target.misses += 1
+        container = target.container
+        backoff = self._interval(container.state) * 2 ** min(target.misses, 16)
+        target.due = self._clock() + min(backoff, self.settings.poll_max_backoff_s)
+        if (
+            target.misses >= self.settings.unreachable_after_misses
+            and container.state != ContainerState.UNREACHABLE
+        ):
+            self._apply(
+                target,
+                state=ContainerState.UNREACHABLE,
+                error=f"agent missed {target.misses} polls: {exc.message}",
+            )
+
+    async def _observed(self, target: PollTarget, status: AgentStatus) -> None:
+        target.misses = 0
+        container = target.container
+        document = status.model_dump(mode="json", by_alias=True)
+        changes: dict[str, Any] = {}
+        if document != target.last_status:
+            changes["status"] = document
+        if status.state is AgentState.READY:
+            changes.update(state=ContainerState.READY, error=None)
+        elif status.state is AgentState.FAILED:
+            error = status.error
+            message = f"{error.step}: {error.message} ({error.code})" if error else "agent failed"
+            changes.update(state=ContainerState.FAILED, error=message)
+        elif status.state is AgentState.PROVISIONING:
+            changes.update(state=ContainerState.PROVISIONING, error=None)
+            if self._overdue(container):
+                limit = self.settings.provision_timeout_s
+                changes.update(
+                    state=ContainerState.FAILED,
+                    error=f"not ready within provision_timeout_s={limit:g}s",
+                )
+        else:  # idle: the agent has no payload (new, or it lost it) → send it (again)
+            changes.update(state=ContainerState.PROVISIONING)
+            await self._resend_payload(target)
+        self._apply(target, **changes)
+        target.due = self._clock() + self._interval(target.container.state)
+
+    async def _resend_payload(self, target: PollTarget) -> None:
+        try:
+            await self._resend(target.container)
+        except ZlhError as exc:
+            logger.warning("re-sending the payload to %s failed: %s", target.container.vmid, exc)
+
+    def _apply(self, target: PollTarget, **changes: Any) -> None:
+        container = target.container
+        for key in [k for k, v in changes.items() if k != "status" and getattr(container, k) == v]:
+            del changes[key]
+        if not changes:
+            return
+        updated = self.registry.update(container.vmid, **changes)
+        if updated is None:
+            self._targets.pop(container.vmid, None)
+            return
+        target.container = updated
+        target.last_status = updated.status
+        if not ContainerState(updated.state).is_polled:
+            self._targets.pop(container.vmid, None)

@@ -1,0 +1,346 @@
+"""Dev requests from catalog check to a provisioning agent, resumable after a crash.
+
+A request is checked against the catalog (unknown runtime, version or addon: 422, nothing
+created), recorded with its vmid and resolved artifacts (state ``requested``), answered 202,
+and then driven in the background:
+
+``requested`` → (``creating``: backend create + start) → (``provisioning``: payload sent to the
+agent) → the poller takes over until ``ready`` or ``failed``.
+
+The row is written before the backend is called and ``creating`` before ``create``: after a
+crash, :meth:`Provisioner.resume` drives every unfinished container from where it stood, and a
+container the backend already has under a vmid in ``creating`` is ours (never created twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from zlh.api.agent_client import AgentClient
+from zlh.api.audit import Action, AuditLog
+from zlh.api.catalog import CatalogSource
+from zlh.api.containers import ContainerRegistry
+from zlh.api.db import Container, ContainerState, KeyValue, User
+from zlh.api.db.models import utcnow
+from zlh.api.errors import AgentError, AgentUnreachable, InvalidRequest
+from zlh.api.keys import agent_secret
+from zlh.api.models import DevRequest
+from zlh.api.settings import ApiSettings
+from zlh.backends import (
+    Backend,
+    BackendError,
+    ContainerExists,
+    ContainerInfo,
+    ContainerSpec,
+    Resources,
+)
+from zlh.backends import (
+    ContainerState as BackendState,
+)
+from zlh.errors import ZlhError
+from zlh.schemas import (
+    Artifact,
+    ArtifactKind,
+    Catalog,
+    CatalogLookupError,
+    ProvisionPayload,
+    ide_base_path,
+)
+
+__all__ = ["Provisioner", "resolve_request"]
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_request(catalog: Catalog, request: DevRequest) -> tuple[str, dict[str, Any]]:
+    """The runtime version and the pinned artifacts a request means, or InvalidRequest."""
+    try:
+        version, runtime = catalog.resolve(ArtifactKind.RUNTIME, request.runtime, request.version)
+        addons: dict[str, Any] = {}
+        for name in request.addons:
+            if name in addons:
+                raise CatalogLookupError(f"addon {name!r} is listed twice", field="addons")
+            addon_version, artifact = catalog.resolve(ArtifactKind.ADDON, name)
+            addons[name] = {"version": addon_version, "artifact": _dump(artifact)}
+    except CatalogLookupError as exc:
+        raise InvalidRequest(exc.message, field=exc.field) from exc
+    return version, {"runtime": _dump(runtime), "addons": addons}
+
+
+def _dump(artifact: Artifact) -> dict[str, Any]:
+    return artifact.model_dump(mode="json", by_alias=True)
+
+
+class Provisioner:
+    def __init__(
+        self,
+        *,
+        settings: ApiSettings,
+        registry: ContainerRegistry,
+        backend: Backend,
+        agents: AgentClient,
+        catalog: CatalogSource,
+        audit: AuditLog,
+        agent_key: bytes,
+        artifact_base_url: str,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.backend = backend
+        self.agents = agents
+        self.catalog = catalog
+        self.audit = audit
+        self.agent_key = agent_key
+        self.artifact_base_url = artifact_base_url.rstrip("/")
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        # Told when a container starts provisioning (the poller's wake-up).
+        self.on_provisioning: Callable[[], None] = lambda: None
+
+    def secret(self, container: Container) -> str:
+        return agent_secret(self.agent_key, container.vmid, container.agent_nonce)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    async def request(self, user: User, request: DevRequest) -> Container:
+        """Check, record and start driving a dev request; returns the ``requested`` record."""
+        version, pins = resolve_request(await self.catalog.get(), request)
+        container = await asyncio.to_thread(
+            self.registry.allocate,
+            owner=user,
+            runtime=request.runtime,
+            version=version,
+            addons=list(request.addons),
+            pins=pins,
+            quota=self.settings.max_containers_per_user,
+        )
+        await asyncio.to_thread(
+            self.audit.record,
+            user.username,
+            Action.CREATE,
+            container.vmid,
+            f"{request.runtime} {version} addons={','.join(request.addons) or '-'}",
+        )
+        self._spawn(container.vmid)
+        return container
+
+    async def delete(self, vmid: int, actor: str) -> None:
+        """Destroy the container and forget it. Raises BackendError (state stays deleting)."""
+        task = self._tasks.pop(vmid, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self.registry.update(vmid, state=ContainerState.DELETING)
+        try:
+            await self.backend.destroy(vmid)
+        except BackendError as exc:
+            self.registry.update(vmid, error=f"delete failed: {exc.message}")
+            raise
+        await self._save_backend_state()
+        self.registry.remove(vmid)
+        await asyncio.to_thread(self.audit.record, actor, Action.DELETE, vmid)
+
+    # -- the background drive -------------------------------------------------------------------
+
+    async def resume(self) -> None:
+        """After a start: drive unfinished containers, re-find running ones, finish deletes."""
+        starting = [ContainerState.REQUESTED, ContainerState.CREATING]
+        for container in self.registry.in_states(starting):
+            self._spawn(container.vmid)
+        polled = self.registry.in_states(
+            [ContainerState.PROVISIONING, ContainerState.READY, ContainerState.UNREACHABLE]
+        )
+        await asyncio.gather(*(self._reattach(c) for c in polled))
+        for container in self.registry.in_states([ContainerState.DELETING]):
+            try:
+                await self.delete(container.vmid, "system")
+            except ZlhError as exc:
+                logger.warning("deleting container %s failed again: %s", container.vmid, exc)
+
+    async def _reattach(self, container: Container) -> None:
+        try:
+            info = await self.backend.status(container.vmid)
+            if info.state is BackendState.ABSENT:
+                self._fail(container.vmid, "the container disappeared from the backend")
+                return
+            if info.state is not BackendState.RUNNING or not info.address:
+                await self.backend.start(container.vmid)
+                info = await self.backend.wait_running(
+                    container.vmid, timeout_s=self.settings.container_start_timeout_s
+                )
+            self._record_address(container.vmid, info)
+        except ZlhError as exc:
+            logger.warning("container %s could not be reattached: %s", container.vmid, exc)
+
+    def _spawn(self, vmid: int) -> None:
+        if vmid in self._tasks and not self._tasks[vmid].done():
+            return
+        task = asyncio.get_running_loop().create_task(self._drive(vmid), name=f"provision-{vmid}")
+        self._tasks[vmid] = task
+        task.add_done_callback(
+            lambda t: self._tasks.pop(vmid, None) if self._tasks.get(vmid) is t else None
+        )
+
+    async def _drive(self, vmid: int) -> None:
+        try:
+            container = self.registry.get(vmid)
+            if container is None or not ContainerState(container.state).is_starting:
+                return
+            async with asyncio.timeout(self.settings.container_start_timeout_s):
+                info = await self._create_and_start(container)
+            self._record_address(vmid, info)
+            container = self.registry.update(vmid, state=ContainerState.PROVISIONING)
+            if container is not None:
+                await self.send_payload(container, wait_s=self.settings.agent_answer_timeout_s)
+                self.on_provisioning()
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError:
+            self._fail(
+                vmid,
+                f"the container did not start within {self.settings.container_start_timeout_s:g}s",
+            )
+        except ZlhError as exc:
+            self._fail(vmid, exc.message + (f" ({exc.reason})" if exc.reason else ""))
+        except Exception as exc:  # a bug or an untranslated backend error: fail, never hang
+            logger.exception("provisioning container %s failed", vmid)
+            self._fail(vmid, f"internal error: {exc.__class__.__name__}")
+
+    async def _create_and_start(self, container: Container) -> ContainerInfo:
+        vmid = container.vmid
+        info = await self.backend.status(vmid)
+        if info.state is BackendState.ABSENT:
+            self.registry.update(vmid, state=ContainerState.CREATING)
+            spec = ContainerSpec(
+                vmid=vmid,
+                agent_secret=self.secret(container),
+                resources=Resources(
+                    memory_mb=self.settings.container_memory_mb,
+                    cores=self.settings.container_cores,
+                ),
+                tun="tailscale" in container.addons,
+            )
+            try:
+                await self.backend.create(spec)
+            except ContainerExists:
+                # Someone else's container holds this vmid on the backend: never touch it.
+                raise BackendError(
+                    f"vmid {vmid} is already used on the backend by a container this API did "
+                    "not create"
+                ) from None
+            await self._save_backend_state()
+        elif container.state == ContainerState.REQUESTED:
+            raise BackendError(
+                f"vmid {vmid} is already used on the backend by a container this API did not create"
+            )
+        if info.state is not BackendState.RUNNING:
+            await self.backend.start(vmid)
+        return await self.backend.wait_running(
+            vmid, timeout_s=self.settings.container_start_timeout_s
+        )
+
+    def _record_address(self, vmid: int, info: ContainerInfo) -> None:
+        self.registry.update(
+            vmid,
+            address=info.address,
+            agent_port=info.agent_port,
+            code_server_port=info.code_server_port,
+        )
+
+    async def send_payload(self, container: Container, *, wait_s: float) -> None:
+        """POST the payload, retrying while the agent does not answer yet (it may be booting)."""
+        url = container.agent_url
+        if url is None:
+            raise BackendError(f"container {container.vmid} has no address yet")
+        payload = self.payload(container)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        delay = 0.1
+        while True:
+            try:
+                await self.agents.provision(
+                    url,
+                    self.secret(container),
+                    payload,
+                    timeout_s=self.settings.agent_request_timeout_s,
+                )
+                break
+            except AgentUnreachable:
+                if loop.time() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        self.registry.update(container.vmid, provision_started_at=utcnow(), error=None)
+
+    def payload(self, container: Container) -> ProvisionPayload:
+        base = self.artifact_base_url
+        pins = container.pins
+
+        def artifact(data: dict[str, Any]) -> dict[str, Any]:
+            pinned = Artifact.model_validate(data)
+            return {**data, "url": pinned.resolved_url(base)}
+
+        addons: list[dict[str, Any]] = []
+        for name, pin in pins["addons"].items():
+            options: dict[str, Any]
+            if name == "code-server":
+                options = {
+                    "basePath": ide_base_path(container.vmid),
+                    "port": container.code_server_port or 6000,
+                }
+            else:
+                raise AgentError(f"addon {name!r} needs options this API cannot fill in yet")
+            addons.append(
+                {
+                    "name": name,
+                    "version": pin["version"],
+                    "artifact": artifact(pin["artifact"]),
+                    "options": options,
+                }
+            )
+        return ProvisionPayload.model_validate(
+            {
+                "vmid": container.vmid,
+                "runtime": {
+                    "name": container.runtime,
+                    "version": container.version,
+                    "artifact": artifact(pins["runtime"]),
+                },
+                "addons": addons,
+            }
+        )
+
+    def provision_overdue(self, container: Container) -> bool:
+        started = container.provision_started_at
+        limit = timedelta(seconds=self.settings.provision_timeout_s)
+        return started is not None and utcnow() - started > limit
+
+    def _fail(self, vmid: int, message: str) -> None:
+        logger.warning("container %s failed: %s", vmid, message)
+        if self.registry.update(vmid, state=ContainerState.FAILED, error=message) is not None:
+            self.audit.record("system", Action.FAILED, vmid, message)
+
+    async def _save_backend_state(self) -> None:
+        state = self.backend.get_state()
+        key = f"backend:{self.backend.name}"
+        with self.registry.db.session() as session:
+            row = session.get(KeyValue, key)
+            if row is None:
+                session.add(KeyValue(key=key, value=state))
+            elif row.value != state:
+                row.value = state
+
+    def load_backend_state(self) -> None:
+        with self.registry.db.session() as session:
+            row = session.get(KeyValue, f"backend:{self.backend.name}")
+        if row is not None:
+            self.backend.load_state(row.value)
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

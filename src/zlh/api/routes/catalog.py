@@ -1,0 +1,17 @@
+"""``/api/catalog``: the runtime catalog of the configured artifact server."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from zlh.api.deps import CurrentUser, Svc
+from zlh.api.routes import ERRORS
+from zlh.schemas import Catalog
+
+router = APIRouter(prefix="/api", tags=["catalog"], responses=ERRORS)
+
+
+@router.get("/catalog")
+async def catalog(user: CurrentUser, svc: Svc) -> Catalog:
+    """Runtimes and addons that can be requested, with their versions and pinned artifacts."""
+    return await svc.catalog.get()

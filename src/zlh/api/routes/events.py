@@ -1,0 +1,52 @@
+"""``/api/dev/{vmid}/events``: Server-Sent Events of state and progress until ready/failed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from zlh.api.containers import container_event
+from zlh.api.db import ContainerState
+from zlh.api.deps import OwnedContainer, Svc
+from zlh.api.events import sse
+from zlh.api.routes import ERRORS
+
+router = APIRouter(prefix="/api/dev", tags=["dev"], responses=ERRORS)
+
+KEEPALIVE_S = 15.0
+_FINAL = {ContainerState.READY.value, ContainerState.FAILED.value, "deleted"}
+
+
+@router.get(
+    "/{vmid}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def events(container: OwnedContainer, svc: Svc) -> StreamingResponse:
+    """``event: status`` frames (state, progress, error) from now until ready or failed."""
+    vmid = container.vmid
+
+    async def stream() -> AsyncIterator[bytes]:
+        async with svc.bus.subscribe(vmid) as queue:
+            current = svc.registry.get(vmid)
+            if current is None:
+                return
+            event = container_event(current)
+            yield sse("status", event)
+            while event.state not in _FINAL:
+                try:
+                    async with asyncio.timeout(KEEPALIVE_S):
+                        event = await queue.get()
+                except TimeoutError:
+                    yield b": keepalive\n\n"
+                    continue
+                yield sse("status", event)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )

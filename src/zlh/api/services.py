@@ -1,0 +1,39 @@
+"""Everything a request handler may need, built once per app and kept on ``app.state``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from zlh.api.agent_client import AgentClient
+from zlh.api.audit import AuditLog
+from zlh.api.auth import TokenService
+from zlh.api.catalog import CatalogSource
+from zlh.api.containers import ContainerRegistry
+from zlh.api.db import Database
+from zlh.api.events import EventBus
+from zlh.api.poller import Poller
+from zlh.api.provisioning import Provisioner
+from zlh.api.ratelimit import FailureLimiter
+from zlh.api.routefeed import RouteFeed
+from zlh.api.settings import ApiSettings
+from zlh.backends import Backend
+
+__all__ = ["Services"]
+
+
+@dataclass(kw_only=True)
+class Services:
+    settings: ApiSettings
+    db: Database
+    backend: Backend
+    tokens: TokenService
+    registry: ContainerRegistry
+    provisioner: Provisioner
+    poller: Poller
+    agents: AgentClient
+    catalog: CatalogSource
+    audit: AuditLog
+    bus: EventBus
+    feed: RouteFeed
+    user_limiter: FailureLimiter
+    address_limiter: FailureLimiter

@@ -1,0 +1,215 @@
+"""Settings of the control plane: defaults, then a TOML config file, then ``ZLH_*`` variables.
+
+Each setting has a default, a unit in its name where it has one, and a help line that also says
+what it does not cover. Precedence (highest first): explicit values (the CLI's flags),
+environment ``ZLH_<NAME>``, the config file (``--config``, ``ZLH_CONFIG`` or
+``<data dir>/api.toml`` when present), defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["ApiSettings", "load_settings", "parse_listen"]
+
+CONFIG_FILE = "api.toml"
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) into its parts; ValueError names the problem."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not HOST:PORT with a port from 1 to 65535")
+    return host, int(port)
+
+
+class ApiSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ZLH_", extra="forbid", validate_default=True)
+
+    data_dir: Path = Field(
+        Path("/var/lib/zlh"),
+        description="state directory: SQLite database, key files, the built-in store's default "
+        "place. Not where containers' disks live (that is the backend's business).",
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; default a SQLite "
+        "file <data dir>/zlh.db. Migrations run on start; the database itself must exist.",
+    )
+    backend: Literal["lxc", "process", "proxmox"] = Field(
+        "lxc", description="container backend. Its own settings (Proxmox URL, token) are its own."
+    )
+    listen: str = Field(
+        "127.0.0.1:8780",
+        description="public HOST:PORT of the API (and the portal). Not the unix socket.",
+    )
+    unix_socket: Path | None = Field(
+        None,
+        description="also serve the app on this unix socket, for the public front to relay to. "
+        "The file is replaced on start and removed on a clean stop.",
+    )
+    store_dir: Path | None = Field(
+        None,
+        description="`zlh up` only: the built-in artifact store (default <data dir>/artifacts), "
+        "mounted at /artifacts/. `zlh api` ignores it and uses artifact_server_url.",
+    )
+    artifact_server_url: str | None = Field(
+        None,
+        description="base URL of an external artifact server (its catalog is "
+        "<url>/catalog.json); required by `zlh api`, unused by `zlh up`.",
+    )
+    artifact_url_for_containers: str | None = Field(
+        None,
+        description="base URL of the artifact server as containers reach it, put into every "
+        "payload (default: artifact_server_url, or http://<listen>/artifacts for `zlh up`). "
+        "Does not change where the API itself reads the catalog.",
+    )
+    catalog_cache_s: float = Field(
+        5.0, ge=0, description="how long a fetched catalog is reused before it is read again."
+    )
+    jwt_key_file: Path | None = Field(
+        None,
+        description="HS256 signing key for session tokens; generated (0600) on first start. "
+        "Default <data dir>/jwt.key. Rotating it logs everybody out.",
+    )
+    agent_key_file: Path | None = Field(
+        None,
+        description="key that per-container agent secrets are derived from (only a nonce is "
+        "stored in the database). Default <data dir>/agent.key. Losing it orphans containers.",
+    )
+    session_ttl_s: int = Field(
+        8 * 3600, gt=0, description="lifetime of a login session and its token. No sliding renewal."
+    )
+    cookie_name: str = Field(
+        "zlh_session", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the session cookie's name."
+    )
+    cookie_secure: bool | None = Field(
+        None,
+        description="force the cookie's Secure flag; default: set when the request came over "
+        "TLS (X-Forwarded-Proto from the front counts).",
+    )
+    login_failures_per_user: int = Field(
+        5, gt=0, description="failed logins per user name allowed in login_window_s, then 429."
+    )
+    login_failures_per_address: int = Field(
+        20, gt=0, description="failed logins per client address in login_window_s, then 429."
+    )
+    login_window_s: float = Field(
+        300.0, gt=0, description="sliding window of the login limits. Kept in memory only."
+    )
+    max_containers_per_user: int = Field(
+        3, ge=0, description="containers one user may hold at once; admins are not exempt."
+    )
+    container_memory_mb: int = Field(2048, gt=0, description="memory limit of each container.")
+    container_cores: int = Field(2, gt=0, description="CPU cores of each container.")
+    container_start_timeout_s: float = Field(
+        120.0, gt=0, description="create+start until the backend reports it running."
+    )
+    agent_answer_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="after start, how long the agent may take to accept the payload. "
+        "Not the install itself (see provision_timeout_s).",
+    )
+    provision_timeout_s: float = Field(
+        1800.0,
+        gt=0,
+        description="payload accepted until ready; then the container is failed. Downloads of "
+        "big runtimes count here.",
+    )
+    agent_request_timeout_s: float = Field(
+        10.0, gt=0, description="one POST /provision to an agent. Not status polls."
+    )
+    poll_interval_s: float = Field(
+        5.0, gt=0, description="how often each ready container's agent /status is read."
+    )
+    poll_interval_provisioning_s: float = Field(
+        0.5, gt=0, description="the same while a container provisions, for live progress."
+    )
+    poll_timeout_s: float = Field(
+        2.0, gt=0, description="one /status request; a slower agent counts as a miss."
+    )
+    poll_concurrency: int = Field(
+        200, gt=0, description="status requests in flight at once, over all agents."
+    )
+    poll_max_backoff_s: float = Field(
+        60.0, gt=0, description="longest wait between polls of an agent that keeps missing."
+    )
+    unreachable_after_misses: int = Field(
+        3, gt=0, description="consecutive missed polls before a container shows unreachable."
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_is_host_port(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @field_validator("artifact_server_url", "artifact_url_for_containers")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/") if value else value
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'zlh.db'}"
+
+    @property
+    def jwt_key_path(self) -> Path:
+        return self.jwt_key_file or self.data_dir / "jwt.key"
+
+    @property
+    def agent_key_path(self) -> Path:
+        return self.agent_key_file or self.data_dir / "agent.key"
+
+    @property
+    def store_path(self) -> Path:
+        return self.store_dir or self.data_dir / "artifacts"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file is named by load_settings through model_config["toml_file"].
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+
+def _config_file(config: Path | None, data_dir: Path | None) -> Path | None:
+    explicit = config or (Path(p) if (p := os.environ.get("ZLH_CONFIG")) else None)
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ValueError(f"config file {explicit} does not exist")
+        return explicit
+    base = data_dir or Path(os.environ.get("ZLH_DATA_DIR", "/var/lib/zlh"))
+    default = base / CONFIG_FILE
+    return default if default.is_file() else None
+
+
+def load_settings(config: Path | None = None, **explicit: Any) -> ApiSettings:
+    """Settings from ``explicit`` values (None means "not given"), env and the config file."""
+    given = {key: value for key, value in explicit.items() if value is not None}
+    data_dir = given.get("data_dir")
+    toml_file = _config_file(config, Path(data_dir) if data_dir else None)
+
+    class _FromFile(ApiSettings):
+        model_config = SettingsConfigDict(toml_file=toml_file)
+
+    return _FromFile(**given)
