@@ -58,6 +58,7 @@ def handler(parser: argparse.ArgumentParser, target: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from zlh.agent.cli import register as register_agent
+    from zlh.api.cli import register as register_api
     from zlh.artifacts.cli import register as register_artifacts
 
     parser = _Parser(prog="zlh", description="ZeroLagHub dev containers")
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
     register_artifacts(commands)
     register_agent(commands)
+    register_api(commands)
     return parser
 
 
