@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   ca-certificates curl xz-utils zstd git make
   build-essential python3-dev libkrb5-dev   # code-server's native modules
+  postgresql                                # API storage tests (they run their own cluster)
 )
 
 missing=()
