@@ -7,6 +7,7 @@ import unicodedata
 from pathlib import Path
 
 import pytest
+from hostile_paths import hostile_paths
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -19,34 +20,6 @@ from zlh.agent.workspace import (
     parse_client_path,
 )
 from zlh.schemas.files import EntryType
-
-# Tokens that hide a separator, a dot name, a NUL or a root once decoded or normalised.
-HIDDEN_DOTS = [
-    "%2e%2e", "%2E%2E", ".%2e", "%2e.", "%252e%252e", "%25252e%25252e", "%c0%ae%c0%ae",
-    "%e0%80%ae%e0%80%ae", "\uff0e\uff0e", "\u2025", "\u2024\u2024", "\u2024", "\uff0e",
-]  # fmt: skip
-HIDDEN_SEPARATORS = [
-    "a%2fb", "a%2Fb", "a%252fb", "a\uff0fb", "a%ef%bc%8fb", "a%c0%afb", "a%5cb", "a\uff3cb",
-    "a%e0%80%afb",
-]  # fmt: skip
-HIDDEN_NUL = ["a%00b", "a%2500b", "a\x00b", "\x00"]
-ABSOLUTE = ["/", "/etc/passwd", "//etc", "\\etc", "C:\\Windows", "%2fetc", "\uff0fetc"]
-BROKEN_UTF8 = ["\ufffd", "a\udcc0b"]
-
-
-def hostile_paths() -> st.SearchStrategy[str]:
-    safe = st.sampled_from(["src", "a", "inner", "x.txt", "."])
-    token = st.sampled_from(HIDDEN_DOTS + HIDDEN_SEPARATORS + HIDDEN_NUL + BROKEN_UTF8)
-    traversal = st.integers(1, 4).flatmap(
-        lambda depth: st.lists(safe.filter(lambda s: s != "."), max_size=depth - 1).map(
-            lambda names: "/".join([*names, *([".."] * depth), "etc", "passwd"])
-        )
-    )
-    embedded = st.tuples(st.lists(safe, max_size=3), token, st.lists(safe, max_size=3)).map(
-        lambda t: "/".join([*t[0], t[1], *t[2]])
-    )
-    windows = st.lists(safe, min_size=1, max_size=3).map(lambda names: "..\\" + "\\".join(names))
-    return st.one_of(traversal, embedded, windows, st.sampled_from(ABSOLUTE))
 
 
 @given(hostile_paths())
