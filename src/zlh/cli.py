@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     from zlh.agent.cli import register as register_agent
     from zlh.api.cli import register as register_api
     from zlh.artifacts.cli import register as register_artifacts
+    from zlh.backends.cli import register as register_template
 
     parser = _Parser(prog="zlh", description="ZeroLagHub dev containers")
     parser.add_argument("--version", action="version", version=f"zlh {__version__}")
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_artifacts(commands)
     register_agent(commands)
     register_api(commands)
+    register_template(commands)
     return parser
 
 

@@ -1,0 +1,365 @@
+"""Real LXC containers on this host: the default backend.
+
+Every container is an overlay snapshot clone (``lxc-copy -s -B overlay``) of the current
+template (see :mod:`zlh.backends.template`), named ``zlh-<vmid>`` under ``<data dir>/lxc``.
+Its config carries everything the backend needs to find it again after an API restart: the
+static address on ``lxcbr0`` (allocated here, no DHCP: DHCP costs seconds per start), the
+fixed MAC and host-side veth name the isolation rules name (:mod:`zlh.backends.lxc_net`), and
+the memory / CPU / pids limits for whichever cgroup version the host runs. The agent secret is
+written into the clone's overlay upper dir before the first start. Needs root and ``lxc``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from zlh.backends.base import (
+    AGENT_PORT,
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    ContainerExists,
+    ContainerInfo,
+    ContainerSpec,
+    ContainerState,
+    Resources,
+)
+from zlh.backends.lxc_net import (
+    BRIDGE,
+    Bridge,
+    allocate_address,
+    allow_port,
+    ensure_bridge,
+    ensure_isolation,
+    file_lock,
+    mac_for,
+    revoke_port,
+    veth_name,
+)
+from zlh.backends.template import TOKEN_PATH, current_template
+
+__all__ = ["LxcBackend", "cgroup_version", "require_lxc"]
+
+log = logging.getLogger(__name__)
+
+NAME_PREFIX = "zlh-"
+_NAME = re.compile(r"^zlh-(\d+)$")
+CODE_SERVER_PORT = 6000
+CPU_PERIOD_US = 100_000
+INSTALL_HINT = "apt-get install lxc debootstrap nftables"
+
+
+def require_lxc() -> None:
+    """Raise BackendUnavailable saying what is missing for the lxc backend."""
+    if shutil.which("lxc-start") is None or shutil.which("lxc-copy") is None:
+        raise BackendUnavailable(f"the lxc backend needs the lxc package: {INSTALL_HINT}")
+    if os.geteuid() != 0:
+        raise BackendUnavailable(
+            "the lxc backend runs privileged containers and needs root: run as root, or use "
+            "--backend process (no isolation) on this machine"
+        )
+
+
+def cgroup_version() -> int:
+    """2 on a unified cgroup host, 1 when the memory controller is on a v1 hierarchy."""
+    root = Path("/sys/fs/cgroup")
+    if (root / "cgroup.controllers").exists():
+        return 2
+    return 1
+
+
+def limit_lines(resources: Resources, version: int) -> list[str]:
+    quota = resources.cores * CPU_PERIOD_US
+    memory = resources.memory_mb * 1024 * 1024
+    if version == 2:
+        return [
+            f"lxc.cgroup2.memory.max = {memory}",
+            f"lxc.cgroup2.cpu.max = {quota} {CPU_PERIOD_US}",
+            f"lxc.cgroup2.pids.max = {resources.pids}",
+        ]
+    return [
+        f"lxc.cgroup.memory.limit_in_bytes = {memory}",
+        f"lxc.cgroup.cpu.cfs_period_us = {CPU_PERIOD_US}",
+        f"lxc.cgroup.cpu.cfs_quota_us = {quota}",
+        f"lxc.cgroup.pids.max = {resources.pids}",
+    ]
+
+
+def tun_lines(version: int) -> list[str]:
+    prefix = "lxc.cgroup2" if version == 2 else "lxc.cgroup"
+    return [
+        f"{prefix}.devices.allow = c 10:200 rwm",
+        "lxc.mount.entry = /dev/net/tun dev/net/tun none bind,create=file 0 0",
+    ]
+
+
+def _config_value(config: Path, key: str) -> str | None:
+    """The last value of ``key`` (LXC's rule for single-valued keys)."""
+    value = None
+    try:
+        text = config.read_text()
+    except FileNotFoundError:
+        return None
+    for line in text.splitlines():
+        name, sep, rest = line.partition("=")
+        if sep and name.strip() == key:
+            value = rest.strip()
+    return value
+
+
+class LxcBackend(Backend):
+    """Privileged LXC 5 containers cloned from the template, on the ``lxcbr0`` bridge."""
+
+    name = "lxc"
+
+    def __init__(self, *, data_dir: Path, bridge: str = BRIDGE) -> None:
+        require_lxc()
+        self.data_dir = data_dir = data_dir.resolve()
+        self.lxcpath = data_dir / "lxc"
+        self.lxcpath.mkdir(parents=True, exist_ok=True)
+        self.bridge_name = bridge
+        self._bridge: Bridge | None = None
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._host = socket.gethostname()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _name(self, vmid: int) -> str:
+        return f"{NAME_PREFIX}{vmid}"
+
+    def _config(self, vmid: int) -> Path:
+        return self.lxcpath / self._name(vmid) / "config"
+
+    def _lock(self, vmid: int) -> asyncio.Lock:
+        return self._locks.setdefault(vmid, asyncio.Lock())
+
+    def _lxc(self, tool: str, vmid: int | str, *args: str, what: str) -> str:
+        name = vmid if isinstance(vmid, str) else self._name(vmid)
+        cmd = [tool, "-P", str(self.lxcpath), "-n", name, *args]
+        log.debug("running %s", " ".join(cmd))
+        try:
+            result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        except FileNotFoundError as exc:
+            raise BackendUnavailable(f"{tool} not found: {INSTALL_HINT}") from exc
+        if result.returncode != 0:
+            detail = (result.stderr or result.stdout).strip().splitlines()[-5:]
+            raise BackendError(f"{what} failed: " + " / ".join(detail))
+        return result.stdout
+
+    def _vmids(self) -> Iterator[int]:
+        """Containers of this backend, from ``lxc-ls`` (the host's records, not memory)."""
+        for name in self._lxc_ls():
+            match = _NAME.match(name)
+            if match:
+                yield int(match.group(1))
+
+    def _lxc_ls(self) -> list[str]:
+        try:
+            result = subprocess.run(
+                ["lxc-ls", "-P", str(self.lxcpath), "-1"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        except FileNotFoundError as exc:
+            raise BackendUnavailable(f"lxc-ls not found: {INSTALL_HINT}") from exc
+        if result.returncode != 0:
+            raise BackendError(f"lxc-ls failed: {result.stderr.strip()}")
+        return result.stdout.split()
+
+    def _address(self, vmid: int) -> str | None:
+        value = _config_value(self._config(vmid), "lxc.net.0.ipv4.address")
+        return value.split("/")[0] if value else None
+
+    def _network(self) -> Bridge:
+        """Bridge up and isolation rules loaded, once per backend object (idempotent)."""
+        if self._bridge is None:
+            bridge = ensure_bridge(self.bridge_name)
+            ports = [(v, a) for v in self._vmids() if (a := self._address(v))]
+            ensure_isolation(bridge, ports)
+            self._bridge = bridge
+        return self._bridge
+
+    def _state(self, vmid: int) -> ContainerState:
+        if not self._config(vmid).is_file():
+            return ContainerState.ABSENT
+        try:
+            out = self._lxc("lxc-info", vmid, "-s", "-H", what=f"lxc-info of {vmid}")
+        except BackendError:
+            if not self._config(vmid).is_file():  # destroyed meanwhile
+                return ContainerState.ABSENT
+            raise
+        return ContainerState.RUNNING if out.strip() == "RUNNING" else ContainerState.STOPPED
+
+    def _info(self, vmid: int) -> ContainerInfo:
+        state = self._state(vmid)
+        return ContainerInfo(
+            vmid=vmid,
+            state=state,
+            address=self._address(vmid) if state.exists else None,
+            agent_port=AGENT_PORT,
+            code_server_port=CODE_SERVER_PORT,
+            node=self._host,
+        )
+
+    # -- create ----------------------------------------------------------------------------
+
+    def _create(self, spec: ContainerSpec) -> ContainerInfo:
+        template = current_template(self.lxcpath)
+        if template is None:
+            raise BackendError(
+                f"no container template under {self.lxcpath}: run "
+                f"`zlh template build --data-dir {self.data_dir}` first"
+            )
+        bridge = self._network()
+        name = self._name(spec.vmid)
+        with file_lock(self.lxcpath / ".zlh-create.lock"):
+            if (self.lxcpath / name).exists():
+                raise ContainerExists(f"container {spec.vmid} already exists ({name})")
+            taken = [a for v in self._vmids() if (a := self._address(v))]
+            address = allocate_address(bridge, taken)
+            try:
+                self._lxc(
+                    "lxc-copy",
+                    template.name,
+                    "-N",
+                    name,
+                    "-s",
+                    "-B",
+                    "overlay",
+                    what=f"cloning the template for container {spec.vmid}",
+                )
+                self._configure(spec, bridge, address)
+            except BaseException:
+                self._remove(spec.vmid)
+                raise
+        allow_port(spec.vmid, address)
+        log.info("created container %s at %s", name, address)
+        return self._info(spec.vmid)
+
+    def _configure(self, spec: ContainerSpec, bridge: Bridge, address: str) -> None:
+        version = cgroup_version()
+        lines = [
+            f"# zlh: container {spec.vmid}",
+            f"lxc.net.0.link = {bridge.name}",
+            f"lxc.net.0.hwaddr = {mac_for(spec.vmid)}",
+            f"lxc.net.0.veth.pair = {veth_name(spec.vmid)}",
+            f"lxc.net.0.ipv4.address = {address}/{bridge.network.prefixlen}",
+            f"lxc.net.0.ipv4.gateway = {bridge.address}",
+            *limit_lines(spec.resources, version),
+        ]
+        if spec.tun:
+            lines += tun_lines(version)
+        config = self._config(spec.vmid)
+        with config.open("a") as handle:
+            handle.write("\n" + "\n".join(lines) + "\n")
+        self._write_secret(spec.vmid, spec.agent_secret)
+
+    def _upper_dir(self, vmid: int) -> Path:
+        rootfs = _config_value(self._config(vmid), "lxc.rootfs.path") or ""
+        if not rootfs.startswith("overlay:"):
+            raise BackendError(f"container {vmid} is not an overlay clone ({rootfs!r})")
+        return Path(rootfs.rsplit(":", 1)[1])
+
+    def _write_secret(self, vmid: int, secret: str) -> None:
+        target = self._upper_dir(vmid) / TOKEN_PATH.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secret)
+
+    def _remove(self, vmid: int) -> None:
+        """Remove a half-created clone (only called for a name we just checked was free)."""
+        if (self.lxcpath / self._name(vmid)).exists():
+            try:
+                self._lxc("lxc-destroy", vmid, what=f"removing container {vmid}")
+            except BackendError:
+                shutil.rmtree(self.lxcpath / self._name(vmid), ignore_errors=True)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _start(self, vmid: int) -> ContainerInfo:
+        state = self._state(vmid)
+        if not state.exists:
+            raise BackendError(f"container {vmid} does not exist")
+        if state is ContainerState.RUNNING:
+            return self._info(vmid)
+        self._network()
+        address = self._address(vmid)
+        if address:
+            allow_port(vmid, address)
+        self._lxc("lxc-start", vmid, what=f"starting container {vmid}")
+        self._lxc("lxc-wait", vmid, "-s", "RUNNING", "-t", "30", what=f"waiting for {vmid}")
+        return self._info(vmid)
+
+    def _stop(self, vmid: int, timeout_s: float) -> None:
+        if self._state(vmid) is not ContainerState.RUNNING:
+            return
+        try:
+            self._lxc(
+                "lxc-stop",
+                vmid,
+                "-t",
+                str(max(1, round(timeout_s))),
+                what=f"stopping container {vmid}",
+            )
+        except BackendError as exc:
+            log.warning("graceful stop of %s failed (%s); killing it", vmid, exc.message)
+            self._lxc("lxc-stop", vmid, "-k", what=f"killing container {vmid}")
+        if self._state(vmid) is ContainerState.RUNNING:
+            raise BackendError(f"container {vmid} is still running after lxc-stop")
+
+    def _destroy(self, vmid: int) -> None:
+        if not self._config(vmid).is_file():
+            return
+        address = self._address(vmid)
+        self._stop(vmid, 5.0)
+        self._lxc("lxc-destroy", vmid, what=f"destroying container {vmid}")
+        if address:
+            revoke_port(vmid, address)
+        log.info("destroyed container %s", self._name(vmid))
+
+    # -- the interface ---------------------------------------------------------------------
+
+    async def create(self, spec: ContainerSpec) -> ContainerInfo:
+        async with self._lock(spec.vmid):
+            return await asyncio.to_thread(self._create, spec)
+
+    async def start(self, vmid: int) -> ContainerInfo:
+        async with self._lock(vmid):
+            return await asyncio.to_thread(self._start, vmid)
+
+    async def stop(self, vmid: int, *, timeout_s: float = 10.0) -> None:
+        async with self._lock(vmid):
+            await asyncio.to_thread(self._stop, vmid, timeout_s)
+
+    async def destroy(self, vmid: int) -> None:
+        async with self._lock(vmid):
+            await asyncio.to_thread(self._destroy, vmid)
+
+    async def status(self, vmid: int) -> ContainerInfo:
+        return await asyncio.to_thread(self._info, vmid)
+
+    async def list(self) -> list[ContainerInfo]:
+        def collect() -> list[ContainerInfo]:
+            infos = (self._info(v) for v in sorted(self._vmids()))
+            return [info for info in infos if info.state.exists]
+
+        return await asyncio.to_thread(collect)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"lxcpath": str(self.lxcpath)}
+
+    def memory_bytes(self, vmid: int) -> int:
+        """Memory the container's cgroup charges to the host (for benchmarks and ops)."""
+        key = "memory.current" if cgroup_version() == 2 else "memory.usage_in_bytes"
+        return int(self._lxc("lxc-cgroup", vmid, key, what=f"reading {key} of {vmid}").strip())

@@ -1,0 +1,201 @@
+"""The LXC backend's network: the ``lxcbr0`` bridge, static addresses, isolation rules.
+
+Isolation (nftables, one table per family, replaced atomically and idempotently):
+
+- ``bridge`` family, forward hook: a frame from one port of the bridge to another is dropped,
+  so containers never reach each other at layer 2 (ARP included). The host talks to them
+  through the bridge device itself, which is not "forwarding".
+- ``inet`` family, forward hook: nothing is routed *into* the bridge unless it answers a
+  connection a container opened. That stops a container hair-pinning through the host's
+  routing to reach a neighbour, and any other machine reaching a container's agent port or
+  :6000: only the host (its own sockets) talks to them.
+- Per container, the bridge port (``zlh<vmid>``) only accepts frames from the container's own
+  MAC and IP (``ports`` set), so one container cannot claim another's address and receive the
+  API's requests to it.
+
+Containers reach the host's own addresses, the bridge address included (the artifact server).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from zlh.backends.base import BackendError, BackendUnavailable
+
+__all__ = [
+    "BRIDGE",
+    "Bridge",
+    "allocate_address",
+    "allow_port",
+    "ensure_bridge",
+    "ensure_isolation",
+    "file_lock",
+    "mac_for",
+    "revoke_port",
+    "veth_name",
+]
+
+BRIDGE = "lxcbr0"
+LXC_NET = Path("/usr/libexec/lxc/lxc-net")
+TABLE = "zlh_isolation"
+
+
+@dataclass(frozen=True)
+class Bridge:
+    name: str
+    interface: ipaddress.IPv4Interface  # the host's address on it, with the prefix
+
+    @property
+    def address(self) -> str:
+        return str(self.interface.ip)
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return self.interface.network
+
+
+def _run(cmd: list[str], what: str, *, stdin: str | None = None) -> str:
+    try:
+        result = subprocess.run(cmd, input=stdin, capture_output=True, text=True, check=False)
+    except FileNotFoundError as exc:
+        raise BackendUnavailable(f"{what}: {cmd[0]} is not installed") from exc
+    if result.returncode != 0:
+        raise BackendError(f"{what} failed: {(result.stderr or result.stdout).strip()}")
+    return result.stdout
+
+
+def _bridge_address(name: str) -> ipaddress.IPv4Interface | None:
+    try:
+        out = subprocess.run(
+            ["ip", "-4", "-o", "addr", "show", "dev", name],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise BackendUnavailable("iproute2 is not installed: apt-get install iproute2") from exc
+    match = re.search(r"inet (\S+)", out.stdout)
+    return ipaddress.IPv4Interface(match.group(1)) if match else None
+
+
+def ensure_bridge(name: str = BRIDGE) -> Bridge:
+    """The bridge with its host address; starts LXC's own lxc-net when it is not up yet.
+
+    With systemd, ``lxc-net.service`` brings ``lxcbr0`` up at boot; without it (containers,
+    CI machines) we run the same script it runs.
+    """
+    interface = _bridge_address(name)
+    if interface is None and name == BRIDGE and LXC_NET.exists():
+        _run([str(LXC_NET), "start"], "starting lxcbr0 with lxc-net")
+        interface = _bridge_address(name)
+    if interface is None:
+        raise BackendUnavailable(
+            f"bridge {name} has no IPv4 address: set USE_LXC_BRIDGE=\"true\" in "
+            "/etc/default/lxc-net and start lxc-net (systemctl start lxc-net), or create it"
+        )
+    return Bridge(name, interface)
+
+
+def veth_name(vmid: int) -> str:
+    """The host side of a container's veth pair: fixed, so rules can name it."""
+    return f"zlh{vmid}"
+
+
+def mac_for(vmid: int) -> str:
+    """A stable locally administered MAC per vmid (LXC's 00:16:3e prefix)."""
+    if not 0 < vmid < 1 << 24:
+        raise ValueError(f"vmid {vmid} out of range")
+    return "00:16:3e:" + ":".join(f"{(vmid >> shift) & 0xFF:02x}" for shift in (16, 8, 0))
+
+
+def _ruleset(bridge: Bridge) -> str:
+    """The whole isolation table; `add` then `delete` makes loading it idempotent."""
+    name = bridge.name
+    return f"""
+table bridge {TABLE}
+delete table bridge {TABLE}
+table bridge {TABLE} {{
+    set ports {{ type ifname . ether_addr . ipv4_addr; }}
+    chain forward {{
+        type filter hook forward priority 0; policy accept;
+        iifname "zlh*" drop
+        oifname "zlh*" drop
+    }}
+    chain input {{
+        type filter hook input priority 0; policy accept;
+        iifname != "zlh*" accept
+        ether type ip iifname . ether saddr . ip saddr @ports accept
+        ether type arp iifname . ether saddr . arp saddr ip @ports accept
+        ether type {{ ip, arp, ip6 }} drop
+    }}
+}}
+table inet {TABLE}
+delete table inet {TABLE}
+table inet {TABLE} {{
+    chain forward {{
+        type filter hook forward priority 0; policy accept;
+        oifname "{name}" ct state established,related accept
+        oifname "{name}" drop
+    }}
+}}
+"""
+
+
+def _nft(script: str, what: str) -> None:
+    if shutil.which("nft") is None:
+        raise BackendUnavailable("nftables is not installed: apt-get install nftables")
+    _run(["nft", "-f", "-"], what, stdin=script)
+
+
+def ensure_isolation(bridge: Bridge, ports: Iterable[tuple[int, str]]) -> None:
+    """(Re)load the isolation rules, allowing each (vmid, address) on its own port."""
+    script = _ruleset(bridge)
+    for vmid, address in ports:
+        script += _port_element("add", vmid, address)
+    _nft(script, "loading the container isolation rules")
+
+
+def _port_element(verb: str, vmid: int, address: str) -> str:
+    return (
+        f"{verb} element bridge {TABLE} ports "
+        f"{{ {veth_name(vmid)} . {mac_for(vmid)} . {address} }}\n"
+    )
+
+
+def allow_port(vmid: int, address: str) -> None:
+    _nft(_port_element("add", vmid, address), f"allowing container {vmid} on its bridge port")
+
+
+def revoke_port(vmid: int, address: str) -> None:
+    script = _port_element("add", vmid, address) + _port_element("delete", vmid, address)
+    _nft(script, f"removing container {vmid}'s bridge port rule")
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock across processes (two API processes on one data dir)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def allocate_address(bridge: Bridge, taken: Iterable[str]) -> str:
+    """The lowest free host address of the bridge's network (freed addresses come back)."""
+    used = {ipaddress.IPv4Address(a) for a in taken} | {bridge.interface.ip}
+    for host in bridge.network.hosts():
+        if host not in used:
+            return str(host)
+    raise BackendError(f"no free address left on {bridge.name} ({bridge.network})")
