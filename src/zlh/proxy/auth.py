@@ -1,0 +1,104 @@
+"""Who is calling: a session token in, a :class:`Principal` (or nobody) out.
+
+The front finds the token (the portal's session cookie, else ``Authorization: Bearer``) and asks
+an :class:`Authenticator`. :class:`JwtAuthenticator` is the platform's: HS256 only (the
+algorithm is pinned, so ``alg: none`` and key-confusion tokens fail), ``exp``, ``sub`` and
+``sid`` required. Verified tokens are cached (LRU, bounded) until they expire, so the hot path is
+one dict lookup; revocation is checked by the front on every request against the route table,
+never cached.
+
+Claims the API must put in its tokens: ``sub`` (user id, string), ``sid`` (session id, string),
+``exp``, ``iat`` (used by ``RouteTable.revoke_user``), optional ``admin: true``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Protocol
+
+import jwt
+
+__all__ = ["Authenticator", "JwtAuthenticator", "Principal", "find_token"]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: str
+    sid: str
+    is_admin: bool
+    expires_at: float
+    issued_at: float = 0.0
+
+
+class Authenticator(Protocol):
+    def authenticate(self, token: bytes) -> Principal | None:
+        """The principal ``token`` proves, or None (bad signature, expired, malformed).
+
+        Called on the event loop for every request: it must not block. Revocation is not its
+        job (the front checks the route table after it)."""
+
+
+def find_token(cookie_name: bytes, cookies: list[bytes], authorization: bytes | None) -> bytes:
+    """The session token: cookie ``cookie_name`` from any Cookie header, else a Bearer token.
+
+    Returns b"" when there is none."""
+    prefix = cookie_name + b"="
+    for header in cookies:
+        for part in header.split(b";"):
+            part = part.strip()
+            if part.startswith(prefix):
+                return part[len(prefix) :].strip(b'"')
+    if authorization is not None:
+        scheme, _, token = authorization.strip().partition(b" ")
+        if scheme.lower() == b"bearer":
+            return token.strip()
+    return b""
+
+
+class JwtAuthenticator:
+    def __init__(self, key: bytes | str, *, cache_size: int = 4096) -> None:
+        if len(key) < 32:
+            raise ValueError("the JWT signing key must be at least 32 bytes for HS256")
+        if cache_size < 1:
+            raise ValueError(f"cache_size must be >= 1, got {cache_size}")
+        self._key = key
+        self._cache: OrderedDict[bytes, Principal] = OrderedDict()
+        self._cache_size = cache_size
+
+    def authenticate(self, token: bytes) -> Principal | None:
+        cached = self._cache.get(token)
+        if cached is not None:
+            if cached.expires_at > time.time():
+                self._cache.move_to_end(token)
+                return cached
+            del self._cache[token]
+            return None
+        principal = self._verify(token)
+        if principal is not None:
+            self._cache[token] = principal
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return principal
+
+    def _verify(self, token: bytes) -> Principal | None:
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=["HS256"],
+                options={"require": ["exp", "sub", "sid"]},
+            )
+        except jwt.PyJWTError:
+            return None
+        sid, admin, iat = claims["sid"], claims.get("admin", False), claims.get("iat", 0)
+        if not isinstance(sid, str) or not sid or not isinstance(admin, bool):
+            return None
+        return Principal(
+            user_id=claims["sub"],
+            sid=sid,
+            is_admin=admin,
+            expires_at=float(claims["exp"]),
+            issued_at=float(iat),
+        )

@@ -1,0 +1,297 @@
+"""Parsed message heads and the header rewriting between client and upstream.
+
+Each header is classified once, as the parser hands it over: the few the front acts on are
+kept as fields, every other end-to-end header is kept as its ready-to-send line. Hop-by-hop
+headers (RFC 9110 §7.6.1: Connection, Keep-Alive, Proxy-Connection, TE, Trailer,
+Transfer-Encoding, Upgrade, plus any header a Connection header names) never cross the front;
+the front writes its own framing and Connection headers on each side.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+__all__ = [
+    "Framing",
+    "RequestHead",
+    "ResponseHead",
+    "chunk",
+    "client_response_head",
+    "upstream_request_head",
+]
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+class Framing(IntEnum):
+    """How a message body is delimited."""
+
+    NONE = 0  # no body
+    LENGTH = 1  # Content-Length
+    CHUNKED = 2  # Transfer-Encoding: chunked
+    CLOSE = 3  # response body until the connection closes
+
+
+# What on_header does with a header, by lower-case name.
+_KEEP_AND_NOTE = 1
+_DROP = 2
+_HOST, _COOKIE, _AUTH, _ORIGIN, _UPGRADE, _CONNECTION, _LENGTH, _TE, _ACCEPT = range(3, 12)
+_REQUEST_HEADERS = {
+    b"host": _HOST,
+    b"cookie": _COOKIE,
+    b"authorization": _AUTH,
+    b"origin": _ORIGIN,
+    b"upgrade": _UPGRADE,
+    b"connection": _CONNECTION,
+    b"content-length": _LENGTH,
+    b"transfer-encoding": _TE,
+    b"accept": _ACCEPT,
+    b"keep-alive": _DROP,
+    b"proxy-connection": _DROP,
+    b"te": _DROP,
+    b"trailer": _DROP,
+    b"proxy-authorization": _DROP,
+    # The front is the edge: whatever a client claims here is replaced by what the front saw.
+    b"x-forwarded-for": _DROP,
+    b"x-forwarded-host": _DROP,
+    b"x-forwarded-proto": _DROP,
+    b"forwarded": _DROP,
+}
+_NOSNIFF, _REFERRER, _CSP = range(12, 15)
+_RESPONSE_HEADERS = {
+    b"connection": _CONNECTION,
+    b"content-length": _LENGTH,
+    b"transfer-encoding": _TE,
+    b"upgrade": _UPGRADE,
+    b"keep-alive": _DROP,
+    b"proxy-connection": _DROP,
+    b"te": _DROP,
+    b"trailer": _DROP,
+    b"x-content-type-options": _NOSNIFF,
+    b"referrer-policy": _REFERRER,
+    b"content-security-policy": _CSP,
+}
+# Connection tokens that name no header of their own.
+_PLAIN_CONNECTION_TOKENS = frozenset((b"keep-alive", b"close", b"upgrade"))
+
+
+def _connection_tokens(value: bytes) -> list[bytes]:
+    return [t.strip().lower() for t in value.split(b",") if t.strip()]
+
+
+class _Head:
+    """Headers shared by both directions: passthrough lines and Connection-named headers."""
+
+    __slots__ = ("connection_named", "length", "lines", "names", "te_chunked", "upgrade")
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.names: list[bytes] = []
+        self.length: bytes | None = None
+        self.te_chunked = False
+        self.upgrade: bytes | None = None
+        self.connection_named: set[bytes] | None = None
+
+    def _note_connection(self, value: bytes) -> None:
+        extra = [t for t in _connection_tokens(value) if t not in _PLAIN_CONNECTION_TOKENS]
+        if extra:
+            if self.connection_named is None:
+                self.connection_named = set()
+            self.connection_named.update(extra)
+
+    def passthrough(self) -> list[bytes]:
+        """The end-to-end header lines, minus any header the Connection header named."""
+        named = self.connection_named
+        if not named:
+            return self.lines
+        return [
+            line for name, line in zip(self.names, self.lines, strict=True) if name not in named
+        ]
+
+
+class RequestHead(_Head):
+    __slots__ = (
+        "accept",
+        "authorization",
+        "cookies",
+        "host",
+        "keep_alive",
+        "method",
+        "origin",
+        "target",
+        "upgrading",
+        "version",
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.method = b""
+        self.target = b""
+        self.version = "1.1"
+        self.keep_alive = True
+        self.host: bytes | None = None
+        self.cookies: list[bytes] = []
+        self.authorization: bytes | None = None
+        self.origin: bytes | None = None
+        self.accept = b""
+        self.upgrading = False  # the parser saw a valid Upgrade request (Connection: upgrade)
+
+    def add(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
+        kind = _REQUEST_HEADERS.get(lname)
+        if kind is None or kind == _ACCEPT:
+            self.names.append(lname)
+            self.lines.append(name + b": " + value + b"\r\n")
+            if kind == _ACCEPT:
+                self.accept = value
+        elif kind == _HOST:
+            self.host = value
+        elif kind == _COOKIE:
+            self.cookies.append(value)
+        elif kind == _AUTH:
+            self.authorization = value
+        elif kind == _ORIGIN:
+            self.origin = value
+            self.names.append(lname)
+            self.lines.append(name + b": " + value + b"\r\n")
+        elif kind == _UPGRADE:
+            self.upgrade = value
+        elif kind == _CONNECTION:
+            self._note_connection(value)
+        elif kind == _LENGTH:
+            self.length = value
+        elif kind == _TE:
+            self.te_chunked = True  # the parser refuses any coding that does not end in chunked
+
+    @property
+    def framing(self) -> Framing:
+        if self.te_chunked:
+            return Framing.CHUNKED
+        if self.length is not None:
+            return Framing.LENGTH
+        return Framing.NONE
+
+    @property
+    def is_websocket(self) -> bool:
+        upgrade = self.upgrade
+        return self.upgrading and upgrade is not None and upgrade.strip().lower() == b"websocket"
+
+    @property
+    def wants_html(self) -> bool:
+        return b"text/html" in self.accept
+
+
+class ResponseHead(_Head):
+    __slots__ = ("csp", "keep_alive", "nosniff", "reason", "referrer", "status")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.status = 0
+        self.reason = b""
+        self.keep_alive = True
+        self.nosniff = self.referrer = self.csp = False
+
+    def add(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
+        kind = _RESPONSE_HEADERS.get(lname)
+        if kind is None or kind >= _NOSNIFF:
+            self.names.append(lname)
+            self.lines.append(name + b": " + value + b"\r\n")
+            if kind == _NOSNIFF:
+                self.nosniff = True
+            elif kind == _REFERRER:
+                self.referrer = True
+            elif kind == _CSP:
+                self.csp = True
+        elif kind == _CONNECTION:
+            self._note_connection(value)
+        elif kind == _LENGTH:
+            self.length = value
+        elif kind == _TE:
+            self.te_chunked = value.rstrip().lower().endswith(b"chunked")
+        elif kind == _UPGRADE:
+            self.upgrade = value
+
+    def framing(self, request_method: bytes) -> Framing:
+        if request_method == b"HEAD" or self.status < 200 or self.status in (204, 304):
+            return Framing.NONE
+        if self.te_chunked:
+            return Framing.CHUNKED
+        if self.length is not None:
+            return Framing.LENGTH
+        return Framing.CLOSE
+
+
+def upstream_request_head(
+    req: RequestHead,
+    target: bytes,
+    *,
+    client_ip: bytes,
+    proto: bytes,
+    default_host: bytes,
+    cookies: list[bytes],
+    authorization: bool,
+) -> bytes:
+    """The request as the upstream gets it. ``cookies`` are the Cookie values to send (already
+    without the portal's session cookie for a container); ``authorization`` forwards it."""
+    host = req.host if req.host is not None else default_host
+    parts = [req.method, b" ", target, b" HTTP/1.1\r\n", *req.passthrough()]
+    parts += (b"Host: ", host, b"\r\nX-Forwarded-Host: ", host)
+    parts += (b"\r\nX-Forwarded-Proto: ", proto, b"\r\nX-Forwarded-For: ", client_ip, b"\r\n")
+    for value in cookies:
+        parts += (b"Cookie: ", value, b"\r\n")
+    if authorization and req.authorization is not None:
+        parts += (b"Authorization: ", req.authorization, b"\r\n")
+    if req.is_websocket:
+        parts.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
+    elif req.te_chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    elif req.length is not None:
+        parts += (b"Content-Length: ", req.length, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+_SECURITY_NOSNIFF = b"X-Content-Type-Options: nosniff\r\n"
+_SECURITY_REFERRER = b"Referrer-Policy: same-origin\r\n"
+_SECURITY_FRAMES = b"Content-Security-Policy: frame-ancestors 'self'\r\n"
+
+
+def client_response_head(
+    resp: ResponseHead, framing: Framing, *, keep_alive: bool, http11: bool, portal: bool
+) -> tuple[bytes, Framing]:
+    """The response head the client gets, and the framing the front writes its body with.
+
+    Adds ``nosniff`` and ``Referrer-Policy`` where the upstream set none, and for portal pages
+    (``portal``) ``frame-ancestors 'self'`` where it set no CSP. A body the upstream delimits by
+    chunks or by closing goes to an HTTP/1.1 client chunked, to an HTTP/1.0 one until close.
+    """
+    parts = [b"HTTP/1.1 ", str(resp.status).encode(), b" ", resp.reason, b"\r\n"]
+    parts += resp.passthrough()
+    if not resp.nosniff:
+        parts.append(_SECURITY_NOSNIFF)
+    if not resp.referrer:
+        parts.append(_SECURITY_REFERRER)
+    if portal and not resp.csp:
+        parts.append(_SECURITY_FRAMES)
+    if resp.status == 101:
+        parts.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
+    else:
+        if framing == Framing.LENGTH or (framing == Framing.NONE and resp.length is not None):
+            parts += (b"Content-Length: ", resp.length or b"0", b"\r\n")
+        elif framing in (Framing.CHUNKED, Framing.CLOSE):
+            if http11:
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+                framing = Framing.CHUNKED
+            else:
+                framing, keep_alive = Framing.CLOSE, False
+        if not keep_alive:
+            parts.append(b"Connection: close\r\n")
+        elif not http11:
+            parts.append(b"Connection: keep-alive\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts), framing
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)

@@ -1,0 +1,219 @@
+"""Keep-alive connections to upstreams (code-server in a container, the API app), pooled.
+
+A connection is taken for one request/response exchange and put back once the response has
+been read completely and both sides agreed to keep it alive. Idle connections are closed after
+``upstream_idle_timeout_s`` and whenever the upstream closes them. An idle connection can still
+turn out to be dead when it is used (the container restarted between two requests): the relay
+then retries once on a fresh connection, but only for a request without a body (see
+:mod:`zlh.proxy.relay`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from zlh.proxy.headers import ResponseHead
+from zlh.proxy.settings import ProxySettings
+
+if TYPE_CHECKING:
+    from zlh.proxy.relay import Exchange
+
+__all__ = ["Pool", "UpstreamAddress", "UpstreamConnection"]
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamAddress:
+    """``host:port`` or a unix socket ``path``."""
+
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> UpstreamAddress:
+        """``unix:/run/zlh/api.sock``, ``/run/zlh/api.sock`` or ``127.0.0.1:8781``."""
+        if text.startswith("unix:"):
+            text = text[5:]
+        if text.startswith("/"):
+            return cls(path=text)
+        host, _, port = text.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"upstream must be host:port or a unix socket path, got {text!r}")
+        return cls(host=host.strip("[]"), port=int(port))
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}" if self.path else f"{self.host}:{self.port}"
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to an upstream, parsing its responses for the current :class:`Exchange`."""
+
+    def __init__(self, pool: Pool, address: UpstreamAddress) -> None:
+        self.pool = pool
+        self.address = address
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # connection_made
+        self.exchange: Exchange | None = None
+        self.head = ResponseHead()
+        self.reused = False  # has answered a request before: may be stale when taken from idle
+        self.open = False
+        self.idle_since = 0.0
+        self._parser = httptools.HttpResponseParser(self)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.open = True
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:  # an idle connection talking (a late 408, garbage): not reusable
+            self.close()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            if self.exchange is exchange:
+                exchange.on_upgraded(data[exc.args[0] :])
+            return
+        except httptools.HttpParserError as exc:
+            if self.exchange is exchange:
+                exchange.on_upstream_broken(f"invalid HTTP response: {exc}")
+            self.close()
+            return
+        if self.exchange is exchange:
+            exchange.flush()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open = False
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.on_upstream_lost(exc)
+        else:
+            self.pool.forget(self)
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_paused()
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_resumed()
+
+    # ---------------------------------------------------------------- parser callbacks
+    def on_message_begin(self) -> None:
+        self.head = ResponseHead()
+
+    def on_status(self, status: bytes) -> None:
+        self.head.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head.add(name, value)
+
+    def on_headers_complete(self) -> None:
+        head = self.head
+        head.status = self._parser.get_status_code()
+        head.keep_alive = self._parser.should_keep_alive()
+        if self.exchange is not None:
+            self.exchange.on_response_head(head)
+
+    def on_body(self, body: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.on_response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.exchange is not None:
+            self.exchange.on_response_complete()
+
+    # ----------------------------------------------------------------
+    def close(self) -> None:
+        self.exchange = None
+        if self.open:
+            self.open = False
+            self.transport.close()
+
+
+class Pool:
+    def __init__(self, settings: ProxySettings) -> None:
+        self._settings = settings
+        self._idle: dict[UpstreamAddress, list[UpstreamConnection]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def take(self, address: UpstreamAddress) -> UpstreamConnection | None:
+        """An idle connection to ``address`` (most recently used first), or None."""
+        conns = self._idle.get(address)
+        while conns:
+            conn = conns.pop()
+            if conn.open:
+                return conn
+        return None
+
+    async def connect(self, address: UpstreamAddress) -> UpstreamConnection:
+        """A fresh connection. Raises OSError (refused, unreachable) or TimeoutError."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self._settings.connect_timeout_s):
+            if address.path:
+                _, conn = await loop.create_unix_connection(
+                    lambda: UpstreamConnection(self, address), address.path
+                )
+            else:
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(self, address), address.host, address.port
+                )
+        return conn
+
+    def put(self, conn: UpstreamConnection) -> None:
+        """Keep ``conn`` for reuse (its exchange is over and it is clean), or close it."""
+        conn.exchange = None
+        conns = self._idle.setdefault(conn.address, [])
+        if not conn.open or len(conns) >= self._settings.max_idle_per_upstream:
+            conn.close()
+            return
+        conn.reused = True
+        conn.idle_since = asyncio.get_running_loop().time()
+        conns.append(conn)
+        if self._sweeper is None:
+            self._schedule_sweep()
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        conns = self._idle.get(conn.address)
+        if conns and conn in conns:
+            conns.remove(conn)
+
+    def close(self) -> None:
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+    def idle_count(self, address: UpstreamAddress) -> int:
+        return sum(1 for c in self._idle.get(address, ()) if c.open)
+
+    def _schedule_sweep(self) -> None:
+        delay = max(0.05, self._settings.upstream_idle_timeout_s / 2)
+        self._sweeper = asyncio.get_running_loop().call_later(delay, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        deadline = asyncio.get_running_loop().time() - self._settings.upstream_idle_timeout_s
+        for address, conns in list(self._idle.items()):
+            keep = []
+            for conn in conns:
+                if conn.open and conn.idle_since > deadline:
+                    keep.append(conn)
+                else:
+                    conn.close()
+            if keep:
+                self._idle[address] = keep
+            else:
+                del self._idle[address]
+        if self._idle:
+            self._schedule_sweep()

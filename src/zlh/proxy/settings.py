@@ -1,0 +1,107 @@
+"""The front's settings: timeouts, limits, the portal's origin and cookie name.
+
+Plain pydantic (frozen, validated) so the API's pydantic-settings config can embed it as one
+field and an operator sets it from the same file/environment as everything else.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["ProxySettings"]
+
+
+class ProxySettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    public_origin: str | None = Field(
+        default=None,
+        description="The portal's origin as browsers see it (`https://zlh.example.com`). "
+        "WebSocket upgrades whose Origin is neither this nor the request's own Host are refused "
+        "(403); it also sets X-Forwarded-Proto. Unset: same-host check only, proto `http`.",
+    )
+    session_cookie: str = Field(
+        default="zlh_session",
+        description="Name of the portal's session cookie: read for auth, removed before a "
+        "request reaches a container. Other cookies pass untouched.",
+    )
+    login_path: str = Field(
+        default="/login",
+        description="Where a browser navigating to an IDE without a session is sent "
+        "(303 to `login_path?next=...`). API clients always get 401.",
+    )
+    connect_timeout_s: float = Field(
+        default=5.0, gt=0, description="Opening a TCP/unix connection to an upstream."
+    )
+    read_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="From a request fully sent upstream to the response head (504 after). "
+        "Does not cover streamed response bodies (SSE, downloads) nor WebSockets.",
+    )
+    header_timeout_s: float = Field(
+        default=30.0, gt=0, description="A client must send a complete request head within it."
+    )
+    keepalive_timeout_s: float = Field(
+        default=75.0,
+        gt=0,
+        description="An idle HTTP keep-alive client connection is closed after it. Never "
+        "applies to an upgraded WebSocket connection.",
+    )
+    upstream_idle_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A pooled, idle upstream connection is closed after it. Never applies to "
+        "a WebSocket tunnel.",
+    )
+    max_idle_per_upstream: int = Field(
+        default=64, ge=0, description="Idle keep-alive connections kept per upstream."
+    )
+    max_header_bytes: int = Field(
+        default=32 * 1024,
+        ge=1024,
+        description="Request line plus headers; more gets 431.",
+    )
+    close_tunnels_at_session_expiry: bool = Field(
+        default=True,
+        description="Close a WebSocket tunnel (close code 4401) when the session that opened "
+        "it expires. This is the only time limit on a tunnel; there is no idle timeout.",
+    )
+    close_grace_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="When the front closes a tunnel (revocation), how long it waits for a "
+        "frame boundary and for the client's close reply before dropping the connection.",
+    )
+
+    @field_validator("public_origin")
+    @classmethod
+    def _origin_shape(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+            raise ValueError(f"public_origin must look like https://host[:port], got {value!r}")
+        return f"{parts.scheme}://{parts.netloc}".lower()
+
+    @field_validator("session_cookie")
+    @classmethod
+    def _cookie_name(cls, value: str) -> str:
+        if not value or any(c in value for c in "=; \t,"):
+            raise ValueError(f"session_cookie must be a plain cookie name, got {value!r}")
+        return value
+
+    @field_validator("login_path")
+    @classmethod
+    def _login_path(cls, value: str) -> str:
+        if not value.startswith("/") or value.startswith("//"):
+            raise ValueError(f"login_path must be a local path starting with '/', got {value!r}")
+        return value
+
+    @property
+    def forwarded_proto(self) -> bytes:
+        if self.public_origin is None:
+            return b"http"
+        return self.public_origin.split(":", 1)[0].encode()
