@@ -65,17 +65,15 @@ def tree_size(tree: Path) -> int:
 def _walk(tree: Path) -> Iterator[tuple[Path, str]]:
     """Every entry below ``tree`` (itself first), depth first, names sorted bytewise."""
     yield tree, ""
-    stack = [(tree, "")]
-    while stack:
-        directory, prefix = stack.pop()
-        children = sorted(os.scandir(directory), key=lambda e: os.fsencode(e.name))
-        subdirs: list[tuple[Path, str]] = []
-        for child in children:
-            relative = f"{prefix}{child.name}"
-            yield Path(child.path), relative
-            if child.is_dir(follow_symlinks=False):
-                subdirs.append((Path(child.path), relative + "/"))
-        stack.extend(reversed(subdirs))
+    yield from _walk_dir(tree, "")
+
+
+def _walk_dir(directory: Path, prefix: str) -> Iterator[tuple[Path, str]]:
+    for child in sorted(os.scandir(directory), key=lambda e: os.fsencode(e.name)):
+        relative = f"{prefix}{child.name}"
+        yield Path(child.path), relative
+        if child.is_dir(follow_symlinks=False):
+            yield from _walk_dir(Path(child.path), relative + "/")
 
 
 def _tarinfo(tree: Path, path: Path, name: str) -> tarfile.TarInfo:
