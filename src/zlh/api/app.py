@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
 
@@ -42,18 +42,12 @@ from zlh.api.services import Services
 from zlh.api.settings import ApiSettings
 from zlh.backends import Backend
 from zlh.errors import ZlhError
+from zlh.portal import mount_portal
 from zlh.schemas import ErrorBody, FieldProblem
 
 __all__ = ["build_services", "create_app"]
 
 logger = logging.getLogger(__name__)
-
-PORTAL_PLACEHOLDER = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>ZeroLagHub</title></head>
-<body><h1>ZeroLagHub dev containers</h1>
-<p>The portal is not installed yet. The API is at <a href="/api/docs">/api/docs</a>.</p>
-</body></html>
-"""
 
 
 def build_services(
@@ -218,9 +212,5 @@ def create_app(
         app.include_router(module.router)
     if store_app is not None:
         app.mount("/artifacts", store_app)
-
-    @app.get("/", include_in_schema=False)
-    def portal() -> HTMLResponse:
-        return HTMLResponse(PORTAL_PLACEHOLDER)
-
+    mount_portal(app)
     return app

@@ -1,0 +1,57 @@
+"""The portal: static pages served by the API at ``/`` (no separate server).
+
+The pages are plain HTML, CSS and JavaScript modules in ``static/``; xterm.js comes from npm
+into ``node_modules/`` beside this file (``scripts/bootstrap.sh`` installs it). Every page path
+answers the same ``index.html``; the browser-side router picks the view.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from starlette.staticfiles import StaticFiles
+
+__all__ = ["PAGE_HEADERS", "PORTAL_DIR", "mount_portal"]
+
+PORTAL_DIR = Path(__file__).resolve().parent
+STATIC_DIR = PORTAL_DIR / "static"
+NODE_MODULES = PORTAL_DIR / "node_modules"
+
+# Pages may only be framed by ourselves, load nothing from elsewhere, and run no inline script.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; frame-ancestors 'self'; base-uri 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-cache",
+}
+PAGE_PATHS = ["/", "/login", "/new", "/c/{vmid:int}", "/c/{vmid:int}/{tab}"]
+VENDOR = {
+    "xterm": NODE_MODULES / "@xterm" / "xterm",
+    "xterm-fit": NODE_MODULES / "@xterm" / "addon-fit",
+}
+
+mimetypes.add_type("text/javascript", ".mjs")
+mimetypes.add_type("text/javascript", ".js")
+
+
+def mount_portal(app: FastAPI) -> None:
+    """Serve the pages at their paths and the assets under ``/portal/``."""
+    index = STATIC_DIR / "index.html"
+
+    async def page() -> FileResponse:
+        return FileResponse(index, media_type="text/html", headers=PAGE_HEADERS)
+
+    for path in PAGE_PATHS:
+        app.add_api_route(path, page, methods=["GET"], include_in_schema=False)
+    for name, directory in VENDOR.items():
+        if directory.is_dir():
+            app.mount(
+                f"/portal/vendor/{name}", StaticFiles(directory=directory), name=f"vendor-{name}"
+            )
+    app.mount("/portal", StaticFiles(directory=STATIC_DIR), name="portal")

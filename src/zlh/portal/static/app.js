@@ -1,0 +1,88 @@
+// The portal: a few views behind a tiny History-API router. No framework, no external fetches.
+import { api, ApiError, toLogin } from "./api.js";
+import { errorBox, h } from "./dom.js";
+import { loginView } from "./views/login.js";
+import { dashboardView } from "./views/dashboard.js";
+import { newView } from "./views/new.js";
+import { containerView } from "./views/container.js";
+
+const main = document.getElementById("main");
+let cleanup = () => {};
+let me = null;
+
+const routes = [
+  [/^\/login$/, () => loginView],
+  [/^\/$/, () => dashboardView],
+  [/^\/new$/, () => newView],
+  [/^\/c\/(\d+)(?:\/(overview|files|console|tailnet))?$/, () => containerView],
+];
+
+export function navigate(path, { replace = false } = {}) {
+  if (replace) history.replaceState(null, "", path);
+  else history.pushState(null, "", path);
+  render();
+}
+
+async function whoami() {
+  try {
+    me = await api("/api/auth/me");
+  } catch (err) {
+    if (!(err instanceof ApiError) || err.status !== 401) throw err;
+    me = null;
+  }
+  return me;
+}
+
+function renderAccount() {
+  const nav = document.getElementById("account");
+  nav.replaceChildren();
+  if (!me) return;
+  nav.append(
+    h("span", { class: "muted" }, me.username, me.isAdmin ? " (admin)" : ""),
+    h("button", { class: "secondary", type: "button", onclick: signOut }, "Sign out"),
+  );
+}
+
+async function signOut() {
+  try {
+    await api("/api/auth/logout", { method: "POST" });
+  } finally {
+    me = null;
+    navigate("/login", { replace: true });
+  }
+}
+
+async function render() {
+  cleanup();
+  cleanup = () => {};
+  const path = location.pathname;
+  const match = routes.find(([re]) => re.test(path));
+  main.replaceChildren();
+  if (!match) {
+    main.append(h("h1", {}, "Not found"), h("p", {}, h("a", { href: "/", "data-link": true }, "Back to your containers")));
+    return;
+  }
+  const view = match[1]();
+  const params = path.match(match[0]).slice(1);
+  try {
+    if (view !== loginView && !(await whoami())) {
+      toLogin();
+      return;
+    }
+    renderAccount();
+    const result = await view(main, { params, me, navigate });
+    if (typeof result === "function") cleanup = result;
+    main.focus({ preventScroll: true });
+  } catch (err) {
+    main.append(errorBox(err));
+  }
+}
+
+document.addEventListener("click", (event) => {
+  const link = event.target.closest("a[data-link]");
+  if (!link || event.metaKey || event.ctrlKey || event.shiftKey || link.target === "_blank") return;
+  event.preventDefault();
+  navigate(link.getAttribute("href"));
+});
+window.addEventListener("popstate", render);
+render();

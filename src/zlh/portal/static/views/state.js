@@ -1,0 +1,15 @@
+import { h } from "../dom.js";
+
+const WORDS = {
+  requested: "requested",
+  creating: "creating the container",
+  provisioning: "provisioning",
+  ready: "ready",
+  failed: "failed",
+  unreachable: "agent unreachable",
+  deleting: "deleting",
+};
+
+export function stateBadge(state) {
+  return h("span", { class: `badge state-${state}` }, WORDS[state] || state);
+}
