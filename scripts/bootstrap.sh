@@ -33,3 +33,12 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.zlh-deps-*
   touch "$stamp"
 fi
+
+# The portal's front-end packages (xterm.js), from the npm registry, pinned by the lock file.
+portal=src/zlh/portal
+npm_stamp=$portal/node_modules/.zlh-$(cat $portal/package.json $portal/package-lock.json | sha256sum | cut -c1-16)
+if [ ! -f "$npm_stamp" ]; then
+  echo "bootstrap: installing the portal's npm packages"
+  (cd "$portal" && npm ci --no-audit --no-fund --loglevel=error)
+  touch "$npm_stamp"
+fi
