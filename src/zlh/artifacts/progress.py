@@ -5,16 +5,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+if TYPE_CHECKING:  # rich costs ~0.1 s to import: only when a bar is drawn
+    from rich.console import Console
 
 __all__ = ["Advance", "TransferProgress"]
 
@@ -33,12 +27,14 @@ class TransferProgress:
     """
 
     def __init__(self, *, enabled: bool | None = None, console: Console | None = None) -> None:
-        self._console = console or Console(stderr=True)
-        self.enabled = self._console.is_terminal if enabled is None else enabled
+        self._console = console
+        if enabled is None:
+            enabled = console.is_terminal if console is not None else sys.stderr.isatty()
+        self.enabled = enabled
 
     @classmethod
     def quiet(cls) -> TransferProgress:
-        return cls(enabled=False, console=Console(file=sys.stderr, quiet=True))
+        return cls(enabled=False)
 
     @contextmanager
     def transfer(self, description: str, total: int | None) -> Iterator[Advance]:
@@ -46,6 +42,16 @@ class TransferProgress:
         if not self.enabled:
             yield _ignore
             return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         columns = (
             TextColumn("{task.description}"),
             BarColumn(),
@@ -53,6 +59,7 @@ class TransferProgress:
             TransferSpeedColumn(),
             TimeRemainingColumn(),
         )
-        with Progress(*columns, console=self._console, transient=True) as bars:
+        console = self._console or Console(stderr=True)
+        with Progress(*columns, console=console, transient=True) as bars:
             task = bars.add_task(description, total=total)
             yield lambda nbytes: bars.advance(task, nbytes)

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
-import httpx
 from pydantic import TypeAdapter, ValidationError
 
 from zlh.artifacts.errors import (
@@ -78,7 +77,8 @@ _FILENAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _PLACEHOLDER_SHA256 = "0" * 64
 _VERSION = TypeAdapter(Version)
-_DOWNLOAD_TIMEOUT = httpx.Timeout(30.0, read=120.0)
+_CONNECT_TIMEOUT_S = 30.0
+_READ_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -238,10 +238,13 @@ class ArtifactStore:
             path = self._local_path(existing, plan.label)
             if path.is_file() and path.stat().st_size == existing.size and not make_default:
                 return existing  # already there: nothing to download
+        import httpx  # ~0.1 s to import: only for downloads
+
+        timeout = httpx.Timeout(_CONNECT_TIMEOUT_S, read=_READ_TIMEOUT_S)
+        headers = {"Accept-Encoding": "identity"}  # the bytes as stored, never re-encoded
         try:
-            headers = {"Accept-Encoding": "identity"}  # the bytes as stored, never re-encoded
             with httpx.stream(
-                "GET", url, headers=headers, follow_redirects=True, timeout=_DOWNLOAD_TIMEOUT
+                "GET", url, headers=headers, follow_redirects=True, timeout=timeout
             ) as response:
                 if response.status_code != httpx.codes.OK:
                     raise DownloadError(f"GET {url} answered {response.status_code}")
