@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,5 +22,17 @@ def register(commands: Any) -> None:
         type=Path,
         default=Path("/"),
         help="where the spec's paths (/opt/zlh, /home/dev) live; / in a real container",
+    )
+    agent.add_argument(
+        "--bind-host",
+        default=os.environ.get("ZLH_AGENT_BIND_HOST", "0.0.0.0"),
+        help="address addons (code-server) listen on (env ZLH_AGENT_BIND_HOST, default 0.0.0.0;"
+        " 127.0.0.1 under the process backend)",
+    )
+    agent.add_argument(
+        "--artifact-base-url",
+        default=None,
+        metavar="URL",
+        help="artifact server that relative artifact urls in payloads are joined onto",
     )
     handler(agent, "zlh.agent.app:cmd_agent")

@@ -1,0 +1,245 @@
+"""code-server: the browser IDE on port 6000, run as the dev user and kept running.
+
+Launched the way the spec's observed process shows, ``<dir>/lib/node <dir> --bind-addr
+<host>:<port> --auth none <workspace>``, plus ``--disable-telemetry --disable-update-check
+--disable-workspace-trust`` (without the last, the terminal waits on a trust dialog) and its own
+``XDG_*`` dirs in the dev user's home. ``--base-path`` is passed only if the installed version's
+``--help`` lists it: code-server 4.x rejects it and builds URLs relative to the request path, so
+the platform's front strips the prefix instead (DESIGN.md).
+
+"Running" means both ``GET /healthz`` and ``GET /?folder=<workspace>`` answer 200 (under an
+incompatible Node, ``/healthz`` answers while ``/`` fails with 500).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from urllib.parse import quote
+
+from zlh.agent.addons.base import Addon, AddonContext
+from zlh.agent.errors import AddonError
+from zlh.agent.supervise import ProcessSpec, Supervisor, as_user
+from zlh.schemas import AddonHealth, CodeServerAddon
+
+__all__ = ["USER_SETTINGS", "CodeServer"]
+
+# Enforced on every configure; other keys the user set are kept.
+USER_SETTINGS: dict[str, object] = {
+    "chat.disableAIFeatures": True,  # saves ~200 MB per session (DESIGN.md)
+    "telemetry.telemetryLevel": "off",
+    "update.mode": "none",
+    "extensions.autoCheckUpdates": False,
+    "extensions.autoUpdate": False,
+    "security.workspace.trust.enabled": False,
+    "workbench.enableExperiments": False,
+}
+_PROBE_TIMEOUT_S = 3.0
+_HELP_TIMEOUT_S = 60.0
+
+
+class CodeServer(Addon[CodeServerAddon]):
+    name = "code-server"
+
+    def __init__(self, spec: CodeServerAddon, ctx: AddonContext) -> None:
+        super().__init__(spec, ctx)
+        home = ctx.dev.home
+        self.xdg = {
+            "XDG_CONFIG_HOME": home / ".config",
+            "XDG_DATA_HOME": home / ".local" / "share",
+            "XDG_CACHE_HOME": home / ".cache",
+            "XDG_STATE_HOME": home / ".local" / "state",
+        }
+        self.config_file = self.xdg["XDG_CONFIG_HOME"] / "code-server" / "config.yaml"
+        self.settings_file = self.xdg["XDG_DATA_HOME"] / "code-server" / "User" / "settings.json"
+        self.supervisor: Supervisor | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self._healthy = False
+        self._base_path_supported: bool | None = None
+
+    @property
+    def port(self) -> int:
+        return self.spec.options.port
+
+    @property
+    def probe_host(self) -> str:
+        host = self.ctx.config.bind_host
+        return "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+
+    async def configure(self) -> None:
+        await asyncio.to_thread(self._write_config)
+        self._base_path_supported = await self._supports_base_path()
+
+    def _write_config(self) -> None:
+        dev = self.ctx.dev
+        dev.make_dirs(*self.xdg.values(), self.config_file.parent, self.settings_file.parent)
+        self.config_file.write_text(
+            f"bind-addr: {self.ctx.config.bind_host}:{self.port}\n"
+            "auth: none\ncert: false\ndisable-telemetry: true\ndisable-update-check: true\n"
+            "disable-workspace-trust: true\n"
+        )
+        try:
+            current = json.loads(self.settings_file.read_text())
+        except (OSError, ValueError):
+            current = {}
+        settings = {**(current if isinstance(current, dict) else {}), **USER_SETTINGS}
+        self.settings_file.write_text(json.dumps(settings, indent=2) + "\n")
+        dev.own(self.config_file, self.settings_file)
+
+    async def _supports_base_path(self) -> bool:
+        """Whether ``--help`` lists ``--base-path``; remembered per installed digest."""
+        cache = self.ctx.layout.state / "code-server-help.json"
+        digest = self.spec.artifact.sha256
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            return bool(json.loads(cache.read_text())[digest])
+        proc = await asyncio.create_subprocess_exec(
+            *self._node_argv(),
+            "--help",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=self._env(),
+            **as_user(self.ctx.dev.identity),
+        )
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), _HELP_TIMEOUT_S)
+        except TimeoutError as exc:
+            proc.kill()
+            await proc.wait()
+            raise AddonError(f"code-server --help did not finish in {_HELP_TIMEOUT_S:g}s") from exc
+        if proc.returncode != 0:
+            text = out.decode(errors="replace").strip()[-500:]
+            raise AddonError(f"code-server --help failed ({proc.returncode}): {text}")
+        supported = b"--base-path" in out
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({digest: supported}))
+        return supported
+
+    def _node_argv(self) -> list[str]:
+        return [str(self.target / "lib" / "node"), str(self.target)]
+
+    def _env(self) -> dict[str, str]:
+        dev = self.ctx.dev
+        path = ":".join((*self.ctx.runtime_path, "/usr/local/bin", "/usr/bin", "/bin"))
+        env = {
+            "HOME": str(dev.home),
+            "USER": dev.identity.name,
+            "LOGNAME": dev.identity.name,
+            "SHELL": dev.identity.shell,
+            "PATH": path,
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+        }
+        env.update({key: str(value) for key, value in self.xdg.items()})
+        return env
+
+    def argv(self) -> tuple[str, ...]:
+        args = [
+            *self._node_argv(),
+            "--bind-addr",
+            f"{self.ctx.config.bind_host}:{self.port}",
+            "--auth",
+            "none",
+            "--disable-telemetry",
+            "--disable-update-check",
+            "--disable-workspace-trust",
+        ]
+        if self._base_path_supported:
+            args += ["--base-path", self.spec.options.base_path]
+        return (*args, str(self.ctx.dev.workspace))
+
+    def _process(self) -> ProcessSpec:
+        return ProcessSpec(
+            name=self.name,
+            argv=self.argv(),
+            env=self._env(),
+            cwd=self.ctx.dev.workspace,
+            user=self.ctx.dev.identity,
+        )
+
+    async def start(self) -> None:
+        spec = self._process()
+        if self.supervisor is None or self.supervisor.spec != spec:
+            if self.supervisor is not None:
+                await self.supervisor.stop()
+            config = self.ctx.config
+            self.supervisor = Supervisor(
+                spec,
+                pid_file=self.ctx.layout.pid_file(self.name),
+                log_file=self.ctx.layout.log_file(self.name),
+                max_fast_exits=config.max_fast_exits,
+                fast_exit_s=config.fast_exit_s,
+            )
+        self.supervisor.start()
+        if self._monitor is None or self._monitor.done():
+            self._monitor = asyncio.create_task(self._watch(), name="code-server-health")
+        await self._wait_healthy(self.supervisor)
+
+    async def _wait_healthy(self, supervisor: Supervisor) -> None:
+        deadline = time.monotonic() + self.ctx.config.addon_start_timeout_s
+        while not (self._healthy and supervisor.running_pid()):
+            if supervisor.gave_up:
+                raise AddonError(supervisor.gave_up)
+            if time.monotonic() > deadline:
+                raise AddonError(
+                    f"code-server did not answer on port {self.port} within "
+                    f"{self.ctx.config.addon_start_timeout_s:g}s; last output: "
+                    f"{supervisor.tail()!r}"
+                )
+            if await self._probe():
+                self._healthy = True
+            else:
+                await asyncio.sleep(0.2)
+
+    async def _watch(self) -> None:
+        while True:
+            self._healthy = await self._probe()
+            await asyncio.sleep(self.ctx.config.health_interval_s)
+
+    async def _probe(self) -> bool:
+        supervisor = self.supervisor
+        if supervisor is None or supervisor.running_pid() is None:
+            return False
+        import aiohttp
+
+        base = f"http://{self.probe_host}:{self.port}"
+        folder = quote(str(self.ctx.dev.workspace), safe="/")
+        timeout = aiohttp.ClientTimeout(total=_PROBE_TIMEOUT_S)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as session:
+                for path in ("/healthz", f"/?folder={folder}"):
+                    async with session.get(base + path, allow_redirects=False) as resp:
+                        await resp.read()
+                        if resp.status != 200:
+                            return False
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+        return True
+
+    async def stop(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+            self._monitor = None
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+        self._healthy = False
+
+    def health(self) -> AddonHealth:
+        supervisor = self.supervisor
+        running = bool(self._healthy and supervisor and supervisor.running_pid())
+        message = ""
+        if supervisor is not None and supervisor.gave_up:
+            message = supervisor.gave_up
+        elif supervisor is not None and not running:
+            message = "starting" if supervisor.active else "stopped"
+        return AddonHealth(
+            name=self.name,
+            version=self.spec.version,
+            installed=self.installed,
+            running=running,
+            restarts=supervisor.restarts if supervisor else 0,
+            message=message,
+        )

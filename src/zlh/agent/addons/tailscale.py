@@ -1,0 +1,127 @@
+"""tailscale: ``tailscaled`` supervised, then one ``tailscale up`` against the platform's Headscale.
+
+Install path and interface live here; the Tailnet issue completes the join and its tests. The
+join follows the spec's restrictions: ``--accept-dns=false`` (no DNS takeover),
+``--accept-routes=false``, never an exit node (no ``--exit-node``/``--advertise-exit-node``),
+hostname ``zlh-<vmid>`` unless the payload names one. The pre-auth key never appears in an
+argv (``ps`` shows every argv to every user): it is written to a 0600 file in the agent's state
+dir and passed as ``--auth-key=file:<path>``, and the file is removed once the join succeeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from pathlib import Path
+
+from zlh.agent.addons.base import Addon, AddonContext
+from zlh.agent.errors import AddonError
+from zlh.agent.supervise import ProcessSpec, Supervisor
+from zlh.schemas import AddonHealth, TailscaleAddon
+
+__all__ = ["Tailscale"]
+
+_UP_TIMEOUT_S = 60.0
+
+
+class Tailscale(Addon[TailscaleAddon]):
+    name = "tailscale"
+
+    def __init__(self, spec: TailscaleAddon, ctx: AddonContext) -> None:
+        super().__init__(spec, ctx)
+        self.state_dir = ctx.layout.state / "tailscale"
+        self.key_file = self.state_dir / "authkey"
+        self.socket = self.state_dir / "tailscaled.sock"
+        self.supervisor: Supervisor | None = None
+        self.joined = False
+        self.error = ""
+
+    def binary(self, program: str) -> Path:
+        for rel in (*self.spec.artifact.bin, "."):
+            candidate = self.target / rel / program
+            if candidate.is_file():
+                return candidate
+        raise AddonError(f"the tailscale artifact has no {program} (looked in its bin dirs)")
+
+    @property
+    def hostname(self) -> str:
+        return self.spec.options.hostname or f"zlh-{self.ctx.vmid}"
+
+    async def configure(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = self.spec.options.auth_key.get_secret_value()
+        tmp = self.key_file.with_name(".authkey.tmp")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(key)
+        os.replace(tmp, self.key_file)
+
+    def daemon_argv(self) -> tuple[str, ...]:
+        tun = "tailscale0" if Path("/dev/net/tun").exists() else "userspace-networking"
+        return (
+            str(self.binary("tailscaled")),
+            f"--state={self.state_dir / 'tailscaled.state'}",
+            f"--socket={self.socket}",
+            f"--tun={tun}",
+        )
+
+    def up_argv(self) -> tuple[str, ...]:
+        return (
+            str(self.binary("tailscale")),
+            f"--socket={self.socket}",
+            "up",
+            f"--login-server={self.spec.options.login_server}",
+            f"--auth-key=file:{self.key_file}",
+            f"--hostname={self.hostname}",
+            "--accept-dns=false",
+            "--accept-routes=false",
+        )
+
+    async def start(self) -> None:
+        if self.supervisor is None:
+            self.supervisor = Supervisor(
+                ProcessSpec(
+                    name="tailscaled", argv=self.daemon_argv(), env={"PATH": "/usr/bin:/bin"}
+                ),
+                pid_file=self.ctx.layout.pid_file("tailscaled"),
+                log_file=self.ctx.layout.log_file("tailscaled"),
+                max_fast_exits=self.ctx.config.max_fast_exits,
+                fast_exit_s=self.ctx.config.fast_exit_s,
+            )
+        self.supervisor.start()
+        if self.joined or not self.key_file.exists():
+            return
+        proc = await asyncio.create_subprocess_exec(
+            *self.up_argv(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), _UP_TIMEOUT_S)
+        except TimeoutError as exc:
+            proc.kill()
+            await proc.wait()
+            raise AddonError(f"tailscale up did not finish within {_UP_TIMEOUT_S:g}s") from exc
+        if proc.returncode != 0:
+            self.error = out.decode(errors="replace").strip()[-500:]
+            raise AddonError(f"tailscale up failed ({proc.returncode}): {self.error}")
+        self.joined = True
+        self.key_file.unlink(missing_ok=True)
+
+    async def stop(self) -> None:
+        if self.supervisor is not None:
+            with contextlib.suppress(OSError):
+                await self.supervisor.stop()
+
+    def health(self) -> AddonHealth:
+        supervisor = self.supervisor
+        running = bool(supervisor and supervisor.running_pid() and self.joined)
+        message = (supervisor.gave_up if supervisor else None) or self.error
+        return AddonHealth(
+            name=self.name,
+            version=self.spec.version,
+            installed=self.installed,
+            running=running,
+            restarts=supervisor.restarts if supervisor else 0,
+            message=message or "",
+        )

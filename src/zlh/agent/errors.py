@@ -1,0 +1,85 @@
+"""Errors of the agent. Each carries a stable ``code`` that ``/status`` reports on failure.
+
+::
+
+    ZlhError (zlh.errors)
+     └── AgentError                 500  code "internal-error"
+          ├── DownloadError         502  the artifact could not be fetched ("download-failed")
+          │    ├── SizeMismatch          the bytes served are not the size the payload pins
+          │    └── DigestMismatch        the bytes served do not hash to the pinned sha256
+          ├── ArchiveError          422  the tarball cannot be read ("bad-archive")
+          │    └── UnsafeArchive         a member would escape or subvert the target
+          ├── InstallError          500  verification or the final rename failed
+          ├── DevUserError          500  the dev user or workspace could not be set up
+          ├── AddonError            500  an addon failed to configure, start or stay up
+          ├── NotFound              404
+          └── Conflict              409
+
+aiohttp, OSError and tarfile errors are translated where they happen (``raise ... from exc``).
+"""
+
+from __future__ import annotations
+
+from zlh.errors import ZlhError
+
+__all__ = [
+    "AddonError",
+    "AgentError",
+    "ArchiveError",
+    "Conflict",
+    "DevUserError",
+    "DigestMismatch",
+    "DownloadError",
+    "InstallError",
+    "NotFound",
+    "SizeMismatch",
+    "UnsafeArchive",
+]
+
+
+class AgentError(ZlhError):
+    code = "internal-error"
+
+
+class DownloadError(AgentError):
+    status_code = 502
+    code = "download-failed"
+
+
+class SizeMismatch(DownloadError):
+    code = "size-mismatch"
+
+
+class DigestMismatch(DownloadError):
+    code = "digest-mismatch"
+
+
+class ArchiveError(AgentError):
+    status_code = 422
+    code = "bad-archive"
+
+
+class UnsafeArchive(ArchiveError):
+    code = "unsafe-archive"
+
+
+class InstallError(AgentError):
+    code = "install-failed"
+
+
+class DevUserError(AgentError):
+    code = "dev-user-failed"
+
+
+class AddonError(AgentError):
+    code = "addon-failed"
+
+
+class NotFound(AgentError):
+    status_code = 404
+    code = "not-found"
+
+
+class Conflict(AgentError):
+    status_code = 409
+    code = "conflict"

@@ -1,0 +1,263 @@
+"""Safe streaming extraction of tar.gz / tar.xz / tar.zst into a fresh staging directory.
+
+The download feeds compressed chunks through :meth:`StreamExtractor.write`; a worker thread
+decompresses them and lets :mod:`tarfile` (stream mode, no seeking) write the members. Every
+member passes :class:`MemberGuard` first, which *refuses* (rather than silently rewrites) what a
+runtime artifact has no business containing:
+
+- absolute names and ``..`` components (checked before ``stripComponents`` drops anything, so
+  ``/etc/passwd`` cannot hide behind a stripped leading ``/``);
+- device files and fifos; setuid/setgid files;
+- symlinks whose target is absolute, leaves the target lexically, or walks through another
+  symlink; hardlinks to anything but a regular file extracted earlier from this archive;
+- members that lie beneath, or replace, a symlink from the archive (writing through a link).
+
+Ownership is never taken from the archive (files belong to the agent), group/other write bits
+are dropped, and directories get 0755. After the stream ends, every symlink is resolved on disk
+once more and must stay inside the staging directory. ``tarfile``'s own ``data`` filter would
+check the same, but it resolves every member's path with ``realpath`` (an ``lstat`` per path
+component), which made extraction ~1.6x slower than GNU tar on a 9,000-file tree; our checks
+are lookups in the sets of names this archive created, which is all that can exist in a fresh
+staging directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import stat
+import tarfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from zlh.agent.errors import ArchiveError, UnsafeArchive
+from zlh.schemas import ArtifactFormat
+
+__all__ = ["MemberGuard", "StreamExtractor"]
+
+_QUEUE_CHUNKS = 32
+_TAR_BUFSIZE = 64 * 1024
+_SPECIAL = "is a device file or fifo"
+
+
+class _Decompressor(Protocol):
+    def decompress(self, data: bytes) -> bytes: ...
+
+
+def _decompressor(fmt: ArtifactFormat) -> Callable[[], _Decompressor]:
+    if fmt is ArtifactFormat.TAR_GZ:
+        import zlib
+
+        return lambda: zlib.decompressobj(wbits=31)
+    if fmt is ArtifactFormat.TAR_XZ:
+        import lzma
+
+        return lzma.LZMADecompressor
+    try:
+        import zstandard
+    except ImportError as exc:
+        raise ArchiveError("tar.zst artifacts need the 'zstandard' package in the agent") from exc
+    return lambda: zstandard.ZstdDecompressor().decompressobj()
+
+
+class _Reader:
+    """File-like ``read`` over chunks from a queue, decompressed here, in the worker thread."""
+
+    def __init__(self, chunks: queue.Queue[bytes | None], fmt: ArtifactFormat) -> None:
+        self._chunks = chunks
+        self._new = _decompressor(fmt)
+        self._dec = self._new()
+        self._buf = memoryview(b"")
+        self._eof = False
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._buf:
+            if self._eof:
+                return b""
+            chunk = self._chunks.get()
+            if chunk is None:
+                self._eof = True
+                return b""
+            self._buf = memoryview(self._inflate(chunk))
+        n = len(self._buf) if size < 0 else min(size, len(self._buf))
+        out, self._buf = bytes(self._buf[:n]), self._buf[n:]
+        return out
+
+    def _inflate(self, chunk: bytes) -> bytes:
+        out = self._dec.decompress(chunk)
+        # A gzip file may be several members back to back; each needs a fresh decompressor.
+        while getattr(self._dec, "eof", False) and getattr(self._dec, "unused_data", b""):
+            rest = self._dec.unused_data  # type: ignore[attr-defined]
+            self._dec = self._new()
+            out += self._dec.decompress(rest)
+        return out
+
+    def drain(self) -> None:
+        """Consume the rest of the stream so the producer never blocks on a full queue."""
+        while not self._eof:
+            if self._chunks.get() is None:
+                self._eof = True
+
+
+def _parts(name: str) -> list[str]:
+    return [p for p in name.split("/") if p not in ("", ".")]
+
+
+class MemberGuard:
+    """The tarfile ``filter``: refuses unsafe members, strips components, drops ownership."""
+
+    def __init__(self, strip_components: int) -> None:
+        self.strip = strip_components
+        self.symlinks: set[str] = set()
+        self.files: set[str] = set()
+        self.extracted = 0
+
+    def _strip(self, raw: str, what: str) -> str | None:
+        if raw.startswith("/"):
+            raise UnsafeArchive(f"{what} {raw!r} is an absolute path")
+        if "\x00" in raw:
+            raise UnsafeArchive(f"{what} {raw!r} contains a NUL byte")
+        parts = _parts(raw)
+        if ".." in parts:
+            raise UnsafeArchive(f"{what} {raw!r} contains '..'")
+        return "/".join(parts[self.strip :]) if len(parts) > self.strip else None
+
+    def _through_symlink(self, name: str) -> str | None:
+        parts = name.split("/")
+        for i in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:i])
+            if prefix in self.symlinks:
+                return prefix
+        return None
+
+    def _check_symlink(self, raw: str, name: str, target: str) -> None:
+        if target.startswith("/"):
+            raise UnsafeArchive(f"symlink {raw!r} points to the absolute path {target!r}")
+        stack = name.split("/")[:-1]
+        for part in target.split("/"):
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not stack:
+                    raise UnsafeArchive(f"symlink {raw!r} -> {target!r} points outside the target")
+                stack.pop()
+                continue
+            stack.append(part)
+            if "/".join(stack) in self.symlinks:
+                raise UnsafeArchive(f"symlink {raw!r} -> {target!r} goes through another symlink")
+
+    def __call__(self, member: tarfile.TarInfo, _dest: str) -> tarfile.TarInfo | None:
+        raw = member.name
+        name = self._strip(raw, "member")
+        if member.ischr() or member.isblk() or member.isfifo():
+            raise UnsafeArchive(f"member {raw!r} {_SPECIAL}")
+        if name is None:
+            return None
+        if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
+            raise UnsafeArchive(f"member {raw!r} has an unsupported type {member.type!r}")
+        link = self._through_symlink(name)
+        if link is not None:
+            raise UnsafeArchive(f"member {raw!r} would be written through the symlink {link!r}")
+        linkname = member.linkname
+        if member.issym():
+            self._check_symlink(raw, name, linkname)
+            self.symlinks.add(name)
+        elif member.islnk():
+            stripped = self._strip(linkname, f"hardlink {raw!r} ->")
+            if stripped is None or stripped not in self.files:
+                raise UnsafeArchive(
+                    f"hardlink {raw!r} -> {linkname!r} points outside the target "
+                    "or to no earlier regular file"
+                )
+            linkname = stripped
+        if not member.isdir() and member.mode & (stat.S_ISUID | stat.S_ISGID):
+            raise UnsafeArchive(f"member {raw!r} has the setuid or setgid bit")
+        if member.isreg():
+            self.files.add(name)
+        mode = 0o755 if member.isdir() else (member.mode & 0o755) | 0o644
+        self.extracted += 1
+        return member.replace(
+            # None: tarfile skips chown, whatever owner the archive names.
+            name=name,
+            linkname=linkname,
+            mode=mode,
+            uid=None,  # type: ignore[arg-type]
+            gid=None,  # type: ignore[arg-type]
+            uname=None,  # type: ignore[arg-type]
+            gname=None,  # type: ignore[arg-type]
+        )
+
+    def verify_links(self, dest: Path) -> None:
+        """Resolve every extracted symlink on disk: each must stay inside ``dest``."""
+        top = os.path.realpath(dest)
+        for name in self.symlinks:
+            resolved = os.path.realpath(dest / name)
+            if resolved != top and not resolved.startswith(top + "/"):
+                raise UnsafeArchive(f"symlink {name!r} resolves outside the target")
+
+
+class StreamExtractor:
+    """A :class:`~zlh.agent.download.Sink` that extracts what it is fed into ``dest``.
+
+    Use: ``start()``, ``await write(chunk)`` for every chunk, then ``await finish()`` (or
+    ``await abort()`` on any failure, which stops the worker). ``dest`` must be empty.
+    """
+
+    def __init__(self, dest: Path, fmt: ArtifactFormat, strip_components: int) -> None:
+        self.dest = dest
+        self.guard = MemberGuard(strip_components)
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUE_CHUNKS)
+        self._reader = _Reader(self._chunks, fmt)
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="zlh-extract", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            with tarfile.open(fileobj=self._reader, mode="r|", bufsize=_TAR_BUFSIZE) as tar:  # type: ignore[call-overload]
+                for member in tar:
+                    tar.extract(member, self.dest, filter=self.guard)
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._reader.drain()
+            self._done.set()
+
+    def _raise_error(self) -> None:
+        exc = self._error
+        if exc is None:
+            return
+        if isinstance(exc, ArchiveError):
+            raise exc
+        if isinstance(exc, tarfile.TarError | EOFError | OSError | ValueError | LookupError):
+            raise ArchiveError(f"cannot extract the artifact: {exc}") from exc
+        raise ArchiveError(f"cannot extract the artifact: {type(exc).__name__}: {exc}") from exc
+
+    async def write(self, chunk: bytes) -> None:
+        self._raise_error()
+        try:
+            self._chunks.put_nowait(chunk)
+        except queue.Full:
+            await asyncio.to_thread(self._chunks.put, chunk)
+
+    async def _end(self) -> None:
+        await asyncio.to_thread(self._chunks.put, None)
+        await asyncio.to_thread(self._done.wait)
+
+    async def finish(self) -> None:
+        """Wait for the last member, then check every symlink on disk."""
+        await self._end()
+        self._raise_error()
+        if self.guard.extracted == 0:
+            raise ArchiveError("the artifact holds no files (after stripping components)")
+        self.guard.verify_links(self.dest)
+
+    async def abort(self) -> None:
+        if self._thread.is_alive():
+            await self._end()

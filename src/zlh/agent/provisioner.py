@@ -1,0 +1,204 @@
+"""Provisioning jobs: dev user → runtime → addons → ready, in the background, one at a time.
+
+``submit`` answers at once. A payload identical to the newest pending job joins it (no second
+install); any other payload queues behind the running job, so a payload for another runtime
+version adds that version next to the first (installs are idempotent, so queued jobs redo
+nothing that is already in place). The last accepted payload is persisted; when the agent
+starts, it is submitted again: installed parts pass their guard in milliseconds, leftovers of a
+crash are swept, supervised addons are adopted or restarted. One code path for "provision",
+"re-provision" and "recover after a restart".
+
+Provisioning activates the payload's runtime version: the payload is the container's desired
+state, so the same payload always yields the same container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from typing import Any
+
+from pydantic import ValidationError
+
+from zlh.agent.addons import make_addon
+from zlh.agent.addons.base import Addon, AddonContext
+from zlh.agent.config import AgentConfig
+from zlh.agent.devuser import DevEnvironment, ensure_dev_environment
+from zlh.agent.errors import AgentError
+from zlh.agent.install import Installer, InstallRequest, sweep_all
+from zlh.agent.paths import Layout
+from zlh.agent.progress import ProgressTracker
+from zlh.agent.runtimes import Runtimes
+from zlh.schemas import (
+    AgentState,
+    ArtifactKind,
+    ProvisionError,
+    ProvisionPayload,
+    ProvisionStep,
+    RuntimeSpec,
+    TailscaleAddon,
+)
+
+__all__ = ["Provisioner"]
+
+log = logging.getLogger("zlh.agent")
+
+
+def _payload_json(payload: ProvisionPayload) -> str:
+    """The payload with its secrets in clear: only for the agent's own 0600 state file."""
+    data = payload.model_dump(mode="json")
+    for raw, addon in zip(data["addons"], payload.addons, strict=True):
+        if isinstance(addon, TailscaleAddon):
+            raw["options"]["authKey"] = addon.options.auth_key.get_secret_value()
+    return json.dumps(data, indent=2)
+
+
+class Provisioner:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.layout = Layout(config.root)
+        self.installer = Installer(policy=config.retry, artifact_base_url=config.artifact_base_url)
+        self.runtimes = Runtimes(self.layout)
+        self.tracker = ProgressTracker()
+        self.state = AgentState.IDLE
+        self.error: ProvisionError | None = None
+        self.payload: ProvisionPayload | None = None
+        self.dev: DevEnvironment | None = None
+        self.addons: dict[str, Addon[Any]] = {}
+        self._jobs: list[tuple[ProvisionPayload, asyncio.Task[None]]] = []
+        self._one_at_a_time = asyncio.Lock()
+
+    # -- accepting work -------------------------------------------------------------------
+
+    def submit(self, payload: ProvisionPayload) -> bool:
+        """Start (or queue) provisioning ``payload``; True if it joined an identical job."""
+        self._jobs = [(p, t) for p, t in self._jobs if not t.done()]
+        if self._jobs and self._jobs[-1][0] == payload:
+            return True
+        self._persist(payload)
+        self.payload = payload
+        self.state = AgentState.PROVISIONING
+        self.error = None
+        task = asyncio.create_task(self._serially(payload), name=f"provision-{payload.vmid}")
+        self._jobs.append((payload, task))
+        return False
+
+    def _persist(self, payload: ProvisionPayload) -> None:
+        path = self.layout.payload_file
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(_payload_json(payload))
+        os.replace(tmp, path)
+
+    async def restore(self) -> None:
+        """At startup: sweep crash leftovers, then re-provision the last accepted payload."""
+        parents = [self.layout.services]
+        if self.layout.runtimes.is_dir():
+            parents += [d for d in self.layout.runtimes.iterdir() if d.is_dir()]
+        await asyncio.to_thread(sweep_all, parents)
+        try:
+            raw = self.layout.payload_file.read_bytes()
+        except FileNotFoundError:
+            return
+        try:
+            payload = ProvisionPayload.model_validate_json(raw)
+        except ValidationError as exc:
+            log.error("ignoring the persisted payload %s: %s", self.layout.payload_file, exc)
+            return
+        self.submit(payload)
+
+    async def wait_idle(self) -> None:
+        """Wait until no job is pending (tests, benchmarks, shutdown)."""
+        while self._jobs:
+            _payload, task = self._jobs[0]
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
+            self._jobs = [(p, t) for p, t in self._jobs if not t.done()]
+
+    async def close(self) -> None:
+        for _payload, task in self._jobs:
+            task.cancel()
+        for _payload, task in self._jobs:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for addon in self.addons.values():
+            await addon.stop()
+        await self.installer.close()
+
+    # -- doing it --------------------------------------------------------------------------
+
+    async def _serially(self, payload: ProvisionPayload) -> None:
+        async with self._one_at_a_time:
+            final, error = await self._run(payload)
+        # A newer job queued behind this one owns the state from now on.
+        if self._jobs and self._jobs[-1][1] is asyncio.current_task():
+            self.state, self.error = final, error
+
+    async def _run(self, payload: ProvisionPayload) -> tuple[AgentState, ProvisionError | None]:
+        self.state, self.error = AgentState.PROVISIONING, None
+        tracker = self.tracker
+        try:
+            tracker.enter(ProvisionStep.DEV_USER, f"preparing the dev user {payload.dev_user.name}")
+            self.dev = await ensure_dev_environment(self.layout, payload.dev_user)
+            await self._install_runtime(payload.runtime)
+            await self._provision_addons(payload, self.dev)
+        except AgentError as exc:
+            step = tracker.step or ProvisionStep.DEV_USER
+            log.error("provisioning failed at %s: %s", step.value, exc.message)
+            return AgentState.FAILED, ProvisionError(code=exc.code, message=exc.message, step=step)
+        except Exception as exc:
+            step = tracker.step or ProvisionStep.DEV_USER
+            log.exception("provisioning failed at %s", step.value)
+            message = f"{type(exc).__name__}: {exc}"
+            return AgentState.FAILED, ProvisionError(
+                code="internal-error", message=message, step=step
+            )
+        tracker.enter(ProvisionStep.READY, "ready")
+        return AgentState.READY, None
+
+    async def _install_runtime(self, runtime: RuntimeSpec) -> None:
+        name = runtime.name.value
+        request = InstallRequest(
+            kind=ArtifactKind.RUNTIME,
+            name=name,
+            version=runtime.version,
+            artifact=runtime.artifact,
+            target=self.layout.runtime(name, runtime.version),
+        )
+        await self.installer.ensure(request, self.tracker)
+        self.tracker.enter(ProvisionStep.RUNTIME_ACTIVATE, f"activating {name} {runtime.version}")
+        await asyncio.to_thread(self.runtimes.activate, name, runtime.version)
+
+    def _runtime_path(self, runtime: RuntimeSpec) -> tuple[str, ...]:
+        name = runtime.name.value
+        marker = self.runtimes.marker(name, runtime.version)
+        return tuple(str(self.layout.current(name) / rel) for rel in (marker.bin if marker else []))
+
+    async def _provision_addons(self, payload: ProvisionPayload, dev: DevEnvironment) -> None:
+        ctx = AddonContext(
+            layout=self.layout,
+            config=self.config,
+            installer=self.installer,
+            dev=dev,
+            vmid=payload.vmid,
+            runtime_path=self._runtime_path(payload.runtime),
+        )
+        wanted = {spec.name for spec in payload.addons}
+        for name in [n for n in self.addons if n not in wanted]:
+            await self.addons.pop(name).stop()
+        for spec in payload.addons:
+            addon = self.addons.get(spec.name)
+            if addon is None or not addon.same_as(spec, ctx):
+                if addon is not None:
+                    await addon.stop()
+                addon = self.addons[spec.name] = make_addon(spec, ctx)
+            await addon.install(self.tracker)
+            self.tracker.enter(ProvisionStep.ADDON_INSTALL, f"configuring {spec.name}")
+            await addon.configure()
+            self.tracker.enter(ProvisionStep.ADDON_START, f"starting {spec.name}")
+            await addon.start()

@@ -1,0 +1,97 @@
+"""Provisioning routes: ``POST /provision``, ``GET /status``, runtime activation and removal."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from pydantic import TypeAdapter, ValidationError
+
+from zlh.agent.errors import Conflict
+from zlh.agent.provisioner import Provisioner
+from zlh.agent.status import build_status
+from zlh.agent.web_errors import InvalidRequest
+from zlh.schemas import FieldProblem, ProvisionPayload, RuntimeName, validation_problems
+from zlh.schemas.catalog import Version
+
+__all__ = ["PROVISIONER", "setup_provision_routes"]
+
+PROVISIONER = web.AppKey("provisioner", Provisioner)
+_VERSION: TypeAdapter[str] = TypeAdapter(Version)
+
+
+def _status(
+    prov: Provisioner, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    body = build_status(prov).model_dump_json()
+    return web.Response(text=body, status=status, content_type="application/json", headers=headers)
+
+
+async def provision(request: web.Request) -> web.Response:
+    prov = request.app[PROVISIONER]
+    try:
+        data = await request.json(loads=json.loads)
+    except ValueError as exc:
+        problem = FieldProblem(field="(body)", detail=f"not JSON: {exc}")
+        raise InvalidRequest("the provisioning payload is not valid JSON", [problem]) from exc
+    try:
+        payload = ProvisionPayload.model_validate(data)
+    except ValidationError as exc:
+        problems = validation_problems(exc)
+        fields = ", ".join(p.field for p in problems)
+        raise InvalidRequest(f"invalid provisioning payload: {fields}", problems) from exc
+    joined = prov.submit(payload)
+    return _status(prov, 202, {"X-Zlh-Joined": "true" if joined else "false"})
+
+
+async def status(request: web.Request) -> web.Response:
+    return _status(request.app[PROVISIONER])
+
+
+def _runtime(request: web.Request) -> tuple[str, str]:
+    name, version = request.match_info["name"], request.match_info["version"]
+    problems = []
+    if name not in {n.value for n in RuntimeName}:
+        known = ", ".join(n.value for n in RuntimeName)
+        problems.append(FieldProblem(field="name", detail=f"unknown runtime (known: {known})"))
+    try:
+        _VERSION.validate_python(version)
+    except ValidationError as exc:
+        detail = exc.errors(include_url=False)[0]["msg"]
+        problems.append(FieldProblem(field="version", detail=detail))
+    if problems:
+        raise InvalidRequest(f"no such runtime version: {name} {version}", problems)
+    return name, version
+
+
+async def activate(request: web.Request) -> web.Response:
+    prov = request.app[PROVISIONER]
+    name, version = _runtime(request)
+    prov.runtimes.activate(name, version)
+    return _status(prov)
+
+
+async def remove(request: web.Request) -> web.Response:
+    prov = request.app[PROVISIONER]
+    name, version = _runtime(request)
+    target = prov.layout.runtime(name, version)
+    if prov.installer.busy(target):
+        raise Conflict(f"runtime {name} {version} is being installed; try again when done")
+    prov.runtimes.remove(name, version)
+    return _status(prov)
+
+
+def setup_provision_routes(app: web.Application, provisioner: Provisioner) -> None:
+    app[PROVISIONER] = provisioner
+    app.router.add_post("/provision", provision)
+    app.router.add_get("/status", status)
+    app.router.add_post("/runtimes/{name}/{version}/activate", activate)
+    app.router.add_delete("/runtimes/{name}/{version}", remove)
+
+    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        await provisioner.restore()
+        yield
+        await provisioner.close()
+
+    app.cleanup_ctx.append(lifecycle)
