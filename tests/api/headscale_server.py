@@ -111,7 +111,8 @@ class HeadscaleServer:
     users: dict[int, _User] = field(default_factory=dict)
     keys: dict[int, _Key] = field(default_factory=dict)
     url: str = ""
-    _faults: list[tuple[int, str]] = field(default_factory=list)
+    _faults: list[tuple[str | None, int, str]] = field(default_factory=list)
+    _skips: dict[str | None, int] = field(default_factory=dict)
     _drops: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -121,10 +122,20 @@ class HeadscaleServer:
     def api_key(self) -> str:
         return next(iter(self.api_keys))
 
-    def fail_next(self, count: int, status: int = 503, body: str = "upstream unavailable") -> None:
-        """The next ``count`` authenticated requests answer ``status`` with ``body``."""
+    def fail_next(
+        self,
+        count: int,
+        status: int = 503,
+        body: str = "upstream unavailable",
+        *,
+        path: str | None = None,
+        skip: int = 0,
+    ) -> None:
+        """The next ``count`` authenticated requests (to ``path`` only, if given, and after
+        letting ``skip`` of them through) answer ``status`` with ``body``."""
         with self._lock:
-            self._faults.extend([(status, body)] * count)
+            self._faults.extend([(path, status, body)] * count)
+            self._skips[path] = skip
 
     def drop_next(self, count: int) -> None:
         """The next ``count`` requests get their connection closed without an answer."""
@@ -146,6 +157,17 @@ class HeadscaleServer:
     def calls(self, method: str, path: str) -> list[Recorded]:
         with self._lock:
             return [r for r in self.requests if r.method == method and r.path == path]
+
+    def _fault_for(self, path: str) -> tuple[int, str] | None:
+        for index, (wanted, status, text) in enumerate(self._faults):
+            if wanted is not None and wanted != path:
+                continue
+            if self._skips.get(wanted, 0):
+                self._skips[wanted] -= 1
+                return None
+            del self._faults[index]
+            return status, text
+        return None
 
     # -- model ---------------------------------------------------------------------------
 
@@ -262,9 +284,9 @@ class HeadscaleServer:
             auth = request.headers.get("Authorization", "")
             if not auth.startswith("Bearer ") or auth.removeprefix("Bearer ") not in self.api_keys:
                 return web.Response(status=401, text="Unauthorized")
-            if self._faults:
-                status, text = self._faults.pop(0)
-                return web.Response(status=status, text=text)
+            fault = self._fault_for(request.path)
+            if fault is not None:
+                return web.Response(status=fault[0], text=fault[1])
             routes = {
                 ("GET", "/api/v1/user"): self._list_users,
                 ("POST", "/api/v1/user"): self._post_user,
