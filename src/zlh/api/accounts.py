@@ -16,6 +16,7 @@ from zlh.api.errors import Conflict, InvalidRequest, NotFound
 __all__ = [
     "MIN_PASSWORD_LENGTH",
     "authenticate",
+    "configure_hashing",
     "create_user",
     "disable_user",
     "get_user",
@@ -28,7 +29,14 @@ MAX_PASSWORD_LENGTH = 1024
 _USERNAME_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,63}$")
 _hasher = PasswordHasher()
 # Verified against when the user does not exist, so timing does not tell whether it does.
-_DUMMY_HASH = _hasher.hash("not a real password, only for timing")
+_dummy_hash = _hasher.hash("not a real password, only for timing")
+
+
+def configure_hashing(*, time_cost: int, memory_kib: int, parallelism: int) -> None:
+    """Argon2 parameters for new hashes (stored hashes keep theirs and still verify)."""
+    global _hasher, _dummy_hash
+    _hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism)
+    _dummy_hash = _hasher.hash("not a real password, only for timing")
 
 
 def _check_username(username: str) -> str:
@@ -108,7 +116,7 @@ def authenticate(db: Database, username: str, password: str) -> User | None:
     with db.session() as session:
         user = session.scalar(select(User).where(User.username == username))
     try:
-        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+        _hasher.verify(user.password_hash if user else _dummy_hash, password)
     except (VerificationError, InvalidHashError):
         return None
     if user is None or user.disabled:

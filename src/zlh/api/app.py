@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
 
+from zlh.api.accounts import configure_hashing
 from zlh.api.agent_client import AgentClient
 from zlh.api.audit import AuditLog
 from zlh.api.auth import TokenService
@@ -59,6 +60,11 @@ def build_services(
     feed: RouteFeed | None = None,
 ) -> Services:
     """Open the database (migrating it) and load the keys; nothing runs yet."""
+    configure_hashing(
+        time_cost=settings.argon2_time_cost,
+        memory_kib=settings.argon2_memory_kib,
+        parallelism=settings.argon2_parallelism,
+    )
     db = Database(settings.db_url)
     db.migrate()
     bus = EventBus()

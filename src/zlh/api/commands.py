@@ -143,7 +143,13 @@ def serve(app: Any, settings: ApiSettings) -> None:
 
 
 def _db(args: argparse.Namespace) -> Database:
-    db = Database(_settings(args).db_url)
+    settings = _settings(args)
+    accounts.configure_hashing(
+        time_cost=settings.argon2_time_cost,
+        memory_kib=settings.argon2_memory_kib,
+        parallelism=settings.argon2_parallelism,
+    )
+    db = Database(settings.db_url)
     db.migrate()
     return db
 

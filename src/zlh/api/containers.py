@@ -82,6 +82,7 @@ class ContainerRegistry:
         self.feed = feed
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
+        self._allocating = threading.Lock()
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Notifications run on ``loop``; changes made from worker threads are handed over."""
@@ -130,6 +131,20 @@ class ContainerRegistry:
         This row is written before the backend is asked for anything: whatever happens
         afterwards, the vmid is known and a restart resumes it instead of creating another.
         """
+        # One allocation at a time in this process; other processes are caught by the
+        # primary key and retried.
+        with self._allocating:
+            return self._allocate(owner, runtime, version, addons, pins, quota)
+
+    def _allocate(
+        self,
+        owner: User,
+        runtime: str,
+        version: str,
+        addons: list[str],
+        pins: dict[str, Any],
+        quota: int,
+    ) -> Container:
         for _ in range(_ALLOCATE_TRIES):
             try:
                 with self.db.session() as session:

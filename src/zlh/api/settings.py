@@ -108,6 +108,15 @@ class ApiSettings(BaseSettings):
     login_window_s: float = Field(
         300.0, gt=0, description="sliding window of the login limits. Kept in memory only."
     )
+    argon2_time_cost: int = Field(
+        3, ge=1, description="argon2id passes per password hash. Existing hashes keep theirs."
+    )
+    argon2_memory_kib: int = Field(
+        65536, ge=8, description="argon2id memory per password hash, in KiB (64 MiB default)."
+    )
+    argon2_parallelism: int = Field(
+        2, ge=1, description="argon2id lanes per password hash; at most the cores to spare."
+    )
     max_containers_per_user: int = Field(
         3, ge=0, description="containers one user may hold at once; admins are not exempt."
     )

@@ -1,0 +1,192 @@
+"""A simulated agent and a backend that runs one per "container", over real HTTP on loopback.
+
+The agent speaks the real wire protocol (``ProvisionPayload`` in, ``AgentStatus`` out, Bearer
+secret checked) and walks through the spec's steps on a timer, so the API's provisioning,
+poller and SSE paths run for real without building runtimes. Knobs make it misbehave:
+``never_ready`` (stays provisioning), ``fail_with`` (ends failed), ``forget()`` (loses its
+payload like a restarted agent), ``silent`` (stops answering /status).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from typing import Any, ClassVar
+
+from aiohttp import web
+
+from zlh.backends import (
+    Backend,
+    BackendError,
+    ContainerExists,
+    ContainerInfo,
+    ContainerSpec,
+    ContainerState,
+)
+from zlh.schemas import AgentState, AgentStatus, Progress, ProvisionError, ProvisionPayload
+from zlh.schemas.status import ProvisionStep
+
+STEPS = [
+    (ProvisionStep.DEV_USER, 5.0),
+    (ProvisionStep.RUNTIME_DOWNLOAD, 40.0),
+    (ProvisionStep.RUNTIME_EXTRACT, 70.0),
+    (ProvisionStep.RUNTIME_ACTIVATE, 90.0),
+]
+
+
+class SimAgent:
+    def __init__(self, secret: str, *, step_s: float = 0.05) -> None:
+        self.secret = secret
+        self.step_s = step_s
+        self.state = AgentState.IDLE
+        self.progress: Progress | None = None
+        self.error: ProvisionError | None = None
+        self.payloads: list[ProvisionPayload] = []
+        self.never_ready = False
+        self.fail_with: str | None = None
+        self.silent = False
+        self.status_calls = 0
+        self._runner: web.AppRunner | None = None
+        self._work: asyncio.Task[None] | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/status", self._status)
+        app.router.add_post("/provision", self._provision)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._work is not None:
+            self._work.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def forget(self) -> None:
+        """Lose the payload, as an agent whose container was recreated would."""
+        if self._work is not None:
+            self._work.cancel()
+        self.state, self.progress, self.error = AgentState.IDLE, None, None
+
+    def _authorised(self, request: web.Request) -> bool:
+        expected = f"Bearer {self.secret}".encode()
+        return hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected)
+
+    async def _status(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return web.json_response({"message": "unauthorized"}, status=401)
+        self.status_calls += 1
+        if self.silent:
+            await asyncio.sleep(3600)
+        ready = self.state is AgentState.READY
+        status = AgentStatus(
+            workspace_root="/home/dev/workspace",
+            runtime_install_path=self._install_path(),
+            runtime_installed=ready,
+            code_server_installed=ready and bool(self.payloads[-1].addons),
+            code_server_running=ready and bool(self.payloads[-1].addons),
+            state=self.state,
+            progress=self.progress,
+            error=self.error,
+            agent_version="sim",
+        )
+        return web.Response(
+            body=status.model_dump_json(by_alias=True), content_type="application/json"
+        )
+
+    def _install_path(self) -> str | None:
+        if not self.payloads:
+            return None
+        runtime = self.payloads[-1].runtime
+        return f"/opt/zlh/runtimes/{runtime.name}/{runtime.version}"
+
+    async def _provision(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return web.json_response({"message": "unauthorized"}, status=401)
+        payload = ProvisionPayload.model_validate_json(await request.read())
+        self.payloads.append(payload)
+        if self.state is not AgentState.PROVISIONING:
+            self.state = AgentState.PROVISIONING
+            self._work = asyncio.get_running_loop().create_task(self._run())
+        return web.json_response({"accepted": True}, status=202)
+
+    async def _run(self) -> None:
+        for step, percent in STEPS:
+            self.progress = Progress(step=step, percent=percent, message=f"{step} ...")
+            await asyncio.sleep(self.step_s)
+        if self.fail_with is not None:
+            self.error = ProvisionError(
+                code="digest-mismatch", message=self.fail_with, step=ProvisionStep.RUNTIME_EXTRACT
+            )
+            self.state = AgentState.FAILED
+            return
+        if self.never_ready:
+            await asyncio.Event().wait()  # until cancelled
+        self.progress = Progress(step=ProvisionStep.READY, percent=100.0, message="ready")
+        self.state = AgentState.READY
+
+
+class SimBackend(Backend):
+    """Containers are SimAgents in this process; ``create_delay_s`` slows create down."""
+
+    name: ClassVar[str] = "sim"
+
+    def __init__(self, *, create_delay_s: float = 0.0, step_s: float = 0.05) -> None:
+        self.create_delay_s = create_delay_s
+        self.step_s = step_s
+        self.agents: dict[int, SimAgent] = {}
+        self.running: set[int] = set()
+        self.creates = 0
+        self.fail_create: str | None = None
+
+    async def create(self, spec: ContainerSpec) -> ContainerInfo:
+        if spec.vmid in self.agents:
+            raise ContainerExists(f"container {spec.vmid} exists")
+        if self.fail_create is not None:
+            raise BackendError(self.fail_create)
+        await asyncio.sleep(self.create_delay_s)
+        self.creates += 1
+        self.agents[spec.vmid] = SimAgent(spec.agent_secret, step_s=self.step_s)
+        return await self.status(spec.vmid)
+
+    async def start(self, vmid: int) -> ContainerInfo:
+        agent = self.agents.get(vmid)
+        if agent is None:
+            raise BackendError(f"no container {vmid}")
+        if vmid not in self.running:
+            await agent.start()
+            self.running.add(vmid)
+        return await self.status(vmid)
+
+    async def stop(self, vmid: int, *, timeout_s: float = 10.0) -> None:
+        if vmid in self.running:
+            await self.agents[vmid].stop()
+            self.running.discard(vmid)
+
+    async def destroy(self, vmid: int) -> None:
+        await self.stop(vmid)
+        self.agents.pop(vmid, None)
+
+    async def status(self, vmid: int) -> ContainerInfo:
+        agent = self.agents.get(vmid)
+        if agent is None:
+            return ContainerInfo(vmid=vmid, state=ContainerState.ABSENT)
+        if vmid not in self.running:
+            return ContainerInfo(vmid=vmid, state=ContainerState.STOPPED)
+        return ContainerInfo(
+            vmid=vmid,
+            state=ContainerState.RUNNING,
+            address="127.0.0.1",
+            agent_port=agent.port,
+            code_server_port=6000,
+        )
+
+    async def list(self) -> list[ContainerInfo]:
+        return [await self.status(vmid) for vmid in sorted(self.agents)]
+
+    def get_state(self) -> dict[str, Any]:
+        return {"vmids": sorted(self.agents)}

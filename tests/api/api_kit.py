@@ -1,0 +1,130 @@
+"""Building and running an API app for tests: temp data dir, small catalog, fast polls.
+
+The app runs on a real uvicorn server in a thread (``running``) and tests talk to it with
+httpx over loopback, the way the portal and the front do.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from zlh.api import accounts
+from zlh.api.app import create_app
+from zlh.api.catalog import StoreCatalog
+from zlh.api.services import Services
+from zlh.api.settings import ApiSettings
+from zlh.backends import Backend
+from zlh.schemas import Artifact, ArtifactFormat, ArtifactKind, Catalog
+
+PASSWORD = "correct horse battery"
+FAST = {
+    "poll_interval_s": 0.2,
+    "poll_interval_provisioning_s": 0.05,
+    "poll_timeout_s": 0.5,
+    "poll_max_backoff_s": 0.4,
+    "container_start_timeout_s": 5.0,
+    "agent_answer_timeout_s": 5.0,
+    "argon2_time_cost": 1,
+    "argon2_memory_kib": 64,
+    "argon2_parallelism": 1,
+}
+
+
+def artifact(name: str) -> Artifact:
+    return Artifact(url=f"{name}.tar.gz", sha256="a" * 64, size=1, format=ArtifactFormat.TAR_GZ)
+
+
+def write_catalog(store: Path) -> None:
+    catalog = Catalog()
+    for kind, name, version in [
+        (ArtifactKind.RUNTIME, "node", "22"),
+        (ArtifactKind.RUNTIME, "node", "20"),
+        (ArtifactKind.RUNTIME, "python", "3.12"),
+        (ArtifactKind.ADDON, "code-server", "4.99.0"),
+    ]:
+        catalog = catalog.with_version(kind, name, version, artifact(f"{name}-{version}"))
+    store.mkdir(parents=True, exist_ok=True)
+    (store / "catalog.json").write_text(json.dumps(catalog.model_dump(mode="json")))
+
+
+def make_app(data_dir: Path, backend: Backend, **overrides: Any) -> FastAPI:
+    store = data_dir / "artifacts"
+    if not (store / "catalog.json").exists():
+        write_catalog(store)
+    return create_app(
+        ApiSettings(data_dir=data_dir, **{**FAST, **overrides}),
+        backend,
+        catalog=StoreCatalog(store),
+        artifact_base_url="http://127.0.0.1:9/artifacts",
+    )
+
+
+def services(app: FastAPI) -> Services:
+    svc: Services = app.state.services
+    return svc
+
+
+@contextmanager
+def running(app: FastAPI) -> Iterator[httpx.Client]:
+    """Serve ``app`` on a free loopback port; yields a client with that base URL."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise AssertionError("the API server did not start")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def add_user(app: FastAPI, name: str, *, admin: bool = False) -> None:
+    accounts.create_user(services(app).db, name, PASSWORD, admin=admin)
+
+
+def login(client: httpx.Client, name: str) -> dict[str, str]:
+    """Log in; returns the Authorization header. The cookie jar is cleared (Bearer only)."""
+    response = client.post("/api/auth/login", json={"username": name, "password": PASSWORD})
+    assert response.status_code == 200, response.text
+    client.cookies.clear()
+    return {"Authorization": f"Bearer {response.json()['token']}"}
+
+
+def wait_for(predicate: Any, *, timeout_s: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy (never a bare sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def sse_events(client: httpx.Client, path: str, headers: dict[str, str]) -> list[dict[str, Any]]:
+    """Read an SSE stream to its end; the ``data`` of every ``status`` event."""
+    events: list[dict[str, Any]] = []
+    with client.stream("GET", path, headers=headers, timeout=20) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[len("data: ") :]))
+    return events

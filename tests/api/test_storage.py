@@ -1,0 +1,149 @@
+"""Storage on both databases: migrations, accounts, sessions, containers, audit."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from zlh.api import accounts
+from zlh.api.audit import Action, AuditLog
+from zlh.api.auth import TokenService
+from zlh.api.containers import ContainerRegistry
+from zlh.api.db import Base, ContainerState, Database, User
+from zlh.api.errors import Conflict, Forbidden, InvalidRequest, NotAuthenticated, NotFound
+from zlh.api.events import EventBus
+from zlh.api.routefeed import RouteFeed
+from zlh.schemas import AgentStatus
+
+PINS = {"runtime": {"url": "node.tar.gz"}, "addons": {}}
+
+
+def registry(db: Database) -> ContainerRegistry:
+    return ContainerRegistry(db, EventBus(), RouteFeed())
+
+
+def allocate(reg: ContainerRegistry, owner: User, quota: int = 100) -> int:
+    container = reg.allocate(
+        owner=owner, runtime="node", version="22", addons=[], pins=PINS, quota=quota
+    )
+    return container.vmid
+
+
+def status_doc(installed: bool) -> dict[str, Any]:
+    status = AgentStatus(
+        workspace_root="/home/dev/workspace", runtime_installed=installed, agent_version="test"
+    )
+    return status.model_dump(mode="json", by_alias=True)
+
+
+def test_migrations_are_idempotent_and_match_the_models(db: Database) -> None:
+    db.migrate()  # a second time: nothing to do
+    with db.engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert diff == []
+
+
+def test_users_are_unique_and_passwords_verify(db: Database) -> None:
+    accounts.create_user(db, "alice", "password-1", admin=True)
+    with pytest.raises(Conflict, match="already exists"):
+        accounts.create_user(db, "alice", "password-2")
+    assert accounts.authenticate(db, "alice", "password-1") is not None
+    assert accounts.authenticate(db, "alice", "wrong-password") is None
+    assert accounts.authenticate(db, "nobody", "password-1") is None
+    accounts.set_password(db, "alice", "password-3")
+    assert accounts.authenticate(db, "alice", "password-1") is None
+    assert accounts.authenticate(db, "alice", "password-3") is not None
+    assert [(u.username, u.is_admin) for u in accounts.list_users(db)] == [("alice", True)]
+
+
+@pytest.mark.parametrize(
+    ("username", "password", "field"),
+    [("Bad Name", "password-1", "username"), ("bob", "short", "password")],
+)
+def test_bad_user_input_names_the_field(
+    db: Database, username: str, password: str, field: str
+) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        accounts.create_user(db, username, password)
+    assert caught.value.validations[0].field == field
+    assert accounts.list_users(db) == []
+
+
+def test_disabling_revokes_every_session_at_once(db: Database) -> None:
+    user = accounts.create_user(db, "bob", "password-1")
+    tokens = TokenService(db, b"k" * 32, ttl_s=60)
+    first, second = tokens.issue(user), tokens.issue(user)
+    assert tokens.verify(first.token)[0].username == "bob"
+    revoked = accounts.disable_user(db, "bob")
+    assert sorted(revoked) == sorted([first.sid, second.sid])
+    for issued in (first, second):
+        with pytest.raises(NotAuthenticated):
+            tokens.verify(issued.token)
+    assert sorted(tokens.revoked_since(None)) == sorted(revoked)
+    with pytest.raises(NotFound):
+        accounts.disable_user(db, "nobody")
+
+
+def test_sessions_keep_utc_times(db: Database) -> None:
+    user = accounts.create_user(db, "carol", "password-1")
+    issued = TokenService(db, b"k" * 32, ttl_s=60).issue(user)
+    assert issued.expires_at.tzinfo is UTC
+    stored = accounts.get_user(db, "carol").created_at
+    assert stored.tzinfo is UTC
+
+
+def test_vmids_are_allocated_in_order_and_quota_holds(db: Database) -> None:
+    owner = accounts.create_user(db, "dave", "password-1")
+    reg = registry(db)
+    assert [allocate(reg, owner, quota=2) for _ in range(2)] == [100, 101]
+    with pytest.raises(Forbidden, match="quota"):
+        allocate(reg, owner, quota=2)
+    assert [c.vmid for c in reg.list_for(owner.id)] == [100, 101]
+    assert reg.get(100) is not None and reg.get(100).state == "requested"  # type: ignore[union-attr]
+
+
+def test_concurrent_requests_never_share_a_vmid(db: Database) -> None:
+    owner = accounts.create_user(db, "erin", "password-1")
+    reg = registry(db)
+    with ThreadPoolExecutor(8) as pool:
+        vmids = list(pool.map(lambda _: allocate(reg, owner), range(16)))
+    assert sorted(vmids) == list(range(100, 116))
+
+
+def test_updates_write_only_on_change(db: Database) -> None:
+    owner = accounts.create_user(db, "frank", "password-1")
+    reg = registry(db)
+    vmid = allocate(reg, owner)
+    first = reg.update(vmid, state=ContainerState.PROVISIONING, status=status_doc(False))
+    assert first is not None
+    again = reg.update(vmid, state=ContainerState.PROVISIONING, status=status_doc(False))
+    assert again is not None and again.updated_at == first.updated_at
+    changed = reg.update(vmid, status=status_doc(True))
+    assert changed is not None and changed.updated_at > first.updated_at
+    assert reg.update(99_999, state=ContainerState.READY) is None
+    assert reg.feed.snapshot().routes[vmid].state == "provisioning"
+    reg.remove(vmid)
+    assert reg.get(vmid) is None
+    assert vmid not in reg.feed.snapshot().routes
+
+
+def test_audit_lists_newest_first_with_filters(db: Database) -> None:
+    log = AuditLog(db)
+    log.record("alice", Action.CREATE, 100, "node 22")
+    log.record("bob", Action.CREATE, 101)
+    log.record("alice", Action.DELETE, 100)
+    entries = log.entries()
+    assert [(e.actor, e.action, e.vmid) for e in entries] == [
+        ("alice", "delete", 100),
+        ("bob", "create", 101),
+        ("alice", "create", 100),
+    ]
+    assert [e.action for e in log.entries(vmid=100)] == ["delete", "create"]
+    assert [e.vmid for e in log.entries(actor="bob")] == [101]
+    assert [e.action for e in log.entries(before_id=entries[0].id, limit=1)] == ["create"]
+    assert entries[0].at.tzinfo is UTC
