@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -69,7 +71,9 @@ class UpstreamLog:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, request: web.Request) -> dict[str, Any]:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
         seen = {
+            "peer_port": peer[1] if isinstance(peer, tuple) else None,
             "method": request.method,
             "path": request.raw_path,
             "headers": [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers],
@@ -124,7 +128,7 @@ def upstream_app(log: UpstreamLog) -> web.Application:
 
     async def ws(request: web.Request) -> web.StreamResponse:
         log.record(request)
-        sock = web.WebSocketResponse(autoping=False)
+        sock = web.WebSocketResponse(autoping=False, max_msg_size=0)
         await sock.prepare(request)
         async for msg in sock:
             if msg.type == WSMsgType.TEXT and msg.data.startswith("close:"):
@@ -158,6 +162,8 @@ class Harness:
         self._thread.start()
         self.log = UpstreamLog()
         self._runner: web.AppRunner | None = None
+        self._tmp = tempfile.TemporaryDirectory(prefix="zlh-proxy-test-")
+        self.unix_path = os.path.join(self._tmp.name, "api.sock")
         self.upstream_port = self.run(self._start_upstream())
         self.routes = RouteTable()
         self.front = self.start_front(self.routes)
@@ -176,25 +182,27 @@ class Harness:
     async def _start_upstream(self) -> int:
         self._runner = web.AppRunner(upstream_app(self.log), handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        await web.UnixSite(self._runner, self.unix_path).start()
         port: int = self._runner.addresses[0][1]
         return port
 
-    def start_front(self, routes: RouteTable, **settings: Any) -> Front:
+    def start_front(self, routes: RouteTable, api_upstream: str = "", **settings: Any) -> Front:
         front = Front(
             ProxySettings(**settings),
             routes,
             JwtAuthenticator(KEY),
-            f"127.0.0.1:{self.upstream_port}",
+            api_upstream or f"127.0.0.1:{self.upstream_port}",
         )
         self.run(front.start("127.0.0.1", 0))
         return front
 
     @contextmanager
-    def other_front(self, **settings: Any) -> Iterator[tuple[Front, RouteTable]]:
+    def other_front(
+        self, api_upstream: str = "", **settings: Any
+    ) -> Iterator[tuple[Front, RouteTable]]:
         routes = RouteTable()
-        front = self.start_front(routes, **settings)
+        front = self.start_front(routes, api_upstream, **settings)
         try:
             yield front, routes
         finally:
@@ -207,7 +215,7 @@ class Harness:
         route = Route(
             owner_id=owner, host="127.0.0.1", port=self.upstream_port, ready=ready, reason=reason
         )
-        self.call((routes or self.routes).update, vmid, route)
+        self.call((self.routes if routes is None else routes).update, vmid, route)
         return vmid
 
     def seen(self, path_prefix: str) -> list[dict[str, Any]]:
@@ -221,6 +229,7 @@ class Harness:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
         self.loop.close()
+        self._tmp.cleanup()
 
 
 def headers_of(seen: dict[str, Any]) -> dict[str, str]:

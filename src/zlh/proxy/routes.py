@@ -96,7 +96,7 @@ class RouteTable:
     def remove(self, vmid: int) -> None:
         """Forget ``vmid`` (container deleted); its open tunnels are closed. Absent is fine."""
         self._routes.pop(vmid, None)
-        self._close(self._tunnels.get(vmid, {}), "container removed")
+        self._close(self._tunnels.pop(vmid, {}), "container removed")
 
     def replace_all(self, routes: Mapping[int, Route]) -> None:
         """Make the table equal to ``routes`` (the API's full view, e.g. after it restarted)."""

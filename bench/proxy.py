@@ -1,0 +1,140 @@
+"""Benchmark the front (zlh.proxy) against nginx and http-proxy-middleware, with auth on.
+
+    .venv/bin/python bench/proxy.py                 # one round of every test
+    ROUNDS=3 .venv/bin/python bench/proxy.py        # any knob of ../shared/bench/proxy/run.sh
+
+Starts the front in its own process (uvloop; the harness measures that process's CPU) with a
+route for vmid 100 to the harness's upstream (127.0.0.1:$BASE_PORT, default 18000) owned by a
+bench user, then runs ``../shared/bench/proxy/run.sh ours=127.0.0.1:<port>`` with a valid
+session cookie (``BENCH_COOKIE='zlh_session=<jwt>; session=x'``, ``BENCH_STRIP_COOKIE=zlh_session``:
+the front must strip its own cookie and pass the harness's). Prints the harness's table, then
+the issue's goals as ratios to nginx/hpm in the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jwt
+
+REPO = Path(__file__).resolve().parent.parent
+HARNESS = REPO.parent / "shared" / "bench" / "proxy" / "run.sh"
+BENCH_DIR = Path(os.environ.get("BENCH_DIR", "/tmp/zlh-proxy-bench"))  # noqa: S108 - run.sh's default
+BASE_PORT = int(os.environ.get("BASE_PORT", "18000"))
+USER = "bench-user"
+
+
+def serve(port: int, key: bytes) -> None:
+    """The front alone, as the harness sees it: one process, uvloop."""
+    import uvloop
+
+    from zlh.proxy import Front, JwtAuthenticator, ProxySettings, Route, RouteTable
+
+    async def main() -> None:
+        routes = RouteTable()
+        routes.update(100, Route(owner_id=USER, host="127.0.0.1", port=BASE_PORT, ready=True))
+        front = Front(ProxySettings(), routes, JwtAuthenticator(key), "unix:/nonexistent.sock")
+        await front.start("127.0.0.1", port)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await front.close()
+
+    uvloop.run(main())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the front exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("the front did not listen within 15 s")
+
+
+def median(
+    results: dict[str, dict[str, list[dict[str, float]]]], name: str, test: str, key: str
+) -> float | None:
+    values = sorted(x[key] for x in results.get(name, {}).get(test, []) if x.get(key) is not None)
+    return values[len(values) // 2] if values else None
+
+
+def goals(results: dict[str, dict[str, list[dict[str, float]]]]) -> list[str]:
+    """The issue's goals, each as `ratio (goal) ok/MISS`."""
+    checks = [
+        ("small req/s vs nginx", "small", "rps", "nginx", 0.5, True),
+        ("small req/s vs hpm", "small", "rps", "hpm", 10.0, True),
+        ("500 KB MB/s vs nginx", "big", "MBps", "nginx", 0.5, True),
+        ("ws msgs/s x32 vs nginx", "ws_tput", "msgs_per_s", "nginx", 0.8, True),
+        ("ws rtt p99 vs nginx", "ws_lat", "p99_ms", "nginx", 1.5, False),
+    ]
+    lines = []
+    for label, test, key, anchor, goal, higher_is_better in checks:
+        ours, theirs = median(results, "ours", test, key), median(results, anchor, test, key)
+        if ours is None or not theirs:
+            lines.append(f"{label:<26} -")
+            continue
+        ratio = ours / theirs
+        ok = ratio >= goal if higher_is_better else ratio <= goal
+        sign = ">=" if higher_is_better else "<="
+        lines.append(f"{label:<26} {ratio:6.2f}x  (goal {sign} {goal}x)  {'ok' if ok else 'MISS'}")
+    return lines
+
+
+def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve":
+        serve(int(sys.argv[2]), bytes.fromhex(os.environ["ZLH_BENCH_KEY"]))
+        return 0
+    key = secrets.token_bytes(32)
+    now = int(time.time())
+    token = jwt.encode(
+        {"sub": USER, "sid": "bench", "iat": now, "exp": now + 86400}, key, algorithm="HS256"
+    )
+    port = free_port()
+    env = dict(os.environ, ZLH_BENCH_KEY=key.hex())
+    front = subprocess.Popen([sys.executable, __file__, "--serve", str(port)], env=env)
+    try:
+        wait_for_port(port, front)
+        before = set(BENCH_DIR.glob("results-*.json"))
+        harness_env = dict(
+            os.environ,
+            BENCH_COOKIE=f"zlh_session={token}; session=x",
+            BENCH_STRIP_COOKIE="zlh_session",
+        )
+        rc = subprocess.run(
+            [str(HARNESS), f"ours=127.0.0.1:{port}"], env=harness_env, check=False
+        ).returncode
+    finally:
+        front.terminate()
+        front.wait(10)
+    new = sorted(set(BENCH_DIR.glob("results-*.json")) - before)
+    if rc != 0 or not new:
+        print(f"harness failed (exit {rc})", file=sys.stderr)
+        return rc or 1
+    results = json.loads(new[-1].read_text())["results"]
+    print(f"\n# goals (medians, same run; {new[-1]})")
+    print("\n".join(goals(results)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Session tokens: where they are found and what the JWT authenticator accepts."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+from proxy_kit import KEY, token
+
+from zlh.proxy.auth import JwtAuthenticator, find_token
+
+
+def test_token_comes_from_the_session_cookie_before_bearer() -> None:
+    cookies = [b"a=1; zlh_session=tok1 ; b=2"]
+    assert find_token(b"zlh_session", cookies, b"Bearer tok2") == b"tok1"
+    assert find_token(b"zlh_session", [b"a=1"], b"bearer  tok2 ") == b"tok2"
+    assert find_token(b"zlh_session", [b"xzlh_session=no"], None) == b""
+    assert find_token(b"zlh_session", [], b"Basic dXNlcjpw") == b""
+
+
+def test_valid_token_gives_the_principal_with_its_claims() -> None:
+    auth = JwtAuthenticator(KEY)
+    principal = auth.authenticate(token("u7", sid="s7", admin=True).encode())
+    assert principal is not None
+    assert (principal.user_id, principal.sid, principal.is_admin) == ("u7", "s7", True)
+    assert principal.expires_at > time.time()
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"sub": "u", "sid": "s"},  # no exp
+        {"sid": "s", "exp": 4102444800},  # no sub
+        {"sub": "u", "sid": "", "exp": 4102444800},  # empty sid
+        {"sub": "u", "sid": "s", "exp": 4102444800, "admin": "yes"},  # admin not a bool
+    ],
+)
+def test_tokens_missing_required_claims_are_refused(claims: dict[str, object]) -> None:
+    assert JwtAuthenticator(KEY).authenticate(jwt.encode(claims, KEY).encode()) is None
+
+
+def test_other_algorithms_are_refused_even_with_the_right_key() -> None:
+    claims = {"sub": "u", "sid": "s", "exp": 4102444800}
+    assert JwtAuthenticator(KEY).authenticate(jwt.encode(claims, KEY, "HS384").encode()) is None
+
+
+def test_a_cached_token_stops_working_when_it_expires() -> None:
+    auth = JwtAuthenticator(KEY)
+    short = token("u", ttl_s=1).encode()
+    first = auth.authenticate(short)
+    assert first is not None and auth.authenticate(short) is first  # served from the cache
+    deadline = first.expires_at + 0.05
+    while time.time() < deadline:
+        time.sleep(0.05)
+    assert auth.authenticate(short) is None
+
+
+def test_the_cache_stays_within_its_size() -> None:
+    auth = JwtAuthenticator(KEY, cache_size=2)
+    tokens = [token(f"u{i}").encode() for i in range(3)]
+    principals = [auth.authenticate(t) for t in tokens]
+    assert auth.authenticate(tokens[0]) is not principals[0]  # evicted, verified again
+    assert auth.authenticate(tokens[2]) is principals[2]
+
+
+def test_short_keys_are_refused() -> None:
+    with pytest.raises(ValueError, match="32 bytes"):
+        JwtAuthenticator(b"short")

@@ -1,0 +1,371 @@
+"""The front's HTTP behaviour under /dev/{vmid}/ide and in front of the API, end to end."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import jwt
+import pytest
+from proxy_kit import KEY, Harness, headers_of, token, wait_until
+
+from zlh.proxy import Route, RouteTable
+
+
+@pytest.fixture
+def client(harness: Harness) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=f"http://127.0.0.1:{harness.front.port}", timeout=5) as c:
+        yield c
+
+
+def session(user: str, **kwargs: object) -> dict[str, str]:
+    return {"Cookie": f"zlh_session={token(user, **kwargs)}"}  # type: ignore[arg-type]
+
+
+def test_ide_without_trailing_slash_redirects_308_keeping_the_query(
+    harness: Harness, client: httpx.Client
+) -> None:
+    vmid = harness.add_route("alice")
+    response = client.get(f"/dev/{vmid}/ide?folder=/home/dev/workspace&x=1")
+    assert response.status_code == 308
+    assert response.headers["location"] == f"/dev/{vmid}/ide/?folder=/home/dev/workspace&x=1"
+
+
+def test_shapes_under_dev_that_are_not_an_ide_path_get_404(client: httpx.Client) -> None:
+    for path in ("/dev/", "/dev/abc/ide/", "/dev/100/other/", "/dev/0100/ide/", "/dev/1_0/ide/"):
+        response = client.get(path, headers=session("alice"))
+        assert response.status_code == 404, path
+        assert response.json()["validations"] == []
+
+
+def test_no_session_gets_401_in_the_error_envelope(harness: Harness, client: httpx.Client) -> None:
+    vmid = harness.add_route("alice")
+    response = client.get(f"/dev/{vmid}/ide/")
+    assert response.status_code == 401
+    body = response.json()
+    assert set(body) == {"message", "detail", "validations"} and body["validations"] == []
+    assert harness.seen(f"/dev/{vmid}") == []
+
+
+def test_browser_without_session_is_sent_to_login_and_back(
+    harness: Harness, client: httpx.Client
+) -> None:
+    vmid = harness.add_route("alice")
+    response = client.get(f"/dev/{vmid}/ide/?folder=/w", headers={"Accept": "text/html,*/*"})
+    assert response.status_code == 303
+    assert response.headers["location"] == f"/login?next=/dev/{vmid}/ide/%3Ffolder%3D/w"
+
+
+@pytest.mark.parametrize(
+    "bad_token",
+    [
+        pytest.param(token("alice", key=b"x" * 40), id="wrong-key"),
+        pytest.param(token("alice", ttl_s=-10), id="expired"),
+        pytest.param(
+            jwt.encode({"sub": "alice", "sid": "s", "exp": 4102444800}, None, algorithm="none"),
+            id="alg-none",
+        ),
+        pytest.param(
+            jwt.encode({"sub": "alice", "exp": 4102444800}, KEY, algorithm="HS256"), id="no-sid"
+        ),
+        pytest.param(token("alice")[:-3] + "abc", id="tampered"),
+        pytest.param("garbage", id="garbage"),
+    ],
+)
+def test_invalid_tokens_are_refused_as_cookie_and_as_bearer(
+    harness: Harness, client: httpx.Client, bad_token: str
+) -> None:
+    vmid = harness.add_route("alice")
+    as_cookie = client.get(f"/dev/{vmid}/ide/", headers={"Cookie": f"zlh_session={bad_token}"})
+    as_bearer = client.get(f"/dev/{vmid}/ide/", headers={"Authorization": f"Bearer {bad_token}"})
+    assert (as_cookie.status_code, as_bearer.status_code) == (401, 401)
+
+
+def test_bearer_token_works_like_the_cookie(harness: Harness, client: httpx.Client) -> None:
+    vmid = harness.add_route("alice")
+    response = client.get(
+        f"/dev/{vmid}/ide/x", headers={"Authorization": f"Bearer {token('alice')}"}
+    )
+    assert response.status_code == 200
+    assert response.json()["path"] == "/x"
+
+
+def test_other_users_container_is_the_same_404_as_an_absent_one(
+    harness: Harness, client: httpx.Client
+) -> None:
+    vmid = harness.add_route("alice")
+    not_mine = client.get(f"/dev/{vmid}/ide/", headers=session("bob"))
+    absent = client.get("/dev/999999/ide/", headers=session("bob"))
+    assert not_mine.status_code == absent.status_code == 404
+    assert not_mine.content == absent.content
+    assert not_mine.json()["validations"] == []
+    assert harness.seen(f"/dev/{vmid}") == [] and harness.seen("/") == harness.seen("/")
+
+
+def test_admin_reaches_any_container(harness: Harness, client: httpx.Client) -> None:
+    vmid = harness.add_route("alice")
+    response = client.get(f"/dev/{vmid}/ide/who", headers=session("root", admin=True))
+    assert response.status_code == 200
+
+
+def test_container_not_ready_answers_503_at_once_saying_why(
+    harness: Harness, client: httpx.Client
+) -> None:
+    vmid = harness.add_route("alice", ready=False, reason="code-server is not running")
+    started = time.monotonic()
+    response = client.get(f"/dev/{vmid}/ide/", headers=session("alice"))
+    assert time.monotonic() - started < 1
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert response.json()["detail"] == "code-server is not running"
+    page = client.get(f"/dev/{vmid}/ide/", headers={**session("alice"), "Accept": "text/html"})
+    assert page.status_code == 503 and "code-server is not running" in page.text
+    assert page.headers["content-type"].startswith("text/html")
+
+
+def test_prefix_is_stripped_and_the_original_host_forwarded(
+    harness: Harness, client: httpx.Client
+) -> None:
+    vmid = harness.add_route("alice")
+    response = client.get(
+        f"/dev/{vmid}/ide/static/out/x.js?v=1", headers={**session("alice"), "Host": "ide.example"}
+    )
+    seen = response.json()
+    assert seen["path"] == "/static/out/x.js?v=1"
+    headers = headers_of(seen)
+    assert headers["host"] == "ide.example"
+    assert headers["x-forwarded-host"] == "ide.example"
+    assert headers["x-forwarded-proto"] == "http"
+    assert headers["x-forwarded-for"] == "127.0.0.1"
+
+
+def test_portal_cookie_and_authorization_never_reach_the_container(
+    harness: Harness, client: httpx.Client
+) -> None:
+    vmid = harness.add_route("alice")
+    jwt_token = token("alice")
+    response = client.get(
+        f"/dev/{vmid}/ide/echo",
+        headers={"Cookie": f"a=1; zlh_session={jwt_token}; b=2", "Authorization": "Bearer junk"},
+    )
+    assert response.status_code == 200
+    headers = headers_of(response.json())
+    assert headers["cookie"] == "a=1; b=2"
+    assert "authorization" not in headers
+    assert jwt_token not in str(response.json())
+    only_portal = client.get(f"/dev/{vmid}/ide/echo", headers=session("alice"))
+    assert "cookie" not in headers_of(only_portal.json())
+
+
+def test_spoofed_forwarded_headers_are_replaced(harness: Harness, client: httpx.Client) -> None:
+    vmid = harness.add_route("alice")
+    response = client.get(
+        f"/dev/{vmid}/ide/echo",
+        headers={
+            **session("alice"),
+            "X-Forwarded-For": "6.6.6.6",
+            "X-Forwarded-Host": "evil.example",
+            "Forwarded": "for=6.6.6.6",
+        },
+    )
+    headers = headers_of(response.json())
+    assert headers["x-forwarded-for"] == "127.0.0.1"
+    assert headers["x-forwarded-host"] != "evil.example"
+    assert "forwarded" not in headers
+
+
+def test_proxied_responses_carry_security_headers(harness: Harness, client: httpx.Client) -> None:
+    vmid = harness.add_route("alice")
+    ide = client.get(f"/dev/{vmid}/ide/", headers=session("alice"))
+    assert ide.headers["x-content-type-options"] == "nosniff"
+    assert ide.headers["referrer-policy"] == "same-origin"
+    assert "content-security-policy" not in ide.headers  # code-server sets its own
+    assert ide.headers["set-cookie"] == "up=1; Path=/"  # the container's own cookies come back
+    portal = client.get("/login")
+    assert portal.headers["content-security-policy"] == "frame-ancestors 'self'"
+    assert portal.headers["x-content-type-options"] == "nosniff"
+
+
+def test_everything_else_goes_to_the_api_with_cookies_and_authorization(
+    harness: Harness, client: httpx.Client
+) -> None:
+    response = client.post(
+        "/api/dev?x=1",
+        headers={"Cookie": "zlh_session=abc; other=1", "Authorization": "Bearer abc"},
+        json={"runtime": "node"},
+    )
+    assert response.status_code == 200
+    seen = response.json()
+    assert seen["path"] == "/api/dev?x=1" and seen["method"] == "POST"
+    assert seen["body_len"] == len(b'{"runtime":"node"}')
+    headers = headers_of(seen)
+    assert headers["cookie"] == "zlh_session=abc; other=1"
+    assert headers["authorization"] == "Bearer abc"
+
+
+def test_api_upstream_on_a_unix_socket(harness: Harness) -> None:
+    with harness.other_front(api_upstream=harness.unix_path) as (front, _):
+        response = httpx.get(f"http://127.0.0.1:{front.port}/api/health", timeout=5)
+    assert response.status_code == 200
+    assert response.json()["path"] == "/api/health"
+
+
+def test_revoked_session_and_revoked_user_are_refused_at_once(
+    harness: Harness, client: httpx.Client
+) -> None:
+    vmid = harness.add_route("carol")
+    old = session("carol", sid="carol-1")
+    assert client.get(f"/dev/{vmid}/ide/", headers=old).status_code == 200
+    harness.call(harness.routes.revoke_session, "carol-1")
+    assert client.get(f"/dev/{vmid}/ide/", headers=old).status_code == 401
+
+    other = session("carol", sid="carol-2")
+    assert client.get(f"/dev/{vmid}/ide/", headers=other).status_code == 200
+    harness.call(harness.routes.revoke_user, "carol")
+    assert client.get(f"/dev/{vmid}/ide/", headers=other).status_code == 401
+
+
+def test_route_changes_take_effect_on_the_next_request(
+    harness: Harness, client: httpx.Client
+) -> None:
+    vmid = harness.add_route("dave")
+    assert client.get(f"/dev/{vmid}/ide/", headers=session("dave")).status_code == 200
+    moved = Route(owner_id="erin", host="127.0.0.1", port=harness.upstream_port, ready=True)
+    harness.call(harness.routes.update, vmid, moved)
+    assert client.get(f"/dev/{vmid}/ide/", headers=session("dave")).status_code == 404
+    assert client.get(f"/dev/{vmid}/ide/", headers=session("erin")).status_code == 200
+    harness.call(harness.routes.remove, vmid)
+    assert client.get(f"/dev/{vmid}/ide/", headers=session("erin")).status_code == 404
+
+
+def test_container_refusing_connections_gets_502_with_a_clear_body(
+    harness: Harness, client: httpx.Client
+) -> None:
+    vmid = harness.add_route("alice")
+    closed = Route(owner_id="alice", host="127.0.0.1", port=1, ready=True)
+    harness.call(harness.routes.update, vmid, closed)
+    response = client.get(f"/dev/{vmid}/ide/", headers=session("alice"))
+    assert response.status_code == 502
+    assert response.json()["message"] == f"code-server in container {vmid} refused the connection"
+
+
+def test_container_not_answering_gets_504_after_the_read_timeout(harness: Harness) -> None:
+    with harness.other_front(read_timeout_s=0.3) as (front, routes):
+        vmid = harness.add_route("alice", routes=routes)
+        started = time.monotonic()
+        response = httpx.get(
+            f"http://127.0.0.1:{front.port}/dev/{vmid}/ide/slow?s=5",
+            headers=session("alice"),
+            timeout=5,
+        )
+    assert response.status_code == 504
+    assert "did not answer in time" in response.json()["message"]
+    assert time.monotonic() - started < 3
+
+
+def test_upstream_connections_are_kept_alive_and_reused(
+    harness: Harness, client: httpx.Client
+) -> None:
+    vmid = harness.add_route("alice")
+    ports = {
+        client.get(f"/dev/{vmid}/ide/n{i}", headers=session("alice")).json()["peer_port"]
+        for i in range(20)
+    }
+    assert len(ports) == 1, f"the front opened {len(ports)} upstream connections for 20 requests"
+
+
+def test_head_request_gets_headers_and_the_connection_stays_usable(
+    harness: Harness, client: httpx.Client
+) -> None:
+    vmid = harness.add_route("alice")
+    head = client.head(f"/dev/{vmid}/ide/big?size=100000", headers=session("alice"))
+    assert head.status_code == 200 and head.headers["content-length"] == "100000"
+    assert head.content == b""
+    after = client.get(f"/dev/{vmid}/ide/big?size=10", headers=session("alice"))
+    assert after.content == b"x" * 10
+
+
+def test_stale_pooled_connection_is_retried_once_only_without_a_body(harness: Harness) -> None:
+    """An upstream that drops every kept-alive connection at its second request (a restart
+    between two requests): a GET succeeds on a fresh connection, a POST gets 502."""
+    import asyncio
+
+    async def second_request_kills(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = harness.run(asyncio.start_server(second_request_kills, "127.0.0.1", 0))
+    port = server.sockets[0].getsockname()[1]
+    routes = RouteTable()
+    try:
+        with harness.other_front() as (front, routes):
+            vmid = harness.add_route("alice", routes=routes)
+            harness.call(routes.update, vmid, Route("alice", "127.0.0.1", port, ready=True))
+            base = f"http://127.0.0.1:{front.port}/dev/{vmid}/ide/"
+            with httpx.Client(timeout=5, headers=session("alice")) as c:
+                assert c.get(base).text == "ok"  # fresh connection, then pooled
+                assert c.get(base).text == "ok"  # pooled one dies: retried on a fresh one
+                assert c.post(base, content=b"data").status_code == 502  # no replay of bodies
+    finally:
+        server.close()
+
+
+def test_chunked_upload_reaches_the_container_while_the_client_still_sends(
+    harness: Harness, client: httpx.Client
+) -> None:
+    vmid = harness.add_route("alice")
+    piece = b"u" * 256 * 1024
+
+    def body() -> Iterator[bytes]:
+        for i in range(1, 9):
+            yield piece
+            # The next piece only goes once the upstream has this one: a front that buffered
+            # the body would never deliver it and this wait would fail.
+            wait_until(
+                lambda i=i: harness.log.upload_received >= i * len(piece),  # type: ignore[misc]
+                what=f"piece {i} at the upstream",
+            )
+
+    response = client.post(f"/dev/{vmid}/ide/upload", content=body(), headers=session("alice"))
+    assert response.json() == {"received": 8 * len(piece)}
+
+
+def test_content_length_upload_is_streamed_too(harness: Harness, client: httpx.Client) -> None:
+    vmid = harness.add_route("alice")
+    piece = b"u" * 256 * 1024
+
+    def body() -> Iterator[bytes]:
+        for i in range(1, 5):
+            yield piece
+            wait_until(
+                lambda i=i: harness.log.upload_received >= i * len(piece),  # type: ignore[misc]
+                what=f"piece {i} at the upstream",
+            )
+
+    response = client.post(
+        f"/dev/{vmid}/ide/upload",
+        content=body(),
+        headers={**session("alice"), "Content-Length": str(4 * len(piece))},
+    )
+    assert response.json() == {"received": 4 * len(piece)}
+
+
+def test_response_body_streams_before_the_container_finishes(
+    harness: Harness, client: httpx.Client
+) -> None:
+    vmid = harness.add_route("alice")
+    harness.log.release.clear()
+    received = 0
+    with client.stream("GET", f"/dev/{vmid}/ide/stream?size=65536", headers=session("alice")) as r:
+        for data in r.iter_raw():
+            received += len(data)
+            if received >= 65536:
+                harness.log.release.set()  # only now does the upstream send the second half
+    assert received == 2 * 65536
+    assert r.headers["transfer-encoding"] == "chunked"
