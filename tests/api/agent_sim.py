@@ -190,3 +190,8 @@ class SimBackend(Backend):
 
     def get_state(self) -> dict[str, Any]:
         return {"vmids": sorted(self.agents)}
+
+    async def aclose(self) -> None:
+        """Stop every agent server (tests call this on the app's loop before it ends)."""
+        for vmid in list(self.running):
+            await self.stop(vmid)

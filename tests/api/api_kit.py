@@ -6,6 +6,7 @@ httpx over loopback, the way the portal and the front do.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+from agent_sim import SimBackend
 from fastapi import FastAPI
 
 from zlh.api import accounts
@@ -91,6 +93,10 @@ def running(app: FastAPI) -> Iterator[httpx.Client]:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             yield client
     finally:
+        backend = services(app).backend
+        loop = services(app).registry._loop
+        if isinstance(backend, SimBackend) and loop is not None and loop.is_running():
+            asyncio.run_coroutine_threadsafe(backend.aclose(), loop).result(timeout=10)
         server.should_exit = True
         thread.join(timeout=15)
 
