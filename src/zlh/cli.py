@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from zlh import __version__
 from zlh.errors import UsageError, ZlhError
@@ -59,6 +59,7 @@ def handler(parser: argparse.ArgumentParser, target: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from zlh.agent.cli import register as register_agent
     from zlh.api.cli import register as register_api
+    from zlh.api.tailnet_cli import register as register_tailnet
     from zlh.artifacts.cli import register as register_artifacts
     from zlh.backends.cli import register as register_template
 
@@ -69,7 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
     register_agent(commands)
     register_api(commands)
     register_template(commands)
+    register_tailnet(commands)
+    _register_doctor(commands)
     return parser
+
+
+def _register_doctor(commands: Any) -> None:
+    doctor = commands.add_parser(
+        "doctor", help="check this host for what the platform needs and say how to fix it"
+    )
+    add_data_dir(doctor)
+    doctor.add_argument("--store", type=Path, default=None, help="artifact store to verify")
+    doctor.add_argument("--backend", choices=["lxc", "process", "proxmox"], default="lxc")
+    doctor.add_argument("--listen", default="127.0.0.1:8780", metavar="HOST:PORT")
+    handler(doctor, "zlh.doctor:cmd_doctor")
 
 
 def _resolve(target: str) -> Handler:

@@ -1,0 +1,236 @@
+"""``zlh doctor``: checks the host for what the platform needs and says how to fix what is not.
+
+Each check answers ok, warn or fail with one line of why and one of how to fix. Failures make
+the command exit non-zero; warnings do not (the platform runs, perhaps not as well).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from zlh.cli import data_dir_from
+
+__all__ = ["Check", "Outcome", "cmd_doctor", "run_checks"]
+
+MIN_FREE_DISK_GB = 5.0
+LXC_TOOLS = ("lxc-create", "lxc-copy", "lxc-start", "lxc-attach", "lxc-ls")
+BRIDGE = "lxcbr0"
+
+
+class Outcome(StrEnum):
+    OK = "ok"
+    WARN = "warn"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    outcome: Outcome
+    detail: str
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class Host:
+    """What the checks look at; tests point these at their own directories."""
+
+    data_dir: Path
+    store: Path
+    listen: str
+    backend: str
+    cgroup_root: Path = Path("/sys/fs/cgroup")
+    net_root: Path = Path("/sys/class/net")
+
+
+def _root(host: Host) -> Iterator[Check]:
+    if os.geteuid() == 0:
+        yield Check("root", Outcome.OK, "running as root")
+    elif host.backend == "lxc":
+        yield Check(
+            "root",
+            Outcome.FAIL,
+            "the lxc backend creates containers and needs root",
+            "run as root, or try the platform without isolation: --backend process",
+        )
+    else:
+        yield Check("root", Outcome.OK, f"not root, fine for the {host.backend} backend")
+
+
+def _lxc(host: Host) -> Iterator[Check]:
+    if host.backend != "lxc":
+        return
+    missing = [tool for tool in LXC_TOOLS if shutil.which(tool) is None]
+    if missing:
+        yield Check(
+            "lxc", Outcome.FAIL, f"LXC tools missing: {', '.join(missing)}", "apt-get install lxc"
+        )
+    else:
+        yield Check("lxc", Outcome.OK, "LXC tools installed")
+    if shutil.which("debootstrap") is None:
+        yield Check(
+            "debootstrap",
+            Outcome.FAIL,
+            "debootstrap is needed to build the template",
+            "apt-get install debootstrap",
+        )
+    if (host.net_root / BRIDGE).exists():
+        yield Check("bridge", Outcome.OK, f"{BRIDGE} is up")
+    else:
+        yield Check(
+            "bridge",
+            Outcome.WARN,
+            f"bridge {BRIDGE} does not exist yet",
+            "zlh up brings it up; by hand: /usr/libexec/lxc/lxc-net start",
+        )
+
+
+def _cgroup(host: Host) -> Iterator[Check]:
+    if (host.cgroup_root / "cgroup.controllers").exists():
+        controllers = (host.cgroup_root / "cgroup.controllers").read_text().split()
+        missing = [c for c in ("memory", "pids", "cpu") if c not in controllers]
+        if missing:
+            yield Check(
+                "cgroup",
+                Outcome.WARN,
+                f"cgroup v2 without {', '.join(missing)}",
+                "container limits for those resources will not apply",
+            )
+        else:
+            yield Check("cgroup", Outcome.OK, "cgroup v2 with memory, pids and cpu")
+    elif (host.cgroup_root / "memory").exists():
+        yield Check("cgroup", Outcome.OK, "cgroup v1 (memory controller present)")
+    else:
+        yield Check(
+            "cgroup",
+            Outcome.WARN,
+            "no cgroup memory controller found",
+            "container memory limits will not apply",
+        )
+
+
+def _disk(host: Host) -> Iterator[Check]:
+    probe = host.data_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free_gb = shutil.disk_usage(probe).free / 1e9
+    if free_gb < MIN_FREE_DISK_GB:
+        yield Check(
+            "disk",
+            Outcome.WARN,
+            f"{free_gb:.1f} GB free under {probe}",
+            f"keep at least {MIN_FREE_DISK_GB:.0f} GB free for artifacts and containers",
+        )
+    else:
+        yield Check("disk", Outcome.OK, f"{free_gb:.1f} GB free under {probe}")
+
+
+def _port(host: Host) -> Iterator[Check]:
+    address, _, port_text = host.listen.rpartition(":")
+    try:
+        port = int(port_text)
+    except ValueError:
+        yield Check(
+            "port",
+            Outcome.FAIL,
+            f"--listen {host.listen!r} is not HOST:PORT",
+            "give e.g. --listen 0.0.0.0:8080",
+        )
+        return
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address.strip("[]") or "0.0.0.0", port))
+        except OSError as exc:
+            yield Check(
+                "port",
+                Outcome.FAIL,
+                f"cannot listen on {host.listen}: {exc.strerror}",
+                "stop what uses it, or pick another --listen",
+            )
+            return
+    yield Check("port", Outcome.OK, f"{host.listen} is free")
+
+
+def _artifacts(host: Host) -> Iterator[Check]:
+    from zlh.artifacts.errors import ArtifactError
+    from zlh.artifacts.store import ArtifactStore
+
+    store = ArtifactStore(host.store)
+    try:
+        catalog = store.catalog()
+        problems = store.verify()
+    except ArtifactError as exc:
+        yield Check(
+            "catalog",
+            Outcome.FAIL,
+            exc.message,
+            f"fix or remove {host.store / 'catalog.json'}, then zlh artifacts build node",
+        )
+        return
+    if problems:
+        names = ", ".join(f"{p.kind.value} {p.name} {p.version}" for p in problems)
+        yield Check(
+            "catalog",
+            Outcome.FAIL,
+            f"artifacts that do not match the catalog: {names}",
+            "zlh artifacts verify shows why; rebuild or re-add them",
+        )
+    else:
+        yield Check("catalog", Outcome.OK, f"catalog at {host.store} verifies")
+    if not catalog.runtimes:
+        yield Check(
+            "runtimes", Outcome.FAIL, "the catalog has no runtime", "zlh artifacts build node"
+        )
+    else:
+        yield Check("runtimes", Outcome.OK, "runtimes: " + ", ".join(sorted(catalog.runtimes)))
+    if "code-server" not in catalog.addons:
+        yield Check(
+            "code-server",
+            Outcome.FAIL,
+            "no code-server artifact: no browser IDE",
+            "zlh artifacts build code-server",
+        )
+    else:
+        entry = catalog.addons["code-server"]  # type: ignore[index]
+        yield Check("code-server", Outcome.OK, f"code-server {entry.default}")
+
+
+CHECKS: tuple[Callable[[Host], Iterator[Check]], ...] = (
+    _root,
+    _lxc,
+    _cgroup,
+    _disk,
+    _port,
+    _artifacts,
+)
+
+
+def run_checks(host: Host) -> list[Check]:
+    return [check for probe in CHECKS for check in probe(host)]
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    data_dir = data_dir_from(args)
+    host = Host(
+        data_dir=data_dir,
+        store=args.store or data_dir / "artifacts",
+        listen=args.listen,
+        backend=args.backend,
+    )
+    checks = run_checks(host)
+    marks = {Outcome.OK: "ok  ", Outcome.WARN: "warn", Outcome.FAIL: "FAIL"}
+    for check in checks:
+        print(f"[{marks[check.outcome]}] {check.name}: {check.detail}")
+        if check.fix and check.outcome is not Outcome.OK:
+            print(f"       fix: {check.fix}")
+    failed = [c for c in checks if c.outcome is Outcome.FAIL]
+    print(f"{len(failed)} problem(s) found" if failed else "all checks passed")
+    return 1 if failed else 0

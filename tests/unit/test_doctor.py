@@ -1,0 +1,93 @@
+"""``zlh doctor`` names what is missing and how to fix it, and fails when something is."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from support import zlh
+
+
+def _path_without_lxc(tmp_path: Path) -> str:
+    """A PATH holding only python (for the CLI itself), so no lxc-* tool is found."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(sys.executable)
+    return str(bin_dir)
+
+
+def test_doctor_without_lxc_names_the_package_and_fails(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": _path_without_lxc(tmp_path)}
+    result = zlh(
+        "doctor",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--listen",
+        "127.0.0.1:0",
+        check=False,
+        env=env,
+    )
+    assert result.returncode == 1, result.stdout
+    assert "apt-get install lxc" in result.stdout
+    assert "[FAIL] lxc" in result.stdout
+
+
+def test_doctor_reports_an_empty_catalog_with_the_build_commands(tmp_path: Path) -> None:
+    result = zlh(
+        "doctor",
+        "--backend",
+        "process",
+        "--data-dir",
+        str(tmp_path),
+        "--listen",
+        "127.0.0.1:0",
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "zlh artifacts build node" in result.stdout
+    assert "zlh artifacts build code-server" in result.stdout
+
+
+def test_doctor_flags_a_corrupted_artifact(tmp_path: Path) -> None:
+    store = tmp_path / "artifacts"
+    tarball = tmp_path / "node-22.tar.gz"
+    shutil.make_archive(str(tmp_path / "node-22"), "gztar", root_dir=tmp_path, base_dir=".")
+    zlh("artifacts", "add", "runtime", "node", "22", "--file", str(tarball), "--store", str(store))
+    stored = next((store / "runtime" / "node" / "22").iterdir())
+    stored.write_bytes(b"corrupted")
+    result = zlh(
+        "doctor",
+        "--backend",
+        "process",
+        "--store",
+        str(store),
+        "--data-dir",
+        str(tmp_path),
+        "--listen",
+        "127.0.0.1:0",
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "[FAIL] catalog" in result.stdout and "runtime node 22" in result.stdout
+
+
+def test_doctor_flags_a_busy_port(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = zlh(
+            "doctor",
+            "--backend",
+            "process",
+            "--data-dir",
+            str(tmp_path),
+            "--listen",
+            f"127.0.0.1:{port}",
+            check=False,
+        )
+    assert "[FAIL] port" in result.stdout
