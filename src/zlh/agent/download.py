@@ -110,20 +110,27 @@ class _Transfer:
         self.done += len(chunk)
         self.on_bytes(self.done)
 
+    async def _read(self, resp: aiohttp.ClientResponse) -> None:
+        skip = self.skip_for(resp)
+        self.etag = resp.headers.get("ETag") or self.etag
+        async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
+            if skip:
+                drop = min(skip, len(chunk))
+                chunk, skip = chunk[drop:], skip - drop
+                if not chunk:
+                    continue
+            await self.take(chunk)
+
     async def attempt(self, session: aiohttp.ClientSession, policy: RetryPolicy) -> None:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=policy.connect_timeout_s, sock_read=policy.read_timeout_s
         )
         async with session.get(self.url, headers=self.headers(), timeout=timeout) as resp:
-            skip = self.skip_for(resp)
-            self.etag = resp.headers.get("ETag") or self.etag
-            async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
-                if skip:
-                    drop = min(skip, len(chunk))
-                    chunk, skip = chunk[drop:], skip - drop
-                    if not chunk:
-                        continue
-                await self.take(chunk)
+            try:
+                await self._read(resp)
+            except BaseException:
+                resp.close()  # never hand a half-read (or lying) connection back to the pool
+                raise
         if self.done < self.size:
             raise _Retryable(f"the connection ended at byte {self.done} of {self.size}")
 
@@ -146,12 +153,7 @@ async def fetch(
         before = transfer.done
         try:
             await transfer.attempt(session, policy)
-        except (
-            _Retryable,
-            aiohttp.ClientPayloadError,
-            aiohttp.ClientConnectionError,
-            TimeoutError,
-        ) as exc:
+        except (_Retryable, aiohttp.ClientError, TimeoutError) as exc:
             failures = 0 if transfer.done > before else failures + 1
             if failures >= policy.attempts:
                 raise DownloadError(
