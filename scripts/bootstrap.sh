@@ -9,6 +9,7 @@ APT_PACKAGES=(
   ca-certificates curl xz-utils zstd git make
   build-essential python3-dev libkrb5-dev   # code-server's native modules
   postgresql                                # API storage tests (they run their own cluster)
+  chromium fonts-dejavu-core                # browser tests (Playwright drives Debian's chromium)
 )
 
 missing=()
