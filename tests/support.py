@@ -6,13 +6,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from aiohttp import web
 
 REPO = Path(__file__).resolve().parent.parent
 # Registry downloads (wheels, npm tarballs) are cached here across runs; CI starts empty.
@@ -63,3 +71,71 @@ def serve_store(store: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# -- an aiohttp app (agent routes) served from a thread, with the agent's Bearer semantics -----
+
+
+@dataclass
+class LiveAgent:
+    url: str
+    port: int
+
+    @property
+    def ws_url(self) -> str:
+        return "ws" + self.url.removeprefix("http")
+
+
+def bearer_auth(token: str) -> Any:
+    """The agent's rule: ``Authorization: Bearer <token>`` (constant-time compare), else 401."""
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        sent = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(sent, expected):
+            return web.json_response({"message": "missing or wrong bearer token"}, status=401)
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    return middleware
+
+
+@contextmanager
+def serve_agent_app(setup: Callable[[web.Application], None], *, token: str) -> Iterator[LiveAgent]:
+    """Run an aiohttp app built by ``setup`` on 127.0.0.1 (random port) in its own thread."""
+    ready = threading.Event()
+    state: dict[str, Any] = {}
+    loop = asyncio.new_event_loop()
+
+    async def start() -> web.AppRunner:
+        app = web.Application(middlewares=[bearer_auth(token)])
+        setup(app)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        state["port"] = runner.addresses[0][1]
+        return runner
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            state["runner"] = loop.run_until_complete(start())
+        except BaseException as exc:
+            state["error"] = exc
+            return
+        finally:
+            ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name="agent-under-test", daemon=True)
+    thread.start()
+    if not ready.wait(30) or "error" in state:
+        raise AssertionError(f"test agent did not start: {state.get('error')}")
+    try:
+        yield LiveAgent(url=f"http://127.0.0.1:{state['port']}", port=state["port"])
+    finally:
+        asyncio.run_coroutine_threadsafe(state["runner"].cleanup(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()

@@ -16,12 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_harness import AUTH, Live, serve
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from support import LiveAgent as Live
+from support import serve_agent_app
 from zlh.agent.console import setup_console_routes
 from zlh.agent.runas import DevIdentity
+
+TOKEN = "test-container-secret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 CAP = 3
 MARK = rb"<<([^<>\r\n]*)>>"
@@ -82,7 +86,7 @@ def live(workspace: Path) -> Iterator[Live]:
     def setup(app: Any) -> None:
         setup_console_routes(app, workspace=workspace, dev_user=identity, max_consoles=CAP)
 
-    with serve(setup) as running:
+    with serve_agent_app(setup, token=TOKEN) as running:
         yield running
 
 
@@ -226,7 +230,7 @@ def test_as_root_the_shell_is_the_dev_user_not_root(throwaway_user: DevIdentity)
     def setup(app: Any) -> None:
         setup_console_routes(app, workspace=workspace, dev_user=throwaway_user)
 
-    with serve(setup) as running, open_console(running) as term:
+    with serve_agent_app(setup, token=TOKEN) as running, open_console(running) as term:
         assert term.ask("$(id -un)") == THROWAWAY
         assert term.ask("$(id -u)") != "0"
         assert term.ask("$(pwd)") == str(workspace)
