@@ -198,14 +198,10 @@ def test_cli_refuses_bad_input_and_writes_nothing(
             [{"id": 1, "username": "a", "vmids": [101]}, {"id": 2, "username": "b", "vmids": [101]}]
         )
     )
-    code, out, err = zlh(
-        capsys, "tailnet", "policy", "--input", str(users), "--output", str(target)
-    )
+    code, _, err = zlh(capsys, "tailnet", "policy", "--input", str(users), "--output", str(target))
     assert code == 2 and "vmid 101 is listed for a and b" in err
     users.write_text('[{"id": "x"}]')
-    code, out, err = zlh(
-        capsys, "tailnet", "policy", "--input", str(users), "--output", str(target)
-    )
+    code, _, err = zlh(capsys, "tailnet", "policy", "--input", str(users), "--output", str(target))
     assert code == 2 and "entry 0.id" in err
     code, _out, err = zlh(capsys, "tailnet", "policy", "--input", str(users), "--port", "70000")
     assert code == 2
