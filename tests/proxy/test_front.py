@@ -10,7 +10,7 @@ import jwt
 import pytest
 from proxy_kit import KEY, Harness, headers_of, token, wait_until
 
-from zlh.proxy import Route, RouteTable
+from zlh.proxy import Front, Principal, ProxySettings, Route, RouteTable
 
 
 @pytest.fixture
@@ -369,3 +369,24 @@ def test_response_body_streams_before_the_container_finishes(
                 harness.log.release.set()  # only now does the upstream send the second half
     assert received == 2 * 65536
     assert r.headers["transfer-encoding"] == "chunked"
+
+
+class BrokenAuthenticator:
+    def authenticate(self, token: bytes) -> Principal | None:
+        raise RuntimeError("database gone")
+
+
+def test_a_failing_authenticator_gets_500_not_a_hang(harness: Harness) -> None:
+    routes = RouteTable()
+    front = Front(
+        ProxySettings(), routes, BrokenAuthenticator(), f"127.0.0.1:{harness.upstream_port}"
+    )
+    harness.run(front.start("127.0.0.1", 0))
+    try:
+        vmid = harness.add_route("alice", routes=routes)
+        response = httpx.get(
+            f"http://127.0.0.1:{front.port}/dev/{vmid}/ide/", headers=session("alice"), timeout=5
+        )
+        assert response.status_code == 500
+    finally:
+        harness.run(front.close())

@@ -13,6 +13,7 @@ parser stops at the upgrade and the bytes after it belong to the WebSocket.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol, cast
@@ -24,6 +25,8 @@ from zlh.proxy.headers import RequestHead
 from zlh.proxy.settings import ProxySettings
 
 __all__ = ["ClientConnection", "Handler"]
+
+log = logging.getLogger(__name__)
 
 # Reasons reading from a client is paused (bit flags; reading resumes when none is left).
 _PIPELINE = 1  # a request waits behind the one in progress
@@ -112,10 +115,16 @@ class ClientConnection(asyncio.Protocol):
             self.upgrade_data = data[exc.args[0] :]
             self._pause(_UPGRADE)
         except httptools.HttpParserCallbackError as exc:
-            if not isinstance(exc.__context__, _HeadTooLarge):
-                raise
-            limit = self._settings.max_header_bytes
-            self._refuse(431, "request head too large", f"the limit is {limit} bytes")
+            if isinstance(exc.__context__, _HeadTooLarge):
+                limit = self._settings.max_header_bytes
+                self._refuse(431, "request head too large", f"the limit is {limit} bytes")
+            else:  # a bug of ours: never leave the client hanging on it
+                log.error("request handling failed", exc_info=exc.__context__ or exc)
+                if self._current is None or self._current.handler is None:  # nothing sent yet
+                    self.transport.write(responses.error(500, "internal error", keep_alive=False))
+                    self.close()
+                else:
+                    self.abort()
         except httptools.HttpParserError as exc:
             self._refuse(400, "malformed request", str(exc))
 

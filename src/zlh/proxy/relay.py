@@ -73,6 +73,38 @@ class LocalResponse:
 
 
 class Exchange:
+    __slots__ = (
+        "_address",
+        "_body_done",
+        "_chunked_body",
+        "_client",
+        "_client_framing",
+        "_client_paused",
+        "_describe",
+        "_discarded",
+        "_done_later",
+        "_finished",
+        "_framing",
+        "_head",
+        "_interim",
+        "_keep_alive",
+        "_loop",
+        "_on_upgrade",
+        "_out",
+        "_pending",
+        "_pending_size",
+        "_pool",
+        "_portal",
+        "_request",
+        "_responded",
+        "_retried",
+        "_settings",
+        "_task",
+        "_upgrading",
+        "_waiting_since",
+        "upstream",
+    )
+
     def __init__(
         self,
         client: ClientConnection,
