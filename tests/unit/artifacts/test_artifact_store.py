@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -236,3 +237,14 @@ def test_stale_partial_files_are_swept_but_live_ones_kept(
     assert not stale.exists()
     assert live.exists()
     assert young.exists()
+
+
+def test_concurrent_writers_lose_no_entry(store: ArtifactStore, tmp_path: Path) -> None:
+    # Threads open the lock file separately, so flock serialises them like processes.
+    versions = [f"1.{i}" for i in range(24)]
+    sources = {v: tarball(tmp_path, f"go-{v}.tar.gz", v.encode()) for v in versions}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda v: store.add_file("runtime", "go", v, sources[v]), versions))
+    entry = store.catalog().section(ArtifactKind.RUNTIME)["go"]
+    assert sorted(e.version for e in entry.versions) == sorted(versions)
+    assert store.verify() == []
