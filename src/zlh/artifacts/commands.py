@@ -126,15 +126,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     from zlh.artifacts.builders import build
 
     cache_dir: Path = args.cache_dir or data_dir_from(args) / "cache"
-    result = build(
+    build(
         args.what,
         version=args.build_version,
         store=store_from(args),
         cache_dir=cache_dir,
         progress=TransferProgress(),
     )
-    print(result.summary)
-    return 0
+    return 0  # the builder reports its own progress and summary
 
 
 def _format(value: str | None) -> ArtifactFormat | None:
