@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 from aiohttp import web
+
 from support import ZLH, free_port, wait_for_port
 
 TOKEN = "agent-test-secret"
@@ -139,7 +140,9 @@ class ArtifactServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
 
     def add(self, name: str, data: bytes, **behaviour: Any) -> str:
@@ -274,6 +277,7 @@ class AgentProcess:
         self.proc.wait(10)
 
     def stop(self) -> None:
+        self.http.close()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(30)
