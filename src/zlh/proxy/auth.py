@@ -8,7 +8,8 @@ one dict lookup; revocation is checked by the front on every request against the
 never cached.
 
 Claims the API must put in its tokens: ``sub`` (user id, string), ``sid`` (session id, string),
-``exp``, ``iat`` (used by ``RouteTable.revoke_user``), optional ``admin: true``.
+``exp``, ``iat`` (used by ``RouteTable.revoke_user``), ``iss`` when an ``issuer`` is
+configured, and ``admin: true`` for admins (without it an admin is an ordinary user here).
 """
 
 from __future__ import annotations
@@ -58,12 +59,15 @@ def find_token(cookie_name: bytes, cookies: list[bytes], authorization: bytes | 
 
 
 class JwtAuthenticator:
-    def __init__(self, key: bytes | str, *, cache_size: int = 4096) -> None:
+    def __init__(
+        self, key: bytes | str, *, issuer: str | None = None, cache_size: int = 4096
+    ) -> None:
         if len(key) < 32:
             raise ValueError("the JWT signing key must be at least 32 bytes for HS256")
         if cache_size < 1:
             raise ValueError(f"cache_size must be >= 1, got {cache_size}")
         self._key = key
+        self._issuer = issuer
         self._cache: OrderedDict[bytes, Principal] = OrderedDict()
         self._cache_size = cache_size
 
@@ -88,6 +92,7 @@ class JwtAuthenticator:
                 token,
                 self._key,
                 algorithms=["HS256"],
+                issuer=self._issuer,
                 options={"require": ["exp", "sub", "sid"]},
             )
         except jwt.PyJWTError:

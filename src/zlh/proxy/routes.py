@@ -31,7 +31,8 @@ class Route:
     """Where container ``vmid``'s code-server listens and whether it can take requests.
 
     ``reason`` says why it is not ready ("still provisioning", "code-server is not running");
-    the front shows it in the 503 page.
+    the front shows it in the 503 page. A route that is not ready may have no address yet
+    (``host=""``, ``port=0``).
     """
 
     owner_id: str
@@ -43,9 +44,9 @@ class Route:
     def __post_init__(self) -> None:
         if not self.owner_id:
             raise ValueError("Route.owner_id must not be empty")
-        if not self.host:
-            raise ValueError("Route.host must not be empty")
-        if not 0 < self.port < 65536:
+        if self.ready and not self.host:
+            raise ValueError("a ready Route needs a host")
+        if not (0 < self.port < 65536 or (self.port == 0 and not self.ready)):
             raise ValueError(f"Route.port must be 1..65535, got {self.port}")
 
 
@@ -98,12 +99,21 @@ class RouteTable:
         self._routes.pop(vmid, None)
         self._close(self._tunnels.pop(vmid, {}), "container removed")
 
-    def replace_all(self, routes: Mapping[int, Route]) -> None:
-        """Make the table equal to ``routes`` (the API's full view, e.g. after it restarted)."""
+    def replace_all(
+        self, routes: Mapping[int, Route], revoked_sessions: Iterable[str] | None = None
+    ) -> None:
+        """Make the table equal to the API's full view (after a restart or a resync): these
+        routes, and when given exactly these revoked sessions (newly revoked ones close)."""
         for vmid in [v for v in self._routes if v not in routes]:
             self.remove(vmid)
         for vmid, route in routes.items():
             self.update(vmid, route)
+        if revoked_sessions is not None:
+            revoked = set(revoked_sessions)
+            for sid in [s for s in self._revoked_sids if s not in revoked]:
+                del self._revoked_sids[sid]
+            for sid in revoked - self._revoked_sids.keys():
+                self.revoke_session(sid)
 
     def revoke_session(self, sid: str, *, expires_at: float | None = None) -> None:
         """Refuse session ``sid`` from now on and close its tunnels.

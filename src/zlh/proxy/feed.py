@@ -1,0 +1,51 @@
+"""Keeps a :class:`RouteTable` equal to the API's route feed (``zlh.api.routefeed``).
+
+The API owns the truth (containers, owners, addresses, readiness, revoked sessions) and
+publishes it as a snapshot plus a stream of changes; :func:`follow` subscribes first, applies
+the snapshot, then every change in order, and starts over from a new snapshot when the feed
+says it fell behind (``Resync``). Run it as a task next to the front for as long as it serves.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from zlh.api import routefeed
+from zlh.proxy.routes import Route, RouteTable
+
+__all__ = ["follow", "to_route"]
+
+log = logging.getLogger(__name__)
+
+
+def to_route(route: routefeed.Route) -> Route:
+    ready = route.ready and route.code_server_port is not None
+    return Route(
+        owner_id=str(route.owner_id),
+        host=route.address or "",
+        port=route.code_server_port or 0,
+        ready=ready,
+        reason="" if ready else (route.reason or "code-server has no port yet"),
+    )
+
+
+async def follow(feed: routefeed.RouteFeed, routes: RouteTable) -> None:
+    """Apply ``feed`` to ``routes`` until cancelled."""
+    while True:
+        async with feed.subscribe() as changes:
+            snapshot = feed.snapshot()
+            routes.replace_all(
+                {vmid: to_route(r) for vmid, r in snapshot.routes.items()},
+                snapshot.revoked_sessions,
+            )
+            while True:
+                event = await changes.get()
+                if isinstance(event, routefeed.RouteSet):
+                    routes.update(event.route.vmid, to_route(event.route))
+                elif isinstance(event, routefeed.RouteRemoved):
+                    routes.remove(event.vmid)
+                elif isinstance(event, routefeed.SessionRevoked):
+                    routes.revoke_session(event.sid)
+                else:
+                    log.warning("route feed: fell behind, taking a new snapshot")
+                    break
