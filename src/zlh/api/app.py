@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
 
+from zlh.api import relays
 from zlh.api.accounts import configure_hashing
 from zlh.api.agent_client import AgentClient
 from zlh.api.audit import AuditLog
@@ -214,7 +215,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
-    for module in (auth_routes, catalog_routes, dev_routes, events_routes, audit_routes):
+    for module in (auth_routes, catalog_routes, dev_routes, events_routes, audit_routes, relays):
         app.include_router(module.router)
     if store_app is not None:
         app.mount("/artifacts", store_app)

@@ -20,6 +20,8 @@ class Action(StrEnum):
     FAILED = "failed"
     TAILNET_VIEW = "tailnet-view"  # GET /api/dev/{vmid}/tailnet (detail: key shown or not)
     TAILNET_REGENERATE = "tailnet-regenerate"
+    FILE_UPLOAD = "file-upload"  # the files relay (detail: path and size)
+    FILE_DELETE = "file-delete"  # the files relay (detail: path, recursive or not)
 
 
 class AuditLog:

@@ -1,0 +1,363 @@
+"""``/api/dev/{vmid}/files…`` and ``/api/dev/{vmid}/console``: relays to the container's agent.
+
+Same routes and query parameters as the agent's, behind the same ownership check as every
+vmid route (404 for a container the caller does not own, over HTTP and WebSocket alike). The
+agent is called with the container's secret; nothing of the caller's request but the path,
+the declared query parameters, the body and ``Range``/``Content-Length`` reaches it, so the
+portal's cookie and ``Authorization`` header never do. Bodies stream both ways: an upload is
+sent on as it arrives (a client that disconnects halfway cuts the agent's upload too, which
+leaves no file), a download is sent on chunk by chunk, console frames one by one.
+
+Uploads, deletions and console opens go to the audit log. Each relayed request opens its own
+agent connection: file operations are rare, consoles live long, and the status poller's pooled
+client (a few connections per agent) must never wait behind them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from typing import Annotated, Any, cast
+
+import aiohttp
+from fastapi import APIRouter, Query, Request, Response, WebSocket
+from fastapi.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocketDisconnect
+
+from zlh.api.audit import Action
+from zlh.api.db import Container
+from zlh.api.deps import CurrentUser, OwnedContainer, Svc, owned_container, session_token
+from zlh.api.errors import AgentError, AgentUnreachable, ApiError, NotAuthenticated
+from zlh.api.routefeed import Resync, RouteFeed, RouteRemoved, SessionRevoked
+from zlh.api.routes import ERRORS
+from zlh.api.services import Services
+from zlh.errors import ZlhError
+from zlh.schemas import DirListing, ErrorBody, MkdirRequest, MoveRequest, PathResult
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/dev", tags=["files"], responses=ERRORS)
+
+AGENT_TIMEOUT_S = 30.0
+CHUNK_BYTES = 256 * 1024
+_PASSED_BACK = (
+    "Content-Type",
+    "Content-Length",
+    "Content-Range",
+    "Accept-Ranges",
+    "X-Content-Type-Options",
+)
+
+PathQuery = Annotated[str, Query(max_length=4096, description="relative to workspace/")]
+
+
+def _session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=False,
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(sock_connect=AGENT_TIMEOUT_S, sock_read=AGENT_TIMEOUT_S),
+    )
+
+
+def _agent(svc: Services, container: Container) -> tuple[str, dict[str, str]]:
+    url = container.agent_url
+    if url is None:
+        raise ApiError(f"container {container.vmid} has no agent address yet", status_code=503)
+    return url, {"Authorization": f"Bearer {svc.provisioner.secret(container)}"}
+
+
+def _refused(url: str, status: int) -> AgentError | None:
+    if status == 401:
+        return AgentError(f"agent at {url} refused the container secret (401)")
+    return None
+
+
+def _error_json(exc: ZlhError) -> JSONResponse:
+    body = ErrorBody(message=exc.message, detail=exc.reason)
+    return JSONResponse(body.model_dump(mode="json"), status_code=exc.status_code)
+
+
+async def _call(
+    svc: Services,
+    container: Container,
+    method: str,
+    path: str,
+    *,
+    params: Mapping[str, str] | None = None,
+    data: Any = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    """One agent request whose (small, JSON) answer is passed back as it is."""
+    url, auth = _agent(svc, container)
+    try:
+        async with (
+            _session() as http,
+            http.request(
+                method, url + path, params=params, data=data, headers={**auth, **(headers or {})}
+            ) as upstream,
+        ):
+            body = await upstream.read()
+            status = upstream.status
+            media_type = upstream.headers.get("Content-Type", "application/json")
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise AgentUnreachable(
+            f"agent of container {container.vmid} did not answer: {exc}"
+        ) from exc
+    refused = _refused(url, status)
+    if refused is not None:
+        raise refused
+    return Response(body, status_code=status, media_type=media_type)
+
+
+async def _audit(svc: Services, actor: str, action: Action, vmid: int, detail: str) -> None:
+    await asyncio.to_thread(svc.audit.record, actor, action, vmid, detail)
+
+
+def _display(path: str) -> str:
+    return "workspace/" + path.lstrip("/")
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+
+@router.get("/{vmid}/files", responses={200: {"model": DirListing}})
+async def list_files(container: OwnedContainer, svc: Svc, path: PathQuery = "") -> Response:
+    """List a directory of the workspace (symlinks shown as links, never followed)."""
+    return await _call(svc, container, "GET", "/files", params={"path": path})
+
+
+@router.delete("/{vmid}/files", status_code=204)
+async def delete_file(
+    container: OwnedContainer,
+    user: CurrentUser,
+    svc: Svc,
+    path: PathQuery,
+    recursive: bool = False,
+) -> Response:
+    """Delete a file, link or empty directory; a non-empty one only with ``recursive=true``."""
+    params = {"path": path, "recursive": "true" if recursive else "false"}
+    response = await _call(svc, container, "DELETE", "/files", params=params)
+    if response.status_code == 204:
+        detail = f"deleted {_display(path)}" + (" (recursive)" if recursive else "")
+        await _audit(svc, user.username, Action.FILE_DELETE, container.vmid, detail)
+    return response
+
+
+@router.put("/{vmid}/files/content", status_code=201, responses={201: {"model": PathResult}})
+async def upload_file(
+    request: Request,
+    container: OwnedContainer,
+    user: CurrentUser,
+    svc: Svc,
+    path: PathQuery,
+    overwrite: bool = True,
+) -> Response:
+    """Upload the request body to ``path`` (atomic: a cut upload leaves nothing)."""
+    headers = {"Content-Type": "application/octet-stream"}
+    if "content-length" in request.headers:
+        headers["Content-Length"] = request.headers["content-length"]
+    params = {"path": path, "overwrite": "true" if overwrite else "false"}
+    response = await _call(
+        svc,
+        container,
+        "PUT",
+        "/files/content",
+        params=params,
+        data=request.stream(),
+        headers=headers,
+    )
+    if response.status_code == 201:
+        size = PathResult.model_validate_json(bytes(response.body)).size
+        detail = f"uploaded {_display(path)} ({size} bytes)"
+        await _audit(svc, user.username, Action.FILE_UPLOAD, container.vmid, detail)
+    return response
+
+
+@router.get(
+    "/{vmid}/files/content",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        206: {"content": {"application/octet-stream": {}}},
+        416: {"model": ErrorBody},
+    },
+)
+async def download_file(
+    request: Request, container: OwnedContainer, svc: Svc, path: PathQuery
+) -> Response:
+    """Stream a file; a single ``Range: bytes=…`` gets 206."""
+    url, auth = _agent(svc, container)
+    if "range" in request.headers:
+        auth["Range"] = request.headers["range"]
+    return _Download(url + "/files/content", {"path": path}, auth, container.vmid)
+
+
+class _Download(Response):
+    """Streams the agent's answer inside the ASGI call, so the agent connection lives exactly as
+    long as the download and is closed however it ends (done, client gone, agent gone)."""
+
+    def __init__(
+        self, url: str, params: dict[str, str], headers: dict[str, str], vmid: int
+    ) -> None:
+        super().__init__()
+        self._target = (url, params, headers, vmid)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        url, params, headers, vmid = self._target
+        async with _session() as http:
+            try:
+                upstream = await http.get(url, params=params, headers=headers)
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                gone = AgentUnreachable(f"agent of container {vmid} did not answer: {exc}")
+                await _error_json(gone)(scope, receive, send)
+                return
+            async with upstream:
+                refused = _refused(url, upstream.status)
+                if refused is not None:
+                    await _error_json(refused)(scope, receive, send)
+                    return
+                passed = [
+                    (name.lower().encode("latin-1"), upstream.headers[name].encode("latin-1"))
+                    for name in _PASSED_BACK
+                    if name in upstream.headers
+                ]
+                await send(
+                    {"type": "http.response.start", "status": upstream.status, "headers": passed}
+                )
+                async for chunk in upstream.content.iter_chunked(CHUNK_BYTES):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+@router.post("/{vmid}/files/mkdir", status_code=201, responses={201: {"model": PathResult}})
+async def make_directory(body: MkdirRequest, container: OwnedContainer, svc: Svc) -> Response:
+    """Create a directory (``parents: true`` creates the missing ones, like ``mkdir -p``)."""
+    data = body.model_dump_json(by_alias=True).encode()
+    json_type = {"Content-Type": "application/json"}
+    return await _call(svc, container, "POST", "/files/mkdir", data=data, headers=json_type)
+
+
+@router.post("/{vmid}/files/move", responses={200: {"model": PathResult}})
+async def move_file(body: MoveRequest, container: OwnedContainer, svc: Svc) -> Response:
+    """Move or rename within the workspace; replaces the destination only with ``overwrite``."""
+    data = body.model_dump_json(by_alias=True).encode()
+    json_type = {"Content-Type": "application/json"}
+    return await _call(svc, container, "POST", "/files/move", data=data, headers=json_type)
+
+
+# -- console -------------------------------------------------------------------------------------
+
+
+async def _caller(websocket: WebSocket, svc: Services, vmid: int) -> tuple[str, str, Container]:
+    """The HTTP routes' checks, for a WebSocket: session (401), then ownership (404)."""
+    token = session_token(cast(Request, websocket), svc)
+    if token is None:
+        raise NotAuthenticated("not logged in: send the session cookie or a Bearer token")
+    user, sid = await asyncio.to_thread(svc.tokens.verify, token)
+    container = await asyncio.to_thread(owned_container, vmid, user, svc)
+    return user.username, sid, container
+
+
+async def _deny(websocket: WebSocket, exc: ZlhError) -> None:
+    """Refuse the upgrade with the error's HTTP status and body where the server allows it."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(_error_json(exc))
+    else:
+        await websocket.close(code=1008, reason=exc.message[:120])
+
+
+@router.websocket("/{vmid}/console")
+async def console(
+    websocket: WebSocket,
+    vmid: int,
+    rows: Annotated[int, Query(ge=1, le=1000)] = 24,
+    cols: Annotated[int, Query(ge=1, le=1000)] = 80,
+) -> None:
+    """The agent's console (a login shell as the dev user), frame for frame."""
+    svc: Services = websocket.app.state.services
+    try:
+        actor, sid, container = await _caller(websocket, svc, vmid)
+        url, auth = _agent(svc, container)
+    except ZlhError as exc:
+        await _deny(websocket, exc)
+        return
+    async with _session() as http:
+        try:
+            upstream = await http.ws_connect(
+                url + "/console",
+                params={"rows": str(rows), "cols": str(cols)},
+                headers=auth,
+                heartbeat=30.0,
+                max_msg_size=1024 * 1024,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            failure = _refused(url, exc.status) or ApiError(
+                f"the agent refused the console ({exc.status}): {exc.message}",
+                status_code=429 if exc.status == 429 else 502,
+            )
+            await _deny(websocket, failure)
+            return
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            await _deny(websocket, AgentUnreachable(f"agent of container {vmid}: {exc}"))
+            return
+        async with upstream:
+            await websocket.accept()
+            await _audit(svc, actor, Action.OPEN, container.vmid, "console")
+            await _splice(websocket, upstream, svc, sid, container.vmid)
+
+
+async def _revoked_or_removed(feed: RouteFeed, sid: str, vmid: int) -> None:
+    """Return once session ``sid`` is revoked (logout, user disabled) or container ``vmid`` gone."""
+    while True:
+        async with feed.subscribe() as queue:
+            if sid in feed.snapshot().revoked_sessions:
+                return
+            while not isinstance(event := await queue.get(), Resync):
+                if event == SessionRevoked(sid) or event == RouteRemoved(vmid):
+                    return
+
+
+async def _splice(
+    websocket: WebSocket,
+    upstream: aiohttp.ClientWebSocketResponse,
+    svc: Services,
+    sid: str,
+    vmid: int,
+) -> None:
+    """Copy frames both ways until either side closes or the caller's session is revoked."""
+
+    async def from_client() -> None:
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                if message.get("bytes") is not None:
+                    await upstream.send_bytes(message["bytes"])
+                elif message.get("text") is not None:
+                    await upstream.send_str(message["text"])
+
+    async def from_agent() -> None:
+        async for message in upstream:
+            if message.type == aiohttp.WSMsgType.BINARY:
+                await websocket.send_bytes(message.data)
+            elif message.type == aiohttp.WSMsgType.TEXT:
+                await websocket.send_text(message.data)
+
+    async def revoked() -> None:
+        await _revoked_or_removed(svc.feed, sid, vmid)
+
+    tasks = [asyncio.create_task(job()) for job in (from_client, from_agent, revoked)]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await upstream.close()
+        reason = "session revoked" if tasks[2].done() and not tasks[2].cancelled() else ""
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+            await websocket.close(code=1008 if reason else 1000, reason=reason)

@@ -1,0 +1,260 @@
+"""The API's files and console relays against a real agent (files + console routes) over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from agent_sim import SimBackend
+from api_kit import PASSWORD, login, make_app, running, services, wait_for
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from support import serve_agent_app
+from zlh.agent.console import setup_console_routes
+from zlh.agent.files import setup_files_routes
+from zlh.agent.runas import DevIdentity
+from zlh.api import accounts
+
+LIMIT = 128 * 1024
+MARK = rb"<<([^<>\r\n]*)>>"
+
+
+@dataclass
+class World:
+    client: httpx.Client
+    vmid: int
+    workspace: Path
+    outside: Path
+    alice: dict[str, str]
+    bob: dict[str, str]
+    app: Any
+
+    @property
+    def ws_base(self) -> str:
+        return "ws" + str(self.client.base_url).rstrip("/").removeprefix("http")
+
+    def audit(self) -> list[tuple[str, str, str]]:
+        entries = services(self.app).audit.entries(vmid=self.vmid)
+        return [(e.actor, e.action, e.detail) for e in entries]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    base = tmp_path_factory.mktemp("relays")
+    app = make_app(base / "data", SimBackend(), poll_interval_s=3600.0)
+    svc = services(app)
+    alice = accounts.create_user(svc.db, "alice", PASSWORD)
+    accounts.create_user(svc.db, "bob", PASSWORD)
+    container = svc.registry.allocate(
+        owner=alice, runtime="node", version="22", addons=[], pins={}, quota=5
+    )
+    workspace, outside = base / "workspace", base / "outside"
+    workspace.mkdir()
+    outside.mkdir()
+    (outside / "canary").write_text("canary")
+    (workspace / "out").symlink_to(outside)
+    dev = DevIdentity.current(home=base)
+
+    def setup(agent_app: Any) -> None:
+        setup_files_routes(agent_app, workspace=workspace, dev_user=dev, max_upload_bytes=LIMIT)
+        setup_console_routes(agent_app, workspace=workspace, dev_user=dev)
+
+    secret = svc.provisioner.secret(container)
+    with serve_agent_app(setup, token=secret) as agent:
+        svc.registry.update(
+            container.vmid, state="ready", address="127.0.0.1", agent_port=agent.port
+        )
+        with running(app) as client:
+            yield World(
+                client=client,
+                vmid=container.vmid,
+                workspace=workspace,
+                outside=outside,
+                alice=login(client, "alice"),
+                bob=login(client, "bob"),
+                app=app,
+            )
+
+
+def test_owner_uploads_lists_downloads_moves_and_deletes(world: World) -> None:
+    client, base = world.client, f"/api/dev/{world.vmid}/files"
+    data = os.urandom(100_000)
+    put = client.put(
+        f"{base}/content", params={"path": "up.bin"}, content=data, headers=world.alice
+    )
+    assert put.status_code == 201, put.text
+    assert put.json() == {"path": "up.bin", "display": "workspace/up.bin", "size": len(data)}
+    assert (world.workspace / "up.bin").read_bytes() == data
+    listing = client.get(base, headers=world.alice).json()
+    assert {e["name"]: e["type"] for e in listing["entries"]}["out"] == "symlink"
+    got = client.get(f"{base}/content", params={"path": "up.bin"}, headers=world.alice)
+    assert got.status_code == 200 and got.content == data
+    part = client.get(
+        f"{base}/content",
+        params={"path": "up.bin"},
+        headers={**world.alice, "Range": "bytes=10-19"},
+    )
+    assert part.status_code == 206 and part.content == data[10:20]
+    assert part.headers["content-range"] == f"bytes 10-19/{len(data)}"
+    made = client.post(f"{base}/mkdir", json={"path": "d/e", "parents": True}, headers=world.alice)
+    assert made.status_code == 201
+    moved = client.post(
+        f"{base}/move", json={"source": "up.bin", "destination": "d/e/up.bin"}, headers=world.alice
+    )
+    assert moved.status_code == 200 and moved.json()["path"] == "d/e/up.bin"
+    refused = client.delete(base, params={"path": "d"}, headers=world.alice)
+    assert refused.status_code == 409 and "recursive=true" in refused.json()["message"]
+    gone = client.delete(base, params={"path": "d", "recursive": "true"}, headers=world.alice)
+    assert gone.status_code == 204
+    assert not (world.workspace / "d").exists()
+    actions = [(actor, action) for actor, action, _ in world.audit()]
+    assert ("alice", "file-upload") in actions and ("alice", "file-delete") in actions
+
+
+def files_routes(vmid: int) -> list[tuple[str, str, dict[str, Any]]]:
+    base = f"/api/dev/{vmid}/files"
+    return [
+        ("GET", base, {}),
+        ("GET", f"{base}/content?path=canary.txt", {}),
+        ("PUT", f"{base}/content?path=bob.txt", {"content": b"bob was here"}),
+        ("POST", f"{base}/mkdir", {"json": {"path": "bobdir"}}),
+        ("POST", f"{base}/move", {"json": {"source": "seed.txt", "destination": "bob.txt"}}),
+        ("DELETE", f"{base}?path=seed.txt", {}),
+    ]
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_a_non_owner_gets_404_on_every_files_route_and_nothing_happens(
+    world: World, index: int
+) -> None:
+    (world.workspace / "seed.txt").write_text("seed")
+    before = sorted(os.listdir(world.workspace))
+    for vmid in (world.vmid, 999_999):  # someone else's and one that does not exist: alike
+        method, url, kwargs = files_routes(vmid)[index]
+        response = world.client.request(method, url, headers=world.bob, **kwargs)
+        assert response.status_code == 404, response.text
+        assert response.json()["message"] == f"no container {vmid}"
+    assert sorted(os.listdir(world.workspace)) == before
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_no_session_is_401_on_every_files_route(world: World, index: int) -> None:
+    method, url, kwargs = files_routes(world.vmid)[index]
+    assert world.client.request(method, url, **kwargs).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "path", ["../outside/canary", "out/canary", "%2e%2e/outside/canary", "/etc/passwd"]
+)
+def test_hostile_paths_through_the_relay_get_the_agents_400(world: World, path: str) -> None:
+    base = f"/api/dev/{world.vmid}/files"
+    for method, kwargs in (("GET", {}), ("PUT", {"content": b"pwned"})):
+        response = world.client.request(
+            method, f"{base}/content", params={"path": path}, headers=world.alice, **kwargs
+        )
+        assert response.status_code == 400, response.text
+        assert response.json()["message"]
+    assert os.listdir(world.outside) == ["canary"]
+    assert (world.outside / "canary").read_text() == "canary"
+
+
+def test_an_upload_over_the_agents_limit_is_413_and_leaves_nothing(world: World) -> None:
+    response = world.client.put(
+        f"/api/dev/{world.vmid}/files/content",
+        params={"path": "huge.bin"},
+        content=b"x" * (LIMIT + 1),
+        headers=world.alice,
+    )
+    assert response.status_code == 413
+    assert not (world.workspace / "huge.bin").exists()
+
+
+def test_an_upload_cut_off_at_the_api_leaves_no_file_on_the_agent(world: World) -> None:
+    url = urllib.parse.urlsplit(str(world.client.base_url))
+    head = (
+        f"PUT /api/dev/{world.vmid}/files/content?path=cut.bin HTTP/1.1\r\n"
+        f"Host: {url.netloc}\r\nAuthorization: {world.alice['Authorization']}\r\n"
+        f"Content-Length: {LIMIT}\r\n\r\n"
+    )
+
+    def temp_files() -> list[str]:
+        return [n for n in os.listdir(world.workspace) if n.startswith(".zlh-upload-")]
+
+    with socket.create_connection((url.hostname, url.port)) as sock:
+        sock.sendall(head.encode() + b"z" * (LIMIT // 2))
+        wait_for(temp_files, what="the relayed upload to reach the agent")
+    wait_for(lambda: not temp_files(), what="the agent to drop the cut upload")
+    assert not (world.workspace / "cut.bin").exists()
+
+
+class Term:
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.buffer = b""
+
+    def ask(self, expression: str) -> str:
+        self.ws.send(f'echo "<""<{expression}>"">"\n'.encode())
+        deadline = time.monotonic() + 15
+        while not (match := re.search(MARK, self.buffer)):
+            message = self.ws.recv(timeout=max(deadline - time.monotonic(), 0.01))
+            if isinstance(message, bytes):
+                self.buffer += message
+        self.buffer = self.buffer[match.end() :]
+        return match.group(1).decode()
+
+
+def pid_gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state == b"Z"
+
+
+def test_the_console_relays_a_shell_in_the_workspace_and_closing_kills_it(world: World) -> None:
+    url = f"{world.ws_base}/api/dev/{world.vmid}/console?rows=33&cols=101"
+    with connect(url, additional_headers=world.alice, open_timeout=10) as ws:
+        term = Term(ws)
+        assert term.ask("$(pwd)") == str(world.workspace)
+        assert term.ask("$(stty size)") == "33 101"
+        ws.send(json.dumps({"type": "resize", "rows": 20, "cols": 70}))
+        assert term.ask("$(stty size)") == "20 70"
+        shell = int(term.ask("$$"))
+    wait_for(lambda: pid_gone(shell), what="the relayed shell to be killed")
+    assert ("alice", "open", "console") in world.audit()
+
+
+@pytest.mark.parametrize("who", ["bob", "nobody"])
+def test_a_non_owner_or_anonymous_console_is_refused_before_the_upgrade(
+    world: World, who: str
+) -> None:
+    headers = world.bob if who == "bob" else {}
+    url = f"{world.ws_base}/api/dev/{world.vmid}/console"
+    with pytest.raises(InvalidStatus) as refused, connect(url, additional_headers=headers):
+        pass
+    assert refused.value.response.status_code == (404 if who == "bob" else 401)
+
+
+def test_logging_out_closes_an_open_console(world: World) -> None:
+    session = login(world.client, "alice")
+    url = f"{world.ws_base}/api/dev/{world.vmid}/console"
+    with connect(url, additional_headers=session, open_timeout=10) as ws:
+        term = Term(ws)
+        shell = int(term.ask("$$"))
+        assert world.client.post("/api/auth/logout", headers=session).status_code in (200, 204)
+        with pytest.raises(ConnectionClosed):
+            while True:
+                ws.recv(timeout=10)
+        assert ws.close_code == 1008
+    wait_for(lambda: pid_gone(shell), what="the shell of the revoked session to be killed")
