@@ -169,3 +169,19 @@ def test_idle_keep_alive_connection_is_closed_after_the_timeout(harness: Harness
         started = time.monotonic()
         assert closed_by_peer(sock)
         assert 0.2 < time.monotonic() - started < 3
+
+
+def test_expect_100_continue_is_relayed_before_the_body_is_sent(harness: Harness) -> None:
+    vmid = harness.add_route("alice")
+    with connect(harness) as sock:
+        sock.sendall(
+            b"POST /dev/%d/ide/upload HTTP/1.1\r\nHost: a\r\nCookie: zlh_session=%s\r\n"
+            b"Content-Length: 5\r\nExpect: 100-continue\r\n\r\n" % (vmid, token("alice").encode())
+        )
+        sock.settimeout(5)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(b"12345")
+        got = Responses()
+        got.read(sock, 1)
+    assert got.done[0]["status"] == 200
+    assert json.loads(got.done[0]["body"]) == {"received": 5}
