@@ -9,6 +9,7 @@ in a container, the same paths beneath ``--root`` elsewhere.
 from __future__ import annotations
 
 from zlh import __version__
+from zlh.agent.addons.tailscale import Tailscale
 from zlh.agent.install import read_marker
 from zlh.agent.provisioner import Provisioner
 from zlh.schemas import AddonHealth, AgentStatus, DevUser
@@ -20,6 +21,11 @@ def _addon_installed(prov: Provisioner, name: str) -> bool:
     marker = read_marker(prov.layout.service(name))
     spec = prov.payload.addon(name) if prov.payload else None
     return marker is not None and (spec is None or marker.sha256 == spec.artifact.sha256)
+
+
+def _tailscale_ip(prov: Provisioner) -> str | None:
+    addon = prov.addons.get("tailscale")
+    return addon.ip if isinstance(addon, Tailscale) and addon.joined else None
 
 
 def build_status(prov: Provisioner) -> AgentStatus:
@@ -52,5 +58,6 @@ def build_status(prov: Provisioner) -> AgentStatus:
         dev_user=dev_user.name,
         tailscale_installed=_addon_installed(prov, "tailscale"),
         tailscale_running=bool(tailscale and tailscale.running),
+        tailscale_ip=_tailscale_ip(prov),
         agent_version=__version__,
     )

@@ -23,6 +23,9 @@ from zlh.schemas import AddonHealth, TailscaleAddon
 __all__ = ["Tailscale"]
 
 _UP_TIMEOUT_S = 60.0
+_IP_TIMEOUT_S = 10.0
+# tailscale's own processes get a bare environment: nothing of the agent's leaks into them.
+_ENV = {"PATH": "/usr/bin:/bin"}
 
 
 class Tailscale(Addon[TailscaleAddon]):
@@ -36,6 +39,7 @@ class Tailscale(Addon[TailscaleAddon]):
         self.supervisor: Supervisor | None = None
         self.joined = False
         self.error = ""
+        self.ip: str | None = None  # the node's tailnet IPv4, once joined
 
     def binary(self, program: str) -> Path:
         for rel in (*self.spec.artifact.bin, "."):
@@ -82,9 +86,7 @@ class Tailscale(Addon[TailscaleAddon]):
     async def start(self) -> None:
         if self.supervisor is None:
             self.supervisor = Supervisor(
-                ProcessSpec(
-                    name="tailscaled", argv=self.daemon_argv(), env={"PATH": "/usr/bin:/bin"}
-                ),
+                ProcessSpec(name="tailscaled", argv=self.daemon_argv(), env=dict(_ENV)),
                 pid_file=self.ctx.layout.pid_file("tailscaled"),
                 log_file=self.ctx.layout.log_file("tailscaled"),
                 max_fast_exits=self.ctx.config.max_fast_exits,
@@ -92,9 +94,14 @@ class Tailscale(Addon[TailscaleAddon]):
             )
         self.supervisor.start()
         if self.joined or not self.key_file.exists():
+            # Joined before (this run or an earlier one): only learn the address again.
+            self.ip = self.ip or await self._query_ip()
             return
         proc = await asyncio.create_subprocess_exec(
-            *self.up_argv(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+            *self.up_argv(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=_ENV,
         )
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), _UP_TIMEOUT_S)
@@ -107,6 +114,25 @@ class Tailscale(Addon[TailscaleAddon]):
             raise AddonError(f"tailscale up failed ({proc.returncode}): {self.error}")
         self.joined = True
         self.key_file.unlink(missing_ok=True)
+        self.ip = await self._query_ip()
+
+    async def _query_ip(self) -> str | None:
+        """``tailscale ip -4``; None when it cannot tell (not joined, daemon down)."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                str(self.binary("tailscale")),
+                f"--socket={self.socket}",
+                "ip",
+                "-4",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+                env=_ENV,
+            )
+            out, _ = await asyncio.wait_for(proc.communicate(), _IP_TIMEOUT_S)
+        except (OSError, TimeoutError, AddonError):
+            return None
+        lines = out.decode(errors="replace").split()
+        return lines[0] if proc.returncode == 0 and lines else None
 
     async def stop(self) -> None:
         if self.supervisor is not None:
