@@ -85,12 +85,15 @@ http {{
 def download_curl(url: str) -> float:
     """Seconds to download ``url`` with curl into /dev/null."""
     out = subprocess.run(
-        ["curl", "-sS", "--fail", "-o", "/dev/null", "-w", "%{time_total}", url],
+        ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", url],
         capture_output=True,
         text=True,
         check=True,
     )
-    return float(out.stdout)
+    status, seconds = out.stdout.split()
+    if status != "200":
+        raise SystemExit(f"GET {url} answered {status}")
+    return float(seconds)
 
 
 def download_httpx(url: str) -> float:
@@ -113,6 +116,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="zlh-bench-") as tmp, ExitStack() as stack:
         work = Path(tmp)
+        work.chmod(0o755)  # nginx workers run as nobody
         source = work / "bench.tar.gz"
         with source.open("wb") as out:
             for _ in range(args.size_mb):

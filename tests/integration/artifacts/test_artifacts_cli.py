@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import pty
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from support import serve_store, zlh
+from support import ZLH, serve_store, zlh
 from zlh.artifacts.store import ArtifactStore
 from zlh.schemas import ArtifactKind, Catalog
 
@@ -197,3 +200,28 @@ def test_add_url_downloads_and_checks_the_digest(tmp_path: Path) -> None:
     assert artifact.sha256 == digest
     assert artifact.bin == []
     assert artifact.metadata.source == url
+
+
+def test_progress_bars_on_a_terminal_and_silence_otherwise(tmp_path: Path) -> None:
+    source = make_tarball(tmp_path, "node.tar.gz", size=2_000_000)
+    add = ("artifacts", "add", "runtime", "node", "22", "--file", str(source))
+    piped = zlh(*add, "--store", str(tmp_path / "piped"))
+    assert piped.stderr == ""
+
+    main, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        [*ZLH, *add, "--store", str(tmp_path / "tty")],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=terminal,
+        env={**os.environ, "TERM": "xterm", "COLUMNS": "120"},
+    )
+    os.close(terminal)
+    drawn = bytearray()
+    with contextlib.suppress(OSError):  # EIO once the child has closed the terminal
+        while data := os.read(main, 65536):
+            drawn += data
+    os.close(main)
+    assert proc.wait(timeout=60) == 0
+    assert b"runtime node 22" in drawn
+    assert b"/2.0 MB" in drawn
