@@ -111,6 +111,7 @@ class Behaviour:
     drops: int = 0  # ... this many times (-1: every time)
     gate_at: int | None = None  # pause at this offset until `gate` is set (first request only)
     gate: threading.Event = field(default_factory=threading.Event)
+    ignore_range: bool = False  # answer 200 with the whole file, like a server without Range
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,8 @@ class ArtifactServer:
         if b is None:
             h.send_error(404)
             return
+        if b.ignore_range:
+            rng = None
         start = int(rng.removeprefix("bytes=").split("-")[0]) if rng else 0
         body = b.data[start:]
         h.send_response(206 if rng else 200)

@@ -24,3 +24,13 @@ def node_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def node_server(node_store: Path) -> Iterator[str]:
     """Base URL of ``zlh artifacts serve`` over ``node_store``."""
     yield from serve_store(node_store)
+
+
+@pytest.fixture(scope="session")
+def code_server_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store holding real code-server (with its own Node 24 as ``lib/node``), built by
+    ``zlh artifacts build code-server`` (~3.5 min cold, cached in CACHE_DIR afterwards)."""
+    store = tmp_path_factory.mktemp("code-server-store")
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    zlh("artifacts", "build", "code-server", "--store", str(store), "--cache-dir", str(CACHE_DIR))
+    return store
