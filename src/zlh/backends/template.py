@@ -63,6 +63,7 @@ PACKAGES = (
     "libgssapi-krb5-2",
 )
 AGENT_VENV = "/opt/zlh/agent-venv"
+WHEELHOUSE_INSIDE = "/opt/zlh/wheelhouse"  # only during the build
 TOKEN_PATH = "/etc/zlh/agent-token"
 # Units a dev container never needs; masking them keeps boot at a fraction of a second.
 MASKED_UNITS = (
@@ -97,10 +98,13 @@ sed -i '/^# zlh-agent-token /d' "$keys"
 AGENT_UNIT = f"""[Unit]
 Description=ZeroLagHub agent (provisioning and /status)
 After=network.target
+# keep retrying: the agent may wait for its token, and a crash loop must not end in "failed"
+StartLimitIntervalSec=0
 
 [Service]
 ExecStartPre=/opt/zlh/bin/zlh-token-from-ssh-keys
-ExecStart={AGENT_VENV}/bin/zlh agent --listen 0.0.0.0:{AGENT_PORT} --token-file {TOKEN_PATH} --root /
+ExecStart={AGENT_VENV}/bin/zlh agent --listen 0.0.0.0:{AGENT_PORT} \\
+    --token-file {TOKEN_PATH} --root /
 Restart=always
 RestartSec=1
 
@@ -243,7 +247,7 @@ def _debootstrap_base(cache_dir: Path) -> Path:
 
 def _customise(rootfs: Path, wheelhouse: Path) -> None:
     """Install the agent venv offline, the boot unit, and make the rootfs clone-ready."""
-    inside = rootfs / "tmp" / "zlh-wheelhouse"
+    inside = rootfs / WHEELHOUSE_INSIDE.lstrip("/")
     shutil.copytree(wheelhouse, inside)
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
     try:
@@ -262,7 +266,7 @@ def _customise(rootfs: Path, wheelhouse: Path) -> None:
                 "--no-index",
                 "--no-cache-dir",
                 "--find-links",
-                "/tmp/zlh-wheelhouse",
+                WHEELHOUSE_INSIDE,
                 "zlh[agent]",
             ],
             "installing zlh[agent] into the template",
