@@ -22,7 +22,6 @@ from zlh.api.app import create_app
 from zlh.api.catalog import StoreCatalog
 from zlh.api.db import Container, Database, KeyValue, User
 from zlh.api.headscale import HeadscaleClient, HeadscaleRejected, HeadscaleSettings
-from zlh.api.routes import tailnet as tailnet_routes
 from zlh.api.services import Services
 from zlh.api.settings import ApiSettings
 from zlh.api.tailnet import KeySealer, Tailnet, TailnetError, TailnetStore, headscale_user_name
@@ -264,7 +263,16 @@ def add_user(db: Database, username: str) -> User:
 
 
 async def api_for(headscale: HeadscaleServer, tmp_path: Path) -> Api:
-    settings = ApiSettings(data_dir=tmp_path, backend="process")
+    key_file = tmp_path / "headscale.key"
+    key_file.write_text(headscale.api_key)
+    key_file.chmod(0o600)
+    settings = ApiSettings(
+        data_dir=tmp_path,
+        backend="process",
+        headscale=HeadscaleSettings(
+            url=headscale.url, api_key_file=key_file, retry_backoff_s=0.001
+        ),
+    )
     app = create_app(
         settings,
         NoContainersBackend(),
@@ -272,15 +280,12 @@ async def api_for(headscale: HeadscaleServer, tmp_path: Path) -> Api:
         artifact_base_url="http://127.0.0.1:9/artifacts",
     )
     svc: Services = app.state.services
-    if not any(getattr(r, "path", "").endswith("/tailnet") for r in app.routes):
-        app.include_router(tailnet_routes.router)
-    if getattr(app.state, "tailnet", None) is None:
-        app.state.tailnet = make_tailnet(headscale, svc.db, tmp_path)
+    assert svc.tailnet is not None and app.state.tailnet is svc.tailnet
     alice, bob = (add_user(svc.db, name) for name in ("alice", "bob"))
     tokens = {u.username: svc.tokens.issue(u).token for u in (alice, bob)}
     transport = httpx.ASGITransport(app=app)
     client = httpx.AsyncClient(transport=transport, base_url="http://api.test")
-    return Api(client, svc, app.state.tailnet, alice, bob, tokens)
+    return Api(client, svc, svc.tailnet, alice, bob, tokens)
 
 
 def run_api(headscale: HeadscaleServer, tmp_path: Path, scenario: Any) -> None:
@@ -300,7 +305,7 @@ def test_owner_reads_the_key_once_and_the_container_record_never_carries_keys(
 ) -> None:
     async def scenario(api: Api) -> None:
         vmid = api.container(api.alice, ["code-server", "tailscale"]).vmid
-        await api.tailnet.ensure_access(vmid, user_id=api.alice.id, username="alice")
+        await api.svc.provisioner.ensure_tailnet(api.svc.registry.get(vmid))  # type: ignore[arg-type]
         first = await api.client.get(f"/api/dev/{vmid}/tailnet", headers=api.as_("alice"))
         second = await api.client.get(f"/api/dev/{vmid}/tailnet", headers=api.as_("alice"))
         record = await api.client.get(f"/api/dev/{vmid}", headers=api.as_("alice"))
@@ -325,7 +330,7 @@ def test_regenerate_route_answers_a_new_key_and_expires_the_old(
 ) -> None:
     async def scenario(api: Api) -> None:
         vmid = api.container(api.alice, ["tailscale"]).vmid
-        await api.tailnet.ensure_access(vmid, user_id=api.alice.id, username="alice")
+        await api.svc.provisioner.ensure_tailnet(api.svc.registry.get(vmid))  # type: ignore[arg-type]
         (old,) = [k for k in headscale.keys.values() if not k.acl_tags]
         answer = await api.client.post(
             f"/api/dev/{vmid}/tailnet/regenerate", headers=api.as_("alice")
@@ -343,7 +348,7 @@ def test_a_non_owner_gets_404_on_the_tailnet_routes_and_changes_nothing(
 ) -> None:
     async def scenario(api: Api) -> None:
         vmid = api.container(api.alice, ["tailscale"]).vmid
-        await api.tailnet.ensure_access(vmid, user_id=api.alice.id, username="alice")
+        await api.svc.provisioner.ensure_tailnet(api.svc.registry.get(vmid))  # type: ignore[arg-type]
         calls_before = len(headscale.requests)
         read = await api.client.get(f"/api/dev/{vmid}/tailnet", headers=api.as_("bob"))
         regen = await api.client.post(f"/api/dev/{vmid}/tailnet/regenerate", headers=api.as_("bob"))
@@ -368,3 +373,76 @@ def test_a_container_without_the_addon_has_no_tailnet(
         assert answer.status_code == 404 and "tailscale addon" in answer.json()["message"]
 
     run_api(headscale, tmp_path, scenario)
+
+
+def test_the_provisioner_puts_the_container_key_on_the_wire_to_the_agent_only(
+    headscale: HeadscaleServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The payload the API builds carries the container key masked everywhere but in the body
+    sent to the agent (a real HTTP server here, recording what it received)."""
+    from aiohttp import web
+
+    from zlh.api.agent_client import AgentClient
+
+    caplog.set_level(logging.DEBUG)
+    received: list[dict[str, Any]] = []
+
+    async def provision(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(status=202)
+
+    async def scenario(api: Api) -> None:
+        vmid = api.container(api.alice, ["tailscale"]).vmid
+        container = api.svc.registry.get(vmid)
+        assert container is not None
+        await api.svc.provisioner.ensure_tailnet(container)
+        payload = api.svc.provisioner.payload(container)
+        app = web.Application()
+        app.router.add_post("/provision", provision)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        agents = AgentClient()
+        try:
+            await agents.provision(f"http://127.0.0.1:{port}", "s", payload, timeout_s=10)
+        finally:
+            await agents.close()
+            await runner.cleanup()
+        (container_key,) = [k for k in headscale.keys.values() if k.acl_tags]
+        (body,) = received
+        options = body["addons"][0]["options"]
+        assert options == {
+            "loginServer": headscale.url,
+            "authKey": container_key.key,
+            "hostname": f"zlh-{vmid}",
+        }
+        assert container_key.key not in payload.model_dump_json()
+        assert container_key.key not in caplog.text
+
+    run_api(headscale, tmp_path, scenario)
+
+
+def test_a_dev_request_for_tailscale_is_refused_when_no_tailnet_is_configured(
+    tmp_path: Path,
+) -> None:
+    async def go() -> None:
+        settings = ApiSettings(data_dir=tmp_path, backend="process")
+        app = create_app(
+            settings,
+            NoContainersBackend(),
+            catalog=StoreCatalog(tmp_path / "store"),
+            artifact_base_url="http://127.0.0.1:9/artifacts",
+        )
+        svc: Services = app.state.services
+        alice = add_user(svc.db, "alice")
+        from zlh.api.errors import InvalidRequest
+        from zlh.api.models import DevRequest
+
+        with pytest.raises(InvalidRequest, match="needs a tailnet") as caught:
+            await svc.provisioner.request(alice, DevRequest(runtime="node", addons=["tailscale"]))
+        assert caught.value.validations[0].field == "addons"
+        svc.db.dispose()
+
+    asyncio.run(go())

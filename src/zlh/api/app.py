@@ -40,8 +40,10 @@ from zlh.api.routes import auth as auth_routes
 from zlh.api.routes import catalog as catalog_routes
 from zlh.api.routes import dev as dev_routes
 from zlh.api.routes import events as events_routes
+from zlh.api.routes import tailnet as tailnet_routes
 from zlh.api.services import Services
 from zlh.api.settings import ApiSettings
+from zlh.api.tailnet import KeySealer, Tailnet, TailnetStore
 from zlh.backends import Backend
 from zlh.errors import ZlhError
 from zlh.portal import mount_portal
@@ -73,6 +75,10 @@ def build_services(
     registry = ContainerRegistry(db, bus, feed)
     audit_log = AuditLog(db)
     agents = AgentClient(connections=settings.poll_concurrency)
+    tailnet = None
+    if settings.headscale.enabled:
+        sealer = KeySealer.from_file(settings.data_dir / "tailnet.key")
+        tailnet = Tailnet(settings.headscale, sealer, TailnetStore(db))
     provisioner = Provisioner(
         settings=settings,
         registry=registry,
@@ -82,6 +88,7 @@ def build_services(
         audit=audit_log,
         agent_key=load_or_create_key(settings.agent_key_path),
         artifact_base_url=artifact_base_url,
+        tailnet=tailnet,
     )
 
     async def resend(container: Any) -> None:
@@ -117,6 +124,7 @@ def build_services(
         address_limiter=FailureLimiter(
             limit=settings.login_failures_per_address, window_s=settings.login_window_s
         ),
+        tailnet=tailnet,
     )
 
 
@@ -215,7 +223,9 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
-    for module in (auth_routes, catalog_routes, dev_routes, events_routes, audit_routes, relays):
+    app.state.tailnet = app.state.services.tailnet
+    routers = (auth_routes, catalog_routes, dev_routes, events_routes, audit_routes, relays)
+    for module in (*routers, tailnet_routes):
         app.include_router(module.router)
     if store_app is not None:
         app.mount("/artifacts", store_app)

@@ -30,6 +30,7 @@ from zlh.api.errors import AgentError, AgentUnreachable, InvalidRequest
 from zlh.api.keys import agent_secret
 from zlh.api.models import DevRequest
 from zlh.api.settings import ApiSettings
+from zlh.api.tailnet import Tailnet
 from zlh.backends import (
     Backend,
     BackendError,
@@ -87,8 +88,10 @@ class Provisioner:
         audit: AuditLog,
         agent_key: bytes,
         artifact_base_url: str,
+        tailnet: Tailnet | None = None,
     ) -> None:
         self.settings = settings
+        self.tailnet = tailnet
         self.registry = registry
         self.backend = backend
         self.agents = agents
@@ -107,6 +110,11 @@ class Provisioner:
 
     async def request(self, user: User, request: DevRequest) -> Container:
         """Check, record and start driving a dev request; returns the ``requested`` record."""
+        if "tailscale" in request.addons and self.tailnet is None:
+            raise InvalidRequest(
+                "the tailscale addon needs a tailnet, and none is configured on this platform",
+                field="addons",
+            )
         version, pins = resolve_request(await self.catalog.get(), request)
         container = await asyncio.to_thread(
             self.registry.allocate,
@@ -140,6 +148,11 @@ class Provisioner:
             self.registry.update(vmid, error=f"delete failed: {exc.message}")
             raise
         await self._save_backend_state()
+        if self.tailnet is not None:
+            try:
+                await self.tailnet.release(vmid)
+            except ZlhError as exc:
+                logger.warning("the tailnet keys of container %s stay valid: %s", vmid, exc)
         self.registry.remove(vmid)
         await asyncio.to_thread(self.audit.record, actor, Action.DELETE, vmid)
 
@@ -194,6 +207,7 @@ class Provisioner:
             self._record_address(vmid, info)
             container = self.registry.update(vmid, state=ContainerState.PROVISIONING)
             if container is not None:
+                await self.ensure_tailnet(container)
                 await self.send_payload(container, wait_s=self.settings.agent_answer_timeout_s)
                 self.on_provisioning()
         except asyncio.CancelledError:
@@ -291,6 +305,8 @@ class Provisioner:
                     "basePath": ide_base_path(container.vmid),
                     "port": container.code_server_port or 6000,
                 }
+            elif name == "tailscale":
+                options = self._tailscale_options(container)
             else:
                 raise AgentError(f"addon {name!r} needs options this API cannot fill in yet")
             addons.append(
@@ -312,6 +328,24 @@ class Provisioner:
                 "addons": addons,
             }
         )
+
+    async def ensure_tailnet(self, container: Container) -> None:
+        """The container's Headscale keys, made once before its first payload (kept for resends)."""
+        if "tailscale" in container.addons and self.tailnet is not None:
+            await self.tailnet.ensure_access(
+                container.vmid, user_id=container.owner_id, username=container.owner.username
+            )
+
+    def _tailscale_options(self, container: Container) -> dict[str, Any]:
+        access = self.tailnet.store.get(container.vmid) if self.tailnet is not None else None
+        if self.tailnet is None or access is None:
+            raise AgentError(f"container {container.vmid} has no tailnet keys")
+        options = self.tailnet.container_options(access)
+        return {
+            "loginServer": options.login_server,
+            "authKey": options.auth_key,
+            "hostname": options.hostname,
+        }
 
     def provision_overdue(self, container: Container) -> bool:
         started = container.provision_started_at

@@ -16,6 +16,7 @@ from zlh.api.provisioning import Provisioner
 from zlh.api.ratelimit import FailureLimiter
 from zlh.api.routefeed import RouteFeed
 from zlh.api.settings import ApiSettings
+from zlh.api.tailnet import Tailnet
 from zlh.backends import Backend
 
 __all__ = ["Services"]
@@ -37,3 +38,4 @@ class Services:
     feed: RouteFeed
     user_limiter: FailureLimiter
     address_limiter: FailureLimiter
+    tailnet: Tailnet | None = None  # None: no Headscale configured

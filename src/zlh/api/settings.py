@@ -20,6 +20,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from zlh.api.headscale import HeadscaleSettings
+
 __all__ = ["ApiSettings", "load_settings", "parse_listen"]
 
 CONFIG_FILE = "api.toml"
@@ -154,6 +156,11 @@ class ApiSettings(BaseSettings):
     )
     poll_max_backoff_s: float = Field(
         60.0, gt=0, description="longest wait between polls of an agent that keeps missing."
+    )
+    headscale: HeadscaleSettings = Field(
+        default_factory=HeadscaleSettings,
+        description="the tailnet for advanced users (TOML table [headscale]); without its url "
+        "the tailscale addon is refused. Not the policy: `zlh tailnet policy` writes that.",
     )
     unreachable_after_misses: int = Field(
         3, gt=0, description="consecutive missed polls before a container shows unreachable."
