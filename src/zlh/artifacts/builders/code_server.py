@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
 from zlh.artifacts.builders.base import BuildContext, Builder, Recipe, pick_version
@@ -104,11 +105,21 @@ class CodeServerBuilder(Builder):
         }
 
     def check(self, recipe: Recipe, tree: Path) -> str:
-        out = run([tree / "bin" / "code-server", "--version"], what="code-server --version")
-        first = out.strip().splitlines()[0] if out.strip() else ""
-        if not first.startswith(recipe.upstream_version):
-            raise BuildError(f"code-server --version printed {first!r}")
-        return f"code-server {first}"
+        # code-server writes a default config on every start: keep it out of the host's $HOME.
+        with tempfile.TemporaryDirectory(prefix="code-server-check-") as home:
+            env = {
+                "PATH": "/usr/bin:/bin",
+                "HOME": home,
+                **{f"XDG_{d}_HOME": f"{home}/{d.lower()}" for d in ("CONFIG", "DATA", "CACHE")},
+            }
+            out = run(
+                [tree / "bin" / "code-server", "--version"], what="code-server --version", env=env
+            )
+        # e.g. "4.139.1 53c2f32… with Code 1.139.1", after a log line or two.
+        for line in out.splitlines():
+            if line.startswith(f"{recipe.upstream_version} "):
+                return f"code-server {line}"
+        raise BuildError(f"code-server --version did not print {recipe.upstream_version}: {out!r}")
 
 
 def _fetch_package(npm: list[Path], version: str, ctx: BuildContext, env: dict[str, str]) -> Path:
