@@ -4,13 +4,14 @@ The agent speaks the real wire protocol (``ProvisionPayload`` in, ``AgentStatus`
 secret checked) and walks through the spec's steps on a timer, so the API's provisioning,
 poller and SSE paths run for real without building runtimes. Knobs make it misbehave:
 ``never_ready`` (stays provisioning), ``fail_with`` (ends failed), ``forget()`` (loses its
-payload like a restarted agent), ``silent`` (stops answering /status).
+payload like a restarted agent), ``silent`` (/status hangs).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from aiohttp import web
@@ -44,19 +45,22 @@ class SimAgent:
         self.payloads: list[ProvisionPayload] = []
         self.never_ready = False
         self.fail_with: str | None = None
-        self.silent = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._speaking = asyncio.Event()
+        self._speaking.set()
         self.status_calls = 0
         self._runner: web.AppRunner | None = None
         self._work: asyncio.Task[None] | None = None
         self.port = 0
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         app = web.Application()
         app.router.add_get("/status", self._status)
         app.router.add_post("/provision", self._provision)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, shutdown_timeout=0.1)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
@@ -65,6 +69,19 @@ class SimAgent:
             self._work.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
+
+    @property
+    def silent(self) -> bool:
+        return not self._speaking.is_set()
+
+    @silent.setter
+    def silent(self, value: bool) -> None:
+        """Settable from the test's thread: the change is made on the agent's loop."""
+        change = self._speaking.clear if value else self._speaking.set
+        if self._loop is None:
+            change()
+        else:
+            self._loop.call_soon_threadsafe(change)
 
     def forget(self) -> None:
         """Lose the payload, as an agent whose container was recreated would."""
@@ -80,8 +97,7 @@ class SimAgent:
         if not self._authorised(request):
             return web.json_response({"message": "unauthorized"}, status=401)
         self.status_calls += 1
-        if self.silent:
-            await asyncio.sleep(3600)
+        await self._speaking.wait()  # a silent agent hangs here
         ready = self.state is AgentState.READY
         status = AgentStatus(
             workspace_root="/home/dev/workspace",
@@ -142,6 +158,8 @@ class SimBackend(Backend):
         self.running: set[int] = set()
         self.creates = 0
         self.fail_create: str | None = None
+        # Called with each new agent, to make it misbehave.
+        self.on_agent: Callable[[SimAgent], None] = lambda agent: None
 
     async def create(self, spec: ContainerSpec) -> ContainerInfo:
         if spec.vmid in self.agents:
@@ -150,7 +168,9 @@ class SimBackend(Backend):
             raise BackendError(self.fail_create)
         await asyncio.sleep(self.create_delay_s)
         self.creates += 1
-        self.agents[spec.vmid] = SimAgent(spec.agent_secret, step_s=self.step_s)
+        agent = SimAgent(spec.agent_secret, step_s=self.step_s)
+        self.on_agent(agent)
+        self.agents[spec.vmid] = agent
         return await self.status(spec.vmid)
 
     async def start(self, vmid: int) -> ContainerInfo:
