@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from headscale_server import HeadscaleServer
 from pydantic import SecretStr
 
@@ -262,23 +263,23 @@ def add_user(db: Database, username: str) -> User:
     return user
 
 
-async def api_for(headscale: HeadscaleServer, tmp_path: Path) -> Api:
-    key_file = tmp_path / "headscale.key"
-    key_file.write_text(headscale.api_key)
-    key_file.chmod(0o600)
-    settings = ApiSettings(
-        data_dir=tmp_path,
-        backend="process",
-        headscale=HeadscaleSettings(
-            url=headscale.url, api_key_file=key_file, retry_backoff_s=0.001
-        ),
-    )
-    app = create_app(
+def make_app(tmp_path: Path, headscale: HeadscaleSettings) -> FastAPI:
+    """The real API app over a fresh data dir; no lifespan runs (no poller, no resume)."""
+    settings = ApiSettings(data_dir=tmp_path, backend="process", headscale=headscale)
+    return create_app(
         settings,
         NoContainersBackend(),
         catalog=StoreCatalog(tmp_path / "store"),
         artifact_base_url="http://127.0.0.1:9/artifacts",
     )
+
+
+async def api_for(headscale: HeadscaleServer, tmp_path: Path) -> Api:
+    key_file = tmp_path / "headscale.key"
+    key_file.write_text(headscale.api_key)
+    key_file.chmod(0o600)
+    hs = HeadscaleSettings(url=headscale.url, api_key_file=key_file, retry_backoff_s=0.001)
+    app = make_app(tmp_path, hs)
     svc: Services = app.state.services
     assert svc.tailnet is not None and app.state.tailnet is svc.tailnet
     alice, bob = (add_user(svc.db, name) for name in ("alice", "bob"))
@@ -428,13 +429,7 @@ def test_a_dev_request_for_tailscale_is_refused_when_no_tailnet_is_configured(
     tmp_path: Path,
 ) -> None:
     async def go() -> None:
-        settings = ApiSettings(data_dir=tmp_path, backend="process")
-        app = create_app(
-            settings,
-            NoContainersBackend(),
-            catalog=StoreCatalog(tmp_path / "store"),
-            artifact_base_url="http://127.0.0.1:9/artifacts",
-        )
+        app = make_app(tmp_path, HeadscaleSettings())
         svc: Services = app.state.services
         alice = add_user(svc.db, "alice")
         from zlh.api.errors import InvalidRequest
