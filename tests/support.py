@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from websockets.sync.client import ClientConnection
 
 REPO = Path(__file__).resolve().parent.parent
 # Registry downloads (wheels, npm tarballs) are cached here across runs; CI starts empty.
@@ -139,3 +142,57 @@ def serve_agent_app(setup: Callable[[web.Application], None], *, token: str) -> 
         loop.call_soon_threadsafe(loop.stop)
         thread.join(30)
         loop.close()
+
+
+# -- a console client (agent or API relay), and process checks ---------------------------------
+
+MARK = rb"<<([^<>\r\n]*)>>"
+
+
+class ConsoleClient:
+    """A console client: types lines, waits for marked output, collects control messages."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.buffer = b""
+        self.controls: list[dict[str, Any]] = []
+
+    def type(self, line: str) -> None:
+        self.ws.send(line.encode() + b"\n")
+
+    def ask(self, expression: str, timeout_s: float = 15.0) -> str:
+        """Run ``echo <<EXPR>>`` split so the typed line itself never matches the marker."""
+        self.type(f'echo "<""<{expression}>"">"')
+        return self.expect(MARK, timeout_s).group(1).decode()
+
+    def expect(self, pattern: bytes, timeout_s: float = 15.0) -> re.Match[bytes]:
+        deadline = time.monotonic() + timeout_s
+        while not (match := re.search(pattern, self.buffer)):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {pattern!r} in {self.buffer[-500:]!r}")
+            self.receive(left)
+        self.buffer = self.buffer[match.end() :]
+        return match
+
+    def receive(self, timeout_s: float) -> None:
+        message = self.ws.recv(timeout=timeout_s)
+        if isinstance(message, str):
+            self.controls.append(json.loads(message))
+        else:
+            self.buffer += message
+
+    def control(self, kind: str, timeout_s: float = 15.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while not any(c["type"] == kind for c in self.controls):
+            self.receive(max(deadline - time.monotonic(), 0.01))
+        return next(c for c in self.controls if c["type"] == kind)
+
+
+def pid_gone(pid: int) -> bool:
+    """The process has exited (a zombie only its reaper, init, still has to collect)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state == b"Z"

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
-import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,16 +16,16 @@ import pytest
 from agent_sim import SimBackend
 from api_kit import PASSWORD, login, make_app, running, services, wait_for
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import connect
 
-from support import serve_agent_app
+from support import ConsoleClient, pid_gone, serve_agent_app
 from zlh.agent.console import setup_console_routes
+from zlh.agent.devuser import DevEnvironment
 from zlh.agent.files import setup_files_routes
 from zlh.agent.runas import DevIdentity
 from zlh.api import accounts
 
 LIMIT = 128 * 1024
-MARK = rb"<<([^<>\r\n]*)>>"
 
 
 @dataclass
@@ -64,11 +62,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     outside.mkdir()
     (outside / "canary").write_text("canary")
     (workspace / "out").symlink_to(outside)
-    dev = DevIdentity.current(home=base)
+    dev = DevEnvironment("dev", DevIdentity.current(home=base), base, workspace)
 
     def setup(agent_app: Any) -> None:
-        setup_files_routes(agent_app, workspace=workspace, dev_user=dev, max_upload_bytes=LIMIT)
-        setup_console_routes(agent_app, workspace=workspace, dev_user=dev)
+        setup_files_routes(agent_app, environment=lambda: dev, max_upload_bytes=LIMIT)
+        setup_console_routes(agent_app, environment=lambda: dev)
 
     secret = svc.provisioner.secret(container)
     with serve_agent_app(setup, token=secret) as agent:
@@ -198,34 +196,10 @@ def test_an_upload_cut_off_at_the_api_leaves_no_file_on_the_agent(world: World) 
     assert not (world.workspace / "cut.bin").exists()
 
 
-class Term:
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.buffer = b""
-
-    def ask(self, expression: str) -> str:
-        self.ws.send(f'echo "<""<{expression}>"">"\n'.encode())
-        deadline = time.monotonic() + 15
-        while not (match := re.search(MARK, self.buffer)):
-            message = self.ws.recv(timeout=max(deadline - time.monotonic(), 0.01))
-            if isinstance(message, bytes):
-                self.buffer += message
-        self.buffer = self.buffer[match.end() :]
-        return match.group(1).decode()
-
-
-def pid_gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state == b"Z"
-
-
 def test_the_console_relays_a_shell_in_the_workspace_and_closing_kills_it(world: World) -> None:
     url = f"{world.ws_base}/api/dev/{world.vmid}/console?rows=33&cols=101"
     with connect(url, additional_headers=world.alice, open_timeout=10) as ws:
-        term = Term(ws)
+        term = ConsoleClient(ws)
         assert term.ask("$(pwd)") == str(world.workspace)
         assert term.ask("$(stty size)") == "33 101"
         ws.send(json.dumps({"type": "resize", "rows": 20, "cols": 70}))
@@ -250,7 +224,7 @@ def test_logging_out_closes_an_open_console(world: World) -> None:
     session = login(world.client, "alice")
     url = f"{world.ws_base}/api/dev/{world.vmid}/console"
     with connect(url, additional_headers=session, open_timeout=10) as ws:
-        term = Term(ws)
+        term = ConsoleClient(ws)
         shell = int(term.ask("$$"))
         assert world.client.post("/api/auth/logout", headers=session).status_code in (200, 204)
         with pytest.raises(ConnectionClosed):

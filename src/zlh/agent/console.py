@@ -37,8 +37,8 @@ from pathlib import Path
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from zlh.agent.files import error_response
-from zlh.agent.runas import DevIdentity
+from zlh.agent.files import NotProvisioned, error_response
+from zlh.agent.runas import DevEnvironmentSource, DevIdentity
 from zlh.errors import ZlhError
 
 __all__ = ["Console", "ConsoleRoutes", "setup_console_routes"]
@@ -55,6 +55,10 @@ class TooManyConsoles(ZlhError):
 
 class BadConsoleRequest(ZlhError):
     status_code = 400
+
+
+class ConsoleFailed(ZlhError):
+    status_code = 500
 
 
 def _set_size(fd: int, rows: int, cols: int) -> None:
@@ -272,32 +276,17 @@ async def _hang_up(pidfds: list[int], grace_s: float) -> None:
 
 class ConsoleRoutes:
     def __init__(
-        self,
-        *,
-        workspace: Path,
-        identity: DevIdentity,
-        max_consoles: int,
-        env: Mapping[str, str],
+        self, *, environment: DevEnvironmentSource, max_consoles: int, env: Mapping[str, str]
     ) -> None:
         setsid = shutil.which("setsid")
         if setsid is None:
             raise ValueError("the console needs util-linux's setsid, which is not on PATH")
         if max_consoles < 1:
             raise ValueError(f"max_consoles must be at least 1, got {max_consoles}")
-        self.workspace = workspace
-        self.identity = identity
+        self.environment = environment
         self.max_consoles = max_consoles
         self.setsid = setsid
-        self.env = {
-            "HOME": str(identity.home),
-            "USER": identity.name,
-            "LOGNAME": identity.name,
-            "SHELL": identity.shell,
-            "TERM": "xterm-256color",
-            "LANG": "C.UTF-8",
-            "PATH": DEFAULT_PATH,
-            **env,
-        }
+        self.extra_env = dict(env)
         self.sessions: dict[Console, web.WebSocketResponse] = {}
         self._starting = 0
 
@@ -313,14 +302,7 @@ class ConsoleRoutes:
                 cols = _dimension(int(request.query.get("cols", "80")), "cols")
             except ValueError as exc:
                 raise BadConsoleRequest(f"rows and cols must be integers: {exc}") from exc
-            console = await Console.spawn(
-                workspace=self.workspace,
-                identity=self.identity,
-                rows=rows,
-                cols=cols,
-                env=self.env,
-                setsid=self.setsid,
-            )
+            console = await self._spawn(rows, cols)
         except ZlhError as exc:
             return error_response(exc)
         finally:
@@ -335,6 +317,33 @@ class ConsoleRoutes:
             await console.close()
         return ws
 
+    async def _spawn(self, rows: int, cols: int) -> Console:
+        dev = self.environment()
+        if dev is None:
+            raise NotProvisioned("the dev environment is not set up yet; provision the container")
+        who = dev.identity
+        env = {
+            "HOME": str(who.home),
+            "USER": who.name,
+            "LOGNAME": who.name,
+            "SHELL": who.shell,
+            "TERM": "xterm-256color",
+            "LANG": "C.UTF-8",
+            "PATH": DEFAULT_PATH,
+            **self.extra_env,
+        }
+        try:
+            return await Console.spawn(
+                workspace=dev.workspace,
+                identity=who,
+                rows=rows,
+                cols=cols,
+                env=env,
+                setsid=self.setsid,
+            )
+        except OSError as exc:
+            raise ConsoleFailed(f"cannot start a shell in {dev.workspace}: {exc}") from exc
+
     async def shutdown(self, _app: web.Application) -> None:
         for ws in list(self.sessions.values()):
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"agent shutting down")
@@ -343,18 +352,18 @@ class ConsoleRoutes:
 def setup_console_routes(
     app: web.Application,
     *,
-    workspace: Path,
-    dev_user: DevIdentity,
+    environment: DevEnvironmentSource,
     max_consoles: int = 8,
     env: Mapping[str, str] | None = None,
 ) -> None:
     """Add ``GET /console`` to the agent's app (its auth middleware covers it).
 
+    ``environment`` returns the dev environment (workspace and identity), or None before the
+    first provisioning created it (the route then answers 503).
+
     ``env`` adds to or overrides the shell's environment (HOME, USER, LOGNAME, SHELL, TERM,
     LANG, PATH); a login shell's ``/etc/profile`` may still reset PATH.
     """
-    routes = ConsoleRoutes(
-        workspace=workspace, identity=dev_user, max_consoles=max_consoles, env=env or {}
-    )
+    routes = ConsoleRoutes(environment=environment, max_consoles=max_consoles, env=env or {})
     app.router.add_get("/console", routes.open)
     app.on_shutdown.append(routes.shutdown)

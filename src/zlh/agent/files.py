@@ -16,13 +16,13 @@ from typing import TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from zlh.agent.runas import DevIdentity, FsRunner
+from zlh.agent.runas import DevEnvironmentSource, DevIdentity, FsRunner
 from zlh.agent.workspace import BadPath, RelPath, TooLarge, Workspace, parse_client_path
 from zlh.errors import ZlhError
 from zlh.schemas.errors import ErrorBody, validation_problems
 from zlh.schemas.files import MkdirRequest, MoveRequest, PathResult
 
-__all__ = ["error_response", "setup_files_routes"]
+__all__ = ["NotProvisioned", "error_response", "setup_files_routes"]
 
 CHUNK_BYTES = 256 * 1024
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -106,19 +106,49 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
+class NotProvisioned(ZlhError):
+    status_code = 503
+
+
+class _Targets:
+    """The workspace and fs threads of the current dev environment, built on first use.
+
+    The dev user may only exist once the first payload is provisioned, so the environment is
+    asked for on every request; each (workspace, identity) gets its runner once.
+    """
+
+    def __init__(self, environment: DevEnvironmentSource) -> None:
+        self._environment = environment
+        self._built: dict[tuple[Path, DevIdentity], tuple[Workspace, FsRunner]] = {}
+
+    def get(self) -> tuple[Workspace, FsRunner]:
+        dev = self._environment()
+        if dev is None:
+            raise NotProvisioned("the dev environment is not set up yet; provision the container")
+        key = (dev.workspace, dev.identity)
+        if key not in self._built:
+            self._built[key] = (Workspace(dev.workspace), FsRunner(dev.identity))
+        return self._built[key]
+
+    def close(self) -> None:
+        for _, runner in self._built.values():
+            runner.close()
+
+
 class FileRoutes:
-    def __init__(self, workspace: Workspace, runner: FsRunner, max_upload_bytes: int) -> None:
-        self.workspace = workspace
-        self.runner = runner
+    def __init__(self, environment: DevEnvironmentSource, max_upload_bytes: int) -> None:
+        self.targets = _Targets(environment)
         self.max_upload_bytes = max_upload_bytes
 
     async def list(self, request: web.Request) -> web.StreamResponse:
         rel = _path(request, default="")
-        return _json(await self.runner.run(self.workspace.list_dir, rel))
+        workspace, runner = self.targets.get()
+        return _json(await runner.run(workspace.list_dir, rel))
 
     async def read(self, request: web.Request) -> web.StreamResponse:
         rel = _path(request)
-        fd, size = await self.runner.run(self.workspace.open_read, rel)
+        workspace, runner = self.targets.get()
+        fd, size = await runner.run(workspace.open_read, rel)
         try:
             span = _byte_range(request.headers.get("Range"), size)
             start, end = span or (0, size)
@@ -131,7 +161,7 @@ class FileRoutes:
                 response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
             await response.prepare(request)
             while start < end:
-                chunk = await self.runner.run(os.pread, fd, min(CHUNK_BYTES, end - start), start)
+                chunk = await runner.run(os.pread, fd, min(CHUNK_BYTES, end - start), start)
                 if not chunk:
                     break  # the file shrank while we sent it; the short body tells the client
                 await response.write(chunk)
@@ -147,15 +177,16 @@ class FileRoutes:
         declared = request.content_length
         if declared is not None and declared > self.max_upload_bytes:
             raise self._too_large(rel)
-        upload = await self.runner.run(self.workspace.begin_upload, rel, overwrite=overwrite)
+        workspace, runner = self.targets.get()
+        upload = await runner.run(workspace.begin_upload, rel, overwrite=overwrite)
         try:
             async for chunk in request.content.iter_chunked(CHUNK_BYTES):
                 if upload.size + len(chunk) > self.max_upload_bytes:
                     raise self._too_large(rel)
-                await self.runner.run(upload.write, chunk)
+                await runner.run(upload.write, chunk)
             if declared is not None and upload.size != declared:
                 raise BadPath(f"upload cut off after {upload.size} of {declared} bytes")
-            await self.runner.run(upload.commit)
+            await runner.run(upload.commit)
         finally:
             # Synchronous on purpose: it must run even when the task is being cancelled. It only
             # unlinks our own temp name relative to the directory descriptor we hold.
@@ -170,30 +201,37 @@ class FileRoutes:
     async def mkdir(self, request: web.Request) -> web.StreamResponse:
         body = await _body(request, MkdirRequest)
         rel = parse_client_path(body.path)
-        await self.runner.run(self.workspace.mkdir, rel, parents=body.parents)
+        workspace, runner = self.targets.get()
+        await runner.run(workspace.mkdir, rel, parents=body.parents)
         return _json(PathResult(path=rel.text, display=rel.display), 201)
 
     async def move(self, request: web.Request) -> web.StreamResponse:
         body = await _body(request, MoveRequest)
         source, destination = parse_client_path(body.source), parse_client_path(body.destination)
-        await self.runner.run(self.workspace.move, source, destination, overwrite=body.overwrite)
+        workspace, runner = self.targets.get()
+        await runner.run(workspace.move, source, destination, overwrite=body.overwrite)
         return _json(PathResult(path=destination.text, display=destination.display))
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
         rel = _path(request)
         recursive = _flag(request, "recursive", default=False)
-        await self.runner.run(self.workspace.delete, rel, recursive=recursive)
+        workspace, runner = self.targets.get()
+        await runner.run(workspace.delete, rel, recursive=recursive)
         return web.Response(status=204)
 
     async def close(self, _app: web.Application) -> None:
-        self.runner.close()
+        self.targets.close()
 
 
 def setup_files_routes(
-    app: web.Application, *, workspace: Path, dev_user: DevIdentity, max_upload_bytes: int
+    app: web.Application, *, environment: DevEnvironmentSource, max_upload_bytes: int
 ) -> None:
-    """Add the ``/files`` routes to the agent's app (its auth middleware covers them)."""
-    routes = FileRoutes(Workspace(workspace), FsRunner(dev_user), max_upload_bytes)
+    """Add the ``/files`` routes to the agent's app (its auth middleware covers them).
+
+    ``environment`` returns the dev environment (workspace and identity), or None before the
+    first provisioning created it (the routes then answer 503).
+    """
+    routes = FileRoutes(environment, max_upload_bytes)
     app.router.add_get("/files", _errors(routes.list))
     app.router.add_delete("/files", _errors(routes.delete))
     app.router.add_get("/files/content", _errors(routes.read), allow_head=False)

@@ -26,9 +26,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
-__all__ = ["DevIdentity", "FsRunner"]
+__all__ = ["DevEnvironmentSource", "DevIdentity", "DevTarget", "FsRunner"]
 
 T = TypeVar("T")
 
@@ -77,6 +77,20 @@ class DevIdentity:
     @property
     def is_current(self) -> bool:
         return self.uid == os.geteuid()
+
+
+class DevTarget(Protocol):
+    """Where the dev user works and who they are (``zlh.agent.devuser.DevEnvironment``)."""
+
+    @property
+    def workspace(self) -> Path: ...
+
+    @property
+    def identity(self) -> DevIdentity: ...
+
+
+# The current dev environment, or None until provisioning has created it.
+DevEnvironmentSource = Callable[[], DevTarget | None]
 
 
 def _libc() -> ctypes.CDLL:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import re
 import shutil
 import subprocess
 import tempfile
@@ -17,58 +16,18 @@ from typing import Any
 
 import pytest
 from websockets.exceptions import InvalidStatus
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import connect
 
+from support import MARK, ConsoleClient, pid_gone, serve_agent_app
 from support import LiveAgent as Live
-from support import serve_agent_app
 from zlh.agent.console import setup_console_routes
+from zlh.agent.devuser import DevEnvironment
 from zlh.agent.runas import DevIdentity
 
 TOKEN = "test-container-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 CAP = 3
-MARK = rb"<<([^<>\r\n]*)>>"
-
-
-class Term:
-    """A console client: types lines, waits for marked output, collects control messages."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.buffer = b""
-        self.controls: list[dict[str, Any]] = []
-
-    def type(self, line: str) -> None:
-        self.ws.send(line.encode() + b"\n")
-
-    def ask(self, expression: str, timeout_s: float = 15.0) -> str:
-        """Run ``echo <<EXPR>>`` split so the typed line itself never matches the marker."""
-        self.type(f'echo "<""<{expression}>"">"')
-        return self.expect(MARK, timeout_s).group(1).decode()
-
-    def expect(self, pattern: bytes, timeout_s: float = 15.0) -> re.Match[bytes]:
-        deadline = time.monotonic() + timeout_s
-        while not (match := re.search(pattern, self.buffer)):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no {pattern!r} in {self.buffer[-500:]!r}")
-            self.receive(left)
-        self.buffer = self.buffer[match.end() :]
-        return match
-
-    def receive(self, timeout_s: float) -> None:
-        message = self.ws.recv(timeout=timeout_s)
-        if isinstance(message, str):
-            self.controls.append(json.loads(message))
-        else:
-            self.buffer += message
-
-    def control(self, kind: str, timeout_s: float = 15.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while not any(c["type"] == kind for c in self.controls):
-            self.receive(max(deadline - time.monotonic(), 0.01))
-        return next(c for c in self.controls if c["type"] == kind)
 
 
 @pytest.fixture(scope="module")
@@ -81,28 +40,21 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def live(workspace: Path) -> Iterator[Live]:
-    identity = DevIdentity.current(home=workspace.parent / "home")
+    home = workspace.parent / "home"
+    dev = DevEnvironment("dev", DevIdentity.current(home=home), home, workspace)
 
     def setup(app: Any) -> None:
-        setup_console_routes(app, workspace=workspace, dev_user=identity, max_consoles=CAP)
+        setup_console_routes(app, environment=lambda: dev, max_consoles=CAP)
 
     with serve_agent_app(setup, token=TOKEN) as running:
         yield running
 
 
 @contextmanager
-def open_console(live: Live, query: str = "") -> Iterator[Term]:
+def open_console(live: Live, query: str = "") -> Iterator[ConsoleClient]:
     url = f"{live.ws_url}/console{query}"
     with connect(url, additional_headers=AUTH, open_timeout=10) as ws:
-        yield Term(ws)
-
-
-def pid_gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state == b"Z"  # exited; only its reaper (init) is left to collect it
+        yield ConsoleClient(ws)
 
 
 def wait_until(condition: Any, what: str, timeout_s: float = 10.0) -> None:
@@ -228,7 +180,8 @@ def test_as_root_the_shell_is_the_dev_user_not_root(throwaway_user: DevIdentity)
     workspace = throwaway_user.home / "workspace"
 
     def setup(app: Any) -> None:
-        setup_console_routes(app, workspace=workspace, dev_user=throwaway_user)
+        dev = DevEnvironment(THROWAWAY, throwaway_user, throwaway_user.home, workspace)
+        setup_console_routes(app, environment=lambda: dev)
 
     with serve_agent_app(setup, token=TOKEN) as running, open_console(running) as term:
         assert term.ask("$(id -un)") == THROWAWAY
@@ -238,3 +191,16 @@ def test_as_root_the_shell_is_the_dev_user_not_root(throwaway_user: DevIdentity)
         term.type("touch made-in-shell; touch /root/zlh-console-test 2>/dev/null")
         assert term.ask("$(stat -c %U made-in-shell)") == THROWAWAY
     assert not Path("/root/zlh-console-test").exists()
+
+
+def test_before_provisioning_the_console_answers_503() -> None:
+    def setup(app: Any) -> None:
+        setup_console_routes(app, environment=lambda: None)
+
+    with (
+        serve_agent_app(setup, token=TOKEN) as running,
+        pytest.raises(InvalidStatus) as refused,
+        open_console(running),
+    ):
+        pass
+    assert refused.value.response.status_code == 503

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from support import LiveAgent as Live
 from support import serve_agent_app
+from zlh.agent.devuser import DevEnvironment
 from zlh.agent.files import setup_files_routes
 from zlh.agent.runas import DevIdentity
 from zlh.agent.workspace import BadPath, parse_client_path
@@ -87,12 +88,10 @@ def plant(base: Path) -> None:
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tree]:
     base = tmp_path_factory.mktemp("files")
     plant(base)
-    identity = DevIdentity.current(home=base)
+    dev = DevEnvironment("dev", DevIdentity.current(home=base), base, base / "workspace")
 
     def setup(app: Any) -> None:
-        setup_files_routes(
-            app, workspace=base / "workspace", dev_user=identity, max_upload_bytes=LIMIT
-        )
+        setup_files_routes(app, environment=lambda: dev, max_upload_bytes=LIMIT)
 
     with serve_agent_app(setup, token=TOKEN) as live:
         t = Tree(base, live)
@@ -381,13 +380,14 @@ def test_as_root_files_belong_to_dev_and_the_kernel_checks_devs_rights(
     """With a real dev identity the fs threads act as dev; the rest of the agent stays root."""
     tmp_path = world_readable_tmp
     uid = gid = 54_321  # no passwd entry needed: only the numbers matter to the kernel
-    dev = DevIdentity(name="devtest", uid=uid, gid=gid, groups=(gid,), home=tmp_path)
+    who = DevIdentity(name="devtest", uid=uid, gid=gid, groups=(gid,), home=tmp_path)
     root = tmp_path / "workspace"
     (root / "locked").mkdir(parents=True)
     os.chown(root, uid, gid)
 
     def setup(app: Any) -> None:
-        setup_files_routes(app, workspace=root, dev_user=dev, max_upload_bytes=LIMIT)
+        dev = DevEnvironment("devtest", who, tmp_path, root)
+        setup_files_routes(app, environment=lambda: dev, max_upload_bytes=LIMIT)
 
     with (
         serve_agent_app(setup, token=TOKEN) as live,
@@ -404,3 +404,16 @@ def test_as_root_files_belong_to_dev_and_the_kernel_checks_devs_rights(
     assert os.listdir(root / "locked") == []
     fs_ids = Path("/proc/thread-self/status").read_text().split("Uid:")[1].split()[:4]
     assert fs_ids[3] == "0", "the calling thread must keep root's fsuid"
+
+
+def test_before_provisioning_the_file_routes_answer_503() -> None:
+    def setup(app: Any) -> None:
+        setup_files_routes(app, environment=lambda: None, max_upload_bytes=LIMIT)
+
+    with (
+        serve_agent_app(setup, token=TOKEN) as live,
+        httpx.Client(base_url=live.url, headers=AUTH) as client,
+    ):
+        response = client.get("/files")
+    assert response.status_code == 503
+    assert "not set up yet" in response.json()["message"]
