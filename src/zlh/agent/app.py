@@ -19,6 +19,8 @@ from pathlib import Path
 from aiohttp import web
 
 from zlh.agent.config import AgentConfig
+from zlh.agent.console import setup_console_routes
+from zlh.agent.files import setup_files_routes
 from zlh.agent.provisioner import Provisioner
 from zlh.agent.routes import setup_provision_routes
 from zlh.agent.web_errors import bearer_auth, error_envelope
@@ -31,7 +33,11 @@ def create_app(config: AgentConfig, secret: str) -> web.Application:
     if not secret:
         raise ValueError("the agent needs a non-empty secret")
     app = web.Application(middlewares=[error_envelope, bearer_auth(secret)])
-    setup_provision_routes(app, Provisioner(config))
+    provisioner = Provisioner(config)
+    setup_provision_routes(app, provisioner)
+    limit = config.max_upload_bytes
+    setup_files_routes(app, environment=lambda: provisioner.dev, max_upload_bytes=limit)
+    setup_console_routes(app, environment=lambda: provisioner.dev, max_consoles=config.max_consoles)
     return app
 
 

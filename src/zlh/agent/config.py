@@ -27,3 +27,7 @@ class AgentConfig:
     # Fast exits (within fast_exit_s of a start) in a row before a supervisor gives up.
     max_fast_exits: int = 5
     fast_exit_s: float = 10.0
+    # File browser uploads larger than this get 413 (the API relays it); not a disk quota.
+    max_upload_bytes: int = 1024**3
+    # Consoles (login shells) open at once on this agent; one more gets 429.
+    max_consoles: int = 8
