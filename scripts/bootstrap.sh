@@ -10,6 +10,7 @@ APT_PACKAGES=(
   build-essential python3-dev libkrb5-dev   # code-server's native modules
   postgresql                                # API storage tests (they run their own cluster)
   chromium fonts-dejavu-core                # browser tests (Playwright drives Debian's chromium)
+  nginx-light wrk                           # bench/proxy.py (shared/bench/proxy anchors + load)
 )
 
 missing=()
