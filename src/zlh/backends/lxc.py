@@ -147,7 +147,10 @@ class LxcBackend(Backend):
         cmd = [tool, "-P", str(self.lxcpath), "-n", name, *args]
         log.debug("running %s", " ".join(cmd))
         try:
-            result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            # Own session: lxc-start's monitor must outlive whatever started the API.
+            result = subprocess.run(
+                cmd, capture_output=True, text=True, check=False, start_new_session=True
+            )
         except FileNotFoundError as exc:
             raise BackendUnavailable(f"{tool} not found: {INSTALL_HINT}") from exc
         if result.returncode != 0:
@@ -297,6 +300,8 @@ class LxcBackend(Backend):
         address = self._address(vmid)
         if address:
             allow_port(vmid, address)
+        # A monitor killed hard leaves its veth behind, and the next start fails on it.
+        subprocess.run(["ip", "link", "delete", veth_name(vmid)], capture_output=True, check=False)
         self._lxc("lxc-start", vmid, what=f"starting container {vmid}")
         self._lxc("lxc-wait", vmid, "-s", "RUNNING", "-t", "30", what=f"waiting for {vmid}")
         return self._info(vmid)
@@ -359,7 +364,15 @@ class LxcBackend(Backend):
     def get_state(self) -> dict[str, Any]:
         return {"lxcpath": str(self.lxcpath)}
 
-    def memory_bytes(self, vmid: int) -> int:
-        """Memory the container's cgroup charges to the host (for benchmarks and ops)."""
-        key = "memory.current" if cgroup_version() == 2 else "memory.usage_in_bytes"
+    def _cgroup(self, vmid: int, key: str) -> int:
         return int(self._lxc("lxc-cgroup", vmid, key, what=f"reading {key} of {vmid}").strip())
+
+    def memory_bytes(self, vmid: int) -> int:
+        """Memory the running container's cgroup charges to the host (benchmarks, ops)."""
+        v2 = cgroup_version() == 2
+        return self._cgroup(vmid, "memory.current" if v2 else "memory.usage_in_bytes")
+
+    def memory_limit_bytes(self, vmid: int) -> int:
+        """The memory limit the running container's cgroup enforces."""
+        v2 = cgroup_version() == 2
+        return self._cgroup(vmid, "memory.max" if v2 else "memory.limit_in_bytes")

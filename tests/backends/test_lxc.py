@@ -1,0 +1,224 @@
+"""The lxc backend with real containers: isolation, secrets, addresses, restarts.
+
+Needs root and the ``lxc``/``debootstrap``/``nftables`` packages (scripts/bootstrap.sh). The
+template is built once per machine by the real ``zlh template build`` into ``.data/test-lxc``
+(a few minutes cold, a no-op afterwards) and shared by every test here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from support import REPO, zlh
+from zlh.backends import (
+    BackendUnavailable,
+    ContainerExists,
+    ContainerInfo,
+    ContainerSpec,
+    ContainerState,
+    Resources,
+    create_backend,
+)
+from zlh.backends.lxc import LxcBackend
+from zlh.backends.template import template_version
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+DATA_DIR = Path(os.environ.get("ZLH_TEST_LXC_DIR", REPO / ".data" / "test-lxc"))
+A, B, C = 9101, 9102, 9103
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[LxcBackend]:
+    if os.geteuid() != 0:
+        pytest.skip("real LXC containers need root")
+    zlh("template", "build", "--data-dir", str(DATA_DIR), timeout=1200)
+    lxc = LxcBackend(data_dir=DATA_DIR)
+    for vmid in (A, B, C):  # leftovers of an interrupted run
+        asyncio.run(lxc.destroy(vmid))
+    yield lxc
+    for vmid in (A, B, C):
+        asyncio.run(lxc.destroy(vmid))
+
+
+def up(backend: LxcBackend, vmid: int, **resources: int) -> ContainerInfo:
+    spec = ContainerSpec(vmid=vmid, agent_secret=f"secret-{vmid}", resources=Resources(**resources))
+    asyncio.run(backend.create(spec))
+    return asyncio.run(backend.start(vmid))
+
+
+def agent_status(info: ContainerInfo, secret: str, *, timeout_s: float = 60.0) -> int:
+    """HTTP status of GET /status once the agent answers at all (polled with a deadline)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            response = httpx.get(
+                f"{info.agent_url}/status",
+                headers={"Authorization": f"Bearer {secret}"},
+                timeout=2,
+            )
+            return response.status_code
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def attach(backend: LxcBackend, vmid: int, *command: str) -> str:
+    result = subprocess.run(
+        ["lxc-attach", "-P", str(backend.lxcpath), "-n", f"zlh-{vmid}", "--", *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout
+
+
+CONNECT = """
+import socket, sys
+sock = socket.socket()
+sock.settimeout(2)
+try:
+    sock.connect((sys.argv[1], int(sys.argv[2])))
+    print("connected")
+except OSError as exc:
+    print("refused", exc)
+"""
+
+
+def connect_from(backend: LxcBackend, vmid: int, host: str, port: int) -> bool:
+    return attach(backend, vmid, "python3", "-c", CONNECT, host, str(port)).startswith("conn")
+
+
+def host_connects(host: str, port: int, *, timeout_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def test_two_containers_answer_their_own_secret_and_cannot_reach_each_other(
+    backend: LxcBackend,
+) -> None:
+    a, b = up(backend, A), up(backend, B)
+    assert a.address and b.address and a.address != b.address
+    assert agent_status(a, f"secret-{A}") == 200
+    assert agent_status(b, f"secret-{B}") == 200
+    assert agent_status(a, f"secret-{B}") == 401
+    assert agent_status(b, f"secret-{A}") == 401
+
+    # a stand-in for code-server on B's :6000 (the template does not ship code-server)
+    attach(backend, B, "sh", "-c", "setsid python3 -m http.server 6000 >/dev/null 2>&1 &")
+    assert host_connects(b.address, 6000)
+    assert host_connects(b.address, b.agent_port)
+    assert not connect_from(backend, A, b.address, b.agent_port)
+    assert not connect_from(backend, A, b.address, 6000)
+    # nor by routing through the host (the container is root: it can add routes)
+    attach(backend, A, "ip", "route", "add", f"{b.address}/32", "via", backend._network().address)
+    assert not connect_from(backend, A, b.address, 6000)
+
+
+def test_a_container_reaches_the_host_bridge_address(backend: LxcBackend) -> None:
+    a = (
+        up(backend, A)
+        if asyncio.run(backend.status(A)).state is not ContainerState.RUNNING
+        else (asyncio.run(backend.status(A)))
+    )
+    bridge = backend._network().address
+    with socket.socket() as server:
+        server.bind((bridge, 0))
+        server.listen()
+        accepted: list[str] = []
+
+        def accept() -> None:
+            conn, peer = server.accept()
+            accepted.append(peer[0])
+            conn.close()
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        assert connect_from(backend, A, bridge, server.getsockname()[1])
+        thread.join(timeout=10)
+    assert accepted == [a.address]
+
+
+def test_destroy_removes_both_and_their_addresses_are_reused(backend: LxcBackend) -> None:
+    before = {asyncio.run(backend.status(v)).address for v in (A, B)} - {None}
+    if len(before) < 2:
+        before = {up(backend, v).address for v in (A, B)}
+    for vmid in (A, B):
+        asyncio.run(backend.destroy(vmid))
+        assert asyncio.run(backend.status(vmid)).state is ContainerState.ABSENT
+        assert not (backend.lxcpath / f"zlh-{vmid}").exists()
+    asyncio.run(backend.destroy(A))  # idempotent
+    assert {c.vmid for c in asyncio.run(backend.list())}.isdisjoint({A, B})
+    again = {up(backend, v).address for v in (B, A)}
+    assert again == before
+
+
+def test_a_container_is_found_and_reachable_after_a_backend_restart(backend: LxcBackend) -> None:
+    info = up(backend, C, memory_mb=512, pids=300)
+    restarted = create_backend("lxc", data_dir=DATA_DIR)  # a new object, as after an API restart
+    listed = {c.vmid: c for c in asyncio.run(restarted.list())}
+    assert listed[C] == info
+    assert agent_status(listed[C], f"secret-{C}") == 200
+    # the limits reached the container's cgroup (v1 or v2 keys, whichever this host has)
+    assert isinstance(restarted, LxcBackend)
+    limit = restarted.memory_limit_bytes(C)
+    assert limit == 512 * 1024 * 1024
+    asyncio.run(restarted.stop(C, timeout_s=5))
+    assert asyncio.run(backend.status(C)).state is ContainerState.STOPPED
+
+
+def test_creating_an_existing_vmid_fails_without_touching_it(backend: LxcBackend) -> None:
+    if not asyncio.run(backend.status(C)).state.exists:
+        up(backend, C)
+    config = (backend.lxcpath / f"zlh-{C}" / "config").read_text()
+    before = asyncio.run(backend.status(C))
+    with pytest.raises(ContainerExists, match=f"container {C} already exists"):
+        asyncio.run(backend.create(ContainerSpec(vmid=C, agent_secret="intruder")))
+    assert (backend.lxcpath / f"zlh-{C}" / "config").read_text() == config
+    assert asyncio.run(backend.status(C)) == before
+    token = backend._upper_dir(C) / "etc/zlh/agent-token"
+    assert token.read_text() == f"secret-{C}"
+
+
+def write_wheel(path: Path, content: bytes, *, year: int) -> None:
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr(zipfile.ZipInfo("zlh/agent/app.py", (year, 1, 1, 0, 0, 0)), content)
+
+
+def test_template_version_changes_with_the_agent_wheel_only(tmp_path: Path) -> None:
+    wheelhouse = tmp_path / "wheels"
+    wheelhouse.mkdir()
+    wheel = wheelhouse / "zlh-0.1.0-py3-none-any.whl"
+    write_wheel(wheel, b"v1", year=2020)
+    first = template_version(wheelhouse)
+    write_wheel(wheel, b"v1", year=2021)  # rebuilt: same contents, other timestamps
+    assert template_version(wheelhouse) == first
+    write_wheel(wheel, b"v2", year=2021)
+    assert template_version(wheelhouse) != first
+
+
+def test_selecting_lxc_without_root_says_what_is_needed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(BackendUnavailable, match="needs root"):
+        create_backend("lxc", data_dir=tmp_path)
