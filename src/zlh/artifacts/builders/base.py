@@ -54,7 +54,6 @@ class Recipe:
     top_dir: str  # the tarball's single top-level directory
     revision: int  # the builder's layout revision; bump it when the tree changes
     bin_dirs: tuple[str, ...] = ("bin",)
-    make_default: bool = False
 
     @property
     def label(self) -> str:
@@ -90,7 +89,11 @@ class BuildResult:
 
     @property
     def summary(self) -> str:
-        verb = "already built, skipped" if self.skipped else "built"
+        if self.skipped:
+            verb = "already built, skipped"
+        else:
+            fetched = ", ".join(self.downloads) or "nothing (all from the cache)"
+            verb = f"built, downloaded {fetched}"
         return (
             f"{self.kind.value} {self.name} {self.version}: {verb}"
             f" ({self.artifact.url}, {self.artifact.size} bytes, sha256 {self.artifact.sha256})"
@@ -161,7 +164,6 @@ def run_build(
         bin_dirs=list(recipe.bin_dirs),
         metadata=metadata,
         replace=replace,
-        make_default=recipe.make_default,
         progress=progress,
     )
     result = BuildResult(recipe.kind, recipe.name, recipe.key, artifact, False, tuple(downloads))

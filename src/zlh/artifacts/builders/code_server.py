@@ -63,7 +63,6 @@ class CodeServerBuilder(Builder):
             top_dir=f"code-server-{upstream}-linux-amd64",
             revision=1,
             bin_dirs=("bin",),
-            make_default=key == DEFAULT,
         )
 
     def assemble(self, recipe: Recipe, tree: Path, ctx: BuildContext) -> dict[str, str]:

@@ -73,7 +73,6 @@ class PythonBuilder(Builder):
             top_dir=f"python-{upstream}-linux-x86_64",
             revision=1,
             bin_dirs=("bin",),
-            make_default=True,
         )
 
     def assemble(self, recipe: Recipe, tree: Path, ctx: BuildContext) -> dict[str, str]:

@@ -59,7 +59,6 @@ class WheelBuilder(Builder):
             top_dir=self.top_dir(upstream),
             revision=self.revision,
             bin_dirs=("bin",),
-            make_default=key == self.default,
         )
 
     def assemble(self, recipe: Recipe, tree: Path, ctx: BuildContext) -> dict[str, str]:

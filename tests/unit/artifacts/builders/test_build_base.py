@@ -49,7 +49,6 @@ class TinyBuilder(Builder):
             source=f"test:tiny=={upstream}",
             top_dir=f"tiny-{upstream}",
             revision=self.revision,
-            make_default=key == "1",
         )
 
     def assemble(self, recipe: Recipe, tree: Path, ctx: BuildContext) -> dict[str, str]:
@@ -187,3 +186,22 @@ def test_a_failed_check_adds_nothing_and_leaves_no_scratch_behind(tmp_path: Path
     assert store.catalog().runtimes == {}
     assert list((tmp_path / "cache" / "work").iterdir()) == []
     assert not (tmp_path / "cache" / "built").exists()
+
+
+def test_building_another_version_never_moves_the_operators_default(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    builder = TinyBuilder()
+    run_build(builder, version="2", store=store, cache_dir=tmp_path / "c", log=lambda _m: None)
+    build(builder, store, tmp_path / "c")  # the builder's own default, "1"
+    entry = store.catalog().runtimes["node"]  # type: ignore[index]
+    assert [v.version for v in entry.versions] == ["1", "2"]
+    assert entry.default == "2"
+
+
+def test_the_summary_says_what_was_downloaded_and_what_was_skipped(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    lines: list[str] = []
+    run_build(TinyBuilder(), version=None, store=store, cache_dir=tmp_path / "c", log=lines.append)
+    run_build(TinyBuilder(), version=None, store=store, cache_dir=tmp_path / "c", log=lines.append)
+    assert "built, downloaded nothing (all from the cache)" in lines[-2]
+    assert lines[-1].startswith("runtime node 1: already built, skipped (runtime/node/1/")
