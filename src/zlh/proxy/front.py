@@ -158,21 +158,21 @@ class Front:
             cookies=self._without_session_cookie(req.cookies),
             authorization=False,
         )
-        address = UpstreamAddress(host=route.host, port=route.port)
+        on_upgrade = None
+        if req.is_websocket:
 
-        def upgrade(client: ClientConnection, upstream: UpstreamConnection, rest: bytes) -> None:
-            self._tunnel(client, upstream, rest, vmid=vmid, principal=principal)
+            def on_upgrade(client: ClientConnection, up: UpstreamConnection, rest: bytes) -> None:
+                self._tunnel(client, up, rest, vmid=vmid, principal=principal)
 
         exchange = Exchange(
             conn,
             req,
             head,
-            address=address,
+            address=UpstreamAddress(route.host, route.port),
             pool=self.pool,
             settings=self.settings,
-            describe=f"code-server in container {vmid}",
-            portal=False,
-            on_upgrade=upgrade,
+            vmid=vmid,
+            on_upgrade=on_upgrade,
         )
         exchange.start()
         return exchange
@@ -196,9 +196,8 @@ class Front:
             address=self.api,
             pool=self.pool,
             settings=self.settings,
-            describe="the API",
-            portal=True,
-            on_upgrade=self._api_tunnel,
+            vmid=0,
+            on_upgrade=self._api_tunnel if req.is_websocket else None,
         )
         exchange.start()
         return exchange

@@ -11,8 +11,7 @@ then retries once on a fresh connection, but only for a request without a body (
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import httptools
 
@@ -25,9 +24,8 @@ if TYPE_CHECKING:
 __all__ = ["Pool", "UpstreamAddress", "UpstreamConnection"]
 
 
-@dataclass(frozen=True, slots=True)
-class UpstreamAddress:
-    """``host:port`` or a unix socket ``path``."""
+class UpstreamAddress(NamedTuple):
+    """``host:port`` or a unix socket ``path``. (A tuple: it keys the pool on every request.)"""
 
     host: str = ""
     port: int = 0

@@ -80,7 +80,6 @@ class Exchange:
         "_client",
         "_client_framing",
         "_client_paused",
-        "_describe",
         "_discarded",
         "_done_later",
         "_finished",
@@ -94,13 +93,13 @@ class Exchange:
         "_pending",
         "_pending_size",
         "_pool",
-        "_portal",
         "_request",
         "_responded",
         "_retried",
         "_settings",
         "_task",
         "_upgrading",
+        "_vmid",
         "_waiting_since",
         "upstream",
     )
@@ -114,18 +113,17 @@ class Exchange:
         address: UpstreamAddress,
         pool: Pool,
         settings: ProxySettings,
-        describe: str,
-        portal: bool,
-        on_upgrade: OnUpgrade,
+        vmid: int,
+        on_upgrade: OnUpgrade | None,
     ) -> None:
+        """``vmid`` is the container relayed to, 0 for the API (portal pages)."""
         self._client = client
         self._request = request
         self._head = head
         self._address = address
         self._pool = pool
         self._settings = settings
-        self._describe = describe  # "code-server in container 100", for error pages
-        self._portal = portal
+        self._vmid = vmid
         self._on_upgrade = on_upgrade
         self._loop = asyncio.get_running_loop()
         self._chunked_body = request.te_chunked
@@ -162,12 +160,12 @@ class Exchange:
         except TimeoutError:
             self._fail(
                 504,
-                f"{self._describe} did not accept a connection in time",
+                f"{self._describe()} did not accept a connection in time",
                 f"no connection within {self._settings.connect_timeout_s:g} s",
             )
             return
         except OSError as exc:
-            self._fail(502, f"{self._describe} refused the connection", exc.strerror or str(exc))
+            self._fail(502, f"{self._describe()} refused the connection", exc.strerror or str(exc))
             return
         if self._finished:
             self._pool.put(conn)
@@ -241,7 +239,7 @@ class Exchange:
                 conn.close()
             self._fail(
                 504,
-                f"{self._describe} did not answer in time",
+                f"{self._describe()} did not answer in time",
                 f"no response within {self._settings.read_timeout_s:g} s",
             )
 
@@ -261,7 +259,7 @@ class Exchange:
             return
         request = self._request
         if status == 101:
-            if not request.is_websocket:
+            if self._on_upgrade is None:
                 self._broken("switched protocols without being asked")
                 return
             self._upgrading = True
@@ -271,7 +269,7 @@ class Exchange:
             self._framing,
             keep_alive=self._keep_alive,
             http11=request.version == "1.1",
-            portal=self._portal,
+            portal=not self._vmid,
         )
         if self._client_framing == Framing.CLOSE:
             self._keep_alive = False
@@ -325,7 +323,8 @@ class Exchange:
         if conn is None:
             return
         conn.exchange = None
-        self._on_upgrade(self._client, conn, rest)
+        if self._on_upgrade is not None:
+            self._on_upgrade(self._client, conn, rest)
 
     def on_upstream_lost(self, exc: Exception | None) -> None:
         conn, self.upstream = self.upstream, None
@@ -341,7 +340,7 @@ class Exchange:
                 self._retried = True  # a stale pooled connection: once more on a fresh one
                 self._task = self._loop.create_task(self._connect())
                 return
-            self._fail(502, f"{self._describe} closed the connection without answering", "")
+            self._fail(502, f"{self._describe()} closed the connection without answering", "")
         elif self._framing == Framing.CLOSE and exc is None:
             if self._client_framing == Framing.CHUNKED:
                 self._out.append(LAST_CHUNK)
@@ -357,6 +356,9 @@ class Exchange:
         self._broken(problem)
 
     # ---------------------------------------------------------------- endings
+    def _describe(self) -> str:
+        return f"code-server in container {self._vmid}" if self._vmid else "the API"
+
     def _broken(self, problem: str) -> None:
         conn, self.upstream = self.upstream, None
         if conn is not None:
@@ -365,7 +367,7 @@ class Exchange:
             self._finished = True
             self._client.abort()
         else:
-            self._fail(502, f"{self._describe} sent an invalid response", problem)
+            self._fail(502, f"{self._describe()} sent an invalid response", problem)
 
     def _fail(self, status: int, message: str, detail: str) -> None:
         if self._finished:
