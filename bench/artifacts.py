@@ -3,7 +3,8 @@
 Creates a random file in a temp store, serves the store with each server on loopback, downloads
 the file ``--rounds`` times from each (servers interleaved per round, after one warm-up) with a
 streaming client (``curl -o /dev/null`` if installed, else httpx) and prints the median MB/s per
-server and the ratio ours / http.server. Usage::
+server, the server's CPU seconds per GB served (steadier than MB/s on a busy machine) and the
+ratio ours / http.server. Usage::
 
     .venv/bin/python bench/artifacts.py [--size-mb 100] [--rounds 10] [--client curl|httpx]
 """
@@ -21,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -48,12 +50,36 @@ def wait_until_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float =
     raise SystemExit(f"{url} did not answer within {timeout_s}s")
 
 
+@dataclass(frozen=True)
+class Server:
+    url: str
+    pid: int
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its descendants (nginx workers), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, cpu seconds)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+    tree = {pid}
+    while grown := {c for c, (parent, _) in stats.items() if parent in tree} - tree:
+        tree |= grown
+    return sum(stats[p][1] for p in tree if p in stats)
+
+
 @contextmanager
-def running(cmd: list[str], url: str, **kwargs: object) -> Iterator[str]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)  # type: ignore[call-overload]
+def running(cmd: list[str], url: str) -> Iterator[Server]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until_ready(url, proc)
-        yield url
+        yield Server(url, proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -140,7 +166,7 @@ def main() -> None:
         )
         path = "runtime/node/1/bench.tar.gz"
 
-        servers: dict[str, str] = {}
+        servers: dict[str, Server] = {}
         port = free_port()
         servers["zlh artifacts serve"] = stack.enter_context(
             running(
@@ -179,17 +205,24 @@ def main() -> None:
             )
 
         speeds: dict[str, list[float]] = {name: [] for name in servers}
-        for url in servers.values():
-            download(url)  # warm-up: page cache, connection setup paths
+        for server in servers.values():
+            download(server.url)  # warm-up: page cache, connection setup paths
+        cpu_before = {name: cpu_seconds(server.pid) for name, server in servers.items()}
         for _ in range(args.rounds):
-            for name, url in servers.items():
-                speeds[name].append(args.size_mb / download(url))
+            for name, server in servers.items():
+                speeds[name].append(args.size_mb / download(server.url))
+        served_gb = args.size_mb * args.rounds / 1000
+        cpu_per_gb = {
+            name: (cpu_seconds(server.pid) - cpu_before[name]) / served_gb
+            for name, server in servers.items()
+        }
 
     print(f"{args.size_mb} MB file, {args.rounds} downloads per server, client {client}")
     medians = {name: statistics.median(values) for name, values in speeds.items()}
     for name, median in medians.items():
         spread = f"min {min(speeds[name]):.0f} max {max(speeds[name]):.0f}"
-        print(f"  {name:24} median {median:8.0f} MB/s  ({spread})")
+        cpu = f"server CPU {cpu_per_gb[name]:.2f} s/GB"
+        print(f"  {name:24} median {median:8.0f} MB/s  ({spread}; {cpu})")
     ratio = medians["zlh artifacts serve"] / medians["python -m http.server"]
     print(f"ratio ours / http.server: {ratio:.2f}x")
     if "nginx" in medians:

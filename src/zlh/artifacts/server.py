@@ -112,6 +112,9 @@ class ArtifactServer:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
+        if scope["type"] == "websocket":  # closing before accepting means 403
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
             raise ValueError(f"ArtifactServer serves http, not {scope['type']}")
         method = scope["method"]

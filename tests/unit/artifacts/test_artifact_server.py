@@ -94,3 +94,17 @@ def test_other_methods_are_refused_with_allow(store: ArtifactStore) -> None:
 def test_chunk_size_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="chunk_size"):
         ArtifactServer(tmp_path, chunk_size=0)
+
+
+def test_websocket_upgrades_are_refused(tmp_path: Path) -> None:
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/catalog.json", "headers": []}
+    asyncio.run(ArtifactServer(tmp_path)(scope, receive, send))  # type: ignore[arg-type]
+    assert sent == [{"type": "websocket.close", "code": 1008}]  # before accept: a 403
