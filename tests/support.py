@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import os
 import re
@@ -24,6 +23,8 @@ from typing import Any
 
 from aiohttp import web
 from websockets.sync.client import ClientConnection
+
+from zlh.agent.web_errors import bearer_auth, error_envelope
 
 REPO = Path(__file__).resolve().parent.parent
 # Registry downloads (wheels, npm tarballs) are cached here across runs; CI starts empty.
@@ -76,7 +77,7 @@ def serve_store(store: Path) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-# -- an aiohttp app (agent routes) served from a thread, with the agent's Bearer semantics -----
+# -- agent routes served from a thread, behind the agent's own middlewares ---------------------
 
 
 @dataclass
@@ -89,30 +90,16 @@ class LiveAgent:
         return "ws" + self.url.removeprefix("http")
 
 
-def bearer_auth(token: str) -> Any:
-    """The agent's rule: ``Authorization: Bearer <token>`` (constant-time compare), else 401."""
-    expected = f"Bearer {token}".encode()
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-        sent = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(sent, expected):
-            return web.json_response({"message": "missing or wrong bearer token"}, status=401)
-        response: web.StreamResponse = await handler(request)
-        return response
-
-    return middleware
-
-
 @contextmanager
 def serve_agent_app(setup: Callable[[web.Application], None], *, token: str) -> Iterator[LiveAgent]:
-    """Run an aiohttp app built by ``setup`` on 127.0.0.1 (random port) in its own thread."""
+    """Run an aiohttp app built by ``setup`` on 127.0.0.1 (random port) in its own thread,
+    behind the agent's own middlewares (error envelope, bearer secret)."""
     ready = threading.Event()
     state: dict[str, Any] = {}
     loop = asyncio.new_event_loop()
 
     async def start() -> web.AppRunner:
-        app = web.Application(middlewares=[bearer_auth(token)])
+        app = web.Application(middlewares=[error_envelope, bearer_auth(token)])
         setup(app)
         runner = web.AppRunner(app)
         await runner.setup()

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from zlh.agent.files import NotProvisioned, error_response
+from zlh.agent.files import NotProvisioned
 from zlh.agent.runas import DevEnvironmentSource, DevIdentity
 from zlh.errors import ZlhError
 
@@ -292,9 +292,7 @@ class ConsoleRoutes:
 
     async def open(self, request: web.Request) -> web.StreamResponse:
         if len(self.sessions) + self._starting >= self.max_consoles:
-            return error_response(
-                TooManyConsoles(f"{self.max_consoles} consoles are open already; close one first")
-            )
+            raise TooManyConsoles(f"{self.max_consoles} consoles are open already; close one first")
         self._starting += 1
         try:
             try:
@@ -303,8 +301,6 @@ class ConsoleRoutes:
             except ValueError as exc:
                 raise BadConsoleRequest(f"rows and cols must be integers: {exc}") from exc
             console = await self._spawn(rows, cols)
-        except ZlhError as exc:
-            return error_response(exc)
         finally:
             self._starting -= 1
         ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=1024 * 1024)

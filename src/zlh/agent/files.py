@@ -1,15 +1,15 @@
 """The agent's file browser routes: list, read (Range), upload, mkdir, move, delete.
 
 Every filesystem call goes through :class:`~zlh.agent.workspace.Workspace` (confinement) on the
-:class:`~zlh.agent.runas.FsRunner` (the dev user's identity). Errors are ``ErrorBody`` JSON.
-Authentication is the agent app's middleware; these routes add none of their own.
+:class:`~zlh.agent.runas.FsRunner` (the dev user's identity). Errors are raised as
+``ZlhError`` and leave as ``ErrorBody`` JSON through the agent's ``error_envelope`` middleware;
+authentication is its ``bearer_auth`` middleware. These routes add neither of their own.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -17,38 +17,22 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from zlh.agent.runas import DevEnvironmentSource, DevIdentity, FsRunner
+from zlh.agent.web_errors import InvalidRequest, error_json
 from zlh.agent.workspace import BadPath, RelPath, TooLarge, Workspace, parse_client_path
 from zlh.errors import ZlhError
-from zlh.schemas.errors import ErrorBody, validation_problems
+from zlh.schemas.errors import validation_problems
 from zlh.schemas.files import MkdirRequest, MoveRequest, PathResult
 
-__all__ = ["NotProvisioned", "error_response", "setup_files_routes"]
+__all__ = ["NotProvisioned", "setup_files_routes"]
 
 CHUNK_BYTES = 256 * 1024
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 M = TypeVar("M", bound=BaseModel)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def error_response(exc: ZlhError) -> web.Response:
-    problems = exc.problems if isinstance(exc, InvalidBody) else []
-    body = ErrorBody(message=exc.message, detail=exc.reason, validations=problems)
-    return web.json_response(body.model_dump(mode="json"), status=exc.status_code)
 
 
 def _json(model: BaseModel, status: int = 200) -> web.Response:
     return web.json_response(model.model_dump(mode="json"), status=status)
-
-
-def _errors(handler: Handler) -> Handler:
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ZlhError as exc:
-            return error_response(exc)
-
-    return wrapped
 
 
 def _path(request: web.Request, name: str = "path", *, default: str | None = None) -> RelPath:
@@ -71,19 +55,11 @@ def _flag(request: web.Request, name: str, *, default: bool) -> bool:
     raise BadPath(f"query parameter {name!r} must be true or false, got {value!r}")
 
 
-class InvalidBody(ZlhError):
-    status_code = 422
-
-    def __init__(self, exc: ValidationError) -> None:
-        super().__init__("invalid request body", reason="validation")
-        self.problems = validation_problems(exc)
-
-
 async def _body(request: web.Request, model: type[M]) -> M:
     try:
         return model.model_validate_json(await request.read())
     except ValidationError as exc:
-        raise InvalidBody(exc) from exc
+        raise InvalidRequest("invalid request body", validation_problems(exc)) from exc
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -102,8 +78,12 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
         start = int(first)
         end = min(int(last) + 1, size) if last else size
     if start >= size or start >= end:
-        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
+        raise RangeNotSatisfiable(f"range {header!r} is outside the file ({size} bytes)")
     return start, end
+
+
+class RangeNotSatisfiable(ZlhError):
+    status_code = 416
 
 
 class NotProvisioned(ZlhError):
@@ -150,7 +130,12 @@ class FileRoutes:
         workspace, runner = self.targets.get()
         fd, size = await runner.run(workspace.open_read, rel)
         try:
-            span = _byte_range(request.headers.get("Range"), size)
+            try:
+                span = _byte_range(request.headers.get("Range"), size)
+            except RangeNotSatisfiable as exc:
+                refused = error_json(exc.status_code, exc.message)
+                refused.headers["Content-Range"] = f"bytes */{size}"
+                return refused
             start, end = span or (0, size)
             response = web.StreamResponse(status=206 if span else 200)
             response.content_type = "application/octet-stream"
@@ -232,10 +217,10 @@ def setup_files_routes(
     first provisioning created it (the routes then answer 503).
     """
     routes = FileRoutes(environment, max_upload_bytes)
-    app.router.add_get("/files", _errors(routes.list))
-    app.router.add_delete("/files", _errors(routes.delete))
-    app.router.add_get("/files/content", _errors(routes.read), allow_head=False)
-    app.router.add_put("/files/content", _errors(routes.write))
-    app.router.add_post("/files/mkdir", _errors(routes.mkdir))
-    app.router.add_post("/files/move", _errors(routes.move))
+    app.router.add_get("/files", routes.list)
+    app.router.add_delete("/files", routes.delete)
+    app.router.add_get("/files/content", routes.read, allow_head=False)
+    app.router.add_put("/files/content", routes.write)
+    app.router.add_post("/files/mkdir", routes.mkdir)
+    app.router.add_post("/files/move", routes.move)
     app.on_cleanup.append(routes.close)
