@@ -209,15 +209,22 @@ def test_the_console_relays_a_shell_in_the_workspace_and_closing_kills_it(world:
     assert ("alice", "open", "console") in world.audit()
 
 
-@pytest.mark.parametrize("who", ["bob", "nobody"])
+@pytest.mark.parametrize(
+    ("who", "vmid", "status"),
+    [("bob", None, 404), ("bob", 999_999, 404), ("bob", 10**30, 404), ("nobody", None, 401)],
+)
 def test_a_non_owner_or_anonymous_console_is_refused_before_the_upgrade(
-    world: World, who: str
+    world: World, who: str, vmid: int | None, status: int
 ) -> None:
     headers = world.bob if who == "bob" else {}
-    url = f"{world.ws_base}/api/dev/{world.vmid}/console"
+    url = f"{world.ws_base}/api/dev/{vmid or world.vmid}/console"
     with pytest.raises(InvalidStatus) as refused, connect(url, additional_headers=headers):
         pass
-    assert refused.value.response.status_code == (404 if who == "bob" else 401)
+    assert refused.value.response.status_code == status
+    if status == 404:
+        assert json.loads(refused.value.response.body or b"{}")["message"].startswith(
+            "no container"
+        )
 
 
 def test_logging_out_closes_an_open_console(world: World) -> None:

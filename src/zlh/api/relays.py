@@ -29,12 +29,13 @@ from starlette.websockets import WebSocketDisconnect
 from zlh.api.audit import Action
 from zlh.api.db import Container
 from zlh.api.deps import CurrentUser, OwnedContainer, Svc, owned_container, session_token
-from zlh.api.errors import AgentError, AgentUnreachable, ApiError, NotAuthenticated
+from zlh.api.errors import AgentError, AgentUnreachable, ApiError, NotAuthenticated, NotFound
 from zlh.api.routefeed import Resync, RouteFeed, RouteRemoved, SessionRevoked
 from zlh.api.routes import ERRORS
 from zlh.api.services import Services
 from zlh.errors import ZlhError
 from zlh.schemas import DirListing, ErrorBody, MkdirRequest, MoveRequest, PathResult
+from zlh.schemas.payload import MAX_VMID, MIN_VMID
 
 __all__ = ["router"]
 
@@ -257,6 +258,8 @@ async def _caller(websocket: WebSocket, svc: Services, vmid: int) -> tuple[str, 
     if token is None:
         raise NotAuthenticated("not logged in: send the session cookie or a Bearer token")
     user, sid = await asyncio.to_thread(svc.tokens.verify, token)
+    if not MIN_VMID <= vmid <= MAX_VMID:
+        raise NotFound(f"no container {vmid}")
     container = await asyncio.to_thread(owned_container, vmid, user, svc)
     return user.username, sid, container
 
