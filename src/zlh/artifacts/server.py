@@ -4,7 +4,7 @@ GET and HEAD only. Every response carries Content-Length, ETag (the sha256 for a
 artifact whose size still matches, else size+mtime), Last-Modified and Accept-Ranges; a single
 ``Range: bytes=…`` gets 206 with Content-Range (416 when unsatisfiable, several ranges get the
 whole file), ``If-None-Match`` gets 304, ``If-Range`` guards a resumed download. Paths resolve
-through :func:`zlh.artifacts.store.file_in_store`, so ``..``, hidden files and symlinks out of
+through :func:`zlh.artifacts.files.file_in_store`, so ``..``, hidden files and symlinks out of
 the store are 404. Mountable under a ``root_path`` (the API mounts it at ``/artifacts/``).
 """
 
@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from zlh.artifacts.errors import ArtifactError
-from zlh.artifacts.store import CATALOG_FILE, CHUNK_SIZE, file_in_store, load_catalog
+from zlh.artifacts.files import CHUNK_SIZE, file_in_store
+from zlh.artifacts.store import CATALOG_FILE, load_catalog
 from zlh.schemas import ArtifactKind, ErrorBody
 
 __all__ = ["UNSATISFIABLE", "ArtifactServer", "ByteRange", "parse_range"]

@@ -20,17 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import re
-import stat
-import tempfile
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from pydantic import TypeAdapter, ValidationError
@@ -42,6 +37,14 @@ from zlh.artifacts.errors import (
     DigestMismatchError,
     DownloadError,
     UnknownArtifactError,
+)
+from zlh.artifacts.files import (
+    CHUNK_SIZE,
+    PartialFile,
+    hash_file,
+    read_chunks,
+    sweep_partials,
+    write_atomically,
 )
 from zlh.artifacts.progress import TransferProgress
 from zlh.schemas import (
@@ -57,22 +60,10 @@ from zlh.schemas import (
 )
 from zlh.schemas.catalog import Version
 
-__all__ = [
-    "CATALOG_FILE",
-    "CHUNK_SIZE",
-    "ArtifactStore",
-    "VerifyProblem",
-    "file_in_store",
-    "load_catalog",
-]
+__all__ = ["CATALOG_FILE", "ArtifactStore", "VerifyProblem", "load_catalog"]
 
 CATALOG_FILE = "catalog.json"
 LOCK_FILE = ".lock"
-CHUNK_SIZE = 1 << 20
-_PARTIAL = ".partial-"
-# A partial file younger than this is never swept, even unlocked: it may be a copy that has
-# been created but not yet locked by its writer.
-_PARTIAL_GRACE_S = 60.0
 _FILENAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _PLACEHOLDER_SHA256 = "0" * 64
@@ -109,28 +100,6 @@ def load_catalog(path: Path) -> Catalog:
     except ValidationError as exc:
         problems = "; ".join(f"{p.field}: {p.detail}" for p in validation_problems(exc))
         raise CatalogInvalidError(f"{path} is invalid: {problems}") from exc
-
-
-def file_in_store(root: Path, relative: str) -> Path | None:
-    """The real path of the regular file ``relative`` names inside ``root``, else None.
-
-    ``relative`` is an already-decoded URL path below the store. Refused (None): empty, ``.``
-    or ``..`` segments, hidden names (lock, partial and temp files), backslashes, NUL, and
-    anything whose real path (after symlinks) leaves the store or is not a regular file.
-    """
-    segments = relative.split("/")
-    if any(not s or s.startswith(".") or "\\" in s or "\x00" in s for s in segments):
-        return None
-    real_root = os.path.realpath(root)
-    real = os.path.realpath(os.path.join(real_root, *segments))
-    if os.path.commonpath([real_root, real]) != real_root:
-        return None
-    try:
-        if not stat.S_ISREG(os.stat(real).st_mode):
-            return None
-    except OSError:
-        return None
-    return Path(real)
 
 
 class ArtifactStore:
@@ -193,7 +162,7 @@ class ArtifactStore:
         with src:
             return self._add(
                 plan,
-                _read_chunks(src, source),
+                read_chunks(src, source),
                 total,
                 replace=replace,
                 make_default=make_default,
@@ -374,9 +343,9 @@ class ArtifactStore:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ArtifactError(f"cannot create {directory}: {exc.strerror}") from exc
-        _sweep_partials(directory)
+        sweep_partials(directory)
         try:
-            with _Partial(directory, plan.filename) as partial:
+            with PartialFile(directory, plan.filename) as partial:
                 progress = progress or TransferProgress.quiet()
                 with progress.transfer(plan.label, total) as advance:
                     for chunk in chunks:
@@ -400,7 +369,7 @@ class ArtifactStore:
     def _commit(
         self,
         plan: _Plan,
-        partial: _Partial,
+        partial: PartialFile,
         artifact: Artifact,
         replace: bool,
         make_default: bool,
@@ -454,20 +423,8 @@ class ArtifactStore:
             os.close(fd)
 
     def _write_catalog(self, catalog: Catalog) -> None:
-        """Temp file, fsync, rename, fsync the directory: readers see old or new, never half."""
         data = (catalog.model_dump_json(indent=2, exclude_none=True) + "\n").encode()
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".catalog.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.catalog_path)
-            _fsync_dir(self.root)
-        except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
-            raise ArtifactError(f"cannot write {self.catalog_path}: {exc.strerror}") from exc
+        write_atomically(self.catalog_path, data)
 
     def _prune_dirs(self, directory: Path) -> None:
         """Remove ``directory`` and its parents below the root while they are empty."""
@@ -494,57 +451,6 @@ class _Plan:
     @property
     def label(self) -> str:
         return f"{self.kind.value} {self.name} {self.version}"
-
-
-class _Partial:
-    """A hidden, flock-held temp file that hashes what is written and renames into place."""
-
-    def __init__(self, directory: Path, filename: str) -> None:
-        self._directory = directory
-        try:
-            fd, name = tempfile.mkstemp(dir=directory, prefix=f".{filename}{_PARTIAL}")
-        except OSError as exc:
-            raise ArtifactError(f"cannot write into {directory}: {exc.strerror}") from exc
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        self.path = Path(name)
-        self._file = os.fdopen(fd, "wb")
-        self._hash = hashlib.sha256()
-        self.size = 0
-        self.sha256 = ""
-        self._committed = False
-
-    def __enter__(self) -> _Partial:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._file.close()
-        if not self._committed:
-            self.path.unlink(missing_ok=True)
-
-    def write(self, chunk: bytes) -> None:
-        self._hash.update(chunk)
-        self.size += len(chunk)
-        try:
-            self._file.write(chunk)
-        except OSError as exc:
-            raise ArtifactError(f"cannot write {self.path}: {exc.strerror}") from exc
-
-    def finish(self) -> None:
-        try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            os.fchmod(self._file.fileno(), 0o644)
-        except OSError as exc:
-            raise ArtifactError(f"cannot write {self.path}: {exc.strerror}") from exc
-        self.sha256 = self._hash.hexdigest()
-
-    def commit(self, target: Path) -> None:
-        try:
-            os.replace(self.path, target)
-            _fsync_dir(self._directory)
-        except OSError as exc:
-            raise ArtifactError(f"cannot move {self.path} to {target}: {exc.strerror}") from exc
-        self._committed = True
 
 
 def _check_kind_name(kind: ArtifactKind | str, name: str) -> tuple[ArtifactKind, str]:
@@ -581,7 +487,7 @@ def _check_file(path: Path, artifact: Artifact) -> tuple[str, str | None, int | 
     try:
         if not path.is_file():
             return ("missing" if not path.exists() else "not a regular file"), None, None
-        sha256, size = _hash_file(path)
+        sha256, size = hash_file(path)
     except OSError as exc:
         return f"unreadable: {exc.strerror}", None, None
     if size < artifact.size:
@@ -591,50 +497,6 @@ def _check_file(path: Path, artifact: Artifact) -> tuple[str, str | None, int | 
     if sha256 != artifact.sha256:
         return "modified", sha256, size
     return None
-
-
-def _hash_file(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK_SIZE):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
-def _read_chunks(src: BinaryIO, source: Path) -> Iterator[bytes]:
-    try:
-        while chunk := src.read(CHUNK_SIZE):
-            yield chunk
-    except OSError as exc:
-        raise ArtifactError(f"cannot read {source}: {exc.strerror}") from exc
-
-
-def _sweep_partials(directory: Path) -> None:
-    """Delete partial files left by dead writers: old enough and nobody holds their flock."""
-    for path in directory.glob(f".*{_PARTIAL}*"):
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            if time.time() - os.fstat(fd).st_mtime < _PARTIAL_GRACE_S:
-                continue
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            path.unlink(missing_ok=True)
-        except OSError:
-            continue  # locked: a live copy
-        finally:
-            os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _default_bin(kind: ArtifactKind) -> list[str]:
