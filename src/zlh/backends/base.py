@@ -140,6 +140,12 @@ class Backend(abc.ABC):
     async def list(self) -> list[ContainerInfo]:
         """Every container this backend created, found from the host's records."""
 
+    def suggest_vmid(self, minimum: int = 100) -> int:
+        """A vmid at or above ``minimum`` the backend can use. Local backends take the API's
+        choice; Proxmox asks the cluster (vmids are cluster-wide there). ``create`` still
+        raises ContainerExists if another client takes it first: ask again and retry."""
+        return minimum
+
     def get_state(self) -> dict[str, Any]:
         """Opaque JSON-able state the control plane stores; ``load_state`` gets it back."""
         return {}

@@ -1,0 +1,345 @@
+"""Proxmox VE clusters through their REST API (``proxmoxer``, API-token auth, TLS verified).
+
+Containers are created from the CT template tarball ``zlh template export`` writes
+(``POST /nodes/{node}/lxc`` with ``ostemplate``) or cloned from a template CT
+(``POST /nodes/{node}/lxc/{template}/clone``), tagged ``zlh`` and named ``zlh-<vmid>``, so
+``list()`` finds them from the cluster's own records. Every state change is a task: the
+backend waits on its UPID and fails with the task's ``exitstatus``.
+
+The agent secret: Proxmox's API cannot write files into a CT, but ``create`` accepts
+``ssh-public-keys``, which it writes to ``/root/.ssh/authorized_keys``. The secret travels
+there as a comment line the template's boot unit moves to ``/etc/zlh/agent-token``. Clones
+get no such parameter, so clone mode needs the secret delivered another way (see
+docs/operations.md); it is refused unless ``allow_clone_without_secret`` is set.
+
+proxmoxer and requests errors are translated into BackendError here, at the boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from zlh.backends.base import (
+    AGENT_PORT,
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    ContainerExists,
+    ContainerInfo,
+    ContainerSpec,
+    ContainerState,
+)
+
+__all__ = ["ProxmoxBackend", "ProxmoxSettings"]
+
+log = logging.getLogger(__name__)
+
+TAG = "zlh"
+NAME_PREFIX = "zlh-"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxmoxSettings:
+    host: str  # API host (any cluster node), optionally host:port
+    user: str  # the token's user, e.g. zlh@pve
+    token_name: str
+    token_value: str
+    verify_tls: bool | str = True  # True, False (never in production) or a CA bundle path
+    node: str | None = None  # None: the online node with the lowest load
+    ostemplate: str | None = None  # e.g. local:vztmpl/debian-12-zlh_<version>_amd64.tar.zst
+    clone_from: int | None = None  # a template CT's vmid, instead of ostemplate
+    storage: str = "local-lvm"  # rootfs storage (create mode)
+    bridge: str = "vmbr0"
+    ip: str = "dhcp"  # net0 ip= (dhcp, or a CIDR when the operator pins one)
+    task_timeout_s: float = 300.0  # per Proxmox task (create, start, stop, destroy)
+    request_timeout_s: float = 30.0  # per HTTP request
+    allow_clone_without_secret: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.ostemplate is None) == (self.clone_from is None):
+            raise ValueError("set exactly one of ostemplate (create) or clone_from (clone)")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> ProxmoxSettings:
+        """Settings from ``ZLH_PROXMOX_*`` variables; ``overrides`` win."""
+        env = os.environ
+        values: dict[str, Any] = {
+            "host": env.get("ZLH_PROXMOX_HOST"),
+            "user": env.get("ZLH_PROXMOX_USER"),
+            "token_name": env.get("ZLH_PROXMOX_TOKEN_NAME"),
+            "token_value": env.get("ZLH_PROXMOX_TOKEN_VALUE"),
+            "node": env.get("ZLH_PROXMOX_NODE"),
+            "ostemplate": env.get("ZLH_PROXMOX_OSTEMPLATE"),
+            "storage": env.get("ZLH_PROXMOX_STORAGE", "local-lvm"),
+            "bridge": env.get("ZLH_PROXMOX_BRIDGE", "vmbr0"),
+        }
+        if env.get("ZLH_PROXMOX_CLONE_FROM"):
+            values["clone_from"] = int(env["ZLH_PROXMOX_CLONE_FROM"])
+        verify = env.get("ZLH_PROXMOX_VERIFY_TLS", "true")
+        values["verify_tls"] = {"true": True, "false": False}.get(verify.lower(), verify)
+        values.update(overrides)
+        missing = [k for k in ("host", "user", "token_name", "token_value") if not values.get(k)]
+        if missing:
+            names = ", ".join(f"ZLH_PROXMOX_{k.upper()}" for k in missing)
+            raise BackendUnavailable(f"the proxmox backend needs {names} (see docs/operations.md)")
+        return cls(**{k: v for k, v in values.items() if v is not None})
+
+
+def _message(exc: Exception) -> str:
+    """A person-readable reason from a proxmoxer/requests error."""
+    status = getattr(exc, "status_code", None)
+    if status is not None:
+        detail = getattr(exc, "status_message", "") or ""
+        content = getattr(exc, "content", "") or ""
+        return f"HTTP {status} {detail} {content}".strip()
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _load(node: dict[str, Any]) -> float:
+    """CPU use (0..1 per node) plus memory use (0..1): the least loaded gets the container."""
+    memory = float(node.get("mem", 0)) / max(float(node.get("maxmem", 1)), 1.0)
+    return float(node.get("cpu", 0.0)) + memory
+
+
+class ProxmoxBackend(Backend):
+    """Containers on a Proxmox VE cluster."""
+
+    name = "proxmox"
+
+    def __init__(self, settings: ProxmoxSettings) -> None:
+        try:
+            from proxmoxer import ProxmoxAPI
+        except ImportError as exc:  # pragma: no cover - an api-extra dependency
+            raise BackendUnavailable(
+                "the proxmox backend needs proxmoxer: pip install zlh[api]"
+            ) from exc
+        self.settings = settings
+        host, _, port = settings.host.partition(":")
+        self._api = ProxmoxAPI(
+            host,
+            port=int(port or 8006),
+            user=settings.user,
+            token_name=settings.token_name,
+            token_value=settings.token_value,
+            verify_ssl=settings.verify_tls,
+            timeout=settings.request_timeout_s,
+            service="PVE",
+        )
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, what: str, **params: Any) -> Any:
+        """One API call; every proxmoxer/requests failure becomes a BackendError."""
+        resource = self._api(path.lstrip("/"))
+        try:
+            return getattr(resource, method)(**params)
+        except Exception as exc:  # proxmoxer.ResourceException, requests.RequestException, …
+            status = getattr(exc, "status_code", None)
+            text = _message(exc)
+            if status == 401:
+                raise BackendUnavailable(f"{what}: Proxmox refused the API token ({text})") from exc
+            if status == 595 or "no route" in text.lower():
+                raise BackendError(f"{what}: node unreachable ({text})") from exc
+            if "already exists" in text:
+                raise ContainerExists(f"{what}: {text}") from exc
+            raise BackendError(f"{what} failed: {text}") from exc
+
+    def _wait_task(self, node: str, upid: str, what: str) -> None:
+        deadline = time.monotonic() + self.settings.task_timeout_s
+        delay = 0.1
+        while True:
+            task = self._call("get", f"nodes/{node}/tasks/{upid}/status", what)
+            if task.get("status") == "stopped":
+                exit_status = task.get("exitstatus", "")
+                if exit_status != "OK":
+                    raise BackendError(f"{what} failed: {exit_status or 'task ended without OK'}")
+                return
+            if time.monotonic() > deadline:
+                raise BackendError(f"{what}: task {upid} still running after the timeout")
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    # -- placement -------------------------------------------------------------------------
+
+    def _pick_node(self) -> str:
+        if self.settings.node:
+            return self.settings.node
+        nodes = [
+            n for n in self._call("get", "nodes", "listing nodes") if n.get("status") == "online"
+        ]
+        if not nodes:
+            raise BackendError("no online Proxmox node")
+        return str(min(nodes, key=_load)["node"])
+
+    def _find(self, vmid: int) -> dict[str, Any] | None:
+        """The cluster's record of our container ``vmid`` (node, status), or None."""
+        for item in self._resources():
+            if int(item["vmid"]) == vmid:
+                return item
+        return None
+
+    def _resources(self) -> list[dict[str, Any]]:
+        items = self._call("get", "cluster/resources", "listing containers", type="vm")
+        return [
+            i
+            for i in items
+            if i.get("type") == "lxc" and str(i.get("name", "")).startswith(NAME_PREFIX)
+        ]
+
+    def suggest_vmid(self, minimum: int = 100) -> int:
+        """A free cluster-wide vmid from ``GET /cluster/nextid``, re-checked and retried."""
+        candidate = max(int(self._call("get", "cluster/nextid", "allocating a vmid")), minimum)
+        for _ in range(20):
+            try:
+                return int(self._call("get", "cluster/nextid", "checking a vmid", vmid=candidate))
+            except ContainerExists as exc:
+                log.info("vmid %s taken (%s), trying the next", candidate, exc.message)
+                candidate += 1
+        raise BackendError("could not find a free vmid after 20 tries")
+
+    # -- sync operations -------------------------------------------------------------------
+
+    def _info(self, vmid: int) -> ContainerInfo:
+        try:
+            item = self._find(vmid)
+        except BackendError as exc:
+            log.warning("status of %s unknown: %s", vmid, exc.message)
+            raise
+        if item is None:
+            return ContainerInfo(vmid=vmid, state=ContainerState.ABSENT)
+        node = str(item["node"])
+        running = item.get("status") == "running"
+        return ContainerInfo(
+            vmid=vmid,
+            state=ContainerState.RUNNING if running else ContainerState.STOPPED,
+            address=self._address(node, vmid) if running else None,
+            agent_port=AGENT_PORT,
+            node=node,
+        )
+
+    def _address(self, node: str, vmid: int) -> str | None:
+        interfaces = self._call("get", f"nodes/{node}/lxc/{vmid}/interfaces", "reading addresses")
+        for interface in interfaces or []:
+            inet = interface.get("inet")
+            if interface.get("name") != "lo" and inet:
+                return str(inet).split("/")[0]
+        return None
+
+    def _create(self, spec: ContainerSpec) -> ContainerInfo:
+        if self._find(spec.vmid) is not None:
+            raise ContainerExists(f"container {spec.vmid} already exists")
+        s, r = self.settings, spec.resources
+        node = self._pick_node()
+        what = f"creating container {spec.vmid} on {node}"
+        if s.clone_from is not None:
+            if not s.allow_clone_without_secret:
+                raise BackendError("clone mode cannot deliver the agent secret through the API")
+            upid = self._call(
+                "post",
+                f"nodes/{node}/lxc/{s.clone_from}/clone",
+                what,
+                newid=spec.vmid,
+                hostname=f"{NAME_PREFIX}{spec.vmid}",
+                full=0,
+            )
+            self._wait_task(node, upid, what)
+            self._call(
+                "put",
+                f"nodes/{node}/lxc/{spec.vmid}/config",
+                what,
+                memory=r.memory_mb,
+                cores=r.cores,
+                tags=TAG,
+            )
+        else:
+            upid = self._call(
+                "post",
+                f"nodes/{node}/lxc",
+                what,
+                vmid=spec.vmid,
+                ostemplate=s.ostemplate,
+                hostname=f"{NAME_PREFIX}{spec.vmid}",
+                memory=r.memory_mb,
+                swap=0,
+                cores=r.cores,
+                rootfs=f"{s.storage}:{r.disk_gb}",
+                net0=f"name=eth0,bridge={s.bridge},ip={s.ip},firewall=1",
+                unprivileged=1,
+                features="nesting=1" + (",keyctl=1" if spec.tun else ""),
+                tags=TAG,
+                **{"ssh-public-keys": f"# zlh-agent-token {spec.agent_secret}\n"},
+            )
+            self._wait_task(node, upid, what)
+        return ContainerInfo(vmid=spec.vmid, state=ContainerState.STOPPED, node=node)
+
+    def _lifecycle(self, vmid: int, action: str, **params: Any) -> None:
+        item = self._find(vmid)
+        if item is None:
+            raise BackendError(f"container {vmid} does not exist")
+        node = str(item["node"])
+        what = f"{action} of container {vmid}"
+        upid = self._call("post", f"nodes/{node}/lxc/{vmid}/status/{action}", what, **params)
+        self._wait_task(node, upid, what)
+
+    def _start(self, vmid: int) -> ContainerInfo:
+        info = self._info(vmid)
+        if not info.state.exists:
+            raise BackendError(f"container {vmid} does not exist")
+        if info.state is not ContainerState.RUNNING:
+            self._lifecycle(vmid, "start")
+        return self._info(vmid)
+
+    def _stop(self, vmid: int, timeout_s: float) -> None:
+        if self._info(vmid).state is not ContainerState.RUNNING:
+            return
+        try:
+            self._lifecycle(vmid, "shutdown", timeout=max(1, round(timeout_s)))
+        except BackendError as exc:
+            log.warning("shutdown of %s failed (%s); stopping it hard", vmid, exc.message)
+            self._lifecycle(vmid, "stop")
+
+    def _destroy(self, vmid: int) -> None:
+        item = self._find(vmid)
+        if item is None:
+            return
+        self._stop(vmid, 10.0)
+        node = str(item["node"])
+        what = f"destroying container {vmid}"
+        upid = self._call("delete", f"nodes/{node}/lxc/{vmid}", what, purge=1)
+        self._wait_task(node, upid, what)
+
+    # -- the interface ---------------------------------------------------------------------
+
+    def _lock(self, vmid: int) -> asyncio.Lock:
+        return self._locks.setdefault(vmid, asyncio.Lock())
+
+    async def create(self, spec: ContainerSpec) -> ContainerInfo:
+        async with self._lock(spec.vmid):
+            return await asyncio.to_thread(self._create, spec)
+
+    async def start(self, vmid: int) -> ContainerInfo:
+        async with self._lock(vmid):
+            return await asyncio.to_thread(self._start, vmid)
+
+    async def stop(self, vmid: int, *, timeout_s: float = 10.0) -> None:
+        async with self._lock(vmid):
+            await asyncio.to_thread(self._stop, vmid, timeout_s)
+
+    async def destroy(self, vmid: int) -> None:
+        async with self._lock(vmid):
+            await asyncio.to_thread(self._destroy, vmid)
+
+    async def status(self, vmid: int) -> ContainerInfo:
+        return await asyncio.to_thread(self._info, vmid)
+
+    async def list(self) -> list[ContainerInfo]:
+        def collect() -> list[ContainerInfo]:
+            return [self._info(int(item["vmid"])) for item in self._resources()]
+
+        return await asyncio.to_thread(collect)

@@ -1,0 +1,240 @@
+"""An in-test Proxmox VE API server: the documented endpoints the backend calls, over TLS.
+
+Response shapes follow the PVE API: every body is ``{"data": ...}``; state changes answer a
+UPID string and run as tasks (``GET /nodes/{node}/tasks/{upid}/status`` says ``running``
+once, then ``stopped`` with ``exitstatus`` ``OK`` or ``ERROR: …``); errors carry the reason in
+the status line and a ``message``; a bad token gets 401; a call through an offline node gets
+595 "No route to host". Knobs: ``fail_next_task`` (task ends with that exitstatus),
+``steal_next_id`` (another client takes the id ``/cluster/nextid`` just returned).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import ssl
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+TOKEN = "zlh@pve!zlh=3f1c2a9e-0000-4000-8000-000000000001"
+
+
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (the client verifies against it, TLS stays on)."""
+    cert, key = directory / "pve.crt", directory / "pve.key"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        self.status, self.reason = status, reason
+
+
+@dataclass
+class ProxmoxState:
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cts: dict[int, dict[str, Any]] = field(default_factory=dict)
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    fail_next_task: str | None = None
+    steal_next_id: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _task_seq: int = 0
+
+    def task(self, node: str, kind: str, vmid: int, apply: Any = None) -> str:
+        self._task_seq += 1
+        upid = f"UPID:{node}:{self._task_seq:08X}:0012D687:65A1B2C3:{kind}:{vmid}:zlh@pve!zlh:"
+        failure, self.fail_next_task = self.fail_next_task, None
+        self.tasks[upid] = {"polls": 0, "exitstatus": failure or "OK", "apply": apply}
+        return upid
+
+    def next_id(self) -> int:
+        return max([100, *[v + 1 for v in self.cts]])
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: ProxmoxServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _handle(self, method: str) -> None:
+        url = urlsplit(self.path)
+        params = dict(parse_qsl(url.query))
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            params.update(parse_qsl(self.rfile.read(length).decode()))
+        state = self.server.state
+        try:
+            if self.headers.get("Authorization") != f"PVEAPIToken={TOKEN}":
+                raise ApiError(401, "invalid token value!")
+            path = url.path.removeprefix("/api2/json")
+            with state.lock:
+                state.requests.append((method, path, params))
+                data = route(state, method, path, params)
+            body, status, reason = {"data": data}, 200, "OK"
+        except ApiError as exc:
+            body, status, reason = (
+                {"data": None, "message": exc.reason + "\n"},
+                exc.status,
+                exc.reason,
+            )
+        raw = json.dumps(body).encode()
+        self.send_response(status, reason)
+        self.send_header("Content-Type", "application/json;charset=UTF-8")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+
+def _online(state: ProxmoxState, node: str) -> None:
+    if node not in state.nodes:
+        raise ApiError(500, f"hostname lookup '{node}' failed - failed to get address info")
+    if state.nodes[node]["status"] != "online":
+        raise ApiError(
+            595, "Errors during connection establishment, proxy handler: No route to host"
+        )
+
+
+def _ct(state: ProxmoxState, node: str, vmid: int) -> dict[str, Any]:
+    ct = state.cts.get(vmid)
+    if ct is None or ct["node"] != node:
+        raise ApiError(500, f"Configuration file 'nodes/{node}/lxc/{vmid}.conf' does not exist")
+    return ct
+
+
+def route(state: ProxmoxState, method: str, path: str, p: dict[str, str]) -> Any:
+    if (method, path) == ("GET", "/nodes"):
+        return [{"node": n, **info} for n, info in state.nodes.items()]
+    if (method, path) == ("GET", "/cluster/nextid"):
+        if "vmid" in p:
+            if int(p["vmid"]) in state.cts:
+                raise ApiError(400, f"VM {p['vmid']} already exists")
+            return p["vmid"]
+        vmid = state.next_id()
+        if state.steal_next_id:  # another client creates it before we do
+            state.steal_next_id = False
+            node = next(iter(state.nodes))
+            state.cts[vmid] = {"node": node, "status": "stopped", "name": "other", "config": {}}
+        return str(vmid)
+    if (method, path) == ("GET", "/cluster/resources"):
+        return [
+            {"id": f"lxc/{v}", "type": "lxc", "vmid": v, "node": c["node"], "status": c["status"],
+             "name": c["name"]}
+            for v, c in state.cts.items()
+        ]  # fmt: skip
+    match = re.fullmatch(r"/nodes/([^/]+)/(.*)", path)
+    if not match:
+        raise ApiError(501, f"Method '{method} {path}' not implemented")
+    node, rest = match.groups()
+    _online(state, node)
+    if method == "GET" and (m := re.fullmatch(r"tasks/([^/]+)/status", rest)):
+        task = state.tasks.get(m.group(1))
+        if task is None:
+            raise ApiError(400, "no such task")
+        task["polls"] += 1
+        if task["polls"] < 2:
+            return {"upid": m.group(1), "node": node, "status": "running"}
+        if task["apply"] is not None and task["exitstatus"] == "OK":
+            task.pop("apply")()
+            task["apply"] = None
+        return {
+            "upid": m.group(1),
+            "node": node,
+            "status": "stopped",
+            "exitstatus": task["exitstatus"],
+        }
+    if (method, rest) == ("POST", "lxc"):
+        vmid = int(p["vmid"])
+        if vmid in state.cts:
+            raise ApiError(
+                500,
+                f"unable to create CT {vmid} - CT {vmid} already exists on node "
+                f"'{state.cts[vmid]['node']}'",
+            )
+        if not p.get("ostemplate"):
+            raise ApiError(400, "Parameter verification failed.")
+
+        def created() -> None:
+            state.cts[vmid] = {
+                "node": node,
+                "status": "stopped",
+                "name": p["hostname"],
+                "config": p,
+            }
+
+        return state.task(node, "vzcreate", vmid, created)
+    if method == "POST" and (m := re.fullmatch(r"lxc/(\d+)/status/(start|stop|shutdown)", rest)):
+        vmid, action = int(m.group(1)), m.group(2)
+        ct = _ct(state, node, vmid)
+
+        def change() -> None:
+            ct["status"] = "running" if action == "start" else "stopped"
+
+        return state.task(node, f"vz{action}", vmid, change)
+    if method == "DELETE" and (m := re.fullmatch(r"lxc/(\d+)", rest)):
+        vmid = int(m.group(1))
+        ct = _ct(state, node, vmid)
+        if ct["status"] == "running":
+            raise ApiError(500, f"CT {vmid} is running - destroy failed")
+        return state.task(node, "vzdestroy", vmid, lambda: state.cts.pop(vmid))
+    if method == "GET" and (m := re.fullmatch(r"lxc/(\d+)/interfaces", rest)):
+        vmid = int(m.group(1))
+        ct = _ct(state, node, vmid)
+        if ct["status"] != "running":
+            raise ApiError(500, f"CT {vmid} not running")
+        return [
+            {"name": "lo", "inet": "127.0.0.1/8", "hwaddr": "00:00:00:00:00:00"},
+            {"name": "eth0", "inet": f"192.0.2.{vmid % 250}/24", "hwaddr": "bc:24:11:00:00:01"},
+        ]
+    raise ApiError(501, f"Method '{method} /nodes/{node}/{rest}' not implemented")
+
+
+class ProxmoxServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self.socket = context.wrap_socket(self.socket, server_side=True)
+        self.state = ProxmoxState()
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+    def __enter__(self) -> ProxmoxServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+        self.server_close()

@@ -1,0 +1,142 @@
+"""The proxmox backend against an in-test Proxmox VE API server (real HTTPS on loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from proxmox_server import TOKEN, ProxmoxServer, self_signed_cert
+
+from zlh.backends import (
+    BackendError,
+    BackendUnavailable,
+    ContainerExists,
+    ContainerSpec,
+    ContainerState,
+    create_backend,
+)
+from zlh.backends.proxmox import ProxmoxBackend, ProxmoxSettings
+
+TEMPLATE = "local:vztmpl/debian-12-zlh_0123456789abcdef_amd64.tar.zst"
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return self_signed_cert(tmp_path_factory.mktemp("pve-tls"))
+
+
+@pytest.fixture
+def server(cert: tuple[Path, Path]) -> Iterator[ProxmoxServer]:
+    with ProxmoxServer(*cert) as pve:
+        pve.state.nodes = {
+            "pve1": {"status": "online", "cpu": 0.70, "mem": 6e9, "maxmem": 8e9},
+            "pve2": {"status": "online", "cpu": 0.05, "mem": 1e9, "maxmem": 8e9},
+            "pve3": {"status": "offline"},
+        }
+        yield pve
+
+
+def backend_for(
+    server: ProxmoxServer, cert: tuple[Path, Path], **overrides: object
+) -> ProxmoxBackend:
+    user, _, rest = TOKEN.partition("!")
+    token_name, _, token_value = rest.partition("=")
+    settings = {
+        "host": server.host,
+        "user": user,
+        "token_name": token_name,
+        "token_value": token_value,
+        "verify_tls": str(cert[0]),
+        "ostemplate": TEMPLATE,
+        **overrides,
+    }
+    backend = create_backend("proxmox", data_dir=Path("/nonexistent"), **settings)
+    assert isinstance(backend, ProxmoxBackend)
+    return backend
+
+
+def test_create_waits_for_the_task_then_starts_reports_the_address_and_destroys(
+    server: ProxmoxServer, cert: tuple[Path, Path]
+) -> None:
+    backend = backend_for(server, cert)
+    created = asyncio.run(backend.create(ContainerSpec(vmid=105, agent_secret="s3cret")))
+    assert created.state is ContainerState.STOPPED
+    assert created.node == "pve2"  # the least loaded online node
+    config = server.state.cts[105]["config"]
+    assert config["ostemplate"] == TEMPLATE
+    assert config["ssh-public-keys"] == "# zlh-agent-token s3cret\n"
+    assert config["rootfs"] == "local-lvm:8" and config["memory"] == "2048"
+    polls = [r for r in server.state.requests if "/tasks/" in r[1]]
+    assert len(polls) >= 2  # it waited while the task said "running"
+
+    info = asyncio.run(backend.start(105))
+    assert info.state is ContainerState.RUNNING
+    assert info.address == "192.0.2.105" and info.agent_url == "http://192.0.2.105:7100"
+    assert [c.vmid for c in asyncio.run(backend.list())] == [105]
+
+    asyncio.run(backend.destroy(105))
+    assert 105 not in server.state.cts
+    assert ("POST", "/nodes/pve2/lxc/105/status/shutdown") in [r[:2] for r in server.state.requests]
+    assert asyncio.run(backend.status(105)).state is ContainerState.ABSENT
+    asyncio.run(backend.destroy(105))  # idempotent
+
+
+def test_a_failing_task_raises_with_its_exitstatus(
+    server: ProxmoxServer, cert: tuple[Path, Path]
+) -> None:
+    backend = backend_for(server, cert, node="pve1")
+    server.state.fail_next_task = "ERROR: storage 'local-lvm' does not exist"
+    with pytest.raises(BackendError, match="storage 'local-lvm' does not exist"):
+        asyncio.run(backend.create(ContainerSpec(vmid=110, agent_secret="s")))
+    assert 110 not in server.state.cts
+
+
+def test_an_existing_vmid_is_refused_and_left_alone(
+    server: ProxmoxServer, cert: tuple[Path, Path]
+) -> None:
+    backend = backend_for(server, cert)
+    asyncio.run(backend.create(ContainerSpec(vmid=120, agent_secret="first")))
+    before = dict(server.state.cts[120])
+    with pytest.raises(ContainerExists, match="120 already exists"):
+        asyncio.run(backend.create(ContainerSpec(vmid=120, agent_secret="second")))
+    assert server.state.cts[120] == before
+
+
+def test_nextid_collision_is_retried_with_the_next_free_id(
+    server: ProxmoxServer, cert: tuple[Path, Path]
+) -> None:
+    backend = backend_for(server, cert)
+    server.state.steal_next_id = True  # someone takes 100 between nextid and our check
+    vmid = backend.suggest_vmid()
+    assert vmid == 101 and 100 in server.state.cts
+    asyncio.run(backend.create(ContainerSpec(vmid=vmid, agent_secret="s")))
+    assert server.state.cts[101]["name"] == "zlh-101"
+
+
+def test_a_refused_token_says_so(server: ProxmoxServer, cert: tuple[Path, Path]) -> None:
+    backend = backend_for(server, cert, token_value="wrong")
+    with pytest.raises(BackendUnavailable, match="refused the API token"):
+        asyncio.run(backend.create(ContainerSpec(vmid=130, agent_secret="s")))
+
+
+def test_an_offline_node_is_reported_unreachable(
+    server: ProxmoxServer, cert: tuple[Path, Path]
+) -> None:
+    backend = backend_for(server, cert, node="pve3")
+    with pytest.raises(BackendError, match=r"node unreachable \(HTTP 595"):
+        asyncio.run(backend.create(ContainerSpec(vmid=140, agent_secret="s")))
+
+
+def test_tls_is_verified_by_default(server: ProxmoxServer, cert: tuple[Path, Path]) -> None:
+    backend = backend_for(server, cert, verify_tls=True)  # the system CAs do not know it
+    with pytest.raises(BackendError, match="SSL"):
+        asyncio.run(backend.list())
+
+
+def test_missing_settings_name_the_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HOST", "USER", "TOKEN_NAME", "TOKEN_VALUE"):
+        monkeypatch.delenv(f"ZLH_PROXMOX_{name}", raising=False)
+    with pytest.raises(BackendUnavailable, match="ZLH_PROXMOX_HOST, ZLH_PROXMOX_USER"):
+        ProxmoxSettings.from_env()
