@@ -179,3 +179,12 @@ def test_a_workspace_root_that_is_a_link_is_refused(tmp_path: Path) -> None:
     (tmp_path / "workspace").symlink_to(tmp_path / "real")
     with pytest.raises(Conflict, match="not a directory"):
         Workspace(tmp_path / "workspace").list_dir(RelPath())
+
+
+def test_reading_a_fifo_is_refused_without_blocking(tree: tuple[Workspace, Path]) -> None:
+    workspace, _ = tree
+    os.mkfifo(workspace.root / "pipe")
+    with pytest.raises(BadPath, match="not a regular file"):
+        workspace.open_read(RelPath(("pipe",)))
+    entries = {e.name: e.type for e in workspace.list_dir(RelPath()).entries}
+    assert entries["pipe"] == EntryType.OTHER
