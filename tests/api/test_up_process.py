@@ -1,0 +1,149 @@
+"""`zlh up` for real: process backend, the built-in store with a real Node runtime, real agents.
+
+Two users: alice's node request goes 202 → ready (runtimeInstalled) over SSE; bob gets 404 on
+every route of her container and cannot list it; an admin can. Then the API is SIGKILLed in
+the middle of provisioning and restarted: the container still reaches ready, exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from api_kit import PASSWORD, sse_events, wait_for
+
+from support import ZLH, free_port, wait_for_port, zlh
+
+pytestmark = pytest.mark.slow
+
+FAST_ENV = {
+    "ZLH_POLL_INTERVAL_S": "0.5",
+    "ZLH_POLL_INTERVAL_PROVISIONING_S": "0.1",
+    "ZLH_ARGON2_TIME_COST": "1",
+    "ZLH_ARGON2_MEMORY_KIB": "64",
+    "ZLH_ARGON2_PARALLELISM": "1",
+}
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    return {**os.environ, **FAST_ENV, "ZLH_DATA_DIR": str(data_dir)}
+
+
+@contextmanager
+def zlh_up(data_dir: Path, store: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    log = (data_dir / "up.log").open("ab")
+    proc = subprocess.Popen(
+        [
+            *ZLH,
+            "up",
+            "--backend",
+            "process",
+            "--store",
+            str(store),
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        env=_env(data_dir),
+        stdout=log,
+        stderr=log,
+    )
+    try:
+        wait_for_port("127.0.0.1", port, proc=proc)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
+        log.close()
+
+
+def _users(data_dir: Path) -> None:
+    for name, admin in (("alice", False), ("bob", False), ("root", True)):
+        args = ["user", "add", name, "--password-stdin", "--data-dir", str(data_dir)]
+        zlh(*args, *(["--admin"] if admin else []), input=PASSWORD + "\n", env=_env(data_dir))
+
+
+def _login(client: httpx.Client, name: str) -> dict[str, str]:
+    answer = client.post("/api/auth/login", json={"username": name, "password": PASSWORD})
+    assert answer.status_code == 200, answer.text
+    client.cookies.clear()
+    return {"Authorization": f"Bearer {answer.json()['token']}"}
+
+
+def _agents(data_dir: Path) -> list[str]:
+    base = data_dir / "process"
+    return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.exists() else []
+
+
+def test_node_request_reaches_ready_and_only_its_owner_and_admins_see_it(
+    node_store: Path, tmp_path: Path
+) -> None:
+    _users(tmp_path)
+    port = free_port()
+    with (
+        zlh_up(tmp_path, node_store, port),
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
+    ):
+        alice, bob, root = (_login(client, n) for n in ("alice", "bob", "root"))
+        created = client.post("/api/dev", json={"runtime": "node"}, headers=alice)
+        assert created.status_code == 202, created.text
+        vmid = created.json()["vmid"]
+        events = sse_events(client, f"/api/dev/{vmid}/events", alice)
+        assert events[-1]["state"] == "ready", events[-1]
+        assert events[-1]["runtimeInstalled"] is True
+        record = client.get(f"/api/dev/{vmid}", headers=alice).json()
+        assert record["status"]["runtimeInstalled"] is True
+        assert record["status"]["runtimeInstallPath"].endswith(f"/node/{record['version']}")
+
+        for method, path in [
+            ("GET", f"/api/dev/{vmid}"),
+            ("GET", f"/api/dev/{vmid}/events"),
+            ("DELETE", f"/api/dev/{vmid}"),
+        ]:
+            assert client.request(method, path, headers=bob).status_code == 404, path
+        assert client.get("/api/dev", headers=bob).json() == []
+        assert [c["vmid"] for c in client.get("/api/dev", headers=root).json()] == [vmid]
+        assert client.delete(f"/api/dev/{vmid}", headers=alice).status_code == 204
+        assert _agents(tmp_path) == []
+
+
+def test_sigkill_mid_provisioning_then_restart_reaches_ready_exactly_once(
+    node_store: Path, tmp_path: Path
+) -> None:
+    _users(tmp_path)
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    with (
+        zlh_up(tmp_path, node_store, port) as proc,
+        httpx.Client(base_url=base_url, timeout=30) as client,
+    ):
+        alice = _login(client, "alice")
+        vmid = client.post("/api/dev", json={"runtime": "node"}, headers=alice).json()["vmid"]
+
+        def provisioning() -> bool:
+            state = client.get(f"/api/dev/{vmid}", headers=alice).json()["state"]
+            assert state != "ready", "too late to interrupt: already ready"
+            return bool(state in {"creating", "provisioning"})
+
+        wait_for(provisioning, timeout_s=60, what="provisioning to begin")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    with zlh_up(tmp_path, node_store, port), httpx.Client(base_url=base_url, timeout=30) as client:
+        alice = _login(client, "alice")
+        events = sse_events(client, f"/api/dev/{vmid}/events", alice)
+        assert events[-1]["state"] == "ready", events[-1]
+        listed: Any = client.get("/api/dev", headers=alice).json()
+        assert [c["vmid"] for c in listed] == [vmid]
+        assert _agents(tmp_path) == [str(vmid)]
+        state = json.loads((tmp_path / "process" / str(vmid) / "state.json").read_text())
+        assert state  # the backend's own record of the one container
+        assert client.delete(f"/api/dev/{vmid}", headers=alice).status_code == 204
