@@ -21,9 +21,12 @@ STATIC_DIR = PORTAL_DIR / "static"
 NODE_MODULES = PORTAL_DIR / "node_modules"
 
 # Pages may only be framed by ourselves, load nothing from elsewhere, and run no inline script.
+# Inline *styles* are allowed: xterm.js writes its theme and cell metrics into <style> elements
+# it creates at run time (no nonce option), and without them the terminal's text is invisible.
 PAGE_HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; "
         "connect-src 'self'; frame-ancestors 'self'; base-uri 'none'; form-action 'self'"
     ),
     "X-Content-Type-Options": "nosniff",

@@ -21,7 +21,7 @@ export function consolePanel(panel, vmid) {
     if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "resize", rows: term.rows, cols: term.cols }));
   };
   ws.onopen = () => {
-    status.textContent = "Connected as the dev user.";
+    status.textContent = "Connected to the container's shell.";
     sendResize();
     term.focus();
   };

@@ -2,7 +2,7 @@ import { api } from "../api.js";
 import { bytes, confirmDialog, errorBox, h, yesNo } from "../dom.js";
 import { consolePanel } from "./console.js";
 import { filesPanel } from "./files.js";
-import { stateBadge } from "./state.js";
+import { stateBadge, stateWords } from "./state.js";
 import { tailnetPanel } from "./tailnet.js";
 
 const STEP_WORDS = {
@@ -79,90 +79,125 @@ function statusFields(status) {
   return h("dl", { class: "fields" }, rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
 }
 
+// The planned steps in order; add-on steps only when the container asked for add-ons.
+function plannedSteps(container) {
+  return Object.keys(STEP_WORDS).filter((step) => container.addons.length > 0 || !step.startsWith("addon-"));
+}
+
+function duration(ms) {
+  const secs = Math.max(0, Math.round(ms / 1000));
+  return `${Math.floor(secs / 60)}m ${secs % 60}s`;
+}
+
 function overview(panel, container, { badge, setIde }) {
   const started = Date.parse(container.createdAt);
-  const steps = h("ol", { class: "steps", "aria-label": "Provisioning steps" });
-  const bar = h("progress", { max: 100, value: 0, "aria-label": "Current step progress" });
+  const order = plannedSteps(container);
+  const items = new Map(order.map((step) => [step, h("li", { "data-step": step, "data-state": "pending" }, STEP_WORDS[step])]));
+  const steps = h("ol", { class: "steps", id: "steps", "aria-label": "Provisioning steps" }, [...items.values()]);
+  const bar = h("progress", { max: 100, value: 0, id: "progress", "aria-label": "Current step progress" });
   const detail = h("p", { class: "muted", id: "progress-detail" });
   const elapsed = h("p", { class: "muted", id: "elapsed" });
   const failure = h("div", { id: "failure" });
   const fields = h("div", {}, statusFields(container.status));
   panel.append(h("h2", {}, "Provisioning"), steps, bar, detail, elapsed, failure, h("h2", {}, "Status"), fields);
 
-  const seen = new Map();
+  // Steps before `step` are done, `step` itself takes `state`, later ones stay pending.
   function markStep(step, state) {
-    if (!step) return;
-    for (const [name, li] of seen) if (name !== step && li.dataset.state === "active") li.dataset.state = "done";
-    let li = seen.get(step);
-    if (!li) {
-      li = h("li", { "data-step": step }, STEP_WORDS[step] || step);
-      seen.set(step, li);
-      steps.append(li);
+    if (!items.has(step)) {
+      items.set(step, h("li", { "data-step": step }, STEP_WORDS[step] || step));
+      order.splice(order.length - 1, 0, step);
+      steps.replaceChildren(...order.map((s) => items.get(s)));
     }
-    li.dataset.state = state;
+    const at = order.indexOf(step);
+    order.forEach((s, i) => {
+      items.get(s).dataset.state = i < at ? "done" : i === at ? state : "pending";
+    });
   }
   function showFailure(message, step) {
     failure.replaceChildren(
-      h("div", { class: "error", role: "alert" }, h("strong", {}, "Provisioning failed"), step ? ` at “${STEP_WORDS[step] || step}”` : "", h("p", {}, message || "no reason given")),
+      h(
+        "div",
+        { class: "error", role: "alert" },
+        h("strong", {}, "Provisioning failed"),
+        step ? ` at the step “${STEP_WORDS[step] || step}”` : "",
+        h("p", { id: "failure-reason" }, message || "no reason given"),
+      ),
     );
   }
+  let timer = null;
   function tick() {
-    const secs = Math.max(0, Math.round((Date.now() - started) / 1000));
-    elapsed.textContent = `Elapsed ${Math.floor(secs / 60)}m ${secs % 60}s`;
+    elapsed.textContent = `Elapsed ${duration(Date.now() - started)}`;
   }
-  const timer = setInterval(tick, 1000);
-  tick();
+  function stopClock(state) {
+    if (timer === null) return;
+    clearInterval(timer);
+    timer = null;
+    const words = { ready: "Ready", failed: "Failed" };
+    elapsed.textContent = `${words[state] || "Stopped"} after ${duration(Date.now() - started)}`;
+  }
+  if (FINAL.has(container.state)) {
+    elapsed.textContent = `Created ${new Date(started).toLocaleString()}`;
+  } else {
+    timer = setInterval(tick, 1000);
+    tick();
+  }
+
+  function showReady() {
+    markStep("ready", "done");
+    bar.value = 100;
+    detail.textContent = "Ready · 100%";
+  }
 
   async function refresh() {
     const latest = await api(`/api/dev/${container.vmid}`);
+    badge.replaceChildren(stateBadge(latest.state));
     fields.replaceChildren(statusFields(latest.status));
     setIde(Boolean(latest.status && latest.status.codeServerRunning));
+    if (latest.state === "ready") showReady();
     if (latest.state === "failed") {
       const err = latest.status && latest.status.error;
       showFailure(err ? err.message : latest.error, err ? err.step : null);
       if (err) markStep(err.step, "failed");
+      detail.textContent = "";
+      bar.hidden = true;
     }
   }
 
   function onEvent(ev) {
     badge.replaceChildren(stateBadge(ev.state));
     const p = ev.progress;
-    if (p) {
+    if (p && ev.state !== "ready") {
       markStep(p.step, ev.state === "failed" ? "failed" : "active");
       bar.value = p.percent;
       const amount = p.bytesTotal ? ` · ${bytes(p.bytesDone)} of ${bytes(p.bytesTotal)}` : p.bytesDone ? ` · ${bytes(p.bytesDone)}` : "";
       detail.textContent = `${p.message || STEP_WORDS[p.step] || p.step} · ${Math.round(p.percent)}%${amount}`;
-    } else {
-      detail.textContent = `State: ${ev.state}`;
+    } else if (!p) {
+      detail.textContent = `State: ${stateWords(ev.state)}`;
     }
     setIde(ev.codeServerRunning);
-    if (ev.state === "ready") {
-      markStep("ready", "done");
-      bar.value = 100;
-    }
+    if (ev.state === "ready") showReady();
     if (FINAL.has(ev.state)) {
-      clearInterval(timer);
-      refresh().catch(() => {});
+      stopClock(ev.state);
+      refresh().catch((err) => failure.replaceChildren(errorBox(err)));
     }
   }
 
   const source = new EventSource(`/api/dev/${container.vmid}/events`);
+  let finished = false;
   source.addEventListener("status", (msg) => {
     const ev = JSON.parse(msg.data);
     onEvent(ev);
-    if (FINAL.has(ev.state)) source.close();
+    if (FINAL.has(ev.state)) {
+      finished = true;
+      source.close();
+    }
   });
   source.onerror = () => {
-    // The stream ends after ready/failed; a broken stream falls back to one refresh.
-    source.close();
-    refresh().catch(() => {});
+    // A stream cut before ready/failed (API restart, proxy): EventSource reconnects by itself.
+    if (finished) source.close();
   };
-  if (FINAL.has(container.state)) {
-    if (container.state === "ready") markStep("ready", "done");
-    refresh().catch(() => {});
-  }
   return () => {
     source.close();
-    clearInterval(timer);
+    if (timer !== null) clearInterval(timer);
   };
 }

@@ -16,8 +16,9 @@ export async function dashboardView(main, { me }) {
     main.append(h("p", { class: "muted" }, "No containers yet. Ask for one with “New dev container”."));
     return;
   }
-  const head = ["Container", ...(me.isAdmin ? ["Owner"] : []), "Runtime", "State", "Workspace",
-    "Runtime install path", "Runtime installed", "code-server"];
+  // Columns marked "detail" give way on narrow screens; the container page shows them all.
+  const head = [["Container"], ...(me.isAdmin ? [["Owner"]] : []), ["Runtime"], ["State"], ["Workspace", "detail"],
+    ["Runtime install path", "detail"], ["Runtime installed", "detail"], ["code-server"]];
   const rows = containers.map((c) => {
     const s = c.status || {};
     return h(
@@ -27,9 +28,9 @@ export async function dashboardView(main, { me }) {
       me.isAdmin ? h("td", {}, c.owner) : null,
       h("td", {}, `${c.runtime} ${c.version}`),
       h("td", {}, stateBadge(c.state)),
-      h("td", {}, s.workspaceRoot || "—"),
-      h("td", {}, h("code", {}, s.runtimeInstallPath || "—")),
-      h("td", {}, yesNo(s.runtimeInstalled)),
+      h("td", { class: "detail" }, h("code", {}, s.workspaceRoot || "—")),
+      h("td", { class: "detail" }, h("code", {}, s.runtimeInstallPath || "—")),
+      h("td", { class: "detail" }, yesNo(s.runtimeInstalled)),
       h("td", {}, s.codeServerRunning ? "running" : s.codeServerInstalled ? "installed, not running" : "not installed"),
     );
   });
@@ -37,7 +38,7 @@ export async function dashboardView(main, { me }) {
     h(
       "div",
       { class: "table-wrap" },
-      h("table", { class: "containers" }, h("thead", {}, h("tr", {}, head.map((t) => h("th", { scope: "col" }, t)))), h("tbody", {}, rows)),
+      h("table", { class: "containers" }, h("thead", {}, h("tr", {}, head.map(([t, cls]) => h("th", { scope: "col", class: cls }, t)))), h("tbody", {}, rows)),
     ),
   );
 }

@@ -10,6 +10,10 @@ const WORDS = {
   deleting: "deleting",
 };
 
+export function stateWords(state) {
+  return WORDS[state] || state;
+}
+
 export function stateBadge(state) {
-  return h("span", { class: `badge state-${state}` }, WORDS[state] || state);
+  return h("span", { class: `badge state-${state}` }, stateWords(state));
 }
