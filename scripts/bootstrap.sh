@@ -11,6 +11,7 @@ APT_PACKAGES=(
   postgresql                                # API storage tests (they run their own cluster)
   chromium fonts-dejavu-core                # browser tests (Playwright drives Debian's chromium)
   nginx-light wrk                           # bench/proxy.py (shared/bench/proxy anchors + load)
+  lxc debootstrap nftables openssl          # lxc backend + template; proxmox test TLS
 )
 
 missing=()
