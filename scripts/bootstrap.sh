@@ -11,7 +11,8 @@ APT_PACKAGES=(
   postgresql                                # API storage tests (they run their own cluster)
   chromium fonts-dejavu-core                # browser tests (Playwright drives Debian's chromium)
   nginx-light wrk                           # bench/proxy.py (shared/bench/proxy anchors + load)
-  lxc debootstrap nftables openssl          # lxc backend + template; proxmox test TLS
+  lxc dnsmasq-base debootstrap nftables     # lxc backend (lxc-net needs dnsmasq) + template
+  openssl                                   # proxmox backend tests (self-signed TLS)
 )
 
 missing=()
