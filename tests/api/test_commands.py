@@ -1,0 +1,66 @@
+"""`zlh user …`, and the server commands' usage errors, through the real CLI."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from support import zlh
+from zlh.api import accounts
+from zlh.api.db import Database
+from zlh.api.keys import load_or_create_key
+from zlh.errors import ZlhError
+
+CHEAP = {"ZLH_ARGON2_TIME_COST": "1", "ZLH_ARGON2_MEMORY_KIB": "64", "ZLH_ARGON2_PARALLELISM": "1"}
+
+
+def run(data_dir: Path, *args: str, stdin: str = "", check: bool = True) -> tuple[int, str]:
+    env = {**os.environ, **CHEAP, "ZLH_DATA_DIR": str(data_dir)}
+    result = zlh(*args, input=stdin, env=env, check=check)
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_user_commands_manage_accounts(tmp_path: Path) -> None:
+    run(tmp_path, "user", "add", "alice", "--password-stdin", stdin="first-password\n")
+    run(tmp_path, "user", "add", "root", "--admin", "--password-stdin", stdin="root-password\n")
+    code, out = run(
+        tmp_path, "user", "add", "alice", "--password-stdin", stdin="x" * 9, check=False
+    )
+    assert code == 1 and "already exists" in out
+    code, out = run(
+        tmp_path, "user", "add", "bob", "--password-stdin", stdin="short\n", check=False
+    )
+    assert code == 1 and "password must be" in out
+    assert run(tmp_path, "user", "list")[1].splitlines() == ["1\talice\t-", "2\troot\tadmin"]
+    run(tmp_path, "user", "passwd", "alice", "--password-stdin", stdin="second-password\n")
+    db = Database(f"sqlite:///{tmp_path / 'zlh.db'}")
+    try:
+        assert accounts.authenticate(db, "alice", "second-password") is not None
+        assert "ended 0 session" in run(tmp_path, "user", "disable", "alice")[1]
+        assert accounts.authenticate(db, "alice", "second-password") is None
+    finally:
+        db.dispose()
+    assert "alice\tdisabled" in run(tmp_path, "user", "list")[1]
+
+
+def test_server_commands_refuse_bad_settings_with_one_line(tmp_path: Path) -> None:
+    code, out = run(tmp_path, "api", "--backend", "process", check=False)
+    assert code == 2 and "needs an artifact server" in out
+    code, out = run(tmp_path, "up", "--listen", "nonsense", check=False)
+    assert code == 2 and "listen" in out and "HOST:PORT" in out
+    (tmp_path / "api.toml").write_text("poll_interval_s = -1\n")
+    code, out = run(tmp_path, "up", check=False)
+    assert code == 2 and "poll_interval_s" in out
+
+
+def test_key_files_are_private_and_stable(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "jwt.key"
+    key = load_or_create_key(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_or_create_key(path) == key and len(key) == 32
+    path.chmod(0o644)
+    with pytest.raises(ZlhError, match="readable by others"):
+        load_or_create_key(path)
