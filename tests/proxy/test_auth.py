@@ -8,15 +8,22 @@ import jwt
 import pytest
 from proxy_kit import KEY, token
 
-from zlh.proxy.auth import JwtAuthenticator, find_token
+from zlh.proxy.auth import JwtAuthenticator, bearer_token, split_session_cookie
 
 
-def test_token_comes_from_the_session_cookie_before_bearer() -> None:
-    cookies = [b"a=1; zlh_session=tok1 ; b=2"]
-    assert find_token(b"zlh_session", cookies, b"Bearer tok2") == b"tok1"
-    assert find_token(b"zlh_session", [b"a=1"], b"bearer  tok2 ") == b"tok2"
-    assert find_token(b"zlh_session", [b"xzlh_session=no"], None) == b""
-    assert find_token(b"zlh_session", [], b"Basic dXNlcjpw") == b""
+def test_session_cookie_is_found_and_split_from_the_other_cookies() -> None:
+    cookies = [b"a=1; zlh_session=tok1 ; b=2", b"c=3", b"zlh_session=tok9"]
+    assert split_session_cookie(b"zlh_session", cookies) == (b"tok1", [b"a=1; b=2", b"c=3"])
+    assert split_session_cookie(b"zlh_session", [b"xzlh_session=no"]) == (
+        b"",
+        [b"xzlh_session=no"],
+    )
+
+
+def test_bearer_token_is_read_from_authorization() -> None:
+    assert bearer_token(b"bearer  tok2 ") == b"tok2"
+    assert bearer_token(b"Basic dXNlcjpw") == b""
+    assert bearer_token(None) == b""
 
 
 def test_valid_token_gives_the_principal_with_its_claims() -> None:

@@ -21,7 +21,13 @@ from typing import Protocol
 
 import jwt
 
-__all__ = ["Authenticator", "JwtAuthenticator", "Principal", "find_token"]
+__all__ = [
+    "Authenticator",
+    "JwtAuthenticator",
+    "Principal",
+    "bearer_token",
+    "split_session_cookie",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,21 +47,34 @@ class Authenticator(Protocol):
         job (the front checks the route table after it)."""
 
 
-def find_token(cookie_name: bytes, cookies: list[bytes], authorization: bytes | None) -> bytes:
-    """The session token: cookie ``cookie_name`` from any Cookie header, else a Bearer token.
-
-    Returns b"" when there is none."""
+def split_session_cookie(cookie_name: bytes, cookies: list[bytes]) -> tuple[bytes, list[bytes]]:
+    """The session cookie's value (b"" if absent) and the Cookie headers without it (a header
+    left empty is dropped; every other cookie is kept as sent)."""
     prefix = cookie_name + b"="
+    token = b""
+    others: list[bytes] = []
     for header in cookies:
+        if prefix not in header:
+            others.append(header)
+            continue
+        kept = []
         for part in header.split(b";"):
             part = part.strip()
             if part.startswith(prefix):
-                return part[len(prefix) :].strip(b'"')
-    if authorization is not None:
-        scheme, _, token = authorization.strip().partition(b" ")
-        if scheme.lower() == b"bearer":
-            return token.strip()
-    return b""
+                token = token or part[len(prefix) :].strip(b'"')
+            elif part:
+                kept.append(part)
+        if kept:
+            others.append(b"; ".join(kept))
+    return token, others
+
+
+def bearer_token(authorization: bytes | None) -> bytes:
+    """The token of ``Authorization: Bearer <token>``, else b""."""
+    if authorization is None:
+        return b""
+    scheme, _, token = authorization.strip().partition(b" ")
+    return token.strip() if scheme.lower() == b"bearer" else b""
 
 
 class JwtAuthenticator:

@@ -29,7 +29,7 @@ from urllib.parse import quote
 import httptools
 
 from zlh.proxy import responses
-from zlh.proxy.auth import Authenticator, Principal, find_token
+from zlh.proxy.auth import Authenticator, Principal, bearer_token, split_session_cookie
 from zlh.proxy.headers import RequestHead, upstream_request_head
 from zlh.proxy.listener import ClientConnection, Handler
 from zlh.proxy.pool import Pool, UpstreamAddress, UpstreamConnection
@@ -64,7 +64,6 @@ class Front:
         self._tunnels: weakref.WeakSet[Tunnel] = weakref.WeakSet()
         self._server: asyncio.Server | None = None
         self._cookie_name = settings.session_cookie.encode()
-        self._cookie_prefix = self._cookie_name + b"="
         self._proto = settings.forwarded_proto
         origin = settings.public_origin
         self._public_origin = origin.encode() if origin else None
@@ -115,7 +114,7 @@ class Front:
                 return self._local(conn, req, 400, "malformed request target")
             target = (url.path or b"/") + (b"?" + url.query if url.query else b"")
             req.target = target
-        if req.upgrading and (not req.is_websocket or req.method != b"GET"):
+        if req.upgrading and (not req.websocket or req.method != b"GET"):
             return self._local(conn, req, 400, "only WebSocket upgrades (GET) are supported")
         if target.startswith(b"/dev/"):
             return self._to_ide(conn, req, target)
@@ -131,9 +130,10 @@ class Front:
         if len(parts) == 4:
             location = path + b"/" + (b"?" + query if sep else b"")
             return LocalResponse(conn, responses.redirect(308, location), keep_alive=True)
-        if req.is_websocket and not self._origin_ok(req):
+        if req.websocket and not self._origin_ok(req):
             return self._local(conn, req, 403, "WebSocket from a foreign origin refused")
-        principal = self._principal(req)
+        token, other_cookies = split_session_cookie(self._cookie_name, req.cookies)
+        principal = self._principal(token or bearer_token(req.authorization))
         if principal is None:
             return self._unauthenticated(conn, req)
         route = self.routes.get(vmid)
@@ -155,11 +155,11 @@ class Front:
             client_ip=conn.peer_ip,
             proto=self._proto,
             default_host=self._default_host,
-            cookies=self._without_session_cookie(req.cookies),
+            cookies=other_cookies,
             authorization=False,
         )
         on_upgrade = None
-        if req.is_websocket:
+        if req.websocket:
 
             def on_upgrade(client: ClientConnection, up: UpstreamConnection, rest: bytes) -> None:
                 self._tunnel(client, up, rest, vmid=vmid, principal=principal)
@@ -178,7 +178,7 @@ class Front:
         return exchange
 
     def _to_api(self, conn: ClientConnection, req: RequestHead) -> Handler:
-        if req.is_websocket and not self._origin_ok(req):
+        if req.websocket and not self._origin_ok(req):
             return self._local(conn, req, 403, "WebSocket from a foreign origin refused")
         head = upstream_request_head(
             req,
@@ -197,14 +197,13 @@ class Front:
             pool=self.pool,
             settings=self.settings,
             vmid=0,
-            on_upgrade=self._api_tunnel if req.is_websocket else None,
+            on_upgrade=self._api_tunnel if req.websocket else None,
         )
         exchange.start()
         return exchange
 
     # ---------------------------------------------------------------- checks
-    def _principal(self, req: RequestHead) -> Principal | None:
-        token = find_token(self._cookie_name, req.cookies, req.authorization)
+    def _principal(self, token: bytes) -> Principal | None:
         if not token:
             return None
         principal = self.authenticator.authenticate(token)
@@ -226,20 +225,6 @@ class Front:
             and host is not None
             and (netloc == host.strip().lower())
         )
-
-    def _without_session_cookie(self, cookies: list[bytes]) -> list[bytes]:
-        prefix = self._cookie_prefix
-        kept_headers = []
-        for header in cookies:
-            if prefix not in header:
-                kept_headers.append(header)
-                continue
-            kept = [
-                c for c in (p.strip() for p in header.split(b";")) if c and not c.startswith(prefix)
-            ]
-            if kept:
-                kept_headers.append(b"; ".join(kept))
-        return kept_headers
 
     # ---------------------------------------------------------------- local answers
     def _local(

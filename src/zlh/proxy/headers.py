@@ -73,6 +73,10 @@ _RESPONSE_HEADERS = {
 }
 # Connection tokens that name no header of their own.
 _PLAIN_CONNECTION_TOKENS = frozenset((b"keep-alive", b"close", b"upgrade"))
+_PLAIN_CONNECTION_VALUES = _PLAIN_CONNECTION_TOKENS | {
+    b"upgrade, keep-alive",
+    b"keep-alive, upgrade",
+}
 
 
 def _connection_tokens(value: bytes) -> list[bytes]:
@@ -82,17 +86,17 @@ def _connection_tokens(value: bytes) -> list[bytes]:
 class _Head:
     """Headers shared by both directions: passthrough lines and Connection-named headers."""
 
-    __slots__ = ("connection_named", "length", "lines", "names", "te_chunked", "upgrade")
+    __slots__ = ("connection_named", "length", "lines", "te_chunked", "upgrade")
 
-    def __init__(self) -> None:
-        self.lines: list[bytes] = []
-        self.names: list[bytes] = []
-        self.length: bytes | None = None
-        self.te_chunked = False
-        self.upgrade: bytes | None = None
-        self.connection_named: set[bytes] | None = None
+    lines: list[bytes]
+    length: bytes | None
+    te_chunked: bool
+    upgrade: bytes | None
+    connection_named: set[bytes] | None
 
     def _note_connection(self, value: bytes) -> None:
+        if value.lower() in _PLAIN_CONNECTION_VALUES:
+            return
         extra = [t for t in _connection_tokens(value) if t not in _PLAIN_CONNECTION_TOKENS]
         if extra:
             if self.connection_named is None:
@@ -104,9 +108,7 @@ class _Head:
         named = self.connection_named
         if not named:
             return self.lines
-        return [
-            line for name, line in zip(self.names, self.lines, strict=True) if name not in named
-        ]
+        return [line for line in self.lines if line.split(b":", 1)[0].lower() not in named]
 
 
 class RequestHead(_Head):
@@ -121,10 +123,15 @@ class RequestHead(_Head):
         "target",
         "upgrading",
         "version",
+        "websocket",
     )
 
     def __init__(self) -> None:
-        super().__init__()
+        self.lines = []
+        self.length = None
+        self.te_chunked = False
+        self.upgrade = None
+        self.connection_named = None
         self.method = b""
         self.target = b""
         self.version = "1.1"
@@ -135,12 +142,12 @@ class RequestHead(_Head):
         self.origin: bytes | None = None
         self.accept = b""
         self.upgrading = False  # the parser saw a valid Upgrade request (Connection: upgrade)
+        self.websocket = False  # ... and it asks for a WebSocket (set with ``upgrading``)
 
     def add(self, name: bytes, value: bytes) -> None:
         lname = name.lower()
         kind = _REQUEST_HEADERS.get(lname)
         if kind is None or kind == _ACCEPT:
-            self.names.append(lname)
             self.lines.append(name + b": " + value + b"\r\n")
             if kind == _ACCEPT:
                 self.accept = value
@@ -152,7 +159,6 @@ class RequestHead(_Head):
             self.authorization = value
         elif kind == _ORIGIN:
             self.origin = value
-            self.names.append(lname)
             self.lines.append(name + b": " + value + b"\r\n")
         elif kind == _UPGRADE:
             self.upgrade = value
@@ -171,10 +177,13 @@ class RequestHead(_Head):
             return Framing.LENGTH
         return Framing.NONE
 
-    @property
-    def is_websocket(self) -> bool:
+    def set_upgrading(self, upgrading: bool) -> None:
+        """Record the parser's verdict (only meaningful inside on_headers_complete)."""
+        self.upgrading = upgrading
         upgrade = self.upgrade
-        return self.upgrading and upgrade is not None and upgrade.strip().lower() == b"websocket"
+        self.websocket = (
+            upgrading and upgrade is not None and upgrade.strip().lower() == b"websocket"
+        )
 
     @property
     def wants_html(self) -> bool:
@@ -185,7 +194,11 @@ class ResponseHead(_Head):
     __slots__ = ("csp", "keep_alive", "nosniff", "reason", "referrer", "status")
 
     def __init__(self) -> None:
-        super().__init__()
+        self.lines = []
+        self.length = None
+        self.te_chunked = False
+        self.upgrade = None
+        self.connection_named = None
         self.status = 0
         self.reason = b""
         self.keep_alive = True
@@ -195,7 +208,6 @@ class ResponseHead(_Head):
         lname = name.lower()
         kind = _RESPONSE_HEADERS.get(lname)
         if kind is None or kind >= _NOSNIFF:
-            self.names.append(lname)
             self.lines.append(name + b": " + value + b"\r\n")
             if kind == _NOSNIFF:
                 self.nosniff = True
@@ -242,7 +254,7 @@ def upstream_request_head(
         parts += (b"Cookie: ", value, b"\r\n")
     if authorization and req.authorization is not None:
         parts += (b"Authorization: ", req.authorization, b"\r\n")
-    if req.is_websocket:
+    if req.websocket:
         parts.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
     elif req.te_chunked:
         parts.append(b"Transfer-Encoding: chunked\r\n")

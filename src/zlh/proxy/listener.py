@@ -71,7 +71,7 @@ class ClientConnection(asyncio.Protocol):
         self._dispatch = dispatch
         self._settings = settings
         self._live = live
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         self._parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # connection_made
         self.peer_ip = b"unknown"
@@ -82,7 +82,7 @@ class ClientConnection(asyncio.Protocol):
         self._current: _Pending | None = None
         self._pipeline: deque[_Pending] = deque()
         self._paused = 0
-        self._idle_since = self._loop.time()
+        self._idle_since = self.loop.time()
         self._closed = False
         self._eof = False
         self._upgraded = False
@@ -101,7 +101,7 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(peer, tuple):
             self.peer_ip = str(peer[0]).encode()
         self._live.add(self)
-        self._ticker = self._loop.call_later(self._tick_s, self._tick)
+        self._ticker = self.loop.call_later(self._tick_s, self._tick)
 
     def data_received(self, data: bytes) -> None:
         if self._upgraded:
@@ -155,7 +155,7 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._head = RequestHead()
         self._head_size = 0
-        self._head_started = self._loop.time()
+        self._head_started = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
         self._head_size += len(url)
@@ -174,7 +174,8 @@ class ClientConnection(asyncio.Protocol):
         head.method = parser.get_method()
         head.version = parser.get_http_version()
         head.keep_alive = parser.should_keep_alive()
-        head.upgrading = parser.should_upgrade()
+        if parser.should_upgrade():
+            head.set_upgrading(True)
         self._head_started = 0.0
         pending = self._parsing = _Pending(head)
         if self._current is None:
@@ -221,11 +222,11 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(self._broken)
             self.close()
         elif self._pipeline:
-            self._loop.call_soon(self._start_next)
+            self.loop.call_soon(self._start_next)
         elif self._upgraded or self._eof:
             self.close()
         else:
-            self._idle_since = self._loop.time()
+            self._idle_since = self.loop.time()
 
     def detach(self) -> tuple[asyncio.Transport, bytes]:
         """Give the connection up to a WebSocket tunnel: its transport and the bytes already
@@ -295,7 +296,7 @@ class ClientConnection(asyncio.Protocol):
     def _tick(self) -> None:
         if self._closed or self._detached:
             return
-        now = self._loop.time()
+        now = self.loop.time()
         settings = self._settings
         current = self._current
         if current is not None:
@@ -311,4 +312,4 @@ class ClientConnection(asyncio.Protocol):
         elif not self._pipeline and now - self._idle_since > settings.keepalive_timeout_s:
             self.close()
             return
-        self._ticker = self._loop.call_later(self._tick_s, self._tick)
+        self._ticker = self.loop.call_later(self._tick_s, self._tick)

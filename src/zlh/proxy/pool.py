@@ -55,6 +55,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.address = address
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # connection_made
         self.exchange: Exchange | None = None
+        self.loop = asyncio.get_running_loop()
         self.head = ResponseHead()
         self.reused = False  # has answered a request before: may be stale when taken from idle
         self.open = False
@@ -173,10 +174,10 @@ class Pool:
             conn.close()
             return
         conn.reused = True
-        conn.idle_since = asyncio.get_running_loop().time()
+        conn.idle_since = conn.loop.time()
         conns.append(conn)
         if self._sweeper is None:
-            self._schedule_sweep()
+            self._schedule_sweep(conn.loop)
 
     def forget(self, conn: UpstreamConnection) -> None:
         conns = self._idle.get(conn.address)
@@ -195,13 +196,13 @@ class Pool:
     def idle_count(self, address: UpstreamAddress) -> int:
         return sum(1 for c in self._idle.get(address, ()) if c.open)
 
-    def _schedule_sweep(self) -> None:
+    def _schedule_sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         delay = max(0.05, self._settings.upstream_idle_timeout_s / 2)
-        self._sweeper = asyncio.get_running_loop().call_later(delay, self._sweep)
+        self._sweeper = loop.call_later(delay, self._sweep, loop)
 
-    def _sweep(self) -> None:
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         self._sweeper = None
-        deadline = asyncio.get_running_loop().time() - self._settings.upstream_idle_timeout_s
+        deadline = loop.time() - self._settings.upstream_idle_timeout_s
         for address, conns in list(self._idle.items()):
             keep = []
             for conn in conns:
@@ -214,4 +215,4 @@ class Pool:
             else:
                 del self._idle[address]
         if self._idle:
-            self._schedule_sweep()
+            self._schedule_sweep(loop)

@@ -125,7 +125,7 @@ class Exchange:
         self._settings = settings
         self._vmid = vmid
         self._on_upgrade = on_upgrade
-        self._loop = asyncio.get_running_loop()
+        self._loop = client.loop
         self._chunked_body = request.te_chunked
         self.upstream: UpstreamConnection | None = None
         self._task: asyncio.Task[None] | None = None
