@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     from zlh.api.tailnet_cli import register as register_tailnet
     from zlh.artifacts.cli import register as register_artifacts
     from zlh.backends.cli import register as register_template
+    from zlh.demo.cli import register as register_demo
 
     parser = _Parser(prog="zlh", description="ZeroLagHub dev containers")
     parser.add_argument("--version", action="version", version=f"zlh {__version__}")
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_template(commands)
     register_tailnet(commands)
     _register_doctor(commands)
+    register_demo(commands)
     return parser
 
 

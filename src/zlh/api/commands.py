@@ -21,7 +21,15 @@ from zlh.cli import data_dir_from
 from zlh.errors import UsageError, ZlhError
 from zlh.schemas import validation_problems
 
-__all__ = ["cmd_api", "cmd_up", "cmd_user_add", "cmd_user_disable", "cmd_user_list", "serve"]
+__all__ = [
+    "cmd_api",
+    "cmd_up",
+    "cmd_user_add",
+    "cmd_user_disable",
+    "cmd_user_list",
+    "open_database",
+    "serve",
+]
 
 logger = logging.getLogger("zlh.api")
 
@@ -143,7 +151,11 @@ def serve(app: Any, settings: ApiSettings) -> None:
 
 
 def _db(args: argparse.Namespace) -> Database:
-    settings = _settings(args)
+    return open_database(_settings(args))
+
+
+def open_database(settings: ApiSettings) -> Database:
+    """The accounts database of ``settings``, migrated, with the server's password hashing."""
     accounts.configure_hashing(
         time_cost=settings.argon2_time_cost,
         memory_kib=settings.argon2_memory_kib,

@@ -1,0 +1,131 @@
+"""The demo's conversation with the running platform, over its public HTTP interface only:
+sign in, find or request the demo container, follow its SSE progress, probe its IDE."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+
+from zlh.api.models import ContainerEvent, ContainerOut
+from zlh.errors import ZlhError
+
+__all__ = ["DEMO_ADDONS", "DEMO_RUNTIME", "DemoClient"]
+
+DEMO_RUNTIME = "node"
+DEMO_ADDONS = ("code-server",)
+# The events stream sends a keepalive every 15 s; a read waiting longer than this is a hang.
+EVENTS_READ_TIMEOUT_S = 45.0
+IDE_TIMEOUT_S = 120.0
+_GONE = {"failed", "deleting"}
+
+
+def _error(response: httpx.Response, what: str) -> ZlhError:
+    try:
+        message = response.json().get("message", response.text)
+    except ValueError:
+        message = response.text
+    return ZlhError(f"{what}: HTTP {response.status_code}: {message}")
+
+
+class DemoClient:
+    def __init__(self, base_url: str) -> None:
+        self.http = httpx.Client(base_url=base_url, timeout=30.0)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def sign_in(self, username: str, password: str) -> None:
+        response = self.http.post(
+            "/api/auth/login", json={"username": username, "password": password}
+        )
+        if response.status_code != 200:
+            raise _error(response, f"signing in as {username}")
+        self.http.headers["Authorization"] = f"Bearer {response.json()['token']}"
+
+    def demo_container(self, say: Callable[[str], None]) -> ContainerOut:
+        """The caller's newest node container with code-server, else a new one.
+
+        A failed one is deleted first (its reason shown), so the quota never fills with them.
+        """
+        response = self.http.get("/api/dev")
+        if response.status_code != 200:
+            raise _error(response, "listing containers")
+        mine = [
+            ContainerOut.model_validate(item)
+            for item in response.json()
+            if item["runtime"] == DEMO_RUNTIME and set(DEMO_ADDONS) <= set(item["addons"])
+        ]
+        for old in mine:
+            if old.state == "failed":
+                say(f"removing failed demo container {old.vmid} ({old.error})")
+                self.http.delete(f"/api/dev/{old.vmid}")
+        usable = [c for c in mine if c.state not in _GONE]
+        if usable:
+            container = max(usable, key=lambda c: c.created_at)
+            say(f"reusing demo container {container.vmid} ({container.state})")
+            return container
+        response = self.http.post(
+            "/api/dev", json={"runtime": DEMO_RUNTIME, "addons": list(DEMO_ADDONS)}
+        )
+        if response.status_code != 202:
+            raise _error(response, "requesting the demo container")
+        container = ContainerOut.model_validate(response.json())
+        say(f"requested demo container {container.vmid} ({DEMO_RUNTIME} {container.version})")
+        return container
+
+    def events(self, vmid: int) -> Iterator[ContainerEvent]:
+        """``/api/dev/{vmid}/events`` until the server ends the stream."""
+        timeout = httpx.Timeout(30.0, read=EVENTS_READ_TIMEOUT_S)
+        with self.http.stream("GET", f"/api/dev/{vmid}/events", timeout=timeout) as response:
+            if response.status_code != 200:
+                response.read()
+                raise _error(response, f"following container {vmid}")
+            data: list[str] = []
+            for line in response.iter_lines():
+                if line.startswith("data:"):
+                    data.append(line[5:].strip())
+                elif not line and data:
+                    yield ContainerEvent.model_validate(json.loads("\n".join(data)))
+                    data = []
+
+    def wait_ready(self, vmid: int, timeout_s: float, say: Callable[[str], None]) -> None:
+        """Follow the progress stream, saying each new state and step, until ready."""
+        started = time.monotonic()
+        last: tuple[str, str | None] | None = None
+        while time.monotonic() - started < timeout_s:
+            for event in self.events(vmid):
+                step = event.progress.step.value if event.progress else None
+                if (event.state, step) != last:
+                    last = (event.state, step)
+                    detail = ""
+                    if event.progress is not None:
+                        detail = f" · {step} {event.progress.percent:.0f}%"
+                        if event.progress.message:
+                            detail += f" {event.progress.message}"
+                    say(f"[{time.monotonic() - started:5.1f}s] {event.state}{detail}")
+                if event.state == "ready":
+                    return
+                if event.state == "failed":
+                    raise ZlhError(f"demo container {vmid} failed: {event.error}")
+            # The stream ended without a final state (server restart): follow it again.
+        raise ZlhError(f"demo container {vmid} not ready within {timeout_s:.0f}s")
+
+    def wait_ide(self, ide_path: str, timeout_s: float = IDE_TIMEOUT_S) -> None:
+        """Until the IDE answers 200 through the public front (503/502 while code-server
+        starts). A 404 means nothing serves ``/dev/<vmid>/ide/`` on this address."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            response = self.http.get(ide_path, follow_redirects=True)
+            if response.status_code == 200:
+                return
+            if response.status_code == 404:
+                raise ZlhError(
+                    f"{ide_path} is 404 at {self.http.base_url}: zlh up does not serve the IDE "
+                    "through its public front on this address"
+                )
+            if time.monotonic() > deadline:
+                raise _error(response, f"the IDE at {ide_path} did not answer within {timeout_s}s")
+            time.sleep(0.5)

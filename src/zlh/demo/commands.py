@@ -1,0 +1,149 @@
+"""Handler of ``zlh demo``: the steps of ``make run`` after bootstrap, in order."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+import httpx
+
+from zlh.api.settings import ApiSettings, load_settings, parse_listen
+from zlh.cli import data_dir_from
+from zlh.demo.admin import Credentials, ensure_admin
+from zlh.demo.client import DemoClient
+from zlh.demo.platform import UP_LOG, Platform, running_platform
+from zlh.errors import UsageError, ZlhError
+
+__all__ = ["cmd_demo"]
+
+ARTIFACTS = ("node", "code-server")
+_WILDCARDS = {"0.0.0.0", "::"}
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("zlh").setLevel(logging.INFO)  # the template build's steps
+    started = time.monotonic()
+    data_dir = data_dir_from(args).resolve()
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as exc:
+        raise UsageError(f"--listen: {exc}") from None
+    if args.backend == "lxc":
+        from zlh.backends.lxc import require_lxc
+
+        require_lxc()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    settings = load_settings(None, data_dir=data_dir, backend=args.backend, listen=args.listen)
+    env = _container_facing(settings, host, port)
+
+    say(f"== artifacts ({', '.join(ARTIFACTS)}) in {settings.store_path}")
+    _build_artifacts(settings.store_path, args.cache_dir or data_dir / "cache")
+    if args.backend == "lxc":
+        say("== LXC template")
+        from zlh.backends.template import build_template
+
+        template, built = build_template(data_dir)
+        say(f"{'built' if built else 'up to date'}: {template.name}")
+    credentials = ensure_admin(settings)
+    say(f"== admin account {credentials.username!r} {'created' if credentials.created else 'ok'}")
+
+    argv = ["up", "--backend", args.backend, "--data-dir", str(data_dir), "--listen", args.listen]
+    local = "127.0.0.1" if host in _WILDCARDS else host
+    base_url = f"http://{f'[{local}]' if ':' in local else local}:{port}"
+    say(f"== starting zlh up on {args.listen} (log: {data_dir / UP_LOG})")
+    signal.signal(signal.SIGTERM, _interrupt)
+    with running_platform(argv, base_url=base_url, log=data_dir / UP_LOG, env=env) as platform:
+        try:
+            ide_path = _demo_ide(platform, credentials, args.timeout)
+        except httpx.HTTPError as exc:
+            platform.check_alive()
+            raise ZlhError(f"talking to the platform at {base_url}: {exc}") from exc
+        _print_ready(base_url, ide_path, credentials, settings, time.monotonic() - started)
+        if args.exit_when_ready:
+            return 0
+        say("Ctrl-C stops the platform; the demo container keeps running and is reused next time.")
+        try:
+            code = platform.proc.wait()
+        except KeyboardInterrupt:
+            say("\nstopping the platform…")
+            code = platform.stop()
+            say(f"stopped (zlh up exited with {code})")
+            return 0
+    raise ZlhError(f"zlh up exited with {code}:\n{platform.log_tail()}")
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (systemd, CI) takes the same path as Ctrl-C."""
+    raise KeyboardInterrupt
+
+
+def _container_facing(settings: ApiSettings, host: str, port: int) -> dict[str, str]:
+    """Environment for ``zlh up``: with lxc, containers fetch artifacts from the host's bridge
+    address, so the platform must listen there and tell them so."""
+    if settings.backend != "lxc" or settings.artifact_url_for_containers is not None:
+        return {}
+    from zlh.backends.lxc_net import ensure_bridge
+
+    bridge = ensure_bridge()
+    if host not in _WILDCARDS and host != bridge.address:
+        raise UsageError(
+            f"--listen {host}:{port}: LXC containers fetch artifacts from the host's bridge "
+            f"address {bridge.address}; listen on 0.0.0.0:{port} or {bridge.address}:{port}"
+        )
+    return {"ZLH_ARTIFACT_URL_FOR_CONTAINERS": f"http://{bridge.address}:{port}/artifacts"}
+
+
+def _build_artifacts(store: Path, cache_dir: Path) -> None:
+    """Each builder skips what is already built (same recipe, file still hashes right)."""
+    from zlh.artifacts.builders import build
+    from zlh.artifacts.progress import TransferProgress
+    from zlh.artifacts.store import ArtifactStore
+
+    for name in ARTIFACTS:
+        build(
+            name,
+            version=None,
+            store=ArtifactStore(store),
+            cache_dir=cache_dir,
+            progress=TransferProgress(),
+        )
+
+
+def _demo_ide(platform: Platform, credentials: Credentials, timeout_s: float) -> str:
+    platform.wait_until_serving()
+    client = DemoClient(platform.base_url)
+    try:
+        client.sign_in(credentials.username, credentials.password)
+        container = client.demo_container(say)
+        say(f"== provisioning demo container {container.vmid}")
+        client.wait_ready(container.vmid, timeout_s, say)
+        ide_path = container.ide_path.rstrip("/") + "/"
+        client.wait_ide(ide_path)
+        return ide_path
+    finally:
+        client.close()
+
+
+def _print_ready(
+    base_url: str, ide_path: str, credentials: Credentials, settings: ApiSettings, took_s: float
+) -> None:
+    say(
+        "\n"
+        f"ZeroLagHub is running (backend {settings.backend}, data dir {settings.data_dir}), "
+        f"ready in {took_s:.1f}s\n"
+        f"  portal:   {base_url}/\n"
+        f"  IDE:      {base_url}{ide_path}\n"
+        f"  user:     {credentials.username}\n"
+        f"  password: {credentials.password}   (kept in {credentials.password_file}, 0600)\n"
+    )
+    sys.stdout.flush()
