@@ -222,3 +222,45 @@ def test_selecting_lxc_without_root_says_what_is_needed(
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(BackendUnavailable, match="needs root"):
         create_backend("lxc", data_dir=tmp_path)
+
+
+SEND_UDP = """
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind((sys.argv[1], 0))
+sock.sendto(b"hello from " + sys.argv[1].encode(), (sys.argv[2], int(sys.argv[3])))
+"""
+
+
+def received_from(backend: LxcBackend, vmid: int, source: str, server: socket.socket) -> list[str]:
+    """Who the host heard from after container ``vmid`` sent one datagram from ``source``."""
+    host, port = server.getsockname()
+    attach(backend, vmid, "python3", "-c", SEND_UDP, source, host, str(port))
+    heard = []
+    try:
+        while True:
+            _, peer = server.recvfrom(100)
+            heard.append(peer[0])
+    except TimeoutError:
+        return heard
+
+
+def test_a_container_cannot_speak_with_its_neighbours_address(backend: LxcBackend) -> None:
+    infos = {v: asyncio.run(backend.status(v)) for v in (A, B)}
+    for vmid, info in infos.items():
+        if info.state is not ContainerState.RUNNING:
+            infos[vmid] = (
+                asyncio.run(backend.start(vmid)) if info.state.exists else up(backend, vmid)
+            )
+    own, neighbour = infos[A].address, infos[B].address
+    assert own and neighbour
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind((backend._network().address, 0))
+        server.settimeout(2)
+        assert received_from(backend, A, own, server) == [own]  # the check can see packets
+        attach(backend, A, "ip", "addr", "add", f"{neighbour}/32", "dev", "eth0")
+        try:
+            assert received_from(backend, A, neighbour, server) == []
+        finally:
+            attach(backend, A, "ip", "addr", "del", f"{neighbour}/32", "dev", "eth0")
+    assert agent_status(infos[B], f"secret-{B}") == 200  # B still answers as itself

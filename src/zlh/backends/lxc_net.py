@@ -99,7 +99,7 @@ def ensure_bridge(name: str = BRIDGE) -> Bridge:
         interface = _bridge_address(name)
     if interface is None:
         raise BackendUnavailable(
-            f"bridge {name} has no IPv4 address: set USE_LXC_BRIDGE=\"true\" in "
+            f'bridge {name} has no IPv4 address: set USE_LXC_BRIDGE="true" in '
             "/etc/default/lxc-net and start lxc-net (systemctl start lxc-net), or create it"
         )
     return Bridge(name, interface)
