@@ -40,8 +40,6 @@ from zlh.proxy.websocket import Tunnel
 
 __all__ = ["Front"]
 
-_NOT_FOUND_MESSAGE = "Not found"
-
 
 class Front:
     def __init__(
@@ -125,7 +123,7 @@ class Front:
         parts = path.split(b"/", 4)  # b"", b"dev", vmid, b"ide", rest
         digits = parts[2]
         if len(parts) < 4 or parts[3] != b"ide" or not digits.isdigit() or digits[0] == 48:
-            return self._not_found(conn, req)
+            return self._local(conn, req, 404, "not found")
         vmid = int(digits)
         if len(parts) == 4:
             location = path + b"/" + (b"?" + query if sep else b"")
@@ -138,7 +136,7 @@ class Front:
             return self._unauthenticated(conn, req)
         route = self.routes.get(vmid)
         if route is None or (route.owner_id != principal.user_id and not principal.is_admin):
-            return self._not_found(conn, req)
+            return self._local(conn, req, 404, f"no container {vmid}")  # the API's very words
         if not route.ready:
             return self._local(
                 conn,
@@ -248,9 +246,6 @@ class Front:
             extra=extra,
         )
         return LocalResponse(conn, data, keep_alive=keep_alive)
-
-    def _not_found(self, conn: ClientConnection, req: RequestHead) -> Handler:
-        return self._local(conn, req, 404, _NOT_FOUND_MESSAGE, "no such container for this account")
 
     def _unauthenticated(self, conn: ClientConnection, req: RequestHead) -> Handler:
         if req.wants_html and req.method in (b"GET", b"HEAD") and not req.upgrading:
