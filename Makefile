@@ -4,6 +4,8 @@ VENV := .venv
 ZLH := $(VENV)/bin/zlh
 DATA_DIR ?= /var/lib/zlh
 LISTEN ?= 0.0.0.0:8780
+BACKEND ?= lxc
+DEMO_FLAGS ?=
 
 .PHONY: run test bootstrap lint artifacts
 
@@ -14,9 +16,10 @@ artifacts: bootstrap
 	$(ZLH) artifacts build node --data-dir $(DATA_DIR)
 	$(ZLH) artifacts build code-server --data-dir $(DATA_DIR)
 
-run: artifacts
-	$(ZLH) artifacts list --data-dir $(DATA_DIR)
-	$(ZLH) artifacts serve --data-dir $(DATA_DIR) --listen $(LISTEN)
+# The main job (zlh demo): artifacts and LXC template (cached), zlh up, the admin account, a demo
+# container; prints the portal and IDE URLs and runs until Ctrl-C. BACKEND=process without root.
+run: bootstrap
+	$(ZLH) demo --backend $(BACKEND) --data-dir $(DATA_DIR) --listen $(LISTEN) $(DEMO_FLAGS)
 
 lint: bootstrap
 	$(VENV)/bin/ruff check src tests bench
