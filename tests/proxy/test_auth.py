@@ -74,3 +74,16 @@ def test_the_cache_stays_within_its_size() -> None:
 def test_short_keys_are_refused() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         JwtAuthenticator(b"short")
+
+
+def test_tokens_shaped_like_the_apis_are_accepted_with_its_issuer_only() -> None:
+    from zlh.api.auth import ALGORITHM, ISSUER, decode_token
+
+    now = int(time.time())
+    claims = {"iss": ISSUER, "sub": "7", "sid": "s7", "iat": now, "exp": now + 60}
+    api_token = jwt.encode(claims, KEY, algorithm=ALGORITHM)
+    assert decode_token(KEY, api_token).sid == "s7"  # the API itself accepts it
+    principal = JwtAuthenticator(KEY, issuer=ISSUER).authenticate(api_token.encode())
+    assert principal is not None and (principal.user_id, principal.sid) == ("7", "s7")
+    foreign = jwt.encode({**claims, "iss": "someone-else"}, KEY, algorithm=ALGORITHM)
+    assert JwtAuthenticator(KEY, issuer=ISSUER).authenticate(foreign.encode()) is None

@@ -2,14 +2,21 @@
 
 It serves ``/dev/{vmid}/ide/...`` itself (JWT session, ownership, readiness, then a streamed
 HTTP relay or a spliced WebSocket to the container's code-server) and relays everything else to
-the API app. The API keeps it informed through :class:`RouteTable`. Wiring::
+the API app. It learns routes and revocations through :class:`RouteTable`, which
+:func:`zlh.proxy.feed.follow` keeps equal to the API's route feed. Wiring, on the API's loop::
 
     routes = RouteTable()
-    front = Front(ProxySettings(public_origin="https://zlh.example.com"), routes,
-                  JwtAuthenticator(signing_key), "unix:/run/zlh/api.sock")
+    front = Front(
+        ProxySettings(public_origin="https://zlh.example.com"),
+        routes,
+        JwtAuthenticator(signing_key, issuer="zlh"),
+        "unix:/run/zlh/api.sock",
+    )
+    follower = asyncio.create_task(follow(feed, routes))   # zlh.proxy.feed
     await front.start("0.0.0.0", 8780)
-    routes.update(100, Route(owner_id="7", host="10.0.3.100", port=6000, ready=True))
-    routes.revoke_session(sid, expires_at=exp)          # on logout
+    ...
+    follower.cancel()
+    await front.close()
 """
 
 from zlh.proxy.auth import Authenticator, JwtAuthenticator, Principal
