@@ -8,8 +8,10 @@ answers while ``GET /`` fails, so the folder page is the real proof).
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -43,13 +45,14 @@ def wait_for_200(url: str, proc: subprocess.Popen[bytes], deadline: float) -> ht
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Artifact]:
-    """The built code-server, extracted where the agent installs it."""
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Artifact]]:
+    """The built code-server, extracted where the agent installs it (~850 MB, removed after)."""
     base = tmp_path_factory.mktemp("code-server")
     build("code-server", base / "store")
     version = next((base / "store" / "addon" / "code-server").iterdir()).name
     service = base / "opt" / "zlh" / "services" / "code-server"
-    return service, unpack(base / "store", ArtifactKind.ADDON, "code-server", version, service)
+    yield service, unpack(base / "store", ArtifactKind.ADDON, "code-server", version, service)
+    shutil.rmtree(base)
 
 
 def test_code_server_starts_from_its_service_dir_and_serves_a_folder(
