@@ -66,11 +66,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     from zlh.artifacts.server import ArtifactServer
 
     settings = _server_settings(args, store_dir=args.store)
+    backend = _backend(settings)  # first: a backend that cannot run here leaves nothing behind
     store = settings.store_path
     store.mkdir(parents=True, exist_ok=True)
     app = create_app(
         settings,
-        _backend(settings),
+        backend,
         catalog=StoreCatalog(store),
         artifact_base_url=settings.artifact_url_for_containers or _container_facing_url(settings),
         store_app=ArtifactServer(store),
