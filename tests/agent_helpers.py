@@ -271,7 +271,11 @@ class AgentProcess:
     def start(self) -> AgentProcess:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT)
-        wait_for_port("127.0.0.1", self.port, proc=self.proc)
+        try:
+            wait_for_port("127.0.0.1", self.port, proc=self.proc, timeout_s=60)
+        except AssertionError:
+            self.stop()
+            raise AssertionError(f"zlh agent did not start:\n{self.log.read_text()}") from None
         return self
 
     def kill9(self) -> None:

@@ -1,7 +1,7 @@
 """Safe streaming extraction of tar.gz / tar.xz / tar.zst into a fresh staging directory.
 
-The download feeds compressed chunks through :meth:`StreamExtractor.write`; a worker thread
-decompresses them and lets :mod:`tarfile` (stream mode, no seeking) write the members. Every
+The download feeds compressed chunks through :meth:`StreamExtractor.write`; one worker thread
+decompresses them, another lets :mod:`tarfile` (stream mode, no seeking) write the members. Every
 member passes :class:`MemberGuard` first, which *refuses* (rather than silently rewrites) what a
 runtime artifact has no business containing:
 
@@ -63,13 +63,44 @@ def _decompressor(fmt: ArtifactFormat) -> Callable[[], _Decompressor]:
     return lambda: zstandard.ZstdDecompressor().decompressobj()
 
 
-class _Reader:
-    """File-like ``read`` over chunks from a queue, decompressed here, in the worker thread."""
+_Item = bytes | BaseException | None  # data, a decompression error, or end of stream
 
-    def __init__(self, chunks: queue.Queue[bytes | None], fmt: ArtifactFormat) -> None:
-        self._chunks = chunks
+
+class _Inflater:
+    """Decompresses queued chunks on its own thread (zlib, lzma and zstd release the GIL), so
+    inflating overlaps with writing files, as ``gzip`` and ``tar`` do as two processes."""
+
+    def __init__(self, fmt: ArtifactFormat, raw: queue.Queue[bytes | None]) -> None:
         self._new = _decompressor(fmt)
-        self._dec = self._new()
+        self._raw = raw
+        self.plain: queue.Queue[_Item] = queue.Queue(maxsize=_QUEUE_CHUNKS)
+
+    def run(self) -> None:
+        dec, failed = self._new(), False
+        while (chunk := self._raw.get()) is not None:
+            if failed:
+                continue  # keep consuming so the producer never blocks
+            try:
+                out = dec.decompress(chunk)
+                # A gzip file may be several members back to back, each with its own header.
+                while getattr(dec, "eof", False) and getattr(dec, "unused_data", b""):
+                    rest = dec.unused_data  # type: ignore[attr-defined]
+                    dec = self._new()
+                    out += dec.decompress(rest)
+            except Exception as exc:
+                failed = True
+                self.plain.put(exc)
+                continue
+            if out:
+                self.plain.put(out)
+        self.plain.put(None)
+
+
+class _Reader:
+    """File-like ``read`` over the inflater's output, for tarfile's stream mode."""
+
+    def __init__(self, plain: queue.Queue[_Item]) -> None:
+        self._plain = plain
         self._buf = memoryview(b"")
         self._eof = False
 
@@ -77,28 +108,22 @@ class _Reader:
         while not self._buf:
             if self._eof:
                 return b""
-            chunk = self._chunks.get()
-            if chunk is None:
+            item = self._plain.get()
+            if item is None:
                 self._eof = True
                 return b""
-            self._buf = memoryview(self._inflate(chunk))
+            if isinstance(item, BaseException):
+                self._eof = True
+                raise item
+            self._buf = memoryview(item)
         n = len(self._buf) if size < 0 else min(size, len(self._buf))
         out, self._buf = bytes(self._buf[:n]), self._buf[n:]
         return out
 
-    def _inflate(self, chunk: bytes) -> bytes:
-        out = self._dec.decompress(chunk)
-        # A gzip file may be several members back to back; each needs a fresh decompressor.
-        while getattr(self._dec, "eof", False) and getattr(self._dec, "unused_data", b""):
-            rest = self._dec.unused_data  # type: ignore[attr-defined]
-            self._dec = self._new()
-            out += self._dec.decompress(rest)
-        return out
-
     def drain(self) -> None:
-        """Consume the rest of the stream so the producer never blocks on a full queue."""
+        """Consume the rest of the stream so the inflater never blocks on a full queue."""
         while not self._eof:
-            if self._chunks.get() is None:
+            if self._plain.get() is None:
                 self._eof = True
 
 
@@ -210,17 +235,23 @@ class StreamExtractor:
         self.dest = dest
         self.guard = MemberGuard(strip_components)
         self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUE_CHUNKS)
-        self._reader = _Reader(self._chunks, fmt)
+        inflater = _Inflater(fmt, self._chunks)
+        self._reader = _Reader(inflater.plain)
         self._error: BaseException | None = None
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="zlh-extract", daemon=True)
+        self._threads = (
+            threading.Thread(target=inflater.run, name="zlh-inflate", daemon=True),
+            threading.Thread(target=self._run, name="zlh-extract", daemon=True),
+        )
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def _run(self) -> None:
         try:
             with tarfile.open(fileobj=self._reader, mode="r|", bufsize=_TAR_BUFSIZE) as tar:  # type: ignore[call-overload]
+                tar.copybufsize = _TAR_BUFSIZE
                 for member in tar:
                     tar.extract(member, self.dest, filter=self.guard)
         except BaseException as exc:
@@ -259,5 +290,5 @@ class StreamExtractor:
         self.guard.verify_links(self.dest)
 
     async def abort(self) -> None:
-        if self._thread.is_alive():
+        if self._threads[1].is_alive():
             await self._end()

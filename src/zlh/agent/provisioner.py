@@ -19,16 +19,14 @@ import contextlib
 import json
 import logging
 import os
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from zlh.agent.addons import make_addon
-from zlh.agent.addons.base import Addon, AddonContext
 from zlh.agent.config import AgentConfig
-from zlh.agent.devuser import DevEnvironment, ensure_dev_environment
 from zlh.agent.errors import AgentError
-from zlh.agent.install import Installer, InstallRequest, sweep_all
+from zlh.agent.installed import sweep_all
 from zlh.agent.paths import Layout
 from zlh.agent.progress import ProgressTracker
 from zlh.agent.runtimes import Runtimes
@@ -41,6 +39,11 @@ from zlh.schemas import (
     RuntimeSpec,
     TailscaleAddon,
 )
+
+if TYPE_CHECKING:
+    from zlh.agent.addons.base import Addon
+    from zlh.agent.devuser import DevEnvironment
+    from zlh.agent.install import Installer
 
 __all__ = ["Provisioner"]
 
@@ -60,7 +63,7 @@ class Provisioner:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.layout = Layout(config.root)
-        self.installer = Installer(policy=config.retry, artifact_base_url=config.artifact_base_url)
+        self._installer: Installer | None = None
         self.runtimes = Runtimes(self.layout)
         self.tracker = ProgressTracker()
         self.state = AgentState.IDLE
@@ -70,6 +73,22 @@ class Provisioner:
         self.addons: dict[str, Addon[Any]] = {}
         self._jobs: list[tuple[ProvisionPayload, asyncio.Task[None]]] = []
         self._one_at_a_time = asyncio.Lock()
+
+    @property
+    def installer(self) -> Installer:
+        """The installing machinery (HTTP client, tar, threads), loaded on first use: an agent
+        with nothing to install keeps none of it in memory."""
+        if self._installer is None:
+            from zlh.agent.install import Installer
+
+            config = self.config
+            self._installer = Installer(
+                policy=config.retry, artifact_base_url=config.artifact_base_url
+            )
+        return self._installer
+
+    def installing(self, target: Path) -> bool:
+        return self._installer is not None and self._installer.busy(target)
 
     # -- accepting work -------------------------------------------------------------------
 
@@ -87,6 +106,8 @@ class Provisioner:
         return False
 
     def _persist(self, payload: ProvisionPayload) -> None:
+        if payload == self.payload:
+            return  # already on disk (the guarded re-provisioning path stays write-free)
         path = self.layout.payload_file
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = path.with_name(f".{path.name}.tmp")
@@ -110,6 +131,7 @@ class Provisioner:
         except ValidationError as exc:
             log.error("ignoring the persisted payload %s: %s", self.layout.payload_file, exc)
             return
+        self.payload = payload  # it is on disk already
         self.submit(payload)
 
     async def wait_idle(self) -> None:
@@ -128,7 +150,8 @@ class Provisioner:
                 await task
         for addon in self.addons.values():
             await addon.stop()
-        await self.installer.close()
+        if self._installer is not None:
+            await self._installer.close()
 
     # -- doing it --------------------------------------------------------------------------
 
@@ -141,6 +164,8 @@ class Provisioner:
 
     async def _run(self, payload: ProvisionPayload) -> tuple[AgentState, ProvisionError | None]:
         self.state, self.error = AgentState.PROVISIONING, None
+        from zlh.agent.devuser import ensure_dev_environment
+
         tracker = self.tracker
         try:
             tracker.enter(ProvisionStep.DEV_USER, f"preparing the dev user {payload.dev_user.name}")
@@ -162,6 +187,8 @@ class Provisioner:
         return AgentState.READY, None
 
     async def _install_runtime(self, runtime: RuntimeSpec) -> None:
+        from zlh.agent.install import InstallRequest
+
         name = runtime.name.value
         request = InstallRequest(
             kind=ArtifactKind.RUNTIME,
@@ -180,6 +207,9 @@ class Provisioner:
         return tuple(str(self.layout.current(name) / rel) for rel in (marker.bin if marker else []))
 
     async def _provision_addons(self, payload: ProvisionPayload, dev: DevEnvironment) -> None:
+        from zlh.agent.addons import make_addon
+        from zlh.agent.addons.base import AddonContext
+
         ctx = AddonContext(
             layout=self.layout,
             config=self.config,

@@ -76,7 +76,7 @@ async def remove(request: web.Request) -> web.Response:
     prov = request.app[PROVISIONER]
     name, version = _runtime(request)
     target = prov.layout.runtime(name, version)
-    if prov.installer.busy(target):
+    if prov.installing(target):
         raise Conflict(f"runtime {name} {version} is being installed; try again when done")
     prov.runtimes.remove(name, version)
     return _status(prov)

@@ -14,7 +14,7 @@ import shlex
 from pathlib import Path
 
 from zlh.agent.errors import Conflict, NotFound
-from zlh.agent.install import Marker, read_marker, retire
+from zlh.agent.installed import Marker, read_marker, retire
 from zlh.agent.paths import Layout
 from zlh.schemas import InstalledRuntime, RuntimeName
 
@@ -26,6 +26,12 @@ _PROFILE_HEADER = """\
 
 
 def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write ``text`` to ``path`` via a temp file and rename; nothing when it is already so."""
+    try:
+        if path.read_text() == text:
+            return
+    except OSError:
+        pass
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
@@ -75,11 +81,12 @@ class Runtimes:
     def activate(self, name: str, version: str) -> None:
         if self.marker(name, version) is None:
             raise NotFound(f"runtime {name} {version} is not installed")
-        link = self.layout.current(name)
-        tmp = link.with_name(f".current.tmp-{os.getpid()}")
-        tmp.unlink(missing_ok=True)
-        os.symlink(version, tmp)
-        os.replace(tmp, link)
+        if self.active_version(name) != version:
+            link = self.layout.current(name)
+            tmp = link.with_name(f".current.tmp-{os.getpid()}")
+            tmp.unlink(missing_ok=True)
+            os.symlink(version, tmp)
+            os.replace(tmp, link)
         self.write_profile()
 
     def remove(self, name: str, version: str) -> None:

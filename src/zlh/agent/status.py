@@ -9,8 +9,7 @@ in a container, the same paths beneath ``--root`` elsewhere.
 from __future__ import annotations
 
 from zlh import __version__
-from zlh.agent.addons.tailscale import Tailscale
-from zlh.agent.install import read_marker
+from zlh.agent.installed import read_marker
 from zlh.agent.provisioner import Provisioner
 from zlh.schemas import AddonHealth, AgentStatus, DevUser
 
@@ -25,6 +24,10 @@ def _addon_installed(prov: Provisioner, name: str) -> bool:
 
 def _tailscale_ip(prov: Provisioner) -> str | None:
     addon = prov.addons.get("tailscale")
+    if addon is None:
+        return None
+    from zlh.agent.addons.tailscale import Tailscale
+
     return addon.ip if isinstance(addon, Tailscale) and addon.joined else None
 
 

@@ -25,7 +25,7 @@ from agent_helpers import (
     settled,
     tarball,
 )
-from zlh.agent.install import read_marker
+from zlh.agent.installed import read_marker
 
 
 @pytest.fixture

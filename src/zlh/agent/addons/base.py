@@ -22,7 +22,8 @@ from typing import ClassVar, Generic, TypeVar
 
 from zlh.agent.config import AgentConfig
 from zlh.agent.devuser import DevEnvironment
-from zlh.agent.install import Installer, InstallRequest, read_marker
+from zlh.agent.install import Installer, InstallRequest
+from zlh.agent.installed import read_marker
 from zlh.agent.paths import Layout
 from zlh.agent.progress import ProgressTracker
 from zlh.schemas import AddonHealth, ArtifactKind, CodeServerAddon, TailscaleAddon
