@@ -50,7 +50,15 @@ class AgentClient:
             await self._session.close()
 
     async def status(self, base_url: str, secret: str, *, timeout_s: float) -> AgentStatus:
-        body = await self._request("GET", f"{base_url}/status", secret, timeout_s, None, 200)
+        body = await self.status_body(base_url, secret, timeout_s=timeout_s)
+        return self.parse_status(base_url, body)
+
+    async def status_body(self, base_url: str, secret: str, *, timeout_s: float) -> bytes:
+        """The raw ``/status`` document (the poller skips parsing when it did not change)."""
+        return await self._request("GET", f"{base_url}/status", secret, timeout_s, None, 200)
+
+    @staticmethod
+    def parse_status(base_url: str, body: bytes) -> AgentStatus:
         try:
             return AgentStatus.model_validate_json(body)
         except ValidationError as exc:

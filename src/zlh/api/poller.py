@@ -44,6 +44,7 @@ class PollTarget:
     misses: int = 0
     due: float = 0.0
     last_status: dict[str, Any] | None = None
+    last_body: bytes = b""
     in_flight: bool = False
     resending: bool = field(default=False)
 
@@ -137,19 +138,25 @@ class Poller:
     # -- one poll ------------------------------------------------------------------------------
 
     async def _poll(self, target: PollTarget) -> None:
+        url = target.container.agent_url or ""
         try:
             async with self._sem:
-                status = await self.agents.status(
-                    target.container.agent_url or "",
-                    target.secret,
-                    timeout_s=self.settings.poll_timeout_s,
+                body = await self.agents.status_body(
+                    url, target.secret, timeout_s=self.settings.poll_timeout_s
                 )
+            if body == target.last_body and target.container.state == ContainerState.READY:
+                # The steady state of most containers: same document, nothing to parse or write.
+                target.misses = 0
+                target.due = self._clock() + self.settings.poll_interval_s
+                return
+            status = self.agents.parse_status(url, body)
         except AgentError as exc:
             self._missed(target, exc)
         except asyncio.CancelledError:
             raise
         else:
             await self._observed(target, status)
+            target.last_body = body
         finally:
             target.in_flight = False
 
