@@ -124,13 +124,22 @@ def wait_for(predicate: Any, *, timeout_s: float = 10.0, what: str = "condition"
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def sse_events(client: httpx.Client, path: str, headers: dict[str, str]) -> list[dict[str, Any]]:
-    """Read an SSE stream to its end; the ``data`` of every ``status`` event."""
+def sse_events(
+    client: httpx.Client, path: str, headers: dict[str, str], *, deadline_s: float = 90.0
+) -> list[dict[str, Any]]:
+    """Read an SSE stream to its end; the ``data`` of every ``status`` event.
+
+    Fails (with what it saw) if the stream has not ended after ``deadline_s``: the server's
+    keep-alive comments would otherwise keep a stuck stream open forever.
+    """
     events: list[dict[str, Any]] = []
+    deadline = time.monotonic() + deadline_s
     with client.stream("GET", path, headers=headers, timeout=20) as response:
         assert response.status_code == 200, response.read()
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
             if line.startswith("data: "):
                 events.append(json.loads(line[len("data: ") :]))
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{path} did not end within {deadline_s}s: {events[-3:]}")
     return events
