@@ -112,7 +112,14 @@ def test_code_server_runs_answers_and_comes_back_after_being_killed(
             assert json.loads(settings.read_text())["chat.disableAIFeatures"] is True
 
             pid_file = root / "var/lib/zlh-agent/run/code-server.pid"
-            old = int(json.loads(pid_file.read_text())["pid"])
+            record = json.loads(pid_file.read_text())
+            argv = record["argv"]
+            assert argv[:2] == [str(root / "opt/zlh/services/code-server/lib/node"),
+                                str(root / "opt/zlh/services/code-server")]  # fmt: skip
+            assert argv[argv.index("--auth") + 1] == "none"
+            assert "--base-path" not in argv  # code-server 4.x's --help does not list it
+            assert argv[-1] == str(workspace)
+            old = int(record["pid"])
             os.killpg(old, signal.SIGKILL)
             agent.wait_for(lambda s: not s["codeServerRunning"], timeout_s=30)
             back = agent.wait_for(lambda s: s["codeServerRunning"], timeout_s=120)

@@ -57,7 +57,9 @@ class CodeServer(Addon[CodeServerAddon]):
         self.settings_file = self.xdg["XDG_DATA_HOME"] / "code-server" / "User" / "settings.json"
         self.supervisor: Supervisor | None = None
         self._monitor: asyncio.Task[None] | None = None
-        self._healthy = False
+        # The pid the last successful probe answered for: a restarted process is not "running"
+        # on the strength of its predecessor's answer.
+        self._healthy_pid: int | None = None
         self._base_path_supported: bool | None = None
 
     @property
@@ -178,7 +180,7 @@ class CodeServer(Addon[CodeServerAddon]):
 
     async def _wait_healthy(self, supervisor: Supervisor) -> None:
         deadline = time.monotonic() + self.ctx.config.addon_start_timeout_s
-        while not (self._healthy and supervisor.running_pid()):
+        while not self._running():
             if supervisor.gave_up:
                 raise AddonError(supervisor.gave_up)
             if time.monotonic() > deadline:
@@ -187,20 +189,24 @@ class CodeServer(Addon[CodeServerAddon]):
                     f"{self.ctx.config.addon_start_timeout_s:g}s; last output: "
                     f"{supervisor.tail()!r}"
                 )
-            if await self._probe():
-                self._healthy = True
-            else:
+            await self._check()
+            if not self._running():
                 await asyncio.sleep(0.2)
+
+    def _running(self) -> bool:
+        pid = self.supervisor.running_pid() if self.supervisor else None
+        return pid is not None and pid == self._healthy_pid
+
+    async def _check(self) -> None:
+        pid = self.supervisor.running_pid() if self.supervisor else None
+        self._healthy_pid = pid if pid is not None and await self._probe() else None
 
     async def _watch(self) -> None:
         while True:
-            self._healthy = await self._probe()
+            await self._check()
             await asyncio.sleep(self.ctx.config.health_interval_s)
 
     async def _probe(self) -> bool:
-        supervisor = self.supervisor
-        if supervisor is None or supervisor.running_pid() is None:
-            return False
         import aiohttp
 
         base = f"http://{self.probe_host}:{self.port}"
@@ -225,11 +231,11 @@ class CodeServer(Addon[CodeServerAddon]):
             self._monitor = None
         if self.supervisor is not None:
             await self.supervisor.stop()
-        self._healthy = False
+        self._healthy_pid = None
 
     def health(self) -> AddonHealth:
         supervisor = self.supervisor
-        running = bool(self._healthy and supervisor and supervisor.running_pid())
+        running = self._running()
         message = ""
         if supervisor is not None and supervisor.gave_up:
             message = supervisor.gave_up
