@@ -107,6 +107,14 @@ def test_vmids_are_allocated_in_order_and_quota_holds(db: Database) -> None:
     assert reg.get(100) is not None and reg.get(100).state == "requested"  # type: ignore[union-attr]
 
 
+def test_a_deleted_containers_vmid_is_never_handed_out_again(db: Database) -> None:
+    owner = accounts.create_user(db, "gina", "password-1")
+    reg = registry(db)
+    first = allocate(reg, owner)
+    reg.remove(first)
+    assert allocate(reg, owner) == first + 1
+
+
 def test_concurrent_requests_never_share_a_vmid(db: Database) -> None:
     owner = accounts.create_user(db, "erin", "password-1")
     reg = registry(db)

@@ -14,8 +14,9 @@ from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from zlh.api.db import Container, ContainerState, Database, User
+from zlh.api.db import Container, ContainerState, Database, KeyValue, User
 from zlh.api.db.models import utcnow
 from zlh.api.errors import Conflict, Forbidden
 from zlh.api.events import EventBus
@@ -27,6 +28,7 @@ from zlh.schemas.payload import MIN_VMID
 __all__ = ["ContainerRegistry", "container_out", "parse_status"]
 
 _ALLOCATE_TRIES = 8
+_VMID_MARK = "vmid:last-allocated"
 
 
 def parse_status(container: Container) -> AgentStatus | None:
@@ -155,10 +157,10 @@ class ContainerRegistry:
                         raise Forbidden(
                             f"container quota reached: {owner.username} holds {held} of {quota}"
                         )
-                    top = session.scalar(select(func.max(Container.vmid)))
+                    vmid = self._next_vmid(session)
                     now = utcnow()
                     container = Container(
-                        vmid=max(MIN_VMID, (top or 0) + 1),
+                        vmid=vmid,
                         owner_id=owner.id,
                         runtime=runtime,
                         version=version,
@@ -177,6 +179,19 @@ class ContainerRegistry:
             self._notify(container)
             return container
         raise Conflict("could not allocate a vmid; try again")
+
+    @staticmethod
+    def _next_vmid(session: Session) -> int:
+        """One above every vmid ever handed out: a deleted container's vmid is never reused
+        (the front, the audit log and a late poll must never mistake one for the other)."""
+        top = session.scalar(select(func.max(Container.vmid))) or 0
+        mark = session.get(KeyValue, _VMID_MARK)
+        vmid = max(MIN_VMID, top + 1, int(mark.value["last"]) + 1 if mark else 0)
+        if mark is None:
+            session.add(KeyValue(key=_VMID_MARK, value={"last": vmid}))
+        else:
+            mark.value = {"last": vmid}
+        return vmid
 
     def update(self, vmid: int, **changes: Any) -> Container | None:
         """Apply ``changes``; writes (and notifies) only when a value differs. None if gone."""

@@ -128,6 +128,13 @@ class Poller:
                 del self._targets[vmid]
         for vmid, container in fresh.items():
             target = self._targets.get(vmid)
+            if target is not None and (
+                target.container.agent_nonce != container.agent_nonce
+                or target.container.agent_url != container.agent_url
+            ):
+                if target.in_flight:
+                    continue  # replaced on the next reload, after this poll lands
+                target = None  # another container (or address) now: start afresh
             if target is None:
                 self._targets[vmid] = PollTarget(
                     container, self._secret(container), last_status=container.status
