@@ -7,7 +7,9 @@ binaries to prove it works, packs it as a deterministic tarball with one top-lev
 
 A build is skipped when the catalog already holds the version with the same ``recipe`` label
 and the stored file still hashes to its catalog digest. The recipe label names the builder
-revision and the exact upstream package, so a changed layout or pin rebuilds.
+revision and the exact upstream package, so a changed layout or pin rebuilds. A checked build
+is kept in the cache (``built.py``), so adding it to another store is a copy. A version the
+operator imported (no recipe label) is never replaced.
 """
 
 from __future__ import annotations
@@ -86,11 +88,14 @@ class BuildResult:
     artifact: Artifact
     skipped: bool
     downloads: tuple[str, ...] = ()
+    from_cache: bool = False  # the checked build was already in the cache: only copied
 
     @property
     def summary(self) -> str:
         if self.skipped:
             verb = "already built, skipped"
+        elif self.from_cache:
+            verb = "added from the build cache"
         else:
             fetched = ", ".join(self.downloads) or "nothing (all from the cache)"
             verb = f"built, downloaded {fetched}"
@@ -142,9 +147,8 @@ def run_build(
     cached = load_cached(cache_dir, recipe.name, recipe.key, recipe.filename, recipe.recipe_id)
     downloads: list[str] = []
     progress = progress or TransferProgress.quiet()
-    if cached is not None:
-        log(f"{recipe.label}: reusing the checked build in {cached.tarball.parent}")
-    else:
+    from_cache = cached is not None
+    if cached is None:
         cached = _build(builder, recipe, cache_dir, progress, log, downloads)
     metadata = ArtifactMetadata(
         upstream_version=recipe.upstream_version,
@@ -166,7 +170,9 @@ def run_build(
         replace=replace,
         progress=progress,
     )
-    result = BuildResult(recipe.kind, recipe.name, recipe.key, artifact, False, tuple(downloads))
+    result = BuildResult(
+        recipe.kind, recipe.name, recipe.key, artifact, False, tuple(downloads), from_cache
+    )
     log(result.summary)
     return result
 

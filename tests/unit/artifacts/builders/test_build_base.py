@@ -127,6 +127,7 @@ def test_a_fresh_store_reuses_the_cached_build_with_the_same_bytes(tmp_path: Pat
     first = build(builder, ArtifactStore(tmp_path / "a"), tmp_path / "cache")
     second = build(builder, ArtifactStore(tmp_path / "b"), tmp_path / "cache")
     assert builder.assembled == 1 and not second.skipped
+    assert second.from_cache and "added from the build cache" in second.summary
     assert second.artifact.sha256 == first.artifact.sha256
 
 
