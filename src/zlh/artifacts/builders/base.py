@@ -31,6 +31,7 @@ from zlh.artifacts.builders.tarball import tree_size, write_tarball
 from zlh.artifacts.errors import ArtifactConflictError, UnknownArtifactError
 from zlh.artifacts.progress import TransferProgress
 from zlh.artifacts.store import ArtifactStore
+from zlh.errors import UsageError
 from zlh.schemas import Artifact, ArtifactFormat, ArtifactKind, ArtifactMetadata
 
 __all__ = ["BuildContext", "BuildResult", "Builder", "Recipe", "pick_version", "run_build"]
@@ -112,7 +113,7 @@ class Builder(ABC):
     def recipe(self, version: str | None) -> Recipe:
         """The recipe for ``version`` (a catalog key or a full upstream version; None: ours).
 
-        Pure: no downloads. Raises UnknownArtifactError for a version it cannot build."""
+        Pure: no downloads. Raises UsageError for a version it cannot build."""
 
     @abstractmethod
     def assemble(self, recipe: Recipe, tree: Path, ctx: BuildContext) -> dict[str, str]:
@@ -242,7 +243,7 @@ def pick_version(
     if full.fullmatch(asked):
         return key_of(asked), asked
     known = ", ".join(f"{k} (= {v})" for k, v in pins.items())
-    raise UnknownArtifactError(
+    raise UsageError(
         f"cannot build {name} {asked!r}: known versions are {known};"
         f" or give a full upstream version such as {next(iter(pins.values()))}"
     )

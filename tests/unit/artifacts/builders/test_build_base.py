@@ -18,8 +18,9 @@ from zlh.artifacts.builders.base import (
 )
 from zlh.artifacts.builders.built import load_cached
 from zlh.artifacts.builders.fetch import BuildError
-from zlh.artifacts.errors import ArtifactConflictError, UnknownArtifactError
+from zlh.artifacts.errors import ArtifactConflictError
 from zlh.artifacts.store import ArtifactStore
+from zlh.errors import UsageError
 from zlh.schemas import ArtifactKind
 
 PINS = {"1": "1.0.2", "2": "2.1.0"}
@@ -83,7 +84,7 @@ def test_pick_version_maps_keys_full_versions_and_the_default() -> None:
 
 @pytest.mark.parametrize("asked", ["3", "1.0", "1.0.2; rm -rf /", "latest"])
 def test_pick_version_refuses_what_it_cannot_build_and_lists_what_it_can(asked: str) -> None:
-    with pytest.raises(UnknownArtifactError, match=r"known versions are 1 \(= 1\.0\.2\), 2"):
+    with pytest.raises(UsageError, match=r"known versions are 1 \(= 1\.0\.2\), 2"):
         pick(asked)
 
 
