@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 
@@ -391,3 +392,41 @@ def test_a_failing_authenticator_gets_500_not_a_hang(harness: Harness) -> None:
         assert response.status_code == 500
     finally:
         harness.run(front.close())
+
+
+def test_slow_client_pauses_the_container_instead_of_buffering_the_body(harness: Harness) -> None:
+    vmid = harness.add_route("alice")
+    size = 30_000_000
+    cookie = f"zlh_session={token('alice')}".encode()
+    with socket.create_connection(("127.0.0.1", harness.front.port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.sendall(
+            b"GET /dev/%d/ide/big?size=%d HTTP/1.1\r\nHost: a\r\nCookie: %s\r\n\r\n"
+            % (vmid, size, cookie)
+        )
+
+        def relay_state() -> tuple[bool, int]:
+            """(upstream reading paused, bytes waiting in the front's client write buffer)."""
+            for conn in harness.front._connections:
+                current = conn._current
+                exchange = current.handler if current is not None else None
+                upstream = getattr(exchange, "upstream", None)
+                if upstream is not None:
+                    return (
+                        not upstream.transport.is_reading(),
+                        conn.transport.get_write_buffer_size(),
+                    )
+            return False, 0
+
+        wait_until(lambda: harness.call(relay_state)[0], what="upstream paused by back-pressure")
+        buffered = harness.call(relay_state)[1]
+        assert buffered < 2_000_000, f"the front holds {buffered} bytes for a slow client"
+        received = 0
+        head, _, rest = sock.recv(65536).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        received = len(rest)
+        while received < size:
+            data = sock.recv(1 << 20)
+            assert data, f"connection closed after {received} of {size} bytes"
+            received += len(data)
+    assert received == size
