@@ -90,10 +90,6 @@ class Installer:
     def lock(self, target: Path) -> asyncio.Lock:
         return self._locks.setdefault(target, asyncio.Lock())
 
-    def busy(self, target: Path) -> bool:
-        lock = self._locks.get(target)
-        return lock is not None and lock.locked()
-
     def _url(self, artifact: Artifact) -> str:
         if artifact.url.startswith(("http://", "https://")):
             return artifact.url

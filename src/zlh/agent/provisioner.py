@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -86,9 +85,6 @@ class Provisioner:
                 policy=config.retry, artifact_base_url=config.artifact_base_url
             )
         return self._installer
-
-    def installing(self, target: Path) -> bool:
-        return self._installer is not None and self._installer.busy(target)
 
     # -- accepting work -------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -75,10 +76,11 @@ async def activate(request: web.Request) -> web.Response:
 async def remove(request: web.Request) -> web.Response:
     prov = request.app[PROVISIONER]
     name, version = _runtime(request)
-    target = prov.layout.runtime(name, version)
-    if prov.installing(target):
+    lock = prov.installer.lock(prov.layout.runtime(name, version))
+    if lock.locked():
         raise Conflict(f"runtime {name} {version} is being installed; try again when done")
-    prov.runtimes.remove(name, version)
+    async with lock:  # no install of this version can start while its tree goes away
+        await asyncio.to_thread(prov.runtimes.remove, name, version)
     return _status(prov)
 
 

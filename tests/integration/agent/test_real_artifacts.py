@@ -127,5 +127,15 @@ def test_code_server_runs_answers_and_comes_back_after_being_killed(
             health = {a["name"]: a for a in back["addons"]}["code-server"]
             assert health["restarts"] == 1
             assert httpx.get(f"{ide}/healthz", timeout=30).status_code == 200
+
+            # The same payload again: nothing downloaded, code-server left alone.
+            pid = int(json.loads(pid_file.read_text())["pid"])
+            gets = len(server.requests)
+            assert agent.provision(body).status_code == 202
+            again = agent.wait_for(settled)
+            assert again["state"] == "ready" and again["codeServerRunning"] is True
+            assert int(json.loads(pid_file.read_text())["pid"]) == pid
+            assert {a["name"]: a for a in again["addons"]}["code-server"]["restarts"] == 1
+            assert len(server.requests) == gets
         finally:
             agent.stop()
