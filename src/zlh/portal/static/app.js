@@ -9,6 +9,7 @@ import { containerView } from "./views/container.js";
 const main = document.getElementById("main");
 let cleanup = () => {};
 let me = null;
+let rendered = false;
 
 const routes = [
   [/^\/login$/, () => loginView],
@@ -72,7 +73,10 @@ async function render() {
     renderAccount();
     const result = await view(main, { params, me, navigate });
     if (typeof result === "function") cleanup = result;
-    main.focus({ preventScroll: true });
+    // After an in-app navigation, keyboard and screen-reader users continue in the new view
+    // (unless it focused a field itself); a fresh load starts at the top, skip link first.
+    if (rendered && !main.contains(document.activeElement)) main.focus({ preventScroll: true });
+    rendered = true;
   } catch (err) {
     main.append(errorBox(err));
   }

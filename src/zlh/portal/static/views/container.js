@@ -163,8 +163,14 @@ function overview(panel, container, { badge, setIde }) {
     }
   }
 
+  let runtimeInstalled = Boolean(container.status && container.status.runtimeInstalled);
   function onEvent(ev) {
     badge.replaceChildren(stateBadge(ev.state));
+    if (ev.runtimeInstalled !== runtimeInstalled && !FINAL.has(ev.state)) {
+      // The runtime just landed: show its install path and workspace without waiting for ready.
+      runtimeInstalled = ev.runtimeInstalled;
+      refresh().catch((err) => failure.replaceChildren(errorBox(err)));
+    }
     const p = ev.progress;
     if (p && ev.state !== "ready") {
       markStep(p.step, ev.state === "failed" ? "failed" : "active");

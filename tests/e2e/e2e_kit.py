@@ -1,0 +1,267 @@
+"""Helpers of the browser tests: the platform under test, Chromium, console watching, screenshots.
+
+Chromium is Debian's (``/usr/bin/chromium``) driven by Playwright's sync API through
+``executable_path``; ``playwright install`` is never run.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page
+
+from support import REPO, zlh
+from zlh.schemas import ArtifactKind, Catalog
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+SHOTS = REPO / "test-results" / "portal"
+PROVISION_TIMEOUT_S = 600.0
+
+PASSWORD = "a long portal password"
+ALICE, BOB, ADMIN = "alice", "bob", "boss"
+
+# Fast polling and cheap password hashing: the flows stay real, the waits get short.
+FAST_ENV = {
+    "ZLH_POLL_INTERVAL_S": "0.5",
+    "ZLH_POLL_INTERVAL_PROVISIONING_S": "0.2",
+    "ZLH_ARGON2_TIME_COST": "1",
+    "ZLH_ARGON2_MEMORY_KIB": "64",
+    "ZLH_ARGON2_PARALLELISM": "1",
+}
+
+
+@dataclass
+class Platform:
+    """``zlh up --backend process`` running for the session."""
+
+    base_url: str
+    data_dir: Path
+    proc: subprocess.Popen[bytes]
+
+    def workspace(self, vmid: int) -> Path:
+        """Where the process backend keeps a container's workspace on this host."""
+        return self.data_dir / "process" / str(vmid) / "root" / "home" / "dev" / "workspace"
+
+
+def platform_env(data_dir: Path) -> dict[str, str]:
+    return {**os.environ, **FAST_ENV, "ZLH_DATA_DIR": str(data_dir)}
+
+
+def copy_catalog_entry(source: Path, target: Path, kind: ArtifactKind, name: str) -> None:
+    """Add ``source``'s default ``kind``/``name`` artifact to ``target`` with ``zlh artifacts add``,
+    carrying every field of its catalog entry (format, strip, bin dirs, metadata, labels)."""
+    catalog = Catalog.model_validate_json((source / "catalog.json").read_text())
+    entries = catalog.runtimes if kind is ArtifactKind.RUNTIME else catalog.addons
+    entry = next(e for n, e in entries.items() if n == name)
+    version = next(v for v in entry.versions if v.version == entry.default)
+    art = version.artifact
+    meta = art.metadata
+    args = [
+        *("artifacts", "add", kind.value, name, version.version),
+        *("--file", str(source / art.url), "--store", str(target), "--default"),
+        *("--format", art.format.value, "--strip-components", str(art.strip_components)),
+        *(a for d in art.bin for a in ("--bin", d)),
+        *(("--upstream-version", meta.upstream_version) if meta.upstream_version else ()),
+        *(("--source", meta.source) if meta.source else ()),
+        *(a for k, v in meta.labels.items() for a in ("--label", f"{k}={v}")),
+    ]
+    zlh(*args)
+
+
+def _tarball(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o755
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def add_corrupt_node_versions(store: Path, scratch: Path) -> None:
+    """Two node versions that must fail to provision: ``23``, whose stored tarball was cut to
+    half after it was added (size and digest no longer match), and ``21``, a tarball holding
+    ``../evil`` (the agent refuses to extract it)."""
+    small = _tarball(scratch / "node-23.tar.gz", {"bin/node": b"#!/bin/sh\necho fake\n" * 100})
+    zlh("artifacts", "add", "runtime", "node", "23", "--file", str(small), "--store", str(store))
+    stored = store / "runtime" / "node" / "23" / small.name
+    os.truncate(stored, stored.stat().st_size // 2)
+    evil = _tarball(scratch / "node-21.tar.gz", {"../evil": b"outside\n"})
+    zlh("artifacts", "add", "runtime", "node", "21", "--file", str(evil), "--store", str(store))
+
+
+@dataclass
+class ConsoleWatch:
+    """Every console error and uncaught exception of a page, minus what a test expects.
+
+    ``expect_http(401, "/api/auth/login")`` accepts Chromium's "Failed to load resource" line
+    for a request the page makes on purpose and handles (a wrong password, the signed-out probe).
+    """
+
+    errors: list[str] = field(default_factory=list)
+    allowed: list[re.Pattern[str]] = field(default_factory=list)
+
+    def attach(self, page: Page) -> None:
+        page.on("console", self._console)
+        page.on("pageerror", lambda exc: self.errors.append(f"uncaught: {exc}"))
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.errors.append(f"{message.text} (at {message.location.get('url', '?')})")
+
+    def expect_http(self, status: int, url_part: str) -> None:
+        self.allowed.append(
+            re.compile(
+                rf"^Failed to load resource: the server responded with a status of {status} "
+                rf".*\(at [^)]*{re.escape(url_part)}[^)]*\)$"
+            )
+        )
+
+    def allow(self, pattern: str) -> None:
+        self.allowed.append(re.compile(pattern))
+
+    def unexpected(self) -> list[str]:
+        return [e for e in self.errors if not any(p.search(e) for p in self.allowed)]
+
+    def assert_clean(self) -> None:
+        assert self.unexpected() == [], "browser console errors:\n" + "\n".join(self.unexpected())
+
+
+def sign_in(page: Page, base_url: str, user: str, password: str = PASSWORD) -> None:
+    """Use the sign-in form the way a person does; returns once the dashboard shows."""
+    if "/login" not in page.url:
+        page.goto(f"{base_url}/login")
+    page.get_by_label("User name").fill(user)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_selector("#account button")
+
+
+def settle(page: Page) -> None:
+    """Wait two animation frames: layout and paint caught up with the last change."""
+    page.evaluate("() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))")
+
+
+def page_width(page: Page) -> int:
+    return int(page.evaluate("document.scrollingElement.scrollWidth"))
+
+
+def capture(page: Page, name: str) -> list[Path]:
+    """Screenshots at 1280x800 and 390x844; at the phone width the page must not scroll
+    sideways. The page is left at the desktop size."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for size in (DESKTOP, PHONE):
+        page.set_viewport_size(size)
+        settle(page)
+        if size is PHONE:
+            assert page_width(page) <= PHONE["width"], f"{name}: the page scrolls sideways"
+        path = SHOTS / f"{name}-{size['width']}x{size['height']}.png"
+        page.screenshot(path=str(path))
+        paths.append(path)
+    page.set_viewport_size(DESKTOP)
+    settle(page)
+    return paths
+
+
+def unlabelled_controls(page: Page) -> list[str]:
+    """Form controls a screen reader could not name (no label, aria-label or aria-labelledby)."""
+    result: list[str] = page.evaluate(
+        """() => [...document.querySelectorAll(
+                'input:not([type=hidden]), select, textarea, button')]
+            .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+                && !el.getAttribute('aria-labelledby')
+                && !(el.tagName === 'BUTTON' && el.textContent.trim()))
+            .map((el) => el.outerHTML.slice(0, 120))"""
+    )
+    return result
+
+
+def focus_ring(page: Page) -> str:
+    """The focused element's visible focus indicator (outline or box-shadow), '' if none."""
+    result: str = page.evaluate(
+        """() => {
+            const el = document.activeElement;
+            if (!el || el === document.body) return '';
+            const s = getComputedStyle(el);
+            if (s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) > 0) {
+                return 'outline ' + s.outlineColor;
+            }
+            return s.boxShadow === 'none' ? '' : 'box-shadow ' + s.boxShadow;
+        }"""
+    )
+    return result
+
+
+# -- browser sessions and the container page -----------------------------------------------
+
+
+@dataclass
+class Session:
+    """One browser context (its own cookies) with a page whose console is watched."""
+
+    context: BrowserContext
+    page: Page
+    console: ConsoleWatch
+
+
+def open_session(browser: Browser) -> Session:
+    context = browser.new_context(viewport=DESKTOP, accept_downloads=True)
+    page = context.new_page()
+    watch = ConsoleWatch()
+    watch.attach(page)
+    return Session(context, page, watch)
+
+
+SNAPSHOT_JS = """() => ({
+    badge: document.querySelector('h1 .badge')?.textContent ?? '',
+    steps: [...document.querySelectorAll('#steps li')]
+        .map((li) => [li.dataset.step, li.dataset.state, li.textContent]),
+    detail: document.getElementById('progress-detail')?.textContent ?? '',
+    elapsed: document.getElementById('elapsed')?.textContent ?? '',
+    percent: document.getElementById('progress')?.value ?? null,
+    failure: document.getElementById('failure')?.textContent ?? '',
+})"""
+
+
+@dataclass
+class Provisioned:
+    """A container alice asked for on the New page, and what its page showed until ready."""
+
+    vmid: int
+    snapshots: list[dict[str, Any]]
+    console_errors: list[str]
+
+
+def watch_provisioning(page: Page, *, screenshot: str | None = None) -> list[dict[str, Any]]:
+    """Sample the container page until its state is final; screenshot it once mid-download."""
+    snapshots: list[dict[str, Any]] = []
+    deadline = time.monotonic() + PROVISION_TIMEOUT_S
+    while time.monotonic() < deadline:
+        snap: dict[str, Any] = page.evaluate(SNAPSHOT_JS)
+        snapshots.append(snap)
+        if snap["badge"] in {"ready", "failed"}:
+            return snapshots
+        if screenshot and re.search(r"\d+% · .+ of ", snap["detail"]):  # a download, in bytes
+            capture(page, screenshot)
+            screenshot = None
+        page.wait_for_timeout(200)
+    raise AssertionError(f"not ready within {PROVISION_TIMEOUT_S}s: {snapshots[-1]}")

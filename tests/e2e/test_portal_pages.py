@@ -1,0 +1,81 @@
+"""Every portal page: the dashboard's fields, labels, visible keyboard focus, narrow screens."""
+
+from __future__ import annotations
+
+import pytest
+from e2e_kit import (
+    ALICE,
+    PASSWORD,
+    PHONE,
+    Platform,
+    Provisioned,
+    Session,
+    capture,
+    focus_ring,
+    page_width,
+    unlabelled_controls,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def test_dashboard_shows_the_container_with_the_spec_status_fields_in_words(
+    alice: Session, platform: Platform, provisioned: Provisioned
+) -> None:
+    page = alice.page
+    page.goto(f"{platform.base_url}/")
+    row = page.locator("table.containers tbody tr", has_text=f"#{provisioned.vmid}")
+    row.wait_for()
+    cells = row.locator("td").all_inner_texts()
+    workspace = str(platform.workspace(provisioned.vmid))
+    assert cells[:4] == [f"#{provisioned.vmid}", "node 22", "ready", workspace]
+    assert cells[4].endswith("/opt/zlh/runtimes/node/22")
+    assert cells[5:] == ["yes", "running"]
+    capture(page, "dashboard")
+    # On a phone the detail columns give way instead of widening the page.
+    page.set_viewport_size(PHONE)
+    assert row.locator("td:visible").count() == 4
+    assert page_width(page) <= PHONE["width"]
+
+
+@pytest.mark.parametrize("path", ["/", "/new", "/c/{vmid}", "/c/{vmid}/files", "/c/{vmid}/console"])
+def test_page_has_labelled_controls_and_fits_a_phone(
+    alice: Session, platform: Platform, provisioned: Provisioned, path: str
+) -> None:
+    page = alice.page
+    page.set_viewport_size(PHONE)
+    page.goto(platform.base_url + path.format(vmid=provisioned.vmid))
+    page.locator("main h1").wait_for()
+    page.wait_for_load_state("networkidle")
+    assert unlabelled_controls(page) == []
+    assert page_width(page) <= PHONE["width"]
+
+
+def test_keyboard_focus_is_visible_and_the_sign_in_form_works_from_the_keyboard(
+    session: Session, platform: Platform
+) -> None:
+    page = session.page
+    page.goto(f"{platform.base_url}/login")
+    page.get_by_role("heading", name="Sign in").wait_for()
+    assert unlabelled_controls(page) == []
+    assert page.evaluate("document.activeElement.id") == "username", "sign-in starts elsewhere"
+    assert focus_ring(page), "the focused user name field shows no focus ring"
+    page.keyboard.type(ALICE)
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "password"
+    assert focus_ring(page), "the focused password field shows no focus ring"
+    page.keyboard.type(PASSWORD)
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Sign in"
+    assert focus_ring(page), "the focused button shows no focus ring"
+    page.keyboard.press("Enter")
+    page.get_by_role("heading", name="Your dev containers").wait_for()
+    # On a fresh load, the first Tab reaches the (then visible) skip link.
+    page.reload()
+    page.get_by_role("heading", name="Your dev containers").wait_for()
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    assert focus_ring(page)
+    assert page.get_by_role("link", name="Skip to content").bounding_box()["x"] >= 0
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "main"

@@ -1,0 +1,106 @@
+"""Asking for a container on the New page and watching it provision, or fail, in Chromium."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from e2e_kit import Platform, Provisioned, Session, capture, watch_provisioning
+
+from zlh.schemas import Catalog
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def test_new_page_fills_pickers_from_the_catalog_with_the_default_preselected(
+    alice: Session, platform: Platform, e2e_store: Path
+) -> None:
+    catalog = Catalog.model_validate_json((e2e_store / "catalog.json").read_text())
+    node = catalog.runtimes["node"]
+    default = next(v for v in node.versions if v.version == node.default)
+    page = alice.page
+    page.get_by_role("link", name="New dev container").click()
+
+    runtime, version = page.get_by_label("Runtime"), page.get_by_label("Version")
+    version.wait_for()
+    assert runtime.locator("option").all_inner_texts() == [str(n) for n in catalog.runtimes]
+    offered = version.locator("option").evaluate_all("(os) => os.map((o) => o.value)")
+    assert sorted(offered) == sorted(v.version for v in node.versions)
+    assert version.input_value() == node.default
+    assert version.locator("option:checked").inner_text() == f"{node.default} (default)"
+    details = page.locator("#version-details").inner_text()
+    assert f"Upstream {default.artifact.metadata.upstream_version}" in details
+    assert f"{default.artifact.size / 2**20:.1f} MB download" in details
+    assert page.get_by_label("code-server").is_checked()
+    capture(page, "new-container")
+
+
+def test_container_page_lists_each_step_with_percent_and_elapsed_until_ready(
+    provisioned: Provisioned,
+) -> None:
+    snaps = provisioned.snapshots
+    assert provisioned.console_errors == []
+    final = snaps[-1]
+    assert final["badge"] == "ready", final
+    steps = [step for step, _, _ in final["steps"]]
+    assert steps == [
+        "dev-user",
+        "runtime-download",
+        "runtime-extract",
+        "runtime-activate",
+        "addon-download",
+        "addon-install",
+        "addon-start",
+        "ready",
+    ]
+    assert {state for _, state, _ in final["steps"]} == {"done"}
+    assert final["percent"] == 100
+    assert re.fullmatch(r"Ready after \d+m \d+s", final["elapsed"]), final["elapsed"]
+    # On the way: steps became active in order, with a percent and a running clock.
+    active = [
+        next(s for s, state, _ in snap["steps"] if state == "active")
+        for snap in snaps
+        if any(state == "active" for _, state, _ in snap["steps"])
+    ]
+    assert active, "no step was ever shown as in progress"
+    seen = list(dict.fromkeys(active))
+    assert seen == [s for s in steps if s in seen], f"steps out of order: {seen}"
+    assert any(re.search(r" · \d+%", snap["detail"]) for snap in snaps), snaps[:3]
+    # Downloads count bytes (this sample is also when container-provisioning-*.png was taken).
+    download = re.compile(r"· \d+% · [\d.]+ [KMG]?B of [\d.]+ [KMG]?B$")
+    assert any(download.search(snap["detail"]) for snap in snaps), [s["detail"] for s in snaps]
+    assert any(re.fullmatch(r"Elapsed \d+m \d+s", snap["elapsed"]) for snap in snaps)
+
+
+@pytest.mark.parametrize(
+    ("version", "step", "reason"),
+    [
+        (
+            "23",
+            "Downloading the runtime",
+            r"size mismatch .* sends \d+ bytes, the payload pins \d+",
+        ),
+        ("21", "Unpacking and verifying the runtime", r"'\.\./evil'"),
+    ],
+    ids=["truncated-tarball", "tarball-with-dotdot"],
+)
+def test_corrupt_artifact_shows_the_failed_step_and_reason(
+    alice: Session, platform: Platform, version: str, step: str, reason: str
+) -> None:
+    page = alice.page
+    page.goto(f"{platform.base_url}/new")
+    page.get_by_label("Version").select_option(version)
+    page.get_by_label("code-server").uncheck()
+    page.get_by_role("button", name="Create").click()
+    page.wait_for_url(re.compile(r"/c/\d+$"))
+    final = watch_provisioning(page)[-1]
+
+    assert final["badge"] == "failed", final
+    failed = [words for _, state, words in final["steps"] if state == "failed"]
+    assert failed == [step], final["steps"]
+    alert = page.get_by_role("alert")
+    assert f"Provisioning failed at the step “{step}”" in alert.inner_text()
+    assert re.search(reason, page.locator("#failure-reason").inner_text())
+    assert page.locator("#open-ide").get_attribute("aria-disabled") == "true"
+    capture(page, f"container-failed-{version}")
