@@ -9,7 +9,6 @@ authentication is its ``bearer_auth`` middleware. These routes add neither of th
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,13 +19,13 @@ from zlh.agent.runas import DevEnvironmentSource, DevIdentity, FsRunner
 from zlh.agent.web_errors import InvalidRequest, error_json
 from zlh.agent.workspace import BadPath, RelPath, TooLarge, Workspace, parse_client_path
 from zlh.errors import ZlhError
+from zlh.http_range import UNSATISFIABLE, ByteRange, parse_range
 from zlh.schemas.errors import validation_problems
 from zlh.schemas.files import MkdirRequest, MoveRequest, PathResult
 
 __all__ = ["NotProvisioned", "setup_files_routes"]
 
 CHUNK_BYTES = 256 * 1024
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -60,30 +59,6 @@ async def _body(request: web.Request, model: type[M]) -> M:
         return model.model_validate_json(await request.read())
     except ValidationError as exc:
         raise InvalidRequest("invalid request body", validation_problems(exc)) from exc
-
-
-def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """``(start, end_exclusive)`` of a single ``bytes=`` range; None serves the whole file.
-
-    Malformed or multi-range headers are ignored (RFC 9110 allows it); an unsatisfiable range
-    raises 416.
-    """
-    match = _RANGE.fullmatch(header.strip()) if header else None
-    if match is None or match.group(0) == "bytes=-":
-        return None
-    first, last = match.groups()
-    if not first:
-        start, end = max(size - int(last), 0), size
-    else:
-        start = int(first)
-        end = min(int(last) + 1, size) if last else size
-    if start >= size or start >= end:
-        raise RangeNotSatisfiable(f"range {header!r} is outside the file ({size} bytes)")
-    return start, end
-
-
-class RangeNotSatisfiable(ZlhError):
-    status_code = 416
 
 
 class NotProvisioned(ZlhError):
@@ -130,13 +105,13 @@ class FileRoutes:
         workspace, runner = self.targets.get()
         fd, size = await runner.run(workspace.open_read, rel)
         try:
-            try:
-                span = _byte_range(request.headers.get("Range"), size)
-            except RangeNotSatisfiable as exc:
-                refused = error_json(exc.status_code, exc.message)
+            header = request.headers.get("Range")
+            span = parse_range(header, size) if header else None
+            if span == UNSATISFIABLE:
+                refused = error_json(416, f"range {header!r} is outside the file ({size} bytes)")
                 refused.headers["Content-Range"] = f"bytes */{size}"
                 return refused
-            start, end = span or (0, size)
+            start, end = (span.start, span.end + 1) if isinstance(span, ByteRange) else (0, size)
             response = web.StreamResponse(status=206 if span else 200)
             response.content_type = "application/octet-stream"
             response.content_length = end - start

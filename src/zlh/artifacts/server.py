@@ -18,14 +18,15 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO
 
 from zlh.artifacts.errors import ArtifactError
 from zlh.artifacts.files import CHUNK_SIZE, file_in_store
 from zlh.artifacts.store import CATALOG_FILE, load_catalog
+from zlh.http_range import UNSATISFIABLE, ByteRange, parse_range
 from zlh.schemas import ArtifactKind, ErrorBody
 
-__all__ = ["UNSATISFIABLE", "ArtifactServer", "ByteRange", "parse_range"]
+__all__ = ["ArtifactServer"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -50,45 +51,6 @@ class _Opened:
     size: int
     mtime: float
     etag: str
-
-
-Unsatisfiable = Literal["unsatisfiable"]
-UNSATISFIABLE: Unsatisfiable = "unsatisfiable"
-
-
-@dataclass(frozen=True)
-class ByteRange:
-    start: int
-    end: int  # inclusive, as in Content-Range
-
-    @property
-    def length(self) -> int:
-        return self.end - self.start + 1
-
-
-def parse_range(header: str, size: int) -> ByteRange | Unsatisfiable | None:
-    """One ``bytes=`` range of a ``size``-byte file.
-
-    Returns the range, ``None`` to ignore the header (malformed, another unit, several ranges:
-    the whole file is sent) or ``UNSATISFIABLE`` when it is well-formed but outside (416).
-    """
-    unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return None
-    first, dash, last = spec.strip().partition("-")
-    if not dash or not (first.isdigit() or last.isdigit()):
-        return None
-    if not first:  # suffix: the last N bytes
-        suffix = int(last)
-        return ByteRange(max(size - suffix, 0), size - 1) if suffix and size else UNSATISFIABLE
-    if not first.isdigit() or (last and not last.isdigit()):
-        return None
-    start = int(first)
-    if last and int(last) < start:
-        return None
-    if start >= size:
-        return UNSATISFIABLE
-    return ByteRange(start, min(int(last), size - 1) if last else size - 1)
 
 
 def _etag_matches(header: str, etag: str) -> bool:

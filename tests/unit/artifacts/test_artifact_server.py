@@ -12,8 +12,9 @@ from fastapi import FastAPI
 from hypothesis import given
 from hypothesis import strategies as st
 
-from zlh.artifacts.server import UNSATISFIABLE, ArtifactServer, ByteRange, parse_range
+from zlh.artifacts.server import ArtifactServer
 from zlh.artifacts.store import ArtifactStore
+from zlh.http_range import UNSATISFIABLE, ByteRange, parse_range
 
 
 @pytest.mark.parametrize(
