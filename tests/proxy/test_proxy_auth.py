@@ -54,7 +54,7 @@ def test_other_algorithms_are_refused_even_with_the_right_key() -> None:
 
 def test_a_cached_token_stops_working_when_it_expires() -> None:
     auth = JwtAuthenticator(KEY)
-    short = token("u", ttl_s=1).encode()
+    short = token("u", ttl_s=2).encode()  # exp is whole seconds: 1..2 s from now
     first = auth.authenticate(short)
     assert first is not None and auth.authenticate(short) is first  # served from the cache
     deadline = first.expires_at + 0.05
