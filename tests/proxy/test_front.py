@@ -117,7 +117,7 @@ def test_container_not_ready_answers_503_at_once_saying_why(
     vmid = harness.add_route("alice", ready=False, reason="code-server is not running")
     started = time.monotonic()
     response = client.get(f"/dev/{vmid}/ide/", headers=session("alice"))
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 3  # answered locally, never waits on the container
     assert response.status_code == 503
     assert response.headers["retry-after"] == "5"
     assert response.json()["detail"] == "code-server is not running"
