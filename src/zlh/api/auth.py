@@ -76,6 +76,8 @@ class TokenService:
             "iss": ISSUER,
             "sub": str(user.id),
             "sid": sid,
+            # The front trusts this without a database: only admins may open others' IDEs.
+            "admin": bool(user.is_admin),
             "iat": int(now.timestamp()),
             "exp": int(expires.timestamp()),
         }

@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -106,46 +107,80 @@ def _backend(settings: ApiSettings) -> Any:
     return create_backend(settings.backend, data_dir=settings.data_dir)
 
 
-def _listen_sockets(settings: ApiSettings) -> list[socket.socket]:
-    host, port = parse_listen(settings.listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    tcp = socket.socket(family, socket.SOCK_STREAM)
-    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        tcp.bind((host, port))
-    except OSError as exc:
-        tcp.close()
-        raise ZlhError(f"cannot listen on {settings.listen}: {exc.strerror}") from exc
-    sockets = [tcp]
-    if settings.unix_socket is not None:
-        path = settings.unix_socket
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)
-        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        unix.bind(str(path))
-        os.chmod(path, 0o660)
-        sockets.append(unix)
-    return sockets
+def _unix_socket(path: Path) -> socket.socket:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unix.bind(str(path))
+    os.chmod(path, 0o660)
+    return unix
 
 
 def serve(app: Any, settings: ApiSettings) -> None:
-    """Run ``app`` on the TCP address and, if configured, the unix socket, until SIGTERM/^C."""
+    """Run the front on ``listen`` and the API app behind it on its unix socket, until ^C.
+
+    Both share one event loop: the front follows the API's route feed (asyncio queues) in
+    memory, so a revoked session or a removed container reaches it at once.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    sockets = _listen_sockets(settings)
-    config = uvicorn.Config(app, lifespan="on", log_level="info", access_log=False)
-    logger.info(
-        "serving on http://%s%s (backend %s)",
-        settings.listen,
-        f" and unix:{settings.unix_socket}" if settings.unix_socket else "",
-        settings.backend,
+    asyncio.run(_serve(app, settings))
+
+
+async def _serve(app: Any, settings: ApiSettings) -> None:
+    from zlh.api.auth import ISSUER
+    from zlh.proxy.auth import JwtAuthenticator
+    from zlh.proxy.feed import follow
+    from zlh.proxy.front import Front
+    from zlh.proxy.routes import RouteTable
+
+    services = app.state.services
+    unix_path = settings.unix_socket or settings.data_dir / "run" / "api.sock"
+    unix = _unix_socket(unix_path)
+    config = uvicorn.Config(
+        app,
+        lifespan="on",
+        log_level="info",
+        access_log=False,
+        proxy_headers=True,
+        forwarded_allow_ips="*",  # only the front reaches the unix socket
     )
+    server = uvicorn.Server(config)
+    routes = RouteTable()
+    front = Front(
+        settings.front.model_copy(update={"session_cookie": settings.cookie_name}),
+        routes,
+        JwtAuthenticator(services.tokens.key, issuer=ISSUER),
+        f"unix:{unix_path}",
+    )
+    follower = asyncio.create_task(follow(services.feed, routes))
+    api = asyncio.create_task(server.serve(sockets=[unix]))
     try:
-        asyncio.run(uvicorn.Server(config).serve(sockets=sockets))
+        while not server.started:  # the app's lifespan (migrations, resume) runs first
+            if api.done():
+                api.result()
+                raise ZlhError("the API stopped while starting")
+            await asyncio.sleep(0.05)
+        host, port = parse_listen(settings.listen)
+        try:
+            await front.start(host, port)
+        except OSError as exc:
+            server.should_exit = True
+            raise ZlhError(f"cannot listen on {settings.listen}: {exc.strerror}") from exc
+        logger.info(
+            "serving on http://%s (API on unix:%s, backend %s)",
+            settings.listen,
+            unix_path,
+            settings.backend,
+        )
+        await api
     finally:
-        for sock in sockets:
-            sock.close()
-        if settings.unix_socket is not None:
-            settings.unix_socket.unlink(missing_ok=True)
+        follower.cancel()
+        await front.close()
+        if not api.done():
+            server.should_exit = True
+            await api
+        unix.close()
+        unix_path.unlink(missing_ok=True)
 
 
 # -- users ---------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from zlh.api.headscale import HeadscaleSettings
+from zlh.proxy.settings import ProxySettings
 
 __all__ = ["ApiSettings", "load_settings", "parse_listen"]
 
@@ -54,12 +55,18 @@ class ApiSettings(BaseSettings):
     )
     listen: str = Field(
         "127.0.0.1:8780",
-        description="public HOST:PORT of the API (and the portal). Not the unix socket.",
+        description="public HOST:PORT: the front (zlh.proxy) listens here, serves the IDEs at "
+        "/dev/<vmid>/ide and relays everything else to the API app on the unix socket.",
     )
     unix_socket: Path | None = Field(
         None,
-        description="also serve the app on this unix socket, for the public front to relay to. "
-        "The file is replaced on start and removed on a clean stop.",
+        description="the API app's own unix socket, which the front relays to (default "
+        "<data dir>/run/api.sock). Replaced on start, removed on a clean stop.",
+    )
+    front: ProxySettings = Field(
+        default_factory=ProxySettings,
+        description="the public front's settings (timeouts, public_origin for the WebSocket "
+        "Origin check). Its session cookie name always follows cookie_name.",
     )
     store_dir: Path | None = Field(
         None,
