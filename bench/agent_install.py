@@ -194,6 +194,8 @@ def main() -> None:
         print(f"agent install (median of {args.runs}): {agent_med:.2f} s  runs {fmt(agent_s)}")
         print(f"curl | tar -xz (median of {args.runs}): {curl_med:.2f} s  runs {fmt(curl_s)}")
         print(f"ratio agent / curl|tar: {agent_med / curl_med:.2f}x  (goal <= 1.3x)")
+        pairs = [a / c for a, c in zip(agent_s, curl_s, strict=True)]
+        print(f"per-run ratios (same moment, robust to drifting load): {fmt(pairs)}")
         print(f"guarded second provisioning: {guarded_ms:.1f} ms  (goal <= 50 ms)")
         print(f"agent idle RSS: {idle:.1f} MB  (goal <= 45 MB); after provisioning: {after:.1f} MB")
         ratio = round(agent_med / curl_med, 3)
