@@ -61,6 +61,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     local = "127.0.0.1" if host in _WILDCARDS else host
     base_url = f"http://{f'[{local}]' if ':' in local else local}:{port}"
     say(f"== starting zlh up on {args.listen} (log: {data_dir / UP_LOG})")
+    # Ctrl-C and SIGTERM (systemd, CI) stop the platform in order, even when this process was
+    # started with SIGINT ignored (a background job of a non-interactive shell).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     with running_platform(argv, base_url=base_url, log=data_dir / UP_LOG, env=env) as platform:
         try:
@@ -76,14 +79,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
             code = platform.proc.wait()
         except KeyboardInterrupt:
             say("\nstopping the platform…")
-            code = platform.stop()
-            say(f"stopped (zlh up exited with {code})")
-            return 0
+            if platform.stop():
+                say("platform stopped")
+                return 0
+            code = platform.proc.returncode
     raise ZlhError(f"zlh up exited with {code}:\n{platform.log_tail()}")
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM (systemd, CI) takes the same path as Ctrl-C."""
     raise KeyboardInterrupt
 
 

@@ -62,15 +62,21 @@ class Platform:
                     ) from None
                 time.sleep(0.2)
 
-    def stop(self) -> int:
-        """SIGTERM, then SIGKILL after ``STOP_TIMEOUT_S``; the exit code."""
+    def stop(self) -> bool:
+        """SIGTERM, then SIGKILL after ``STOP_TIMEOUT_S``; whether it stopped gracefully.
+
+        uvicorn shuts down on SIGTERM and then re-raises it, so a graceful stop ends with
+        exit status -SIGTERM (or 0).
+        """
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                return self.proc.wait(STOP_TIMEOUT_S)
+                return self.proc.wait(STOP_TIMEOUT_S) in (0, -signal.SIGTERM)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        return self.proc.wait()
+                self.proc.wait()
+                return False
+        return self.proc.returncode in (0, -signal.SIGTERM)
 
 
 @contextmanager

@@ -1,0 +1,291 @@
+"""The README's main job end to end: ``zlh demo`` (what ``make run`` runs after bootstrap) in a
+fresh data dir, then the printed credentials in Chromium, the IDE's terminal, Ctrl-C and a second
+run that reuses everything.
+
+The backend is ``lxc`` when this host can run it (root and the lxc tools, as in CI), else
+``process``; ``ZLH_TEST_MAIN_JOB_BACKEND`` picks one. Artifacts come from the suite's shared
+download cache and, with lxc, the debootstrapped template base is the one ``tests/backends``
+caches, so only the template's customisation and the container are new here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from e2e_kit import FAST_ENV, SHOTS, Session, sign_in
+
+from support import CACHE_DIR, REPO, ZLH, free_port
+from zlh.backends import create_backend
+from zlh.schemas import Catalog
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
+
+T = TypeVar("T")
+BACKEND = os.environ.get("ZLH_TEST_MAIN_JOB_BACKEND") or (
+    "lxc" if os.geteuid() == 0 and shutil.which("lxc-start") else "process"
+)
+LXC_TEST_DIR = Path(os.environ.get("ZLH_TEST_LXC_DIR", REPO / ".data" / "test-lxc"))
+READY_TIMEOUT_S = 1500.0
+# Blockers owned elsewhere, recognised by the demo's own error line: anything else fails.
+NO_FRONT = "does not serve the IDE through its public front"
+OLD_TARFILE = "unexpected keyword argument 'filter'"
+READY_LINES = re.compile(
+    r"^  portal:\s+(?P<portal>\S+)\n  IDE:\s+(?P<ide>\S+)\n  user:\s+(?P<user>\S+)\n"
+    r"  password:\s+(?P<password>\S+)\s+\(kept in (?P<file>\S+), 0600\)$",
+    re.MULTILINE,
+)
+WHO = 'echo "$(id -un) $(readlink -f "$(command -v node)") $(node --version)" > ~/workspace/who.txt'
+
+
+@dataclass
+class Demo:
+    """``zlh demo`` running in the background, its output collected line by line."""
+
+    proc: subprocess.Popen[str]
+    data_dir: Path
+    lines: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def final_output(self) -> str:
+        """Everything it printed, once it has exited (the reader reaches end of file)."""
+        self.reader.join(timeout=30)
+        return self.output
+
+    def wait_ready(self) -> re.Match[str]:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while (match := READY_LINES.search(self.output)) is None:
+            if self.proc.poll() is not None:
+                output = self.final_output()
+                blocked(output)
+                raise AssertionError(f"zlh demo exited with {self.proc.returncode}:\n{output}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no URLs within {READY_TIMEOUT_S}s:\n{self.output}")
+            time.sleep(0.2)
+        return match
+
+
+@dataclass(frozen=True)
+class Ready:
+    demo: Demo
+    portal: str
+    ide: str
+    user: str
+    password: str
+    password_file: Path
+
+    @property
+    def vmid(self) -> int:
+        return int(self.ide.rstrip("/").split("/")[-2])
+
+
+def blocked(output: str) -> None:
+    """Skip or xfail on a blocker owned by another part, named by the demo's error."""
+    if NO_FRONT in output:
+        pytest.skip("zlh up does not start the public front yet: /dev/<vmid>/ide is the API's 404")
+    if OLD_TARFILE in output:
+        pytest.xfail(
+            "the agent extracts with tarfile filters (Python >= 3.11.4); the template's Debian "
+            "python3 is 3.11.2"
+        )
+
+
+def off_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on its own loop in a worker thread: Playwright's sync API keeps a loop
+    running in this one while the browser lives, and asyncio.run refuses to nest."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def demo_argv(data_dir: Path, port: int, *extra: str) -> list[str]:
+    host = "0.0.0.0" if BACKEND == "lxc" else "127.0.0.1"
+    return [
+        *ZLH,
+        *("demo", "--backend", BACKEND, "--data-dir", str(data_dir)),
+        *("--cache-dir", str(CACHE_DIR), "--listen", f"{host}:{port}", *extra),
+    ]
+
+
+def demo_env() -> dict[str, str]:
+    env = {**os.environ, **FAST_ENV}
+    env.pop("ZLH_ADMIN_PASSWORD", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("main-job")
+    if BACKEND == "lxc":
+        # The debootstrapped base is cached by tests/backends; share it instead of a second one.
+        base = LXC_TEST_DIR / "cache" / "template"
+        base.mkdir(parents=True, exist_ok=True)
+        (path / "cache").mkdir()
+        (path / "cache" / "template").symlink_to(base)
+    yield path
+    backend = create_backend(BACKEND, data_dir=path)
+    for info in off_loop(backend.list()):
+        off_loop(backend.destroy(info.vmid))
+    shutil.rmtree(path, ignore_errors=True)  # an LXC template copy is ~0.5 GB
+
+
+@pytest.fixture(scope="module")
+def ready(data_dir: Path, port: int) -> Iterator[Ready]:
+    proc = subprocess.Popen(
+        demo_argv(data_dir, port),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=demo_env(),
+    )
+    demo = Demo(proc, data_dir)
+    try:
+        match = demo.wait_ready()
+        yield Ready(
+            demo,
+            match["portal"],
+            match["ide"],
+            match["user"],
+            match["password"],
+            Path(match["file"]),
+        )
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        demo.final_output()
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+@contextmanager
+def signed_in(ready: Ready) -> Iterator[httpx.Client]:
+    """An HTTP client holding the session cookie of the printed credentials."""
+    with httpx.Client(base_url=ready.portal, timeout=30) as client:
+        login = {"username": ready.user, "password": ready.password}
+        assert client.post("/api/auth/login", json=login).status_code == 200
+        yield client
+
+
+def test_make_run_prints_the_portal_the_ide_and_credentials_that_open_it(ready: Ready) -> None:
+    assert ready.user == "admin"
+    assert ready.password_file == ready.demo.data_dir / "admin-password"
+    assert ready.password_file.stat().st_mode & 0o777 == 0o600
+    assert ready.password_file.read_text().strip() == ready.password
+    assert ready.ide == f"{ready.portal}dev/{ready.vmid}/ide/"
+    out = ready.demo.output
+    for step in ("provisioning · ", "ready · ready 100%"):  # as the SSE stream showed them
+        assert re.search(rf"^\[\s*[\d.]+s\] {step}", out, re.MULTILINE), step
+    anonymous = httpx.get(ready.ide, headers={"Accept": "application/json"})
+    assert anonymous.status_code == 401
+    with signed_in(ready) as client:
+        ide = client.get(ready.ide, follow_redirects=True)  # code-server adds ?folder=
+        assert ide.status_code == 200 and "workbench" in ide.text
+        assert client.get(ready.portal).status_code == 200
+
+
+def test_the_ide_terminal_runs_the_runtime_node_as_dev(ready: Ready, session: Session) -> None:
+    # The portal's page is watched for console errors; code-server's (offline gallery, missing
+    # optional modules) are not ours, so the IDE gets a tab of its own, unwatched.
+    sign_in(session.page, ready.portal.rstrip("/"), ready.user, ready.password)
+    page = session.context.new_page()
+    page.goto(ready.ide)
+    page.locator(".monaco-workbench").wait_for(timeout=120_000)
+    page.keyboard.press("Control+Backquote")
+    terminal = page.locator(".terminal-wrapper .xterm-screen").first
+    terminal.wait_for(timeout=60_000)
+    terminal.click()  # the Welcome page keeps the focus otherwise
+    page.wait_for_function(
+        "document.activeElement?.classList.contains('xterm-helper-textarea')", timeout=10_000
+    )
+    page.keyboard.type(WHO + "\n")
+    with signed_in(ready) as client:
+        container = client.get(f"/api/dev/{ready.vmid}").json()
+        catalog = Catalog.model_validate(client.get("/api/catalog").json())
+        who = _poll_file(client, ready.vmid, "who.txt")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "main-job-ide-terminal.png"))
+    version = container["version"]
+    node = next(v for v in catalog.runtimes["node"].versions if v.version == version)  # type: ignore[index]
+    upstream = node.artifact.metadata.upstream_version
+    if BACKEND == "lxc":
+        assert who == f"dev /opt/zlh/runtimes/node/{version}/bin/node v{upstream}\n"
+    else:
+        # No isolation: the shell runs as this user, and the login environment code-server
+        # resolves reads the host's /etc/profile, whose PATH finds the host's node if any.
+        assert who.startswith(f"{pwd.getpwuid(os.geteuid()).pw_name} ")
+    assert page.locator(".dialog-message-text", has_text="reconnect").count() == 0
+
+
+def _poll_file(client: httpx.Client, vmid: int, path: str, timeout_s: float = 30.0) -> str:
+    """The workspace file once the terminal has written it (read through the files API)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = client.get(f"/api/dev/{vmid}/files/content", params={"path": path})
+        if response.status_code == 200 and response.text.endswith("\n"):
+            return response.text
+        assert time.monotonic() < deadline, f"{path}: {response.status_code} {response.text}"
+        time.sleep(0.2)
+
+
+def test_ctrl_c_stops_the_platform_and_the_next_run_reuses_everything(
+    ready: Ready, data_dir: Path, port: int
+) -> None:
+    proc = ready.demo.proc
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 0
+    assert ready.demo.final_output().endswith("platform stopped\n")
+    with pytest.raises(httpx.TransportError):
+        httpx.get(ready.portal, timeout=2)
+    backend = create_backend(BACKEND, data_dir=data_dir)
+    assert off_loop(backend.status(ready.vmid)).state.value == "running"
+
+    again = subprocess.run(
+        demo_argv(data_dir, port, "--exit-when-ready"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=demo_env(),
+        timeout=600,
+        check=False,
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"reusing demo container {ready.vmid} (ready)" in again.stdout
+    everything = again.stdout + again.stderr  # the builders report on stderr
+    assert everything.count("already built, skipped") == 2
+    if BACKEND == "lxc":
+        assert "up to date: zlh-template-" in everything
+    match = READY_LINES.search(again.stdout)
+    assert match is not None and (match["ide"], match["password"]) == (ready.ide, ready.password)
