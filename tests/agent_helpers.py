@@ -242,7 +242,27 @@ def payload(
 # -- a real agent process ----------------------------------------------------------------------
 
 
-class AgentProcess:
+class AgentClient:
+    """What tests do with an agent, whichever way it runs: ``http`` is an authorised client."""
+
+    http: httpx.Client
+    where = ""
+
+    def status(self) -> dict[str, Any]:
+        resp = self.http.get("/status")
+        assert resp.status_code == 200, resp.text
+        return resp.json()  # type: ignore[no-any-return]
+
+    def provision(self, body: dict[str, Any]) -> httpx.Response:
+        return self.http.post("/provision", json=body)
+
+    def wait_for(
+        self, check: Callable[[dict[str, Any]], bool], *, timeout_s: float = 60.0
+    ) -> dict[str, Any]:
+        return poll(self.status, check, timeout_s=timeout_s, what=self.where)
+
+
+class AgentProcess(AgentClient):
     """``zlh agent`` as an operator starts it, on a free port, with its own --root."""
 
     def __init__(self, root: Path, *extra: str) -> None:
@@ -265,6 +285,7 @@ class AgentProcess:
             *extra,
         ]
         self.log = root.parent / f"{root.name}.agent.log"
+        self.where = f"agent log {self.log}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.http = httpx.Client(base_url=self.url, headers=AUTH, timeout=30)
 
@@ -288,19 +309,6 @@ class AgentProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(30)
-
-    def status(self) -> dict[str, Any]:
-        resp = self.http.get("/status")
-        assert resp.status_code == 200, resp.text
-        return resp.json()  # type: ignore[no-any-return]
-
-    def provision(self, body: dict[str, Any]) -> httpx.Response:
-        return self.http.post("/provision", json=body)
-
-    def wait_for(
-        self, check: Callable[[dict[str, Any]], bool], *, timeout_s: float = 60.0
-    ) -> dict[str, Any]:
-        return poll(self.status, check, timeout_s=timeout_s, what=f"agent log {self.log}")
 
 
 def poll(
@@ -335,7 +343,7 @@ def kill_recorded_process(root: Path, name: str) -> None:
         pass
 
 
-class InProcessAgent:
+class InProcessAgent(AgentClient):
     """The agent app (``create_app``) on a real socket in a background event loop, so a test can
     pass an ``AgentConfig`` (fast retries, short health intervals) and still talk real HTTP."""
 
@@ -355,19 +363,6 @@ class InProcessAgent:
 
     def _call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(120)
-
-    def status(self) -> dict[str, Any]:
-        resp = self.http.get("/status")
-        assert resp.status_code == 200, resp.text
-        return resp.json()  # type: ignore[no-any-return]
-
-    def provision(self, body: dict[str, Any]) -> httpx.Response:
-        return self.http.post("/provision", json=body)
-
-    def wait_for(
-        self, check: Callable[[dict[str, Any]], bool], *, timeout_s: float = 60.0
-    ) -> dict[str, Any]:
-        return poll(self.status, check, timeout_s=timeout_s)
 
     def close(self) -> None:
         self.http.close()

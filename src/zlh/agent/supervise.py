@@ -19,13 +19,14 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from zlh.agent.runas import DevIdentity
 
-__all__ = ["ProcessSpec", "Supervisor", "as_user"]
+__all__ = ["ProcessSpec", "Supervisor", "as_user", "run_once"]
 
 log = logging.getLogger("zlh.agent")
 
@@ -46,6 +47,27 @@ def as_user(user: DevIdentity | None) -> dict[str, Any]:
     if user is None or user.is_current:
         return {}
     return {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
+
+
+async def run_once(
+    argv: Sequence[str], *, timeout_s: float, env: dict[str, str], user: DevIdentity | None = None
+) -> tuple[int, str]:
+    """Run a short command to its end: (exit code, its output). Killed, then TimeoutError,
+    when it takes longer than ``timeout_s``."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+        **as_user(user),
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc.returncode or 0, out.decode(errors="replace").strip()
 
 
 def _start_time(pid: int) -> str | None:
@@ -131,16 +153,22 @@ class Supervisor:
         """Stop the process (TERM, then KILL after ``timeout_s``) and the supervision."""
         self._stopping = True
         pid, started = self.pid, self._started
+        task, self._task = self._task, None
         if pid is not None and started is not None and _alive(pid, started):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGTERM)
             if not await _wait_exit(pid, started, timeout_s):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
-        if self._task is not None:
-            self._task.cancel()
+            if task is not None:
+                # Let the loop reap its child (it returns once it sees `stopping`): a child
+                # cancelled away unreaped would linger as a zombie.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(task), timeout_s)
+        if task is not None and not task.done():
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         self.pid_file.unlink(missing_ok=True)
         self.pid = None
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from agent_helpers import (
     AUTH,
@@ -16,7 +14,6 @@ from agent_helpers import (
     AgentProcess,
     ArtifactServer,
     artifact,
-    artifact_server,
     directory,
     file,
     payload,
@@ -26,20 +23,6 @@ from agent_helpers import (
     tarball,
 )
 from zlh.agent.installed import read_marker
-
-
-@pytest.fixture
-def server() -> Iterator[ArtifactServer]:
-    with artifact_server() as srv:
-        yield srv
-
-
-@pytest.fixture
-def agents() -> Iterator[list[AgentProcess]]:
-    started: list[AgentProcess] = []
-    yield started
-    for agent in started:
-        agent.stop()
 
 
 def start(agents: list[AgentProcess], root: Path) -> AgentProcess:

@@ -16,7 +16,6 @@ from agent_helpers import (
     ArtifactServer,
     InProcessAgent,
     artifact,
-    artifact_server,
     directory,
     file,
     hardlink,
@@ -30,12 +29,6 @@ from agent_helpers import (
     symlink,
     tarball,
 )
-
-
-@pytest.fixture
-def server() -> Iterator[ArtifactServer]:
-    with artifact_server() as srv:
-        yield srv
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -29,14 +28,6 @@ pytestmark = pytest.mark.slow
 def store_artifact(store: Path, kind: ArtifactKind, name: str) -> tuple[str, Artifact, bytes]:
     version, art = ArtifactStore(store).catalog().resolve(kind, name)
     return version, art, (store / art.url).read_bytes()
-
-
-@pytest.fixture
-def agents() -> Iterator[list[AgentProcess]]:
-    started: list[AgentProcess] = []
-    yield started
-    for agent in started:
-        agent.stop()
 
 
 def test_real_node_installs_runs_and_is_skipped_the_second_time(

@@ -26,6 +26,7 @@ from zlh.agent.install import Installer, InstallRequest
 from zlh.agent.installed import read_marker
 from zlh.agent.paths import Layout
 from zlh.agent.progress import ProgressTracker
+from zlh.agent.supervise import ProcessSpec, Supervisor
 from zlh.schemas import AddonHealth, ArtifactKind, CodeServerAddon, TailscaleAddon
 
 __all__ = ["Addon", "AddonContext"]
@@ -71,6 +72,17 @@ class Addon(ABC, Generic[SpecT]):
         )
         _marker, installed_now = await self.ctx.installer.ensure(request, tracker)
         return installed_now
+
+    def supervisor_for(self, process: ProcessSpec) -> Supervisor:
+        """A supervisor for one of this addon's processes, with the agent's crash policy."""
+        layout, config = self.ctx.layout, self.ctx.config
+        return Supervisor(
+            process,
+            pid_file=layout.pid_file(process.name),
+            log_file=layout.log_file(process.name),
+            max_fast_exits=config.max_fast_exits,
+            fast_exit_s=config.fast_exit_s,
+        )
 
     @abstractmethod
     async def configure(self) -> None: ...

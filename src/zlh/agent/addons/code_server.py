@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 from zlh.agent.addons.base import Addon, AddonContext
 from zlh.agent.errors import AddonError
-from zlh.agent.supervise import ProcessSpec, Supervisor, as_user
+from zlh.agent.supervise import ProcessSpec, Supervisor, run_once
 from zlh.schemas import AddonHealth, CodeServerAddon
 
 __all__ = ["USER_SETTINGS", "CodeServer"]
@@ -97,24 +97,16 @@ class CodeServer(Addon[CodeServerAddon]):
         digest = self.spec.artifact.sha256
         with contextlib.suppress(OSError, ValueError, KeyError):
             return bool(json.loads(cache.read_text())[digest])
-        proc = await asyncio.create_subprocess_exec(
-            *self._node_argv(),
-            "--help",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=self._env(),
-            **as_user(self.ctx.dev.identity),
-        )
+        argv = [*self._node_argv(), "--help"]
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), _HELP_TIMEOUT_S)
+            code, out = await run_once(
+                argv, timeout_s=_HELP_TIMEOUT_S, env=self._env(), user=self.ctx.dev.identity
+            )
         except TimeoutError as exc:
-            proc.kill()
-            await proc.wait()
             raise AddonError(f"code-server --help did not finish in {_HELP_TIMEOUT_S:g}s") from exc
-        if proc.returncode != 0:
-            text = out.decode(errors="replace").strip()[-500:]
-            raise AddonError(f"code-server --help failed ({proc.returncode}): {text}")
-        supported = b"--base-path" in out
+        if code != 0:
+            raise AddonError(f"code-server --help failed ({code}): {out[-500:]}")
+        supported = "--base-path" in out
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps({digest: supported}))
         return supported
@@ -165,14 +157,7 @@ class CodeServer(Addon[CodeServerAddon]):
         if self.supervisor is None or self.supervisor.spec != spec:
             if self.supervisor is not None:
                 await self.supervisor.stop()
-            config = self.ctx.config
-            self.supervisor = Supervisor(
-                spec,
-                pid_file=self.ctx.layout.pid_file(self.name),
-                log_file=self.ctx.layout.log_file(self.name),
-                max_fast_exits=config.max_fast_exits,
-                fast_exit_s=config.fast_exit_s,
-            )
+            self.supervisor = self.supervisor_for(spec)
         self.supervisor.start()
         if self._monitor is None or self._monitor.done():
             self._monitor = asyncio.create_task(self._watch(), name="code-server-health")

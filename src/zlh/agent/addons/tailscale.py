@@ -17,7 +17,7 @@ from pathlib import Path
 
 from zlh.agent.addons.base import Addon, AddonContext
 from zlh.agent.errors import AddonError
-from zlh.agent.supervise import ProcessSpec, Supervisor
+from zlh.agent.supervise import ProcessSpec, Supervisor, run_once
 from zlh.schemas import AddonHealth, TailscaleAddon
 
 __all__ = ["Tailscale"]
@@ -85,33 +85,21 @@ class Tailscale(Addon[TailscaleAddon]):
 
     async def start(self) -> None:
         if self.supervisor is None:
-            self.supervisor = Supervisor(
-                ProcessSpec(name="tailscaled", argv=self.daemon_argv(), env=dict(_ENV)),
-                pid_file=self.ctx.layout.pid_file("tailscaled"),
-                log_file=self.ctx.layout.log_file("tailscaled"),
-                max_fast_exits=self.ctx.config.max_fast_exits,
-                fast_exit_s=self.ctx.config.fast_exit_s,
+            self.supervisor = self.supervisor_for(
+                ProcessSpec(name="tailscaled", argv=self.daemon_argv(), env=dict(_ENV))
             )
         self.supervisor.start()
         if self.joined or not self.key_file.exists():
             # Joined before (this run or an earlier one): only learn the address again.
             self.ip = self.ip or await self._query_ip()
             return
-        proc = await asyncio.create_subprocess_exec(
-            *self.up_argv(),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=_ENV,
-        )
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), _UP_TIMEOUT_S)
+            code, out = await run_once(self.up_argv(), timeout_s=_UP_TIMEOUT_S, env=dict(_ENV))
         except TimeoutError as exc:
-            proc.kill()
-            await proc.wait()
             raise AddonError(f"tailscale up did not finish within {_UP_TIMEOUT_S:g}s") from exc
-        if proc.returncode != 0:
-            self.error = out.decode(errors="replace").strip()[-500:]
-            raise AddonError(f"tailscale up failed ({proc.returncode}): {self.error}")
+        if code != 0:
+            self.error = out[-500:]
+            raise AddonError(f"tailscale up failed ({code}): {self.error}")
         self.joined = True
         self.key_file.unlink(missing_ok=True)
         self.ip = await self._query_ip()
