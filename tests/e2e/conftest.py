@@ -27,6 +27,7 @@ from e2e_kit import (
     add_corrupt_node_versions,
     capture,
     copy_catalog_entry,
+    delete_all_containers,
     open_session,
     platform_env,
     sign_in,
@@ -64,14 +65,19 @@ def platform(e2e_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     proc = subprocess.Popen(
         [*argv, "--listen", f"127.0.0.1:{port}"], env=env, stdout=log, stderr=log
     )
+    base_url = f"http://127.0.0.1:{port}"
     try:
         wait_for_port("127.0.0.1", port, proc=proc, timeout_s=60)
-        yield Platform(base_url=f"http://127.0.0.1:{port}", data_dir=data_dir, proc=proc)
+        yield Platform(base_url=base_url, data_dir=data_dir, proc=proc)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=60)
-        log.close()
+        try:
+            if proc.poll() is None:
+                delete_all_containers(base_url)  # agents outlive `zlh up` by design
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=60)
+            log.close()
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page
+import httpx
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Error, Page
 
 from support import REPO, zlh
 from zlh.schemas import ArtifactKind, Catalog
@@ -64,6 +65,16 @@ class Platform:
 
 def platform_env(data_dir: Path) -> dict[str, str]:
     return {**os.environ, **FAST_ENV, "ZLH_DATA_DIR": str(data_dir)}
+
+
+def delete_all_containers(base_url: str) -> None:
+    """Delete every container as the admin: the process backend's agents (and their
+    code-server) keep running when ``zlh up`` stops, so a session must remove what it made."""
+    with httpx.Client(base_url=base_url, timeout=120) as client:
+        login = client.post("/api/auth/login", json={"username": ADMIN, "password": PASSWORD})
+        login.raise_for_status()
+        for container in client.get("/api/dev").raise_for_status().json():
+            client.delete(f"/api/dev/{container['vmid']}").raise_for_status()
 
 
 def copy_catalog_entry(source: Path, target: Path, kind: ArtifactKind, name: str) -> None:
@@ -121,7 +132,15 @@ class ConsoleWatch:
 
     def attach(self, page: Page) -> None:
         page.on("console", self._console)
-        page.on("pageerror", lambda exc: self.errors.append(f"uncaught: {exc}"))
+        page.on("pageerror", self._uncaught)
+
+    def detach(self, page: Page) -> None:
+        """Stop listening (before closing a page whose shutdown is noisy by design)."""
+        page.remove_listener("console", self._console)
+        page.remove_listener("pageerror", self._uncaught)
+
+    def _uncaught(self, exc: Error) -> None:
+        self.errors.append(f"uncaught: {exc}")
 
     def _console(self, message: ConsoleMessage) -> None:
         if message.type == "error":

@@ -104,3 +104,11 @@ def test_corrupt_artifact_shows_the_failed_step_and_reason(
     assert re.search(reason, page.locator("#failure-reason").inner_text())
     assert page.locator("#open-ide").get_attribute("aria-disabled") == "true"
     capture(page, f"container-failed-{version}")
+    # Delete asks first, then the dashboard no longer lists it.
+    vmid = int(page.url.rsplit("/", 1)[1])
+    page.get_by_role("button", name="Delete").click()
+    dialog = page.locator("dialog[open]")
+    assert f"Delete container #{vmid}?" in dialog.inner_text()
+    dialog.get_by_role("button", name="Delete").click()
+    page.get_by_role("heading", name="Your dev containers").wait_for()
+    assert page.get_by_role("link", name=f"#{vmid}", exact=True).count() == 0
