@@ -92,6 +92,23 @@ def _lxc(host: Host) -> Iterator[Check]:
         )
 
 
+def _template(host: Host) -> Iterator[Check]:
+    if host.backend != "lxc":
+        return
+    from zlh.backends.template import current_template
+
+    template = current_template(host.data_dir / "lxc")
+    if template is None:
+        yield Check(
+            "template",
+            Outcome.FAIL,
+            f"no LXC template under {host.data_dir / 'lxc'}: containers cannot be created",
+            f"zlh template build --data-dir {host.data_dir}",
+        )
+    else:
+        yield Check("template", Outcome.OK, f"{template.name} is built")
+
+
 def _cgroup(host: Host) -> Iterator[Check]:
     if (host.cgroup_root / "cgroup.controllers").exists():
         controllers = (host.cgroup_root / "cgroup.controllers").read_text().split()
@@ -206,6 +223,7 @@ def _artifacts(host: Host) -> Iterator[Check]:
 CHECKS: tuple[Callable[[Host], Iterator[Check]], ...] = (
     _root,
     _lxc,
+    _template,
     _cgroup,
     _disk,
     _port,

@@ -91,3 +91,19 @@ def test_doctor_flags_a_busy_port(tmp_path: Path) -> None:
             check=False,
         )
     assert "[FAIL] port" in result.stdout
+
+
+def test_doctor_names_the_missing_lxc_template_and_how_to_build_it(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    args = ("doctor", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0")
+    result = zlh(*args, check=False)
+    assert result.returncode == 1
+    assert "[FAIL] template" in result.stdout
+    assert f"zlh template build --data-dir {data_dir}" in result.stdout
+    # A built template is what zlh template build leaves: a config and the version pointer.
+    template = data_dir / "lxc" / "zlh-template-0123456789abcdef"
+    template.mkdir(parents=True)
+    (template / "config").write_text("lxc.uts.name = zlh-template\n")
+    (data_dir / "lxc" / "zlh-template.current").write_text("0123456789abcdef\n")
+    result = zlh(*args, check=False)
+    assert "[ok  ] template: zlh-template-0123456789abcdef" in result.stdout
