@@ -34,3 +34,16 @@ def code_server_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     zlh("artifacts", "build", "code-server", "--store", str(store), "--cache-dir", str(CACHE_DIR))
     return store
+
+
+# A cold code-server build (npm compiles native modules) takes minutes on a 2-core machine; the
+# first test that asks for it pays inside its own timeout, so those tests get a longer one.
+CODE_SERVER_BUILD_TIMEOUT_S = 2400
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "code_server_store" in getattr(item, "fixturenames", ()):
+            current = item.get_closest_marker("timeout")
+            if current is None or current.args[0] < CODE_SERVER_BUILD_TIMEOUT_S:
+                item.add_marker(pytest.mark.timeout(CODE_SERVER_BUILD_TIMEOUT_S))
