@@ -46,4 +46,4 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if "code_server_store" in getattr(item, "fixturenames", ()):
             current = item.get_closest_marker("timeout")
             if current is None or current.args[0] < CODE_SERVER_BUILD_TIMEOUT_S:
-                item.add_marker(pytest.mark.timeout(CODE_SERVER_BUILD_TIMEOUT_S))
+                item.add_marker(pytest.mark.timeout(CODE_SERVER_BUILD_TIMEOUT_S), append=False)
