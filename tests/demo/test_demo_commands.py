@@ -112,3 +112,12 @@ def test_admin_password_changed_by_hand_is_not_overwritten(settings: ApiSettings
     assert str(kept.password_file) in raised.value.message
     assert kept.password_file.read_text().strip() == kept.password
     assert _signs_in(settings, "changed with zlh user passwd")
+
+
+def test_demo_with_a_bad_setting_names_it_before_building_anything(tmp_path: Path) -> None:
+    (tmp_path / "api.toml").write_text("poll_interval_s = -1\n")
+    args = ("demo", "--backend", "process", "--data-dir", str(tmp_path))
+    result = zlh(*args, "--listen", f"127.0.0.1:{free_port()}", check=False, timeout=60)
+    assert result.returncode == 2
+    assert "poll_interval_s" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["api.toml"]

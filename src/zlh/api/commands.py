@@ -30,12 +30,15 @@ __all__ = [
     "cmd_user_list",
     "open_database",
     "serve",
+    "settings_from",
 ]
 
 logger = logging.getLogger("zlh.api")
 
 
-def _settings(args: argparse.Namespace, **explicit: Any) -> ApiSettings:
+def settings_from(args: argparse.Namespace, **explicit: Any) -> ApiSettings:
+    """Settings for a command's ``--data-dir``/``--config`` and ``explicit`` flag values; a bad
+    setting is a one-line UsageError naming the field."""
     try:
         return load_settings(
             getattr(args, "config", None), data_dir=data_dir_from(args), **explicit
@@ -48,7 +51,7 @@ def _settings(args: argparse.Namespace, **explicit: Any) -> ApiSettings:
 
 
 def _server_settings(args: argparse.Namespace, **explicit: Any) -> ApiSettings:
-    return _settings(
+    return settings_from(
         args, backend=args.backend, listen=args.listen, unix_socket=args.unix_socket, **explicit
     )
 
@@ -187,7 +190,7 @@ async def _serve(app: Any, settings: ApiSettings) -> None:
 
 
 def _db(args: argparse.Namespace) -> Database:
-    return open_database(_settings(args))
+    return open_database(settings_from(args))
 
 
 def open_database(settings: ApiSettings) -> Database:

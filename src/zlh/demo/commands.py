@@ -12,7 +12,8 @@ from types import FrameType
 
 import httpx
 
-from zlh.api.settings import ApiSettings, load_settings, parse_listen
+from zlh.api.commands import settings_from
+from zlh.api.settings import ApiSettings, parse_listen
 from zlh.cli import data_dir_from
 from zlh.demo.admin import Credentials, ensure_admin
 from zlh.demo.client import DemoClient
@@ -43,7 +44,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         require_lxc()
     data_dir.mkdir(parents=True, exist_ok=True)
-    settings = load_settings(None, data_dir=data_dir, backend=args.backend, listen=args.listen)
+    args.data_dir = data_dir  # resolved: it goes into zlh up's argv and LXC configs
+    settings = settings_from(args, backend=args.backend, listen=args.listen)
     env = _container_facing(settings, host, port)
 
     say(f"== artifacts ({', '.join(ARTIFACTS)}) in {settings.store_path}")
