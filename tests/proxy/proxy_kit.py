@@ -24,7 +24,7 @@ import jwt
 import uvloop
 from aiohttp import WSMsgType, web
 
-from zlh.proxy import Front, JwtAuthenticator, ProxySettings, Route, RouteTable
+from zlh.proxy import Front, JwtAuthenticator, Principal, ProxySettings, Route, RouteTable
 
 KEY = b"k" * 32 + b"-test-signing-key"
 COOKIE = "zlh_session"
@@ -187,12 +187,20 @@ class Harness:
         port: int = self._runner.addresses[0][1]
         return port
 
-    def start_front(self, routes: RouteTable, api_upstream: str = "", **settings: Any) -> Front:
+    def start_front(
+        self,
+        routes: RouteTable,
+        api_upstream: str = "",
+        *,
+        on_ide_open: Callable[[Principal, int], None] | None = None,
+        **settings: Any,
+    ) -> Front:
         front = Front(
             ProxySettings(**settings),
             routes,
             JwtAuthenticator(KEY),
             api_upstream or f"127.0.0.1:{self.upstream_port}",
+            on_ide_open=on_ide_open,
         )
         self.run(front.start("127.0.0.1", 0))
         return front

@@ -430,3 +430,24 @@ def test_slow_client_pauses_the_container_instead_of_buffering_the_body(harness:
             assert data, f"connection closed after {received} of {size} bytes"
             received += len(data)
     assert received == size
+
+
+def test_ide_page_loads_are_reported_once_each_not_assets_or_refusals(harness: Harness) -> None:
+    opened: list[tuple[str, int]] = []
+    routes = RouteTable()
+    front = harness.start_front(
+        routes, on_ide_open=lambda principal, vmid: opened.append((principal.user_id, vmid))
+    )
+    try:
+        vmid = harness.add_route("alice", routes=routes)
+        with httpx.Client(base_url=f"http://127.0.0.1:{front.port}", timeout=5) as c:
+            assert c.get(f"/dev/{vmid}/ide/", headers=session("alice")).status_code == 200
+            assert (
+                c.get(f"/dev/{vmid}/ide/static/app.js", headers=session("alice")).status_code == 200
+            )
+            assert c.get(f"/dev/{vmid}/ide/?folder=/w", headers=session("alice")).status_code == 200
+            assert c.get(f"/dev/{vmid}/ide/", headers=session("bob")).status_code == 404
+            assert c.get(f"/dev/{vmid}/ide/").status_code == 401
+    finally:
+        harness.run(front.close())
+    assert opened == [("alice", vmid), ("alice", vmid)]

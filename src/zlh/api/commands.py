@@ -131,7 +131,7 @@ def serve(app: Any, settings: ApiSettings) -> None:
 
 async def _serve(app: Any, settings: ApiSettings) -> None:
     from zlh.api.auth import ISSUER
-    from zlh.proxy.auth import JwtAuthenticator
+    from zlh.proxy.auth import JwtAuthenticator, Principal
     from zlh.proxy.feed import follow
     from zlh.proxy.front import Front
     from zlh.proxy.routes import RouteTable
@@ -149,11 +149,17 @@ async def _serve(app: Any, settings: ApiSettings) -> None:
     )
     server = uvicorn.Server(config)
     routes = RouteTable()
+    loop = asyncio.get_running_loop()
+
+    def audit_ide_open(principal: Principal, vmid: int) -> None:
+        loop.run_in_executor(None, _record_ide_open, services, principal.user_id, vmid)
+
     front = Front(
         settings.front.model_copy(update={"session_cookie": settings.cookie_name}),
         routes,
         JwtAuthenticator(services.tokens.key, issuer=ISSUER),
         f"unix:{unix_path}",
+        on_ide_open=audit_ide_open,
     )
     follower = asyncio.create_task(follow(services.feed, routes))
     api = asyncio.create_task(server.serve(sockets=[unix]))
@@ -184,6 +190,16 @@ async def _serve(app: Any, settings: ApiSettings) -> None:
             await api
         unix.close()
         unix_path.unlink(missing_ok=True)
+
+
+def _record_ide_open(services: Any, user_id: str, vmid: int) -> None:
+    from zlh.api.audit import Action
+    from zlh.api.db import User
+
+    with services.db.session() as session:
+        user = session.get(User, int(user_id))
+        actor = user.username if user is not None else f"user#{user_id}"
+    services.audit.record(actor, Action.OPEN, vmid, "IDE")
 
 
 # -- users ---------------------------------------------------------------------------------

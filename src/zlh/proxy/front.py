@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Callable
 from urllib.parse import quote
 
 import httptools
@@ -48,8 +49,13 @@ class Front:
         routes: RouteTable,
         authenticator: Authenticator,
         api_upstream: UpstreamAddress | str,
+        *,
+        on_ide_open: Callable[[Principal, int], None] | None = None,
     ) -> None:
+        """``on_ide_open(principal, vmid)`` is told of each page load of an IDE (the workbench
+        document, not its assets or sockets), for the audit log; it must not block."""
         self.settings = settings
+        self._on_ide_open = on_ide_open
         self.routes = routes
         self.authenticator = authenticator
         self.api = (
@@ -147,6 +153,8 @@ class Front:
                 extra=b"Retry-After: 5\r\n",
             )
         rest = b"/" + parts[4] + sep + query
+        if self._on_ide_open is not None and not parts[4] and req.method == b"GET":
+            self._on_ide_open(principal, vmid)
         head = upstream_request_head(
             req,
             rest,
