@@ -38,10 +38,10 @@ def _download(page: Page, name: str) -> bytes:
     return Path(download.path()).read_bytes()
 
 
-def _delete(page: Page, name: str, *, confirm: bool) -> None:
+def _delete(page: Page, name: str, *, confirm: bool, question: str = "") -> None:
     page.get_by_role("button", name=f"Delete {name}").click()
     dialog = page.locator("dialog[open]")
-    assert f"Delete {name}?" in dialog.inner_text()
+    assert (question or f"Delete {name}?") in dialog.inner_text()
     dialog.get_by_role("button", name="Delete" if confirm else "Cancel").click()
     dialog.wait_for(state="detached")
 
@@ -77,3 +77,42 @@ def test_upload_list_download_byte_identical_and_delete_with_confirmation(
         _delete(page, name, confirm=True)
         page.locator(f"tr[data-name='{name}']").wait_for(state="detached")
         assert not (workspace / name).exists()
+
+
+def _answer_prompt(page: Page, label: str, text: str) -> None:
+    dialog = page.locator("dialog[open]")
+    dialog.get_by_label(label).fill(text)
+    dialog.get_by_role("button", name="OK").click()
+    dialog.wait_for(state="detached")
+
+
+def test_new_folder_breadcrumbs_and_rename(
+    alice: Session, platform: Platform, provisioned: Provisioned
+) -> None:
+    page, vmid = alice.page, provisioned.vmid
+    workspace = platform.workspace(vmid)
+    _open_files(page, platform.base_url, vmid)
+
+    page.get_by_role("button", name="New folder").click()
+    _answer_prompt(page, "Folder name", "notes")
+    page.get_by_role("button", name="notes/").click()
+    page.get_by_text("This folder is empty.").wait_for()
+    assert page.url.endswith("/files?path=notes")
+    crumbs = page.get_by_role("navigation", name="Folder")
+    assert crumbs.inner_text().split() == ["workspace", "/", "notes"]
+
+    page.locator("#upload-input").set_input_files(
+        files=[{"name": "draft.txt", "mimeType": "text/plain", "buffer": b"first draft\n"}]
+    )
+    page.locator("tr[data-name='draft.txt']").wait_for()
+    page.get_by_role("button", name="Rename draft.txt").click()
+    _answer_prompt(page, "New name for draft.txt", "final.txt")
+    page.locator("tr[data-name='final.txt']").wait_for()
+    assert (workspace / "notes" / "final.txt").read_bytes() == b"first draft\n"
+    assert not (workspace / "notes" / "draft.txt").exists()
+
+    crumbs.get_by_role("button", name="workspace").click()
+    page.locator("tr[data-name='notes']").wait_for()
+    _delete(page, "notes", confirm=True, question="Delete the folder notes and everything in it?")
+    page.locator("tr[data-name='notes']").wait_for(state="detached")
+    assert not (workspace / "notes").exists()
