@@ -55,4 +55,6 @@ def build(
         raise UsageError(f"cannot build {what!r}: choose one of {', '.join(BUILDERS)}, dotnet")
     module, _, cls = target.partition(":")
     builder: Builder = getattr(importlib.import_module(module), cls)()
-    return run_build(builder, version=version, store=store, cache_dir=cache_dir, progress=progress)
+    # Absolute: builders run npm and node from other working directories.
+    cache = cache_dir.absolute()
+    return run_build(builder, version=version, store=store, cache_dir=cache, progress=progress)
