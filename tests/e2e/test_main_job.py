@@ -2,10 +2,10 @@
 fresh data dir, then the printed credentials in Chromium, the IDE's terminal, Ctrl-C and a second
 run that reuses everything.
 
-The backend is ``lxc`` when this host can run it (root and the lxc tools, as in CI), else
-``process``; ``ZLH_TEST_MAIN_JOB_BACKEND`` picks one. Artifacts come from the suite's shared
-download cache and, with lxc, the debootstrapped template base is the one ``tests/backends``
-caches, so only the template's customisation and the container are new here.
+It runs with the ``process`` backend and, when this host can run it (root and the lxc tools, as
+in CI), with ``lxc``; ``ZLH_TEST_MAIN_JOB_BACKEND`` picks one. Artifacts come from the suite's
+shared download cache and, with lxc, the debootstrapped template base is the one
+``tests/backends`` caches, so only the template's customisation and the container are new here.
 """
 
 from __future__ import annotations
@@ -37,13 +37,12 @@ from zlh.schemas import Catalog
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 T = TypeVar("T")
-BACKEND = os.environ.get("ZLH_TEST_MAIN_JOB_BACKEND") or (
-    "lxc" if os.geteuid() == 0 and shutil.which("lxc-start") else "process"
-)
+_LXC_HERE = os.geteuid() == 0 and shutil.which("lxc-start") is not None
+_CHOSEN = os.environ.get("ZLH_TEST_MAIN_JOB_BACKEND")
+BACKENDS = [_CHOSEN] if _CHOSEN else ["process", *(["lxc"] if _LXC_HERE else [])]
 LXC_TEST_DIR = Path(os.environ.get("ZLH_TEST_LXC_DIR", REPO / ".data" / "test-lxc"))
 READY_TIMEOUT_S = 1500.0
-# Blockers owned elsewhere, recognised by the demo's own error line: anything else fails.
-NO_FRONT = "does not serve the IDE through its public front"
+# A blocker owned elsewhere, recognised by the demo's own error line: anything else fails.
 OLD_TARFILE = "unexpected keyword argument 'filter'"
 READY_LINES = re.compile(
     r"^  portal:\s+(?P<portal>\S+)\n  IDE:\s+(?P<ide>\S+)\n  user:\s+(?P<user>\S+)\n"
@@ -107,9 +106,7 @@ class Ready:
 
 
 def blocked(output: str) -> None:
-    """Skip or xfail on a blocker owned by another part, named by the demo's error."""
-    if NO_FRONT in output:
-        pytest.skip("zlh up does not start the public front yet: /dev/<vmid>/ide is the API's 404")
+    """xfail on a known blocker owned by another part, named by the demo's error."""
     if OLD_TARFILE in output:
         pytest.xfail(
             "the agent extracts with tarfile filters (Python >= 3.11.4); the template's Debian "
@@ -124,11 +121,11 @@ def off_loop(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
-def demo_argv(data_dir: Path, port: int, *extra: str) -> list[str]:
-    host = "0.0.0.0" if BACKEND == "lxc" else "127.0.0.1"
+def demo_argv(backend: str, data_dir: Path, port: int, *extra: str) -> list[str]:
+    host = "0.0.0.0" if backend == "lxc" else "127.0.0.1"
     return [
         *ZLH,
-        *("demo", "--backend", BACKEND, "--data-dir", str(data_dir)),
+        *("demo", "--backend", backend, "--data-dir", str(data_dir)),
         *("--cache-dir", str(CACHE_DIR), "--listen", f"{host}:{port}", *extra),
     ]
 
@@ -139,31 +136,37 @@ def demo_env() -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
 @pytest.fixture(scope="module")
-def port() -> int:
+def port(backend: str) -> int:
     return free_port()
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("main-job")
-    if BACKEND == "lxc":
+def data_dir(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp(f"main-job-{backend}")
+    if backend == "lxc":
         # The debootstrapped base is cached by tests/backends; share it instead of a second one.
         base = LXC_TEST_DIR / "cache" / "template"
         base.mkdir(parents=True, exist_ok=True)
         (path / "cache").mkdir()
         (path / "cache" / "template").symlink_to(base)
     yield path
-    backend = create_backend(BACKEND, data_dir=path)
-    for info in off_loop(backend.list()):
-        off_loop(backend.destroy(info.vmid))
+    containers = create_backend(backend, data_dir=path)
+    for info in off_loop(containers.list()):
+        off_loop(containers.destroy(info.vmid))
     shutil.rmtree(path, ignore_errors=True)  # an LXC template copy is ~0.5 GB
 
 
 @pytest.fixture(scope="module")
-def ready(data_dir: Path, port: int) -> Iterator[Ready]:
+def ready(backend: str, data_dir: Path, port: int) -> Iterator[Ready]:
     proc = subprocess.Popen(
-        demo_argv(data_dir, port),
+        demo_argv(backend, data_dir, port),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -216,7 +219,9 @@ def test_make_run_prints_the_portal_the_ide_and_credentials_that_open_it(ready: 
         assert client.get(ready.portal).status_code == 200
 
 
-def test_the_ide_terminal_runs_the_runtime_node_as_dev(ready: Ready, session: Session) -> None:
+def test_the_ide_terminal_runs_the_runtime_node_as_dev(
+    backend: str, ready: Ready, session: Session
+) -> None:
     # The portal's page is watched for console errors; code-server's (offline gallery, missing
     # optional modules) are not ours, so the IDE gets a tab of its own, unwatched.
     sign_in(session.page, ready.portal.rstrip("/"), ready.user, ready.password)
@@ -236,11 +241,11 @@ def test_the_ide_terminal_runs_the_runtime_node_as_dev(ready: Ready, session: Se
         catalog = Catalog.model_validate(client.get("/api/catalog").json())
         who = _poll_file(client, ready.vmid, "who.txt")
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / "main-job-ide-terminal.png"))
+    page.screenshot(path=str(SHOTS / f"main-job-ide-terminal-{backend}.png"))
     version = container["version"]
     node = next(v for v in catalog.runtimes["node"].versions if v.version == version)  # type: ignore[index]
     upstream = node.artifact.metadata.upstream_version
-    if BACKEND == "lxc":
+    if backend == "lxc":
         assert who == f"dev /opt/zlh/runtimes/node/{version}/bin/node v{upstream}\n"
     else:
         # No isolation: the shell runs as this user, and the login environment code-server
@@ -261,7 +266,7 @@ def _poll_file(client: httpx.Client, vmid: int, path: str, timeout_s: float = 30
 
 
 def test_ctrl_c_stops_the_platform_and_the_next_run_reuses_everything(
-    ready: Ready, data_dir: Path, port: int
+    backend: str, ready: Ready, data_dir: Path, port: int
 ) -> None:
     proc = ready.demo.proc
     proc.send_signal(signal.SIGINT)
@@ -269,11 +274,11 @@ def test_ctrl_c_stops_the_platform_and_the_next_run_reuses_everything(
     assert ready.demo.final_output().endswith("platform stopped\n")
     with pytest.raises(httpx.TransportError):
         httpx.get(ready.portal, timeout=2)
-    backend = create_backend(BACKEND, data_dir=data_dir)
-    assert off_loop(backend.status(ready.vmid)).state.value == "running"
+    containers = create_backend(backend, data_dir=data_dir)
+    assert off_loop(containers.status(ready.vmid)).state.value == "running"
 
     again = subprocess.run(
-        demo_argv(data_dir, port, "--exit-when-ready"),
+        demo_argv(backend, data_dir, port, "--exit-when-ready"),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -285,7 +290,7 @@ def test_ctrl_c_stops_the_platform_and_the_next_run_reuses_everything(
     assert f"reusing demo container {ready.vmid} (ready)" in again.stdout
     everything = again.stdout + again.stderr  # the builders report on stderr
     assert everything.count("already built, skipped") == 2
-    if BACKEND == "lxc":
+    if backend == "lxc":
         assert "up to date: zlh-template-" in everything
     match = READY_LINES.search(again.stdout)
     assert match is not None and (match["ide"], match["password"]) == (ready.ide, ready.password)
