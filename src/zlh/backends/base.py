@@ -36,6 +36,7 @@ __all__ = [
     "Backend",
     "BackendError",
     "BackendUnavailable",
+    "BlockingBackend",
     "ContainerExists",
     "ContainerInfo",
     "ContainerSpec",
@@ -146,6 +147,11 @@ class Backend(abc.ABC):
         raises ContainerExists if another client takes it first: ask again and retry."""
         return minimum
 
+    def _lock(self, vmid: int) -> asyncio.Lock:
+        """The lock that serialises every operation on one container."""
+        locks: dict[int, asyncio.Lock] = self.__dict__.setdefault("_vmid_locks", {})
+        return locks.setdefault(vmid, asyncio.Lock())
+
     def get_state(self) -> dict[str, Any]:
         """Opaque JSON-able state the control plane stores; ``load_state`` gets it back."""
         return {}
@@ -168,3 +174,51 @@ class Backend(abc.ABC):
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+
+class BlockingBackend(Backend):
+    """A backend whose operations are blocking calls (``lxc-*`` commands, Proxmox REST).
+
+    Subclasses implement the synchronous ``_create`` … ``_list_all``; each runs in a worker
+    thread so the event loop never waits on them, and operations on one vmid are serialised.
+    """
+
+    @abc.abstractmethod
+    def _create(self, spec: ContainerSpec) -> ContainerInfo: ...
+
+    @abc.abstractmethod
+    def _start(self, vmid: int) -> ContainerInfo: ...
+
+    @abc.abstractmethod
+    def _stop(self, vmid: int, timeout_s: float) -> None: ...
+
+    @abc.abstractmethod
+    def _destroy(self, vmid: int) -> None: ...
+
+    @abc.abstractmethod
+    def _info(self, vmid: int) -> ContainerInfo: ...
+
+    @abc.abstractmethod
+    def _list_all(self) -> list[ContainerInfo]: ...
+
+    async def create(self, spec: ContainerSpec) -> ContainerInfo:
+        async with self._lock(spec.vmid):
+            return await asyncio.to_thread(self._create, spec)
+
+    async def start(self, vmid: int) -> ContainerInfo:
+        async with self._lock(vmid):
+            return await asyncio.to_thread(self._start, vmid)
+
+    async def stop(self, vmid: int, *, timeout_s: float = 10.0) -> None:
+        async with self._lock(vmid):
+            await asyncio.to_thread(self._stop, vmid, timeout_s)
+
+    async def destroy(self, vmid: int) -> None:
+        async with self._lock(vmid):
+            await asyncio.to_thread(self._destroy, vmid)
+
+    async def status(self, vmid: int) -> ContainerInfo:
+        return await asyncio.to_thread(self._info, vmid)
+
+    async def list(self) -> list[ContainerInfo]:
+        return await asyncio.to_thread(self._list_all)

@@ -11,7 +11,6 @@ written into the clone's overlay upper dir before the first start. Needs root an
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
@@ -24,9 +23,9 @@ from typing import Any
 
 from zlh.backends.base import (
     AGENT_PORT,
-    Backend,
     BackendError,
     BackendUnavailable,
+    BlockingBackend,
     ContainerExists,
     ContainerInfo,
     ContainerSpec,
@@ -116,7 +115,7 @@ def _config_value(config: Path, key: str) -> str | None:
     return value
 
 
-class LxcBackend(Backend):
+class LxcBackend(BlockingBackend):
     """Privileged LXC 5 containers cloned from the template, on the ``lxcbr0`` bridge."""
 
     name = "lxc"
@@ -128,7 +127,6 @@ class LxcBackend(Backend):
         self.lxcpath.mkdir(parents=True, exist_ok=True)
         self.bridge_name = bridge
         self._bridge: Bridge | None = None
-        self._locks: dict[int, asyncio.Lock] = {}
         self._host = socket.gethostname()
 
     # -- helpers ---------------------------------------------------------------------------
@@ -138,9 +136,6 @@ class LxcBackend(Backend):
 
     def _config(self, vmid: int) -> Path:
         return self.lxcpath / self._name(vmid) / "config"
-
-    def _lock(self, vmid: int) -> asyncio.Lock:
-        return self._locks.setdefault(vmid, asyncio.Lock())
 
     def _lxc(self, tool: str, vmid: int | str, *args: str, what: str) -> str:
         name = vmid if isinstance(vmid, str) else self._name(vmid)
@@ -333,33 +328,9 @@ class LxcBackend(Backend):
             revoke_port(vmid, address)
         log.info("destroyed container %s", self._name(vmid))
 
-    # -- the interface ---------------------------------------------------------------------
-
-    async def create(self, spec: ContainerSpec) -> ContainerInfo:
-        async with self._lock(spec.vmid):
-            return await asyncio.to_thread(self._create, spec)
-
-    async def start(self, vmid: int) -> ContainerInfo:
-        async with self._lock(vmid):
-            return await asyncio.to_thread(self._start, vmid)
-
-    async def stop(self, vmid: int, *, timeout_s: float = 10.0) -> None:
-        async with self._lock(vmid):
-            await asyncio.to_thread(self._stop, vmid, timeout_s)
-
-    async def destroy(self, vmid: int) -> None:
-        async with self._lock(vmid):
-            await asyncio.to_thread(self._destroy, vmid)
-
-    async def status(self, vmid: int) -> ContainerInfo:
-        return await asyncio.to_thread(self._info, vmid)
-
-    async def list(self) -> list[ContainerInfo]:
-        def collect() -> list[ContainerInfo]:
-            infos = (self._info(v) for v in sorted(self._vmids()))
-            return [info for info in infos if info.state.exists]
-
-        return await asyncio.to_thread(collect)
+    def _list_all(self) -> list[ContainerInfo]:
+        infos = (self._info(v) for v in sorted(self._vmids()))
+        return [info for info in infos if info.state.exists]
 
     def get_state(self) -> dict[str, Any]:
         return {"lxcpath": str(self.lxcpath)}

@@ -101,7 +101,6 @@ class ProcessBackend(Backend):
         self.base = data_dir.resolve() / "process"
         self.base.mkdir(parents=True, exist_ok=True)
         self.agent_command = agent_command or [sys.executable, "-m", "zlh.cli", "agent"]
-        self._locks: dict[int, asyncio.Lock] = {}
         log.warning(
             "process backend: containers are plain local processes with NO isolation "
             "(state under %s); for tests and trying zlh out only",
@@ -110,9 +109,6 @@ class ProcessBackend(Backend):
 
     def _dir(self, vmid: int) -> Path:
         return self.base / str(vmid)
-
-    def _lock(self, vmid: int) -> asyncio.Lock:
-        return self._locks.setdefault(vmid, asyncio.Lock())
 
     def _read(self, vmid: int) -> dict[str, Any] | None:
         try:

@@ -17,7 +17,6 @@ proxmoxer and requests errors are translated into BackendError here, at the boun
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -26,9 +25,9 @@ from typing import Any
 
 from zlh.backends.base import (
     AGENT_PORT,
-    Backend,
     BackendError,
     BackendUnavailable,
+    BlockingBackend,
     ContainerExists,
     ContainerInfo,
     ContainerSpec,
@@ -106,7 +105,7 @@ def _load(node: dict[str, Any]) -> float:
     return float(node.get("cpu", 0.0)) + memory
 
 
-class ProxmoxBackend(Backend):
+class ProxmoxBackend(BlockingBackend):
     """Containers on a Proxmox VE cluster."""
 
     name = "proxmox"
@@ -130,7 +129,6 @@ class ProxmoxBackend(Backend):
             timeout=settings.request_timeout_s,
             service="PVE",
         )
-        self._locks: dict[int, asyncio.Lock] = {}
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -322,32 +320,5 @@ class ProxmoxBackend(Backend):
         upid = self._call("delete", f"nodes/{node}/lxc/{vmid}", what, purge=1)
         self._wait_task(node, upid, what)
 
-    # -- the interface ---------------------------------------------------------------------
-
-    def _lock(self, vmid: int) -> asyncio.Lock:
-        return self._locks.setdefault(vmid, asyncio.Lock())
-
-    async def create(self, spec: ContainerSpec) -> ContainerInfo:
-        async with self._lock(spec.vmid):
-            return await asyncio.to_thread(self._create, spec)
-
-    async def start(self, vmid: int) -> ContainerInfo:
-        async with self._lock(vmid):
-            return await asyncio.to_thread(self._start, vmid)
-
-    async def stop(self, vmid: int, *, timeout_s: float = 10.0) -> None:
-        async with self._lock(vmid):
-            await asyncio.to_thread(self._stop, vmid, timeout_s)
-
-    async def destroy(self, vmid: int) -> None:
-        async with self._lock(vmid):
-            await asyncio.to_thread(self._destroy, vmid)
-
-    async def status(self, vmid: int) -> ContainerInfo:
-        return await asyncio.to_thread(self._info, vmid)
-
-    async def list(self) -> list[ContainerInfo]:
-        def collect() -> list[ContainerInfo]:
-            return [self._info(int(item["vmid"])) for item in self._resources()]
-
-        return await asyncio.to_thread(collect)
+    def _list_all(self) -> list[ContainerInfo]:
+        return [self._info(int(item["vmid"])) for item in self._resources()]
