@@ -42,6 +42,9 @@ CODE_SERVER_BUILD_TIMEOUT_S = 2400
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Browser tests last: Playwright's sync API keeps an event loop running in the main thread
+    # for the rest of the session, and asyncio.run() refuses to start beside it.
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)
     for item in items:
         if "code_server_store" in getattr(item, "fixturenames", ()):
             current = item.get_closest_marker("timeout")
