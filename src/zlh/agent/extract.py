@@ -24,6 +24,7 @@ staging directory.
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import queue
 import stat
@@ -132,7 +133,8 @@ def _parts(name: str) -> list[str]:
 
 
 class MemberGuard:
-    """The tarfile ``filter``: refuses unsafe members, strips components, drops ownership."""
+    """Checks each member before extraction: refuses unsafe ones, strips components, drops
+    write bits for group and other. Called as ``guard(member, dest)``, like a tarfile filter."""
 
     def __init__(self, strip_components: int) -> None:
         self.strip = strip_components
@@ -202,19 +204,14 @@ class MemberGuard:
             raise UnsafeArchive(f"member {raw!r} has the setuid or setgid bit")
         if member.isreg():
             self.files.add(name)
-        mode = 0o755 if member.isdir() else (member.mode & 0o755) | 0o644
         self.extracted += 1
-        return member.replace(
-            # None: tarfile skips chown, whatever owner the archive names.
-            name=name,
-            linkname=linkname,
-            mode=mode,
-            uid=None,  # type: ignore[arg-type]
-            gid=None,  # type: ignore[arg-type]
-            uname=None,  # type: ignore[arg-type]
-            gname=None,  # type: ignore[arg-type]
-            deep=False,  # a deep copy of every header cost more than writing small files
-        )
+        # A shallow copy (a deep one of every header cost more than writing small files), not
+        # TarInfo.replace(): containers run Debian's Python 3.11.2, older than that API.
+        checked = copy.copy(member)
+        checked.name = name
+        checked.linkname = linkname
+        checked.mode = 0o755 if member.isdir() else (member.mode & 0o755) | 0o644
+        return checked
 
     def verify_links(self, dest: Path) -> None:
         """Resolve every extracted symlink on disk: each must stay inside ``dest``."""
@@ -223,6 +220,13 @@ class MemberGuard:
             resolved = os.path.realpath(dest / name)
             if resolved != top and not resolved.startswith(top + "/"):
                 raise UnsafeArchive(f"symlink {name!r} resolves outside the target")
+
+
+# Every member has passed MemberGuard before tarfile sees it. Pythons that know extraction
+# filters (3.11.4+; Debian 12's 3.11.2 does not) are told to add none of their own.
+_NO_FURTHER_FILTER: dict[str, str] = (
+    {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+)
 
 
 class _TarFile(tarfile.TarFile):
@@ -259,7 +263,9 @@ class StreamExtractor:
             with _TarFile.open(fileobj=self._reader, mode="r|", bufsize=_TAR_BUFSIZE) as tar:  # type: ignore[call-overload]
                 tar.copybufsize = _TAR_BUFSIZE
                 for member in tar:
-                    tar.extract(member, self.dest, filter=self.guard)
+                    checked = self.guard(member, str(self.dest))
+                    if checked is not None:
+                        tar.extract(checked, self.dest, **_NO_FURTHER_FILTER)
         except BaseException as exc:
             self._error = exc
         finally:
