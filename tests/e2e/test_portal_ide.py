@@ -1,42 +1,136 @@
-"""Open IDE: from the container page to the VS Code workbench through the platform's front."""
+"""Open IDE: from the container page to the VS Code workbench through the platform's front,
+and the workspace the file API writes is the folder code-server's Explorer shows."""
 
 from __future__ import annotations
 
+import itertools
+import time
+import uuid
+
 import pytest
 from e2e_kit import Platform, Provisioned, Session, capture
+from playwright.sync_api import Locator, Page, expect
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 # What code-server 4.x logs on the console with nothing wrong: VS Code's proprietary signing
 # module `vsda` is not shipped in code-server (two 404s; behind the front's nosniff the script's
-# text/plain 404 is also "refused"), and the GitHub sign-in provider never registers offline.
+# text/plain 404 is also "refused"), and, offline, the GitHub sign-in provider never registers
+# and the built-in extensions' update check cannot reach open-vsx.org.
 # Closing the workbench logs its own shutdown complaints, so the tab is no longer watched then.
 IDE_MISSING_VSDA = "/static/node_modules/vsda/rust/web/vsda"
 IDE_NOISE = [
     r"^Refused to execute script from '[^']*/static/node_modules/vsda/rust/web/vsda\.js' "
     r"because its MIME type \('text/plain'\) is not executable",
     r"Timed out waiting for authentication provider 'github' to register",
+    r"open-vsx\.org",
 ]
+WORKBENCH_TIMEOUT_MS = 120_000
+# code-server's file watcher reports a change within a second or two once it runs; it starts
+# some seconds after the Explorer first shows, and a file made before that never appears.
+WATCH_TIMEOUT_MS = 30_000
+PROBE_TIMEOUT_MS = 2_000
+
+
+def _open_ide(session: Session, platform: Platform, vmid: int) -> Page:
+    """Click Open IDE on the container page; returns the new tab once the workbench shows,
+    its console watched with code-server's known noise allowed."""
+    page = session.page
+    page.goto(f"{platform.base_url}/c/{vmid}")
+    ide = page.locator("#open-ide")
+    assert ide.get_attribute("aria-disabled") == "false"
+    with session.context.expect_page() as opened:
+        ide.click()
+    tab = opened.value
+    session.console.expect_http(404, IDE_MISSING_VSDA)
+    for pattern in IDE_NOISE:
+        session.console.allow(pattern)
+    session.console.attach(tab)
+    tab.set_viewport_size({"width": 1280, "height": 800})
+    tab.locator(".monaco-workbench").wait_for(timeout=WORKBENCH_TIMEOUT_MS)
+    assert tab.url.startswith(f"{platform.base_url}/dev/{vmid}/ide/")
+    return tab
+
+
+def _close_ide(session: Session, tab: Page) -> None:
+    session.console.detach(tab)
+    tab.close()
 
 
 def test_open_ide_shows_the_vs_code_workbench(
     alice: Session, platform: Platform, provisioned: Provisioned
 ) -> None:
-    page = alice.page
-    page.goto(f"{platform.base_url}/c/{provisioned.vmid}")
-    ide = page.locator("#open-ide")
-    assert ide.get_attribute("aria-disabled") == "false"
-    with alice.context.expect_page() as opened:
-        ide.click()
-    tab = opened.value
-    alice.console.expect_http(404, IDE_MISSING_VSDA)
-    for pattern in IDE_NOISE:
-        alice.console.allow(pattern)
-    alice.console.attach(tab)
-    tab.set_viewport_size({"width": 1280, "height": 800})
-    tab.locator(".monaco-workbench").wait_for(timeout=120_000)
-    assert tab.url.startswith(f"{platform.base_url}/dev/{provisioned.vmid}/ide/")
+    tab = _open_ide(alice, platform, provisioned.vmid)
     assert tab.locator(".dialog-message-text", has_text="reconnect").count() == 0
     capture(tab, "ide")
-    alice.console.detach(tab)
-    tab.close()
+    _close_ide(alice, tab)
+
+
+def _put_file(session: Session, platform: Platform, vmid: int, path: str, data: bytes) -> None:
+    """Upload through ``PUT /api/dev/{vmid}/files/content`` with the browser's own cookie."""
+    url = f"{platform.base_url}/api/dev/{vmid}/files/content"
+    response = session.context.request.put(url, params={"path": path}, data=data)
+    assert response.status == 201, response.text()
+    assert (platform.workspace(vmid) / path).read_bytes() == data
+
+
+def _mkdir(session: Session, platform: Platform, vmid: int, path: str) -> None:
+    url = f"{platform.base_url}/api/dev/{vmid}/files/mkdir"
+    response = session.context.request.post(url, data={"path": path})
+    assert response.status == 201, response.text()
+    assert (platform.workspace(vmid) / path).is_dir()
+
+
+def _explorer_item(tab: Page, name: str) -> Locator:
+    """The Explorer row VS Code labels ``name`` (its accessible name is the bare file name)."""
+    tree = tab.locator(".explorer-folders-view")
+    return tree.get_by_role("treeitem", name=name, exact=True)
+
+
+def _wait_for_watcher(session: Session, platform: Platform, vmid: int, tab: Page, tag: str) -> None:
+    """Upload probe files until one shows in the Explorer: then code-server watches the folder."""
+    deadline = time.monotonic() + WATCH_TIMEOUT_MS / 1000
+    for n in itertools.count():
+        probe = f"probe-{tag}-{n}.txt"
+        _put_file(session, platform, vmid, probe, b"")
+        try:
+            expect(_explorer_item(tab, probe)).to_be_visible(timeout=PROBE_TIMEOUT_MS)
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+
+
+def test_files_made_through_the_file_api_show_in_the_ide_explorer_and_open(
+    alice: Session, platform: Platform, provisioned: Provisioned
+) -> None:
+    vmid, tag = provisioned.vmid, uuid.uuid4().hex[:8]
+    before, folder, inner, after = (
+        f"api-{tag}.txt",
+        f"dir-{tag}",
+        f"inner-{tag}.txt",
+        f"late-{tag}.txt",
+    )
+    _put_file(alice, platform, vmid, before, f"made-through-the-api-{tag}\n".encode())
+    _mkdir(alice, platform, vmid, folder)
+    _put_file(alice, platform, vmid, f"{folder}/{inner}", b"inside\n")
+
+    tab = _open_ide(alice, platform, vmid)
+    tab.keyboard.press("Control+Shift+E")  # show the Explorer (does nothing if it is showing)
+    expect(_explorer_item(tab, before)).to_be_visible(timeout=WORKBENCH_TIMEOUT_MS)
+    _explorer_item(tab, folder).click()
+    expect(_explorer_item(tab, folder)).to_have_attribute("aria-expanded", "true")
+    expect(_explorer_item(tab, inner)).to_be_visible()
+
+    _wait_for_watcher(alice, platform, vmid, tab, tag)
+    _put_file(alice, platform, vmid, after, f"made-after-load-{tag}\n".encode())
+    expect(_explorer_item(tab, after)).to_be_visible(timeout=WATCH_TIMEOUT_MS)
+
+    _explorer_item(tab, before).click()
+    editor_tab = tab.locator(".tabs-container [role=tab]", has_text=before)
+    expect(editor_tab).to_be_visible()
+    expect(tab.locator(".editor-instance .view-lines")).to_contain_text(
+        f"made-through-the-api-{tag}"
+    )
+    capture(tab, "ide-explorer")
+    _close_ide(alice, tab)
