@@ -43,7 +43,6 @@ BACKENDS = [_CHOSEN] if _CHOSEN else ["process", *(["lxc"] if _LXC_HERE else [])
 LXC_TEST_DIR = Path(os.environ.get("ZLH_TEST_LXC_DIR", REPO / ".data" / "test-lxc"))
 READY_TIMEOUT_S = 1500.0
 # A blocker owned elsewhere, recognised by the demo's own error line: anything else fails.
-OLD_TARFILE = "unexpected keyword argument 'filter'"
 READY_LINES = re.compile(
     r"^  portal:\s+(?P<portal>\S+)\n  IDE:\s+(?P<ide>\S+)\n  user:\s+(?P<user>\S+)\n"
     r"  password:\s+(?P<password>\S+)\s+\(kept in (?P<file>\S+), 0600\)$",
@@ -83,7 +82,6 @@ class Demo:
         while (match := READY_LINES.search(self.output)) is None:
             if self.proc.poll() is not None:
                 output = self.final_output()
-                blocked(output)
                 raise AssertionError(f"zlh demo exited with {self.proc.returncode}:\n{output}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"no URLs within {READY_TIMEOUT_S}s:\n{self.output}")
@@ -103,15 +101,6 @@ class Ready:
     @property
     def vmid(self) -> int:
         return int(self.ide.rstrip("/").split("/")[-2])
-
-
-def blocked(output: str) -> None:
-    """xfail on a known blocker owned by another part, named by the demo's error."""
-    if OLD_TARFILE in output:
-        pytest.xfail(
-            "the agent extracts with tarfile filters (Python >= 3.11.4); the template's Debian "
-            "python3 is 3.11.2"
-        )
 
 
 def off_loop(coro: Coroutine[Any, Any, T]) -> T:
