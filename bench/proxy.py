@@ -34,10 +34,9 @@ USER = "bench-user"
 
 
 def serve(port: int, key: bytes) -> None:
-    """The front alone, as the harness sees it: one process, uvloop."""
-    import uvloop
-
+    """The front alone, as the harness sees it: one process, run as ``zlh up`` runs it."""
     from zlh.proxy import Front, JwtAuthenticator, ProxySettings, Route, RouteTable
+    from zlh.proxy.serving import run
 
     async def main() -> None:
         routes = RouteTable()
@@ -49,7 +48,7 @@ def serve(port: int, key: bytes) -> None:
         await stop.wait()
         await front.close()
 
-    uvloop.run(main())
+    run(main())
 
 
 def free_port() -> int:

@@ -48,7 +48,11 @@ READY_LINES = re.compile(
     r"  password:\s+(?P<password>\S+)\s+\(kept in (?P<file>\S+), 0600\)$",
     re.MULTILINE,
 )
-WHO = 'echo "$(id -un) $(readlink -f "$(command -v node)") $(node --version)" > ~/workspace/who.txt'
+# The acceptance's command, then who ran it and which node binary the terminal found.
+WHO = (
+    "node --version > ~/workspace/out.txt; "
+    'echo "$(id -un) $(readlink -f "$(command -v node)")" > ~/workspace/who.txt'
+)
 
 
 @dataclass
@@ -208,8 +212,8 @@ def test_make_run_prints_the_portal_the_ide_and_credentials_that_open_it(ready: 
         assert client.get(ready.portal).status_code == 200
 
 
-def test_the_ide_terminal_runs_the_runtime_node_as_dev(
-    backend: str, ready: Ready, session: Session
+def test_the_ide_terminal_runs_the_runtimes_node(
+    backend: str, ready: Ready, session: Session, data_dir: Path
 ) -> None:
     # The portal's page is watched for console errors; code-server's (offline gallery, missing
     # optional modules) are not ours, so the IDE gets a tab of its own, unwatched.
@@ -229,17 +233,20 @@ def test_the_ide_terminal_runs_the_runtime_node_as_dev(
         container = client.get(f"/api/dev/{ready.vmid}").json()
         catalog = Catalog.model_validate(client.get("/api/catalog").json())
         who = _poll_file(client, ready.vmid, "who.txt")
+        out = _poll_file(client, ready.vmid, "out.txt")
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"main-job-ide-terminal-{backend}.png"))
     version = container["version"]
     node = next(v for v in catalog.runtimes["node"].versions if v.version == version)  # type: ignore[index]
     upstream = node.artifact.metadata.upstream_version
+    assert out == f"v{upstream}\n"
     if backend == "lxc":
-        assert who == f"dev /opt/zlh/runtimes/node/{version}/bin/node v{upstream}\n"
+        assert who == f"dev /opt/zlh/runtimes/node/{version}/bin/node\n"
     else:
-        # No isolation: the shell runs as this user, and the login environment code-server
-        # resolves reads the host's /etc/profile, whose PATH finds the host's node if any.
-        assert who.startswith(f"{pwd.getpwuid(os.geteuid()).pw_name} ")
+        # No isolation: the shell runs as this user, in the container's root dir on the host.
+        me = pwd.getpwuid(os.geteuid()).pw_name
+        root = data_dir / "process" / str(ready.vmid) / "root"
+        assert who == f"{me} {root.resolve()}/opt/zlh/runtimes/node/{version}/bin/node\n"
     assert page.locator(".dialog-message-text", has_text="reconnect").count() == 0
 
 

@@ -5,6 +5,12 @@ The one decision point is :func:`creates_system_user`: only an agent running as 
 backend on a shared host) the agent must not add users to the host, so the dev user is
 recorded by name in ``/status`` and processes run as the current user, with the home and
 workspace created beneath ``--root``.
+
+Beneath a scratch ``--root`` the host's ``/etc/profile`` is the one login shells read, and it
+neither reads ``<root>/etc/profile.d`` nor keeps the PATH it was given (Debian's resets it), so
+a login shell there -- the console's, and the one code-server runs to resolve its terminals'
+environment -- would find the host's ``node`` rather than the runtime. The dev home's
+``.profile`` sources the runtimes' profile script to close that gap (:func:`_source_runtimes`).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +64,30 @@ class DevEnvironment:
                 probe = probe.parent
             path.mkdir(parents=True, exist_ok=True)
             self.own(*missing)
+
+
+_PROFILE_MARK = "# zlh-agent: the active runtimes on PATH"
+
+
+def _source_runtimes(layout: Layout, env: DevEnvironment) -> None:
+    """Make the dev home's ``.profile`` source ``<root>/etc/profile.d/zlh-runtimes.sh``.
+
+    Appended once (under a marker line) to whatever ``.profile`` already holds; bash reads
+    ``.profile`` for login shells when there is no ``.bash_profile``, which the agent never
+    writes.
+    """
+    profile = env.home / ".profile"
+    try:
+        current = profile.read_text()
+    except FileNotFoundError:
+        current = ""
+    if _PROFILE_MARK in current:
+        return
+    script = shlex.quote(str(layout.profile_script))
+    block = f"{_PROFILE_MARK}\nif [ -r {script} ]; then . {script}; fi\n"
+    separator = "\n" if current and not current.endswith("\n") else ""
+    profile.write_text(current + separator + block)
+    env.own(profile)
 
 
 def _passwd(name: str) -> pwd.struct_passwd | None:
@@ -111,6 +142,11 @@ def _ensure(layout: Layout, spec: DevUser) -> DevEnvironment:
         env.make_dirs(env.home, env.workspace)
     except OSError as exc:
         raise DevUserError(f"cannot create {env.workspace}: {exc.strerror}") from exc
+    if not layout.is_real_root:
+        try:
+            _source_runtimes(layout, env)
+        except OSError as exc:
+            raise DevUserError(f"cannot write {env.home / '.profile'}: {exc.strerror}") from exc
     return env
 
 

@@ -126,7 +126,9 @@ def serve(app: Any, settings: ApiSettings) -> None:
     memory, so a revoked session or a removed container reaches it at once.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(_serve(app, settings))
+    from zlh.proxy.serving import run
+
+    run(_serve(app, settings))
 
 
 async def _serve(app: Any, settings: ApiSettings) -> None:
