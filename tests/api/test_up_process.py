@@ -147,3 +147,21 @@ def test_sigkill_mid_provisioning_then_restart_reaches_ready_exactly_once(
         state = json.loads((tmp_path / "process" / str(vmid) / "state.json").read_text())
         assert state  # the backend's own record of the one container
         assert client.delete(f"/api/dev/{vmid}", headers=alice).status_code == 204
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_shuts_down_in_order_and_exits_zero(
+    stop: signal.Signals, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    port = free_port()
+    with zlh_up(tmp_path, store, port) as proc:
+        socket_file = tmp_path / "run" / "api.sock"
+        assert socket_file.exists()
+        assert httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=10).status_code == 200
+        proc.send_signal(stop)
+        assert proc.wait(timeout=30) == 0, (tmp_path / "up.log").read_text()[-2000:]
+    assert not socket_file.exists()  # removed by the shutdown, not left for the next start
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2)

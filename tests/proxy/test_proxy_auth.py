@@ -8,16 +8,31 @@ import jwt
 import pytest
 from proxy_kit import KEY, token
 
-from zlh.proxy.auth import JwtAuthenticator, bearer_token, split_session_cookie
+from zlh.proxy.auth import (
+    JwtAuthenticator,
+    SessionCookieSplitter,
+    bearer_token,
+    split_session_cookie,
+)
 
 
 def test_session_cookie_is_found_and_split_from_the_other_cookies() -> None:
     cookies = [b"a=1; zlh_session=tok1 ; b=2", b"c=3", b"zlh_session=tok9"]
-    assert split_session_cookie(b"zlh_session", cookies) == (b"tok1", [b"a=1; b=2", b"c=3"])
+    assert split_session_cookie(b"zlh_session", cookies) == (b"tok1", (b"a=1; b=2", b"c=3"))
     assert split_session_cookie(b"zlh_session", [b"xzlh_session=no"]) == (
         b"",
-        [b"xzlh_session=no"],
+        (b"xzlh_session=no",),
     )
+
+
+def test_the_splitter_answers_as_the_function_does_for_repeated_and_new_headers() -> None:
+    splitter = SessionCookieSplitter(b"zlh_session", limit=2)
+    headers = [b"zlh_session=t1; a=1", b"b=2", b"zlh_session=t3", b"zlh_session=t1; a=1"]
+    for header in headers * 2:  # repeats come from memory, and the bound clears it on the way
+        assert splitter.split([header]) == split_session_cookie(b"zlh_session", [header])
+    both = [b"zlh_session=t1", b"c=3"]
+    assert splitter.split(both) == (b"t1", (b"c=3",))
+    assert splitter.split([]) == (b"", ())
 
 
 def test_bearer_token_is_read_from_authorization() -> None:

@@ -40,6 +40,7 @@ from zlh.api.routes import auth as auth_routes
 from zlh.api.routes import catalog as catalog_routes
 from zlh.api.routes import dev as dev_routes
 from zlh.api.routes import events as events_routes
+from zlh.api.routes import health as health_routes
 from zlh.api.routes import tailnet as tailnet_routes
 from zlh.api.services import Services
 from zlh.api.settings import ApiSettings
@@ -225,7 +226,7 @@ def create_app(
     app.add_exception_handler(Exception, _unexpected)
     app.state.tailnet = app.state.services.tailnet
     routers = (auth_routes, catalog_routes, dev_routes, events_routes, audit_routes, relays)
-    for module in (*routers, tailnet_routes):
+    for module in (*routers, health_routes, tailnet_routes):
         app.include_router(module.router)
     if store_app is not None:
         app.mount("/artifacts", store_app)

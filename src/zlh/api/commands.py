@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import logging
 import os
+import signal
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +107,31 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, minus its signal re-raise.
+
+    uvicorn shuts down on SIGINT/SIGTERM and then raises the signal again, which killed the
+    process (exit -15) before the front was closed and the API's socket removed. Here the
+    signal only asks for the shutdown, so ``zlh up`` stops in order and exits 0; a second ^C
+    during the shutdown forces it, as with uvicorn.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in _STOP_SIGNALS:
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in _STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+            self._captured_signals.clear()
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def _backend(settings: ApiSettings) -> Any:
     from zlh.backends import create_backend  # type: ignore[attr-defined,unused-ignore]
 
@@ -149,7 +177,7 @@ async def _serve(app: Any, settings: ApiSettings) -> None:
         proxy_headers=True,
         forwarded_allow_ips="*",  # only the front reaches the unix socket
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     routes = RouteTable()
     loop = asyncio.get_running_loop()
 

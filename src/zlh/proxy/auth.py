@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,6 +26,7 @@ __all__ = [
     "Authenticator",
     "JwtAuthenticator",
     "Principal",
+    "SessionCookieSplitter",
     "bearer_token",
     "split_session_cookie",
 ]
@@ -47,7 +49,9 @@ class Authenticator(Protocol):
         job (the front checks the route table after it)."""
 
 
-def split_session_cookie(cookie_name: bytes, cookies: list[bytes]) -> tuple[bytes, list[bytes]]:
+def split_session_cookie(
+    cookie_name: bytes, cookies: Sequence[bytes]
+) -> tuple[bytes, tuple[bytes, ...]]:
     """The session cookie's value (b"" if absent) and the Cookie headers without it (a header
     left empty is dropped; every other cookie is kept as sent)."""
     prefix = cookie_name + b"="
@@ -66,7 +70,34 @@ def split_session_cookie(cookie_name: bytes, cookies: list[bytes]) -> tuple[byte
                 kept.append(part)
         if kept:
             others.append(b"; ".join(kept))
-    return token, others
+    return token, tuple(others)
+
+
+class SessionCookieSplitter:
+    """:func:`split_session_cookie` for one cookie name, remembering recent Cookie headers.
+
+    A browser sends the same Cookie header with every request of a page load, and splitting it
+    is a measurable share of a small proxied GET; the answer depends on the header alone. The
+    memory is bounded (cleared when full), like the JWT cache that holds the same tokens.
+    """
+
+    __slots__ = ("_cache", "_limit", "_name")
+
+    def __init__(self, cookie_name: bytes, limit: int = 4096) -> None:
+        self._name = cookie_name
+        self._limit = limit
+        self._cache: dict[bytes, tuple[bytes, tuple[bytes, ...]]] = {}
+
+    def split(self, cookies: Sequence[bytes]) -> tuple[bytes, tuple[bytes, ...]]:
+        if len(cookies) != 1:
+            return split_session_cookie(self._name, cookies)
+        header = cookies[0]
+        found = self._cache.get(header)
+        if found is None:
+            if len(self._cache) >= self._limit:
+                self._cache.clear()
+            found = self._cache[header] = split_session_cookie(self._name, cookies)
+        return found
 
 
 def bearer_token(authorization: bytes | None) -> bytes:

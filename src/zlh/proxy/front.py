@@ -30,7 +30,7 @@ from urllib.parse import quote
 import httptools
 
 from zlh.proxy import responses
-from zlh.proxy.auth import Authenticator, Principal, bearer_token, split_session_cookie
+from zlh.proxy.auth import Authenticator, Principal, SessionCookieSplitter, bearer_token
 from zlh.proxy.headers import RequestHead, upstream_request_head
 from zlh.proxy.listener import ClientConnection, Handler
 from zlh.proxy.pool import Pool, UpstreamAddress, UpstreamConnection
@@ -67,7 +67,7 @@ class Front:
         self._connections: set[ClientConnection] = set()
         self._tunnels: weakref.WeakSet[Tunnel] = weakref.WeakSet()
         self._server: asyncio.Server | None = None
-        self._cookie_name = settings.session_cookie.encode()
+        self._cookies = SessionCookieSplitter(settings.session_cookie.encode())
         self._proto = settings.forwarded_proto
         origin = settings.public_origin
         self._public_origin = origin.encode() if origin else None
@@ -136,7 +136,7 @@ class Front:
             return LocalResponse(conn, responses.redirect(308, location), keep_alive=True)
         if req.websocket and not self._origin_ok(req):
             return self._local(conn, req, 403, "WebSocket from a foreign origin refused")
-        token, other_cookies = split_session_cookie(self._cookie_name, req.cookies)
+        token, other_cookies = self._cookies.split(req.cookies)
         principal = self._principal(token or bearer_token(req.authorization))
         if principal is None:
             return self._unauthenticated(conn, req)

@@ -9,6 +9,7 @@ the front writes its own framing and Connection headers on each side.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import IntEnum
 
 __all__ = [
@@ -241,7 +242,7 @@ def upstream_request_head(
     client_ip: bytes,
     proto: bytes,
     default_host: bytes,
-    cookies: list[bytes],
+    cookies: Sequence[bytes],
     authorization: bool,
 ) -> bytes:
     """The request as the upstream gets it. ``cookies`` are the Cookie values to send (already
