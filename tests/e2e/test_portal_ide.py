@@ -8,8 +8,10 @@ import time
 import uuid
 
 import pytest
-from e2e_kit import Platform, Provisioned, Session, capture
+from e2e_kit import BOB, Platform, Provisioned, Session, capture, sign_in
 from playwright.sync_api import Locator, Page, expect
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -64,6 +66,29 @@ def test_open_ide_shows_the_vs_code_workbench(
     assert tab.locator(".dialog-message-text", has_text="reconnect").count() == 0
     capture(tab, "ide")
     _close_ide(alice, tab)
+
+
+def test_another_users_browser_session_gets_404_on_the_ide_over_http_and_websocket(
+    session: Session, platform: Platform, provisioned: Provisioned
+) -> None:
+    sign_in(session.page, platform.base_url, BOB)
+    ide = f"{platform.base_url}/dev/{provisioned.vmid}/ide/"
+    session.console.expect_http(404, f"/dev/{provisioned.vmid}/ide/")
+    page = session.page
+    response = page.goto(ide)
+    assert response is not None and response.status == 404
+    assert f"no container {provisioned.vmid}" in page.locator("body").inner_text()
+    assert page.get_by_role("link", name="Your containers").get_attribute("href") == "/"
+    # The same browser session's cookie on a real WebSocket handshake, as the workbench makes
+    # it (same origin), to a path code-server serves sockets on.
+    cookies = session.context.cookies(platform.base_url)
+    assert cookies, "the sign-in left no session cookie"
+    cookie = "; ".join(f"{c['name']}={c['value']}" for c in cookies)
+    socket_url = "ws" + ide.removeprefix("http") + "?reconnectionToken=e2e&reconnection=false"
+    with pytest.raises(InvalidStatus) as refused:
+        connect(socket_url, origin=platform.base_url, additional_headers={"Cookie": cookie})  # type: ignore[arg-type]
+    assert refused.value.response.status_code == 404
+    assert f"no container {provisioned.vmid}".encode() in refused.value.response.body
 
 
 def _put_file(session: Session, platform: Platform, vmid: int, path: str, data: bytes) -> None:

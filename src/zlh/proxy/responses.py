@@ -13,10 +13,13 @@ from zlh.schemas.errors import ErrorBody
 
 __all__ = ["error", "redirect"]
 
+# No favicon request (like the portal's pages), and a way back to the portal.
 _HTML = (
-    "<!doctype html><html><head><meta charset=utf-8><title>{title}</title></head>"
+    "<!doctype html><html><head><meta charset=utf-8><title>{title}</title>"
+    '<link rel="icon" href="data:,"></head>'
     '<body style="font-family:sans-serif;max-width:40em;margin:4em auto">'
-    "<h1>{title}</h1><p>{message}</p><p>{detail}</p></body></html>"
+    '<h1>{title}</h1><p>{message}</p><p>{detail}</p><p><a href="/">Your containers</a></p>'
+    "</body></html>"
 )
 _SECURITY = b"".join(
     (
