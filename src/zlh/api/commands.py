@@ -107,6 +107,9 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, minus its signal re-raise.
 
@@ -127,9 +130,6 @@ class _Server(uvicorn.Server):
             for sig in _STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
             self._captured_signals.clear()
-
-
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _backend(settings: ApiSettings) -> Any:
