@@ -124,6 +124,9 @@ def test_container_not_ready_answers_503_at_once_saying_why(
     page = client.get(f"/dev/{vmid}/ide/", headers={**session("alice"), "Accept": "text/html"})
     assert page.status_code == 503 and "code-server is not running" in page.text
     assert page.headers["content-type"].startswith("text/html")
+    assert '<meta http-equiv="refresh" content="5">' in page.text  # the IDE opens once ready
+    gone = client.get("/dev/99999/ide/", headers={**session("alice"), "Accept": "text/html"})
+    assert gone.status_code == 404 and "http-equiv" not in gone.text  # nothing to wait for
 
 
 def test_prefix_is_stripped_and_the_original_host_forwarded(

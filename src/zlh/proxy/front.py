@@ -41,6 +41,9 @@ from zlh.proxy.websocket import Tunnel
 
 __all__ = ["Front"]
 
+# Seconds a client is told to wait before trying a container that is not ready again.
+_NOT_READY_RETRY_S = 5
+
 
 class Front:
     def __init__(
@@ -144,13 +147,16 @@ class Front:
         if route is None or (route.owner_id != principal.user_id and not principal.is_admin):
             return self._local(conn, req, 404, f"no container {vmid}")  # the API's very words
         if not route.ready:
+            # A browser waiting on the page reloads it when the Retry-After is up, so the IDE
+            # opens by itself once provisioning ends or code-server is back.
             return self._local(
                 conn,
                 req,
                 503,
                 f"container {vmid} is not ready",
                 route.reason or "it is still being provisioned",
-                extra=b"Retry-After: 5\r\n",
+                extra=b"Retry-After: %d\r\n" % _NOT_READY_RETRY_S,
+                refresh_s=_NOT_READY_RETRY_S,
             )
         rest = b"/" + parts[4] + sep + query
         if self._on_ide_open is not None and not parts[4] and req.method == b"GET":
@@ -242,6 +248,7 @@ class Front:
         detail: str = "",
         *,
         extra: bytes = b"",
+        refresh_s: int = 0,
     ) -> Handler:
         keep_alive = req.keep_alive and not req.upgrading
         data = responses.error(
@@ -252,6 +259,7 @@ class Front:
             keep_alive=keep_alive,
             head_only=req.method == b"HEAD",
             extra=extra,
+            refresh_s=refresh_s,
         )
         return LocalResponse(conn, data, keep_alive=keep_alive)
 

@@ -15,7 +15,7 @@ __all__ = ["error", "redirect"]
 
 # No favicon request (like the portal's pages), and a way back to the portal.
 _HTML = (
-    "<!doctype html><html><head><meta charset=utf-8><title>{title}</title>"
+    "<!doctype html><html><head><meta charset=utf-8><title>{title}</title>{refresh}"
     '<link rel="icon" href="data:,"></head>'
     '<body style="font-family:sans-serif;max-width:40em;margin:4em auto">'
     '<h1>{title}</h1><p>{message}</p><p>{detail}</p><p><a href="/">Your containers</a></p>'
@@ -45,10 +45,13 @@ def error(
     keep_alive: bool = True,
     head_only: bool = False,
     extra: bytes = b"",
+    refresh_s: int = 0,
 ) -> bytes:
-    """A complete error response. ``extra`` is additional raw header lines."""
+    """A complete error response. ``extra`` is additional raw header lines; ``refresh_s``
+    makes the HTML page reload itself after that many seconds (a page that will work soon)."""
     if as_html:
         body = _HTML.format(
+            refresh=f'<meta http-equiv="refresh" content="{refresh_s}">' if refresh_s else "",
             title=html.escape(f"{status} {HTTPStatus(status).phrase}"),
             message=html.escape(message),
             detail=html.escape(detail),
