@@ -22,8 +22,8 @@ run: bootstrap
 	$(ZLH) demo --backend $(BACKEND) --data-dir $(DATA_DIR) --listen $(LISTEN) $(DEMO_FLAGS)
 
 lint: bootstrap
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench setup.py
+	$(VENV)/bin/ruff format --check src tests bench setup.py
 	$(VENV)/bin/mypy
 
 test: lint

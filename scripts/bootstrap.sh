@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the platform and its tests need on a fresh Debian 12 machine, as root.
 # Idempotent and quick on the second run: apt only for missing packages, pip only when
-# pyproject.toml changed, npm only when portal/package.json changed.
+# pyproject.toml, setup.py or zlh.proxy changed, npm only when portal/package.json changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,9 +33,11 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
   .venv/bin/pip install -q --upgrade pip
 fi
-stamp=.venv/.zlh-deps-$(sha256sum pyproject.toml | cut -c1-16)
+# The install also compiles the front's hot path in place (setup.py, mypyc): redo it when one of
+# those modules changed, or the compiled ones would shadow the edited sources.
+stamp=.venv/.zlh-deps-$(cat pyproject.toml setup.py src/zlh/proxy/*.py | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
-  echo "bootstrap: installing Python dependencies"
+  echo "bootstrap: installing Python dependencies and compiling the front (mypyc)"
   .venv/bin/pip install -q -e ".[dev]"
   rm -f .venv/.zlh-deps-*
   touch "$stamp"

@@ -10,6 +10,8 @@ import pytest
 # Helpers importable from any test directory (``from support import zlh, free_port, …``).
 from support import CACHE_DIR, serve_store, zlh
 
+SRC = Path(__file__).resolve().parents[1] / "src"
+
 
 @pytest.fixture(scope="session")
 def node_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -39,6 +41,22 @@ def code_server_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # A cold code-server build (npm compiles native modules) takes minutes on a 2-core machine; the
 # first test that asks for it pays inside its own timeout, so those tests get a longer one.
 CODE_SERVER_BUILD_TIMEOUT_S = 2400
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Compiled modules (setup.py) shadow their sources: refuse to test edits they do not have."""
+    stale = [
+        str(so.relative_to(SRC))
+        for so in SRC.rglob("*.so")
+        if (source := so.with_name(so.name.split(".")[0] + ".py")).exists()
+        and source.stat().st_mtime > so.stat().st_mtime
+    ]
+    if stale:
+        pytest.exit(
+            f"compiled modules older than their sources: {', '.join(stale)}; "
+            "run `make bootstrap` (setup.py compiles them)",
+            returncode=2,
+        )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -85,6 +85,18 @@ def test_close_code_and_reason_pass_through(harness: Harness) -> None:
         assert close_code_within(ws, 5)[:2] == (4000, "see you")
 
 
+def test_the_front_lets_go_of_tunnels_once_they_end(harness: Harness) -> None:
+    vmid = harness.add_route("alice")
+    port = harness.front.port
+    open_tunnels = harness.front._tunnels  # what close() terminates; must not grow for ever
+    with open_ws(port, f"/dev/{vmid}/ide/ws") as ide, open_ws(port, "/api/ws", user=None) as api:
+        for ws in (ide, api):
+            ws.send("up")
+            assert ws.recv(timeout=5) == "up"
+        assert harness.call(len, open_tunnels) == 2
+    wait_until(lambda: harness.call(len, open_tunnels) == 0, what="tunnels forgotten")
+
+
 def test_foreign_origin_is_refused_and_own_origins_accepted(harness: Harness) -> None:
     vmid = harness.add_route("alice")
     port = harness.front.port

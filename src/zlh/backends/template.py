@@ -173,6 +173,9 @@ def build_wheelhouse(dest: Path) -> None:
     _run(
         [sys.executable, "-m", "pip", "wheel", "-q", "-w", str(dest), f"{source_tree()}[agent]"],
         "building the agent wheelhouse",
+        # The agent never imports the compiled front (setup.py): a pure wheel is the same on
+        # every build, so the template's version only changes when the agent's code does.
+        env={**os.environ, "ZLH_PURE_PYTHON": "1"},
     )
 
 

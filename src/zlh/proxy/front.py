@@ -23,8 +23,8 @@ the same relay code; WebSocket upgrades to it get the same Origin check.
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
 import httptools
@@ -68,7 +68,7 @@ class Front:
         )
         self.pool = Pool(settings)
         self._connections: set[ClientConnection] = set()
-        self._tunnels: weakref.WeakSet[Tunnel] = weakref.WeakSet()
+        self._tunnels: set[Tunnel] = set()
         self._server: asyncio.Server | None = None
         self._cookies = SessionCookieSplitter(settings.session_cookie.encode())
         self._proto = settings.forwarded_proto
@@ -93,8 +93,9 @@ class Front:
     def port(self) -> int:
         if self._server is None:
             raise RuntimeError("the front is not listening; call start() first")
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
+        # typeshed says tuple, asyncio returns a list: untyped, so compiled code checks neither.
+        server: Any = self._server
+        return int(server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
         """Stop listening and drop every connection, tunnels included."""
@@ -297,10 +298,10 @@ class Front:
             upstream.transport,
             routes=self.routes,
             settings=self.settings,
+            live=self._tunnels,
             vmid=vmid,
             principal=principal,
         )
-        self._tunnels.add(tunnel)
         tunnel.start(client_rest, upstream_rest)
         if principal is not None and not self._still_allowed(vmid, principal):
             tunnel.terminate(CLOSE_POLICY, "access revoked")  # revoked during the handshake

@@ -138,7 +138,8 @@ class _UpstreamSide(_Side):
 
 class Tunnel:
     """One spliced WebSocket. IDE tunnels (``vmid``/``principal`` set) are registered in the
-    route table so that revocations reach them; API tunnels are the API's to police."""
+    route table so that revocations reach them; API tunnels are the API's to police. ``live``
+    holds every tunnel from :meth:`start` until it is done (the front closes them all at exit)."""
 
     def __init__(
         self,
@@ -147,6 +148,7 @@ class Tunnel:
         *,
         routes: RouteTable,
         settings: ProxySettings,
+        live: set[Tunnel],
         vmid: int = 0,
         principal: Principal | None = None,
     ) -> None:
@@ -158,12 +160,14 @@ class Tunnel:
         self.tracker = FrameTracker()
         self._routes = routes
         self._settings = settings
+        self._live = live
         self._loop = asyncio.get_running_loop()
         self._close_frame = b""
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self, client_rest: bytes, upstream_rest: bytes) -> None:
         """Splice from now on. ``*_rest`` are bytes each side sent right after the handshake."""
+        self._live.add(self)
         self.client.set_protocol(_ClientSide(self, self.upstream))
         self.upstream.set_protocol(_UpstreamSide(self, self.client))
         if client_rest:
@@ -209,13 +213,13 @@ class Tunnel:
 
     def client_lost(self) -> None:
         self._forget()
-        self.state = _State.DONE
+        self._done()
         self.upstream.close()
 
     def upstream_lost(self) -> None:
         if self.state is _State.OPEN:
             self._forget()
-            self.state = _State.DONE
+            self._done()
             self.client.close()  # after what is buffered: the upstream's close frame, if any
         elif self.state is _State.CLOSING:
             self._abort()  # cut mid-frame: no clean close frame is possible
@@ -228,9 +232,13 @@ class Tunnel:
         self.upstream.close()
 
     def _abort(self) -> None:
-        self.state = _State.DONE
+        self._done()
         self.client.abort()
         self.upstream.abort()
+
+    def _done(self) -> None:
+        self.state = _State.DONE
+        self._live.discard(self)
 
     def _forget(self) -> None:
         if self._timer is not None:
