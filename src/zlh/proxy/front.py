@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote
 
 import httptools
@@ -42,7 +42,7 @@ from zlh.proxy.websocket import Tunnel
 __all__ = ["Front"]
 
 # Seconds a client is told to wait before trying a container that is not ready again.
-_NOT_READY_RETRY_S = 5
+_NOT_READY_RETRY_S: Final = 5
 
 
 class Front:

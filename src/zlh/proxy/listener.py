@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 import httptools
 
@@ -29,9 +29,9 @@ __all__ = ["ClientConnection", "Handler"]
 log = logging.getLogger(__name__)
 
 # Reasons reading from a client is paused (bit flags; reading resumes when none is left).
-_PIPELINE = 1  # a request waits behind the one in progress
-_BODY = 2  # the upstream does not take the request body as fast as the client sends it
-_UPGRADE = 4  # bytes after an upgrade request wait for the tunnel (or the refusal)
+_PIPELINE: Final = 1  # a request waits behind the one in progress
+_BODY: Final = 2  # the upstream does not take the request body as fast as the client sends it
+_UPGRADE: Final = 4  # bytes after an upgrade request wait for the tunnel (or the refusal)
 
 
 class Handler(Protocol):

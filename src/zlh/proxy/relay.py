@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Final
 
 from zlh.proxy import responses
 from zlh.proxy.headers import LAST_CHUNK, Framing, RequestHead, ResponseHead, chunk
@@ -29,9 +30,9 @@ from zlh.proxy.settings import ProxySettings
 __all__ = ["Exchange", "LocalResponse", "OnUpgrade"]
 
 # Body bytes held while the upstream connection is being opened before the client is paused.
-_PENDING_LIMIT = 256 * 1024
+_PENDING_LIMIT: Final = 256 * 1024
 # Body bytes discarded after the response is already decided before the connection is dropped.
-_DISCARD_LIMIT = 1024 * 1024
+_DISCARD_LIMIT: Final = 1024 * 1024
 
 OnUpgrade = Callable[[ClientConnection, UpstreamConnection, bytes], None]
 

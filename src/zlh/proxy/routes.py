@@ -16,14 +16,14 @@ import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from zlh.proxy.auth import Principal
 
 __all__ = ["CLOSE_POLICY", "Route", "RouteTable", "Tunnel"]
 
 # The WebSocket close code sent when the front takes access away (RFC 6455 "policy violation").
-CLOSE_POLICY = 1008
+CLOSE_POLICY: Final = 1008
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from enum import Enum
+from typing import Final
 
 from zlh.proxy.auth import Principal
 from zlh.proxy.routes import RouteTable
@@ -25,7 +26,7 @@ from zlh.proxy.settings import ProxySettings
 
 __all__ = ["CLOSE_SESSION_EXPIRED", "FrameTracker", "Tunnel", "close_frame"]
 
-CLOSE_SESSION_EXPIRED = 4401
+CLOSE_SESSION_EXPIRED: Final = 4401
 
 
 class FrameTracker:
