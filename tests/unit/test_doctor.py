@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from support import zlh
+from zlh.doctor import Host, Outcome, run_checks
 
 
 def _path_without_lxc(tmp_path: Path) -> str:
@@ -107,3 +109,15 @@ def test_doctor_names_the_missing_lxc_template_and_how_to_build_it(tmp_path: Pat
     (data_dir / "lxc" / "zlh-template.current").write_text("0123456789abcdef\n")
     result = zlh(*args, check=False)
     assert "[ok  ] template: zlh-template-0123456789abcdef" in result.stdout
+
+
+def test_doctor_says_whether_the_front_runs_compiled(tmp_path: Path) -> None:
+    host = Host(data_dir=tmp_path, store=tmp_path, listen="127.0.0.1:0", backend="process")
+    (compiled,) = [c for c in run_checks(host) if c.name == "front"]
+    assert compiled.outcome is Outcome.OK, compiled.detail
+    # zlh.proxy.settings is never compiled (a pydantic model): it stands for a pure install.
+    pure = replace(host, front_modules=("zlh.proxy.front", "zlh.proxy.settings"))
+    (warned,) = [c for c in run_checks(pure) if c.name == "front"]
+    assert warned.outcome is Outcome.WARN
+    assert "zlh.proxy.settings" in warned.detail and "zlh.proxy.front" not in warned.detail
+    assert "make bootstrap" in warned.fix
