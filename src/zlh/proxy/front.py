@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import quote
 
 import httptools
@@ -81,7 +81,9 @@ class Front:
         """Listen on ``host:port`` (port 0: any free one, see :attr:`port`)."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: ClientConnection(self._dispatch, self.settings, self._connections),
+            lambda: cast(
+                asyncio.Protocol, ClientConnection(self._dispatch, self.settings, self._connections)
+            ),
             host,
             port,
             reuse_address=True,

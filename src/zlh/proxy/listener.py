@@ -64,7 +64,10 @@ class _Pending:
         self.handler: Handler | None = None
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection:
+    """An asyncio protocol by its methods: compiled, it cannot subclass asyncio.Protocol (a
+    Python class), and as a native class its attributes are struct fields, not a dict."""
+
     def __init__(
         self, dispatch: Dispatch, settings: ProxySettings, live: set[ClientConnection]
     ) -> None:

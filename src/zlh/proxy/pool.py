@@ -47,8 +47,9 @@ class UpstreamAddress(NamedTuple):
         return f"unix:{self.path}" if self.path else f"{self.host}:{self.port}"
 
 
-class UpstreamConnection(asyncio.Protocol):
-    """One connection to an upstream, parsing its responses for the current :class:`Exchange`."""
+class UpstreamConnection:
+    """One connection to an upstream, parsing its responses for the current :class:`Exchange`.
+    An asyncio protocol by its methods, like :class:`~zlh.proxy.listener.ClientConnection`."""
 
     def __init__(self, pool: Pool, address: UpstreamAddress) -> None:
         self.pool = pool
@@ -155,15 +156,13 @@ class Pool:
     async def connect(self, address: UpstreamAddress) -> UpstreamConnection:
         """A fresh connection. Raises OSError (refused, unreachable) or TimeoutError."""
         loop = asyncio.get_running_loop()
+        conn = UpstreamConnection(self, address)
+        protocol = cast(asyncio.Protocol, conn)
         async with asyncio.timeout(self._settings.connect_timeout_s):
             if address.path:
-                _, conn = await loop.create_unix_connection(
-                    lambda: UpstreamConnection(self, address), address.path
-                )
+                await loop.create_unix_connection(lambda: protocol, address.path)
             else:
-                _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(self, address), address.host, address.port
-                )
+                await loop.create_connection(lambda: protocol, address.host, address.port)
         return conn
 
     def put(self, conn: UpstreamConnection) -> None:

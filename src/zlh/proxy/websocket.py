@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from enum import Enum
-from typing import Final
+from typing import Final, cast
 
 from zlh.proxy.auth import Principal
 from zlh.proxy.routes import RouteTable
@@ -91,10 +91,9 @@ class _State(Enum):
     DONE = "done"
 
 
-class _Side(asyncio.Protocol):
-    """One end of a tunnel: back-pressure onto the other end (``peer``)."""
-
-    __slots__ = ("_peer", "_tunnel")
+class _Side:
+    """One end of a tunnel: back-pressure onto the other end (``peer``). An asyncio protocol
+    by its methods, like :class:`~zlh.proxy.listener.ClientConnection`."""
 
     def __init__(self, tunnel: Tunnel, peer: asyncio.Transport) -> None:
         self._tunnel = tunnel
@@ -111,8 +110,6 @@ class _Side(asyncio.Protocol):
 
 
 class _ClientSide(_Side):
-    __slots__ = ()
-
     def data_received(self, data: bytes) -> None:
         if self._tunnel.state is _State.OPEN:
             self._peer.write(data)
@@ -123,8 +120,6 @@ class _ClientSide(_Side):
 
 
 class _UpstreamSide(_Side):
-    __slots__ = ()
-
     def data_received(self, data: bytes) -> None:
         tunnel = self._tunnel
         if tunnel.state is _State.OPEN:
@@ -169,8 +164,8 @@ class Tunnel:
     def start(self, client_rest: bytes, upstream_rest: bytes) -> None:
         """Splice from now on. ``*_rest`` are bytes each side sent right after the handshake."""
         self._live.add(self)
-        self.client.set_protocol(_ClientSide(self, self.upstream))
-        self.upstream.set_protocol(_UpstreamSide(self, self.client))
+        self.client.set_protocol(cast(asyncio.Protocol, _ClientSide(self, self.upstream)))
+        self.upstream.set_protocol(cast(asyncio.Protocol, _UpstreamSide(self, self.client)))
         if client_rest:
             self.upstream.write(client_rest)
         if upstream_rest:
