@@ -1,0 +1,186 @@
+"""Where the front's CPU per small GET goes: the front as installed (hot path compiled), the same
+front as plain Python, and a blind uvloop splice (no HTTP parsing, no auth: the floor any
+uvloop proxy pays in syscalls and the event loop), measured in turns in one run.
+
+    .venv/bin/python bench/proxy_floor.py                   # ROUNDS=5 DURATION=5 by default
+
+It uses the shared harness's upstream (``servers/upstream.js`` in ``$BENCH_DIR``, which a run of
+bench/proxy.py sets up). Each turn is ``wrk -t1 -c32`` on the 223 B JSON for DURATION seconds;
+CPU is the server process's user+system time over the turn. Prints medians of req/s and of CPU
+microseconds per request, and each as a ratio to the installed front.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+from typing import cast
+
+import jwt
+
+from proxy import BENCH_DIR, USER, free_port, wait_for_port
+
+REPO = Path(__file__).resolve().parent.parent
+ROUNDS = int(os.environ.get("ROUNDS", "5"))
+DURATION = int(os.environ.get("DURATION", "5"))
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def splice(port: int, upstream_port: int) -> None:
+    """The floor: bytes from each client go to its own upstream connection and back, as read."""
+    import uvloop
+
+    class Upstream(asyncio.Protocol):
+        def __init__(self, client: asyncio.Transport) -> None:
+            self.client = client
+
+        def data_received(self, data: bytes) -> None:
+            if not self.client.is_closing():
+                self.client.write(data)
+
+    class Client(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = cast(asyncio.Transport, transport)
+            self.upstream: asyncio.Transport | None = None
+            self.early: list[bytes] = []
+            asyncio.get_running_loop().create_task(self.connect())
+
+        async def connect(self) -> None:
+            loop = asyncio.get_running_loop()
+            upstream, _ = await loop.create_connection(
+                lambda: Upstream(self.transport), "127.0.0.1", upstream_port
+            )
+            self.upstream = upstream
+            for data in self.early:
+                upstream.write(data)
+
+        def data_received(self, data: bytes) -> None:
+            if self.upstream is None:
+                self.early.append(data)
+            elif not self.upstream.is_closing():
+                self.upstream.write(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.upstream is not None:
+                self.upstream.close()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Client, "127.0.0.1", port, backlog=2048)
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        server.close()
+
+    uvloop.run(main())
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+
+def turn(pid: int, url: str, cookie: str) -> tuple[float, float]:
+    """One wrk run: (req/s, CPU µs of ``pid`` per request)."""
+    before = cpu_seconds(pid)
+    out = subprocess.run(
+        ["wrk", "-t1", "-c32", f"-d{DURATION}s", "-H", f"Cookie: {cookie}", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    used = cpu_seconds(pid) - before
+    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if found is None:
+        raise SystemExit(f"wrk printed no rate:\n{out}")
+    rate = float(found.group(1))
+    return rate, used / (rate * DURATION) * 1e6
+
+
+def pure_python_tree(dest: Path) -> Path:
+    """A copy of the zlh sources without compiled modules, to import the front uncompiled."""
+    shutil.copytree(REPO / "src" / "zlh", dest / "zlh", ignore=shutil.ignore_patterns("*.so"))
+    return dest
+
+
+def main() -> int:
+    if len(sys.argv) == 4 and sys.argv[1] == "--splice":
+        splice(int(sys.argv[2]), int(sys.argv[3]))
+        return 0
+    upstream_js = BENCH_DIR / "servers" / "upstream.js"
+    if not (BENCH_DIR / "node_modules" / "ws").is_dir() or not upstream_js.is_file():
+        print(f"{BENCH_DIR} is not set up: run bench/proxy.py once first", file=sys.stderr)
+        return 1
+    key = secrets.token_bytes(32)
+    now = int(time.time())
+    claims = {"sub": USER, "sid": "bench", "iat": now, "exp": now + 86400}
+    cookie = f"zlh_session={jwt.encode(claims, key, algorithm='HS256')}; session=x"
+    env = dict(os.environ, ZLH_BENCH_KEY=key.hex())
+    proxy_py = str(Path(__file__).with_name("proxy.py"))
+    upstream_port = int(os.environ.get("BASE_PORT", "18000"))
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="zlh-floor-") as tmp:
+        pure = pure_python_tree(Path(tmp))
+        ports = {name: free_port() for name in ("front", "front (plain Python)", "splice")}
+        commands = {
+            "front": ([sys.executable, proxy_py, "--serve", str(ports["front"])], env),
+            "front (plain Python)": (
+                [sys.executable, proxy_py, "--serve", str(ports["front (plain Python)"])],
+                dict(env, PYTHONPATH=str(pure)),
+            ),
+            "splice": (
+                [sys.executable, __file__, "--splice", str(ports["splice"]), str(upstream_port)],
+                env,
+            ),
+        }
+        try:
+            upstream = subprocess.Popen(
+                ["node", str(upstream_js), str(upstream_port)],
+                cwd=BENCH_DIR,
+                stdout=subprocess.DEVNULL,
+            )
+            procs.append(upstream)
+            pids = {}
+            for name, (cmd, cmd_env) in commands.items():
+                proc = subprocess.Popen(cmd, env=cmd_env)
+                procs.append(proc)
+                wait_for_port(ports[name], proc)
+                pids[name] = proc.pid
+            wait_for_port(upstream_port, upstream)
+            runs: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+            for round_no in range(1, ROUNDS + 1):
+                for name, pid in pids.items():
+                    prefix = "" if name == "splice" else "/dev/100/ide"
+                    url = f"http://127.0.0.1:{ports[name]}{prefix}/small.json"
+                    rate, us = turn(pid, url, cookie)
+                    runs[name].append((rate, us))
+                    print(f"round {round_no} {name:<22} {rate:9.0f} req/s {us:7.1f} us/req")
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(10)
+    base_rate = median(r for r, _ in runs["front"])
+    base_us = median(u for _, u in runs["front"])
+    print(f"\n# medians of {ROUNDS} rounds ({DURATION} s each), ratios to the installed front")
+    for name, values in runs.items():
+        rate, us = median(r for r, _ in values), median(u for _, u in values)
+        print(
+            f"{name:<22} {rate:9.0f} req/s ({rate / base_rate:4.2f}x) "
+            f"{us:7.1f} us/req ({us / base_us:4.2f}x)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
