@@ -57,6 +57,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def bench_session() -> tuple[str, dict[str, str]]:
+    """A fresh signing key and a day's session for the bench user: the Cookie header to send
+    (the front's session cookie and the harness's ``session=x``) and the environment that
+    gives ``--serve`` the key."""
+    key = secrets.token_bytes(32)
+    now = int(time.time())
+    claims = {"sub": USER, "sid": "bench", "iat": now, "exp": now + 86400}
+    cookie = f"zlh_session={jwt.encode(claims, key, algorithm='HS256')}; session=x"
+    return cookie, dict(os.environ, ZLH_BENCH_KEY=key.hex())
+
+
 def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -103,20 +114,15 @@ def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--serve":
         serve(int(sys.argv[2]), bytes.fromhex(os.environ["ZLH_BENCH_KEY"]))
         return 0
-    key = secrets.token_bytes(32)
-    now = int(time.time())
-    token = jwt.encode(
-        {"sub": USER, "sid": "bench", "iat": now, "exp": now + 86400}, key, algorithm="HS256"
-    )
+    cookie, env = bench_session()
     port = free_port()
-    env = dict(os.environ, ZLH_BENCH_KEY=key.hex())
     front = subprocess.Popen([sys.executable, __file__, "--serve", str(port)], env=env)
     try:
         wait_for_port(port, front)
         before = set(BENCH_DIR.glob("results-*.json"))
         harness_env = dict(
             os.environ,
-            BENCH_COOKIE=f"zlh_session={token}; session=x",
+            BENCH_COOKIE=cookie,
             BENCH_STRIP_COOKIE="zlh_session",
         )
         rc = subprocess.run(

@@ -15,20 +15,16 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from statistics import median
 from typing import cast
 
-import jwt
-
-from proxy import BENCH_DIR, USER, free_port, wait_for_port
+from proxy import BENCH_DIR, bench_session, free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
@@ -121,11 +117,7 @@ def main() -> int:
     if not (BENCH_DIR / "node_modules" / "ws").is_dir() or not upstream_js.is_file():
         print(f"{BENCH_DIR} is not set up: run bench/proxy.py once first", file=sys.stderr)
         return 1
-    key = secrets.token_bytes(32)
-    now = int(time.time())
-    claims = {"sub": USER, "sid": "bench", "iat": now, "exp": now + 86400}
-    cookie = f"zlh_session={jwt.encode(claims, key, algorithm='HS256')}; session=x"
-    env = dict(os.environ, ZLH_BENCH_KEY=key.hex())
+    cookie, env = bench_session()
     proxy_py = str(Path(__file__).with_name("proxy.py"))
     upstream_port = int(os.environ.get("BASE_PORT", "18000"))
     procs: list[subprocess.Popen[bytes]] = []
