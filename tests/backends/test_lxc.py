@@ -36,6 +36,7 @@ from zlh.backends.template import template_version
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 DATA_DIR = Path(os.environ.get("ZLH_TEST_LXC_DIR", REPO / ".data" / "test-lxc"))
+OTHER_DATA_DIR = DATA_DIR.with_name(DATA_DIR.name + "-other")
 A, B, C = 9101, 9102, 9103
 
 
@@ -52,10 +53,38 @@ def backend() -> Iterator[LxcBackend]:
         asyncio.run(lxc.destroy(vmid))
 
 
-def up(backend: LxcBackend, vmid: int, **resources: int) -> ContainerInfo:
-    spec = ContainerSpec(vmid=vmid, agent_secret=f"secret-{vmid}", resources=Resources(**resources))
+@pytest.fixture(scope="module")
+def other(backend: LxcBackend) -> Iterator[LxcBackend]:
+    """A second data dir on the same host, as a second ``zlh up`` would have. Its template is
+    built for real, from the first one's debootstrapped base (hard links: no second download)."""
+    if not (OTHER_DATA_DIR / "cache").exists():
+        OTHER_DATA_DIR.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["cp", "-al", str(DATA_DIR / "cache"), str(OTHER_DATA_DIR / "cache")], check=True
+        )
+    zlh("template", "build", "--data-dir", str(OTHER_DATA_DIR), timeout=1200)
+    lxc = LxcBackend(data_dir=OTHER_DATA_DIR)
+    asyncio.run(lxc.destroy(A))
+    yield lxc
+    asyncio.run(lxc.destroy(A))
+
+
+def up(
+    backend: LxcBackend, vmid: int, *, secret: str | None = None, **resources: int
+) -> ContainerInfo:
+    spec = ContainerSpec(
+        vmid=vmid, agent_secret=secret or f"secret-{vmid}", resources=Resources(**resources)
+    )
     asyncio.run(backend.create(spec))
     return asyncio.run(backend.start(vmid))
+
+
+def running(backend: LxcBackend, vmid: int) -> ContainerInfo:
+    """Container ``vmid`` running, whatever earlier tests left of it."""
+    info = asyncio.run(backend.status(vmid))
+    if info.state is ContainerState.RUNNING:
+        return info
+    return asyncio.run(backend.start(vmid)) if info.state.exists else up(backend, vmid)
 
 
 def agent_status(info: ContainerInfo, secret: str, *, timeout_s: float = 60.0) -> int:
@@ -264,3 +293,43 @@ def test_a_container_cannot_speak_with_its_neighbours_address(backend: LxcBacken
         finally:
             attach(backend, A, "ip", "addr", "del", f"{neighbour}/32", "dev", "eth0")
     assert agent_status(infos[B], f"secret-{B}") == 200  # B still answers as itself
+
+
+def test_two_data_dirs_run_the_same_vmid_side_by_side(
+    backend: LxcBackend, other: LxcBackend
+) -> None:
+    mine = running(backend, A)
+    theirs = up(other, A, secret="their-secret")
+    my_slot, their_slot = backend.slots.get(backend.lxcpath, A), other.slots.get(other.lxcpath, A)
+    assert my_slot and their_slot
+    assert my_slot.veth != their_slot.veth and my_slot.mac != their_slot.mac
+    assert mine.address != theirs.address
+    assert agent_status(mine, f"secret-{A}") == 200
+    assert agent_status(theirs, "their-secret") == 200
+    assert agent_status(theirs, f"secret-{A}") == 401
+    assert not connect_from(other, A, mine.address or "", mine.agent_port)
+
+    # One instance restarting reloads the host's isolation table: the other's container stays.
+    LxcBackend(data_dir=DATA_DIR)._network()
+    assert agent_status(theirs, "their-secret") == 200
+    # A start clears a leftover bridge port of the container's own name, never another's.
+    asyncio.run(backend.stop(A, timeout_s=5))
+    asyncio.run(backend.start(A))
+    assert agent_status(theirs, "their-secret") == 200
+    assert agent_status(mine, f"secret-{A}") == 200
+
+    asyncio.run(other.destroy(A))
+    assert other.slots.get(other.lxcpath, A) is None
+    assert agent_status(mine, f"secret-{A}") == 200
+
+
+def test_a_container_from_before_the_slot_registry_is_adopted_with_its_names(
+    backend: LxcBackend,
+) -> None:
+    info = running(backend, C)
+    slot = backend.slots.release(backend.lxcpath, C)  # as if created by an older version
+    assert slot is not None
+    restarted = LxcBackend(data_dir=DATA_DIR)
+    restarted._network()
+    assert restarted.slots.get(restarted.lxcpath, C) == slot
+    assert agent_status(info, f"secret-{C}") == 200

@@ -3,9 +3,11 @@
 Every container is an overlay snapshot clone (``lxc-copy -s -B overlay``) of the current
 template (see :mod:`zlh.backends.template`), named ``zlh-<vmid>`` under ``<data dir>/lxc``.
 Its config carries everything the backend needs to find it again after an API restart: the
-static address on ``lxcbr0`` (allocated here, no DHCP: DHCP costs seconds per start), the
-fixed MAC and host-side veth name the isolation rules name (:mod:`zlh.backends.lxc_net`), and
-the memory / CPU / pids limits for whichever cgroup version the host runs. The agent secret is
+static address on ``lxcbr0`` (no DHCP: DHCP costs seconds per start), the fixed MAC and
+host-side veth name the isolation rules name (:mod:`zlh.backends.lxc_net`), all three taken
+from the host-wide slot registry (:mod:`zlh.backends.lxc_slots`) so that several data dirs can
+run containers on one host, and the memory / CPU / pids limits for whichever cgroup version
+the host runs. The agent secret is
 written into the clone's overlay upper dir before the first start. Needs root and ``lxc``.
 """
 
@@ -32,26 +34,16 @@ from zlh.backends.base import (
     ContainerState,
     Resources,
 )
-from zlh.backends.lxc_net import (
-    BRIDGE,
-    Bridge,
-    allocate_address,
-    allow_port,
-    ensure_bridge,
-    ensure_isolation,
-    file_lock,
-    mac_for,
-    revoke_port,
-    veth_name,
-)
+from zlh.backends.lxc_net import BRIDGE, Bridge, ensure_bridge, ensure_isolation, file_lock
+from zlh.backends.lxc_slots import NAME_PREFIX, Slot, SlotRegistry
 from zlh.backends.template import TOKEN_PATH, current_template
 
 __all__ = ["LxcBackend", "cgroup_version", "require_lxc"]
 
 log = logging.getLogger(__name__)
 
-NAME_PREFIX = "zlh-"
-_NAME = re.compile(r"^zlh-(\d+)$")
+_NAME = re.compile(rf"^{NAME_PREFIX}(\d+)$")
+_VETH = re.compile(r"^zlh(\d+)$")
 CODE_SERVER_PORT = 6000
 CPU_PERIOD_US = 100_000
 INSTALL_HINT = "apt-get install lxc debootstrap nftables"
@@ -115,6 +107,23 @@ def _config_value(config: Path, key: str) -> str | None:
     return value
 
 
+def _set_config_values(config: Path, values: dict[str, str]) -> None:
+    """Give each key of ``values`` that value in an LXC config (in place of its old lines)."""
+    lines, seen = [], set()
+    for line in config.read_text().splitlines():
+        key = line.partition("=")[0].strip()
+        if key in values:
+            if key not in seen:
+                lines.append(f"{key} = {values[key]}")
+                seen.add(key)
+            continue
+        lines.append(line)
+    lines += [f"{key} = {value}" for key, value in values.items() if key not in seen]
+    partial = config.with_name(config.name + ".partial")
+    partial.write_text("\n".join(lines) + "\n")
+    partial.replace(config)
+
+
 class LxcBackend(BlockingBackend):
     """Privileged LXC 5 containers cloned from the template, on the ``lxcbr0`` bridge."""
 
@@ -126,6 +135,7 @@ class LxcBackend(BlockingBackend):
         self.lxcpath = data_dir / "lxc"
         self.lxcpath.mkdir(parents=True, exist_ok=True)
         self.bridge_name = bridge
+        self.slots = SlotRegistry(on_change=lambda slots: ensure_isolation(bridge, slots))
         self._bridge: Bridge | None = None
         self._host = socket.gethostname()
 
@@ -179,13 +189,53 @@ class LxcBackend(BlockingBackend):
         return value.split("/")[0] if value else None
 
     def _network(self) -> Bridge:
-        """Bridge up and isolation rules loaded, once per backend object (idempotent)."""
+        """Bridge up, this data dir's containers in the slot registry, isolation rules loaded
+        for every container on the host; once per backend object (idempotent)."""
         if self._bridge is None:
             bridge = ensure_bridge(self.bridge_name)
-            ports = [(v, a) for v in self._vmids() if (a := self._address(v))]
-            ensure_isolation(bridge, ports)
+            for vmid in self._vmids():
+                self._slot(vmid, bridge)
+            self.slots.sync()
             self._bridge = bridge
         return self._bridge
+
+    def _slot(self, vmid: int, bridge: Bridge) -> Slot:
+        """``vmid``'s slot; a container from before the registry is adopted with the names
+        its config has, unless another container on the host holds them (then it gets new
+        ones, written to its config: a running container takes them at its next start)."""
+        found = self.slots.get(self.lxcpath, vmid)
+        if found is not None:
+            return found
+        config = self._config(vmid)
+        veth = _VETH.match(_config_value(config, "lxc.net.0.veth.pair") or "")
+        address = self._address(vmid)
+        slot = self.slots.claim(
+            self.lxcpath,
+            vmid,
+            bridge,
+            number=int(veth.group(1)) if veth else None,
+            address=address,
+        )
+        if veth is None or slot.number != int(veth.group(1)) or slot.address != address:
+            log.warning(
+                "container %s: its bridge port or address is another container's on this "
+                "host; it gets %s at %s (at its next start if it is running)",
+                vmid,
+                slot.veth,
+                slot.address,
+            )
+            self._write_network(vmid, bridge, slot)
+        return slot
+
+    def _write_network(self, vmid: int, bridge: Bridge, slot: Slot) -> None:
+        _set_config_values(
+            self._config(vmid),
+            {
+                "lxc.net.0.hwaddr": slot.mac,
+                "lxc.net.0.veth.pair": slot.veth,
+                "lxc.net.0.ipv4.address": f"{slot.address}/{bridge.network.prefixlen}",
+            },
+        )
 
     def _state(self, vmid: int) -> ContainerState:
         if not self._config(vmid).is_file():
@@ -223,8 +273,6 @@ class LxcBackend(BlockingBackend):
         with file_lock(self.lxcpath / ".zlh-create.lock"):
             if (self.lxcpath / name).exists():
                 raise ContainerExists(f"container {spec.vmid} already exists ({name})")
-            taken = [a for v in self._vmids() if (a := self._address(v))]
-            address = allocate_address(bridge, taken)
             try:
                 self._lxc(
                     "lxc-copy",
@@ -236,22 +284,23 @@ class LxcBackend(BlockingBackend):
                     "overlay",
                     what=f"cloning the template for container {spec.vmid}",
                 )
-                self._configure(spec, bridge, address)
+                # Claimed once the clone's config exists: the registry drops slots without one.
+                slot = self.slots.claim(self.lxcpath, spec.vmid, bridge)
+                self._configure(spec, bridge, slot)
             except BaseException:
                 self._remove(spec.vmid)
                 raise
-        allow_port(spec.vmid, address)
-        log.info("created container %s at %s", name, address)
+        log.info("created container %s at %s (bridge port %s)", name, slot.address, slot.veth)
         return self._info(spec.vmid)
 
-    def _configure(self, spec: ContainerSpec, bridge: Bridge, address: str) -> None:
+    def _configure(self, spec: ContainerSpec, bridge: Bridge, slot: Slot) -> None:
         version = cgroup_version()
         lines = [
             f"# zlh: container {spec.vmid}",
             f"lxc.net.0.link = {bridge.name}",
-            f"lxc.net.0.hwaddr = {mac_for(spec.vmid)}",
-            f"lxc.net.0.veth.pair = {veth_name(spec.vmid)}",
-            f"lxc.net.0.ipv4.address = {address}/{bridge.network.prefixlen}",
+            f"lxc.net.0.hwaddr = {slot.mac}",
+            f"lxc.net.0.veth.pair = {slot.veth}",
+            f"lxc.net.0.ipv4.address = {slot.address}/{bridge.network.prefixlen}",
             f"lxc.net.0.ipv4.gateway = {bridge.address}",
             *limit_lines(spec.resources, version),
         ]
@@ -282,6 +331,7 @@ class LxcBackend(BlockingBackend):
                 self._lxc("lxc-destroy", vmid, what=f"removing container {vmid}")
             except BackendError:
                 shutil.rmtree(self.lxcpath / self._name(vmid), ignore_errors=True)
+        self.slots.release(self.lxcpath, vmid)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -291,12 +341,11 @@ class LxcBackend(BlockingBackend):
             raise BackendError(f"container {vmid} does not exist")
         if state is ContainerState.RUNNING:
             return self._info(vmid)
-        self._network()
-        address = self._address(vmid)
-        if address:
-            allow_port(vmid, address)
-        # A monitor killed hard leaves its veth behind, and the next start fails on it.
-        subprocess.run(["ip", "link", "delete", veth_name(vmid)], capture_output=True, check=False)
+        slot = self._slot(vmid, self._network())
+        self.slots.sync()  # the rules, should anything have flushed them since
+        # A monitor killed hard leaves its veth behind, and the next start fails on it. The
+        # name is this container's alone on the host (the registry), so deleting it is safe.
+        subprocess.run(["ip", "link", "delete", slot.veth], capture_output=True, check=False)
         self._lxc("lxc-start", vmid, what=f"starting container {vmid}")
         self._lxc("lxc-wait", vmid, "-s", "RUNNING", "-t", "30", what=f"waiting for {vmid}")
         return self._info(vmid)
@@ -321,11 +370,9 @@ class LxcBackend(BlockingBackend):
     def _destroy(self, vmid: int) -> None:
         if not self._config(vmid).is_file():
             return
-        address = self._address(vmid)
         self._stop(vmid, 5.0)
         self._lxc("lxc-destroy", vmid, what=f"destroying container {vmid}")
-        if address:
-            revoke_port(vmid, address)
+        self.slots.release(self.lxcpath, vmid)
         log.info("destroyed container %s", self._name(vmid))
 
     def _list_all(self) -> list[ContainerInfo]:

@@ -9,9 +9,13 @@ Isolation (nftables, one table per family, replaced atomically and idempotently)
   connection a container opened. That stops a container hair-pinning through the host's
   routing to reach a neighbour, and any other machine reaching a container's agent port or
   :6000: only the host (its own sockets) talks to them.
-- Per container, the bridge port (``zlh<vmid>``) only accepts frames from the container's own
+- Per container, the bridge port (``zlh<slot>``) only accepts frames from the container's own
   MAC and IP (``ports`` set), so one container cannot claim another's address and receive the
   API's requests to it.
+
+The table is host-wide: it is always loaded with every container of every zlh data dir on the
+host and every bridge they use (:mod:`zlh.backends.lxc_slots`), so one instance loading it
+never takes another's containers off the bridge.
 
 Containers reach the host's own addresses, the bridge address included (the artifact server).
 """
@@ -28,20 +32,20 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from zlh.backends.base import BackendError, BackendUnavailable
+
+if TYPE_CHECKING:
+    from zlh.backends.lxc_slots import Slot
 
 __all__ = [
     "BRIDGE",
     "Bridge",
     "allocate_address",
-    "allow_port",
     "ensure_bridge",
     "ensure_isolation",
     "file_lock",
-    "mac_for",
-    "revoke_port",
-    "veth_name",
 ]
 
 BRIDGE = "lxcbr0"
@@ -105,21 +109,9 @@ def ensure_bridge(name: str = BRIDGE) -> Bridge:
     return Bridge(name, interface)
 
 
-def veth_name(vmid: int) -> str:
-    """The host side of a container's veth pair: fixed, so rules can name it."""
-    return f"zlh{vmid}"
-
-
-def mac_for(vmid: int) -> str:
-    """A stable locally administered MAC per vmid (LXC's 00:16:3e prefix)."""
-    if not 0 < vmid < 1 << 24:
-        raise ValueError(f"vmid {vmid} out of range")
-    return "00:16:3e:" + ":".join(f"{(vmid >> shift) & 0xFF:02x}" for shift in (16, 8, 0))
-
-
-def _ruleset(bridge: Bridge) -> str:
+def _ruleset(bridges: Iterable[str]) -> str:
     """The whole isolation table; `add` then `delete` makes loading it idempotent."""
-    name = bridge.name
+    names = ", ".join(f'"{name}"' for name in sorted(set(bridges)))
     return f"""
 table bridge {TABLE}
 delete table bridge {TABLE}
@@ -143,8 +135,8 @@ delete table inet {TABLE}
 table inet {TABLE} {{
     chain forward {{
         type filter hook forward priority 0; policy accept;
-        oifname "{name}" ct state established,related accept
-        oifname "{name}" drop
+        oifname {{ {names} }} ct state established,related accept
+        oifname {{ {names} }} drop
     }}
 }}
 """
@@ -156,28 +148,16 @@ def _nft(script: str, what: str) -> None:
     _run(["nft", "-f", "-"], what, stdin=script)
 
 
-def ensure_isolation(bridge: Bridge, ports: Iterable[tuple[int, str]]) -> None:
-    """(Re)load the isolation rules, allowing each (vmid, address) on its own port."""
-    script = _ruleset(bridge)
-    for vmid, address in ports:
-        script += _port_element("add", vmid, address)
+def ensure_isolation(bridge: str, slots: Iterable[Slot]) -> None:
+    """Load the isolation rules for ``bridge`` and the bridges of ``slots`` (every container
+    on the host), allowing each slot's MAC and address on its own port only."""
+    slots = list(slots)
+    script = _ruleset([bridge, *(s.bridge for s in slots)])
+    for slot in slots:
+        script += (
+            f"add element bridge {TABLE} ports {{ {slot.veth} . {slot.mac} . {slot.address} }}\n"
+        )
     _nft(script, "loading the container isolation rules")
-
-
-def _port_element(verb: str, vmid: int, address: str) -> str:
-    return (
-        f"{verb} element bridge {TABLE} ports "
-        f"{{ {veth_name(vmid)} . {mac_for(vmid)} . {address} }}\n"
-    )
-
-
-def allow_port(vmid: int, address: str) -> None:
-    _nft(_port_element("add", vmid, address), f"allowing container {vmid} on its bridge port")
-
-
-def revoke_port(vmid: int, address: str) -> None:
-    script = _port_element("add", vmid, address) + _port_element("delete", vmid, address)
-    _nft(script, f"removing container {vmid}'s bridge port rule")
 
 
 @contextmanager

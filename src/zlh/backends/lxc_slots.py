@@ -1,0 +1,172 @@
+"""Host-wide network slots of LXC containers: one registry for every zlh data dir on the host.
+
+A container's bridge port (host-side veth ``zlh<slot>``), its MAC and its static address are
+host-wide names: every data dir's containers sit on the same bridge and behind the same
+isolation table. Two ``zlh up`` instances on one host (staging and production, two operators)
+therefore take them from one registry, ``/var/lib/zlh/lxc-slots.json``, under an exclusive
+``flock``; each container of each data dir holds one :class:`Slot` from its creation to its
+destruction.
+
+- A new container gets its vmid as slot number when no other container on the host holds it
+  (so single-instance hosts keep the ``zlh<vmid>`` names), else the lowest free number, and the
+  lowest address of the bridge's network no container on the host holds.
+- Containers created before the registry existed are adopted from their LXC config, keeping
+  their names and address when no other container holds them.
+- Entries whose container is gone (its data dir deleted by hand) are dropped on the next
+  change, so their names and addresses come back.
+
+Whatever follows the registry (the isolation table) is told of every change while the lock is
+still held (``on_change``), so two instances changing it at once cannot load stale tables.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from zlh.backends.base import BackendError
+from zlh.backends.lxc_net import Bridge, allocate_address, file_lock
+
+__all__ = ["NAME_PREFIX", "REGISTRY", "Slot", "SlotRegistry"]
+
+NAME_PREFIX = "zlh-"  # a container's LXC name is NAME_PREFIX + vmid
+
+REGISTRY = Path("/var/lib/zlh/lxc-slots.json")
+# Slot numbers end up in a MAC (24 bits) and an interface name (15 bytes: "zlh" + 8 digits).
+MAX_SLOT = (1 << 24) - 1
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Container ``vmid`` of the LXC path ``lxcpath`` and its host-wide network names."""
+
+    number: int
+    lxcpath: str
+    vmid: int
+    bridge: str
+    address: str
+
+    @property
+    def veth(self) -> str:
+        """The host side of the container's veth pair: fixed, so the rules can name it."""
+        return f"zlh{self.number}"
+
+    @property
+    def mac(self) -> str:
+        """A stable locally administered MAC (LXC's 00:16:3e prefix)."""
+        n = self.number
+        return "00:16:3e:" + ":".join(f"{(n >> shift) & 0xFF:02x}" for shift in (16, 8, 0))
+
+
+class SlotRegistry:
+    def __init__(
+        self, path: Path = REGISTRY, *, on_change: Callable[[list[Slot]], None] | None = None
+    ) -> None:
+        """``on_change(slots)`` is called with every slot on the host after each change, under
+        the registry's lock."""
+        self.path = path
+        self._on_change = on_change
+
+    def all(self) -> list[Slot]:
+        with self._locked() as slots:
+            return list(slots)
+
+    def sync(self) -> None:
+        """Call ``on_change`` with the current slots (to restore what follows the registry)."""
+        with self._locked() as slots:
+            if self._on_change is not None:
+                self._on_change(list(slots))
+
+    def get(self, lxcpath: Path, vmid: int) -> Slot | None:
+        with self._locked() as slots:
+            return _find(slots, str(lxcpath), vmid)
+
+    def claim(
+        self,
+        lxcpath: Path,
+        vmid: int,
+        bridge: Bridge,
+        *,
+        number: int | None = None,
+        address: str | None = None,
+    ) -> Slot:
+        """The slot of ``vmid`` in ``lxcpath``, taken now if it has none. ``number`` and
+        ``address`` are wishes (an adopted container's current names), kept when free."""
+        with self._locked() as slots:
+            found = _find(slots, str(lxcpath), vmid)
+            if found is not None:
+                return found
+            numbers = {s.number for s in slots}
+            wanted = number if number is not None else vmid
+            if not 0 < wanted <= MAX_SLOT or wanted in numbers:
+                wanted = next((n for n in range(1, MAX_SLOT + 1) if n not in numbers), 0)
+                if not wanted:
+                    raise BackendError(f"no free container slot left in {self.path}")
+            taken = {s.address for s in slots}
+            if address is None or address in taken or not _on(bridge, address):
+                address = allocate_address(bridge, taken)
+            slot = Slot(wanted, str(lxcpath), vmid, bridge.name, address)
+            slots.append(slot)
+            return slot
+
+    def release(self, lxcpath: Path, vmid: int) -> Slot | None:
+        """Give up ``vmid``'s slot (the container is destroyed); the released slot, if any."""
+        with self._locked() as slots:
+            found = _find(slots, str(lxcpath), vmid)
+            if found is not None:
+                slots.remove(found)
+            return found
+
+    @contextmanager
+    def _locked(self) -> Iterator[list[Slot]]:
+        """The registry under its lock; written back (atomically) if the caller changed it."""
+        with file_lock(self.path.with_name(self.path.name + ".lock")):
+            loaded = self._load()
+            slots = [s for s in loaded if _in_use(s)]
+            yield slots
+            if slots != loaded:
+                self._save(slots)
+                if self._on_change is not None:
+                    self._on_change(list(slots))
+
+    def _load(self) -> list[Slot]:
+        try:
+            data = json.loads(self.path.read_text())
+            return [Slot(**entry) for entry in data["slots"]]
+        except FileNotFoundError:
+            return []
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackendError(
+                f"the container slot registry {self.path} is unreadable ({exc}); it names the "
+                "bridge ports and addresses of every zlh container on this host: restore it, "
+                "or move it away only when no zlh LXC container exists on this host"
+            ) from exc
+
+    def _save(self, slots: Iterable[Slot]) -> None:
+        data = {"slots": [asdict(s) for s in sorted(slots, key=lambda s: s.number)]}
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text(json.dumps(data, indent=1) + "\n")
+        os.chmod(partial, 0o600)
+        partial.replace(self.path)
+
+
+def _find(slots: Iterable[Slot], lxcpath: str, vmid: int) -> Slot | None:
+    return next((s for s in slots if s.lxcpath == lxcpath and s.vmid == vmid), None)
+
+
+def _in_use(slot: Slot) -> bool:
+    """Whether the slot's container still exists: its LXC config, or its live bridge port."""
+    config = Path(slot.lxcpath) / f"{NAME_PREFIX}{slot.vmid}" / "config"
+    return config.is_file() or Path("/sys/class/net", slot.veth).exists()
+
+
+def _on(bridge: Bridge, address: str) -> bool:
+    try:
+        return ipaddress.IPv4Address(address) in bridge.network
+    except ValueError:
+        return False
