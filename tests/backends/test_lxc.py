@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -333,3 +334,30 @@ def test_a_container_from_before_the_slot_registry_is_adopted_with_its_names(
     restarted._network()
     assert restarted.slots.get(restarted.lxcpath, C) == slot
     assert agent_status(info, f"secret-{C}") == 200
+
+
+def test_an_adopted_container_whose_names_are_taken_gets_new_ones_at_its_next_start(
+    backend: LxcBackend, other: LxcBackend
+) -> None:
+    info = running(backend, C)
+    slot = backend.slots.release(backend.lxcpath, C)  # as if created by an older version...
+    assert slot is not None and info.address == slot.address
+    squatter = other.lxcpath / "zlh-9199"  # ...while another data dir took its names since
+    squatter.mkdir(parents=True, exist_ok=True)
+    (squatter / "config").write_text("# stands for a container of the other data dir\n")
+    try:
+        other.slots.claim(
+            other.lxcpath, 9199, other._network(), number=slot.number, address=slot.address
+        )
+        restarted = LxcBackend(data_dir=DATA_DIR)
+        restarted._network()
+        adopted = restarted.slots.get(restarted.lxcpath, C)
+        assert adopted is not None
+        assert adopted.number != slot.number and adopted.address != slot.address
+        asyncio.run(restarted.stop(C, timeout_s=5))
+        moved = asyncio.run(restarted.start(C))
+        assert moved.address == adopted.address
+        assert agent_status(moved, f"secret-{C}") == 200
+    finally:
+        other.slots.release(other.lxcpath, 9199)
+        shutil.rmtree(squatter)

@@ -7,8 +7,8 @@ static address on ``lxcbr0`` (no DHCP: DHCP costs seconds per start), the fixed 
 host-side veth name the isolation rules name (:mod:`zlh.backends.lxc_net`), all three taken
 from the host-wide slot registry (:mod:`zlh.backends.lxc_slots`) so that several data dirs can
 run containers on one host, and the memory / CPU / pids limits for whichever cgroup version
-the host runs. The agent secret is
-written into the clone's overlay upper dir before the first start. Needs root and ``lxc``.
+the host runs. The agent secret is written into the clone's overlay upper dir before the
+first start. Needs root and ``lxc``.
 """
 
 from __future__ import annotations
@@ -218,9 +218,11 @@ class LxcBackend(BlockingBackend):
         )
         if veth is None or slot.number != int(veth.group(1)) or slot.address != address:
             log.warning(
-                "container %s: its bridge port or address is another container's on this "
-                "host; it gets %s at %s (at its next start if it is running)",
+                "container %s had bridge port %s at %s, missing or another container's on "
+                "this host: it gets %s at %s (a running container at its next start)",
                 vmid,
+                veth.group(0) if veth else None,
+                address,
                 slot.veth,
                 slot.address,
             )
