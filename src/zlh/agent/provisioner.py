@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -29,6 +28,7 @@ from zlh.agent.installed import sweep_all
 from zlh.agent.paths import Layout
 from zlh.agent.progress import ProgressTracker
 from zlh.agent.runtimes import Runtimes
+from zlh.atomic import write_atomically
 from zlh.schemas import (
     AgentState,
     ArtifactKind,
@@ -106,11 +106,7 @@ class Provisioner:
             return  # already on disk (the guarded re-provisioning path stays write-free)
         path = self.layout.payload_file
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(_payload_json(payload))
-        os.replace(tmp, path)
+        write_atomically(path, _payload_json(payload), mode=0o600)
 
     async def restore(self) -> None:
         """At startup: sweep crash leftovers, then re-provision the last accepted payload."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from zlh.agent.errors import Conflict, NotFound
 from zlh.agent.installed import Marker, read_marker, retire
 from zlh.agent.paths import Layout
+from zlh.atomic import write_atomically
 from zlh.schemas import InstalledRuntime, RuntimeName
 
 __all__ = ["Runtimes"]
@@ -33,10 +34,7 @@ def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
     except OSError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.chmod(mode)
-    os.replace(tmp, path)
+    write_atomically(path, text, mode=mode)
 
 
 class Runtimes:

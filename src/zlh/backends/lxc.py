@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from zlh.atomic import write_atomically
 from zlh.backends.base import (
     AGENT_PORT,
     BackendError,
@@ -119,9 +120,7 @@ def _set_config_values(config: Path, values: dict[str, str]) -> None:
             continue
         lines.append(line)
     lines += [f"{key} = {value}" for key, value in values.items() if key not in seen]
-    partial = config.with_name(config.name + ".partial")
-    partial.write_text("\n".join(lines) + "\n")
-    partial.replace(config)
+    write_atomically(config, "\n".join(lines) + "\n", mode=config.stat().st_mode & 0o777)
 
 
 class LxcBackend(BlockingBackend):

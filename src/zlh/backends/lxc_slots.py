@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from zlh.atomic import write_atomically
 from zlh.backends.base import BackendError
 from zlh.backends.lxc_net import Bridge, allocate_address, file_lock
 
@@ -149,10 +149,7 @@ class SlotRegistry:
 
     def _save(self, slots: Iterable[Slot]) -> None:
         data = {"slots": [asdict(s) for s in sorted(slots, key=lambda s: s.number)]}
-        partial = self.path.with_name(self.path.name + ".partial")
-        partial.write_text(json.dumps(data, indent=1) + "\n")
-        os.chmod(partial, 0o600)
-        partial.replace(self.path)
+        write_atomically(self.path, json.dumps(data, indent=1) + "\n", mode=0o600)
 
 
 def _find(slots: Iterable[Slot], lxcpath: str, vmid: int) -> Slot | None:

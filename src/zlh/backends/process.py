@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from zlh.atomic import write_atomically
 from zlh.backends.base import (
     Backend,
     BackendError,
@@ -120,10 +121,7 @@ class ProcessBackend(Backend):
         return state
 
     def _write(self, vmid: int, state: dict[str, Any]) -> None:
-        path = self._dir(vmid) / "state.json"
-        partial = path.with_suffix(".partial")
-        partial.write_text(json.dumps(state))
-        partial.replace(path)
+        write_atomically(self._dir(vmid) / "state.json", json.dumps(state))
 
     def _running_pid(self, vmid: int, state: dict[str, Any]) -> int | None:
         """The agent's pid if it still runs *and* is ours (pids get reused after a reboot)."""

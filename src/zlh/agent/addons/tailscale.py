@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from pathlib import Path
 
 from zlh.agent.addons.base import Addon, AddonContext
 from zlh.agent.errors import AddonError
 from zlh.agent.supervise import ProcessSpec, Supervisor, run_once
+from zlh.atomic import write_atomically
 from zlh.schemas import AddonHealth, TailscaleAddon
 
 __all__ = ["Tailscale"]
@@ -55,12 +55,7 @@ class Tailscale(Addon[TailscaleAddon]):
     async def configure(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = self.spec.options.auth_key.get_secret_value()
-        tmp = self.key_file.with_name(".authkey.tmp")
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(key)
-        os.replace(tmp, self.key_file)
+        write_atomically(self.key_file, key, mode=0o600)
 
     def daemon_argv(self) -> tuple[str, ...]:
         tun = "tailscale0" if Path("/dev/net/tun").exists() else "userspace-networking"
