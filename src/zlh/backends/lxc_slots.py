@@ -78,9 +78,8 @@ class SlotRegistry:
 
     def sync(self) -> None:
         """Call ``on_change`` with the current slots (to restore what follows the registry)."""
-        with self._locked() as slots:
-            if self._on_change is not None:
-                self._on_change(list(slots))
+        with self._locked(notify=True):
+            pass
 
     def get(self, lxcpath: Path, vmid: int) -> Slot | None:
         with self._locked() as slots:
@@ -123,16 +122,18 @@ class SlotRegistry:
             return found
 
     @contextmanager
-    def _locked(self) -> Iterator[list[Slot]]:
-        """The registry under its lock; written back (atomically) if the caller changed it."""
+    def _locked(self, *, notify: bool = False) -> Iterator[list[Slot]]:
+        """The registry under its lock; written back (atomically) if the caller changed it,
+        and ``on_change`` told then (or always, with ``notify``)."""
         with file_lock(self.path.with_name(self.path.name + ".lock")):
             loaded = self._load()
             slots = [s for s in loaded if _in_use(s)]
             yield slots
-            if slots != loaded:
+            changed = slots != loaded
+            if changed:
                 self._save(slots)
-                if self._on_change is not None:
-                    self._on_change(list(slots))
+            if (changed or notify) and self._on_change is not None:
+                self._on_change(list(slots))
 
     def _load(self) -> list[Slot]:
         try:
