@@ -51,6 +51,7 @@ class Host:
     net_root: Path = Path("/sys/class/net")
     # Modules of the public front that the install compiles (setup.py's HOT_PATH, two of them).
     front_modules: tuple[str, ...] = ("zlh.proxy.front", "zlh.proxy.relay")
+    slot_registry: Path | None = None  # the host's LXC slot registry (lxc_slots.REGISTRY)
 
 
 def _root(host: Host) -> Iterator[Check]:
@@ -93,6 +94,42 @@ def _lxc(host: Host) -> Iterator[Check]:
             f"bridge {BRIDGE} does not exist yet",
             "zlh up brings it up; by hand: /usr/libexec/lxc/lxc-net start",
         )
+
+
+def _slots(host: Host) -> Iterator[Check]:
+    """The host-wide LXC slot registry: readable, and who shares the host."""
+    if host.backend != "lxc":
+        return
+    from zlh.backends.base import BackendError
+    from zlh.backends.lxc_slots import REGISTRY, SlotRegistry
+
+    path = host.slot_registry or REGISTRY
+    try:
+        slots = SlotRegistry(path).read()
+    except BackendError as exc:
+        yield Check(
+            "slots",
+            Outcome.FAIL,
+            exc.message,
+            f"restore {path} from a backup; move it away only when no zlh LXC container "
+            "exists on this host",
+        )
+        return
+    except OSError as exc:
+        yield Check("slots", Outcome.WARN, f"cannot read {path}: {exc.strerror}", "run as root")
+        return
+    if not slots:
+        yield Check("slots", Outcome.OK, f"no zlh LXC container on this host yet ({path})")
+        return
+    mine = str((host.data_dir / "lxc").resolve())
+    ours = sum(1 for s in slots if s.lxcpath == mine)
+    others = len({s.lxcpath for s in slots if s.lxcpath != mine})
+    yield Check(
+        "slots",
+        Outcome.OK,
+        f"{len(slots)} LXC container(s) on this host: {ours} of this data dir, "
+        f"{len(slots) - ours} of {others} other data dir(s)",
+    )
 
 
 def _template(host: Host) -> Iterator[Check]:
@@ -245,6 +282,7 @@ def _front(host: Host) -> Iterator[Check]:
 CHECKS: tuple[Callable[[Host], Iterator[Check]], ...] = (
     _root,
     _lxc,
+    _slots,
     _template,
     _cgroup,
     _disk,

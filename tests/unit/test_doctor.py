@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -121,3 +122,41 @@ def test_doctor_says_whether_the_front_runs_compiled(tmp_path: Path) -> None:
     assert warned.outcome is Outcome.WARN
     assert "zlh.proxy.settings" in warned.detail and "zlh.proxy.front" not in warned.detail
     assert "make bootstrap" in warned.fix
+
+
+def test_doctor_reports_who_shares_the_host_and_fails_on_an_unreadable_slot_registry(
+    tmp_path: Path,
+) -> None:
+    registry = tmp_path / "lxc-slots.json"
+    host = Host(
+        data_dir=tmp_path / "data",
+        store=tmp_path,
+        listen="127.0.0.1:0",
+        backend="lxc",
+        slot_registry=registry,
+    )
+    (empty,) = [c for c in run_checks(host) if c.name == "slots"]
+    assert empty.outcome is Outcome.OK and empty.detail.startswith("no zlh LXC container")
+    mine = str((tmp_path / "data" / "lxc").resolve())
+    entries = [
+        {"number": 100, "lxcpath": mine, "vmid": 100, "bridge": "lxcbr0", "address": "10.0.3.2"},
+        {
+            "number": 1,
+            "lxcpath": "/srv/b/lxc",
+            "vmid": 100,
+            "bridge": "lxcbr0",
+            "address": "10.0.3.3",
+        },
+    ]
+    registry.write_text(json.dumps({"slots": entries}))
+    (shared,) = [c for c in run_checks(host) if c.name == "slots"]
+    assert (
+        shared.detail
+        == "2 LXC container(s) on this host: 1 of this data dir, 1 of 1 other data dir(s)"
+    )
+    assert json.loads(registry.read_text())["slots"] == entries  # a report changes nothing
+    registry.write_text("{not json")
+    (broken,) = [c for c in run_checks(host) if c.name == "slots"]
+    assert broken.outcome is Outcome.FAIL and str(registry) in broken.detail
+    assert "move it away only when no zlh LXC container" in broken.fix
+    assert [c for c in run_checks(replace(host, backend="process")) if c.name == "slots"] == []

@@ -72,6 +72,11 @@ class SlotRegistry:
         self.path = path
         self._on_change = on_change
 
+    def read(self) -> list[Slot]:
+        """The registry as it is on disk, without the lock and changing nothing (for reports:
+        ``zlh doctor``). Writers replace the file whole, so it is never read half-written."""
+        return self._load()
+
     def all(self) -> list[Slot]:
         with self._locked() as slots:
             return list(slots)
