@@ -207,15 +207,10 @@ class LxcBackend(BlockingBackend):
             return found
         config = self._config(vmid)
         veth = _VETH.match(_config_value(config, "lxc.net.0.veth.pair") or "")
+        number = int(veth.group(1)) if veth else None
         address = self._address(vmid)
-        slot = self.slots.claim(
-            self.lxcpath,
-            vmid,
-            bridge,
-            number=int(veth.group(1)) if veth else None,
-            address=address,
-        )
-        if veth is None or slot.number != int(veth.group(1)) or slot.address != address:
+        slot = self.slots.claim(self.lxcpath, vmid, bridge, number=number, address=address)
+        if slot.number != number or slot.address != address:
             log.warning(
                 "container %s had bridge port %s at %s, missing or another container's on "
                 "this host: it gets %s at %s (a running container at its next start)",
