@@ -347,7 +347,7 @@ def test_an_adopted_container_whose_names_are_taken_gets_new_ones_at_its_next_st
     (squatter / "config").write_text("# stands for a container of the other data dir\n")
     try:
         other.slots.claim(
-            other.lxcpath, 9199, other._network(), number=slot.number, address=slot.address
+            other.lxcpath, 9199, backend._network(), number=slot.number, address=slot.address
         )
         restarted = LxcBackend(data_dir=DATA_DIR)
         restarted._network()
