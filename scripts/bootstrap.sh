@@ -35,9 +35,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # The install also compiles the front's hot path in place (setup.py, mypyc): redo it when one of
 # those modules changed, or the compiled ones would shadow the edited sources.
-stamp=.venv/.zlh-deps-$(cat pyproject.toml setup.py src/zlh/proxy/*.py | sha256sum | cut -c1-16)
+stamp=.venv/.zlh-deps-$(cat pyproject.toml setup.py src/zlh/proxy/*.py src/zlh/proxy/*.pxd | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
-  echo "bootstrap: installing Python dependencies and compiling the front (mypyc)"
+  echo "bootstrap: installing Python dependencies and compiling the front (mypyc, Cython)"
   .venv/bin/pip install -q -e ".[dev]"
   rm -f .venv/.zlh-deps-*
   touch "$stamp"

@@ -48,7 +48,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     stale = [
         str(so.relative_to(SRC))
         for so in SRC.rglob("*.so")
-        if (source := so.with_name(so.name.split(".")[0] + ".py")).exists()
+        for suffix in (".py", ".pxd")  # scan.pxd types the Cython-compiled scan.py
+        if (source := so.with_name(so.name.split(".")[0] + suffix)).exists()
         and source.stat().st_mtime > so.stat().st_mtime
     ]
     if stale:

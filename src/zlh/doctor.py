@@ -49,8 +49,9 @@ class Host:
     backend: str
     cgroup_root: Path = Path("/sys/fs/cgroup")
     net_root: Path = Path("/sys/class/net")
-    # Modules of the public front that the install compiles (setup.py's HOT_PATH, two of them).
-    front_modules: tuple[str, ...] = ("zlh.proxy.front", "zlh.proxy.relay")
+    # Modules of the public front that the install compiles (two of setup.py's HOT_PATH, and
+    # the head scanner, which Cython compiles).
+    front_modules: tuple[str, ...] = ("zlh.proxy.front", "zlh.proxy.relay", "zlh.proxy.scan")
     slot_registry: Path | None = None  # the host's LXC slot registry (lxc_slots.REGISTRY)
 
 
@@ -276,7 +277,7 @@ def _front(host: Host) -> Iterator[Check]:
             "or pip install . without ZLH_PURE_PYTHON",
         )
     else:
-        yield Check("front", Outcome.OK, "the public front's hot path is compiled (mypyc)")
+        yield Check("front", Outcome.OK, "the public front's hot path is compiled (mypyc, Cython)")
 
 
 CHECKS: tuple[Callable[[Host], Iterator[Check]], ...] = (

@@ -1,4 +1,5 @@
-"""The front's hot path runs compiled (setup.py compiles it with mypyc at install time)."""
+"""The front's hot path runs compiled (setup.py compiles it with mypyc and the head scanner with
+Cython at install time)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,17 @@ def _hot_path() -> tuple[str, ...]:
     raise AssertionError(f"no HOT_PATH in {SETUP}")
 
 
-@pytest.mark.skipif(bool(os.environ.get("ZLH_PURE_PYTHON")), reason="built without mypyc")
-@pytest.mark.parametrize("name", _hot_path())
+@pytest.mark.skipif(bool(os.environ.get("ZLH_PURE_PYTHON")), reason="built without compiling")
+@pytest.mark.parametrize("name", [*_hot_path(), "scan"])
 def test_hot_path_module_is_imported_compiled(name: str) -> None:
     module = importlib.import_module(f"zlh.proxy.{name}")
     assert module.__file__ is not None
     assert module.__file__.endswith(".so"), f"{module.__file__}: run `make bootstrap`"
+
+
+@pytest.mark.skipif(bool(os.environ.get("ZLH_PURE_PYTHON")), reason="built without compiling")
+def test_the_front_uses_the_head_scanner_when_it_is_compiled() -> None:
+    from zlh.proxy import listener, pool, scan
+
+    assert scan.COMPILED
+    assert listener.SCANNING and pool.SCANNING

@@ -183,7 +183,7 @@ class Front:
             conn,
             req,
             head,
-            address=UpstreamAddress(route.host, route.port),
+            address=route.upstream,
             pool=self.pool,
             settings=self.settings,
             vmid=vmid,

@@ -36,52 +36,52 @@ class Framing(IntEnum):
 
 # What on_header does with a header, by lower-case name. (Final: compiled code reads them as
 # C constants instead of looking up module globals on every header.)
-_DROP: Final = 2
-_HOST: Final = 3
-_COOKIE: Final = 4
-_AUTH: Final = 5
-_ORIGIN: Final = 6
-_UPGRADE: Final = 7
-_CONNECTION: Final = 8
-_LENGTH: Final = 9
-_TE: Final = 10
-_ACCEPT: Final = 11
-_REQUEST_HEADERS: Final = {
-    b"host": _HOST,
-    b"cookie": _COOKIE,
-    b"authorization": _AUTH,
-    b"origin": _ORIGIN,
-    b"upgrade": _UPGRADE,
-    b"connection": _CONNECTION,
-    b"content-length": _LENGTH,
-    b"transfer-encoding": _TE,
-    b"accept": _ACCEPT,
-    b"keep-alive": _DROP,
-    b"proxy-connection": _DROP,
-    b"te": _DROP,
-    b"trailer": _DROP,
-    b"proxy-authorization": _DROP,
+DROP: Final = 2
+HOST: Final = 3
+COOKIE: Final = 4
+AUTH: Final = 5
+ORIGIN: Final = 6
+UPGRADE: Final = 7
+CONNECTION: Final = 8
+LENGTH: Final = 9
+TE: Final = 10
+ACCEPT: Final = 11
+REQUEST_HEADERS: Final = {
+    b"host": HOST,
+    b"cookie": COOKIE,
+    b"authorization": AUTH,
+    b"origin": ORIGIN,
+    b"upgrade": UPGRADE,
+    b"connection": CONNECTION,
+    b"content-length": LENGTH,
+    b"transfer-encoding": TE,
+    b"accept": ACCEPT,
+    b"keep-alive": DROP,
+    b"proxy-connection": DROP,
+    b"te": DROP,
+    b"trailer": DROP,
+    b"proxy-authorization": DROP,
     # The front is the edge: whatever a client claims here is replaced by what the front saw.
-    b"x-forwarded-for": _DROP,
-    b"x-forwarded-host": _DROP,
-    b"x-forwarded-proto": _DROP,
-    b"forwarded": _DROP,
+    b"x-forwarded-for": DROP,
+    b"x-forwarded-host": DROP,
+    b"x-forwarded-proto": DROP,
+    b"forwarded": DROP,
 }
-_NOSNIFF: Final = 12
-_REFERRER: Final = 13
-_CSP: Final = 14
-_RESPONSE_HEADERS: Final = {
-    b"connection": _CONNECTION,
-    b"content-length": _LENGTH,
-    b"transfer-encoding": _TE,
-    b"upgrade": _UPGRADE,
-    b"keep-alive": _DROP,
-    b"proxy-connection": _DROP,
-    b"te": _DROP,
-    b"trailer": _DROP,
-    b"x-content-type-options": _NOSNIFF,
-    b"referrer-policy": _REFERRER,
-    b"content-security-policy": _CSP,
+NOSNIFF: Final = 12
+REFERRER: Final = 13
+CSP: Final = 14
+RESPONSE_HEADERS: Final = {
+    b"connection": CONNECTION,
+    b"content-length": LENGTH,
+    b"transfer-encoding": TE,
+    b"upgrade": UPGRADE,
+    b"keep-alive": DROP,
+    b"proxy-connection": DROP,
+    b"te": DROP,
+    b"trailer": DROP,
+    b"x-content-type-options": NOSNIFF,
+    b"referrer-policy": REFERRER,
+    b"content-security-policy": CSP,
 }
 # Connection tokens that name no header of their own.
 _PLAIN_CONNECTION_TOKENS: Final = frozenset((b"keep-alive", b"close", b"upgrade"))
@@ -158,27 +158,27 @@ class RequestHead(_Head):
 
     def add(self, name: bytes, value: bytes) -> None:
         lname = name.lower()
-        kind = _REQUEST_HEADERS.get(lname)
-        if kind is None or kind == _ACCEPT:
+        kind = REQUEST_HEADERS.get(lname)
+        if kind is None or kind == ACCEPT:
             self.lines.append(name + b": " + value + b"\r\n")
-            if kind == _ACCEPT:
+            if kind == ACCEPT:
                 self.accept = value
-        elif kind == _HOST:
+        elif kind == HOST:
             self.host = value
-        elif kind == _COOKIE:
+        elif kind == COOKIE:
             self.cookies.append(value)
-        elif kind == _AUTH:
+        elif kind == AUTH:
             self.authorization = value
-        elif kind == _ORIGIN:
+        elif kind == ORIGIN:
             self.origin = value
             self.lines.append(name + b": " + value + b"\r\n")
-        elif kind == _UPGRADE:
+        elif kind == UPGRADE:
             self.upgrade = value
-        elif kind == _CONNECTION:
+        elif kind == CONNECTION:
             self._note_connection(value)
-        elif kind == _LENGTH:
+        elif kind == LENGTH:
             self.length = value
-        elif kind == _TE:
+        elif kind == TE:
             self.te_chunked = True  # the parser refuses any coding that does not end in chunked
 
     @property
@@ -218,22 +218,22 @@ class ResponseHead(_Head):
 
     def add(self, name: bytes, value: bytes) -> None:
         lname = name.lower()
-        kind = _RESPONSE_HEADERS.get(lname)
-        if kind is None or kind >= _NOSNIFF:
+        kind = RESPONSE_HEADERS.get(lname)
+        if kind is None or kind >= NOSNIFF:
             self.lines.append(name + b": " + value + b"\r\n")
-            if kind == _NOSNIFF:
+            if kind == NOSNIFF:
                 self.nosniff = True
-            elif kind == _REFERRER:
+            elif kind == REFERRER:
                 self.referrer = True
-            elif kind == _CSP:
+            elif kind == CSP:
                 self.csp = True
-        elif kind == _CONNECTION:
+        elif kind == CONNECTION:
             self._note_connection(value)
-        elif kind == _LENGTH:
+        elif kind == LENGTH:
             self.length = value
-        elif kind == _TE:
+        elif kind == TE:
             self.te_chunked = value.rstrip().lower().endswith(b"chunked")
-        elif kind == _UPGRADE:
+        elif kind == UPGRADE:
             self.upgrade = value
 
     def framing(self, request_method: bytes) -> Framing:

@@ -1,6 +1,8 @@
 """The client side of the front: one :class:`ClientConnection` per accepted TCP connection.
 
-It parses requests with httptools (llhttp) and hands each to a :class:`Handler` picked by the
+It parses requests with httptools (llhttp) -- or, for a plain GET/HEAD head that arrives whole
+in one read while the connection is idle, with :func:`~zlh.proxy.scan.scan_request` in one
+call -- and hands each to a :class:`Handler` picked by the
 front, one at a time: pipelined requests wait in order (reading pauses meanwhile, so a flood
 costs at most one read buffer) and responses go out in request order. Body bytes are passed to
 the handler as they arrive; nothing buffers a whole body.
@@ -22,6 +24,8 @@ import httptools
 
 from zlh.proxy import responses
 from zlh.proxy.headers import RequestHead
+from zlh.proxy.scan import COMPILED as SCANNING
+from zlh.proxy.scan import scan_request
 from zlh.proxy.settings import ProxySettings
 
 __all__ = ["ClientConnection", "Handler"]
@@ -73,6 +77,7 @@ class ClientConnection:
     ) -> None:
         self._dispatch = dispatch
         self._settings = settings
+        self._max_head = settings.max_header_bytes  # read per header: a pydantic read is slow
         self._live = live
         self.loop = asyncio.get_running_loop()
         self._parser = httptools.HttpRequestParser(self)
@@ -82,6 +87,7 @@ class ClientConnection:
         self._head_size = 0
         self._head_started = 0.0  # loop time the current head began, 0 when not in a head
         self._parsing: _Pending | None = None
+        self._between = True  # llhttp is between two messages (fed none, or whole ones)
         self._current: _Pending | None = None
         self._pipeline: deque[_Pending] = deque()
         self._paused = 0
@@ -111,6 +117,16 @@ class ClientConnection:
             self.upgrade_data += data
             self._pause(_UPGRADE)
             return
+        if SCANNING and self._between and self._current is None and not self._pipeline:
+            head = scan_request(data, self._max_head)
+            if head is not None:
+                pending = self._parsing = _Pending(head)
+                pending.complete = True
+                try:
+                    self._start(pending)
+                except Exception as exc:
+                    self._failed(exc)
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -119,15 +135,10 @@ class ClientConnection:
             self._pause(_UPGRADE)
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _HeadTooLarge):
-                limit = self._settings.max_header_bytes
+                limit = self._max_head
                 self._refuse(431, "request head too large", f"the limit is {limit} bytes")
-            else:  # a bug of ours: never leave the client hanging on it
-                log.error("request handling failed", exc_info=exc.__context__ or exc)
-                if self._current is None or self._current.handler is None:  # nothing sent yet
-                    self.transport.write(responses.error(500, "internal error", keep_alive=False))
-                    self.close()
-                else:
-                    self.abort()
+            else:
+                self._failed(exc.__context__ or exc)
         except httptools.HttpParserError as exc:
             self._refuse(400, "malformed request", str(exc))
 
@@ -156,19 +167,20 @@ class ClientConnection:
 
     # ---------------------------------------------------------------- parser callbacks
     def on_message_begin(self) -> None:
+        self._between = False
         self._head = RequestHead()
         self._head_size = 0
         self._head_started = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
         self._head_size += len(url)
-        if self._head_size > self._settings.max_header_bytes:
+        if self._head_size > self._max_head:
             raise _HeadTooLarge
         self._head.target += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_size += len(name) + len(value) + 4
-        if self._head_size > self._settings.max_header_bytes:
+        if self._head_size > self._max_head:
             raise _HeadTooLarge
         self._head.add(name, value)
 
@@ -197,6 +209,7 @@ class ClientConnection:
             pending.body.append(body)
 
     def on_message_complete(self) -> None:
+        self._between = True
         pending = self._parsing
         if pending is None:
             return
@@ -260,6 +273,15 @@ class ClientConnection:
             handler.on_client_body(chunk)
         if pending.complete:
             handler.on_client_body_end()
+
+    def _failed(self, exc: BaseException) -> None:
+        """Handling a request raised: a bug of ours. Never leave the client hanging on it."""
+        log.error("request handling failed", exc_info=exc)
+        if self._current is None or self._current.handler is None:  # nothing sent yet
+            self.transport.write(responses.error(500, "internal error", keep_alive=False))
+            self.close()
+        else:
+            self.abort()
 
     def _start_next(self) -> None:
         if self._closed or self._current is not None or not self._pipeline:

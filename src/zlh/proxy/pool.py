@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, NamedTuple, cast
 import httptools
 
 from zlh.proxy.headers import ResponseHead
+from zlh.proxy.scan import COMPILED as SCANNING
+from zlh.proxy.scan import scan_response
 from zlh.proxy.settings import ProxySettings
 
 if TYPE_CHECKING:
@@ -62,6 +64,7 @@ class UpstreamConnection:
         self.open = False
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
+        self._between = True  # llhttp is between two messages (fed none, or whole ones)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -72,6 +75,15 @@ class UpstreamConnection:
         if exchange is None:  # an idle connection talking (a late 408, garbage): not reusable
             self.close()
             return
+        if SCANNING and self._between and not exchange.head_only:
+            found = scan_response(data)
+            if found is not None:  # one whole response in this read: no llhttp callbacks
+                self.head, body_start = found
+                exchange.on_response_head(self.head)
+                if body_start < len(data):
+                    exchange.on_response_body(data[body_start:])
+                exchange.on_response_complete()
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -107,6 +119,7 @@ class UpstreamConnection:
 
     # ---------------------------------------------------------------- parser callbacks
     def on_message_begin(self) -> None:
+        self._between = False
         self.head = ResponseHead()
 
     def on_status(self, status: bytes) -> None:
@@ -127,6 +140,7 @@ class UpstreamConnection:
             self.exchange.on_response_body(body)
 
     def on_message_complete(self) -> None:
+        self._between = True
         if self.exchange is not None:
             self.exchange.on_response_complete()
 

@@ -102,6 +102,7 @@ class Exchange:
         "_upgrading",
         "_vmid",
         "_waiting_since",
+        "head_only",
         "upstream",
     )
 
@@ -128,6 +129,7 @@ class Exchange:
         self._on_upgrade = on_upgrade
         self._loop = client.loop
         self._chunked_body = request.te_chunked
+        self.head_only = request.method == b"HEAD"  # the response's Content-Length has no body
         self.upstream: UpstreamConnection | None = None
         self._task: asyncio.Task[None] | None = None
         self._pending: list[bytes] = []

@@ -15,10 +15,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from zlh.proxy.auth import Principal
+from zlh.proxy.pool import UpstreamAddress
 
 __all__ = ["CLOSE_POLICY", "Route", "RouteTable", "Tunnel"]
 
@@ -40,6 +41,8 @@ class Route:
     port: int
     ready: bool
     reason: str = ""
+    # The pool's key for this route's connections, made once here rather than per request.
+    upstream: UpstreamAddress = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.owner_id:
@@ -48,6 +51,7 @@ class Route:
             raise ValueError("a ready Route needs a host")
         if not (0 < self.port < 65536 or (self.port == 0 and not self.ready)):
             raise ValueError(f"Route.port must be 1..65535, got {self.port}")
+        object.__setattr__(self, "upstream", UpstreamAddress(self.host, self.port))
 
 
 class Tunnel(Protocol):
