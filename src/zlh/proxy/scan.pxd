@@ -1,5 +1,6 @@
 # C types for scan.py (Cython's augmenting .pxd: the .py stays plain Python). ``p`` is the
-# message's bytes as a C array, so ``p[i]`` reads one byte and the loops run in C.
+# message's bytes as a C array, so ``p[i]`` reads one byte, the loops run in C and ``p[a:b]``
+# makes its bytes straight from the buffer (``data[a:b]`` would go through a slice object).
 # cython: language_level=3
 cimport cython
 
@@ -23,8 +24,8 @@ cdef bint _keeps_alive(bint http11, int connection)
                value_start=Py_ssize_t)
 cdef (Py_ssize_t, Py_ssize_t, Py_ssize_t) _header_at(chars p, Py_ssize_t n, Py_ssize_t i)
 
-cdef bytes _line(bytes data, chars p, Py_ssize_t start, Py_ssize_t name_end,
-                 Py_ssize_t value_start, Py_ssize_t end)
+cdef bytes _line(chars p, Py_ssize_t start, Py_ssize_t name_end, Py_ssize_t value_start,
+                 Py_ssize_t end)
 
 @cython.locals(p=chars, n=Py_ssize_t, i=Py_ssize_t, target_start=Py_ssize_t,
                target_end=Py_ssize_t, target_ok=chars, http11=bint, connection=int,

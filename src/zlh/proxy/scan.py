@@ -133,12 +133,12 @@ def _header_at(p: bytes, n: int, i: int) -> tuple[int, int, int]:
     return name_end, value_start, i
 
 
-def _line(data: bytes, p: bytes, start: int, name_end: int, value_start: int, end: int) -> bytes:
-    """The header line as the front forwards it, ``Name: value\\r\\n`` (a slice of ``data``
-    when it was sent that way)."""
+def _line(p: bytes, start: int, name_end: int, value_start: int, end: int) -> bytes:
+    """The header line as the front forwards it, ``Name: value\\r\\n`` (one slice when it was
+    sent that way)."""
     if value_start == name_end + 2 and p[name_end + 1] == _SP:
-        return data[start : end + 2]
-    return data[start : name_end + 1] + b" " + data[value_start : end + 2]
+        return p[start : end + 2]
+    return p[start : name_end + 1] + b" " + p[value_start : end + 2]
 
 
 def scan_request(data: bytes, limit: int) -> RequestHead | None:
@@ -180,19 +180,19 @@ def scan_request(data: bytes, limit: int) -> RequestHead | None:
         name_end, value_start, end = _header_at(p, n, i)
         if name_end < 0:
             return None
-        kind = kinds.get(data[i:name_end].lower(), 0)
+        kind = kinds.get(p[i:name_end].lower(), 0)
         if kind == 0 or kind in (ACCEPT, ORIGIN):
-            head.lines.append(_line(data, p, i, name_end, value_start, end))
+            head.lines.append(_line(p, i, name_end, value_start, end))
             if kind == ACCEPT:
-                head.accept = data[value_start:end]
+                head.accept = p[value_start:end]
             elif kind == ORIGIN:
-                head.origin = data[value_start:end]
+                head.origin = p[value_start:end]
         elif kind == HOST:
-            head.host = data[value_start:end]
+            head.host = p[value_start:end]
         elif kind == COOKIE:
-            head.cookies.append(data[value_start:end])
+            head.cookies.append(p[value_start:end])
         elif kind == AUTH:
-            head.authorization = data[value_start:end]
+            head.authorization = p[value_start:end]
         elif kind == CONNECTION:
             connection = _connection(p, value_start, end, connection)
             if connection == _OTHER:
@@ -203,7 +203,7 @@ def scan_request(data: bytes, limit: int) -> RequestHead | None:
     if i + 2 != n or p[i + 1] != _LF:
         return None
     head.method = method
-    head.target = data[target_start:target_end]
+    head.target = p[target_start:target_end]
     head.version = "1.1" if http11 else "1.0"
     head.keep_alive = _keeps_alive(http11, connection)
     return head
@@ -248,9 +248,9 @@ def scan_response(data: bytes) -> tuple[ResponseHead, int] | None:
         name_end, value_start, end = _header_at(p, n, i)
         if name_end < 0:
             return None
-        kind = kinds.get(data[i:name_end].lower(), 0)
+        kind = kinds.get(p[i:name_end].lower(), 0)
         if kind == 0 or kind >= NOSNIFF:
-            head.lines.append(_line(data, p, i, name_end, value_start, end))
+            head.lines.append(_line(p, i, name_end, value_start, end))
             if kind == NOSNIFF:
                 head.nosniff = True
             elif kind == REFERRER:
@@ -265,7 +265,7 @@ def scan_response(data: bytes) -> tuple[ResponseHead, int] | None:
                 if not 48 <= p[k] <= 57:
                     return None
                 length = length * 10 + p[k] - 48
-            head.length = data[value_start:end]
+            head.length = p[value_start:end]
         elif kind == CONNECTION:
             connection = _connection(p, value_start, end, connection)
             if connection == _OTHER:
@@ -276,6 +276,6 @@ def scan_response(data: bytes) -> tuple[ResponseHead, int] | None:
     if i + 1 >= n or p[i + 1] != _LF or length < 0 or n - (i + 2) != length:
         return None
     head.status = status
-    head.reason = data[13:reason_end]
+    head.reason = p[13:reason_end]
     head.keep_alive = _keeps_alive(http11, connection)
     return head, i + 2
