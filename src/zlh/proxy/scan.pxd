@@ -9,12 +9,16 @@ ctypedef const unsigned char* chars
 cdef Py_ssize_t _CR, _LF, _SP, _HTAB, _COLON
 cdef int _NONE, _KEEP_ALIVE, _CLOSE, _OTHER
 cdef bytes _NAME, _VALUE, _TARGET
+cdef list _REQUEST_KINDS, _RESPONSE_KINDS
 
 @cython.locals(size=Py_ssize_t, k=Py_ssize_t)
 cdef bint _literal(chars p, Py_ssize_t n, Py_ssize_t i, chars text)
 
 @cython.locals(k=Py_ssize_t)
 cdef bint _lower_is(chars p, Py_ssize_t start, Py_ssize_t end, chars text)
+
+@cython.locals(name=bytes, kind=int)
+cdef int _kind(list table, chars p, Py_ssize_t start, Py_ssize_t end)
 
 cdef int _connection(chars p, Py_ssize_t start, Py_ssize_t end, int seen)
 
@@ -29,12 +33,11 @@ cdef bytes _line(chars p, Py_ssize_t start, Py_ssize_t name_end, Py_ssize_t valu
 
 @cython.locals(p=chars, n=Py_ssize_t, i=Py_ssize_t, target_start=Py_ssize_t,
                target_end=Py_ssize_t, target_ok=chars, http11=bint, connection=int,
-               kinds=dict, name_end=Py_ssize_t, value_start=Py_ssize_t, end=Py_ssize_t,
-               kind=long)
+               name_end=Py_ssize_t, value_start=Py_ssize_t, end=Py_ssize_t, kind=int)
 cpdef scan_request(bytes data, Py_ssize_t limit)
 
 @cython.locals(p=chars, n=Py_ssize_t, i=Py_ssize_t, http11=bint, status=int, value_ok=chars,
-               reason_end=Py_ssize_t, connection=int, length=cython.longlong, kinds=dict,
-               name_end=Py_ssize_t, value_start=Py_ssize_t, end=Py_ssize_t, kind=long,
+               reason_end=Py_ssize_t, connection=int, length=cython.longlong,
+               name_end=Py_ssize_t, value_start=Py_ssize_t, end=Py_ssize_t, kind=int,
                k=Py_ssize_t)
 cpdef scan_response(bytes data)

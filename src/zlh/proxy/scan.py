@@ -69,6 +69,19 @@ _VALUE: Final = _table(bytes([_HTAB, *range(_SP, 0x7F), *range(0x80, 0x100)]))
 _TARGET: Final = _table(bytes(c for c in range(0x21, 0x7F) if c != ord("#")))
 
 
+def _by_length(kinds: dict[bytes, int]) -> list[list[tuple[bytes, int]]]:
+    """``kinds`` (:mod:`zlh.proxy.headers`' tables) as lists of (name, kind) by name length,
+    so that a header is classified by comparing bytes in place, without a lower-cased copy."""
+    table: list[list[tuple[bytes, int]]] = [[] for _ in range(max(map(len, kinds)) + 1)]
+    for name, kind in kinds.items():
+        table[len(name)].append((name, kind))
+    return table
+
+
+_REQUEST_KINDS: Final = _by_length(REQUEST_HEADERS)
+_RESPONSE_KINDS: Final = _by_length(RESPONSE_HEADERS)
+
+
 def _literal(p: bytes, n: int, i: int, text: bytes) -> bool:
     """Whether ``p[i:]`` starts with ``text``."""
     size = len(text)
@@ -88,6 +101,16 @@ def _lower_is(p: bytes, start: int, end: int, text: bytes) -> bool:
         if p[start + k] | 0x20 != text[k]:
             return False
     return True
+
+
+def _kind(table: list[list[tuple[bytes, int]]], p: bytes, start: int, end: int) -> int:
+    """The kind of the header named ``p[start:end]`` in ``table`` (0: none, pass it on)."""
+    if end - start >= len(table):
+        return 0
+    for name, kind in table[end - start]:
+        if _lower_is(p, start, end, name):
+            return kind
+    return 0
 
 
 def _connection(p: bytes, start: int, end: int, seen: int) -> int:
@@ -175,12 +198,11 @@ def scan_request(data: bytes, limit: int) -> RequestHead | None:
     i += 3
     head = RequestHead()
     connection = _NONE
-    kinds = REQUEST_HEADERS
     while i < n and p[i] != _CR:
         name_end, value_start, end = _header_at(p, n, i)
         if name_end < 0:
             return None
-        kind = kinds.get(p[i:name_end].lower(), 0)
+        kind = _kind(_REQUEST_KINDS, p, i, name_end)
         if kind == 0 or kind in (ACCEPT, ORIGIN):
             head.lines.append(_line(p, i, name_end, value_start, end))
             if kind == ACCEPT:
@@ -243,12 +265,11 @@ def scan_response(data: bytes) -> tuple[ResponseHead, int] | None:
     head = ResponseHead()
     connection = _NONE
     length = -1
-    kinds = RESPONSE_HEADERS
     while i < n and p[i] != _CR:
         name_end, value_start, end = _header_at(p, n, i)
         if name_end < 0:
             return None
-        kind = kinds.get(p[i:name_end].lower(), 0)
+        kind = _kind(_RESPONSE_KINDS, p, i, name_end)
         if kind == 0 or kind >= NOSNIFF:
             head.lines.append(_line(p, i, name_end, value_start, end))
             if kind == NOSNIFF:
