@@ -33,10 +33,12 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
   .venv/bin/pip install -q --upgrade pip
 fi
-# The install also compiles the front's hot path in place (setup.py, mypyc): redo it when one of
+# The install also compiles the front's hot path in place (setup.py: mypyc, Cython): redo it when one of
 # those modules changed, or the compiled ones would shadow the edited sources.
 stamp=.venv/.zlh-deps-$(cat pyproject.toml setup.py src/zlh/proxy/*.py src/zlh/proxy/*.pxd | sha256sum | cut -c1-16)
-if [ ! -f "$stamp" ]; then
+# A source touched after the last build (an edit undone, a checkout) is rebuilt too: pytest
+# refuses compiled modules older than their sources (tests/conftest.py).
+if [ ! -f "$stamp" ] || [ -n "$(find src/zlh/proxy -maxdepth 1 \( -name '*.py' -o -name '*.pxd' \) -newer "$stamp" -print -quit)" ]; then
   echo "bootstrap: installing Python dependencies and compiling the front (mypyc, Cython)"
   .venv/bin/pip install -q -e ".[dev]"
   rm -f .venv/.zlh-deps-*

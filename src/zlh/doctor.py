@@ -272,7 +272,7 @@ def _front(host: Host) -> Iterator[Check]:
             "front",
             Outcome.WARN,
             f"the public front runs as plain Python ({', '.join(plain)}): "
-            "about twice the CPU per proxied request",
+            "about 1.6 times the CPU per proxied request",
             "reinstall with a C compiler (build-essential, python3-dev): make bootstrap, "
             "or pip install . without ZLH_PURE_PYTHON",
         )

@@ -285,3 +285,24 @@ def test_mutated_messages_are_scanned_as_llhttp_parses_them_or_left_to_it(side: 
             accepted += _check_response(data, scan.scan_response)
             _check_response(data, pure.scan_response)
     assert 100 < accepted < 2900  # the mutations reach both sides of the scanner's choice
+
+
+@pytest.mark.parametrize("byte", range(256))
+def test_no_byte_is_scanned_where_llhttp_refuses_it(byte: int) -> None:
+    """Each byte value in a request target, header name and value, response reason, header
+    name and value: where the scanner takes the message, llhttp takes it the same way."""
+    b = bytes([byte])
+    requests = (
+        b"GET /a" + b + b"b HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: x\r\nX-A: a" + b + b"b\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: x\r\nX-" + b + b"A: ab\r\n\r\n",
+    )
+    responses = (
+        b"HTTP/1.1 200 O" + b + b"K\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-A: a" + b + b"b\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-" + b + b"A: ab\r\nContent-Length: 0\r\n\r\n",
+    )
+    for data in requests:
+        _check_request(data, scan.scan_request)
+    for data in responses:
+        _check_response(data, scan.scan_response)
