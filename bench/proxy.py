@@ -34,9 +34,14 @@ USER = "bench-user"
 
 
 def serve(port: int, key: bytes) -> None:
-    """The front alone, as the harness sees it: one process, run as ``zlh up`` runs it."""
-    from zlh.proxy import Front, JwtAuthenticator, ProxySettings, Route, RouteTable
+    """The front alone, as the harness sees it: one process, run as ``zlh up`` runs it.
+    ``ZLH_BENCH_LLHTTP_ONLY=1`` switches the one-pass head scanner off (bench/proxy_floor.py
+    compares)."""
+    from zlh.proxy import Front, JwtAuthenticator, ProxySettings, Route, RouteTable, listener, pool
     from zlh.proxy.serving import run
+
+    if os.environ.get("ZLH_BENCH_LLHTTP_ONLY"):
+        listener.SCANNING = pool.SCANNING = False
 
     async def main() -> None:
         routes = RouteTable()

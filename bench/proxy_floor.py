@@ -1,5 +1,6 @@
 """Where the front's CPU per small GET goes: the front as installed (hot path compiled), the same
-front as plain Python, and a blind uvloop splice (no HTTP parsing, no auth: the floor any
+front with its one-pass head scanner switched off (every head through llhttp's callbacks), the
+same front as plain Python, and a blind uvloop splice (no HTTP parsing, no auth: the floor any
 uvloop proxy pays in syscalls and the event loop), measured in turns in one run.
 
     .venv/bin/python bench/proxy_floor.py                   # ROUNDS=5 DURATION=5 by default
@@ -123,9 +124,14 @@ def main() -> int:
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="zlh-floor-") as tmp:
         pure = pure_python_tree(Path(tmp))
-        ports = {name: free_port() for name in ("front", "front (plain Python)", "splice")}
+        names = ("front", "front (llhttp only)", "front (plain Python)", "splice")
+        ports = {name: free_port() for name in names}
         commands = {
             "front": ([sys.executable, proxy_py, "--serve", str(ports["front"])], env),
+            "front (llhttp only)": (
+                [sys.executable, proxy_py, "--serve", str(ports["front (llhttp only)"])],
+                dict(env, ZLH_BENCH_LLHTTP_ONLY="1"),
+            ),
             "front (plain Python)": (
                 [sys.executable, proxy_py, "--serve", str(ports["front (plain Python)"])],
                 dict(env, PYTHONPATH=str(pure)),

@@ -153,11 +153,11 @@ def _request_via_llhttp(data: bytes) -> RequestHead | None:
         return heads[0] if len(heads) == 1 else None
 
     saved = listener.SCANNING
-    listener.SCANNING = False  # type: ignore[misc]
+    listener.SCANNING = False
     try:
         return asyncio.run(run())
     finally:
-        listener.SCANNING = saved  # type: ignore[misc]
+        listener.SCANNING = saved
 
 
 def _response_via_llhttp(data: bytes) -> tuple[ResponseHead, bytes] | None:

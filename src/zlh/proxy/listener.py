@@ -2,10 +2,10 @@
 
 It parses requests with httptools (llhttp) -- or, for a plain GET/HEAD head that arrives whole
 in one read while the connection is idle, with :func:`~zlh.proxy.scan.scan_request` in one
-call -- and hands each to a :class:`Handler` picked by the
-front, one at a time: pipelined requests wait in order (reading pauses meanwhile, so a flood
-costs at most one read buffer) and responses go out in request order. Body bytes are passed to
-the handler as they arrive; nothing buffers a whole body.
+call -- and hands each to a :class:`Handler` picked by the front, one at a time: pipelined
+requests wait in order (reading pauses meanwhile, so a flood costs at most one read buffer)
+and responses go out in request order. Body bytes are passed to the handler as they arrive;
+nothing buffers a whole body.
 
 Traps handled here: ``should_keep_alive()``/``should_upgrade()`` are only meaningful inside
 ``on_headers_complete`` (read afterwards, they are always false); after an upgrade request the
@@ -24,13 +24,16 @@ import httptools
 
 from zlh.proxy import responses
 from zlh.proxy.headers import RequestHead
-from zlh.proxy.scan import COMPILED as SCANNING
-from zlh.proxy.scan import scan_request
+from zlh.proxy.scan import COMPILED, scan_request
 from zlh.proxy.settings import ProxySettings
 
 __all__ = ["ClientConnection", "Handler"]
 
 log = logging.getLogger(__name__)
+
+# Whether a whole head is first offered to the one-pass scanner (compiled only, see
+# zlh.proxy.scan). Not Final: benchmarks and tests switch it off to compare with llhttp alone.
+SCANNING = COMPILED
 
 # Reasons reading from a client is paused (bit flags; reading resumes when none is left).
 _PIPELINE: Final = 1  # a request waits behind the one in progress

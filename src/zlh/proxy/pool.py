@@ -6,6 +6,9 @@ been read completely and both sides agreed to keep it alive. Idle connections ar
 turn out to be dead when it is used (the container restarted between two requests): the relay
 then retries once on a fresh connection, but only for a request without a body (see
 :mod:`zlh.proxy.relay`).
+
+Responses are parsed with httptools (llhttp), except one that arrives whole in one read with a
+Content-Length body: :func:`~zlh.proxy.scan.scan_response` takes that in one call.
 """
 
 from __future__ import annotations
@@ -16,14 +19,17 @@ from typing import TYPE_CHECKING, NamedTuple, cast
 import httptools
 
 from zlh.proxy.headers import ResponseHead
-from zlh.proxy.scan import COMPILED as SCANNING
-from zlh.proxy.scan import scan_response
+from zlh.proxy.scan import COMPILED, scan_response
 from zlh.proxy.settings import ProxySettings
 
 if TYPE_CHECKING:
     from zlh.proxy.relay import Exchange
 
 __all__ = ["Pool", "UpstreamAddress", "UpstreamConnection"]
+
+# Whether a whole head is first offered to the one-pass scanner (compiled only, see
+# zlh.proxy.scan). Not Final: benchmarks and tests switch it off to compare with llhttp alone.
+SCANNING = COMPILED
 
 
 class UpstreamAddress(NamedTuple):

@@ -9,7 +9,9 @@ one message, a body to stream, chunked or close-delimited framing, an upgrade, a
 header naming other headers, obsolete line folding, a header value with surrounding
 whitespace, any byte outside the plain grammar -- returns None, and the caller feeds the bytes
 to llhttp as before. So this module only has to be right about what it accepts, and it accepts
-a strict subset of what llhttp accepts.
+a strict subset of what llhttp accepts. What it does with each header mirrors
+``RequestHead.add``/``ResponseHead.add`` on purpose (calling them per header would cost what
+the scan saves); tests/proxy/test_scan.py holds both paths to the same heads.
 
 It is compiled with Cython (``scan.pxd`` gives the locals C types: ``p[i]`` reads a byte, the
 loops are C loops); built with ``ZLH_PURE_PYTHON=1`` the same code runs as Python, with the
