@@ -13,30 +13,27 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
+from lxc_kit import DATA_DIR, agent_status, attach, connect_from, host_connects, running, up
 
-from support import REPO, zlh
+from support import zlh
 from zlh.backends import (
     BackendUnavailable,
     ContainerExists,
-    ContainerInfo,
     ContainerSpec,
     ContainerState,
-    Resources,
     create_backend,
 )
 from zlh.backends.lxc import LxcBackend
+from zlh.backends.lxc_idmap import IdMap
 from zlh.backends.template import template_version
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
-DATA_DIR = Path(os.environ.get("ZLH_TEST_LXC_DIR", REPO / ".data" / "test-lxc"))
 OTHER_DATA_DIR = DATA_DIR.with_name(DATA_DIR.name + "-other")
 A, B, C = 9101, 9102, 9103
 
@@ -68,79 +65,6 @@ def other(backend: LxcBackend) -> Iterator[LxcBackend]:
     asyncio.run(lxc.destroy(A))
     yield lxc
     asyncio.run(lxc.destroy(A))
-
-
-def up(
-    backend: LxcBackend, vmid: int, *, secret: str | None = None, **resources: int
-) -> ContainerInfo:
-    spec = ContainerSpec(
-        vmid=vmid, agent_secret=secret or f"secret-{vmid}", resources=Resources(**resources)
-    )
-    asyncio.run(backend.create(spec))
-    return asyncio.run(backend.start(vmid))
-
-
-def running(backend: LxcBackend, vmid: int) -> ContainerInfo:
-    """Container ``vmid`` running, whatever earlier tests left of it."""
-    info = asyncio.run(backend.status(vmid))
-    if info.state is ContainerState.RUNNING:
-        return info
-    return asyncio.run(backend.start(vmid)) if info.state.exists else up(backend, vmid)
-
-
-def agent_status(info: ContainerInfo, secret: str, *, timeout_s: float = 60.0) -> int:
-    """HTTP status of GET /status once the agent answers at all (polled with a deadline)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            response = httpx.get(
-                f"{info.agent_url}/status",
-                headers={"Authorization": f"Bearer {secret}"},
-                timeout=2,
-            )
-            return response.status_code
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
-def attach(backend: LxcBackend, vmid: int, *command: str) -> str:
-    result = subprocess.run(
-        ["lxc-attach", "-P", str(backend.lxcpath), "-n", f"zlh-{vmid}", "--", *command],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return result.stdout
-
-
-CONNECT = """
-import socket, sys
-sock = socket.socket()
-sock.settimeout(2)
-try:
-    sock.connect((sys.argv[1], int(sys.argv[2])))
-    print("connected")
-except OSError as exc:
-    print("refused", exc)
-"""
-
-
-def connect_from(backend: LxcBackend, vmid: int, host: str, port: int) -> bool:
-    return attach(backend, vmid, "python3", "-c", CONNECT, host, str(port)).startswith("conn")
-
-
-def host_connects(host: str, port: int, *, timeout_s: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=1):
-                return True
-        except OSError:
-            time.sleep(0.1)
-    return False
 
 
 def test_two_containers_answer_their_own_secret_and_cannot_reach_each_other(
@@ -225,7 +149,7 @@ def test_creating_an_existing_vmid_fails_without_touching_it(backend: LxcBackend
         asyncio.run(backend.create(ContainerSpec(vmid=C, agent_secret="intruder")))
     assert (backend.lxcpath / f"zlh-{C}" / "config").read_text() == config
     assert asyncio.run(backend.status(C)) == before
-    token = backend._upper_dir(C) / "etc/zlh/agent-token"
+    token = backend._layers(C)[1] / "etc/zlh/agent-token"
     assert token.read_text() == f"secret-{C}"
 
 
@@ -234,16 +158,19 @@ def write_wheel(path: Path, content: bytes, *, year: int) -> None:
         wheel.writestr(zipfile.ZipInfo("zlh/agent/app.py", (year, 1, 1, 0, 0, 0)), content)
 
 
-def test_template_version_changes_with_the_agent_wheel_only(tmp_path: Path) -> None:
+def test_template_version_changes_with_the_agent_wheel_and_the_id_map_only(tmp_path: Path) -> None:
     wheelhouse = tmp_path / "wheels"
     wheelhouse.mkdir()
     wheel = wheelhouse / "zlh-0.1.0-py3-none-any.whl"
     write_wheel(wheel, b"v1", year=2020)
-    first = template_version(wheelhouse)
+    idmap = IdMap(100_000, 100_000)
+    first = template_version(wheelhouse, idmap)
     write_wheel(wheel, b"v1", year=2021)  # rebuilt: same contents, other timestamps
-    assert template_version(wheelhouse) == first
+    assert template_version(wheelhouse, idmap) == first
+    assert template_version(wheelhouse, IdMap(165_536, 165_536)) != first
+    assert template_version(wheelhouse, None) != first
     write_wheel(wheel, b"v2", year=2021)
-    assert template_version(wheelhouse) != first
+    assert template_version(wheelhouse, idmap) != first
 
 
 def test_selecting_lxc_without_root_says_what_is_needed(

@@ -21,6 +21,12 @@ def register(commands: Any) -> None:
         "build", help="debootstrap Debian bookworm with the agent; a no-op when up to date"
     )
     build.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    build.add_argument(
+        "--allow-privileged",
+        action="store_true",
+        help="on a host that cannot run unprivileged containers, build a privileged template "
+        "(container root is host root: not for untrusted users)",
+    )
     add_data_dir(build)
     handler(build, f"{_COMMANDS}:cmd_template_build")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from zlh.backends.lxc_idmap import container_idmap
 from zlh.backends.template import build_template, export_template
 from zlh.cli import data_dir_from
 
@@ -13,7 +14,8 @@ __all__ = ["cmd_template_build", "cmd_template_export"]
 
 def cmd_template_build(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    template, built = build_template(data_dir_from(args), force=args.force)
+    idmap = container_idmap(allow_privileged=args.allow_privileged)
+    template, built = build_template(data_dir_from(args), idmap=idmap, force=args.force)
     print(f"{'built' if built else 'up to date'}: {template.name} ({template.root})")
     return 0
 

@@ -9,6 +9,12 @@ from the host-wide slot registry (:mod:`zlh.backends.lxc_slots`) so that several
 run containers on one host, and the memory / CPU / pids limits for whichever cgroup version
 the host runs. The agent secret is written into the clone's overlay upper dir before the
 first start. Needs root and ``lxc``.
+
+Containers are unprivileged (:mod:`zlh.backends.lxc_idmap`): their ids map into the platform's
+subordinate range, so container root is nobody on the host. The template is shifted into that
+range once when it is built; a container created before that (privileged) is migrated the first
+time this backend sees it: stopped, its own overlay layer shifted, its lower layer swapped for a
+shifted copy of the template it was cloned from, started again if it was running.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,9 +42,16 @@ from zlh.backends.base import (
     ContainerState,
     Resources,
 )
+from zlh.backends.lxc_idmap import IdMap, container_idmap, shift_tree
 from zlh.backends.lxc_net import BRIDGE, Bridge, ensure_bridge, ensure_isolation, file_lock
 from zlh.backends.lxc_slots import NAME_PREFIX, Slot, SlotRegistry
-from zlh.backends.template import TOKEN_PATH, current_template
+from zlh.backends.template import (
+    TEMPLATE_PREFIX,
+    TOKEN_PATH,
+    Template,
+    copy_tree,
+    current_template,
+)
 
 __all__ = ["LxcBackend", "cgroup_version", "require_lxc"]
 
@@ -56,7 +70,7 @@ def require_lxc() -> None:
         raise BackendUnavailable(f"the lxc backend needs the lxc package: {INSTALL_HINT}")
     if os.geteuid() != 0:
         raise BackendUnavailable(
-            "the lxc backend runs privileged containers and needs root: run as root, or use "
+            "the lxc backend creates containers and needs root: run as root, or use "
             "--backend process (no isolation) on this machine"
         )
 
@@ -124,21 +138,50 @@ def _set_config_values(config: Path, values: dict[str, str]) -> None:
 
 
 class LxcBackend(BlockingBackend):
-    """Privileged LXC 5 containers cloned from the template, on the ``lxcbr0`` bridge."""
+    """Unprivileged LXC 5 containers cloned from the template, on the ``lxcbr0`` bridge.
+
+    ``allow_privileged`` lets a host that cannot run user namespaces run privileged
+    containers instead of refusing (loudly warned); it never makes a capable host privileged.
+    """
 
     name = "lxc"
 
-    def __init__(self, *, data_dir: Path, bridge: str = BRIDGE) -> None:
+    def __init__(
+        self, *, data_dir: Path, bridge: str = BRIDGE, allow_privileged: bool = False
+    ) -> None:
         require_lxc()
+        self.idmap = container_idmap(allow_privileged=allow_privileged)
         self.data_dir = data_dir = data_dir.resolve()
         self.lxcpath = data_dir / "lxc"
         self.lxcpath.mkdir(parents=True, exist_ok=True)
+        self._grant_traverse()
         self.bridge_name = bridge
         self.slots = SlotRegistry(on_change=lambda slots: ensure_isolation(bridge, slots))
         self._bridge: Bridge | None = None
         self._host = socket.gethostname()
+        if self.idmap is not None:
+            for vmid in self._vmids():
+                if IdMap.from_config(self._config(vmid).read_text()) is None:
+                    self._make_unprivileged(vmid, self.idmap)
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _grant_traverse(self) -> None:
+        """Let the containers' mapped root group pass through the data dir to their rootfs.
+
+        LXC sets up an unprivileged container's root filesystem as its mapped root, which needs
+        search permission on every directory above it. The data dir and ``lxc/`` stay closed
+        to everyone else (no read, no write, no search for other users: mode 0710).
+        """
+        if self.idmap is None:
+            return
+        for directory in (self.data_dir, self.lxcpath):
+            info = directory.stat()
+            if info.st_gid != self.idmap.root_gid:
+                os.chown(directory, -1, self.idmap.root_gid)
+            mode = (info.st_mode & 0o700) | 0o010
+            if info.st_mode & 0o777 != mode:
+                os.chmod(directory, mode)
 
     def _name(self, vmid: int) -> str:
         return f"{NAME_PREFIX}{vmid}"
@@ -257,13 +300,24 @@ class LxcBackend(BlockingBackend):
 
     # -- create ----------------------------------------------------------------------------
 
-    def _create(self, spec: ContainerSpec) -> ContainerInfo:
+    def _template(self) -> Template:
+        """The current template, built for this backend's id map (or privileged mode)."""
         template = current_template(self.lxcpath)
+        build = f"`zlh template build --data-dir {self.data_dir}`"
         if template is None:
+            raise BackendError(f"no container template under {self.lxcpath}: run {build} first")
+        built_for = IdMap.from_config(template.config.read_text())
+        if built_for != self.idmap:
+            mode = f"unprivileged ({built_for.label})" if built_for else "privileged"
             raise BackendError(
-                f"no container template under {self.lxcpath}: run "
-                f"`zlh template build --data-dir {self.data_dir}` first"
+                f"the current template {template.name} is for {mode} containers, this host runs "
+                f"{'unprivileged (' + self.idmap.label + ')' if self.idmap else 'privileged'} "
+                f"ones: run {build} to rebuild it"
             )
+        return template
+
+    def _create(self, spec: ContainerSpec) -> ContainerInfo:
+        template = self._template()
         bridge = self._network()
         name = self._name(spec.vmid)
         with file_lock(self.lxcpath / ".zlh-create.lock"):
@@ -307,17 +361,34 @@ class LxcBackend(BlockingBackend):
             handle.write("\n" + "\n".join(lines) + "\n")
         self._write_secret(spec.vmid, spec.agent_secret)
 
-    def _upper_dir(self, vmid: int) -> Path:
+    def _layers(self, vmid: int) -> tuple[Path, Path]:
+        """The clone's overlay lower dir (a template's rootfs) and its own upper dir."""
         rootfs = _config_value(self._config(vmid), "lxc.rootfs.path") or ""
-        if not rootfs.startswith("overlay:"):
+        kind, _, dirs = rootfs.partition(":")
+        lower, _, upper = dirs.rpartition(":")
+        if kind != "overlay" or not lower or not upper:
             raise BackendError(f"container {vmid} is not an overlay clone ({rootfs!r})")
-        return Path(rootfs.rsplit(":", 1)[1])
+        return Path(lower), Path(upper)
 
     def _write_secret(self, vmid: int, secret: str) -> None:
-        target = self._upper_dir(vmid) / TOKEN_PATH.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        """The agent's secret, in the fresh clone's (still empty) upper dir.
+
+        A directory in the upper layer hides the attributes of the same directory below, so
+        ``etc`` and ``etc/zlh`` are made with the template's own owner and mode (container
+        root's, 0755 and 0700), and the file 0600 for container root.
+        """
+        lower, upper = self._layers(vmid)
+        for rel in ("etc", TOKEN_PATH.lstrip("/").rsplit("/", 1)[0]):
+            if not (upper / rel).exists():
+                like = (lower / rel).stat()
+                os.mkdir(upper / rel, 0o700)
+                os.lchown(upper / rel, like.st_uid, like.st_gid)
+                os.chmod(upper / rel, stat.S_IMODE(like.st_mode))
+        owner = (lower / "etc").stat()
+        target = upper / TOKEN_PATH.lstrip("/")
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as handle:
+            os.fchown(handle.fileno(), owner.st_uid, owner.st_gid)
             handle.write(secret)
 
     def _remove(self, vmid: int) -> None:
@@ -328,6 +399,53 @@ class LxcBackend(BlockingBackend):
             except BackendError:
                 shutil.rmtree(self.lxcpath / self._name(vmid), ignore_errors=True)
         self.slots.release(self.lxcpath, vmid)
+
+    # -- migration of privileged containers --------------------------------------------------
+
+    def _make_unprivileged(self, vmid: int, idmap: IdMap) -> None:
+        """Turn a privileged clone (made before containers were unprivileged) into an
+        unprivileged one with its files and state: stopped (cleanly), its upper layer shifted,
+        its lower layer pointed at a shifted copy of its template, started again if it ran."""
+        was_running = self._state(vmid) is ContainerState.RUNNING
+        log.warning(
+            "container %s is privileged (container root is host root): making it "
+            "unprivileged (%s)%s",
+            vmid,
+            idmap.label,
+            "; it is stopped and started again" if was_running else "",
+        )
+        self._stop(vmid, 10.0)
+        lower, upper = self._layers(vmid)
+        shifted = self._shifted_template(lower, idmap)
+        for layer in (upper, upper.parent / "work"):
+            if layer.exists():
+                shift_tree(layer, idmap)
+        home = self.lxcpath / self._name(vmid)
+        for directory in (home, home / "rootfs", upper.parent):  # what LXC itself would chown
+            if directory.exists():
+                os.lchown(directory, idmap.root_uid, idmap.root_gid)
+        config = self._config(vmid)
+        text = config.read_text().replace(f"{lower}:", f"{shifted}:")
+        config_lines = text.splitlines()
+        config_lines[1:1] = idmap.config_lines()
+        write_atomically(config, "\n".join(config_lines) + "\n", mode=0o640)
+        if was_running:
+            self._start(vmid)
+
+    def _shifted_template(self, lower: Path, idmap: IdMap) -> Path:
+        """A copy of a privileged template's rootfs shifted into ``idmap`` (made once)."""
+        source = lower.parent
+        if source.parent != self.lxcpath or not source.name.startswith(TEMPLATE_PREFIX):
+            raise BackendError(f"cannot migrate a clone of {lower}: no template of {self.lxcpath}")
+        target = self.lxcpath / f"{source.name}-u{idmap.uid_start}"
+        if not (target / "rootfs").is_dir():
+            partial = target.with_name(f".{target.name}.partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir()
+            copy_tree(lower, partial / "rootfs")
+            shift_tree(partial / "rootfs", idmap)
+            partial.rename(target)
+        return target / "rootfs"
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -9,6 +9,11 @@ Isolation (nftables, one table per family, replaced atomically and idempotently)
   connection a container opened. That stops a container hair-pinning through the host's
   routing to reach a neighbour, and any other machine reaching a container's agent port or
   :6000: only the host (its own sockets) talks to them.
+- ``inet`` family, output hook: a new connection from the host into a bridge is refused unless
+  its socket belongs to the platform's own user (``meta skuid``), so the host's other local
+  users cannot reach a container's agent port or :6000 (``--auth none``) behind the front's
+  login and ownership checks. Replies to connections containers opened (DNS, DHCP, the
+  artifact server) are not new and pass; packets without a socket never match.
 - Per container, the bridge port (``zlh<slot>``) only accepts frames from the container's own
   MAC and IP (``ports`` set), so one container cannot claim another's address and receive the
   API's requests to it.
@@ -109,9 +114,10 @@ def ensure_bridge(name: str = BRIDGE) -> Bridge:
     return Bridge(name, interface)
 
 
-def _ruleset(bridges: Iterable[str]) -> str:
+def _ruleset(bridges: Iterable[str], platform_uid: int) -> str:
     """The whole isolation table; `add` then `delete` makes loading it idempotent."""
     names = ", ".join(f'"{name}"' for name in sorted(set(bridges)))
+    others = f"oifname {{ {names} }} ct state new meta skuid != {platform_uid}"
     return f"""
 table bridge {TABLE}
 delete table bridge {TABLE}
@@ -138,6 +144,11 @@ table inet {TABLE} {{
         oifname {{ {names} }} ct state established,related accept
         oifname {{ {names} }} drop
     }}
+    chain output {{
+        type filter hook output priority 0; policy accept;
+        {others} meta l4proto tcp reject with tcp reset
+        {others} reject with icmpx type admin-prohibited
+    }}
 }}
 """
 
@@ -150,9 +161,10 @@ def _nft(script: str, what: str) -> None:
 
 def ensure_isolation(bridge: str, slots: Iterable[Slot]) -> None:
     """Load the isolation rules for ``bridge`` and the bridges of ``slots`` (every container
-    on the host), allowing each slot's MAC and address on its own port only."""
+    on the host), allowing each slot's MAC and address on its own port only, and new
+    connections into the bridges from this process's user only (the platform's)."""
     slots = list(slots)
-    script = _ruleset([bridge, *(s.bridge for s in slots)])
+    script = _ruleset([bridge, *(s.bridge for s in slots)], os.geteuid())
     for slot in slots:
         script += (
             f"add element bridge {TABLE} ports {{ {slot.veth} . {slot.mac} . {slot.address} }}\n"

@@ -28,11 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zlh.backends.base import AGENT_PORT, BackendError, BackendUnavailable
+from zlh.backends.lxc_idmap import IdMap, shift_tree
 
 __all__ = [
+    "TEMPLATE_PREFIX",
     "TOKEN_PATH",
     "Template",
     "build_template",
+    "copy_tree",
     "current_template",
     "export_template",
     "template_in_use",
@@ -139,13 +142,20 @@ class Template:
 def _run(cmd: list[str], what: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
     log.debug("running %s", " ".join(cmd))
     try:
-        result = subprocess.run(cmd, capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]
+        # Output goes to the caller's file when it gives one (stdout=), else is kept for errors.
+        streams = {"stderr": subprocess.PIPE} if "stdout" in kwargs else {"capture_output": True}
+        result = subprocess.run(cmd, text=True, check=False, **streams, **kwargs)  # type: ignore[call-overload]
     except FileNotFoundError as exc:
         raise BackendUnavailable(f"{what}: {cmd[0]} is not installed") from exc
     if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-15:]
+        tail = (result.stderr or result.stdout or "").strip().splitlines()[-15:]
         raise BackendError(f"{what} failed ({result.returncode}): " + "\n".join(tail))
     return result  # type: ignore[no-any-return]
+
+
+def copy_tree(source: Path, target: Path) -> None:
+    """A root filesystem copied with owners, modes, links and xattrs (``cp -a``)."""
+    _run(["cp", "-a", str(source), str(target)], f"copying {source}")
 
 
 def source_tree() -> Path:
@@ -193,18 +203,23 @@ def base_version() -> str:
     return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
-def template_version(wheelhouse: Path) -> str:
+def template_version(wheelhouse: Path, idmap: IdMap | None) -> str:
+    """Hash of every input: a template for another id range (or a privileged one) differs."""
     digest = hashlib.sha256(base_version().encode())
-    for text in (AGENT_UNIT, TOKEN_FROM_SSH_KEYS, INTERFACES, *MASKED_UNITS, _config("X", "X")):
+    config = _config("X", "X", idmap)
+    for text in (AGENT_UNIT, TOKEN_FROM_SSH_KEYS, INTERFACES, *MASKED_UNITS, config):
         digest.update(text.encode() + b"\0")
     for wheel in sorted(wheelhouse.glob("*.whl")):
         digest.update(_wheel_digest(wheel).encode())
     return digest.hexdigest()[:16]
 
 
-def _config(name: str, rootfs: str) -> str:
+def _config(name: str, rootfs: str, idmap: IdMap | None) -> str:
+    """The template's LXC config, which every clone copies. With ``idmap`` the containers are
+    unprivileged (userns.conf after common.conf, as LXC's own unprivileged templates do)."""
     lines = [
         "lxc.include = /usr/share/lxc/config/common.conf",
+        *(idmap.config_lines() if idmap else []),
         "lxc.arch = linux64",
         f"lxc.uts.name = {name}",
         f"lxc.rootfs.path = dir:{rootfs}",
@@ -325,29 +340,44 @@ def template_in_use(lxcpath: Path) -> set[str]:
     return used
 
 
-def build_template(data_dir: Path, *, force: bool = False) -> tuple[Template, bool]:
-    """Build (or find) the current template; returns it and whether it was built now."""
+def build_template(
+    data_dir: Path, *, idmap: IdMap | None, force: bool = False
+) -> tuple[Template, bool]:
+    """Build (or find) the current template; returns it and whether it was built now.
+
+    With ``idmap`` (the default everywhere but a host that cannot run user namespaces) the
+    rootfs is shifted into the containers' id range once, here, so clones start unprivileged.
+    """
     if os.geteuid() != 0:
         raise BackendUnavailable("building the LXC template needs root (debootstrap, chroot)")
     data_dir = data_dir.resolve()  # paths end up in LXC configs and debootstrap's options
     lxcpath = data_dir / "lxc"
     cache_dir = data_dir / "cache" / "template"
     lxcpath.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="zlh-wheelhouse-") as tmp:
-        wheelhouse = Path(tmp)
-        build_wheelhouse(wheelhouse)
-        template = Template(lxcpath, template_version(wheelhouse))
-        if template.config.is_file() and not force:
-            (lxcpath / CURRENT_FILE).write_text(template.version + "\n")
-            return template, False
-        base = _debootstrap_base(cache_dir)
-        staging = lxcpath / f".{template.name}.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        log.info("building template %s", template.name)
-        _run(["cp", "-a", str(base / "rootfs"), str(staging / "rootfs")], "copying the base")
-        _customise(staging / "rootfs", wheelhouse)
-    (staging / "config").write_text(_config(template.name, str(template.rootfs)))
+    # The rootfs is read by every container user: its modes must not inherit a caller's umask
+    # of 077 (zlh up keeps the data dir private).
+    umask = os.umask(0o022)
+    try:
+        with tempfile.TemporaryDirectory(prefix="zlh-wheelhouse-") as tmp:
+            wheelhouse = Path(tmp)
+            build_wheelhouse(wheelhouse)
+            template = Template(lxcpath, template_version(wheelhouse, idmap))
+            if template.config.is_file() and not force:
+                (lxcpath / CURRENT_FILE).write_text(template.version + "\n")
+                return template, False
+            base = _debootstrap_base(cache_dir)
+            staging = lxcpath / f".{template.name}.partial"
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
+            log.info("building template %s", template.name)
+            copy_tree(base / "rootfs", staging / "rootfs")
+            _customise(staging / "rootfs", wheelhouse)
+        if idmap is not None:
+            shifted = shift_tree(staging / "rootfs", idmap)
+            log.info("template shifted into %s (%d entries)", idmap.label, shifted)
+        (staging / "config").write_text(_config(template.name, str(template.rootfs), idmap))
+    finally:
+        os.umask(umask)
     shutil.rmtree(template.root, ignore_errors=True)
     staging.rename(template.root)
     (lxcpath / CURRENT_FILE).write_text(template.version + "\n")
@@ -375,22 +405,24 @@ def export_template(data_dir: Path, output: Path | None) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")
     compress = {"gz": "gzip", "xz": "xz", "zst": "zstd -T0"}[output.name.rsplit(".", 1)[1]]
+    tar = ["tar", "--numeric-owner", "--xattrs", "-I", compress, "-C", str(template.rootfs)]
+    idmap = IdMap.from_config(template.config.read_text())
+    if idmap is not None:
+        # Proxmox shifts a CT template into its own range when it creates an unprivileged CT,
+        # so the tarball holds container ids: tar runs inside the containers' user namespace,
+        # where the shifted owners read as 0.. again.
+        tar = [
+            "lxc-usernsexec",
+            "-m",
+            f"u:0:{idmap.uid_start}:{idmap.count}",
+            "-m",
+            f"g:0:{idmap.gid_start}:{idmap.count}",
+            "--",
+            *tar,
+        ]
     try:
-        _run(
-            [
-                "tar",
-                "--numeric-owner",
-                "--xattrs",
-                "-I",
-                compress,
-                "-C",
-                str(template.rootfs),
-                "-cf",
-                str(partial),
-                ".",
-            ],
-            "exporting the template",
-        )
+        with partial.open("wb") as out:
+            _run([*tar, "-cf", "-", "."], "exporting the template", stdout=out)
         partial.rename(output)
     finally:
         partial.unlink(missing_ok=True)

@@ -1,0 +1,91 @@
+"""Helpers of the real-LXC tests: containers up, their agents asked, commands run inside."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from support import REPO
+from zlh.backends import ContainerInfo, ContainerSpec, ContainerState, Resources
+from zlh.backends.lxc import LxcBackend
+
+DATA_DIR = Path(os.environ.get("ZLH_TEST_LXC_DIR", REPO / ".data" / "test-lxc"))
+
+
+def up(
+    backend: LxcBackend, vmid: int, *, secret: str | None = None, **resources: int
+) -> ContainerInfo:
+    spec = ContainerSpec(
+        vmid=vmid, agent_secret=secret or f"secret-{vmid}", resources=Resources(**resources)
+    )
+    asyncio.run(backend.create(spec))
+    return asyncio.run(backend.start(vmid))
+
+
+def running(backend: LxcBackend, vmid: int) -> ContainerInfo:
+    """Container ``vmid`` running, whatever earlier tests left of it."""
+    info = asyncio.run(backend.status(vmid))
+    if info.state is ContainerState.RUNNING:
+        return info
+    return asyncio.run(backend.start(vmid)) if info.state.exists else up(backend, vmid)
+
+
+def agent_status(info: ContainerInfo, secret: str, *, timeout_s: float = 60.0) -> int:
+    """HTTP status of GET /status once the agent answers at all (polled with a deadline)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            response = httpx.get(
+                f"{info.agent_url}/status",
+                headers={"Authorization": f"Bearer {secret}"},
+                timeout=2,
+            )
+            return response.status_code
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def attach(backend: LxcBackend, vmid: int, *command: str) -> str:
+    result = subprocess.run(
+        ["lxc-attach", "-P", str(backend.lxcpath), "-n", f"zlh-{vmid}", "--", *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout
+
+
+CONNECT = """
+import socket, sys
+sock = socket.socket()
+sock.settimeout(2)
+try:
+    sock.connect((sys.argv[1], int(sys.argv[2])))
+    print("connected")
+except OSError as exc:
+    print("refused", exc)
+"""
+
+
+def connect_from(backend: LxcBackend, vmid: int, host: str, port: int) -> bool:
+    return attach(backend, vmid, "python3", "-c", CONNECT, host, str(port)).startswith("conn")
+
+
+def host_connects(host: str, port: int, *, timeout_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
