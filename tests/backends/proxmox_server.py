@@ -4,8 +4,13 @@ Response shapes follow the PVE API: every body is ``{"data": ...}``; state chang
 UPID string and run as tasks (``GET /nodes/{node}/tasks/{upid}/status`` says ``running``
 once, then ``stopped`` with ``exitstatus`` ``OK`` or ``ERROR: …``); errors carry the reason in
 the status line and a ``message``; a bad token gets 401; a call through an offline node gets
-595 "No route to host". Knobs: ``fail_next_task`` (task ends with that exitstatus),
-``steal_next_id`` (another client takes the id ``/cluster/nextid`` just returned).
+595 "No route to host". The token is not root@pam and holds ``privileges`` on ``/``: without
+``Sys.Modify`` a privileged CT cannot be created (403), and for a privileged CT no feature flag
+may be set, for an unprivileged one only ``nesting`` (403, "only allowed for root@pam"), as PVE
+checks them. ``unprivileged`` defaults to 0 as before PVE 9 (9 defaults to 1), so a request
+that omits it asks for a privileged CT. A clone copies its source's config, ``unprivileged``
+included. Knobs: ``fail_next_task`` (task ends with that exitstatus), ``steal_next_id``
+(another client takes the id ``/cluster/nextid`` just returned).
 """
 
 from __future__ import annotations
@@ -50,6 +55,9 @@ class ProxmoxState:
     cts: dict[int, dict[str, Any]] = field(default_factory=dict)
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    privileges: set[str] = field(
+        default_factory=lambda: {"VM.Allocate", "VM.Clone", "VM.Audit", "Datastore.AllocateSpace"}
+    )
     fail_next_task: str | None = None
     steal_next_id: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -129,6 +137,36 @@ def _ct(state: ProxmoxState, node: str, vmid: int) -> dict[str, Any]:
     return ct
 
 
+def _add_ct(state: ProxmoxState, node: str, vmid: int, config: dict[str, str]) -> None:
+    state.cts[vmid] = {
+        "node": node,
+        "status": "stopped",
+        "name": config["hostname"],
+        "config": config,
+    }
+
+
+def _perm_denied(what: str) -> ApiError:
+    return ApiError(403, f"Permission check failed ({what})")
+
+
+def _check_create_perms(state: ProxmoxState, p: dict[str, str]) -> None:
+    """PVE's create_vm and check_ct_modify_config_perm, for a token that is not root@pam."""
+    unprivileged = p.get("unprivileged", "0") == "1"
+    if not unprivileged and "Sys.Modify" not in state.privileges:
+        raise _perm_denied("/, Sys.Modify")
+    if "features" in p:
+        if not unprivileged:
+            raise _perm_denied(
+                "changing feature flags for privileged container is only allowed for root@pam"
+            )
+        names = {item.partition("=")[0] for item in p["features"].split(",") if item}
+        if names - {"nesting"}:
+            raise _perm_denied(
+                "changing feature flags (except nesting) is only allowed for root@pam"
+            )
+
+
 def route(state: ProxmoxState, method: str, path: str, p: dict[str, str]) -> Any:
     if (method, path) == ("GET", "/nodes"):
         return [{"node": n, **info} for n, info in state.nodes.items()]
@@ -180,16 +218,27 @@ def route(state: ProxmoxState, method: str, path: str, p: dict[str, str]) -> Any
             )
         if not p.get("ostemplate"):
             raise ApiError(400, "Parameter verification failed.")
+        _check_create_perms(state, p)
 
-        def created() -> None:
-            state.cts[vmid] = {
-                "node": node,
-                "status": "stopped",
-                "name": p["hostname"],
-                "config": p,
+        return state.task(node, "vzcreate", vmid, lambda: _add_ct(state, node, vmid, p))
+    if method == "POST" and (m := re.fullmatch(r"lxc/(\d+)/clone", rest)):
+        source = _ct(state, node, int(m.group(1)))
+        newid = int(p["newid"])
+        if newid in state.cts:
+            raise ApiError(500, f"CT {newid} already exists on node '{state.cts[newid]['node']}'")
+
+        config = {**source["config"], "hostname": p.get("hostname", f"CT{newid}")}
+        config.pop("template", None)
+        return state.task(node, "vzclone", newid, lambda: _add_ct(state, node, newid, config))
+    if (m := re.fullmatch(r"lxc/(\d+)/config", rest)) and method in {"GET", "PUT"}:
+        ct = _ct(state, node, int(m.group(1)))
+        if method == "GET":  # flags come back as integers, and absent when never set
+            config = {k: v for k, v in ct["config"].items() if k not in {"ssh-public-keys", "vmid"}}
+            return {
+                k: int(v) if k in {"unprivileged", "template"} else v for k, v in config.items()
             }
-
-        return state.task(node, "vzcreate", vmid, created)
+        ct["config"].update(p)
+        return None
     if method == "POST" and (m := re.fullmatch(r"lxc/(\d+)/status/(start|stop|shutdown)", rest)):
         vmid, action = int(m.group(1)), m.group(2)
         ct = _ct(state, node, vmid)

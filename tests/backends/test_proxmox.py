@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -140,3 +141,117 @@ def test_missing_settings_name_the_variables(monkeypatch: pytest.MonkeyPatch) ->
         monkeypatch.delenv(f"ZLH_PROXMOX_{name}", raising=False)
     with pytest.raises(BackendUnavailable, match="ZLH_PROXMOX_HOST, ZLH_PROXMOX_USER"):
         ProxmoxSettings.from_env()
+
+
+def _create_request(server: ProxmoxServer) -> dict[str, str]:
+    [params] = [
+        p for m, path, p in server.state.requests if (m, path) == ("POST", "/nodes/pve2/lxc")
+    ]
+    return params
+
+
+def test_created_cts_are_unprivileged_with_nesting_as_the_only_feature(
+    server: ProxmoxServer, cert: tuple[Path, Path]
+) -> None:
+    backend = backend_for(server, cert)
+    asyncio.run(backend.create(ContainerSpec(vmid=150, agent_secret="s")))
+    params = _create_request(server)
+    assert params["unprivileged"] == "1"
+    assert params["features"] == "nesting=1"
+    assert server.state.cts[150]["config"]["unprivileged"] == "1"
+
+
+def test_the_stand_in_refuses_a_privileged_create_to_a_token_without_sys_modify(
+    server: ProxmoxServer, cert: tuple[Path, Path]
+) -> None:
+    """What a regression that dropped unprivileged=1 would meet on a real cluster (PVE < 9)."""
+    backend = backend_for(server, cert)
+    with pytest.raises(BackendError, match=r"HTTP 403.*Sys\.Modify"):
+        backend._call("post", "nodes/pve2/lxc", "creating", vmid=151, ostemplate=TEMPLATE)
+    with pytest.raises(BackendError, match=r"except nesting\) is only allowed for root@pam"):
+        backend._call(
+            "post",
+            "nodes/pve2/lxc",
+            "creating",
+            vmid=151,
+            ostemplate=TEMPLATE,
+            unprivileged=1,
+            features="nesting=1,keyctl=1",
+        )
+    assert 151 not in server.state.cts
+
+
+def _template_ct(server: ProxmoxServer, vmid: int, *, unprivileged: bool) -> None:
+    config = {"hostname": "zlh-template", "template": "1", "memory": "512"}
+    if unprivileged:
+        config["unprivileged"] = "1"
+    server.state.cts[vmid] = {"node": "pve2", "status": "stopped", "name": "tpl", "config": config}
+
+
+def _cloner(server: ProxmoxServer, cert: tuple[Path, Path], **overrides: object) -> ProxmoxBackend:
+    return backend_for(
+        server,
+        cert,
+        ostemplate=None,
+        clone_from=9000,
+        allow_clone_without_secret=True,
+        **overrides,
+    )
+
+
+def test_a_clone_of_an_unprivileged_template_is_unprivileged_and_sized(
+    server: ProxmoxServer, cert: tuple[Path, Path]
+) -> None:
+    _template_ct(server, 9000, unprivileged=True)
+    asyncio.run(_cloner(server, cert).create(ContainerSpec(vmid=160, agent_secret="s")))
+    config = server.state.cts[160]["config"]
+    assert config["unprivileged"] == "1"
+    assert config["memory"] == "2048" and config["tags"] == "zlh"
+    assert server.state.cts[160]["name"] == "zlh-160"
+
+
+def test_a_privileged_clone_template_is_refused_before_anything_is_cloned(
+    server: ProxmoxServer, cert: tuple[Path, Path]
+) -> None:
+    _template_ct(server, 9000, unprivileged=False)
+    with pytest.raises(BackendError, match="template CT 9000 is privileged"):
+        asyncio.run(_cloner(server, cert).create(ContainerSpec(vmid=161, agent_secret="s")))
+    assert 161 not in server.state.cts
+    assert not [r for r in server.state.requests if r[1].endswith("/clone")]
+
+
+def test_allow_privileged_accepts_a_privileged_template_with_a_warning(
+    server: ProxmoxServer, cert: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    _template_ct(server, 9000, unprivileged=False)
+    backend = _cloner(server, cert, allow_privileged=True)
+    with caplog.at_level(logging.WARNING, logger="zlh.backends.proxmox"):
+        asyncio.run(backend.create(ContainerSpec(vmid=162, agent_secret="s")))
+    assert 162 in server.state.cts
+    assert "template CT 9000 is privileged" in caplog.text
+    assert "allow_privileged" in caplog.text
+
+
+def test_the_allow_privileged_setting_reaches_the_proxmox_backend(
+    server: ProxmoxServer, cert: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zlh.api.commands import _backend
+    from zlh.api.settings import load_settings
+
+    user, _, rest = TOKEN.partition("!")
+    token_name, _, token_value = rest.partition("=")
+    for name, value in {
+        "HOST": server.host,
+        "USER": user,
+        "TOKEN_NAME": token_name,
+        "TOKEN_VALUE": token_value,
+        "OSTEMPLATE": TEMPLATE,
+        "VERIFY_TLS": str(cert[0]),
+    }.items():
+        monkeypatch.setenv(f"ZLH_PROXMOX_{name}", value)
+    data_dir = Path("/nonexistent")
+    default = _backend(load_settings(None, data_dir=data_dir, backend="proxmox"))
+    assert default.settings.allow_privileged is False
+    monkeypatch.setenv("ZLH_ALLOW_PRIVILEGED", "true")
+    allowed = _backend(load_settings(None, data_dir=data_dir, backend="proxmox"))
+    assert allowed.settings.allow_privileged is True

@@ -22,6 +22,7 @@ from zlh.api import accounts
 from zlh.api.db import Database
 from zlh.api.settings import ApiSettings, load_settings, parse_listen
 from zlh.cli import data_dir_from
+from zlh.datadir import PRIVATE_UMASK, prepare_data_dir
 from zlh.errors import UsageError, ZlhError
 from zlh.schemas import validation_problems
 
@@ -32,6 +33,7 @@ __all__ = [
     "cmd_user_disable",
     "cmd_user_list",
     "open_database",
+    "prepare_private",
     "serve",
     "settings_from",
 ]
@@ -59,6 +61,27 @@ def _server_settings(args: argparse.Namespace, **explicit: Any) -> ApiSettings:
     )
 
 
+def private_files(settings: ApiSettings) -> list[Path]:
+    """Secrets the settings may place outside the data dir: key files, a SQLite database."""
+    from sqlalchemy.engine import make_url
+
+    files = [settings.jwt_key_path, settings.agent_key_path]
+    url = make_url(settings.db_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        database = Path(url.database)
+        files += [database, *(database.with_name(database.name + s) for s in _SQLITE_SIDE)]
+    return files
+
+
+_SQLITE_SIDE = ("-wal", "-shm", "-journal")
+
+
+def prepare_private(settings: ApiSettings) -> None:
+    """Umask 077, the data dir 0700 and its files 0600 (docs: zlh.datadir), before anything
+    is written there."""
+    prepare_data_dir(settings.data_dir, private_files(settings))
+
+
 def _container_facing_url(settings: ApiSettings) -> str:
     host, port = parse_listen(settings.listen)
     if host in {"0.0.0.0", "::"}:
@@ -73,7 +96,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     from zlh.artifacts.server import ArtifactServer
 
     settings = _server_settings(args, store_dir=args.store)
+    os.umask(PRIVATE_UMASK)  # before the backend creates anything
     backend = _backend(settings)  # first: a backend that cannot run here leaves nothing behind
+    prepare_private(settings)
     store = settings.store_path
     store.mkdir(parents=True, exist_ok=True)
     app = create_app(
@@ -97,9 +122,12 @@ def cmd_api(args: argparse.Namespace) -> int:
             "zlh api needs an artifact server: --artifact-server URL or ZLH_ARTIFACT_SERVER_URL "
             "(or run `zlh up`, which has one built in)"
         )
+    os.umask(PRIVATE_UMASK)
+    backend = _backend(settings)
+    prepare_private(settings)
     app = create_app(
         settings,
-        _backend(settings),
+        backend,
         catalog=HttpCatalog(settings.artifact_server_url, cache_s=settings.catalog_cache_s),
         artifact_base_url=settings.artifact_url_for_containers or settings.artifact_server_url,
     )
@@ -135,7 +163,10 @@ class _Server(uvicorn.Server):
 def _backend(settings: ApiSettings) -> Any:
     from zlh.backends import create_backend  # type: ignore[attr-defined,unused-ignore]
 
-    return create_backend(settings.backend, data_dir=settings.data_dir)
+    options: dict[str, Any] = {}
+    if settings.backend in {"lxc", "proxmox"}:
+        options["allow_privileged"] = settings.allow_privileged
+    return create_backend(settings.backend, data_dir=settings.data_dir, **options)
 
 
 def _unix_socket(path: Path) -> socket.socket:
@@ -236,7 +267,9 @@ def _record_ide_open(services: Any, user_id: str, vmid: int) -> None:
 
 
 def _db(args: argparse.Namespace) -> Database:
-    return open_database(settings_from(args))
+    settings = settings_from(args)
+    prepare_private(settings)
+    return open_database(settings)
 
 
 def open_database(settings: ApiSettings) -> Database:

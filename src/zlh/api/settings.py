@@ -53,6 +53,13 @@ class ApiSettings(BaseSettings):
     backend: Literal["lxc", "process", "proxmox"] = Field(
         "lxc", description="container backend. Its own settings (Proxmox URL, token) are its own."
     )
+    allow_privileged: bool = Field(
+        False,
+        description="operator opt-in to privileged containers (container root = host root), "
+        "logged as a warning: lxc runs them privileged where user namespaces are unavailable; "
+        "proxmox accepts a clone template that is not unprivileged. New Proxmox CTs are always "
+        "created unprivileged.",
+    )
     listen: str = Field(
         "127.0.0.1:8780",
         description="public HOST:PORT: the front (zlh.proxy) listens here, serves the IDEs at "

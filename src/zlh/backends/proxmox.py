@@ -12,6 +12,10 @@ there as a comment line the template's boot unit moves to ``/etc/zlh/agent-token
 get no such parameter, so clone mode needs the secret delivered another way (see
 docs/operations.md); it is refused unless ``allow_clone_without_secret`` is set.
 
+Containers are unprivileged (container root is a subordinate uid on the node): created with
+``unprivileged=1``; a clone inherits the flag from its template, so a privileged template is
+refused unless ``allow_privileged`` is set (then used with a warning).
+
 proxmoxer and requests errors are translated into BackendError here, at the boundary.
 """
 
@@ -40,6 +44,10 @@ log = logging.getLogger(__name__)
 
 TAG = "zlh"
 NAME_PREFIX = "zlh-"
+# Unprivileged CTs only; nesting because the template boots systemd (252), whose service
+# sandboxing needs it in an unprivileged CT. For an unprivileged CT a token with VM.Allocate
+# may set nesting (any other feature flag is root@pam only).
+CT_FEATURES = "nesting=1"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +66,9 @@ class ProxmoxSettings:
     task_timeout_s: float = 300.0  # per Proxmox task (create, start, stop, destroy)
     request_timeout_s: float = 30.0  # per HTTP request
     allow_clone_without_secret: bool = False
+    # Accept a clone template that is not unprivileged (its clones would be privileged too);
+    # ApiSettings.allow_privileged (ZLH_ALLOW_PRIVILEGED). Created CTs are always unprivileged.
+    allow_privileged: bool = False
 
     def __post_init__(self) -> None:
         if (self.ostemplate is None) == (self.clone_from is None):
@@ -246,6 +257,7 @@ class ProxmoxBackend(BlockingBackend):
         if s.clone_from is not None:
             if not s.allow_clone_without_secret:
                 raise BackendError("clone mode cannot deliver the agent secret through the API")
+            self._check_clone_template(node, s.clone_from)
             upid = self._call(
                 "post",
                 f"nodes/{node}/lxc/{s.clone_from}/clone",
@@ -277,12 +289,31 @@ class ProxmoxBackend(BlockingBackend):
                 rootfs=f"{s.storage}:{r.disk_gb}",
                 net0=f"name=eth0,bridge={s.bridge},ip={s.ip},firewall=1",
                 unprivileged=1,
-                features="nesting=1",
+                features=CT_FEATURES,
                 tags=TAG,
                 **{"ssh-public-keys": f"# zlh-agent-token {spec.agent_secret}\n"},
             )
             self._wait_task(node, upid, what)
         return ContainerInfo(vmid=spec.vmid, state=ContainerState.STOPPED, node=node)
+
+    def _check_clone_template(self, node: str, template: int) -> None:
+        """Clones inherit ``unprivileged`` from their template (the clone call cannot set it):
+        a privileged template is refused unless the operator allowed privileged containers."""
+        config = self._call(
+            "get", f"nodes/{node}/lxc/{template}/config", f"reading template CT {template}"
+        )
+        if str(config.get("unprivileged", 0)) == "1":
+            return
+        message = (
+            f"template CT {template} is privileged, and so would be its clones (container root "
+            "= host root)"
+        )
+        if not self.settings.allow_privileged:
+            raise BackendError(
+                f"{message}; make an unprivileged template (pct restore --unprivileged 1 from a "
+                "backup of it, then pct template), or set allow_privileged to accept it"
+            )
+        log.warning("%s: accepted because allow_privileged is set", message)
 
     def _lifecycle(self, vmid: int, action: str, **params: Any) -> None:
         item = self._find(vmid)

@@ -12,7 +12,7 @@ from types import FrameType
 
 import httpx
 
-from zlh.api.commands import settings_from
+from zlh.api.commands import prepare_private, settings_from
 from zlh.api.settings import ApiSettings, parse_listen
 from zlh.cli import data_dir_from
 from zlh.demo.admin import Credentials, ensure_admin
@@ -43,9 +43,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from zlh.backends.lxc import require_lxc
 
         require_lxc()
-    data_dir.mkdir(parents=True, exist_ok=True)
     args.data_dir = data_dir  # resolved: it goes into zlh up's argv and LXC configs
     settings = settings_from(args, backend=args.backend, listen=args.listen)
+    prepare_private(settings)  # umask 077: the log, the password file, the database
     env = _container_facing(settings, host, port)
 
     say(f"== artifacts ({', '.join(ARTIFACTS)}) in {settings.store_path}")
