@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shlex
 import shutil
 import socket
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -150,6 +152,37 @@ def _template(host: Host) -> Iterator[Check]:
         yield Check("template", Outcome.OK, f"{template.name} is built")
 
 
+def _data_dir(host: Host) -> Iterator[Check]:
+    """The data dir holds password hashes, sessions and keys: nobody else may read it."""
+    from zlh.datadir import exposed
+
+    path = host.data_dir
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        yield Check("data dir", Outcome.OK, f"{path} does not exist yet (created 0700)")
+        return
+    except OSError as exc:
+        yield Check("data dir", Outcome.WARN, f"cannot read {path}: {exc.strerror}", "run as root")
+        return
+    found = exposed(path)
+    if not found:
+        yield Check("data dir", Outcome.OK, f"{path} is {mode:o}, its files are private")
+        return
+    dirs = [str(e.path) for e in found if e.is_dir]
+    files = [str(e.path) for e in found if not e.is_dir]
+    named = ", ".join(f"{e.path} ({stat.S_IMODE(e.mode):o})" for e in found)
+    fixes = [f"chmod o-rwx,g-rw {shlex.join(dirs)}"] if dirs else []
+    fixes += [f"chmod go-rwx {shlex.join(files)}"] if files else []
+    yield Check(
+        "data dir",
+        Outcome.FAIL,
+        f"{path} is {mode:o}; readable or listable by others (zlh up tightens them on start): "
+        f"{named}",
+        " && ".join(fixes),
+    )
+
+
 def _cgroup(host: Host) -> Iterator[Check]:
     if (host.cgroup_root / "cgroup.controllers").exists():
         controllers = (host.cgroup_root / "cgroup.controllers").read_text().split()
@@ -285,6 +318,7 @@ CHECKS: tuple[Callable[[Host], Iterator[Check]], ...] = (
     _lxc,
     _slots,
     _template,
+    _data_dir,
     _cgroup,
     _disk,
     _port,

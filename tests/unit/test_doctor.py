@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 from support import zlh
-from zlh.doctor import Host, Outcome, run_checks
+from zlh.doctor import Check, Host, Outcome, run_checks
 
 
 def _path_without_lxc(tmp_path: Path) -> str:
@@ -160,3 +161,38 @@ def test_doctor_reports_who_shares_the_host_and_fails_on_an_unreadable_slot_regi
     assert broken.outcome is Outcome.FAIL and str(registry) in broken.detail
     assert "move it away only when no zlh LXC container" in broken.fix
     assert [c for c in run_checks(replace(host, backend="process")) if c.name == "slots"] == []
+
+
+def _data_dir_check(data_dir: Path) -> list[Check]:
+    host = Host(data_dir=data_dir, store=data_dir, listen="127.0.0.1:0", backend="process")
+    return [c for c in run_checks(host) if c.name == "data dir"]
+
+
+def test_doctor_fails_on_a_data_dir_others_can_read_with_a_fix_that_works(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    data_dir.chmod(0o755)
+    for name, mode in (("zlh.db", 0o644), ("zlh-up.log", 0o640), ("jwt.key", 0o600)):
+        (data_dir / name).write_text("x")
+        (data_dir / name).chmod(mode)
+    [check] = _data_dir_check(data_dir)
+    assert check.outcome is Outcome.FAIL
+    assert f"{data_dir} is 755" in check.detail
+    assert f"{data_dir / 'zlh.db'} (644)" in check.detail
+    assert "zlh-up.log (640)" in check.detail and "jwt.key" not in check.detail
+    subprocess.run(["sh", "-c", check.fix], check=True)
+    [fixed] = _data_dir_check(data_dir)
+    assert fixed.outcome is Outcome.OK, fixed
+    assert (data_dir / "zlh.db").stat().st_mode & 0o777 == 0o600
+
+
+def test_doctor_accepts_a_private_data_dir_with_a_group_traverse_grant(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    data_dir.chmod(0o710)
+    (data_dir / "zlh.db").write_text("x")
+    (data_dir / "zlh.db").chmod(0o600)
+    [check] = _data_dir_check(data_dir)
+    assert check.outcome is Outcome.OK and "is 710" in check.detail
+    [missing] = _data_dir_check(tmp_path / "absent")
+    assert missing.outcome is Outcome.OK and "does not exist yet" in missing.detail
