@@ -3,7 +3,10 @@ re-pinned, reuse the cache for a fresh store, never clobber an imported artifact
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -207,3 +210,35 @@ def test_the_summary_says_what_was_downloaded_and_what_was_skipped(tmp_path: Pat
     run_build(TinyBuilder(), version=None, store=store, cache_dir=tmp_path / "c", log=lines.append)
     assert "built, downloaded nothing (all from the cache)" in lines[-2]
     assert lines[-1].startswith("runtime node 1: already built, skipped (runtime/node/1/")
+
+
+class PrivateTreeBuilder(TinyBuilder):
+    """Leaves the modes a umask of 077 gives: dirs 0700, an executable 0700, a file 0600."""
+
+    def assemble(self, recipe: Recipe, tree: Path, ctx: BuildContext) -> dict[str, str]:
+        labels = super().assemble(recipe, tree, ctx)
+        (tree / "bin" / "tiny").chmod(0o700)
+        (tree / "lib").mkdir()
+        (tree / "lib" / "data.txt").write_text("x")
+        return labels
+
+
+def test_a_build_under_umask_077_still_packs_world_readable_members(tmp_path: Path) -> None:
+    """`zlh up`/`zlh demo` run with umask 077; containers' users must still read runtimes."""
+    store = ArtifactStore(tmp_path / "store")
+    old = os.umask(0o077)
+    try:
+        build(PrivateTreeBuilder(), store, tmp_path / "cache")
+    finally:
+        os.umask(old)
+    path = store.artifact_path(ArtifactKind.RUNTIME, "node", "1")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # the artifact server's file
+    with tarfile.open(path) as tar:
+        modes = {member.name: member.mode for member in tar}
+    assert modes == {
+        "tiny-1.0.2": 0o755,
+        "tiny-1.0.2/bin": 0o755,
+        "tiny-1.0.2/bin/tiny": 0o755,
+        "tiny-1.0.2/lib": 0o755,
+        "tiny-1.0.2/lib/data.txt": 0o644,
+    }
