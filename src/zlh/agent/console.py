@@ -38,7 +38,7 @@ from pathlib import Path
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from zlh.agent.files import NotProvisioned
-from zlh.agent.runas import DevEnvironmentSource, DevIdentity
+from zlh.agent.runas import DevEnvironmentSource, DevIdentity, start_in_as_child
 from zlh.errors import ZlhError
 
 __all__ = ["Console", "ConsoleRoutes", "setup_console_routes"]
@@ -117,15 +117,15 @@ class Console:
                 os.fchown(slave, identity.uid, -1)
                 who = {"user": identity.uid, "group": identity.gid}
                 who["extra_groups"] = list(identity.groups)
+            argv, cwd = start_in_as_child(
+                (setsid, "--ctty", identity.shell, "-l"), workspace, identity
+            )
             process = await asyncio.create_subprocess_exec(
-                setsid,
-                "--ctty",
-                identity.shell,
-                "-l",
+                *argv,
                 stdin=slave,
                 stdout=slave,
                 stderr=slave,
-                cwd=workspace,
+                cwd=cwd,
                 env=dict(env),
                 **who,  # type: ignore[arg-type]
             )

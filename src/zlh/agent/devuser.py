@@ -11,11 +11,15 @@ neither reads ``<root>/etc/profile.d`` nor keeps the PATH it was given (Debian's
 a login shell there -- the console's, and the one code-server runs to resolve its terminals'
 environment -- would find the host's ``node`` rather than the runtime. The dev home's
 ``.profile`` sources the runtimes' profile script to close that gap (:func:`_source_runtimes`).
+
+Everything below the home is dev's and may be booby-trapped: the workspace and ``.profile`` are
+made as dev, without following links, through :mod:`zlh.agent.devhome`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import pwd
 import shlex
@@ -23,12 +27,18 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from zlh.agent.errors import DevUserError
+from zlh.agent.devhome import DevHome, as_dev, make_home
+from zlh.agent.errors import DevUserError, UnsafeDevHome
 from zlh.agent.paths import Layout
 from zlh.agent.runas import DevIdentity
 from zlh.schemas import DevUser
 
-__all__ = ["DevEnvironment", "creates_system_user", "ensure_dev_environment"]
+__all__ = [
+    "DevEnvironment",
+    "creates_system_user",
+    "ensure_dev_environment",
+    "prepare_dev_home",
+]
 
 
 def creates_system_user(layout: Layout, euid: int) -> bool:
@@ -48,46 +58,25 @@ class DevEnvironment:
     def is_system_user(self) -> bool:
         return not self.identity.is_current
 
-    def own(self, *paths: Path) -> None:
-        """Give ``paths`` to the dev user (a no-op when dev is the current user)."""
-        if self.is_system_user:
-            for path in paths:
-                os.chown(path, self.identity.uid, self.identity.gid)
-
-    def make_dirs(self, *paths: Path) -> None:
-        """Create each path and its missing parents below home, all owned by dev."""
-        for path in paths:
-            missing = []
-            probe = path
-            while not probe.exists() and probe != self.home.parent:
-                missing.append(probe)
-                probe = probe.parent
-            path.mkdir(parents=True, exist_ok=True)
-            self.own(*missing)
-
 
 _PROFILE_MARK = "# zlh-agent: the active runtimes on PATH"
 
 
-def _source_runtimes(layout: Layout, env: DevEnvironment) -> None:
+def _source_runtimes(layout: Layout, home: DevHome) -> None:
     """Make the dev home's ``.profile`` source ``<root>/etc/profile.d/zlh-runtimes.sh``.
 
     Appended once (under a marker line) to whatever ``.profile`` already holds; bash reads
     ``.profile`` for login shells when there is no ``.bash_profile``, which the agent never
     writes.
     """
-    profile = env.home / ".profile"
-    try:
-        current = profile.read_text()
-    except FileNotFoundError:
-        current = ""
-    if _PROFILE_MARK in current:
+    profile = home.home / ".profile"
+    current = home.read_bytes(profile) or b""
+    if _PROFILE_MARK.encode() in current:
         return
     script = shlex.quote(str(layout.profile_script))
-    block = f"{_PROFILE_MARK}\nif [ -r {script} ]; then . {script}; fi\n"
-    separator = "\n" if current and not current.endswith("\n") else ""
-    profile.write_text(current + separator + block)
-    env.own(profile)
+    block = f"{_PROFILE_MARK}\nif [ -r {script} ]; then . {script}; fi\n".encode()
+    separator = b"\n" if current and not current.endswith(b"\n") else b""
+    home.write_bytes(profile, current + separator + block)
 
 
 def _passwd(name: str) -> pwd.struct_passwd | None:
@@ -131,25 +120,50 @@ def _run(argv: list[str]) -> str:
     return "" if proc.returncode == 0 else (proc.stderr.strip() or f"exit {proc.returncode}")
 
 
-def _ensure(layout: Layout, spec: DevUser) -> DevEnvironment:
+def _identify(layout: Layout, spec: DevUser) -> DevEnvironment:
     home = layout.path(spec.home)
     if creates_system_user(layout, os.geteuid()):
         identity = _create_user(spec)
     else:
         identity = DevIdentity.current(home=home)
-    env = DevEnvironment(spec.name, identity, home, layout.path(spec.workspace))
+    return DevEnvironment(spec.name, identity, home, layout.path(spec.workspace))
+
+
+def _make_home(env: DevEnvironment) -> None:
     try:
-        env.make_dirs(env.home, env.workspace)
+        make_home(env.home, env.identity)
     except OSError as exc:
-        raise DevUserError(f"cannot create {env.workspace}: {exc.strerror}") from exc
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafeDevHome(
+                f"refusing to work in the dev home: {env.home} is not a directory "
+                "(the agent does not follow links)"
+            ) from exc
+        raise DevUserError(f"cannot create {env.home}: {exc.strerror}") from exc
+
+
+def _fill_home(layout: Layout, env: DevEnvironment) -> None:
+    """As dev: the workspace, and (beneath a scratch root) ``.profile``."""
+    home = DevHome(env.home)
+    home.make_dirs(env.workspace)
     if not layout.is_real_root:
-        try:
-            _source_runtimes(layout, env)
-        except OSError as exc:
-            raise DevUserError(f"cannot write {env.home / '.profile'}: {exc.strerror}") from exc
-    return env
+        _source_runtimes(layout, home)
+
+
+async def prepare_dev_home(layout: Layout, env: DevEnvironment) -> None:
+    """Create ``env``'s home if missing, then its workspace and ``.profile`` as dev.
+
+    Raises :class:`~zlh.agent.errors.UnsafeDevHome` naming the path when something dev planted
+    (a symlink, a hard link, a FIFO) is in the way; nothing outside the home is touched.
+    """
+    await asyncio.to_thread(_make_home, env)
+    try:
+        await as_dev(env.identity, _fill_home, layout, env)
+    except OSError as exc:
+        raise DevUserError(f"cannot prepare {env.home} as {env.name}: {exc}") from exc
 
 
 async def ensure_dev_environment(layout: Layout, spec: DevUser) -> DevEnvironment:
     """Create (or find) the dev user, their home and workspace. Idempotent."""
-    return await asyncio.to_thread(_ensure, layout, spec)
+    env = await asyncio.to_thread(_identify, layout, spec)
+    await prepare_dev_home(layout, env)
+    return env

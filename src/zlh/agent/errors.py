@@ -11,6 +11,7 @@
           │    └── UnsafeArchive         a member would escape or subvert the target
           ├── InstallError          500  verification or the final rename failed
           ├── DevUserError          500  the dev user or workspace could not be set up
+          │    └── UnsafeDevHome         something planted in the dev home is in the agent's way
           ├── AddonError            500  an addon failed to configure, start or stay up
           ├── NotFound              404
           └── Conflict              409
@@ -34,6 +35,7 @@ __all__ = [
     "NotFound",
     "SizeMismatch",
     "UnsafeArchive",
+    "UnsafeDevHome",
 ]
 
 
@@ -69,6 +71,12 @@ class InstallError(AgentError):
 
 class DevUserError(AgentError):
     code = "dev-user-failed"
+
+
+class UnsafeDevHome(DevUserError):
+    """A symlink, hard link, FIFO or non-directory where the agent works in the dev home."""
+
+    code = "unsafe-dev-home"
 
 
 class AddonError(AgentError):

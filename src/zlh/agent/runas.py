@@ -22,19 +22,26 @@ import functools
 import os
 import platform
 import pwd
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-__all__ = ["DevEnvironmentSource", "DevIdentity", "DevTarget", "FsRunner"]
+__all__ = [
+    "DevEnvironmentSource",
+    "DevIdentity",
+    "DevTarget",
+    "FsRunner",
+    "start_in_as_child",
+]
 
 T = TypeVar("T")
 
 # setgroups(2) by architecture; an unknown one fails closed (the pool refuses to start work).
 _SYS_SETGROUPS = {"x86_64": 116, "aarch64": 159, "riscv64": 159, "ppc64le": 81, "s390x": 206}
 _UNCHANGED = 0xFFFFFFFF  # setfsuid(-1) changes nothing and returns the current fsuid
+_CD_THEN_EXEC = 'cd -- "$1" && shift && exec "$@"'
 
 
 @dataclass(frozen=True)
@@ -142,3 +149,18 @@ class FsRunner:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def start_in_as_child(
+    argv: Sequence[str], cwd: Path | None, user: DevIdentity | None
+) -> tuple[list[str], Path | None]:
+    """The ``argv`` and ``cwd=`` to spawn a child that runs as ``user`` and starts in ``cwd``.
+
+    ``subprocess`` changes directory *before* it drops root, so a ``cwd`` below the dev home
+    (the workspace, which dev may have swapped for a link to a directory only root can reach)
+    would be resolved by root. For another user the ``cd`` moves into the child, after exec, as
+    that user: ``/bin/sh -c 'cd -- "$1" && shift && exec "$@"'``, same pid.
+    """
+    if cwd is None or user is None or user.is_current:
+        return list(argv), cwd
+    return ["/bin/sh", "-c", _CD_THEN_EXEC, "sh", str(cwd), *argv], None

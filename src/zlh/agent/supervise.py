@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zlh.agent.runas import DevIdentity
+from zlh.agent.runas import DevIdentity, start_in_as_child
 
 __all__ = ["ProcessSpec", "Supervisor", "as_user", "run_once"]
 
@@ -184,14 +184,15 @@ class Supervisor:
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        argv, cwd = start_in_as_child(self.spec.argv, self.spec.cwd, self.spec.user)
         with self.log_file.open("ab") as out:
             proc = await asyncio.create_subprocess_exec(
-                *self.spec.argv,
+                *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
                 env=self.spec.env,
-                cwd=self.spec.cwd,
+                cwd=cwd,
                 start_new_session=True,
                 **as_user(self.spec.user),
             )

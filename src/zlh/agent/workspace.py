@@ -43,7 +43,7 @@ import shutil
 import stat
 import unicodedata
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,15 +214,15 @@ def _check_name(raw: str, name: str) -> None:
             raise _refuse(raw, f"{name!r} hides {form!r} (encoded or a lookalike)")
 
 
-def _translate(exc: OSError, rel: RelPath, doing: str) -> WorkspaceError:
-    where = rel.display
+def _translate(exc: OSError, where: str, doing: str) -> WorkspaceError:
+    """``exc`` as the :class:`WorkspaceError` a person can act on; ``where`` names the path."""
     table: dict[int, WorkspaceError] = {
         errno.ENOENT: NotFound(f"{where} does not exist"),
         errno.EEXIST: Conflict(f"{where} already exists"),
         errno.ENOTEMPTY: Conflict(f"{where} is not empty; pass recursive=true to delete it"),
         errno.EISDIR: Conflict(f"{where} is a directory"),
         errno.ENOTDIR: BadPath(f"a component of {where} is not a directory"),
-        errno.ELOOP: BadPath(f"{where} is a symbolic link; the file browser does not follow links"),
+        errno.ELOOP: _symlink(where),
         errno.EACCES: Forbidden(f"the dev user may not {doing} {where}"),
         errno.EPERM: Forbidden(f"the dev user may not {doing} {where}"),
         errno.ENAMETOOLONG: BadPath(f"{where} is too long"),
@@ -233,6 +233,13 @@ def _translate(exc: OSError, rel: RelPath, doing: str) -> WorkspaceError:
     }
     known = table.get(exc.errno or 0)
     return known or WorkspaceError(f"{doing} {where} failed: {exc.strerror or exc}")
+
+
+def _symlink(where: str) -> BadPath:
+    return BadPath(f"{where} is a symbolic link; the agent does not follow links", reason="symlink")
+
+
+Translate = Callable[[OSError, RelPath, str], WorkspaceError]
 
 
 def _rename_noreplace(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
@@ -255,8 +262,11 @@ def _rename_noreplace(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
 class Upload:
     """A file being written: a hidden temp file in the target directory, renamed on commit."""
 
-    def __init__(self, parent_fd: int, rel: RelPath, *, overwrite: bool) -> None:
+    def __init__(
+        self, parent_fd: int, rel: RelPath, *, overwrite: bool, translate: Translate
+    ) -> None:
         self.rel = rel
+        self._translate = translate
         self.size = 0
         self._parent = parent_fd
         self._overwrite = overwrite
@@ -265,7 +275,7 @@ class Upload:
             self._fd = os.open(self._temp, _TEMP, 0o644, dir_fd=parent_fd)
         except OSError as exc:
             os.close(parent_fd)
-            raise _translate(exc, rel, "upload to") from exc
+            raise translate(exc, rel, "upload to") from exc
         self._open = True
 
     def write(self, data: bytes) -> None:
@@ -275,7 +285,7 @@ class Upload:
                 view = view[os.write(self._fd, view) :]
         except OSError as exc:
             self.abort()
-            raise _translate(exc, self.rel, "write") from exc
+            raise self._translate(exc, self.rel, "write") from exc
         self.size += len(data)
 
     def commit(self) -> None:
@@ -297,7 +307,7 @@ class Upload:
                 os.close(dir_fd)
         except OSError as exc:
             self.abort()
-            raise _translate(exc, self.rel, "upload to") from exc
+            raise self._translate(exc, self.rel, "upload to") from exc
         self._close()
 
     def abort(self) -> None:
@@ -318,12 +328,24 @@ class Upload:
 
 
 class Workspace:
-    """The workspace root and every operation below it, confined as the module doc explains."""
+    """The workspace root and every operation below it, confined as the module doc explains.
 
-    def __init__(self, root: Path) -> None:
+    ``label`` is how messages name the root: ``workspace/`` for the file browser's clients, the
+    absolute path (``/home/dev/``) where the agent itself works below a dev-writable directory.
+    """
+
+    def __init__(self, root: Path, *, label: str = DISPLAY_ROOT) -> None:
         if not root.is_absolute():
             raise ValueError(f"workspace root must be absolute, got {root}")
         self.root = root
+        self.label = label
+
+    def show(self, rel: RelPath) -> str:
+        """``rel`` as messages name it."""
+        return self.label + rel.text
+
+    def _translate(self, exc: OSError, rel: RelPath, doing: str) -> WorkspaceError:
+        return _translate(exc, self.show(rel), doing)
 
     # -- walking -------------------------------------------------------------------------------
 
@@ -331,12 +353,12 @@ class Workspace:
         try:
             return os.open(self.root, _WALK)
         except FileNotFoundError:
-            raise NotFound("workspace/ does not exist yet") from None
+            raise NotFound(f"{self.label} does not exist yet") from None
         except OSError as exc:
             if exc.errno in (errno.ENOTDIR, errno.ELOOP):
-                message = "workspace/ is not a directory (symbolic links are not followed)"
+                message = f"{self.label} is not a directory (symbolic links are not followed)"
                 raise Conflict(message) from exc
-            raise _translate(exc, RelPath(), "open") from exc
+            raise self._translate(exc, RelPath(), "open") from exc
 
     def _open_dir(self, rel: RelPath, *, create: bool = False) -> int:
         """An ``O_PATH`` descriptor of directory ``rel``, walked without following symlinks."""
@@ -373,12 +395,9 @@ class Workspace:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             with contextlib.suppress(OSError):
                 if stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
-                    return BadPath(
-                        f"{rel.display} is a symbolic link; the file browser does not follow links",
-                        reason="symlink",
-                    )
-                return BadPath(f"{rel.display} is not a directory")
-        return _translate(exc, rel, doing)
+                    return _symlink(self.show(rel))
+                return BadPath(f"{self.show(rel)} is not a directory")
+        return self._translate(exc, rel, doing)
 
     def _open_final(self, rel: RelPath, flags: int, doing: str) -> int:
         if rel.is_root:
@@ -386,21 +405,20 @@ class Workspace:
                 try:
                     return os.open(".", flags | os.O_CLOEXEC, dir_fd=fd)
                 except OSError as exc:
-                    raise _translate(exc, rel, doing) from exc
+                    raise self._translate(exc, rel, doing) from exc
         with self._dir(rel.parent) as parent:
             try:
                 return os.open(rel.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
             except OSError as exc:
                 raise self._explain(parent, rel.name, rel, exc, doing) from exc
 
-    @staticmethod
-    def _mkdir_at(dir_fd: int, name: str, rel: RelPath) -> None:
+    def _mkdir_at(self, dir_fd: int, name: str, rel: RelPath) -> None:
         try:
             os.mkdir(name, 0o755, dir_fd=dir_fd)
         except FileExistsError:
             raise
         except OSError as exc:
-            raise _translate(exc, rel, "create") from exc
+            raise self._translate(exc, rel, "create") from exc
 
     # -- operations ----------------------------------------------------------------------------
 
@@ -410,7 +428,7 @@ class Workspace:
             entries = [e for name in sorted(os.listdir(fd)) if (e := self._entry(fd, rel, name))]
         finally:
             os.close(fd)
-        return DirListing(path=rel.text, display=rel.display, entries=entries)
+        return DirListing(path=rel.text, display=self.show(rel), entries=entries)
 
     def _entry(self, dir_fd: int, rel: RelPath, name: str) -> FileEntry | None:
         try:
@@ -457,13 +475,30 @@ class Workspace:
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             if stat.S_ISDIR(st.st_mode):
-                raise BadPath(f"{rel.display} is a directory; list it with GET /files")
-            raise BadPath(f"{rel.display} is not a regular file")
+                raise BadPath(f"{self.show(rel)} is a directory; list it with GET /files")
+            raise BadPath(f"{self.show(rel)} is not a regular file")
         return fd, st.st_size
+
+    def lstat(self, rel: RelPath) -> os.stat_result | None:
+        """What ``rel`` itself is (a link is not followed), or None if nothing has that name."""
+        try:
+            parent = self._open_dir(rel.parent)
+        except NotFound:
+            return None
+        try:
+            if rel.is_root:
+                return os.fstat(parent)
+            return os.stat(rel.name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._translate(exc, rel, "inspect") from exc
+        finally:
+            os.close(parent)
 
     def begin_upload(self, rel: RelPath, *, overwrite: bool) -> Upload:
         if rel.is_root:
-            raise Conflict("workspace/ is a directory")
+            raise Conflict(f"{self.label} is a directory")
         parent = self._open_dir(rel.parent)
         try:
             st = os.stat(rel.name, dir_fd=parent, follow_symlinks=False)
@@ -471,47 +506,48 @@ class Workspace:
             pass
         except OSError as exc:
             os.close(parent)
-            raise _translate(exc, rel, "upload to") from exc
+            raise self._translate(exc, rel, "upload to") from exc
         else:
             if stat.S_ISDIR(st.st_mode) or not overwrite:
                 os.close(parent)
                 what = "is a directory" if stat.S_ISDIR(st.st_mode) else "already exists"
-                raise Conflict(f"{rel.display} {what}")
-        return Upload(parent, rel, overwrite=overwrite)
+                raise Conflict(f"{self.show(rel)} {what}")
+        return Upload(parent, rel, overwrite=overwrite, translate=self._translate)
 
     def mkdir(self, rel: RelPath, *, parents: bool) -> None:
         if parents:
             os.close(self._open_dir(rel, create=True))
             return
         if rel.is_root:
-            raise Conflict("workspace/ already exists")
+            raise Conflict(f"{self.label} already exists")
         with self._dir(rel.parent) as parent:
             try:
                 self._mkdir_at(parent, rel.name, rel)
             except FileExistsError:
-                raise Conflict(f"{rel.display} already exists") from None
+                raise Conflict(f"{self.show(rel)} already exists") from None
 
     def move(self, source: RelPath, destination: RelPath, *, overwrite: bool) -> None:
         if source.is_root or destination.is_root:
-            raise BadPath("workspace/ itself cannot be moved or replaced")
+            raise BadPath(f"{self.label} itself cannot be moved or replaced")
         if source.contains(destination):
-            raise BadPath(f"cannot move {source.display} into itself ({destination.display})")
+            moved, into = self.show(source), self.show(destination)
+            raise BadPath(f"cannot move {moved} into itself ({into})")
         with self._dir(source.parent) as src, self._dir(destination.parent) as dst:
             try:
                 os.stat(source.name, dir_fd=src, follow_symlinks=False)
             except OSError as exc:
-                raise _translate(exc, source, "move") from exc
+                raise self._translate(exc, source, "move") from exc
             try:
                 if overwrite:
                     os.rename(source.name, destination.name, src_dir_fd=src, dst_dir_fd=dst)
                 else:
                     _rename_noreplace(src, source.name, dst, destination.name)
             except OSError as exc:
-                raise _translate(exc, destination, "move to") from exc
+                raise self._translate(exc, destination, "move to") from exc
 
     def delete(self, rel: RelPath, *, recursive: bool) -> None:
         if rel.is_root:
-            raise BadPath("workspace/ itself cannot be deleted")
+            raise BadPath(f"{self.label} itself cannot be deleted")
         with self._dir(rel.parent) as parent:
             try:
                 st = os.stat(rel.name, dir_fd=parent, follow_symlinks=False)
@@ -522,7 +558,7 @@ class Workspace:
                 else:
                     os.rmdir(rel.name, dir_fd=parent)
             except OSError as exc:
-                raise _translate(exc, rel, "delete") from exc
+                raise self._translate(exc, rel, "delete") from exc
 
 
 def _entry_type(mode: int) -> EntryType:

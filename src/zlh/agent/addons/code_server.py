@@ -3,7 +3,8 @@
 Launched the way the spec's observed process shows, ``<dir>/lib/node <dir> --bind-addr
 <host>:<port> --auth none <workspace>``, plus ``--disable-telemetry --disable-update-check
 --disable-workspace-trust`` (without the last, the terminal waits on a trust dialog) and its own
-``XDG_*`` dirs in the dev user's home. ``--base-path`` is passed only if the installed version's
+``XDG_*`` dirs in the dev user's home, which it writes as dev without following links
+(:mod:`zlh.agent.devhome`). ``--base-path`` is passed only if the installed version's
 ``--help`` lists it: code-server 4.x rejects it and builds URLs relative to the request path, so
 the platform's front strips the prefix instead (DESIGN.md).
 
@@ -21,6 +22,7 @@ import time
 from urllib.parse import quote
 
 from zlh.agent.addons.base import Addon, AddonContext
+from zlh.agent.devhome import DevHome, as_dev
 from zlh.agent.errors import AddonError
 from zlh.agent.supervise import ProcessSpec, Supervisor, run_once
 from zlh.schemas import AddonHealth, CodeServerAddon
@@ -72,24 +74,30 @@ class CodeServer(Addon[CodeServerAddon]):
         return "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
 
     async def configure(self) -> None:
-        await asyncio.to_thread(self._write_config)
+        await as_dev(self.ctx.dev.identity, self._write_config)
         self._base_path_supported = await self._supports_base_path()
 
     def _write_config(self) -> None:
-        dev = self.ctx.dev
-        dev.make_dirs(*self.xdg.values(), self.config_file.parent, self.settings_file.parent)
-        self.config_file.write_text(
+        """As dev (:func:`as_dev`): config.yaml, and settings.json merged with USER_SETTINGS."""
+        home = DevHome(self.ctx.dev.home)
+        home.make_dirs(*self.xdg.values(), self.config_file.parent, self.settings_file.parent)
+        home.write_bytes(
+            self.config_file,
             f"bind-addr: {self.ctx.config.bind_host}:{self.port}\n"
             "auth: none\ncert: false\ndisable-telemetry: true\ndisable-update-check: true\n"
-            "disable-workspace-trust: true\n"
+            "disable-workspace-trust: true\n".encode(),
         )
+        settings = {**self._user_settings(home), **USER_SETTINGS}
+        home.write_bytes(self.settings_file, (json.dumps(settings, indent=2) + "\n").encode())
+
+    def _user_settings(self, home: DevHome) -> dict[str, object]:
+        """What settings.json holds now; nothing if it is missing or not a JSON object."""
+        raw = home.read_bytes(self.settings_file)
         try:
-            current = json.loads(self.settings_file.read_text())
-        except (OSError, ValueError):
-            current = {}
-        settings = {**(current if isinstance(current, dict) else {}), **USER_SETTINGS}
-        self.settings_file.write_text(json.dumps(settings, indent=2) + "\n")
-        dev.own(self.config_file, self.settings_file)
+            current = json.loads(raw) if raw else {}
+        except ValueError:
+            return {}
+        return current if isinstance(current, dict) else {}
 
     async def _supports_base_path(self) -> bool:
         """Whether ``--help`` lists ``--base-path``; remembered per installed digest."""
