@@ -55,6 +55,8 @@ class Host:
     # the head scanner, which Cython compiles).
     front_modules: tuple[str, ...] = ("zlh.proxy.front", "zlh.proxy.relay", "zlh.proxy.scan")
     slot_registry: Path | None = None  # the host's LXC slot registry (lxc_slots.REGISTRY)
+    security_root: Path = Path("/sys/kernel/security")  # LSMs (AppArmor) show up here
+    seccomp_profile: Path = Path("/usr/share/lxc/config/common.seccomp")
 
 
 def _root(host: Host) -> Iterator[Check]:
@@ -150,6 +152,87 @@ def _template(host: Host) -> Iterator[Check]:
         )
     else:
         yield Check("template", Outcome.OK, f"{template.name} is built")
+
+
+def _unprivileged(host: Host) -> Iterator[Check]:
+    """Container root is not host root: user namespaces, the id range, template and clones."""
+    if host.backend != "lxc":
+        return
+    from zlh.backends.lxc_idmap import (
+        COUNT,
+        OWNER,
+        SUBGID,
+        SUBUID,
+        IdMap,
+        SubIdFile,
+        userns_problem,
+    )
+    from zlh.backends.template import TEMPLATE_PREFIX, current_template
+
+    problem = userns_problem()
+    if problem is not None:
+        yield Check(
+            "unprivileged",
+            Outcome.FAIL,
+            f"containers cannot run unprivileged: {problem}",
+            "enable user namespaces; only if every customer is trusted: zlh up "
+            "--allow-privileged (container root is then host root)",
+        )
+    else:
+        uid = SubIdFile(SUBUID, "").owned(OWNER, COUNT)
+        gid = SubIdFile(SUBGID, "").owned(OWNER, COUNT)
+        where = (
+            IdMap(uid, gid).label + f" ({OWNER}'s range in {SUBUID}, {SUBGID})"
+            if uid is not None and gid is not None
+            else f"a range for {OWNER} is added to {SUBUID} and {SUBGID} on first use"
+        )
+        yield Check("unprivileged", Outcome.OK, f"containers run unprivileged: {where}")
+    lxcpath = host.data_dir / "lxc"
+    template = current_template(lxcpath)
+    if template is not None and IdMap.from_config(template.config.read_text()) is None:
+        yield Check(
+            "template mode",
+            Outcome.FAIL if problem is None else Outcome.WARN,
+            f"{template.name} is a privileged template: new containers would be privileged",
+            f"zlh template build --data-dir {host.data_dir}",
+        )
+    privileged = sorted(
+        config.parent.name
+        for config in lxcpath.glob("*/config")
+        if not config.parent.name.startswith(TEMPLATE_PREFIX)
+        and IdMap.from_config(config.read_text(errors="replace")) is None
+    )
+    if privileged:
+        yield Check(
+            "privileged",
+            Outcome.WARN,
+            f"privileged (container root = host root): {', '.join(privileged)}",
+            "zlh up makes containers unprivileged on start (running ones are restarted); "
+            "a privileged template is replaced by zlh template build",
+        )
+
+
+def _confinement(host: Host) -> Iterator[Check]:
+    """The kernel's other walls around a container: an LSM profile and a seccomp filter."""
+    if host.backend != "lxc":
+        return
+    if (host.security_root / "apparmor").exists():
+        yield Check("apparmor", Outcome.OK, "AppArmor: containers get LXC's generated profile")
+    else:
+        yield Check(
+            "apparmor",
+            Outcome.OK,
+            "no AppArmor on this host: containers are held by their user namespace and seccomp",
+        )
+    if host.seccomp_profile.is_file():
+        yield Check("seccomp", Outcome.OK, f"LXC's {host.seccomp_profile.name} filter applies")
+    else:
+        yield Check(
+            "seccomp",
+            Outcome.WARN,
+            f"{host.seccomp_profile} is missing: containers start without a seccomp filter",
+            "apt-get install --reinstall lxc",
+        )
 
 
 def _data_dir(host: Host) -> Iterator[Check]:
@@ -318,6 +401,8 @@ CHECKS: tuple[Callable[[Host], Iterator[Check]], ...] = (
     _lxc,
     _slots,
     _template,
+    _unprivileged,
+    _confinement,
     _data_dir,
     _cgroup,
     _disk,

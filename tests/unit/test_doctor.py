@@ -196,3 +196,53 @@ def test_doctor_accepts_a_private_data_dir_with_a_group_traverse_grant(tmp_path:
     assert check.outcome is Outcome.OK and "is 710" in check.detail
     [missing] = _data_dir_check(tmp_path / "absent")
     assert missing.outcome is Outcome.OK and "does not exist yet" in missing.detail
+
+
+def _lxc_host(tmp_path: Path) -> Host:
+    return Host(data_dir=tmp_path, store=tmp_path, listen="127.0.0.1:0", backend="lxc")
+
+
+def _by_name(checks: list[Check]) -> dict[str, Check]:
+    return {check.name: check for check in checks}
+
+
+def test_doctor_reports_unprivileged_mode_the_id_range_and_privileged_leftovers(
+    tmp_path: Path,
+) -> None:
+    lxcpath = tmp_path / "lxc"
+    template = lxcpath / "zlh-template-0123456789abcdef"
+    template.mkdir(parents=True)
+    (template / "config").write_text("lxc.uts.name = zlh-template\n")  # no lxc.idmap
+    (lxcpath / "zlh-template.current").write_text("0123456789abcdef\n")
+    (lxcpath / "zlh-101").mkdir()
+    (lxcpath / "zlh-101" / "config").write_text("lxc.uts.name = zlh-101\n")
+    (lxcpath / "zlh-102").mkdir()
+    (lxcpath / "zlh-102" / "config").write_text(
+        "lxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 65536\n"
+    )
+    checks = _by_name(run_checks(_lxc_host(tmp_path)))
+
+    assert checks["unprivileged"].outcome is Outcome.OK  # this host has user namespaces
+    assert "containers run unprivileged" in checks["unprivileged"].detail
+    assert checks["template mode"].outcome is Outcome.FAIL
+    assert f"zlh template build --data-dir {tmp_path}" in checks["template mode"].fix
+    assert checks["privileged"].outcome is Outcome.WARN
+    assert "zlh-101" in checks["privileged"].detail
+    assert "zlh-102" not in checks["privileged"].detail
+
+    (template / "config").write_text("lxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 65536\n")
+    (lxcpath / "zlh-101" / "config").unlink()
+    checks = _by_name(run_checks(_lxc_host(tmp_path)))
+    assert "template mode" not in checks and "privileged" not in checks
+
+
+def test_doctor_names_the_lsm_and_a_missing_seccomp_profile(tmp_path: Path) -> None:
+    security = tmp_path / "security"
+    (security / "apparmor").mkdir(parents=True)
+    host = replace(
+        _lxc_host(tmp_path), security_root=security, seccomp_profile=tmp_path / "none.seccomp"
+    )
+    checks = _by_name(run_checks(host))
+    assert "AppArmor: containers get LXC's generated profile" in checks["apparmor"].detail
+    assert checks["seccomp"].outcome is Outcome.WARN
+    assert "without a seccomp filter" in checks["seccomp"].detail
