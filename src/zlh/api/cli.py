@@ -34,6 +34,14 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
         help="also serve on this unix socket, for the public front (env ZLH_UNIX_SOCKET)",
     )
     parser.add_argument(
+        "--allow-privileged",
+        action="store_const",
+        const=True,
+        default=None,
+        help="lxc: on a host without user namespaces, run privileged containers instead of "
+        "refusing (container root = host root; env ZLH_ALLOW_PRIVILEGED)",
+    )
+    parser.add_argument(
         "--config",
         type=Path,
         default=None,

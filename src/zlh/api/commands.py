@@ -57,7 +57,12 @@ def settings_from(args: argparse.Namespace, **explicit: Any) -> ApiSettings:
 
 def _server_settings(args: argparse.Namespace, **explicit: Any) -> ApiSettings:
     return settings_from(
-        args, backend=args.backend, listen=args.listen, unix_socket=args.unix_socket, **explicit
+        args,
+        backend=args.backend,
+        listen=args.listen,
+        unix_socket=args.unix_socket,
+        allow_privileged=args.allow_privileged,
+        **explicit,
     )
 
 

@@ -30,6 +30,14 @@ def register(commands: Any) -> None:
         "containers fetch artifacts here, so it must include the bridge address)",
     )
     demo.add_argument(
+        "--allow-privileged",
+        action="store_const",
+        const=True,
+        default=None,
+        help="lxc on a host without user namespaces: privileged containers instead of a refusal "
+        "(container root = host root)",
+    )
+    demo.add_argument(
         "--cache-dir",
         type=Path,
         default=None,

@@ -44,7 +44,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         require_lxc()
     args.data_dir = data_dir  # resolved: it goes into zlh up's argv and LXC configs
-    settings = settings_from(args, backend=args.backend, listen=args.listen)
+    settings = settings_from(
+        args, backend=args.backend, listen=args.listen, allow_privileged=args.allow_privileged
+    )
     prepare_private(settings)  # umask 077: the log, the password file, the database
     env = _container_facing(settings, host, port)
 
@@ -52,14 +54,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _build_artifacts(settings.store_path, args.cache_dir or data_dir / "cache")
     if args.backend == "lxc":
         say("== LXC template")
+        from zlh.backends.lxc_idmap import container_idmap
         from zlh.backends.template import build_template
 
-        template, built = build_template(data_dir)
+        idmap = container_idmap(allow_privileged=settings.allow_privileged)
+        template, built = build_template(data_dir, idmap=idmap)
         say(f"{'built' if built else 'up to date'}: {template.name}")
     credentials = ensure_admin(settings)
     say(f"== admin account {credentials.username!r} {'created' if credentials.created else 'ok'}")
 
     argv = ["up", "--backend", args.backend, "--data-dir", str(data_dir), "--listen", args.listen]
+    if settings.allow_privileged:
+        argv.append("--allow-privileged")
     local = "127.0.0.1" if host in _WILDCARDS else host
     base_url = f"http://{f'[{local}]' if ':' in local else local}:{port}"
     say(f"== starting zlh up on {args.listen} (log: {data_dir / UP_LOG})")
