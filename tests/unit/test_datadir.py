@@ -138,3 +138,21 @@ def test_prepare_creates_the_data_dir_0700_and_what_is_written_afterwards_is_060
     assert mode(data_dir) == 0o700
     assert mode(data_dir / "zlh-up.log") == 0o600
     assert mode(data_dir / "run") == 0o700
+
+
+def test_a_zlh_up_that_cannot_start_its_backend_leaves_the_umask_and_the_data_dir_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zlh.cli import main
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # the lxc backend refuses to start
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o755)
+    data_dir.chmod(0o755)
+    before = os.umask(0o022)
+    try:
+        assert main(["up", "--data-dir", str(data_dir), "--listen", "127.0.0.1:1"]) == 1
+        assert os.umask(0o022) == 0o022
+    finally:
+        os.umask(before)
+    assert mode(data_dir) == 0o755

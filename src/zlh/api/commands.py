@@ -101,9 +101,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from zlh.artifacts.server import ArtifactServer
 
     settings = _server_settings(args, store_dir=args.store)
-    os.umask(PRIVATE_UMASK)  # before the backend creates anything
-    backend = _backend(settings)  # first: a backend that cannot run here leaves nothing behind
-    prepare_private(settings)
+    backend = _private_backend(settings)  # first: one that cannot run here leaves nothing behind
     store = settings.store_path
     store.mkdir(parents=True, exist_ok=True)
     app = create_app(
@@ -127,9 +125,7 @@ def cmd_api(args: argparse.Namespace) -> int:
             "zlh api needs an artifact server: --artifact-server URL or ZLH_ARTIFACT_SERVER_URL "
             "(or run `zlh up`, which has one built in)"
         )
-    os.umask(PRIVATE_UMASK)
-    backend = _backend(settings)
-    prepare_private(settings)
+    backend = _private_backend(settings)
     app = create_app(
         settings,
         backend,
@@ -163,6 +159,19 @@ class _Server(uvicorn.Server):
             for sig in _STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
             self._captured_signals.clear()
+
+
+def _private_backend(settings: ApiSettings) -> Any:
+    """The backend, created under umask 077, then the data dir made private. A backend that
+    cannot run here leaves the umask as it was (and the data dir untouched)."""
+    previous = os.umask(PRIVATE_UMASK)
+    try:
+        backend = _backend(settings)
+    except BaseException:
+        os.umask(previous)
+        raise
+    prepare_private(settings)
+    return backend
 
 
 def _backend(settings: ApiSettings) -> Any:
