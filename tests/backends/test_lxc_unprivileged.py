@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 from lxc_kit import DATA_DIR, agent_status, attach, host_connects, running, up
 
 from support import zlh
-from zlh.backends import ContainerState
+from zlh.backends import BackendUnavailable, ContainerState
 from zlh.backends.lxc import LxcBackend
 from zlh.backends.lxc_idmap import IdMap
 from zlh.backends.template import build_template, current_template
@@ -148,6 +149,22 @@ def test_local_users_of_the_host_cannot_read_the_data_dir(backend: LxcBackend) -
         result = as_nobody(*command)
         assert result.returncode != 0 and "Permission denied" in result.stderr, command
     assert backend.data_dir.stat().st_mode & 0o007 == 0
+
+
+def test_a_data_dir_the_containers_root_cannot_reach_is_refused_with_the_reason() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("real LXC containers need root")
+    closed = DATA_DIR.with_name("closed-to-containers")  # pytest's own temp root is 0700 too
+    shutil.rmtree(closed, ignore_errors=True)
+    closed.mkdir(mode=0o700)
+    try:
+        with pytest.raises(BackendUnavailable, match=f"{closed} \\(mode 700\\) is closed to"):
+            LxcBackend(data_dir=closed / "data")
+        assert not (closed / "data").exists()
+        closed.chmod(0o711)
+        assert LxcBackend(data_dir=closed / "data").data_dir.stat().st_mode & 0o777 == 0o710
+    finally:
+        shutil.rmtree(closed)
 
 
 def test_a_privileged_container_of_an_older_install_is_migrated_with_its_files(

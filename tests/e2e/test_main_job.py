@@ -140,20 +140,31 @@ def port(backend: str) -> int:
     return free_port()
 
 
+def _remove_data_dir(backend: str, path: Path) -> None:
+    if (path / "lxc").exists() or backend == "process":
+        containers = create_backend(backend, data_dir=path)
+        for info in off_loop(containers.list()):
+            off_loop(containers.destroy(info.vmid))
+    shutil.rmtree(path, ignore_errors=True)  # an LXC template copy is ~0.5 GB
+
+
 @pytest.fixture(scope="module")
 def data_dir(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp(f"main-job-{backend}")
     if backend == "lxc":
+        # Unprivileged containers' root must pass through every directory above their files;
+        # pytest's temp root is 0700, so the lxc data dir lives beside the other LXC tests'.
+        path = LXC_TEST_DIR.with_name("main-job-lxc")
+        _remove_data_dir(backend, path)  # what an interrupted run left
+        path.mkdir(parents=True)
         # The debootstrapped base is cached by tests/backends; share it instead of a second one.
         base = LXC_TEST_DIR / "cache" / "template"
         base.mkdir(parents=True, exist_ok=True)
         (path / "cache").mkdir()
         (path / "cache" / "template").symlink_to(base)
+    else:
+        path = tmp_path_factory.mktemp(f"main-job-{backend}")
     yield path
-    containers = create_backend(backend, data_dir=path)
-    for info in off_loop(containers.list()):
-        off_loop(containers.destroy(info.vmid))
-    shutil.rmtree(path, ignore_errors=True)  # an LXC template copy is ~0.5 GB
+    _remove_data_dir(backend, path)
 
 
 @pytest.fixture(scope="module")

@@ -153,8 +153,7 @@ class LxcBackend(BlockingBackend):
         self.idmap = container_idmap(allow_privileged=allow_privileged)
         self.data_dir = data_dir = data_dir.resolve()
         self.lxcpath = data_dir / "lxc"
-        self.lxcpath.mkdir(parents=True, exist_ok=True)
-        self._grant_traverse()
+        self._make_dirs()
         self.bridge_name = bridge
         self.slots = SlotRegistry(on_change=lambda slots: ensure_isolation(bridge, slots))
         self._bridge: Bridge | None = None
@@ -166,13 +165,23 @@ class LxcBackend(BlockingBackend):
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _grant_traverse(self) -> None:
-        """Let the containers' mapped root group pass through the data dir to their rootfs.
+    def _make_dirs(self) -> None:
+        """The data dir and ``lxc/``, reachable by the containers' root and nobody else.
 
         LXC sets up an unprivileged container's root filesystem as its mapped root, which needs
-        search permission on every directory above it. The data dir and ``lxc/`` stay closed
-        to everyone else (no read, no write, no search for other users: mode 0710).
+        search permission on every directory above it: missing parents are made 0755 (whatever
+        the umask), an existing one closed to it is refused with the reason, and the data dir
+        and ``lxc/`` get group search for the mapped root group only (0710): other users may
+        not read, write or pass through them.
         """
+        for above in reversed(self.data_dir.parents):
+            if not above.exists():
+                above.mkdir()
+                above.chmod(0o755)
+            if self.idmap is not None:
+                self._check_passable(above, self.idmap)
+        self.data_dir.mkdir(mode=0o700, exist_ok=True)
+        self.lxcpath.mkdir(mode=0o700, exist_ok=True)
         if self.idmap is None:
             return
         for directory in (self.data_dir, self.lxcpath):
@@ -182,6 +191,21 @@ class LxcBackend(BlockingBackend):
             mode = (info.st_mode & 0o700) | 0o010
             if info.st_mode & 0o777 != mode:
                 os.chmod(directory, mode)
+
+    def _check_passable(self, directory: Path, idmap: IdMap) -> None:
+        info = directory.stat()
+        if (
+            info.st_mode & 0o001
+            or (info.st_uid == idmap.root_uid and info.st_mode & 0o100)
+            or (info.st_gid == idmap.root_gid and info.st_mode & 0o010)
+        ):
+            return
+        raise BackendUnavailable(
+            f"containers cannot reach their files under {self.data_dir}: {directory} "
+            f"(mode {stat.S_IMODE(info.st_mode):o}) is closed to their root (host uid "
+            f"{idmap.root_uid}); use a data dir below directories others may pass through "
+            f"(the default /var/lib/zlh is), or chmod o+x {directory}"
+        )
 
     def _name(self, vmid: int) -> str:
         return f"{NAME_PREFIX}{vmid}"
@@ -194,9 +218,15 @@ class LxcBackend(BlockingBackend):
         cmd = [tool, "-P", str(self.lxcpath), "-n", name, *args]
         log.debug("running %s", " ".join(cmd))
         try:
-            # Own session: lxc-start's monitor must outlive whatever started the API.
+            # Own session: lxc-start's monitor must outlive whatever started the API. Umask
+            # 022: a clone's overlay dirs become its / and must not inherit zlh up's 077.
             result = subprocess.run(
-                cmd, capture_output=True, text=True, check=False, start_new_session=True
+                cmd,
+                capture_output=True,
+                text=True,
+                check=False,
+                start_new_session=True,
+                umask=0o022,
             )
         except FileNotFoundError as exc:
             raise BackendUnavailable(f"{tool} not found: {INSTALL_HINT}") from exc
