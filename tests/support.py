@@ -62,16 +62,17 @@ def wait_for_port(
     raise AssertionError(f"nothing listened on {host}:{port} within {timeout_s}s")
 
 
-def serve_store(store: Path) -> Iterator[str]:
+def serve_store(store: Path, host: str = "127.0.0.1") -> Iterator[str]:
+    """``zlh artifacts serve`` over ``store`` on ``host``, yielding its base URL."""
     port = free_port()
     proc = subprocess.Popen(
-        [*ZLH, "artifacts", "serve", "--store", str(store), "--listen", f"127.0.0.1:{port}"],
+        [*ZLH, "artifacts", "serve", "--store", str(store), "--listen", f"{host}:{port}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for_port("127.0.0.1", port, proc=proc)
-        yield f"http://127.0.0.1:{port}"
+        wait_for_port(host, port, proc=proc)
+        yield f"http://{host}:{port}"
     finally:
         proc.terminate()
         proc.wait(timeout=10)

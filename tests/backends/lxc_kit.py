@@ -7,15 +7,31 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
-from support import REPO
+from support import REPO, zlh
 from zlh.backends import ContainerInfo, ContainerSpec, ContainerState, Resources
 from zlh.backends.lxc import LxcBackend
 
 DATA_DIR = Path(os.environ.get("ZLH_TEST_LXC_DIR", REPO / ".data" / "test-lxc"))
+
+
+def lxc_backend(*vmids: int, data_dir: Path = DATA_DIR) -> Iterator[LxcBackend]:
+    """A module's backend on the real template (built once per machine by ``zlh template
+    build``, a no-op afterwards), with ``vmids`` destroyed before and after."""
+    if os.geteuid() != 0:
+        pytest.skip("real LXC containers need root")
+    zlh("template", "build", "--data-dir", str(data_dir), timeout=1200)
+    lxc = LxcBackend(data_dir=data_dir)
+    for vmid in vmids:  # leftovers of an interrupted run
+        asyncio.run(lxc.destroy(vmid))
+    yield lxc
+    for vmid in vmids:
+        asyncio.run(lxc.destroy(vmid))
 
 
 def up(

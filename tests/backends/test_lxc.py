@@ -18,7 +18,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lxc_kit import DATA_DIR, agent_status, attach, connect_from, host_connects, running, up
+from lxc_kit import (
+    DATA_DIR,
+    agent_status,
+    attach,
+    connect_from,
+    host_connects,
+    lxc_backend,
+    running,
+    up,
+)
 
 from support import zlh
 from zlh.backends import (
@@ -40,15 +49,7 @@ A, B, C = 9101, 9102, 9103
 
 @pytest.fixture(scope="module")
 def backend() -> Iterator[LxcBackend]:
-    if os.geteuid() != 0:
-        pytest.skip("real LXC containers need root")
-    zlh("template", "build", "--data-dir", str(DATA_DIR), timeout=1200)
-    lxc = LxcBackend(data_dir=DATA_DIR)
-    for vmid in (A, B, C):  # leftovers of an interrupted run
-        asyncio.run(lxc.destroy(vmid))
-    yield lxc
-    for vmid in (A, B, C):
-        asyncio.run(lxc.destroy(vmid))
+    yield from lxc_backend(A, B, C)
 
 
 @pytest.fixture(scope="module")

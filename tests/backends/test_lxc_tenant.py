@@ -9,11 +9,8 @@ mode or content, ``/status`` names the refused path, and a clean container still
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import os
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,9 +18,9 @@ from typing import Any
 
 import httpx
 import pytest
-from lxc_kit import DATA_DIR, attach, up
+from lxc_kit import attach, lxc_backend, up
 
-from support import ZLH, free_port, wait_for_port, zlh
+from support import serve_store
 from zlh.artifacts.store import ArtifactStore
 from zlh.backends import ContainerInfo
 from zlh.backends.lxc import LxcBackend
@@ -58,34 +55,12 @@ print(json.dumps(out))
 """
 
 
-@contextlib.contextmanager
-def serve(store: Path, host: str) -> Iterator[str]:
-    """``zlh artifacts serve`` on ``host`` (the bridge address: containers fetch from there)."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [*ZLH, "artifacts", "serve", "--store", str(store), "--listen", f"{host}:{port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(host, port, proc=proc)
-        yield f"http://{host}:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+serve = contextlib.contextmanager(serve_store)
 
 
 @pytest.fixture(scope="module")
 def backend() -> Iterator[LxcBackend]:
-    if os.geteuid() != 0:
-        pytest.skip("real LXC containers need root")
-    zlh("template", "build", "--data-dir", str(DATA_DIR), timeout=1200)
-    lxc = LxcBackend(data_dir=DATA_DIR)
-    for vmid in (ATTACKED, CLEAN):
-        asyncio.run(lxc.destroy(vmid))
-    yield lxc
-    for vmid in (ATTACKED, CLEAN):
-        asyncio.run(lxc.destroy(vmid))
+    yield from lxc_backend(ATTACKED, CLEAN)
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lxc_kit import DATA_DIR, agent_status, attach, host_connects, running, up
+from lxc_kit import DATA_DIR, agent_status, attach, host_connects, lxc_backend, running, up
 
-from support import zlh
 from zlh.backends import BackendUnavailable, ContainerState
 from zlh.backends.lxc import LxcBackend
 from zlh.backends.lxc_idmap import IdMap
@@ -63,13 +62,7 @@ print(json.dumps(result))
 
 @pytest.fixture(scope="module")
 def backend() -> Iterator[LxcBackend]:
-    if os.geteuid() != 0:
-        pytest.skip("real LXC containers need root")
-    zlh("template", "build", "--data-dir", str(DATA_DIR), timeout=1200)
-    lxc = LxcBackend(data_dir=DATA_DIR)
-    asyncio.run(lxc.destroy(VMID))
-    yield lxc
-    asyncio.run(lxc.destroy(VMID))
+    yield from lxc_backend(VMID)
 
 
 def as_nobody(*command: str) -> subprocess.CompletedProcess[str]:
