@@ -203,6 +203,7 @@ class Front:
             default_host=self._default_host,
             cookies=req.cookies,
             authorization=True,
+            forwarded_chain=True,
         )
         exchange = Exchange(
             conn,

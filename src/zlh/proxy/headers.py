@@ -46,6 +46,7 @@ CONNECTION: Final = 8
 LENGTH: Final = 9
 TE: Final = 10
 ACCEPT: Final = 11
+FORWARDED_FOR: Final = 15
 REQUEST_HEADERS: Final = {
     b"host": HOST,
     b"cookie": COOKIE,
@@ -61,8 +62,10 @@ REQUEST_HEADERS: Final = {
     b"te": DROP,
     b"trailer": DROP,
     b"proxy-authorization": DROP,
-    # The front is the edge: whatever a client claims here is replaced by what the front saw.
-    b"x-forwarded-for": DROP,
+    # The front is the edge: whatever a client claims here is replaced by what the front saw;
+    # only X-Forwarded-For goes on to the API, with the front's peer appended, for the API to
+    # honour as far as the operator's trusted proxies vouch for it (zlh.api.clientaddr).
+    b"x-forwarded-for": FORWARDED_FOR,
     b"x-forwarded-host": DROP,
     b"x-forwarded-proto": DROP,
     b"forwarded": DROP,
@@ -128,6 +131,7 @@ class RequestHead(_Head):
         "accept",
         "authorization",
         "cookies",
+        "forwarded_for",
         "host",
         "keep_alive",
         "method",
@@ -152,6 +156,7 @@ class RequestHead(_Head):
         self.cookies: list[bytes] = []
         self.authorization: bytes | None = None
         self.origin: bytes | None = None
+        self.forwarded_for: list[bytes] = []
         self.accept = b""
         self.upgrading = False  # the parser saw a valid Upgrade request (Connection: upgrade)
         self.websocket = False  # ... and it asks for a WebSocket (set with ``upgrading``)
@@ -172,6 +177,8 @@ class RequestHead(_Head):
         elif kind == ORIGIN:
             self.origin = value
             self.lines.append(name + b": " + value + b"\r\n")
+        elif kind == FORWARDED_FOR:
+            self.forwarded_for.append(value)
         elif kind == UPGRADE:
             self.upgrade = value
         elif kind == CONNECTION:
@@ -255,13 +262,19 @@ def upstream_request_head(
     default_host: bytes,
     cookies: Sequence[bytes],
     authorization: bool,
+    forwarded_chain: bool = False,
 ) -> bytes:
     """The request as the upstream gets it. ``cookies`` are the Cookie values to send (already
-    without the portal's session cookie for a container); ``authorization`` forwards it."""
+    without the portal's session cookie for a container); ``authorization`` forwards it;
+    ``forwarded_chain`` keeps the client's X-Forwarded-For before ``client_ip``."""
     host = req.host if req.host is not None else default_host
     parts = [req.method, b" ", target, b" HTTP/1.1\r\n", *req.passthrough()]
     parts += (b"Host: ", host, b"\r\nX-Forwarded-Host: ", host)
-    parts += (b"\r\nX-Forwarded-Proto: ", proto, b"\r\nX-Forwarded-For: ", client_ip, b"\r\n")
+    parts += (b"\r\nX-Forwarded-Proto: ", proto, b"\r\nX-Forwarded-For: ")
+    if forwarded_chain:
+        for value in req.forwarded_for:
+            parts += (value, b", ")
+    parts += (client_ip, b"\r\n")
     for value in cookies:
         parts += (b"Cookie: ", value, b"\r\n")
     if authorization and req.authorization is not None:

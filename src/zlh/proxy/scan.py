@@ -30,6 +30,7 @@ from zlh.proxy.headers import (
     COOKIE,
     CSP,
     DROP,
+    FORWARDED_FOR,
     HOST,
     LENGTH,
     NOSNIFF,
@@ -217,6 +218,8 @@ def scan_request(data: bytes, limit: int) -> RequestHead | None:
             head.cookies.append(p[value_start:end])
         elif kind == AUTH:
             head.authorization = p[value_start:end]
+        elif kind == FORWARDED_FOR:
+            head.forwarded_for.append(p[value_start:end])
         elif kind == CONNECTION:
             connection = _connection(p, value_start, end, connection)
             if connection == _OTHER:
