@@ -79,7 +79,10 @@ def services(app: FastAPI) -> Services:
 @contextmanager
 def running(app: FastAPI) -> Iterator[httpx.Client]:
     """Serve ``app`` on a free loopback port; yields a client with that base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning")
+    # As `zlh up` runs it: X-Forwarded-For is the app's to judge (trusted_proxies), not uvicorn's.
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, lifespan="on", log_level="warning", proxy_headers=False
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

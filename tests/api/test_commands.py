@@ -10,7 +10,9 @@ import pytest
 
 from support import zlh
 from zlh.api import accounts
+from zlh.api.auth import TokenService
 from zlh.api.db import Database
+from zlh.api.errors import NotAuthenticated
 from zlh.api.keys import load_or_create_key
 from zlh.errors import ZlhError
 
@@ -44,6 +46,30 @@ def test_user_commands_manage_accounts(tmp_path: Path) -> None:
     finally:
         db.dispose()
     assert "alice\tdisabled" in run(tmp_path, "user", "list")[1]
+
+
+def test_passwd_and_admin_end_the_users_sessions(tmp_path: Path) -> None:
+    run(tmp_path, "user", "add", "alice", "--password-stdin", stdin="first-password\n")
+    db = Database(f"sqlite:///{tmp_path / 'zlh.db'}")
+    try:
+        tokens = TokenService(db, b"k" * 32, ttl_s=60)
+        alice = accounts.get_user(db, "alice")
+        sessions = [tokens.issue(alice), tokens.issue(alice)]
+        out = run(tmp_path, "user", "passwd", "alice", "--password-stdin", stdin="new-password\n")
+        assert "ended 2 session(s)" in out[1]
+        for issued in sessions:
+            with pytest.raises(NotAuthenticated):
+                tokens.verify(issued.token)
+        session = tokens.issue(alice)
+        assert "alice is an admin; ended 1 session(s)" in run(tmp_path, "user", "admin", "alice")[1]
+        with pytest.raises(NotAuthenticated):
+            tokens.verify(session.token)
+        assert accounts.get_user(db, "alice").is_admin
+        out = run(tmp_path, "user", "admin", "alice", "--remove")[1]
+        assert "alice is no longer an admin; ended 0 session(s)" in out
+        assert not accounts.get_user(db, "alice").is_admin
+    finally:
+        db.dispose()
 
 
 def test_server_commands_refuse_bad_settings_with_one_line(tmp_path: Path) -> None:

@@ -117,7 +117,11 @@ def test_owner_uploads_lists_downloads_moves_and_deletes(world: World) -> None:
     assert gone.status_code == 204
     assert not (world.workspace / "d").exists()
     actions = [(actor, action) for actor, action, _ in world.audit()]
-    assert ("alice", "file-upload") in actions and ("alice", "file-delete") in actions
+    for action in ("file-upload", "file-mkdir", "file-move", "file-delete"):
+        assert ("alice", action) in actions
+    assert ("alice", "file-move", "moved workspace/up.bin to workspace/d/e/up.bin") in world.audit()
+    entries = services(world.app).audit.entries(vmid=world.vmid, actor="alice")
+    assert {e.address for e in entries} == {"127.0.0.1"}  # every entry names the client
 
 
 def files_routes(vmid: int) -> list[tuple[str, str, dict[str, Any]]]:
@@ -239,3 +243,59 @@ def test_logging_out_closes_an_open_console(world: World) -> None:
                 ws.recv(timeout=10)
         assert ws.close_code == 1008
     wait_for(lambda: pid_gone(shell), what="the shell of the revoked session to be killed")
+
+
+def _cookie(session: dict[str, str]) -> dict[str, str]:
+    """The same session as the portal's cookie (what a browser sends), not as Bearer."""
+    return {"Cookie": f"zlh_session={session['Authorization'].split()[1]}"}
+
+
+def test_a_cross_origin_upload_with_the_cookie_is_403_and_writes_nothing(world: World) -> None:
+    url = f"/api/dev/{world.vmid}/files/content"
+    cookie = _cookie(world.alice)
+    forged = world.client.put(
+        url,
+        params={"path": "forged.txt"},
+        content=b"x",
+        headers={**cookie, "Origin": "https://evil.example"},
+    )
+    assert forged.status_code == 403 and forged.json()["detail"] == "cross-origin"
+    assert not (world.workspace / "forged.txt").exists()
+    own = {**cookie, "Origin": str(world.client.base_url).rstrip("/")}
+    made = world.client.put(url, params={"path": "own.txt"}, content=b"x", headers=own)
+    assert made.status_code == 201
+
+
+def test_a_console_upgrade_with_the_cookie_needs_this_sites_origin(world: World) -> None:
+    url = f"{world.ws_base}/api/dev/{world.vmid}/console"
+    cookie = _cookie(world.alice)
+    for origin in ("https://evil.example", None):
+        with (
+            pytest.raises(InvalidStatus) as refused,
+            connect(url, origin=origin, additional_headers=cookie),  # type: ignore[arg-type]
+        ):
+            pass
+        assert refused.value.response.status_code == 403
+        assert json.loads(refused.value.response.body or b"{}")["detail"] == "cross-origin"
+    own = str(world.client.base_url).rstrip("/")
+    with connect(url, origin=own, additional_headers=cookie, open_timeout=10) as ws:  # type: ignore[arg-type]
+        assert ConsoleClient(ws).ask("$(pwd)") == str(world.workspace)
+
+
+def test_a_password_change_closes_the_consoles_of_the_other_sessions(world: World) -> None:
+    svc = services(world.app)
+    accounts.create_user(svc.db, "root", PASSWORD, admin=True)  # admins open any console
+    old, current = login(world.client, "root"), login(world.client, "root")
+    url = f"{world.ws_base}/api/dev/{world.vmid}/console"
+    with connect(url, additional_headers=old, open_timeout=10) as ws:
+        shell = int(ConsoleClient(ws).ask("$$"))
+        change = {"current": PASSWORD, "new": "a new password for root"}
+        changed = world.client.post("/api/auth/password", json=change, headers=current)
+        assert changed.status_code == 204, changed.text
+        with pytest.raises(ConnectionClosed):
+            while True:
+                ws.recv(timeout=5)
+        assert ws.close_code == 1008
+    wait_for(lambda: pid_gone(shell), what="the shell of the old session to be killed")
+    assert world.client.get("/api/auth/me", headers=old).status_code == 401
+    assert world.client.get("/api/auth/me", headers=current).status_code == 200

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
+from sqlalchemy import text
 
 from zlh.api import accounts
 from zlh.api.audit import Action, AuditLog
 from zlh.api.auth import TokenService
+from zlh.api.clientaddr import request_address
 from zlh.api.containers import ContainerRegistry
 from zlh.api.db import Base, ContainerState, Database, User
+from zlh.api.db.engine import MIGRATIONS
 from zlh.api.errors import Conflict, Forbidden, InvalidRequest, NotAuthenticated, NotFound
 from zlh.api.events import EventBus
 from zlh.api.routefeed import RouteFeed
@@ -87,6 +92,69 @@ def test_disabling_revokes_every_session_at_once(db: Database) -> None:
     assert sorted(tokens.revoked_since(None)) == sorted(revoked)
     with pytest.raises(NotFound):
         accounts.disable_user(db, "nobody")
+
+
+def test_password_and_role_changes_revoke_sessions(db: Database) -> None:
+    user = accounts.create_user(db, "dave", "password-1")
+    tokens = TokenService(db, b"k" * 32, ttl_s=60)
+    mine, other = tokens.issue(user), tokens.issue(user)
+    with pytest.raises(Forbidden, match="current password is wrong"):
+        accounts.change_password(db, user.id, "wrong-password", "password-2", keep=mine.sid)
+    with pytest.raises(InvalidRequest) as weak:
+        accounts.change_password(db, user.id, "password-1", "short", keep=mine.sid)
+    assert weak.value.validations[0].field == "new"
+    assert tokens.verify(other.token)[0].username == "dave"  # refusals changed nothing
+    assert accounts.change_password(db, user.id, "password-1", "password-2", keep=mine.sid) == [
+        other.sid
+    ]
+    assert tokens.verify(mine.token)[1] == mine.sid
+    with pytest.raises(NotAuthenticated):
+        tokens.verify(other.token)
+    assert accounts.authenticate(db, "dave", "password-2") is not None
+
+    assert accounts.set_password(db, "dave", "password-3") == [mine.sid]  # an operator's reset
+    granted = tokens.issue(user)
+    assert accounts.set_admin(db, "dave", True) == [granted.sid]
+    assert accounts.set_admin(db, "dave", True) == []  # no change, nothing ended
+    admin_session = tokens.issue(accounts.get_user(db, "dave"))
+    assert accounts.set_admin(db, "dave", False) == [admin_session.sid]
+    with pytest.raises(NotAuthenticated):
+        tokens.verify(admin_session.token)
+
+
+def test_the_audit_table_of_0001_gains_the_address_column_and_keeps_its_rows(
+    db_url: str,
+) -> None:
+    database = Database(db_url)
+    try:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with database.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0001")
+            connection.execute(
+                text(
+                    "INSERT INTO audit (at, actor, action, vmid, detail) "
+                    "VALUES (:at, 'alice', 'login', NULL, 'from 10.0.0.1')"
+                ),
+                {"at": datetime(2026, 1, 1)},
+            )
+        database.migrate()
+        log = AuditLog(database)
+        token = request_address.set("198.51.100.7")
+        try:
+            log.record("alice", Action.LOGOUT)
+        finally:
+            request_address.reset(token)
+        log.record("system", Action.FAILED, 100, "no request")
+        rows = [(e.actor, e.action, e.address) for e in reversed(log.entries())]
+        assert rows == [
+            ("alice", "login", None),
+            ("alice", "logout", "198.51.100.7"),
+            ("system", "failed", None),
+        ]
+    finally:
+        database.dispose()
 
 
 def test_sessions_keep_utc_times(db: Database) -> None:

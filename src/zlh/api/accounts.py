@@ -1,4 +1,11 @@
-"""User accounts: argon2 password hashes, an admin flag, disabling (which revokes sessions)."""
+"""User accounts: argon2 password hashes, an admin flag, disabling.
+
+Whatever changes what a session may do -- a new password, the admin flag granted or removed,
+disabling -- revokes that user's sessions (all of them, or all but the caller's own when users
+change their own password), so no token outlives the facts it was issued on. Callers pass the
+returned session ids to the route feed; another process's revocations reach it by the API's
+periodic sync.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +15,22 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session as DbSession
 
 from zlh.api.db import Database, Session, User
 from zlh.api.db.models import utcnow
-from zlh.api.errors import Conflict, InvalidRequest, NotFound
+from zlh.api.errors import Conflict, Forbidden, InvalidRequest, NotFound
 
 __all__ = [
     "MIN_PASSWORD_LENGTH",
     "authenticate",
+    "change_password",
     "configure_hashing",
     "create_user",
     "disable_user",
     "get_user",
     "list_users",
+    "set_admin",
     "set_password",
 ]
 
@@ -49,13 +59,30 @@ def _check_username(username: str) -> str:
     return username
 
 
-def _check_password(password: str) -> str:
+def _check_password(password: str, field: str = "password") -> str:
     if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
         raise InvalidRequest(
             f"password must be {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters",
-            field="password",
+            field=field,
         )
     return password
+
+
+def _revoke_sessions(session: DbSession, user_id: int, *, keep: str | None = None) -> list[str]:
+    """Revoke ``user_id``'s open sessions but ``keep``; the ids revoked."""
+    query = select(Session.id).where(Session.user_id == user_id, Session.revoked_at.is_(None))
+    if keep is not None:
+        query = query.where(Session.id != keep)
+    sids = list(session.scalars(query))
+    session.execute(update(Session).where(Session.id.in_(sids)).values(revoked_at=utcnow()))
+    return sids
+
+
+def _user_row(session: DbSession, username: str) -> User:
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise NotFound(f"no user {username!r}")
+    return user
 
 
 def create_user(db: Database, username: str, password: str, *, admin: bool = False) -> User:
@@ -74,10 +101,7 @@ def create_user(db: Database, username: str, password: str, *, admin: bool = Fal
 
 def get_user(db: Database, username: str) -> User:
     with db.session() as session:
-        user = session.scalar(select(User).where(User.username == username))
-    if user is None:
-        raise NotFound(f"no user {username!r}")
-    return user
+        return _user_row(session, username)
 
 
 def list_users(db: Database) -> list[User]:
@@ -85,30 +109,50 @@ def list_users(db: Database) -> list[User]:
         return list(session.scalars(select(User).order_by(User.username)))
 
 
-def set_password(db: Database, username: str, password: str) -> None:
+def set_password(db: Database, username: str, password: str) -> list[str]:
+    """Set ``username``'s password (an operator's reset) and revoke all its sessions."""
     digest = _hasher.hash(_check_password(password))
     with db.session() as session:
-        user = session.scalar(select(User).where(User.username == username))
-        if user is None:
-            raise NotFound(f"no user {username!r}")
+        user = _user_row(session, username)
         user.password_hash = digest
+        return _revoke_sessions(session, user.id)
+
+
+def change_password(db: Database, user_id: int, current: str, new: str, *, keep: str) -> list[str]:
+    """A user's own change: ``current`` must verify (else Forbidden); every session of the user
+    but ``keep`` (the caller's) is revoked. Returns the revoked session ids."""
+    _check_password(new, "new")
+    if new == current:
+        raise InvalidRequest("the new password must differ from the current one", field="new")
+    digest = _hasher.hash(new)
+    with db.session() as session:
+        user = session.get(User, user_id)
+        if user is None:
+            raise NotFound(f"no user #{user_id}")
+        try:
+            _hasher.verify(user.password_hash, current)
+        except (VerificationError, InvalidHashError):
+            raise Forbidden("the current password is wrong") from None
+        user.password_hash = digest
+        return _revoke_sessions(session, user.id, keep=keep)
+
+
+def set_admin(db: Database, username: str, admin: bool) -> list[str]:
+    """Grant or remove the admin flag; a change revokes all the user's sessions."""
+    with db.session() as session:
+        user = _user_row(session, username)
+        if user.is_admin == admin:
+            return []
+        user.is_admin = admin
+        return _revoke_sessions(session, user.id)
 
 
 def disable_user(db: Database, username: str) -> list[str]:
     """Disable ``username`` and revoke its open sessions; returns the revoked session ids."""
-    now = utcnow()
     with db.session() as session:
-        user = session.scalar(select(User).where(User.username == username))
-        if user is None:
-            raise NotFound(f"no user {username!r}")
+        user = _user_row(session, username)
         user.disabled = True
-        sids = list(
-            session.scalars(
-                select(Session.id).where(Session.user_id == user.id, Session.revoked_at.is_(None))
-            )
-        )
-        session.execute(update(Session).where(Session.id.in_(sids)).values(revoked_at=now))
-    return sids
+        return _revoke_sessions(session, user.id)
 
 
 def authenticate(db: Database, username: str, password: str) -> User | None:

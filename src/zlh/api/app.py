@@ -30,10 +30,11 @@ from zlh.api.containers import ContainerRegistry
 from zlh.api.db import Database
 from zlh.api.errors import NotAuthenticated, RateLimited
 from zlh.api.events import EventBus
+from zlh.api.guard import RequestGuard
 from zlh.api.keys import load_or_create_key
 from zlh.api.poller import Poller
 from zlh.api.provisioning import Provisioner
-from zlh.api.ratelimit import FailureLimiter
+from zlh.api.ratelimit import LoginThrottle
 from zlh.api.routefeed import REVOCATION_SYNC_S, RouteFeed
 from zlh.api.routes import audit as audit_routes
 from zlh.api.routes import auth as auth_routes
@@ -119,11 +120,12 @@ def build_services(
         audit=audit_log,
         bus=bus,
         feed=feed,
-        user_limiter=FailureLimiter(
-            limit=settings.login_failures_per_user, window_s=settings.login_window_s
-        ),
-        address_limiter=FailureLimiter(
-            limit=settings.login_failures_per_address, window_s=settings.login_window_s
+        login_throttle=LoginThrottle(
+            free_per_user_address=settings.login_free_failures,
+            free_per_address=settings.login_failures_per_address,
+            base_s=settings.login_backoff_base_s,
+            max_s=settings.login_backoff_max_s,
+            forget_s=settings.login_window_s,
         ),
         tailnet=tailnet,
     )
@@ -231,4 +233,5 @@ def create_app(
     if store_app is not None:
         app.mount("/artifacts", store_app)
     mount_portal(app)
+    app.add_middleware(RequestGuard, settings=settings)
     return app

@@ -1,4 +1,9 @@
-"""The audit log: who created, opened, deleted what, and when."""
+"""The audit log: who created, opened, deleted what, when, and from which address.
+
+The address is the client's as ``zlh.api.guard`` resolved it for the request being served
+(``request_address``); entries no request caused (the provisioner's own failures after a
+restart) have none.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from enum import StrEnum
 
 from sqlalchemy import select
 
+from zlh.api.clientaddr import request_address
 from zlh.api.db import AuditEntry, Database
 
 __all__ = ["Action", "AuditLog"]
@@ -13,6 +19,8 @@ __all__ = ["Action", "AuditLog"]
 
 class Action(StrEnum):
     LOGIN = "login"
+    LOGIN_FAILED = "login-failed"  # detail: the user name tried
+    PASSWORD = "password"  # a user changed its own password (detail: sessions ended)
     LOGOUT = "logout"
     CREATE = "create"
     OPEN = "open"  # recorded by whatever opens the IDE or console (the front, relays)
@@ -22,6 +30,8 @@ class Action(StrEnum):
     TAILNET_REGENERATE = "tailnet-regenerate"
     FILE_UPLOAD = "file-upload"  # the files relay (detail: path and size)
     FILE_DELETE = "file-delete"  # the files relay (detail: path, recursive or not)
+    FILE_MKDIR = "file-mkdir"  # the files relay (detail: path)
+    FILE_MOVE = "file-move"  # the files relay (detail: from -> to)
 
 
 class AuditLog:
@@ -29,8 +39,15 @@ class AuditLog:
         self.db = db
 
     def record(self, actor: str, action: Action, vmid: int | None = None, detail: str = "") -> None:
+        entry = AuditEntry(
+            actor=actor,
+            action=action.value,
+            vmid=vmid,
+            detail=detail,
+            address=request_address.get(),
+        )
         with self.db.session() as session:
-            session.add(AuditEntry(actor=actor, action=action.value, vmid=vmid, detail=detail))
+            session.add(entry)
 
     def entries(
         self,

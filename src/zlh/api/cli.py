@@ -91,11 +91,19 @@ def register(commands: Any) -> None:
     add_data_dir(lst)
     handler(lst, f"{_COMMANDS}:cmd_user_list")
 
-    passwd = sub.add_parser("passwd", help="set a user's password")
+    passwd = sub.add_parser("passwd", help="set a user's password and end all its sessions")
     passwd.add_argument("name")
     passwd.add_argument("--password-stdin", action="store_true")
     add_data_dir(passwd)
     handler(passwd, f"{_COMMANDS}:cmd_user_passwd")
+
+    admin = sub.add_parser(
+        "admin", help="grant (or with --remove take away) admin rights; ends the user's sessions"
+    )
+    admin.add_argument("name")
+    admin.add_argument("--remove", action="store_true", help="take admin rights away")
+    add_data_dir(admin)
+    handler(admin, f"{_COMMANDS}:cmd_user_admin")
 
     disable = sub.add_parser("disable", help="disable a user and end its sessions at once")
     disable.add_argument("name")

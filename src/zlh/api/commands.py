@@ -219,8 +219,9 @@ async def _serve(app: Any, settings: ApiSettings) -> None:
         lifespan="on",
         log_level="info",
         access_log=False,
-        proxy_headers=True,
-        forwarded_allow_ips="*",  # only the front reaches the unix socket
+        # X-Forwarded-For is read by zlh.api.clientaddr (trusted_proxies), not by uvicorn,
+        # which would take the hop the client wrote.
+        proxy_headers=False,
     )
     server = _Server(config)
     routes = RouteTable()
@@ -230,7 +231,7 @@ async def _serve(app: Any, settings: ApiSettings) -> None:
         loop.run_in_executor(None, _record_ide_open, services, principal.user_id, vmid)
 
     front = Front(
-        settings.front.model_copy(update={"session_cookie": settings.cookie_name}),
+        settings.front_settings,
         routes,
         JwtAuthenticator(services.tokens.key, issuer=ISSUER),
         f"unix:{unix_path}",
@@ -324,8 +325,15 @@ def cmd_user_list(args: argparse.Namespace) -> int:
 
 
 def cmd_user_passwd(args: argparse.Namespace) -> int:
-    accounts.set_password(_db(args), args.name, _password(args))
-    print(f"password of {args.name} changed")
+    revoked = accounts.set_password(_db(args), args.name, _password(args))
+    print(f"password of {args.name} changed; ended {len(revoked)} session(s)")
+    return 0
+
+
+def cmd_user_admin(args: argparse.Namespace) -> int:
+    revoked = accounts.set_admin(_db(args), args.name, not args.remove)
+    role = "no longer an admin" if args.remove else "an admin"
+    print(f"{args.name} is {role}; ended {len(revoked)} session(s)")
     return 0
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from starlette.datastructures import Headers
 
+from zlh.api.clientaddr import UNKNOWN
 from zlh.api.db import Container, User
 from zlh.api.errors import Forbidden, NotAuthenticated, NotFound
 from zlh.api.services import Services
@@ -21,6 +23,7 @@ __all__ = [
     "CurrentUser",
     "OwnedContainer",
     "Svc",
+    "bearer_token",
     "client_address",
     "current_user",
     "owned_container",
@@ -35,15 +38,20 @@ def services(request: Request) -> Services:
 Svc = Annotated[Services, Depends(services)]
 
 
-def session_token(request: Request, svc: Services) -> str | None:
-    """The portal's cookie, else ``Authorization: Bearer``. Never a query parameter."""
-    cookie = request.cookies.get(svc.settings.cookie_name)
-    if cookie:
-        return cookie
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+def bearer_token(headers: Headers) -> str | None:
+    scheme, _, token = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
     return None
+
+
+def session_token(request: Request, svc: Services) -> str | None:
+    """``Authorization: Bearer``, else the portal's cookie. Never a query parameter.
+
+    Bearer first: a request that carries one is judged by it alone, which is what exempts it
+    from the Origin check of cookie-authenticated requests (``zlh.api.guard``).
+    """
+    return bearer_token(request.headers) or request.cookies.get(svc.settings.session_cookie_name)
 
 
 def current_user(request: Request, svc: Svc) -> User:
@@ -82,8 +90,6 @@ OwnedContainer = Annotated[Container, Depends(owned_container)]
 
 
 def client_address(request: Request) -> str:
-    """The caller's address. Over the unix socket (the front) it is the last X-Forwarded-For."""
-    if request.client is not None and request.client.host:
-        return request.client.host
-    forwarded = request.headers.get("x-forwarded-for", "")
-    return forwarded.rsplit(",", 1)[-1].strip() or "unix"
+    """The caller's address as ``zlh.api.guard`` resolved it (trusted proxies honoured)."""
+    address: str = getattr(request.state, "client_address", UNKNOWN)
+    return address

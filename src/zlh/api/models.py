@@ -17,6 +17,7 @@ __all__ = [
     "DevRequest",
     "LoginRequest",
     "LoginResponse",
+    "PasswordChange",
     "UserOut",
 ]
 
@@ -24,6 +25,13 @@ __all__ = [
 class LoginRequest(WireModel):
     username: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=1024)
+
+
+class PasswordChange(WireModel):
+    """``POST /api/auth/password``: the caller's current password and the new one."""
+
+    current: str = Field(min_length=1, max_length=1024)
+    new: str = Field(max_length=1024)
 
 
 class LoginResponse(WireModel):
@@ -79,3 +87,6 @@ class AuditOut(WireModel):
     action: str
     vmid: int | None
     detail: str
+    address: str | None = Field(
+        default=None, description="the client's address, if a request caused it"
+    )

@@ -8,9 +8,9 @@ portal's cookie and ``Authorization`` header never do. Bodies stream both ways: 
 sent on as it arrives (a client that disconnects halfway cuts the agent's upload too, which
 leaves no file), a download is sent on chunk by chunk, console frames one by one.
 
-Uploads, deletions and console opens go to the audit log. Each relayed request opens its own
-agent connection: file operations are rare, consoles live long, and the status poller's pooled
-client (a few connections per agent) must never wait behind them.
+Uploads, deletions, new directories, moves and console opens go to the audit log. Each relayed
+request opens its own agent connection: file operations are rare, consoles live long, and the
+status poller's pooled client (a few connections per agent) must never wait behind them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from typing import Annotated, Any, cast
 
 import aiohttp
 from fastapi import APIRouter, Query, Request, Response, WebSocket
-from fastapi.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
@@ -30,6 +29,7 @@ from zlh.api.audit import Action
 from zlh.api.db import Container
 from zlh.api.deps import CurrentUser, OwnedContainer, Svc, owned_container, session_token
 from zlh.api.errors import AgentError, AgentUnreachable, ApiError, NotAuthenticated, NotFound
+from zlh.api.responses import deny_websocket, error_json
 from zlh.api.routefeed import Resync, RouteFeed, RouteRemoved, SessionRevoked
 from zlh.api.routes import ERRORS
 from zlh.api.services import Services
@@ -74,11 +74,6 @@ def _refused(url: str, status: int) -> AgentError | None:
     if status == 401:
         return AgentError(f"agent at {url} refused the container secret (401)")
     return None
-
-
-def _error_json(exc: ZlhError) -> JSONResponse:
-    body = ErrorBody(message=exc.message, detail=exc.reason)
-    return JSONResponse(body.model_dump(mode="json"), status_code=exc.status_code)
 
 
 async def _call(
@@ -213,12 +208,12 @@ class _Download(Response):
                 upstream = await http.get(url, params=params, headers=headers)
             except (TimeoutError, aiohttp.ClientError) as exc:
                 gone = AgentUnreachable(f"agent of container {vmid} did not answer: {exc}")
-                await _error_json(gone)(scope, receive, send)
+                await error_json(gone)(scope, receive, send)
                 return
             async with upstream:
                 refused = _refused(url, upstream.status)
                 if refused is not None:
-                    await _error_json(refused)(scope, receive, send)
+                    await error_json(refused)(scope, receive, send)
                     return
                 passed = [
                     (name.lower().encode("latin-1"), upstream.headers[name].encode("latin-1"))
@@ -234,19 +229,31 @@ class _Download(Response):
 
 
 @router.post("/{vmid}/files/mkdir", status_code=201, responses={201: {"model": PathResult}})
-async def make_directory(body: MkdirRequest, container: OwnedContainer, svc: Svc) -> Response:
+async def make_directory(
+    body: MkdirRequest, container: OwnedContainer, user: CurrentUser, svc: Svc
+) -> Response:
     """Create a directory (``parents: true`` creates the missing ones, like ``mkdir -p``)."""
     data = body.model_dump_json(by_alias=True).encode()
     json_type = {"Content-Type": "application/json"}
-    return await _call(svc, container, "POST", "/files/mkdir", data=data, headers=json_type)
+    response = await _call(svc, container, "POST", "/files/mkdir", data=data, headers=json_type)
+    if response.status_code == 201:
+        detail = f"made {_display(body.path)}" + (" (parents)" if body.parents else "")
+        await _audit(svc, user.username, Action.FILE_MKDIR, container.vmid, detail)
+    return response
 
 
 @router.post("/{vmid}/files/move", responses={200: {"model": PathResult}})
-async def move_file(body: MoveRequest, container: OwnedContainer, svc: Svc) -> Response:
+async def move_file(
+    body: MoveRequest, container: OwnedContainer, user: CurrentUser, svc: Svc
+) -> Response:
     """Move or rename within the workspace; replaces the destination only with ``overwrite``."""
     data = body.model_dump_json(by_alias=True).encode()
     json_type = {"Content-Type": "application/json"}
-    return await _call(svc, container, "POST", "/files/move", data=data, headers=json_type)
+    response = await _call(svc, container, "POST", "/files/move", data=data, headers=json_type)
+    if response.status_code == 200:
+        detail = f"moved {_display(body.source)} to {_display(body.destination)}"
+        await _audit(svc, user.username, Action.FILE_MOVE, container.vmid, detail)
+    return response
 
 
 # -- console -------------------------------------------------------------------------------------
@@ -264,14 +271,6 @@ async def _caller(websocket: WebSocket, svc: Services, vmid: int) -> tuple[str, 
     return user.username, sid, container
 
 
-async def _deny(websocket: WebSocket, exc: ZlhError) -> None:
-    """Refuse the upgrade with the error's HTTP status and body where the server allows it."""
-    if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(_error_json(exc))
-    else:
-        await websocket.close(code=1008, reason=exc.message[:120])
-
-
 @router.websocket("/{vmid}/console")
 async def console(
     websocket: WebSocket,
@@ -285,7 +284,7 @@ async def console(
         actor, sid, container = await _caller(websocket, svc, vmid)
         url, auth = _agent(svc, container)
     except ZlhError as exc:
-        await _deny(websocket, exc)
+        await deny_websocket(websocket, exc)
         return
     async with _session() as http:
         try:
@@ -301,10 +300,10 @@ async def console(
                 f"the agent refused the console ({exc.status}): {exc.message}",
                 status_code=429 if exc.status == 429 else 502,
             )
-            await _deny(websocket, failure)
+            await deny_websocket(websocket, failure)
             return
         except (TimeoutError, aiohttp.ClientError) as exc:
-            await _deny(websocket, AgentUnreachable(f"agent of container {vmid}: {exc}"))
+            await deny_websocket(websocket, AgentUnreachable(f"agent of container {vmid}: {exc}"))
             return
         async with upstream:
             await websocket.accept()

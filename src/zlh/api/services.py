@@ -13,7 +13,7 @@ from zlh.api.db import Database
 from zlh.api.events import EventBus
 from zlh.api.poller import Poller
 from zlh.api.provisioning import Provisioner
-from zlh.api.ratelimit import FailureLimiter
+from zlh.api.ratelimit import LoginThrottle
 from zlh.api.routefeed import RouteFeed
 from zlh.api.settings import ApiSettings
 from zlh.api.tailnet import Tailnet
@@ -36,6 +36,5 @@ class Services:
     audit: AuditLog
     bus: EventBus
     feed: RouteFeed
-    user_limiter: FailureLimiter
-    address_limiter: FailureLimiter
+    login_throttle: LoginThrottle
     tailnet: Tailnet | None = None  # None: no Headscale configured

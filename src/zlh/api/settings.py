@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from zlh.api.clientaddr import Network, parse_networks
 from zlh.api.headscale import HeadscaleSettings
 from zlh.proxy.settings import ProxySettings
 
@@ -73,7 +74,8 @@ class ApiSettings(BaseSettings):
     front: ProxySettings = Field(
         default_factory=ProxySettings,
         description="the public front's settings (timeouts, public_origin for the WebSocket "
-        "Origin check). Its session cookie name always follows cookie_name.",
+        "Origin check). Its session cookie name always follows cookie_name "
+        "(session_cookie_name).",
     )
     store_dir: Path | None = Field(
         None,
@@ -108,21 +110,45 @@ class ApiSettings(BaseSettings):
         8 * 3600, gt=0, description="lifetime of a login session and its token. No sliding renewal."
     )
     cookie_name: str = Field(
-        "zlh_session", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the session cookie's name."
+        "zlh_session",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="the session cookie's base name; sent as __Host-<name> when the cookie is "
+        "Secure (browsers refuse that prefix otherwise). The front reads the same name.",
     )
     cookie_secure: bool | None = Field(
         None,
-        description="force the cookie's Secure flag; default: set when the request came over "
-        "TLS (X-Forwarded-Proto from the front counts).",
+        description="force the cookie's Secure flag (and with it the __Host- prefix); default: "
+        "set when front.public_origin is https. Not per request: the front must know the name.",
     )
-    login_failures_per_user: int = Field(
-        5, gt=0, description="failed logins per user name allowed in login_window_s, then 429."
+    trusted_proxies: list[str] = Field(
+        [],
+        description="addresses or CIDRs of reverse proxies in front of the public port: "
+        "X-Forwarded-For is honoured only from them, and the client is the right-most address "
+        "not in this list. Empty: the front's TCP peer is the client.",
+    )
+    login_free_failures: int = Field(
+        3,
+        ge=0,
+        description="failed logins of one user name from one client address before that pair "
+        "must wait (0: from the first); other addresses are not affected.",
     )
     login_failures_per_address: int = Field(
-        20, gt=0, description="failed logins per client address in login_window_s, then 429."
+        20,
+        ge=0,
+        description="failed logins from one client address, over all user names, before that "
+        "address must wait (the same doubling back-off).",
+    )
+    login_backoff_base_s: float = Field(
+        1.0, gt=0, description="the first back-off wait; each further failure doubles it."
+    )
+    login_backoff_max_s: float = Field(
+        900.0, gt=0, description="the longest back-off wait; never a lock without end."
     )
     login_window_s: float = Field(
-        300.0, gt=0, description="sliding window of the login limits. Kept in memory only."
+        900.0,
+        gt=0,
+        description="failures are forgotten this long after the back-off they caused ended "
+        "without a new failure. Kept in memory only (a restart forgets them).",
     )
     argon2_time_cost: int = Field(
         3, ge=1, description="argon2id passes per password hash. Existing hashes keep theirs."
@@ -186,6 +212,11 @@ class ApiSettings(BaseSettings):
         parse_listen(value)
         return value
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return [str(network) for network in parse_networks(value)]
+
     @field_validator("artifact_server_url", "artifact_url_for_containers")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
@@ -196,6 +227,26 @@ class ApiSettings(BaseSettings):
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'zlh.db'}"
+
+    @property
+    def session_cookie_secure(self) -> bool:
+        if self.cookie_secure is not None:
+            return self.cookie_secure
+        return (self.front.public_origin or "").startswith("https://")
+
+    @property
+    def session_cookie_name(self) -> str:
+        """The one place the cookie's name is decided; the API and the front both use it."""
+        return f"__Host-{self.cookie_name}" if self.session_cookie_secure else self.cookie_name
+
+    @property
+    def front_settings(self) -> ProxySettings:
+        """``front`` with the session cookie's name as the API sets it."""
+        return self.front.model_copy(update={"session_cookie": self.session_cookie_name})
+
+    @property
+    def trusted_networks(self) -> tuple[Network, ...]:
+        return parse_networks(self.trusted_proxies)
 
     @property
     def jwt_key_path(self) -> Path:

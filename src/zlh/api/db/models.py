@@ -146,6 +146,8 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(32))
     vmid: Mapped[int | None] = mapped_column(BigInteger, default=None, index=True)
     detail: Mapped[str] = mapped_column(Text, default="")
+    # The client's address (zlh.api.clientaddr); None for what no request caused.
+    address: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 class KeyValue(Base):

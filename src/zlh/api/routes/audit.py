@@ -23,9 +23,18 @@ def audit(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before: Annotated[int | None, Query(ge=1, le=2**31 - 1, description="page: ids below")] = None,
 ) -> list[AuditOut]:
-    """Newest first: who logged in, created, opened and deleted what, and when."""
+    """Newest first: who logged in (or failed to), created, opened, changed and deleted what,
+    when, and from which address."""
     entries = svc.audit.entries(vmid=vmid, actor=actor, limit=limit, before_id=before)
     return [
-        AuditOut(id=e.id, at=e.at, actor=e.actor, action=e.action, vmid=e.vmid, detail=e.detail)
+        AuditOut(
+            id=e.id,
+            at=e.at,
+            actor=e.actor,
+            action=e.action,
+            vmid=e.vmid,
+            detail=e.detail,
+            address=e.address,
+        )
         for e in entries
     ]

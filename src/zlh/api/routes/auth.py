@@ -1,50 +1,63 @@
-"""``/api/auth``: login (token + cookie), logout (revokes the session), whoami."""
+"""``/api/auth``: login (token + cookie), logout (revokes the session), whoami, password change.
+
+Login is throttled per (user name, client address) and per client address
+(``zlh.api.ratelimit``): while an address backs off it gets 429 with ``Retry-After`` and the
+password is not even checked, so guessing stops; the same user elsewhere is unaffected.
+"""
 
 from __future__ import annotations
+
+from typing import Final
 
 from fastapi import APIRouter, Request, Response
 
 from zlh.api import accounts
 from zlh.api.audit import Action
 from zlh.api.deps import CurrentUser, Svc, client_address
-from zlh.api.errors import NotAuthenticated, RateLimited
-from zlh.api.models import LoginRequest, LoginResponse, UserOut
+from zlh.api.errors import Forbidden, NotAuthenticated, RateLimited
+from zlh.api.models import LoginRequest, LoginResponse, PasswordChange, UserOut
 from zlh.api.routes import ERRORS
+from zlh.api.services import Services
 
 router = APIRouter(prefix="/api/auth", tags=["auth"], responses=ERRORS)
 
+# Strict, not Lax: the portal's pages are static and fetch everything with the cookie from
+# their own origin, so a link from another site costs at most one extra sign-in page view,
+# and no cross-site request ever carries the cookie (the Origin check of zlh.api.guard is the
+# second line).
+SAME_SITE: Final = "strict"
 
-def _secure(request: Request, svc: Svc) -> bool:
-    if svc.settings.cookie_secure is not None:
-        return svc.settings.cookie_secure
-    proto = request.headers.get("x-forwarded-proto", request.url.scheme)
-    return proto.split(",")[0].strip() == "https"
+
+def _throttled(svc: Services, username: str, address: str) -> None:
+    wait = svc.login_throttle.retry_after_s(username, address)
+    if wait > 0:
+        raise RateLimited(
+            f"too many failed logins from {address}; try again in {wait:.0f}s",
+            retry_after_s=wait,
+        )
 
 
 @router.post("/login")
 def login(body: LoginRequest, request: Request, response: Response, svc: Svc) -> LoginResponse:
     """Exchange user name and password for a session token (also set as an HttpOnly cookie)."""
-    user_key = body.username.lower()
     address = client_address(request)
-    wait = max(svc.user_limiter.retry_after_s(user_key), svc.address_limiter.retry_after_s(address))
-    if wait > 0:
-        raise RateLimited(f"too many failed logins; try again in {wait:.0f}s", retry_after_s=wait)
+    _throttled(svc, body.username, address)
     user = accounts.authenticate(svc.db, body.username, body.password)
     if user is None:
-        svc.user_limiter.fail(user_key)
-        svc.address_limiter.fail(address)
+        svc.login_throttle.failed(body.username, address)
+        svc.audit.record(body.username, Action.LOGIN_FAILED, detail="wrong password or user name")
         raise NotAuthenticated("invalid user name or password")
-    svc.user_limiter.reset(user_key)
+    svc.login_throttle.succeeded(body.username, address)
     issued = svc.tokens.issue(user)
     svc.audit.record(user.username, Action.LOGIN, detail=f"from {address}")
     response.set_cookie(
-        svc.settings.cookie_name,
+        svc.settings.session_cookie_name,
         issued.token,
         max_age=svc.settings.session_ttl_s,
         path="/",
         httponly=True,
-        samesite="strict",
-        secure=_secure(request, svc),
+        samesite=SAME_SITE,
+        secure=svc.settings.session_cookie_secure,
     )
     return LoginResponse(token=issued.token, expires_at=issued.expires_at)
 
@@ -56,7 +69,31 @@ def logout(user: CurrentUser, request: Request, response: Response, svc: Svc) ->
     svc.tokens.revoke(sid)
     svc.registry.call_on_loop(lambda: svc.feed.revoke([sid]))
     svc.audit.record(user.username, Action.LOGOUT)
-    response.delete_cookie(svc.settings.cookie_name, path="/", httponly=True, samesite="strict")
+    response.delete_cookie(
+        svc.settings.session_cookie_name,
+        path="/",
+        httponly=True,
+        samesite=SAME_SITE,
+        secure=svc.settings.session_cookie_secure,
+    )
+
+
+@router.post("/password", status_code=204)
+def change_password(body: PasswordChange, user: CurrentUser, request: Request, svc: Svc) -> None:
+    """Change the caller's password (the current one is required): every other session of the
+    caller ends at once, here and at the front; this one stays. 403 for a wrong current
+    password (throttled like a failed login), 422 for a new one that is too short."""
+    address = client_address(request)
+    _throttled(svc, user.username, address)
+    sid: str = request.state.sid
+    try:
+        revoked = accounts.change_password(svc.db, user.id, body.current, body.new, keep=sid)
+    except Forbidden:
+        svc.login_throttle.failed(user.username, address)
+        raise
+    svc.registry.call_on_loop(lambda: svc.feed.revoke(revoked))
+    detail = f"ended {len(revoked)} other session(s)"
+    svc.audit.record(user.username, Action.PASSWORD, detail=detail)
 
 
 @router.get("/me")

@@ -1,0 +1,24 @@
+"""Error answers outside the route handlers' exception path: plain ASGI and WebSocket upgrades."""
+
+from __future__ import annotations
+
+from fastapi import WebSocket
+from fastapi.responses import JSONResponse
+
+from zlh.errors import ZlhError
+from zlh.schemas import ErrorBody
+
+__all__ = ["deny_websocket", "error_json"]
+
+
+def error_json(exc: ZlhError) -> JSONResponse:
+    body = ErrorBody(message=exc.message, detail=exc.reason)
+    return JSONResponse(body.model_dump(mode="json"), status_code=exc.status_code)
+
+
+async def deny_websocket(websocket: WebSocket, exc: ZlhError) -> None:
+    """Refuse the upgrade with the error's HTTP status and body where the server allows it."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(error_json(exc))
+    else:
+        await websocket.close(code=1008, reason=exc.message[:120])
