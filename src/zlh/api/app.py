@@ -40,6 +40,7 @@ from zlh.api.routes import audit as audit_routes
 from zlh.api.routes import auth as auth_routes
 from zlh.api.routes import catalog as catalog_routes
 from zlh.api.routes import dev as dev_routes
+from zlh.api.routes import docs as docs_routes
 from zlh.api.routes import events as events_routes
 from zlh.api.routes import health as health_routes
 from zlh.api.routes import tailnet as tailnet_routes
@@ -214,8 +215,9 @@ def create_app(
     app = FastAPI(
         title="ZeroLagHub API",
         version="1",
-        openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
+        # Served behind login by routes.docs, Swagger UI from the vendored package (no CDN).
+        openapi_url=None,
+        docs_url=None,
         redoc_url=None,
         lifespan=_lifespan,
     )
@@ -228,7 +230,7 @@ def create_app(
     app.add_exception_handler(Exception, _unexpected)
     app.state.tailnet = app.state.services.tailnet
     routers = (auth_routes, catalog_routes, dev_routes, events_routes, audit_routes, relays)
-    for module in (*routers, health_routes, tailnet_routes):
+    for module in (*routers, health_routes, tailnet_routes, docs_routes):
         app.include_router(module.router)
     if store_app is not None:
         app.mount("/artifacts", store_app)

@@ -1,7 +1,8 @@
 """The portal: static pages served by the API at ``/`` (no separate server).
 
-The pages are plain HTML, CSS and JavaScript modules in ``static/``; xterm.js comes from npm
-into ``node_modules/`` beside this file (``scripts/bootstrap.sh`` installs it). Every page path
+The pages are plain HTML, CSS and JavaScript modules in ``static/``; xterm.js and Swagger UI
+(for ``/api/docs``, ``DOCS_PAGE``) come from npm into ``node_modules/`` beside this file
+(``scripts/bootstrap.sh`` installs them). Every page path
 answers the same ``index.html``; the browser-side router picks the view.
 """
 
@@ -14,11 +15,12 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 
-__all__ = ["PAGE_HEADERS", "PORTAL_DIR", "mount_portal"]
+__all__ = ["DOCS_PAGE", "PAGE_HEADERS", "PORTAL_DIR", "mount_portal"]
 
 PORTAL_DIR = Path(__file__).resolve().parent
 STATIC_DIR = PORTAL_DIR / "static"
 NODE_MODULES = PORTAL_DIR / "node_modules"
+DOCS_PAGE = STATIC_DIR / "docs.html"
 
 # Pages may only be framed by ourselves, load nothing from elsewhere, and run no inline script.
 # Inline *styles* are allowed: xterm.js writes its theme and cell metrics into <style> elements
@@ -33,10 +35,11 @@ PAGE_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-cache",
 }
-PAGE_PATHS = ["/", "/login", "/new", "/c/{vmid:int}", "/c/{vmid:int}/{tab}"]
+PAGE_PATHS = ["/", "/login", "/password", "/new", "/c/{vmid:int}", "/c/{vmid:int}/{tab}"]
 VENDOR = {
     "xterm": NODE_MODULES / "@xterm" / "xterm",
     "xterm-fit": NODE_MODULES / "@xterm" / "addon-fit",
+    "swagger-ui": NODE_MODULES / "swagger-ui-dist",
 }
 
 mimetypes.add_type("text/javascript", ".mjs")
