@@ -73,6 +73,9 @@ def delete_all_containers(base_url: str) -> None:
     with httpx.Client(base_url=base_url, timeout=120) as client:
         login = client.post("/api/auth/login", json={"username": ADMIN, "password": PASSWORD})
         login.raise_for_status()
+        # A script, not a page: Bearer (a cookie-authenticated DELETE needs this site's Origin).
+        client.cookies.clear()
+        client.headers["Authorization"] = f"Bearer {login.json()['token']}"
         for container in client.get("/api/dev").raise_for_status().json():
             client.delete(f"/api/dev/{container['vmid']}").raise_for_status()
 

@@ -94,14 +94,17 @@ def test_another_users_browser_session_gets_404_on_the_ide_over_http_and_websock
 def _put_file(session: Session, platform: Platform, vmid: int, path: str, data: bytes) -> None:
     """Upload through ``PUT /api/dev/{vmid}/files/content`` with the browser's own cookie."""
     url = f"{platform.base_url}/api/dev/{vmid}/files/content"
-    response = session.context.request.put(url, params={"path": path}, data=data)
+    # The browser's cookie, from this site's own origin (as the portal's pages send it).
+    origin = {"Origin": platform.base_url}
+    response = session.context.request.put(url, params={"path": path}, data=data, headers=origin)
     assert response.status == 201, response.text()
     assert (platform.workspace(vmid) / path).read_bytes() == data
 
 
 def _mkdir(session: Session, platform: Platform, vmid: int, path: str) -> None:
     url = f"{platform.base_url}/api/dev/{vmid}/files/mkdir"
-    response = session.context.request.post(url, data={"path": path})
+    origin = {"Origin": platform.base_url}
+    response = session.context.request.post(url, data={"path": path}, headers=origin)
     assert response.status == 201, response.text()
     assert (platform.workspace(vmid) / path).is_dir()
 

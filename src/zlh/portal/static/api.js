@@ -1,9 +1,10 @@
 // The portal's one door to the API: JSON in and out, errors as ApiError, 401 → sign-in.
 
 export class ApiError extends Error {
-  constructor(status, body) {
+  constructor(status, body, retryAfter = 0) {
     super(body && body.message ? body.message : `request failed (${status})`);
     this.status = status;
+    this.retryAfter = retryAfter; // seconds, from a 429's Retry-After
     this.detail = (body && body.detail) || "";
     this.validations = (body && body.validations) || [];
   }
@@ -36,7 +37,7 @@ async function errorFrom(res) {
   } catch {
     body = { message: `${res.status} ${res.statusText}` };
   }
-  return new ApiError(res.status, body);
+  return new ApiError(res.status, body, Number(res.headers.get("Retry-After")) || 0);
 }
 
 export async function api(path, { method = "GET", json, body, headers = {}, raw = false } = {}) {

@@ -5,6 +5,7 @@ import { loginView } from "./views/login.js";
 import { dashboardView } from "./views/dashboard.js";
 import { newView } from "./views/new.js";
 import { containerView } from "./views/container.js";
+import { passwordView } from "./views/password.js";
 
 const main = document.getElementById("main");
 let cleanup = () => {};
@@ -15,10 +16,17 @@ const routes = [
   [/^\/login$/, () => loginView],
   [/^\/$/, () => dashboardView],
   [/^\/new$/, () => newView],
+  [/^\/password$/, () => passwordView],
   [/^\/c\/(\d+)(?:\/(overview|files|console|tailnet))?$/, () => containerView],
 ];
 
 export function navigate(path, { replace = false } = {}) {
+  // Pages the portal does not draw (the API's docs, an IDE) are loaded by the browser.
+  if (!routes.some(([re]) => re.test(new URL(path, location.href).pathname))) {
+    if (replace) location.replace(path);
+    else location.assign(path);
+    return;
+  }
   if (replace) history.replaceState(null, "", path);
   else history.pushState(null, "", path);
   render();
@@ -40,6 +48,7 @@ function renderAccount() {
   if (!me) return;
   nav.append(
     h("span", { class: "muted" }, me.username, me.isAdmin ? " (admin)" : ""),
+    h("a", { href: "/password", "data-link": true }, "Password"),
     h("button", { class: "secondary", type: "button", onclick: signOut }, "Sign out"),
   );
 }

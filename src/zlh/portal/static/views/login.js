@@ -1,6 +1,11 @@
 import { api, safeNext } from "../api.js";
 import { errorBox, h } from "../dom.js";
 
+function waitText(seconds) {
+  if (seconds < 90) return `${seconds} second${seconds === 1 ? "" : "s"}`;
+  return `${Math.ceil(seconds / 60)} minutes`;
+}
+
 export async function loginView(main, { navigate }) {
   const next = safeNext(new URLSearchParams(location.search).get("next") || "/");
   const status = h("div", { "aria-live": "assertive" });
@@ -28,11 +33,17 @@ export async function loginView(main, { navigate }) {
       await api("/api/auth/login", { method: "POST", json: { username: username.value, password: password.value } });
       navigate(next, { replace: true });
     } catch (err) {
+      if (err.status === 429) {
+        // Backed off: the API does not even check passwords from here until the wait is over.
+        status.append(h("p", { class: "error", role: "alert" },
+          `Too many failed sign-ins from your address. Try again in ${waitText(err.retryAfter)}.`));
+        setTimeout(() => { submit.disabled = false; }, err.retryAfter * 1000);
+        return;
+      }
       status.append(errorBox(err));
       password.select();
-    } finally {
-      submit.disabled = false;
     }
+    submit.disabled = false;
   });
   main.append(form);
   username.focus();
