@@ -87,12 +87,23 @@ def test_node_request_reaches_ready_and_only_its_owner_and_admins_see_it(
     node_store: Path, tmp_path: Path
 ) -> None:
     _users(tmp_path)
+    # The test client stands in for a reverse proxy in front of the public port.
+    (tmp_path / "api.toml").write_text('trusted_proxies = ["127.0.0.1"]\n')
     port = free_port()
     with (
         zlh_up(tmp_path, node_store, port),
         httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
     ):
         alice, bob, root = (_login(client, n) for n in ("alice", "bob", "root"))
+        # Front → unix socket → API: the client behind the trusted proxy reaches the audit log.
+        wrong = {"username": "alice", "password": "not it"}
+        via_proxy = {"X-Forwarded-For": "203.0.113.7"}
+        assert client.post("/api/auth/login", json=wrong, headers=via_proxy).status_code == 401
+        audit = client.get("/api/audit", headers=root).json()
+        assert [(e["action"], e["address"]) for e in audit[:2]] == [
+            ("login-failed", "203.0.113.7"),
+            ("login", "127.0.0.1"),
+        ]
         created = client.post("/api/dev", json={"runtime": "node"}, headers=alice)
         assert created.status_code == 202, created.text
         vmid = created.json()["vmid"]
