@@ -1,0 +1,56 @@
+"""The login back-off on a clock the test moves: counted, never timed."""
+
+from __future__ import annotations
+
+from zlh.api.ratelimit import BackOff, LoginThrottle
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_failures_are_forgotten_a_window_after_the_back_off_ended() -> None:
+    clock = Clock()
+    backoff = BackOff(free=1, base_s=10.0, max_s=100.0, forget_s=60.0, clock=clock)
+    backoff.fail("k")
+    backoff.fail("k")
+    assert backoff.retry_after_s("k") == 20.0  # second failure: twice the first wait
+    clock.now = 20.0 + 59.0
+    assert backoff.retry_after_s("k") == 0.0
+    backoff.fail("k")
+    assert backoff.retry_after_s("k") == 40.0  # still remembered: the doubling goes on
+    clock.now += 40.0 + 60.0
+    backoff.fail("k")
+    assert backoff.retry_after_s("k") == 10.0  # forgotten: starts over
+
+
+def test_a_flood_of_keys_is_bounded() -> None:
+    backoff = BackOff(free=0, base_s=1.0, max_s=1.0, forget_s=1.0, clock=Clock(), max_keys=3)
+    for n in range(10):
+        backoff.fail(f"k{n}")
+    assert [backoff.retry_after_s(f"k{n}") for n in range(10)] == [0.0] * 7 + [1.0] * 3
+
+
+def test_a_success_clears_the_pair_but_not_the_address() -> None:
+    clock = Clock()
+    throttle = LoginThrottle(
+        free_per_user_address=1,
+        free_per_address=2,
+        base_s=5.0,
+        max_s=60.0,
+        forget_s=60.0,
+        clock=clock,
+    )
+    throttle.failed("Mallory", "203.0.113.9")
+    assert throttle.retry_after_s("mallory", "203.0.113.9") == 5.0  # names are case-blind
+    assert throttle.retry_after_s("alice", "203.0.113.9") == 0.0
+    clock.now = 5.0
+    throttle.succeeded("mallory", "203.0.113.9")  # the attacker's own account
+    assert throttle.retry_after_s("mallory", "203.0.113.9") == 0.0
+    throttle.failed("alice", "203.0.113.9")  # the address's second failure
+    assert throttle.retry_after_s("bob", "203.0.113.9") == 5.0  # the address still backs off
+    assert throttle.retry_after_s("alice", "198.51.100.1") == 0.0
