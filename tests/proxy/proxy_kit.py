@@ -25,6 +25,7 @@ import uvloop
 from aiohttp import WSMsgType, web
 
 from zlh.proxy import Front, JwtAuthenticator, Principal, ProxySettings, Route, RouteTable
+from zlh.proxy.tickets import Ticket, TicketDesk, mint_ticket
 
 KEY = b"k" * 32 + b"-test-signing-key"
 COOKIE = "zlh_session"
@@ -50,6 +51,43 @@ def token(
     if admin:
         claims["admin"] = True
     return jwt.encode(claims, key, algorithm="HS256")
+
+
+def ide_cookie(
+    user: str, vmid: int, *, sid: str = "", admin: bool = False, ttl_s: float = 3600
+) -> str:
+    """The IDE cookie's value for ``vmid``, as the front's ticket exchange writes it."""
+    now = time.time()
+    ticket = Ticket(user, sid or f"sid-{user}-{now}", vmid, admin, now, now + ttl_s)
+    return TicketDesk(KEY).cookie_value(ticket)[0]
+
+
+def ide_session(user: str, vmid: int, **kwargs: Any) -> dict[str, str]:
+    """Headers of a browser holding the IDE cookie for ``vmid``."""
+    return {"Cookie": f"zlh_ide={ide_cookie(user, vmid, **kwargs)}"}
+
+
+def ticket(
+    user: str,
+    vmid: int,
+    *,
+    sid: str = "",
+    admin: bool = False,
+    now: float | None = None,
+    session_ttl_s: float = 3600,
+) -> str:
+    """A ticket as ``GET /api/dev/{vmid}/ide-url`` mints it."""
+    now = time.time() if now is None else now
+    return mint_ticket(
+        KEY,
+        user_id=user,
+        sid=sid or f"sid-{user}-{now}",
+        vmid=vmid,
+        admin=admin,
+        session_issued_at=now,
+        session_expires_at=now + session_ttl_s,
+        now=now,
+    )
 
 
 def wait_until(condition: Callable[[], bool], *, timeout_s: float = 5.0, what: str = "") -> None:
@@ -193,22 +231,28 @@ class Harness:
         api_upstream: str = "",
         *,
         on_ide_open: Callable[[Principal, int], None] | None = None,
+        clock: Callable[[], float] = time.time,
         **settings: Any,
     ) -> Front:
+        """A front listening for the portal's origin (``port``) and, as a second port, for
+        the IDE origin (``ide_port``)."""
         front = Front(
             ProxySettings(**settings),
             routes,
             JwtAuthenticator(KEY),
             api_upstream or f"127.0.0.1:{self.upstream_port}",
+            tickets=TicketDesk(KEY, clock=clock),
             on_ide_open=on_ide_open,
         )
         self.run(front.start("127.0.0.1", 0))
+        self.run(front.start_ide("127.0.0.1", 0))
         return front
 
     @contextmanager
     def other_front(
         self, api_upstream: str = "", **settings: Any
     ) -> Iterator[tuple[Front, RouteTable]]:
+        """A front of its own (``settings`` and ``clock`` as :meth:`start_front` takes them)."""
         routes = RouteTable()
         front = self.start_front(routes, api_upstream, **settings)
         try:

@@ -22,6 +22,7 @@ class Action(StrEnum):
     TAILNET_REGENERATE = "tailnet-regenerate"
     FILE_UPLOAD = "file-upload"  # the files relay (detail: path and size)
     FILE_DELETE = "file-delete"  # the files relay (detail: path, recursive or not)
+    ADMIN_IDE_OPEN = "admin-ide-open"  # an admin got a ticket for another user's IDE
 
 
 class AuditLog:

@@ -5,6 +5,7 @@ import { loginView } from "./views/login.js";
 import { dashboardView } from "./views/dashboard.js";
 import { newView } from "./views/new.js";
 import { containerView } from "./views/container.js";
+import { ideView } from "./views/ide.js";
 
 const main = document.getElementById("main");
 let cleanup = () => {};
@@ -16,6 +17,7 @@ const routes = [
   [/^\/$/, () => dashboardView],
   [/^\/new$/, () => newView],
   [/^\/c\/(\d+)(?:\/(overview|files|console|tailnet))?$/, () => containerView],
+  [/^\/c\/(\d+)\/ide$/, () => ideView],
 ];
 
 export function navigate(path, { replace = false } = {}) {
