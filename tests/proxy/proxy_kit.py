@@ -127,6 +127,25 @@ def upstream_app(log: UpstreamLog) -> web.Application:
         seen["body_len"] = len(await request.read())
         return web.json_response(seen, headers={"Set-Cookie": "up=1; Path=/"})
 
+    async def cookies(request: web.Request) -> web.StreamResponse:
+        """Sets cookies named like the platform's and one of its own, with a CSP of its own;
+        ``?chunked=1`` streams the body (the head then goes through llhttp, not the scanner)."""
+        log.record(request)
+        response = web.StreamResponse(
+            headers={"Content-Security-Policy": "default-src 'self'", "Content-Type": "text/plain"}
+        )
+        for name in ("zlh_session", "__Host-zlh_session", "__Secure-ZLH_SESSION", "zlh_ide"):
+            response.headers.add("Set-Cookie", f"{name}=planted; Path=/")
+        response.headers.add("Set-Cookie", "mine=1; Path=/")
+        if request.query.get("chunked"):
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = 2
+        await response.prepare(request)
+        await response.write(b"ok")
+        await response.write_eof()
+        return response
+
     async def upload(request: web.Request) -> web.StreamResponse:
         log.record(request)
         total = 0
@@ -182,6 +201,7 @@ def upstream_app(log: UpstreamLog) -> web.Application:
 
     app = web.Application(client_max_size=1 << 30)
     app.router.add_route("*", "/upload", upload)
+    app.router.add_get("/cookies", cookies)
     app.router.add_get("/stream", stream)
     app.router.add_get("/big", big)
     app.router.add_get("/slow", slow)

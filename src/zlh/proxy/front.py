@@ -63,8 +63,6 @@ __all__ = ["Front"]
 _NOT_READY_RETRY_S: Final = 5
 _AUTH_PATH: Final = AUTH_PATH.encode()
 _IDE_COOKIE: Final = IDE_COOKIE.encode()
-# The answer to a ticket exchange must not be cached nor leak the ticket as a Referer.
-_AUTH_HEADERS: Final = b"Cache-Control: no-store\r\nReferrer-Policy: no-referrer\r\n"
 _SELF_ONLY: Final = b"Content-Security-Policy: frame-ancestors 'self'\r\n"
 
 
@@ -179,8 +177,10 @@ class Front:
             if host == self._ide_host:
                 return self._ide_paths(conn, req)
             suffix = self._ide_suffix
-            if suffix is not None and host.endswith(suffix):
-                return self._ide_wildcard(conn, req, host[: len(host) - len(suffix)])
+            if suffix is not None and (host.endswith(suffix) or host == suffix[1:]):
+                # The bare domain is no container's, and not the portal's either: its
+                # subdomains' pages may set cookies for it.
+                return self._ide_wildcard(conn, req, host[: max(0, len(host) - len(suffix))])
         if req.target.startswith(b"/dev/"):
             return self._portal_dev(conn, req)
         return self._to_api(conn, req)
@@ -351,7 +351,7 @@ class Front:
         keep_alive = req.keep_alive
         return LocalResponse(
             conn,
-            responses.redirect(303, location, keep_alive=keep_alive, extra=cookie + _AUTH_HEADERS),
+            responses.redirect(303, location, keep_alive=keep_alive, extra=cookie),
             keep_alive=keep_alive,
         )
 
