@@ -30,6 +30,7 @@ from e2e_kit import (
     running_platform,
     sign_in,
 )
+from playwright.sync_api import expect
 from websockets.sync.client import ClientConnection, connect
 
 from support import free_port
@@ -153,6 +154,8 @@ def test_a_customer_page_in_an_admins_ide_reaches_neither_api_nor_console(
 
             tab = session.context.new_page()  # the IDE's console noise is not the portal's
             sign_in(tab, platform.base_url, ADMIN)
+            tab.goto(f"{platform.base_url}/c/{vmid}")
+            expect(tab.locator("#admin-ide-access")).to_be_visible()  # the banner
             tab.goto(f"{platform.base_url}/c/{vmid}/ide")  # the admin's ticket to the IDE
             tab.wait_for_url(re.compile("^" + re.escape(platform.ide_url(vmid))))
             ide = platform.ide_url(vmid)
@@ -161,8 +164,10 @@ def test_a_customer_page_in_an_admins_ide_reaches_neither_api_nor_console(
         finally:
             shell.close()
         after = client.get("/api/dev", headers=boss)
+        audit = client.get("/api/audit", params={"vmid": vmid}, headers=boss).json()
     assert after.status_code == 200  # the admin's session is intact...
     assert len(after.json()) == len(before)  # ...and created nothing
+    assert any(e["action"] == "admin-ide-open" and e["actor"] == ADMIN for e in audit)
     for attempt, outcome in outcomes.items():
         refused = outcome == "blocked" or re.match(r"status (401|403|404) ", outcome)
         assert refused, f"{form}: {attempt} got through: {outcome}"
