@@ -97,7 +97,6 @@ class Front:
         self._server: asyncio.Server | None = None
         self._ide_server: asyncio.Server | None = None
         names = settings.platform_cookies
-        self._cookies = SessionCookieSplitter(settings.session_cookie.encode())
         # On the IDE origin: the IDE cookie is read, every platform cookie removed.
         self._ide_cookies = SessionCookieSplitter(_IDE_COOKIE, drop=names)
         self._proto = settings.forwarded_proto

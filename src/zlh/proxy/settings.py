@@ -29,8 +29,9 @@ class ProxySettings(BaseModel):
     )
     session_cookie: str = Field(
         default="zlh_session",
-        description="Name of the portal's session cookie: read for auth, removed before a "
-        "request reaches a container. Other cookies pass untouched.",
+        description="Name of the portal's session cookie. The IDE origin takes it for nothing: "
+        "it, its `__Host-`/`__Secure-` forms and the IDE cookie are removed before a request "
+        "reaches a container, and a container's Set-Cookie of any of them is dropped.",
     )
     ide_origin: str | None = Field(
         default=None,
@@ -43,11 +44,6 @@ class ProxySettings(BaseModel):
         default=False,
         description="Whether an admin's IDE cookie opens other users' IDEs. Off: admins get "
         "the 404 of any non-owner (they still see the containers in the portal).",
-    )
-    login_path: str = Field(
-        default="/login",
-        description="Where a browser navigating to an IDE without a session is sent "
-        "(303 to `login_path?next=...`). API clients always get 401.",
     )
     connect_timeout_s: float = Field(
         default=5.0, gt=0, description="Opening a TCP/unix connection to an upstream."
@@ -113,13 +109,6 @@ class ProxySettings(BaseModel):
     def _cookie_name(cls, value: str) -> str:
         if not value or any(c in value for c in "=; \t,"):
             raise ValueError(f"session_cookie must be a plain cookie name, got {value!r}")
-        return value
-
-    @field_validator("login_path")
-    @classmethod
-    def _login_path(cls, value: str) -> str:
-        if not value.startswith("/") or value.startswith("//"):
-            raise ValueError(f"login_path must be a local path starting with '/', got {value!r}")
         return value
 
     @property
