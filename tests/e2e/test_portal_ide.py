@@ -69,7 +69,7 @@ def test_open_ide_shows_the_vs_code_workbench(
     _close_ide(alice, tab)
 
 
-def test_a_signed_out_browser_opening_the_ide_link_signs_in_and_lands_in_the_ide(
+def test_a_signed_out_browser_opening_the_ide_link_signs_in_lands_in_the_ide_and_signs_out(
     session: Session, platform: Platform, provisioned: Provisioned
 ) -> None:
     vmid = provisioned.vmid
@@ -81,6 +81,12 @@ def test_a_signed_out_browser_opening_the_ide_link_signs_in_and_lands_in_the_ide
     tab.get_by_role("button", name="Sign in").click()
     tab.locator(".monaco-workbench").wait_for(timeout=WORKBENCH_TIMEOUT_MS)
     assert tab.url.startswith(platform.ide_url(vmid))
+    # Signing out of the portal ends the IDE cookie it led to: the IDE asks for sign-in again.
+    tab.goto(f"{platform.base_url}/")
+    tab.get_by_role("button", name="Sign out").click()
+    tab.wait_for_url(f"{platform.base_url}/login")
+    tab.goto(platform.ide_url(vmid))
+    tab.wait_for_url(f"{platform.base_url}/login?next=%2Fc%2F{vmid}%2Fide")
     tab.close()
 
 
