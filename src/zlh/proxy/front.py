@@ -105,7 +105,6 @@ class Front:
         self._default_host = origin.split("://", 1)[1].encode() if origin else b"localhost"
         self._admin_ide_access = settings.admin_ide_access
         ide = IdeOrigin.parse(settings.ide_origin) if settings.ide_origin else None
-        self._ide = ide
         self._ide_host = ide.netloc.encode() if ide is not None and not ide.wildcard else None
         self._ide_suffix = b"." + ide.netloc.encode() if ide is not None and ide.wildcard else None
         self._ide_by_host = ide is not None
