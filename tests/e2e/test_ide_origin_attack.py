@@ -146,8 +146,7 @@ def test_a_customer_page_in_an_admins_ide_reaches_neither_api_nor_console(
         assert put.status_code == 201, put.text
         port = free_port()
         # The customer's server runs in their console's shell (closing the console ends it).
-        shell = _console(platform, vmid, alice)
-        try:
+        with _console(platform, vmid, alice) as shell:
             command = f"cd attack-{form} && python3 -m http.server {port} --bind 127.0.0.1\n"
             shell.send(command.encode())
             _wait_for_port(port)
@@ -158,16 +157,21 @@ def test_a_customer_page_in_an_admins_ide_reaches_neither_api_nor_console(
             expect(tab.locator("#admin-ide-access")).to_be_visible()  # the banner
             tab.goto(f"{platform.base_url}/c/{vmid}/ide")  # the admin's ticket to the IDE
             tab.wait_for_url(re.compile("^" + re.escape(platform.ide_url(vmid))))
-            ide = platform.ide_url(vmid)
-            tab.goto(f"{ide}proxy/{port}/index.html")
+            tab.goto(f"{platform.ide_url(vmid)}proxy/{port}/index.html")
             outcomes: dict[str, str] = tab.evaluate("window.attack")
-        finally:
-            shell.close()
         after = client.get("/api/dev", headers=boss)
         audit = client.get("/api/audit", params={"vmid": vmid}, headers=boss).json()
     assert after.status_code == 200  # the admin's session is intact...
     assert len(after.json()) == len(before)  # ...and created nothing
     assert any(e["action"] == "admin-ide-open" and e["actor"] == ADMIN for e in audit)
+    # No console of the platform's was opened in the admin's name (the API audits each).
+    assert not [e for e in audit if e["detail"] == "console" and e["actor"] == ADMIN]
     for attempt, outcome in outcomes.items():
+        if form == "wildcard" and attempt.endswith("Here"):
+            # Every path of the container's own host is the container's: its code-server, not
+            # the platform, answers (a socket to it may well open). The platform's side is
+            # the portal's origin, checked below, and the audit above.
+            continue
+        # Refused by the browser, or an error from the front (401/403/404).
         refused = outcome == "blocked" or re.match(r"status (401|403|404) ", outcome)
         assert refused, f"{form}: {attempt} got through: {outcome}"
