@@ -5,10 +5,11 @@
 
 Starts the front in its own process (uvloop; the harness measures that process's CPU) with a
 route for vmid 100 to the harness's upstream (127.0.0.1:$BASE_PORT, default 18000) owned by a
-bench user, then runs ``../shared/bench/proxy/run.sh ours=127.0.0.1:<port>`` with a valid
-session cookie (``BENCH_COOKIE='zlh_session=<jwt>; session=x'``, ``BENCH_STRIP_COOKIE=zlh_session``:
-the front must strip its own cookie and pass the harness's). Prints the harness's table, then
-the issue's goals as ratios to nginx/hpm in the same run.
+bench user, then runs ``../shared/bench/proxy/run.sh ours=127.0.0.1:<port>`` against the front's
+IDE origin listener (the second-port form, where IDEs are served) with the IDE cookie a ticket
+exchange sets (``BENCH_COOKIE='zlh_ide=<jwt>; session=x'``, ``BENCH_STRIP_COOKIE=zlh_ide``: the
+front must strip its own cookie and pass the harness's). Prints the harness's table, then the
+issue's goals as ratios to nginx/hpm in the same run.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-import jwt
+from zlh.proxy.tickets import IDE_COOKIE, Ticket, TicketDesk
 
 REPO = Path(__file__).resolve().parent.parent
 HARNESS = REPO.parent / "shared" / "bench" / "proxy" / "run.sh"
@@ -46,8 +47,15 @@ def serve(port: int, key: bytes) -> None:
     async def main() -> None:
         routes = RouteTable()
         routes.update(100, Route(owner_id=USER, host="127.0.0.1", port=BASE_PORT, ready=True))
-        front = Front(ProxySettings(), routes, JwtAuthenticator(key), "unix:/nonexistent.sock")
-        await front.start("127.0.0.1", port)
+        front = Front(
+            ProxySettings(),
+            routes,
+            JwtAuthenticator(key),
+            "unix:/nonexistent.sock",
+            tickets=TicketDesk(key),
+        )
+        await front.start("127.0.0.1", 0)
+        await front.start_ide("127.0.0.1", port)
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
@@ -63,14 +71,13 @@ def free_port() -> int:
 
 
 def bench_session() -> tuple[str, dict[str, str]]:
-    """A fresh signing key and a day's session for the bench user: the Cookie header to send
-    (the front's session cookie and the harness's ``session=x``) and the environment that
+    """A fresh signing key and a day's IDE cookie for the bench user's vmid 100: the Cookie
+    header to send (the IDE cookie and the harness's ``session=x``) and the environment that
     gives ``--serve`` the key."""
     key = secrets.token_bytes(32)
-    now = int(time.time())
-    claims = {"sub": USER, "sid": "bench", "iat": now, "exp": now + 86400}
-    cookie = f"zlh_session={jwt.encode(claims, key, algorithm='HS256')}; session=x"
-    return cookie, dict(os.environ, ZLH_BENCH_KEY=key.hex())
+    now = time.time()
+    ide, _ = TicketDesk(key).cookie_value(Ticket(USER, "bench", 100, False, now, now + 86400))
+    return f"{IDE_COOKIE}={ide}; session=x", dict(os.environ, ZLH_BENCH_KEY=key.hex())
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
@@ -128,7 +135,7 @@ def main() -> int:
         harness_env = dict(
             os.environ,
             BENCH_COOKIE=cookie,
-            BENCH_STRIP_COOKIE="zlh_session",
+            BENCH_STRIP_COOKIE=IDE_COOKIE,
         )
         rc = subprocess.run(
             [str(HARNESS), f"ours=127.0.0.1:{port}"], env=harness_env, check=False

@@ -11,6 +11,7 @@ from api_kit import add_user, login, make_app, running, services, sse_events
 
 from zlh.api.routes.dev import router as dev_router
 from zlh.api.routes.events import router as events_router
+from zlh.api.routes.ide import router as ide_router
 
 
 def test_a_dev_request_goes_from_202_to_ready_observed_over_sse(tmp_path: Path) -> None:
@@ -48,7 +49,7 @@ def test_a_dev_request_goes_from_202_to_ready_observed_over_sse(tmp_path: Path) 
 
 def _vmid_routes() -> list[tuple[str, str]]:
     routes = []
-    for router in (dev_router, events_router):
+    for router in (dev_router, events_router, ide_router):
         for route in router.routes:
             path = getattr(route, "path", "")
             if "{vmid}" in path:
@@ -65,7 +66,11 @@ def test_only_the_owner_and_admins_see_a_container(tmp_path: Path) -> None:
         alice, bob, root = (login(client, n) for n in ("alice", "bob", "root"))
         vmid = client.post("/api/dev", json={"runtime": "node"}, headers=alice).json()["vmid"]
         routes = _vmid_routes()
-        assert {p for _, p in routes} >= {"/api/dev/{vmid}", "/api/dev/{vmid}/events"}
+        assert {p for _, p in routes} >= {
+            "/api/dev/{vmid}",
+            "/api/dev/{vmid}/events",
+            "/api/dev/{vmid}/ide-url",
+        }
         for method, path in routes:
             url = path.replace("{vmid}", str(vmid))
             for headers in (bob, {}):

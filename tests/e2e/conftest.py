@@ -9,33 +9,28 @@ that record, the files, console and IDE tests reuse the container.
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from e2e_kit import (
-    ADMIN,
     ALICE,
-    BOB,
     CHROMIUM,
     CHROMIUM_ARGS,
-    PASSWORD,
     Platform,
     Provisioned,
     Session,
     add_corrupt_node_versions,
     capture,
     copy_catalog_entry,
-    delete_all_containers,
     open_session,
-    platform_env,
+    running_platform,
     sign_in,
     watch_provisioning,
 )
 from playwright.sync_api import Browser, sync_playwright
 
-from support import ZLH, free_port, wait_for_port, zlh
+from support import free_port
 from zlh.schemas import ArtifactKind
 
 
@@ -54,30 +49,11 @@ def e2e_store(
 
 @pytest.fixture(scope="session")
 def platform(e2e_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """The platform with its IDEs on a second port (the form ``zlh up`` defaults to)."""
     data_dir = tmp_path_factory.mktemp("e2e-platform")
-    env = platform_env(data_dir)
-    for name, admin in ((ALICE, False), (BOB, False), (ADMIN, True)):
-        args = ["user", "add", name, "--password-stdin", "--data-dir", str(data_dir)]
-        zlh(*args, *(["--admin"] if admin else []), input=PASSWORD + "\n", env=env)
-    port = free_port()
-    log = (data_dir / "up.log").open("ab")
-    argv = [*ZLH, "up", "--backend", "process", "--store", str(e2e_store)]
-    proc = subprocess.Popen(
-        [*argv, "--listen", f"127.0.0.1:{port}"], env=env, stdout=log, stderr=log
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_port("127.0.0.1", port, proc=proc, timeout_s=60)
-        yield Platform(base_url=base_url, data_dir=data_dir, proc=proc)
-    finally:
-        try:
-            if proc.poll() is None:
-                delete_all_containers(base_url)  # agents outlive `zlh up` by design
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=60)
-            log.close()
+    ide_origin = f"http://127.0.0.1:{free_port()}"
+    with running_platform(e2e_store, data_dir, ide_origin, free_port()) as platform:
+        yield platform
 
 
 @pytest.fixture(scope="session")

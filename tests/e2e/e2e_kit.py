@@ -12,6 +12,8 @@ import re
 import subprocess
 import tarfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 import httpx
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Error, Page
 
-from support import REPO, zlh
+from support import REPO, ZLH, wait_for_port, zlh
 from zlh.schemas import ArtifactKind, Catalog
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -31,6 +33,8 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # The IDE origin's host-name and wildcard forms (tests/e2e/test_ide_origin_attack.py).
+    "--host-resolver-rules=MAP ide.test 127.0.0.1, MAP *.ide.test 127.0.0.1",
 ]
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
@@ -52,11 +56,19 @@ FAST_ENV = {
 
 @dataclass
 class Platform:
-    """``zlh up --backend process`` running for the session."""
+    """``zlh up --backend process`` running for the session; IDEs on ``ide_origin`` (the
+    second-port form: ``http://127.0.0.1:<another port>``)."""
 
     base_url: str
     data_dir: Path
     proc: subprocess.Popen[bytes]
+    ide_origin: str
+
+    def ide_url(self, vmid: int) -> str:
+        """The IDE's first page on the IDE origin (path forms; the wildcard's is ``/``)."""
+        if "*." in self.ide_origin:
+            return self.ide_origin.replace("*", str(vmid), 1) + "/"
+        return f"{self.ide_origin}/dev/{vmid}/ide/"
 
     def workspace(self, vmid: int) -> Path:
         """Where the process backend keeps a container's workspace on this host."""
@@ -64,7 +76,35 @@ class Platform:
 
 
 def platform_env(data_dir: Path) -> dict[str, str]:
-    return {**os.environ, **FAST_ENV, "ZLH_DATA_DIR": str(data_dir)}
+    # Admins may open other users' IDEs here: the attack tests need an admin in one.
+    return {**os.environ, **FAST_ENV, "ZLH_DATA_DIR": str(data_dir), "ZLH_ADMIN_IDE_ACCESS": "1"}
+
+
+@contextmanager
+def running_platform(store: Path, data_dir: Path, ide_origin: str, port: int) -> Iterator[Platform]:
+    """``zlh up`` on ``port`` with ``ide_origin``, alice, bob and the admin; every container is
+    deleted when it stops (the process backend's agents outlive ``zlh up``)."""
+    env = platform_env(data_dir)
+    for name, admin in ((ALICE, False), (BOB, False), (ADMIN, True)):
+        args = ["user", "add", name, "--password-stdin", "--data-dir", str(data_dir)]
+        zlh(*args, *(["--admin"] if admin else []), input=PASSWORD + "\n", env=env)
+    log = (data_dir / "up.log").open("ab")
+    argv = [*ZLH, "up", "--backend", "process", "--store", str(store)]
+    argv += ["--listen", f"127.0.0.1:{port}", "--ide-origin", ide_origin]
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_port("127.0.0.1", port, proc=proc, timeout_s=60)
+        yield Platform(base_url=base_url, data_dir=data_dir, proc=proc, ide_origin=ide_origin)
+    finally:
+        try:
+            if proc.poll() is None:
+                delete_all_containers(base_url)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=60)
+            log.close()
 
 
 def delete_all_containers(base_url: str) -> None:

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from e2e_kit import FAST_ENV, SHOTS, Session, sign_in
+from e2e_kit import FAST_ENV, SHOTS, Session
 
 from support import CACHE_DIR, REPO, ZLH, free_port
 from zlh.backends import create_backend
@@ -211,14 +211,19 @@ def test_make_run_prints_the_portal_the_ide_and_credentials_that_open_it(ready: 
     assert ready.password_file == ready.demo.data_dir / "admin-password"
     assert ready.password_file.stat().st_mode & 0o777 == 0o600
     assert ready.password_file.read_text().strip() == ready.password
-    assert ready.ide == f"{ready.portal}dev/{ready.vmid}/ide/"
+    # The IDE lives on an origin of its own: by default the next port, on the same host.
+    portal = httpx.URL(ready.portal)
+    assert ready.ide == f"http://{portal.host}:{portal.port + 1}/dev/{ready.vmid}/ide/"  # type: ignore[operator]
     out = ready.demo.output
     for step in ("provisioning · ", "ready · ready 100%"):  # as the SSE stream showed them
         assert re.search(rf"^\[\s*[\d.]+s\] {step}", out, re.MULTILINE), step
     anonymous = httpx.get(ready.ide, headers={"Accept": "application/json"})
     assert anonymous.status_code == 401
     with signed_in(ready) as client:
-        ide = client.get(ready.ide, follow_redirects=True)  # code-server adds ?folder=
+        assert client.get(ready.ide).status_code == 401  # the portal's cookie opens no IDE
+        url = client.get(f"/api/dev/{ready.vmid}/ide-url").json()["url"]
+        with httpx.Client(timeout=30) as browser:
+            ide = browser.get(url, follow_redirects=True)  # code-server adds ?folder=
         assert ide.status_code == 200 and "workbench" in ide.text
         assert client.get(ready.portal).status_code == 200
 
@@ -226,12 +231,18 @@ def test_make_run_prints_the_portal_the_ide_and_credentials_that_open_it(ready: 
 def test_the_ide_terminal_runs_the_runtimes_node(
     backend: str, ready: Ready, session: Session, data_dir: Path
 ) -> None:
-    # The portal's page is watched for console errors; code-server's (offline gallery, missing
-    # optional modules) are not ours, so the IDE gets a tab of its own, unwatched.
-    sign_in(session.page, ready.portal.rstrip("/"), ready.user, ready.password)
+    # code-server's console errors (offline gallery, missing optional modules) are not ours,
+    # so the IDE gets a tab of its own, unwatched. Signed out, the printed IDE link goes
+    # through the portal's sign-in and lands in the IDE.
     page = session.context.new_page()
     page.goto(ready.ide)
+    page.wait_for_url(re.compile(r"/login\?next="))
+    assert page.url.startswith(ready.portal)
+    page.get_by_label("User name").fill(ready.user)
+    page.get_by_label("Password").fill(ready.password)
+    page.get_by_role("button", name="Sign in").click()
     page.locator(".monaco-workbench").wait_for(timeout=120_000)
+    assert page.url.startswith(ready.ide)
     page.keyboard.press("Control+Backquote")
     terminal = page.locator(".terminal-wrapper .xterm-screen").first
     terminal.wait_for(timeout=60_000)

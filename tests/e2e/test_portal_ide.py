@@ -1,5 +1,6 @@
-"""Open IDE: from the container page to the VS Code workbench through the platform's front,
-and the workspace the file API writes is the folder code-server's Explorer shows."""
+"""Open IDE: from the container page to the VS Code workbench on the IDE origin (a ticket from
+the portal, exchanged for the IDE cookie), from a signed-out browser through sign-in, and the
+workspace the file API writes is the folder code-server's Explorer shows."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 import uuid
 
 import pytest
-from e2e_kit import BOB, Platform, Provisioned, Session, capture, sign_in
+from e2e_kit import ALICE, BOB, PASSWORD, Platform, Provisioned, Session, capture, sign_in
 from playwright.sync_api import Locator, Page, expect
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
@@ -35,8 +36,8 @@ PROBE_TIMEOUT_MS = 2_000
 
 
 def _open_ide(session: Session, platform: Platform, vmid: int) -> Page:
-    """Click Open IDE on the container page; returns the new tab once the workbench shows,
-    its console watched with code-server's known noise allowed."""
+    """Click Open IDE on the container page; returns the new tab once the workbench shows on
+    the IDE origin, its console watched with code-server's known noise allowed."""
     page = session.page
     page.goto(f"{platform.base_url}/c/{vmid}")
     ide = page.locator("#open-ide")
@@ -50,7 +51,7 @@ def _open_ide(session: Session, platform: Platform, vmid: int) -> Page:
     session.console.attach(tab)
     tab.set_viewport_size({"width": 1280, "height": 800})
     tab.locator(".monaco-workbench").wait_for(timeout=WORKBENCH_TIMEOUT_MS)
-    assert tab.url.startswith(f"{platform.base_url}/dev/{vmid}/ide/")
+    assert tab.url.startswith(platform.ide_url(vmid))
     return tab
 
 
@@ -68,27 +69,48 @@ def test_open_ide_shows_the_vs_code_workbench(
     _close_ide(alice, tab)
 
 
+def test_a_signed_out_browser_opening_the_ide_link_signs_in_lands_in_the_ide_and_signs_out(
+    session: Session, platform: Platform, provisioned: Provisioned
+) -> None:
+    vmid = provisioned.vmid
+    tab = session.context.new_page()  # code-server's console noise is not the portal's
+    tab.goto(platform.ide_url(vmid))  # the IDE origin sends it to the portal, which to sign-in
+    tab.wait_for_url(f"{platform.base_url}/login?next=%2Fc%2F{vmid}%2Fide")
+    tab.get_by_label("User name").fill(ALICE)
+    tab.get_by_label("Password").fill(PASSWORD)
+    tab.get_by_role("button", name="Sign in").click()
+    tab.locator(".monaco-workbench").wait_for(timeout=WORKBENCH_TIMEOUT_MS)
+    assert tab.url.startswith(platform.ide_url(vmid))
+    # Signing out of the portal ends the IDE cookie it led to: the IDE asks for sign-in again.
+    tab.goto(f"{platform.base_url}/")
+    tab.get_by_role("button", name="Sign out").click()
+    tab.wait_for_url(f"{platform.base_url}/login")
+    tab.goto(platform.ide_url(vmid))
+    tab.wait_for_url(f"{platform.base_url}/login?next=%2Fc%2F{vmid}%2Fide")
+    tab.close()
+
+
 def test_another_users_browser_session_gets_404_on_the_ide_over_http_and_websocket(
     session: Session, platform: Platform, provisioned: Provisioned
 ) -> None:
+    vmid = provisioned.vmid
     sign_in(session.page, platform.base_url, BOB)
-    ide = f"{platform.base_url}/dev/{provisioned.vmid}/ide/"
-    session.console.expect_http(404, f"/dev/{provisioned.vmid}/ide/")
+    session.console.expect_http(404, f"/api/dev/{vmid}/ide-url")
     page = session.page
-    response = page.goto(ide)
-    assert response is not None and response.status == 404
-    assert f"no container {provisioned.vmid}" in page.locator("body").inner_text()
-    assert page.get_by_role("link", name="Your containers").get_attribute("href") == "/"
-    # The same browser session's cookie on a real WebSocket handshake, as the workbench makes
-    # it (same origin), to a path code-server serves sockets on.
+    page.goto(f"{platform.base_url}/c/{vmid}/ide")  # the portal's IDE link
+    expect(page.get_by_text(f"no container {vmid}")).to_be_visible()
+    assert page.url == f"{platform.base_url}/c/{vmid}/ide"  # never sent to the IDE origin
+    # The same browser session's cookies on a real WebSocket handshake to the IDE origin, as
+    # the workbench makes it (same origin), to a path code-server serves sockets on: the
+    # portal's cookie opens nothing there.
     cookies = session.context.cookies(platform.base_url)
     assert cookies, "the sign-in left no session cookie"
     cookie = "; ".join(f"{c['name']}={c['value']}" for c in cookies)
+    ide = platform.ide_url(vmid)
     socket_url = "ws" + ide.removeprefix("http") + "?reconnectionToken=e2e&reconnection=false"
     with pytest.raises(InvalidStatus) as refused:
-        connect(socket_url, origin=platform.base_url, additional_headers={"Cookie": cookie})  # type: ignore[arg-type]
-    assert refused.value.response.status_code == 404
-    assert f"no container {provisioned.vmid}".encode() in refused.value.response.body
+        connect(socket_url, origin=platform.ide_origin, additional_headers={"Cookie": cookie})  # type: ignore[arg-type]
+    assert refused.value.response.status_code == 401
 
 
 def _put_file(session: Session, platform: Platform, vmid: int, path: str, data: bytes) -> None:

@@ -25,6 +25,7 @@ import uvloop
 from aiohttp import WSMsgType, web
 
 from zlh.proxy import Front, JwtAuthenticator, Principal, ProxySettings, Route, RouteTable
+from zlh.proxy.tickets import Ticket, TicketDesk, mint_ticket
 
 KEY = b"k" * 32 + b"-test-signing-key"
 COOKIE = "zlh_session"
@@ -50,6 +51,43 @@ def token(
     if admin:
         claims["admin"] = True
     return jwt.encode(claims, key, algorithm="HS256")
+
+
+def ide_cookie(
+    user: str, vmid: int, *, sid: str = "", admin: bool = False, ttl_s: float = 3600
+) -> str:
+    """The IDE cookie's value for ``vmid``, as the front's ticket exchange writes it."""
+    now = time.time()
+    ticket = Ticket(user, sid or f"sid-{user}-{now}", vmid, admin, now, now + ttl_s)
+    return TicketDesk(KEY).cookie_value(ticket)[0]
+
+
+def ide_session(user: str, vmid: int, **kwargs: Any) -> dict[str, str]:
+    """Headers of a browser holding the IDE cookie for ``vmid``."""
+    return {"Cookie": f"zlh_ide={ide_cookie(user, vmid, **kwargs)}"}
+
+
+def ticket(
+    user: str,
+    vmid: int,
+    *,
+    sid: str = "",
+    admin: bool = False,
+    now: float | None = None,
+    session_ttl_s: float = 3600,
+) -> str:
+    """A ticket as ``GET /api/dev/{vmid}/ide-url`` mints it."""
+    now = time.time() if now is None else now
+    return mint_ticket(
+        KEY,
+        user_id=user,
+        sid=sid or f"sid-{user}-{now}",
+        vmid=vmid,
+        admin=admin,
+        session_issued_at=now,
+        session_expires_at=now + session_ttl_s,
+        now=now,
+    )
 
 
 def wait_until(condition: Callable[[], bool], *, timeout_s: float = 5.0, what: str = "") -> None:
@@ -88,6 +126,25 @@ def upstream_app(log: UpstreamLog) -> web.Application:
         seen = log.record(request)
         seen["body_len"] = len(await request.read())
         return web.json_response(seen, headers={"Set-Cookie": "up=1; Path=/"})
+
+    async def cookies(request: web.Request) -> web.StreamResponse:
+        """Sets cookies named like the platform's and one of its own, with a CSP of its own;
+        ``?chunked=1`` streams the body (the head then goes through llhttp, not the scanner)."""
+        log.record(request)
+        response = web.StreamResponse(
+            headers={"Content-Security-Policy": "default-src 'self'", "Content-Type": "text/plain"}
+        )
+        for name in ("zlh_session", "__Host-zlh_session", "__Secure-ZLH_SESSION", "zlh_ide"):
+            response.headers.add("Set-Cookie", f"{name}=planted; Path=/")
+        response.headers.add("Set-Cookie", "mine=1; Path=/")
+        if request.query.get("chunked"):
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = 2
+        await response.prepare(request)
+        await response.write(b"ok")
+        await response.write_eof()
+        return response
 
     async def upload(request: web.Request) -> web.StreamResponse:
         log.record(request)
@@ -144,6 +201,7 @@ def upstream_app(log: UpstreamLog) -> web.Application:
 
     app = web.Application(client_max_size=1 << 30)
     app.router.add_route("*", "/upload", upload)
+    app.router.add_get("/cookies", cookies)
     app.router.add_get("/stream", stream)
     app.router.add_get("/big", big)
     app.router.add_get("/slow", slow)
@@ -193,22 +251,28 @@ class Harness:
         api_upstream: str = "",
         *,
         on_ide_open: Callable[[Principal, int], None] | None = None,
+        clock: Callable[[], float] = time.time,
         **settings: Any,
     ) -> Front:
+        """A front listening for the portal's origin (``port``) and, as a second port, for
+        the IDE origin (``ide_port``)."""
         front = Front(
             ProxySettings(**settings),
             routes,
             JwtAuthenticator(KEY),
             api_upstream or f"127.0.0.1:{self.upstream_port}",
+            tickets=TicketDesk(KEY, clock=clock),
             on_ide_open=on_ide_open,
         )
         self.run(front.start("127.0.0.1", 0))
+        self.run(front.start_ide("127.0.0.1", 0))
         return front
 
     @contextmanager
     def other_front(
         self, api_upstream: str = "", **settings: Any
     ) -> Iterator[tuple[Front, RouteTable]]:
+        """A front of its own (``settings`` and ``clock`` as :meth:`start_front` takes them)."""
         routes = RouteTable()
         front = self.start_front(routes, api_upstream, **settings)
         try:

@@ -1,4 +1,6 @@
-"""The front's HTTP behaviour under /dev/{vmid}/ide and in front of the API, end to end."""
+"""The front's HTTP behaviour under /dev/{vmid}/ide (on the IDE origin's port) and in front of
+the API, end to end. The IDE origin itself (tickets, cookies, what it serves) is
+test_ide_origin.py's."""
 
 from __future__ import annotations
 
@@ -9,19 +11,21 @@ from collections.abc import Iterator
 import httpx
 import jwt
 import pytest
-from proxy_kit import KEY, Harness, headers_of, token, wait_until
+from proxy_kit import KEY, Harness, headers_of, ide_cookie, ide_session, token, wait_until
 
 from zlh.proxy import Front, Principal, ProxySettings, Route, RouteTable
 
 
 @pytest.fixture
 def client(harness: Harness) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=f"http://127.0.0.1:{harness.front.port}", timeout=5) as c:
+    """A client of the IDE origin (the default front's second port)."""
+    with httpx.Client(base_url=f"http://127.0.0.1:{harness.front.ide_port}", timeout=5) as c:
         yield c
 
 
 def session(user: str, **kwargs: object) -> dict[str, str]:
-    return {"Cookie": f"zlh_session={token(user, **kwargs)}"}  # type: ignore[arg-type]
+    """A program's session on the IDE origin: a Bearer token (browsers hold the IDE cookie)."""
+    return {"Authorization": f"Bearer {token(user, **kwargs)}"}  # type: ignore[arg-type]
 
 
 def test_ide_without_trailing_slash_redirects_308_keeping_the_query(
@@ -49,13 +53,14 @@ def test_no_session_gets_401_in_the_error_envelope(harness: Harness, client: htt
     assert harness.seen(f"/dev/{vmid}") == []
 
 
-def test_browser_without_session_is_sent_to_login_and_back(
+def test_browser_without_session_is_sent_to_the_portal_page_that_fetches_a_ticket(
     harness: Harness, client: httpx.Client
 ) -> None:
     vmid = harness.add_route("alice")
     response = client.get(f"/dev/{vmid}/ide/?folder=/w", headers={"Accept": "text/html,*/*"})
     assert response.status_code == 303
-    assert response.headers["location"] == f"/login?next=/dev/{vmid}/ide/%3Ffolder%3D/w"
+    portal = f"http://127.0.0.1:{harness.front.port}"  # the second port's portal: same host
+    assert response.headers["location"] == f"{portal}/c/{vmid}/ide"
 
 
 @pytest.mark.parametrize(
@@ -78,7 +83,7 @@ def test_invalid_tokens_are_refused_as_cookie_and_as_bearer(
     harness: Harness, client: httpx.Client, bad_token: str
 ) -> None:
     vmid = harness.add_route("alice")
-    as_cookie = client.get(f"/dev/{vmid}/ide/", headers={"Cookie": f"zlh_session={bad_token}"})
+    as_cookie = client.get(f"/dev/{vmid}/ide/", headers={"Cookie": f"zlh_ide={bad_token}"})
     as_bearer = client.get(f"/dev/{vmid}/ide/", headers={"Authorization": f"Bearer {bad_token}"})
     assert (as_cookie.status_code, as_bearer.status_code) == (401, 401)
 
@@ -105,10 +110,20 @@ def test_other_users_container_is_the_same_404_as_an_absent_one(
     assert harness.seen(f"/dev/{vmid}") == []
 
 
-def test_admin_reaches_any_container(harness: Harness, client: httpx.Client) -> None:
+def test_admin_opens_other_users_ides_only_with_admin_ide_access(
+    harness: Harness, client: httpx.Client
+) -> None:
     vmid = harness.add_route("alice")
-    response = client.get(f"/dev/{vmid}/ide/who", headers=session("root", admin=True))
-    assert response.status_code == 200
+    admin = session("root", admin=True)
+    admin_cookie = {"Cookie": f"zlh_ide={ide_cookie('root', vmid, admin=True)}"}
+    assert client.get(f"/dev/{vmid}/ide/who", headers=admin).status_code == 404
+    assert client.get(f"/dev/{vmid}/ide/who", headers=admin_cookie).status_code == 404
+    with harness.other_front(admin_ide_access=True) as (front, routes):
+        vmid = harness.add_route("alice", routes=routes)
+        admin_cookie = {"Cookie": f"zlh_ide={ide_cookie('root', vmid, admin=True)}"}
+        base = f"http://127.0.0.1:{front.ide_port}/dev/{vmid}/ide"
+        assert httpx.get(f"{base}/who", headers=admin, timeout=5).status_code == 200
+        assert httpx.get(f"{base}/who", headers=admin_cookie, timeout=5).status_code == 200
 
 
 def test_container_not_ready_answers_503_at_once_saying_why(
@@ -149,18 +164,21 @@ def test_portal_cookie_and_authorization_never_reach_the_container(
     harness: Harness, client: httpx.Client
 ) -> None:
     vmid = harness.add_route("alice")
-    jwt_token = token("alice")
+    jwt_token, ide = token("alice"), ide_cookie("alice", vmid)
+    platform = (
+        f"zlh_session={jwt_token}; __Host-zlh_session=x; __Secure-zlh_session=y; zlh_ide={ide}"
+    )
     response = client.get(
         f"/dev/{vmid}/ide/echo",
-        headers={"Cookie": f"a=1; zlh_session={jwt_token}; b=2", "Authorization": "Bearer junk"},
+        headers={"Cookie": f"a=1; {platform}; b=2", "Authorization": "Bearer junk"},
     )
     assert response.status_code == 200
     headers = headers_of(response.json())
     assert headers["cookie"] == "a=1; b=2"
     assert "authorization" not in headers
-    assert jwt_token not in str(response.json())
-    only_portal = client.get(f"/dev/{vmid}/ide/echo", headers=session("alice"))
-    assert "cookie" not in headers_of(only_portal.json())
+    assert jwt_token not in str(response.json()) and ide not in str(response.json())
+    only_ide = client.get(f"/dev/{vmid}/ide/echo", headers=ide_session("alice", vmid))
+    assert "cookie" not in headers_of(only_ide.json())
 
 
 def test_spoofed_forwarded_headers_are_replaced(harness: Harness, client: httpx.Client) -> None:
@@ -199,18 +217,19 @@ def test_proxied_responses_carry_security_headers(harness: Harness, client: http
     ide = client.get(f"/dev/{vmid}/ide/", headers=session("alice"))
     assert ide.headers["x-content-type-options"] == "nosniff"
     assert ide.headers["referrer-policy"] == "same-origin"
-    assert "content-security-policy" not in ide.headers  # code-server sets its own
+    assert ide.headers["content-security-policy"] == "frame-ancestors 'self'"
     assert ide.headers["set-cookie"] == "up=1; Path=/"  # the container's own cookies come back
-    portal = client.get("/login")
+    portal = httpx.get(f"http://127.0.0.1:{harness.front.port}/login", timeout=5)
     assert portal.headers["content-security-policy"] == "frame-ancestors 'self'"
     assert portal.headers["x-content-type-options"] == "nosniff"
 
 
 def test_everything_else_goes_to_the_api_with_cookies_and_authorization(
-    harness: Harness, client: httpx.Client
+    harness: Harness,
 ) -> None:
-    response = client.post(
-        "/api/dev?x=1",
+    response = httpx.post(
+        f"http://127.0.0.1:{harness.front.port}/api/dev?x=1",
+        timeout=5,
         headers={"Cookie": "zlh_session=abc; other=1", "Authorization": "Bearer abc"},
         json={"runtime": "node"},
     )
@@ -234,12 +253,13 @@ def test_revoked_session_and_revoked_user_are_refused_at_once(
     harness: Harness, client: httpx.Client
 ) -> None:
     vmid = harness.add_route("carol")
-    old = session("carol", sid="carol-1")
-    assert client.get(f"/dev/{vmid}/ide/", headers=old).status_code == 200
+    for old in (session("carol", sid="carol-1"), ide_session("carol", vmid, sid="carol-1")):
+        assert client.get(f"/dev/{vmid}/ide/", headers=old).status_code == 200
     harness.call(harness.routes.revoke_session, "carol-1")
-    assert client.get(f"/dev/{vmid}/ide/", headers=old).status_code == 401
+    for old in (session("carol", sid="carol-1"), ide_session("carol", vmid, sid="carol-1")):
+        assert client.get(f"/dev/{vmid}/ide/", headers=old).status_code == 401
 
-    other = session("carol", sid="carol-2")
+    other = ide_session("carol", vmid, sid="carol-2")
     assert client.get(f"/dev/{vmid}/ide/", headers=other).status_code == 200
     harness.call(harness.routes.revoke_user, "carol")
     assert client.get(f"/dev/{vmid}/ide/", headers=other).status_code == 401
@@ -274,7 +294,7 @@ def test_container_not_answering_gets_504_after_the_read_timeout(harness: Harnes
         vmid = harness.add_route("alice", routes=routes)
         started = time.monotonic()
         response = httpx.get(
-            f"http://127.0.0.1:{front.port}/dev/{vmid}/ide/slow?s=5",
+            f"http://127.0.0.1:{front.ide_port}/dev/{vmid}/ide/slow?s=5",
             headers=session("alice"),
             timeout=5,
         )
@@ -326,7 +346,7 @@ def test_stale_pooled_connection_is_retried_once_only_without_a_body(harness: Ha
         with harness.other_front() as (front, routes):
             vmid = harness.add_route("alice", routes=routes)
             harness.call(routes.update, vmid, Route("alice", "127.0.0.1", port, ready=True))
-            base = f"http://127.0.0.1:{front.port}/dev/{vmid}/ide/"
+            base = f"http://127.0.0.1:{front.ide_port}/dev/{vmid}/ide/"
             with httpx.Client(timeout=5, headers=session("alice")) as c:
                 assert c.get(base).text == "ok"  # fresh connection, then pooled
                 assert c.get(base).text == "ok"  # pooled one dies: retried on a fresh one
@@ -400,11 +420,13 @@ def test_a_failing_authenticator_gets_500_not_a_hang(harness: Harness) -> None:
     front = Front(
         ProxySettings(), routes, BrokenAuthenticator(), f"127.0.0.1:{harness.upstream_port}"
     )
-    harness.run(front.start("127.0.0.1", 0))
+    harness.run(front.start_ide("127.0.0.1", 0))
     try:
         vmid = harness.add_route("alice", routes=routes)
         response = httpx.get(
-            f"http://127.0.0.1:{front.port}/dev/{vmid}/ide/", headers=session("alice"), timeout=5
+            f"http://127.0.0.1:{front.ide_port}/dev/{vmid}/ide/",
+            headers=session("alice"),
+            timeout=5,
         )
         assert response.status_code == 500
     finally:
@@ -414,8 +436,8 @@ def test_a_failing_authenticator_gets_500_not_a_hang(harness: Harness) -> None:
 def test_slow_client_pauses_the_container_instead_of_buffering_the_body(harness: Harness) -> None:
     vmid = harness.add_route("alice")
     size = 30_000_000
-    cookie = f"zlh_session={token('alice')}".encode()
-    with socket.create_connection(("127.0.0.1", harness.front.port), timeout=10) as sock:
+    cookie = f"zlh_ide={ide_cookie('alice', vmid)}".encode()
+    with socket.create_connection(("127.0.0.1", harness.front.ide_port), timeout=10) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         sock.sendall(
             b"GET /dev/%d/ide/big?size=%d HTTP/1.1\r\nHost: a\r\nCookie: %s\r\n\r\n"
@@ -457,7 +479,7 @@ def test_ide_page_loads_are_reported_once_each_not_assets_or_refusals(harness: H
     )
     try:
         vmid = harness.add_route("alice", routes=routes)
-        with httpx.Client(base_url=f"http://127.0.0.1:{front.port}", timeout=5) as c:
+        with httpx.Client(base_url=f"http://127.0.0.1:{front.ide_port}", timeout=5) as c:
             assert c.get(f"/dev/{vmid}/ide/", headers=session("alice")).status_code == 200
             assert (
                 c.get(f"/dev/{vmid}/ide/static/app.js", headers=session("alice")).status_code == 200

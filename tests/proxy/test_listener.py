@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import httptools
-from proxy_kit import Harness, token
+from proxy_kit import Harness, ide_cookie
 
 
 class Responses:
@@ -94,20 +94,23 @@ def test_content_length_with_transfer_encoding_is_refused_as_smuggling(harness: 
 
 def test_pipelined_requests_are_answered_in_order(harness: Harness) -> None:
     vmid = harness.add_route("alice")
-    cookie = f"Cookie: zlh_session={token('alice')}\r\n".encode()
+    cookie = f"Cookie: zlh_ide={ide_cookie('alice', vmid)}\r\n".encode()
     requests = b"".join(
         b"GET /dev/%d/ide/p%d HTTP/1.1\r\nHost: a\r\n%s\r\n" % (vmid, i, cookie) for i in range(5)
     )
     refused = b"GET /dev/%d/ide/p5 HTTP/1.1\r\nHost: a\r\n\r\n" % vmid  # no session: 401
-    last = b"POST /api/p6 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc"
-    with connect(harness) as sock:
+    last = (
+        b"POST /dev/%d/ide/p6 HTTP/1.1\r\nHost: a\r\n%sContent-Length: 3\r\n"
+        b"Connection: close\r\n\r\nabc" % (vmid, cookie)
+    )
+    with connect(harness, harness.front.ide_port) as sock:
         sock.sendall(requests + refused + last)
         got = Responses()
         got.read(sock, 7)
         assert closed_by_peer(sock)
     assert [r["status"] for r in got.done] == [200] * 5 + [401, 200]
     paths = [json.loads(r["body"]).get("path") for r in got.done]
-    assert paths == [f"/p{i}" for i in range(5)] + [None, "/api/p6"]
+    assert paths == [f"/p{i}" for i in range(5)] + [None, "/p6"]
 
 
 def test_keep_alive_serves_many_requests_on_one_client_connection(harness: Harness) -> None:
@@ -173,10 +176,11 @@ def test_idle_keep_alive_connection_is_closed_after_the_timeout(harness: Harness
 
 def test_expect_100_continue_is_relayed_before_the_body_is_sent(harness: Harness) -> None:
     vmid = harness.add_route("alice")
-    with connect(harness) as sock:
+    with connect(harness, harness.front.ide_port) as sock:
         sock.sendall(
-            b"POST /dev/%d/ide/upload HTTP/1.1\r\nHost: a\r\nCookie: zlh_session=%s\r\n"
-            b"Content-Length: 5\r\nExpect: 100-continue\r\n\r\n" % (vmid, token("alice").encode())
+            b"POST /dev/%d/ide/upload HTTP/1.1\r\nHost: a\r\nCookie: zlh_ide=%s\r\n"
+            b"Content-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+            % (vmid, ide_cookie("alice", vmid).encode())
         )
         sock.settimeout(5)
         assert sock.recv(65536).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")

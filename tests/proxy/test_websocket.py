@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from collections.abc import Callable
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from proxy_kit import Harness, headers_of, token, wait_until
+from proxy_kit import Harness, headers_of, ide_cookie, token, wait_until
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
@@ -28,8 +29,14 @@ def open_ws(
     sid: str = "",
     admin: bool = False,
 ) -> ClientConnection:
+    """A browser's socket: to an IDE (``/dev/<vmid>/...``) with its IDE cookie, to the API with
+    the portal's session cookie."""
     headers = {}
-    if user is not None:
+    ide = re.match(r"/dev/(\d+)/", path)
+    if user is not None and ide is not None:
+        value = ide_cookie(user, int(ide[1]), ttl_s=ttl_s, sid=sid, admin=admin)
+        headers["Cookie"] = f"zlh_ide={value}; b=2"
+    elif user is not None:
         headers["Cookie"] = f"zlh_session={token(user, ttl_s=ttl_s, sid=sid, admin=admin)}; b=2"
     return connect(
         f"ws://127.0.0.1:{port}{path}",
@@ -55,11 +62,11 @@ def close_code_within(ws: ClientConnection, seconds: float) -> tuple[int, str, f
     return closed.value.rcvd.code, closed.value.rcvd.reason, time.monotonic() - started
 
 
-def test_text_and_binary_echo_and_the_container_never_sees_the_portal_cookie(
+def test_text_and_binary_echo_and_the_container_never_sees_the_ide_cookie(
     harness: Harness,
 ) -> None:
     vmid = harness.add_route("alice")
-    port = harness.front.port
+    port = harness.front.ide_port
     with open_ws(port, f"/dev/{vmid}/ide/ws", origin=f"http://127.0.0.1:{port}") as ws:
         ws.send("hello")
         assert ws.recv(timeout=5) == "hello"
@@ -73,23 +80,26 @@ def test_text_and_binary_echo_and_the_container_never_sees_the_portal_cookie(
     handshake = harness.seen("/ws")[-1]
     headers = headers_of(handshake)
     assert headers["cookie"] == "b=2"
-    assert "zlh_session" not in str(handshake)
+    assert "zlh_ide" not in str(handshake)
     assert headers["host"] == f"127.0.0.1:{port}"
     assert headers["upgrade"].lower() == "websocket"
 
 
 def test_close_code_and_reason_pass_through(harness: Harness) -> None:
     vmid = harness.add_route("alice")
-    with open_ws(harness.front.port, f"/dev/{vmid}/ide/ws") as ws:
+    with open_ws(harness.front.ide_port, f"/dev/{vmid}/ide/ws") as ws:
         ws.send("close:4000:see you")
         assert close_code_within(ws, 5)[:2] == (4000, "see you")
 
 
 def test_the_front_lets_go_of_tunnels_once_they_end(harness: Harness) -> None:
     vmid = harness.add_route("alice")
-    port = harness.front.port
-    open_tunnels = harness.front._tunnels  # what close() terminates; must not grow for ever
-    with open_ws(port, f"/dev/{vmid}/ide/ws") as ide, open_ws(port, "/api/ws", user=None) as api:
+    front = harness.front
+    open_tunnels = front._tunnels  # what close() terminates; must not grow for ever
+    with (
+        open_ws(front.ide_port, f"/dev/{vmid}/ide/ws") as ide,
+        open_ws(front.port, "/api/ws", user=None) as api,
+    ):
         for ws in (ide, api):
             ws.send("up")
             assert ws.recv(timeout=5) == "up"
@@ -99,25 +109,31 @@ def test_the_front_lets_go_of_tunnels_once_they_end(harness: Harness) -> None:
 
 def test_foreign_origin_is_refused_and_own_origins_accepted(harness: Harness) -> None:
     vmid = harness.add_route("alice")
-    port = harness.front.port
+    port, ide_port = harness.front.port, harness.front.ide_port
     path = f"/dev/{vmid}/ide/ws"
-    assert refused_status(port, path, origin="https://evil.example") == 403
-    assert refused_status(port, path, origin="null") == 403
+    assert refused_status(ide_port, path, origin="https://evil.example") == 403
+    assert refused_status(ide_port, path, origin="null") == 403
     assert refused_status(port, "/api/ws", origin="https://evil.example") == 403
-    with open_ws(port, path, origin=f"http://127.0.0.1:{port}") as ws:
+    with open_ws(ide_port, path, origin=f"http://127.0.0.1:{ide_port}") as ws:
         ws.send("same host")
         assert ws.recv(timeout=5) == "same host"
     with harness.other_front(public_origin="https://zlh.example") as (front, routes):
-        vmid = harness.add_route("alice", routes=routes)
-        with open_ws(front.port, f"/dev/{vmid}/ide/ws", origin="https://zlh.example") as ws:
+        with open_ws(front.port, "/api/ws", user=None, origin="https://zlh.example") as ws:
             ws.send("portal origin")
             assert ws.recv(timeout=5) == "portal origin"
+        # The portal's origin is not the IDE's: its pages have no business in an IDE socket,
+        # and the IDE's pages none in the API's.
+        vmid = harness.add_route("alice", routes=routes)
+        path = f"/dev/{vmid}/ide/ws"
+        assert refused_status(front.ide_port, path, origin="https://zlh.example") == 403
+        ide_origin = f"http://127.0.0.1:{front.ide_port}"
+        assert refused_status(front.port, "/api/ws", user=None, origin=ide_origin) == 403
 
 
 def test_websocket_is_checked_like_http(harness: Harness) -> None:
     vmid = harness.add_route("alice")
     waiting = harness.add_route("alice", ready=False, reason="still provisioning")
-    port = harness.front.port
+    port = harness.front.ide_port
     assert refused_status(port, f"/dev/{vmid}/ide/ws", user=None) == 401
     assert refused_status(port, f"/dev/{vmid}/ide/ws", user="bob") == 404
     assert refused_status(port, f"/dev/{waiting}/ide/ws") == 503
@@ -154,7 +170,7 @@ def test_losing_access_closes_the_open_ide_websocket_with_a_close_frame(
 ) -> None:
     user = f"user-{revoke.__name__}"  # revoke_user refuses this user's older tokens for good
     vmid = harness.add_route(user)
-    with open_ws(harness.front.port, f"/dev/{vmid}/ide/ws", user=user, sid=f"sid-{vmid}") as ws:
+    with open_ws(harness.front.ide_port, f"/dev/{vmid}/ide/ws", user=user, sid=f"sid-{vmid}") as ws:
         ws.send("before")
         assert ws.recv(timeout=5) == "before"
         harness.call(revoke, harness, vmid, user)
@@ -165,25 +181,27 @@ def test_losing_access_closes_the_open_ide_websocket_with_a_close_frame(
 
 
 def test_admin_tunnel_survives_a_transfer_that_closes_the_old_owners(harness: Harness) -> None:
-    vmid = harness.add_route("alice")
-    port = harness.front.port
-    with (
-        open_ws(port, f"/dev/{vmid}/ide/ws") as owner,
-        open_ws(port, f"/dev/{vmid}/ide/ws", user="root", admin=True) as admin,
-    ):
-        for ws in (owner, admin):
-            ws.send("x")
-            assert ws.recv(timeout=5) == "x"
-        harness.call(_transfer_container, harness, vmid, "alice")
-        assert close_code_within(owner, 5)[0] == 1008
-        admin.send("still here")
-        assert admin.recv(timeout=5) == "still here"
+    with harness.other_front(admin_ide_access=True) as (front, routes):
+        vmid = harness.add_route("alice", routes=routes)
+        port = front.ide_port
+        with (
+            open_ws(port, f"/dev/{vmid}/ide/ws") as owner,
+            open_ws(port, f"/dev/{vmid}/ide/ws", user="root", admin=True) as admin,
+        ):
+            for ws in (owner, admin):
+                ws.send("x")
+                assert ws.recv(timeout=5) == "x"
+            moved = Route("mallory", "127.0.0.1", harness.upstream_port, ready=True)
+            harness.call(routes.update, vmid, moved)
+            assert close_code_within(owner, 5)[0] == 1008
+            admin.send("still here")
+            assert admin.recv(timeout=5) == "still here"
 
 
 def test_tunnel_closes_with_4401_when_the_session_expires(harness: Harness) -> None:
     vmid = harness.add_route("alice")
     # exp is whole seconds: 2..3 s from now, room for the handshake on a loaded machine
-    with open_ws(harness.front.port, f"/dev/{vmid}/ide/ws", ttl_s=3) as ws:
+    with open_ws(harness.front.ide_port, f"/dev/{vmid}/ide/ws", ttl_s=3) as ws:
         code, reason, _ = close_code_within(ws, 6)
     assert (code, reason) == (4401, "session expired")
 
@@ -199,7 +217,7 @@ def test_idle_websocket_outlives_every_idle_window(harness: Harness) -> None:
     )
     with harness.other_front(**windows) as (front, routes):
         vmid = harness.add_route("alice", routes=routes)
-        with open_ws(front.port, f"/dev/{vmid}/ide/ws") as ws:
+        with open_ws(front.ide_port, f"/dev/{vmid}/ide/ws") as ws:
             ws.send("hi")
             assert ws.recv(timeout=5) == "hi"
             # The mechanism is live on this front: an idle HTTP connection gets closed...

@@ -43,6 +43,7 @@ from zlh.api.routes import dev as dev_routes
 from zlh.api.routes import docs as docs_routes
 from zlh.api.routes import events as events_routes
 from zlh.api.routes import health as health_routes
+from zlh.api.routes import ide as ide_routes
 from zlh.api.routes import tailnet as tailnet_routes
 from zlh.api.services import Services
 from zlh.api.settings import ApiSettings
@@ -230,7 +231,7 @@ def create_app(
     app.add_exception_handler(Exception, _unexpected)
     app.state.tailnet = app.state.services.tailnet
     routers = (auth_routes, catalog_routes, dev_routes, events_routes, audit_routes, relays)
-    for module in (*routers, health_routes, tailnet_routes, docs_routes):
+    for module in (*routers, health_routes, tailnet_routes, docs_routes, ide_routes):
         app.include_router(module.router)
     if store_app is not None:
         app.mount("/artifacts", store_app)

@@ -32,6 +32,7 @@ class Action(StrEnum):
     FILE_DELETE = "file-delete"  # the files relay (detail: path, recursive or not)
     FILE_MKDIR = "file-mkdir"  # the files relay (detail: path)
     FILE_MOVE = "file-move"  # the files relay (detail: from -> to)
+    ADMIN_IDE_OPEN = "admin-ide-open"  # an admin got a ticket for another user's IDE
 
 
 class AuditLog:

@@ -34,6 +34,14 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
         help="also serve on this unix socket, for the public front (env ZLH_UNIX_SOCKET)",
     )
     parser.add_argument(
+        "--ide-origin",
+        default=None,
+        metavar="URL",
+        help="origin the IDEs are served on, never the portal's: https://ide.example.com, "
+        "https://*.ide.example.com or http://HOST:PORT (a second port, listened on too); "
+        "env ZLH_IDE_ORIGIN, default the listen port + 1",
+    )
+    parser.add_argument(
         "--allow-privileged",
         action="store_const",
         const=True,

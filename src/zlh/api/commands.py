@@ -62,6 +62,7 @@ def _server_settings(args: argparse.Namespace, **explicit: Any) -> ApiSettings:
         listen=args.listen,
         unix_socket=args.unix_socket,
         allow_privileged=args.allow_privileged,
+        ide_origin=args.ide_origin,
         **explicit,
     )
 
@@ -210,6 +211,7 @@ async def _serve(app: Any, settings: ApiSettings) -> None:
     from zlh.proxy.feed import follow
     from zlh.proxy.front import Front
     from zlh.proxy.routes import RouteTable
+    from zlh.proxy.tickets import TicketDesk
 
     services = app.state.services
     unix_path = settings.unix_socket or settings.data_dir / "run" / "api.sock"
@@ -230,11 +232,18 @@ async def _serve(app: Any, settings: ApiSettings) -> None:
     def audit_ide_open(principal: Principal, vmid: int) -> None:
         loop.run_in_executor(None, _record_ide_open, services, principal.user_id, vmid)
 
+    front_settings = settings.front_settings.model_copy(
+        update={
+            "ide_origin": None if settings.ide_listen else settings.ide_origin,
+            "admin_ide_access": settings.admin_ide_access,
+        }
+    )
     front = Front(
-        settings.front_settings,
+        front_settings,
         routes,
         JwtAuthenticator(services.tokens.key, issuer=ISSUER),
         f"unix:{unix_path}",
+        tickets=TicketDesk(services.tokens.key, issuer=ISSUER),
         on_ide_open=audit_ide_open,
     )
     follower = asyncio.create_task(follow(services.feed, routes))
@@ -246,14 +255,22 @@ async def _serve(app: Any, settings: ApiSettings) -> None:
                 raise ZlhError("the API stopped while starting")
             await asyncio.sleep(0.05)
         host, port = parse_listen(settings.listen)
-        try:
-            await front.start(host, port)
-        except OSError as exc:
-            server.should_exit = True
-            raise ZlhError(f"cannot listen on {settings.listen}: {exc.strerror}") from exc
+        ide = settings.ide_listen
+        listeners = [(settings.listen, front.start(host, port))]
+        if ide is not None:
+            listeners.append((f"{ide[0]}:{ide[1]} (the IDE origin)", front.start_ide(*ide)))
+        for where, listening in listeners:
+            try:
+                await listening
+            except OSError as exc:
+                server.should_exit = True
+                for _, waiting in listeners:
+                    waiting.close()
+                raise ZlhError(f"cannot listen on {where}: {exc.strerror}") from exc
         logger.info(
-            "serving on http://%s (API on unix:%s, backend %s)",
+            "serving on http://%s, IDEs on %s (API on unix:%s, backend %s)",
             settings.listen,
+            f"port {ide[1]}" if ide else settings.ide_origin,
             unix_path,
             settings.backend,
         )

@@ -22,7 +22,7 @@ from zlh.api.errors import Conflict, Forbidden
 from zlh.api.events import EventBus
 from zlh.api.models import ContainerEvent, ContainerOut
 from zlh.api.routefeed import Route, RouteFeed
-from zlh.schemas import AgentStatus, ide_base_path
+from zlh.schemas import AgentStatus
 from zlh.schemas.payload import MIN_VMID
 
 __all__ = ["ContainerRegistry", "container_out", "parse_status"]
@@ -37,7 +37,7 @@ def parse_status(container: Container) -> AgentStatus | None:
     return AgentStatus.model_validate(container.status)
 
 
-def container_out(container: Container) -> ContainerOut:
+def container_out(container: Container, *, admin_ide_access: bool) -> ContainerOut:
     return ContainerOut(
         vmid=container.vmid,
         owner=container.owner.username,
@@ -46,7 +46,8 @@ def container_out(container: Container) -> ContainerOut:
         addons=list(container.addons),
         state=container.state,
         error=container.error,
-        ide_path=ide_base_path(container.vmid) + "/",
+        ide_path=f"/c/{container.vmid}/ide",
+        admin_ide_access=admin_ide_access,
         status=parse_status(container),
         created_at=container.created_at,
         updated_at=container.updated_at,

@@ -15,6 +15,7 @@ __all__ = [
     "ContainerEvent",
     "ContainerOut",
     "DevRequest",
+    "IdeUrl",
     "LoginRequest",
     "LoginResponse",
     "PasswordChange",
@@ -62,11 +63,25 @@ class ContainerOut(WireModel):
     addons: list[str]
     state: str
     error: str | None = None
+    # The portal's page that opens the IDE: it fetches a ticket (GET /api/dev/{vmid}/ide-url)
+    # and sends the browser to the IDE origin with it.
     ide_path: str
+    # Admins may open this container's IDE (the setting admin_ide_access): each opening is
+    # audited, and the portal says so on the container's page.
+    admin_ide_access: bool = False
     # The agent's last /status document, the spec's fields verbatim.
     status: AgentStatus | None = None
     created_at: datetime
     updated_at: datetime
+
+
+class IdeUrl(WireModel):
+    """``GET /api/dev/{vmid}/ide-url``: where the browser goes to open the IDE."""
+
+    url: str = Field(
+        description="the IDE origin's /_zlh/auth with a one-time ticket (60 s, single use)",
+        examples=["https://ide.example.com/_zlh/auth?ticket=eyJ..."],
+    )
 
 
 class ContainerEvent(WireModel):

@@ -22,6 +22,7 @@ from pydantic_settings import (
 
 from zlh.api.clientaddr import Network, parse_networks
 from zlh.api.headscale import HeadscaleSettings
+from zlh.proxy.ideorigin import IdeOrigin
 from zlh.proxy.settings import ProxySettings
 
 __all__ = ["ApiSettings", "load_settings", "parse_listen"]
@@ -70,6 +71,20 @@ class ApiSettings(BaseSettings):
         None,
         description="the API app's own unix socket, which the front relays to (default "
         "<data dir>/run/api.sock). Replaced on start, removed on a clean stop.",
+    )
+    ide_origin: str | None = Field(
+        None,
+        description="the origin IDEs are served on, never the portal's: "
+        "`https://ide.example.com` (IDEs at /dev/<vmid>/ide/ there), `https://*.ide.example.com` "
+        "(vmid N at https://N.ide.example.com/, one origin per container), or a second port "
+        "`http://<host>:<port>` (the front listens there too, on listen's host). Unset: the "
+        "second port listen+1, on the host name the browser used for the portal.",
+    )
+    admin_ide_access: bool = Field(
+        False,
+        description="let admins open other users' IDEs (each opening audited as "
+        "admin-ide-open, and the portal says so on the container's page). Off: an admin gets "
+        "the same 404 as any non-owner; the admin views of containers stay.",
     )
     front: ProxySettings = Field(
         default_factory=ProxySettings,
@@ -217,12 +232,41 @@ class ApiSettings(BaseSettings):
     def _networks(cls, value: list[str]) -> list[str]:
         return [str(network) for network in parse_networks(value)]
 
+    @field_validator("ide_origin")
+    @classmethod
+    def _ide_origin_shape(cls, value: str | None) -> str | None:
+        return None if value is None else IdeOrigin.parse(value).origin
+
     @field_validator("artifact_server_url", "artifact_url_for_containers")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/") if value else value
+
+    @property
+    def ide_listen(self) -> tuple[str, int] | None:
+        """Where the front listens for the IDE origin of its own (the second-port form): listen's
+        host with ide_origin's port when that is explicit and not listen's; listen+1 when
+        ide_origin is unset; None for the forms recognised by Host on the main listener."""
+        host, port = parse_listen(self.listen)
+        if self.ide_origin is None:
+            return host, port + 1
+        ide = IdeOrigin.parse(self.ide_origin)
+        if ide.wildcard or ide.port is None or ide.port == port:
+            return None
+        return host, ide.port
+
+    def ide_origin_for(self, portal_host: str, scheme: str) -> IdeOrigin:
+        """The IDE origin as a browser that reached the portal at ``portal_host`` (a Host
+        header) sees it: the setting, or the second port on that host."""
+        if self.ide_origin is not None:
+            return IdeOrigin.parse(self.ide_origin)
+        origin = self.front.public_origin
+        if origin is not None:
+            scheme, _, portal_host = origin.partition("://")
+        hostname = IdeOrigin.parse(f"{scheme}://{portal_host}").host
+        return IdeOrigin(scheme, hostname, parse_listen(self.listen)[1] + 1, wildcard=False)
 
     @property
     def db_url(self) -> str:

@@ -113,19 +113,25 @@ class DemoClient:
             # The stream ended without a final state (server restart): follow it again.
         raise ZlhError(f"demo container {vmid} not ready within {timeout_s:.0f}s")
 
-    def wait_ide(self, ide_path: str, timeout_s: float = IDE_TIMEOUT_S) -> None:
-        """Until the IDE answers 200 through the public front (503/502 while code-server
-        starts). A 404 means nothing serves ``/dev/<vmid>/ide/`` on this address."""
+    def open_ide(self, vmid: int, timeout_s: float = IDE_TIMEOUT_S) -> str:
+        """The IDE's URL on the IDE origin, once it answers 200 there (503/502 while
+        code-server starts), reached the way a browser gets in: a ticket from ``ide-url``
+        exchanged for the IDE cookie. A 404 means nothing serves the IDE there."""
+        response = self.http.get(f"/api/dev/{vmid}/ide-url")
+        if response.status_code != 200:
+            raise _error(response, f"asking for a ticket to the IDE of {vmid}")
+        url = response.json()["url"]
         deadline = time.monotonic() + timeout_s
-        while True:
-            response = self.http.get(ide_path, follow_redirects=True)
-            if response.status_code == 200:
-                return
-            if response.status_code == 404:
-                raise ZlhError(
-                    f"{ide_path} is 404 at {self.http.base_url}: zlh up does not serve the IDE "
-                    "through its public front on this address"
-                )
-            if time.monotonic() > deadline:
-                raise _error(response, f"the IDE at {ide_path} did not answer within {timeout_s}s")
-            time.sleep(0.5)
+        with httpx.Client(timeout=30.0, follow_redirects=True) as browser:
+            try:
+                page = browser.get(url)  # the ticket, then the IDE with the cookie it set
+                while page.status_code != 200 and page.url.path != "/_zlh/auth":
+                    if page.status_code == 404 or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.5)
+                    page = browser.get(page.url)
+            except httpx.TransportError as exc:
+                raise ZlhError(f"the IDE origin does not answer at {url}: {exc}") from exc
+        if page.status_code != 200:
+            raise _error(page, f"opening the IDE at {page.url}")
+        return str(page.url.copy_with(query=None))  # code-server adds ?folder=

@@ -75,11 +75,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     with running_platform(argv, base_url=base_url, log=data_dir / UP_LOG, env=env) as platform:
         try:
-            ide_path = _demo_ide(platform, credentials, args.timeout)
+            ide_url = _demo_ide(platform, credentials, args.timeout)
         except httpx.HTTPError as exc:
             platform.check_alive()
             raise ZlhError(f"talking to the platform at {base_url}: {exc}") from exc
-        _print_ready(base_url, ide_path, credentials, settings, time.monotonic() - started)
+        _print_ready(base_url, ide_url, credentials, settings, time.monotonic() - started)
         if args.exit_when_ready:
             return 0
         say("Ctrl-C stops the platform; the demo container keeps running and is reused next time.")
@@ -138,22 +138,20 @@ def _demo_ide(platform: Platform, credentials: Credentials, timeout_s: float) ->
         container = client.demo_container(say)
         say(f"== provisioning demo container {container.vmid}")
         client.wait_ready(container.vmid, timeout_s, say)
-        ide_path = container.ide_path.rstrip("/") + "/"
-        client.wait_ide(ide_path)
-        return ide_path
+        return client.open_ide(container.vmid)
     finally:
         client.close()
 
 
 def _print_ready(
-    base_url: str, ide_path: str, credentials: Credentials, settings: ApiSettings, took_s: float
+    base_url: str, ide_url: str, credentials: Credentials, settings: ApiSettings, took_s: float
 ) -> None:
     say(
         "\n"
         f"ZeroLagHub is running (backend {settings.backend}, data dir {settings.data_dir}), "
         f"ready in {took_s:.1f}s\n"
         f"  portal:   {base_url}/\n"
-        f"  IDE:      {base_url}{ide_path}\n"
+        f"  IDE:      {ide_url}\n"
         f"  user:     {credentials.username}\n"
         f"  password: {credentials.password}   (kept in {credentials.password_file}, 0600)\n"
     )

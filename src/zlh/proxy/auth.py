@@ -10,6 +10,10 @@ never cached.
 Claims the API must put in its tokens: ``sub`` (user id, string), ``sid`` (session id, string),
 ``exp``, ``iat`` (used by ``RouteTable.revoke_user``), ``iss`` when an ``issuer`` is
 configured, and ``admin: true`` for admins (without it an admin is an ordinary user here).
+
+With an ``audience`` the authenticator takes only tokens made for it, which must name the one
+container they open (``vmid``): the IDE cookie (``zlh.proxy.tickets``). Without one, a token
+carrying any ``aud`` is refused, so IDE cookies and tickets never pass as sessions.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class Principal:
     is_admin: bool
     expires_at: float
     issued_at: float = 0.0
+    vmid: int = 0  # the one container an IDE cookie opens; 0: a session, not bound to one
 
 
 class Authenticator(Protocol):
@@ -50,15 +55,17 @@ class Authenticator(Protocol):
 
 
 def split_session_cookie(
-    cookie_name: bytes, cookies: Sequence[bytes]
+    cookie_name: bytes, cookies: Sequence[bytes], drop: tuple[bytes, ...] = ()
 ) -> tuple[bytes, tuple[bytes, ...]]:
-    """The session cookie's value (b"" if absent) and the Cookie headers without it (a header
-    left empty is dropped; every other cookie is kept as sent)."""
+    """The session cookie's value (b"" if absent) and the Cookie headers without it nor the
+    cookies named in ``drop`` (a header left empty is dropped; every other cookie is kept as
+    sent)."""
     prefix = cookie_name + b"="
+    dropped = tuple(name + b"=" for name in drop)
     token = b""
     others: list[bytes] = []
     for header in cookies:
-        if prefix not in header:
+        if prefix not in header and not any(d in header for d in dropped):
             others.append(header)
             continue
         kept = []
@@ -66,7 +73,7 @@ def split_session_cookie(
             part = part.strip()
             if part.startswith(prefix):
                 token = token or part[len(prefix) :].strip(b'"')
-            elif part:
+            elif part and not part.startswith(dropped):
                 kept.append(part)
         if kept:
             others.append(b"; ".join(kept))
@@ -81,22 +88,23 @@ class SessionCookieSplitter:
     memory is bounded (cleared when full), like the JWT cache that holds the same tokens.
     """
 
-    __slots__ = ("_cache", "_limit", "_name")
+    __slots__ = ("_cache", "_drop", "_limit", "_name")
 
-    def __init__(self, cookie_name: bytes, limit: int = 4096) -> None:
+    def __init__(self, cookie_name: bytes, limit: int = 4096, drop: tuple[bytes, ...] = ()) -> None:
         self._name = cookie_name
+        self._drop = drop
         self._limit = limit
         self._cache: dict[bytes, tuple[bytes, tuple[bytes, ...]]] = {}
 
     def split(self, cookies: Sequence[bytes]) -> tuple[bytes, tuple[bytes, ...]]:
         if len(cookies) != 1:
-            return split_session_cookie(self._name, cookies)
+            return split_session_cookie(self._name, cookies, self._drop)
         header = cookies[0]
         found = self._cache.get(header)
         if found is None:
             if len(self._cache) >= self._limit:
                 self._cache.clear()
-            found = self._cache[header] = split_session_cookie(self._name, cookies)
+            found = self._cache[header] = split_session_cookie(self._name, cookies, self._drop)
         return found
 
 
@@ -110,7 +118,12 @@ def bearer_token(authorization: bytes | None) -> bytes:
 
 class JwtAuthenticator:
     def __init__(
-        self, key: bytes | str, *, issuer: str | None = None, cache_size: int = 4096
+        self,
+        key: bytes | str,
+        *,
+        issuer: str | None = None,
+        audience: str | None = None,
+        cache_size: int = 4096,
     ) -> None:
         if len(key) < 32:
             raise ValueError("the JWT signing key must be at least 32 bytes for HS256")
@@ -118,6 +131,8 @@ class JwtAuthenticator:
             raise ValueError(f"cache_size must be >= 1, got {cache_size}")
         self._key = key
         self._issuer = issuer
+        self._audience = audience
+        self._require = ["exp", "sub", "sid", "vmid"] if audience else ["exp", "sub", "sid"]
         self._cache: OrderedDict[bytes, Principal] = OrderedDict()
         self._cache_size = cache_size
 
@@ -143,12 +158,20 @@ class JwtAuthenticator:
                 self._key,
                 algorithms=["HS256"],
                 issuer=self._issuer,
-                options={"require": ["exp", "sub", "sid"]},
+                audience=self._audience,
+                options={"require": self._require},
             )
         except jwt.PyJWTError:
             return None
         sid, admin, iat = claims["sid"], claims.get("admin", False), claims.get("iat", 0)
-        if not isinstance(sid, str) or not sid or not isinstance(admin, bool):
+        vmid = claims.get("vmid", 0)
+        if (
+            not isinstance(sid, str)
+            or not sid
+            or not isinstance(admin, bool)
+            or not isinstance(vmid, int)
+            or (self._audience is not None and vmid <= 0)
+        ):
             return None
         return Principal(
             user_id=claims["sub"],
@@ -156,4 +179,5 @@ class JwtAuthenticator:
             is_admin=admin,
             expires_at=float(claims["exp"]),
             issued_at=float(iat),
+            vmid=vmid if self._audience is not None else 0,
         )

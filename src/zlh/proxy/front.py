@@ -1,23 +1,41 @@
-"""The platform's public front: IDE requests go to containers, everything else to the API.
+"""The platform's public front: IDEs on the IDE origin, everything else to the API.
 
-Per request under ``/dev/``, in this order (each step fails closed):
+Two kinds of origin, never mixed (zlh.proxy.ideorigin): the portal's, where the API and the
+portal live, and the IDE origin, where only IDEs and ``/_zlh/auth`` are served. A request is on
+the IDE origin when it arrived on the IDE listener (:meth:`Front.start_ide`, the second-port
+form) or its ``Host`` is ``ide_origin``'s host (or, for ``*.`` origins, ``<vmid>.`` that host).
 
-1. ``/dev/{vmid}/ide`` without the slash: 308 to ``/dev/{vmid}/ide/`` (query kept); any other
-   shape under ``/dev/`` that is not ``/dev/{vmid}/ide/...``: 404.
-2. WebSocket upgrades: ``Origin`` must be the portal's (``public_origin``) or the request's own
-   host; else 403 (cross-site WebSocket hijacking). No Origin at all means not a browser: allowed,
-   since only a browser attaches cookies on another site's behalf.
-3. A session (portal cookie or Bearer token) that verifies and is not revoked; else 401 -- or for
-   a browser navigating to a page (GET/HEAD with ``Accept: text/html``, not an upgrade) a 303 to
-   ``login_path?next=<the page>`` so the user lands back in the IDE after logging in.
-4. The caller owns ``vmid`` (admins own everything); else 404 with the API's body, the same
-   whether the container exists or not.
-5. The container is ready; else 503 saying why (provisioning, code-server down), at once.
-6. Relay with ``/dev/{vmid}/ide`` stripped, the portal's session cookie and ``Authorization``
-   removed, ``Host`` kept and ``X-Forwarded-*`` set; 502/504 when the container does not answer.
+Every request target must be a path (origin form): absolute-form and ``*`` get 400.
 
-Everything else is relayed to the API app unchanged (cookies and Authorization included), with
-the same relay code; WebSocket upgrades to it get the same Origin check.
+On the portal's origin, ``/dev/{vmid}/ide...`` serves nothing: a page load is sent (303) to the
+portal's ``/c/{vmid}/ide``, which signs in if needed and fetches a ticket; anything else is 404.
+Everything else is relayed to the API unchanged (cookies and Authorization included); WebSocket
+upgrades to it must come from the portal's origin (``public_origin``) or the request's own host.
+
+On the IDE origin, per request (each step fails closed):
+
+1. ``/_zlh/auth?ticket=...``: the ticket (zlh.proxy.tickets) is taken once; a forged, expired or
+   used one is 401, one for another container (the wildcard form's host names it) or for one
+   the caller may not open is 404. Else 303 to the IDE with the IDE cookie, scoped to this
+   container (Path ``/dev/{vmid}/``, or its own host), ``HttpOnly``, ``SameSite=Lax``, ``Secure``
+   over TLS.
+2. Path forms: ``/dev/{vmid}/ide`` without the slash: 308 to ``/dev/{vmid}/ide/`` (query kept);
+   anything else that is not ``/dev/{vmid}/ide/...``: 404. Wildcard form: every path is the IDE
+   of the vmid in the host name.
+3. WebSocket upgrades: ``Origin`` must be the request's own origin; else 403. No Origin at all
+   means not a browser: allowed, since only a browser attaches cookies on a page's behalf.
+4. The IDE cookie for this very container (one for another is the 404 of step 5), else
+   ``Authorization: Bearer <session token>`` for programs. The portal's session cookie counts
+   for nothing here. Neither revoked; else 401 -- or for a browser loading a page, a 303 to the
+   portal's ``/c/{vmid}/ide`` (when the portal's origin is known), which comes back with a
+   ticket.
+5. The caller owns ``vmid`` (admins only with ``admin_ide_access``); else 404 with the API's
+   body, the same whether the container exists or not.
+6. The container is ready; else 503 saying why (provisioning, code-server down), at once.
+7. Relay with the path form's ``/dev/{vmid}/ide`` stripped, the platform's cookies and
+   ``Authorization`` removed, ``Host`` kept and ``X-Forwarded-*`` set; 502/504 when the container
+   does not answer. Its responses lose any ``Set-Cookie`` that would shadow a platform cookie and
+   get ``frame-ancestors 'self' <portal>``, ``nosniff`` and a ``Referrer-Policy``.
 """
 
 from __future__ import annotations
@@ -25,24 +43,27 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from typing import Any, Final, cast
-from urllib.parse import quote
-
-import httptools
+from urllib.parse import parse_qs
 
 from zlh.proxy import responses
 from zlh.proxy.auth import Authenticator, Principal, SessionCookieSplitter, bearer_token
-from zlh.proxy.headers import RequestHead, upstream_request_head
+from zlh.proxy.headers import PORTAL_RULES, RequestHead, ResponseRules, upstream_request_head
+from zlh.proxy.ideorigin import IdeOrigin
 from zlh.proxy.listener import ClientConnection, Handler
 from zlh.proxy.pool import Pool, UpstreamAddress, UpstreamConnection
 from zlh.proxy.relay import Exchange, LocalResponse
-from zlh.proxy.routes import CLOSE_POLICY, RouteTable
+from zlh.proxy.routes import CLOSE_POLICY, Route, RouteTable
 from zlh.proxy.settings import ProxySettings
+from zlh.proxy.tickets import AUTH_PATH, IDE_COOKIE, TicketDesk
 from zlh.proxy.websocket import Tunnel
 
 __all__ = ["Front"]
 
 # Seconds a client is told to wait before trying a container that is not ready again.
 _NOT_READY_RETRY_S: Final = 5
+_AUTH_PATH: Final = AUTH_PATH.encode()
+_IDE_COOKIE: Final = IDE_COOKIE.encode()
+_SELF_ONLY: Final = b"Content-Security-Policy: frame-ancestors 'self'\r\n"
 
 
 class Front:
@@ -53,14 +74,18 @@ class Front:
         authenticator: Authenticator,
         api_upstream: UpstreamAddress | str,
         *,
+        tickets: TicketDesk | None = None,
         on_ide_open: Callable[[Principal, int], None] | None = None,
     ) -> None:
-        """``on_ide_open(principal, vmid)`` is told of each page load of an IDE (the workbench
-        document, not its assets or sockets), for the audit log; it must not block."""
+        """``tickets`` takes ``/_zlh/auth`` tickets and verifies IDE cookies (without it the
+        IDE origin takes Bearer tokens only). ``on_ide_open(principal, vmid)`` is told of each
+        page load of an IDE (the workbench document, not its assets or sockets), for the audit
+        log; it must not block."""
         self.settings = settings
         self._on_ide_open = on_ide_open
         self.routes = routes
         self.authenticator = authenticator
+        self._tickets = tickets
         self.api = (
             api_upstream
             if isinstance(api_upstream, UpstreamAddress)
@@ -70,84 +95,169 @@ class Front:
         self._connections: set[ClientConnection] = set()
         self._tunnels: set[Tunnel] = set()
         self._server: asyncio.Server | None = None
-        self._cookies = SessionCookieSplitter(settings.session_cookie.encode())
+        self._ide_server: asyncio.Server | None = None
+        names = settings.platform_cookies
+        # On the IDE origin: the IDE cookie is read, every platform cookie removed.
+        self._ide_cookies = SessionCookieSplitter(_IDE_COOKIE, drop=names)
         self._proto = settings.forwarded_proto
         origin = settings.public_origin
         self._public_origin = origin.encode() if origin else None
         self._default_host = origin.split("://", 1)[1].encode() if origin else b"localhost"
+        self._admin_ide_access = settings.admin_ide_access
+        ide = IdeOrigin.parse(settings.ide_origin) if settings.ide_origin else None
+        self._ide_host = ide.netloc.encode() if ide is not None and not ide.wildcard else None
+        self._ide_suffix = b"." + ide.netloc.encode() if ide is not None and ide.wildcard else None
+        self._ide_by_host = ide is not None
+        self._secure = ide.secure if ide is not None else self._proto == b"https"
+        frames = (
+            _SELF_ONLY if origin is None else _SELF_ONLY[:-2] + b" " + origin.encode() + b"\r\n"
+        )
+        self._ide_rules = ResponseRules(
+            frames, always=True, cookie_names=frozenset(n.lower() for n in names)
+        )
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> asyncio.Server:
-        """Listen on ``host:port`` (port 0: any free one, see :attr:`port`)."""
+        """Listen for the portal's origin (and a host-named IDE origin) on ``host:port``
+        (port 0: any free one, see :attr:`port`)."""
+        self._server = await self._listen(self._dispatch, host, port)
+        return self._server
+
+    async def start_ide(self, host: str = "127.0.0.1", port: int = 0) -> asyncio.Server:
+        """Listen for the IDE origin only on ``host:port`` (the second-port form): nothing
+        but IDEs and ``/_zlh/auth`` is served there (see :attr:`ide_port`)."""
+        self._ide_server = await self._listen(self._dispatch_ide, host, port)
+        return self._ide_server
+
+    async def _listen(
+        self, dispatch: Callable[[ClientConnection, RequestHead], Handler], host: str, port: int
+    ) -> asyncio.Server:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
+        return await loop.create_server(
             lambda: cast(
-                asyncio.Protocol, ClientConnection(self._dispatch, self.settings, self._connections)
+                asyncio.Protocol, ClientConnection(dispatch, self.settings, self._connections)
             ),
             host,
             port,
             reuse_address=True,
             backlog=2048,
         )
-        return self._server
 
     @property
     def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("the front is not listening; call start() first")
-        # typeshed says tuple, asyncio returns a list: untyped, so compiled code checks neither.
-        server: Any = self._server
-        return int(server.sockets[0].getsockname()[1])
+        return _port_of(self._server)
+
+    @property
+    def ide_port(self) -> int:
+        return _port_of(self._ide_server)
 
     async def close(self) -> None:
         """Stop listening and drop every connection, tunnels included."""
-        if self._server is not None:
-            self._server.close()
+        servers = [s for s in (self._server, self._ide_server) if s is not None]
+        for server in servers:
+            server.close()
         for conn in list(self._connections):
             conn.abort()
         for tunnel in list(self._tunnels):
             tunnel.terminate(1001, "going away")
         self.pool.close()
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        for server in servers:
+            await server.wait_closed()
+        self._server = self._ide_server = None
 
     # ---------------------------------------------------------------- per request
     def _dispatch(self, conn: ClientConnection, req: RequestHead) -> Handler:
-        target = req.target
-        if not target.startswith(b"/"):
-            if target == b"*":
-                return self._to_api(conn, req)
-            try:
-                url = httptools.parse_url(target)
-            except httptools.HttpParserInvalidURLError:
-                return self._local(conn, req, 400, "malformed request target")
-            target = (url.path or b"/") + (b"?" + url.query if url.query else b"")
-            req.target = target
-        if req.upgrading and (not req.websocket or req.method != b"GET"):
-            return self._local(conn, req, 400, "only WebSocket upgrades (GET) are supported")
-        if target.startswith(b"/dev/"):
-            return self._to_ide(conn, req, target)
+        refused = self._refused(conn, req)
+        if refused is not None:
+            return refused
+        if self._ide_by_host and req.host is not None:
+            host = req.host.strip().lower()
+            if host == self._ide_host:
+                return self._ide_paths(conn, req)
+            suffix = self._ide_suffix
+            if suffix is not None and (host.endswith(suffix) or host == suffix[1:]):
+                # The bare domain is no container's, and not the portal's either: its
+                # subdomains' pages may set cookies for it.
+                return self._ide_wildcard(conn, req, host[: max(0, len(host) - len(suffix))])
+        if req.target.startswith(b"/dev/"):
+            return self._portal_dev(conn, req)
         return self._to_api(conn, req)
 
-    def _to_ide(self, conn: ClientConnection, req: RequestHead, target: bytes) -> Handler:
-        path, sep, query = target.partition(b"?")
-        parts = path.split(b"/", 4)  # b"", b"dev", vmid, b"ide", rest
+    def _dispatch_ide(self, conn: ClientConnection, req: RequestHead) -> Handler:
+        refused = self._refused(conn, req)
+        if refused is not None:
+            return refused
+        return self._ide_paths(conn, req)
+
+    def _refused(self, conn: ClientConnection, req: RequestHead) -> Handler | None:
+        if not req.target.startswith(b"/"):
+            # Absolute-form would let the target's authority disagree with Host, which picks
+            # the origin; asterisk-form (OPTIONS *) asks nothing a browser needs.
+            return self._local(
+                conn, req, 400, "malformed request target", "send a path (origin form)"
+            )
+        if req.upgrading and (not req.websocket or req.method != b"GET"):
+            return self._local(conn, req, 400, "only WebSocket upgrades (GET) are supported")
+        return None
+
+    def _portal_dev(self, conn: ClientConnection, req: RequestHead) -> Handler:
+        """``/dev/...`` on the portal's origin: IDEs live on the IDE origin."""
+        parts = req.target.partition(b"?")[0].split(b"/", 4)
         digits = parts[2]
-        if len(parts) < 4 or parts[3] != b"ide" or not digits.isdigit() or digits[0] == 48:
+        if (
+            len(parts) >= 4
+            and parts[3] == b"ide"
+            and _is_vmid(digits)
+            and req.method in (b"GET", b"HEAD")
+            and not req.upgrading
+        ):
+            return LocalResponse(
+                conn,
+                responses.redirect(303, b"/c/" + digits + b"/ide", keep_alive=req.keep_alive),
+                keep_alive=req.keep_alive,
+            )
+        return self._local(conn, req, 404, "not found", "IDEs are served on the IDE origin")
+
+    def _ide_paths(self, conn: ClientConnection, req: RequestHead) -> Handler:
+        """The IDE origin's path forms: ``/dev/{vmid}/ide/...`` and the ticket exchange."""
+        target = req.target
+        path, sep, query = target.partition(b"?")
+        if path == _AUTH_PATH:
+            return self._exchange_ticket(conn, req, query, 0)
+        parts = path.split(b"/", 4)  # b"", b"dev", vmid, b"ide", rest
+        if len(parts) < 4 or parts[1] != b"dev" or parts[3] != b"ide" or not _is_vmid(parts[2]):
             return self._local(conn, req, 404, "not found")
-        vmid = int(digits)
         if len(parts) == 4:
             location = path + b"/" + (b"?" + query if sep else b"")
             return LocalResponse(conn, responses.redirect(308, location), keep_alive=True)
-        if req.websocket and not self._origin_ok(req):
+        rest = b"/" + parts[4] + sep + query
+        return self._to_ide(conn, req, int(parts[2]), rest, not parts[4])
+
+    def _ide_wildcard(self, conn: ClientConnection, req: RequestHead, label: bytes) -> Handler:
+        """``<vmid>.<ide host>``: every path is that container's IDE."""
+        if not _is_vmid(label):
+            return self._local(conn, req, 404, "not found")
+        vmid = int(label)
+        target = req.target
+        path, _, query = target.partition(b"?")
+        if path == _AUTH_PATH:
+            return self._exchange_ticket(conn, req, query, vmid)
+        return self._to_ide(conn, req, vmid, target, path == b"/")
+
+    def _to_ide(
+        self, conn: ClientConnection, req: RequestHead, vmid: int, rest: bytes, page: bool
+    ) -> Handler:
+        if req.websocket and not _same_origin(req):
             return self._local(conn, req, 403, "WebSocket from a foreign origin refused")
-        token, other_cookies = self._cookies.split(req.cookies)
-        principal = self._principal(token or bearer_token(req.authorization))
+        token, other_cookies = self._ide_cookies.split(req.cookies)
+        if token and self._tickets is not None:
+            principal = self._checked(self._tickets.authenticator, token)
+        else:
+            principal = self._checked(self.authenticator, bearer_token(req.authorization))
         if principal is None:
-            return self._unauthenticated(conn, req)
+            return self._unauthenticated(conn, req, vmid)
         route = self.routes.get(vmid)
-        if route is None or (route.owner_id != principal.user_id and not principal.is_admin):
+        if route is None or not self._may_open(principal, vmid, route):
             return self._local(conn, req, 404, f"no container {vmid}")  # the API's very words
         if not route.ready:
             # A browser waiting on the page reloads it when the Retry-After is up, so the IDE
@@ -161,8 +271,7 @@ class Front:
                 extra=b"Retry-After: %d\r\n" % _NOT_READY_RETRY_S,
                 refresh_s=_NOT_READY_RETRY_S,
             )
-        rest = b"/" + parts[4] + sep + query
-        if self._on_ide_open is not None and not parts[4] and req.method == b"GET":
+        if self._on_ide_open is not None and page and req.method == b"GET":
             self._on_ide_open(principal, vmid)
         head = upstream_request_head(
             req,
@@ -188,9 +297,61 @@ class Front:
             settings=self.settings,
             vmid=vmid,
             on_upgrade=on_upgrade,
+            rules=self._ide_rules,
         )
         exchange.start()
         return exchange
+
+    def _exchange_ticket(
+        self, conn: ClientConnection, req: RequestHead, query: bytes, host_vmid: int
+    ) -> Handler:
+        """``/_zlh/auth?ticket=...``: the IDE cookie for a good ticket, once (step 1)."""
+        tickets = self._tickets
+        if tickets is None or req.method not in (b"GET", b"HEAD") or req.upgrading:
+            return self._local(conn, req, 404, "not found")
+        given = parse_qs(query.decode("latin-1")).get("ticket", [""])[0]
+        ticket = tickets.redeem(given) if given else None
+        if ticket is None:
+            return self._local(
+                conn,
+                req,
+                401,
+                "This IDE link has expired or was already used",
+                "open the IDE from the portal again",
+            )
+        vmid = ticket.vmid
+        principal = Principal(
+            user_id=ticket.user_id,
+            sid=ticket.sid,
+            is_admin=ticket.admin,
+            expires_at=ticket.session_expires_at,
+            issued_at=ticket.session_issued_at,
+            vmid=vmid,
+        )
+        if self.routes.is_revoked(principal):
+            return self._local(conn, req, 401, "session ended", "log in to the portal again")
+        route = self.routes.get(vmid)
+        if (host_vmid and host_vmid != vmid) or route is None:
+            return self._local(conn, req, 404, f"no container {host_vmid or vmid}")
+        if not self._may_open(principal, vmid, route):
+            return self._local(conn, req, 404, f"no container {vmid}")
+        value, max_age = tickets.cookie_value(ticket)
+        wildcard = host_vmid != 0
+        path = b"/" if wildcard else b"/dev/%d/" % vmid
+        cookie = b"Set-Cookie: %s=%s; Path=%s; Max-Age=%d; HttpOnly; SameSite=Lax%s\r\n" % (
+            _IDE_COOKIE,
+            value.encode(),
+            path,
+            max_age,
+            b"; Secure" if self._secure else b"",
+        )
+        location = b"/" if wildcard else b"/dev/%d/ide/" % vmid
+        keep_alive = req.keep_alive
+        return LocalResponse(
+            conn,
+            responses.redirect(303, location, keep_alive=keep_alive, extra=cookie),
+            keep_alive=keep_alive,
+        )
 
     def _to_api(self, conn: ClientConnection, req: RequestHead) -> Handler:
         if req.websocket and not self._origin_ok(req):
@@ -214,18 +375,27 @@ class Front:
             settings=self.settings,
             vmid=0,
             on_upgrade=self._api_tunnel if req.websocket else None,
+            rules=PORTAL_RULES,
         )
         exchange.start()
         return exchange
 
     # ---------------------------------------------------------------- checks
-    def _principal(self, token: bytes) -> Principal | None:
+    def _checked(self, authenticator: Authenticator, token: bytes) -> Principal | None:
         if not token:
             return None
-        principal = self.authenticator.authenticate(token)
+        principal = authenticator.authenticate(token)
         if principal is None or self.routes.is_revoked(principal):
             return None
         return principal
+
+    def _may_open(self, principal: Principal, vmid: int, route: Route) -> bool:
+        """Owner, or admin where admins may; an IDE cookie opens only its own container."""
+        if principal.vmid and principal.vmid != vmid:
+            return False
+        return route.owner_id == principal.user_id or (
+            principal.is_admin and self._admin_ide_access
+        )
 
     def _origin_ok(self, req: RequestHead) -> bool:
         if req.origin is None:
@@ -233,14 +403,18 @@ class Front:
         origin = req.origin.strip().lower()
         if self._public_origin is not None and origin == self._public_origin:
             return True
-        scheme, sep, netloc = origin.partition(b"://")
-        host = req.host
-        return (
-            bool(sep)
-            and scheme in (b"http", b"https")
-            and host is not None
-            and (netloc == host.strip().lower())
-        )
+        return _same_origin(req)
+
+    def _portal_page(self, req: RequestHead, vmid: int) -> bytes | None:
+        """The portal's ``/c/{vmid}/ide`` as an absolute URL, or None when the portal's origin
+        is unknown (no ``public_origin``, and the IDE origin is not a second port)."""
+        if self._public_origin is not None:
+            origin = self._public_origin
+        elif self._server is not None and req.host is not None and not self._ide_by_host:
+            origin = b"%s://%s:%d" % (self._proto, _hostname(req.host), self.port)
+        else:
+            return None
+        return origin + b"/c/%d/ide" % vmid
 
     # ---------------------------------------------------------------- local answers
     def _local(
@@ -267,21 +441,22 @@ class Front:
         )
         return LocalResponse(conn, data, keep_alive=keep_alive)
 
-    def _unauthenticated(self, conn: ClientConnection, req: RequestHead) -> Handler:
+    def _unauthenticated(self, conn: ClientConnection, req: RequestHead, vmid: int) -> Handler:
         if req.wants_html and req.method in (b"GET", b"HEAD") and not req.upgrading:
-            location = self.settings.login_path.encode() + b"?next=" + quote(req.target).encode()
-            keep_alive = req.keep_alive
-            return LocalResponse(
-                conn,
-                responses.redirect(303, location, keep_alive=keep_alive),
-                keep_alive=keep_alive,
-            )
+            location = self._portal_page(req, vmid)
+            if location is not None:
+                keep_alive = req.keep_alive
+                return LocalResponse(
+                    conn,
+                    responses.redirect(303, location, keep_alive=keep_alive),
+                    keep_alive=keep_alive,
+                )
         return self._local(
             conn,
             req,
             401,
             "Not authenticated",
-            "log in to the portal (session cookie) or send Authorization: Bearer <token>",
+            "open the IDE from the portal, or send Authorization: Bearer <token>",
             extra=b'WWW-Authenticate: Bearer realm="zlh"\r\n',
         )
 
@@ -314,10 +489,44 @@ class Front:
         return (
             route is not None
             and not self.routes.is_revoked(principal)
-            and (principal.is_admin or route.owner_id == principal.user_id)
+            and self._may_open(principal, vmid, route)
         )
 
     def _api_tunnel(
         self, client: ClientConnection, upstream: UpstreamConnection, upstream_rest: bytes
     ) -> None:
         self._tunnel(client, upstream, upstream_rest)
+
+
+def _port_of(server: asyncio.Server | None) -> int:
+    if server is None:
+        raise RuntimeError("the front is not listening there; call start() first")
+    # typeshed says tuple, asyncio returns a list: untyped, so compiled code checks neither.
+    found: Any = server
+    return int(found.sockets[0].getsockname()[1])
+
+
+def _is_vmid(digits: bytes) -> bool:
+    return digits.isdigit() and digits[0] != 48
+
+
+def _hostname(host: bytes) -> bytes:
+    """``Host`` without its port (an IPv6 address keeps its brackets)."""
+    host = host.strip()
+    if host.startswith(b"["):
+        return host.partition(b"]")[0] + b"]"
+    return host.partition(b":")[0]
+
+
+def _same_origin(req: RequestHead) -> bool:
+    """No Origin (not a browser), or the request's own scheme-less origin: its Host."""
+    if req.origin is None:
+        return True
+    scheme, sep, netloc = req.origin.strip().lower().partition(b"://")
+    host = req.host
+    return (
+        bool(sep)
+        and scheme in (b"http", b"https")
+        and host is not None
+        and netloc == host.strip().lower()
+    )

@@ -14,9 +14,11 @@ from enum import IntEnum
 from typing import Final
 
 __all__ = [
+    "PORTAL_RULES",
     "Framing",
     "RequestHead",
     "ResponseHead",
+    "ResponseRules",
     "chunk",
     "client_response_head",
     "upstream_request_head",
@@ -73,6 +75,7 @@ REQUEST_HEADERS: Final = {
 NOSNIFF: Final = 12
 REFERRER: Final = 13
 CSP: Final = 14
+SET_COOKIE: Final = 15
 RESPONSE_HEADERS: Final = {
     b"connection": CONNECTION,
     b"content-length": LENGTH,
@@ -85,6 +88,7 @@ RESPONSE_HEADERS: Final = {
     b"x-content-type-options": NOSNIFF,
     b"referrer-policy": REFERRER,
     b"content-security-policy": CSP,
+    b"set-cookie": SET_COOKIE,
 }
 # Connection tokens that name no header of their own.
 _PLAIN_CONNECTION_TOKENS: Final = frozenset((b"keep-alive", b"close", b"upgrade"))
@@ -210,7 +214,7 @@ class RequestHead(_Head):
 
 
 class ResponseHead(_Head):
-    __slots__ = ("csp", "keep_alive", "nosniff", "reason", "referrer", "status")
+    __slots__ = ("csp", "keep_alive", "nosniff", "reason", "referrer", "set_cookie", "status")
 
     def __init__(self) -> None:
         self.lines = []
@@ -221,7 +225,7 @@ class ResponseHead(_Head):
         self.status = 0
         self.reason = b""
         self.keep_alive = True
-        self.nosniff = self.referrer = self.csp = False
+        self.nosniff = self.referrer = self.csp = self.set_cookie = False
 
     def add(self, name: bytes, value: bytes) -> None:
         lname = name.lower()
@@ -234,6 +238,8 @@ class ResponseHead(_Head):
                 self.referrer = True
             elif kind == CSP:
                 self.csp = True
+            elif kind == SET_COOKIE:
+                self.set_cookie = True
         elif kind == CONNECTION:
             self._note_connection(value)
         elif kind == LENGTH:
@@ -292,25 +298,68 @@ def upstream_request_head(
 _SECURITY_NOSNIFF: Final = b"X-Content-Type-Options: nosniff\r\n"
 _SECURITY_REFERRER: Final = b"Referrer-Policy: same-origin\r\n"
 _SECURITY_FRAMES: Final = b"Content-Security-Policy: frame-ancestors 'self'\r\n"
+_COOKIE_PREFIXES: Final = (b"__host-", b"__secure-")
+
+
+class ResponseRules:
+    """What the front adds to and removes from the response heads of one kind of upstream.
+
+    ``frames`` is a ``Content-Security-Policy`` line added to every response (``always``) or
+    only where the upstream set no CSP of its own. ``cookie_names`` (lower case, without the
+    ``__Host-``/``__Secure-`` prefixes) are names a response must not set: a container could
+    otherwise set a cookie the browser sends to the portal (cookies do not separate ports or
+    paths from script) in place of the platform's own.
+    """
+
+    __slots__ = ("always", "cookie_names", "frames")
+
+    def __init__(self, frames: bytes, *, always: bool, cookie_names: frozenset[bytes]) -> None:
+        self.frames = frames
+        self.always = always
+        self.cookie_names = cookie_names
+
+    def keeps(self, line: bytes) -> bool:
+        """Whether a header line may reach the client (only Set-Cookie lines are judged)."""
+        name, _, value = line.partition(b":")
+        if name.strip().lower() != b"set-cookie":
+            return True
+        cookie = value.split(b"=", 1)[0].strip().lower()
+        for prefix in _COOKIE_PREFIXES:
+            if cookie.startswith(prefix):
+                cookie = cookie[len(prefix) :]
+                break
+        return cookie not in self.cookie_names
+
+
+# The API's pages: framed by the portal itself only, its own cookies untouched.
+PORTAL_RULES: Final = ResponseRules(_SECURITY_FRAMES, always=False, cookie_names=frozenset())
 
 
 def client_response_head(
-    resp: ResponseHead, framing: Framing, *, keep_alive: bool, http11: bool, portal: bool
+    resp: ResponseHead,
+    framing: Framing,
+    *,
+    keep_alive: bool,
+    http11: bool,
+    rules: ResponseRules,
 ) -> tuple[bytes, Framing]:
     """The response head the client gets, and the framing the front writes its body with.
 
-    Adds ``nosniff`` and ``Referrer-Policy`` where the upstream set none, and for portal pages
-    (``portal``) ``frame-ancestors 'self'`` where it set no CSP. A body the upstream delimits by
-    chunks or by closing goes to an HTTP/1.1 client chunked, to an HTTP/1.0 one until close.
+    Adds ``nosniff`` and ``Referrer-Policy`` where the upstream set none, and the ``rules``'
+    CSP and cookie policy. A body the upstream delimits by chunks or by closing goes to an
+    HTTP/1.1 client chunked, to an HTTP/1.0 one until close.
     """
     parts = [b"HTTP/1.1 ", str(resp.status).encode(), b" ", resp.reason, b"\r\n"]
-    parts += resp.passthrough()
+    if resp.set_cookie and rules.cookie_names:
+        parts += [line for line in resp.passthrough() if rules.keeps(line)]
+    else:
+        parts += resp.passthrough()
     if not resp.nosniff:
         parts.append(_SECURITY_NOSNIFF)
     if not resp.referrer:
         parts.append(_SECURITY_REFERRER)
-    if portal and not resp.csp:
-        parts.append(_SECURITY_FRAMES)
+    if rules.always or not resp.csp:
+        parts.append(rules.frames)
     if resp.status == 101:
         parts.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
     else:

@@ -21,7 +21,14 @@ from collections.abc import Callable
 from typing import Final
 
 from zlh.proxy import responses
-from zlh.proxy.headers import LAST_CHUNK, Framing, RequestHead, ResponseHead, chunk
+from zlh.proxy.headers import (
+    LAST_CHUNK,
+    Framing,
+    RequestHead,
+    ResponseHead,
+    ResponseRules,
+    chunk,
+)
 from zlh.proxy.headers import client_response_head as _client_head
 from zlh.proxy.listener import ClientConnection
 from zlh.proxy.pool import Pool, UpstreamAddress, UpstreamConnection
@@ -97,6 +104,7 @@ class Exchange:
         "_request",
         "_responded",
         "_retried",
+        "_rules",
         "_settings",
         "_task",
         "_upgrading",
@@ -117,8 +125,10 @@ class Exchange:
         settings: ProxySettings,
         vmid: int,
         on_upgrade: OnUpgrade | None,
+        rules: ResponseRules,
     ) -> None:
-        """``vmid`` is the container relayed to, 0 for the API (portal pages)."""
+        """``vmid`` is the container relayed to, 0 for the API (portal pages); ``rules`` what
+        the response head gets and loses on its way to the client."""
         self._client = client
         self._request = request
         self._head = head
@@ -126,6 +136,7 @@ class Exchange:
         self._pool = pool
         self._settings = settings
         self._vmid = vmid
+        self._rules = rules
         self._on_upgrade = on_upgrade
         self._loop = client.loop
         self._chunked_body = request.te_chunked
@@ -272,7 +283,7 @@ class Exchange:
             self._framing,
             keep_alive=self._keep_alive,
             http11=request.version == "1.1",
-            portal=not self._vmid,
+            rules=self._rules,
         )
         if self._client_framing == Framing.CLOSE:
             self._keep_alive = False

@@ -65,7 +65,7 @@ def error(
     return head if head_only else head + body
 
 
-def redirect(status: int, location: bytes, *, keep_alive: bool = True) -> bytes:
-    return (
-        _head(status, keep_alive, b"Location: " + location + b"\r\n") + b"Content-Length: 0\r\n\r\n"
-    )
+def redirect(status: int, location: bytes, *, keep_alive: bool = True, extra: bytes = b"") -> bytes:
+    """A redirect to ``location``; ``extra`` is additional raw header lines (Set-Cookie)."""
+    head = _head(status, keep_alive, b"Location: " + location + b"\r\n" + extra)
+    return head + b"Content-Length: 0\r\n\r\n"

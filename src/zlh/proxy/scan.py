@@ -38,6 +38,7 @@ from zlh.proxy.headers import (
     REFERRER,
     REQUEST_HEADERS,
     RESPONSE_HEADERS,
+    SET_COOKIE,
     RequestHead,
     ResponseHead,
 )
@@ -283,6 +284,8 @@ def scan_response(data: bytes) -> tuple[ResponseHead, int] | None:
                 head.referrer = True
             elif kind == CSP:
                 head.csp = True
+            elif kind == SET_COOKIE:
+                head.set_cookie = True
         elif kind == LENGTH:
             if length >= 0 or end - value_start > 15:
                 return None

@@ -1,4 +1,4 @@
-"""The front's settings: timeouts, limits, the portal's origin and cookie name.
+"""The front's settings: timeouts, limits, the portal's and the IDEs' origins, cookie names.
 
 Plain pydantic (frozen, validated) so the API's pydantic-settings config can embed it as one
 field and an operator sets it from the same file/environment as everything else.
@@ -10,7 +10,12 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from zlh.proxy.ideorigin import IdeOrigin
+from zlh.proxy.tickets import IDE_COOKIE
+
 __all__ = ["ProxySettings"]
+
+_COOKIE_PREFIXES = ("__Host-", "__Secure-")
 
 
 class ProxySettings(BaseModel):
@@ -24,13 +29,21 @@ class ProxySettings(BaseModel):
     )
     session_cookie: str = Field(
         default="zlh_session",
-        description="Name of the portal's session cookie: read for auth, removed before a "
-        "request reaches a container. Other cookies pass untouched.",
+        description="Name of the portal's session cookie. The IDE origin takes it for nothing: "
+        "it, its `__Host-`/`__Secure-` forms and the IDE cookie are removed before a request "
+        "reaches a container, and a container's Set-Cookie of any of them is dropped.",
     )
-    login_path: str = Field(
-        default="/login",
-        description="Where a browser navigating to an IDE without a session is sent "
-        "(303 to `login_path?next=...`). API clients always get 401.",
+    ide_origin: str | None = Field(
+        default=None,
+        description="The origin IDEs are served on (zlh.proxy.ideorigin): "
+        "`https://ide.example.com` or `https://*.ide.example.com`, recognised by `Host`. "
+        "Unset: only a listener opened with `Front.start_ide` serves IDEs (the second-port "
+        "form). The portal's origin never serves them.",
+    )
+    admin_ide_access: bool = Field(
+        default=False,
+        description="Whether an admin's IDE cookie opens other users' IDEs. Off: admins get "
+        "the 404 of any non-owner (they still see the containers in the portal).",
     )
     connect_timeout_s: float = Field(
         default=5.0, gt=0, description="Opening a TCP/unix connection to an upstream."
@@ -86,6 +99,11 @@ class ProxySettings(BaseModel):
             raise ValueError(f"public_origin must look like https://host[:port], got {value!r}")
         return f"{parts.scheme}://{parts.netloc}".lower()
 
+    @field_validator("ide_origin")
+    @classmethod
+    def _ide_origin_shape(cls, value: str | None) -> str | None:
+        return None if value is None else IdeOrigin.parse(value).origin
+
     @field_validator("session_cookie")
     @classmethod
     def _cookie_name(cls, value: str) -> str:
@@ -93,12 +111,15 @@ class ProxySettings(BaseModel):
             raise ValueError(f"session_cookie must be a plain cookie name, got {value!r}")
         return value
 
-    @field_validator("login_path")
-    @classmethod
-    def _login_path(cls, value: str) -> str:
-        if not value.startswith("/") or value.startswith("//"):
-            raise ValueError(f"login_path must be a local path starting with '/', got {value!r}")
-        return value
+    @property
+    def platform_cookies(self) -> tuple[bytes, ...]:
+        """Cookie names only the platform sets: the session cookie with and without the
+        ``__Host-``/``__Secure-`` prefixes, and the IDE cookie."""
+        base = self.session_cookie
+        for prefix in _COOKIE_PREFIXES:
+            base = base.removeprefix(prefix)
+        names = (base, *(prefix + base for prefix in _COOKIE_PREFIXES), IDE_COOKIE)
+        return tuple(name.encode() for name in names)
 
     @property
     def forwarded_proto(self) -> bytes:

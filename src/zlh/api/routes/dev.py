@@ -20,7 +20,7 @@ async def request_dev(body: DevRequest, user: CurrentUser, svc: Svc) -> Containe
     the answer is the recorded container, which then provisions in the background
     (follow it at ``/api/dev/{vmid}/events``)."""
     container = await svc.provisioner.request(user, body)
-    return container_out(container)
+    return container_out(container, admin_ide_access=svc.settings.admin_ide_access)
 
 
 @router.get("")
@@ -38,13 +38,14 @@ def list_dev(
         containers = [
             c for c in svc.registry.list_for(user.id) if owner is None or owner == user.username
         ]
-    return [container_out(c) for c in containers]
+    access = svc.settings.admin_ide_access
+    return [container_out(c, admin_ide_access=access) for c in containers]
 
 
 @router.get("/{vmid}")
-def get_dev(container: OwnedContainer) -> ContainerOut:
+def get_dev(container: OwnedContainer, svc: Svc) -> ContainerOut:
     """One container with the agent's last polled ``/status``."""
-    return container_out(container)
+    return container_out(container, admin_ide_access=svc.settings.admin_ide_access)
 
 
 @router.delete("/{vmid}", status_code=204)

@@ -6,6 +6,7 @@ import { dashboardView } from "./views/dashboard.js";
 import { newView } from "./views/new.js";
 import { containerView } from "./views/container.js";
 import { passwordView } from "./views/password.js";
+import { ideView } from "./views/ide.js";
 
 const main = document.getElementById("main");
 let cleanup = () => {};
@@ -18,6 +19,7 @@ const routes = [
   [/^\/new$/, () => newView],
   [/^\/password$/, () => passwordView],
   [/^\/c\/(\d+)(?:\/(overview|files|console|tailnet))?$/, () => containerView],
+  [/^\/c\/(\d+)\/ide$/, () => ideView],
 ];
 
 export function navigate(path, { replace = false } = {}) {

@@ -46,6 +46,11 @@ export async function containerView(main, { params, navigate }) {
   });
   setIde(Boolean(container.status && container.status.codeServerRunning));
 
+  if (container.adminIdeAccess) {
+    main.append(
+      h("p", { class: "notice", id: "admin-ide-access", role: "note" }, "Administrators can open this container's IDE on this platform; each opening is recorded in the audit log."),
+    );
+  }
   main.append(
     h(
       "div",
