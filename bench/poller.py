@@ -7,7 +7,7 @@ the API's real ``Poller`` (real ``AgentClient``, real registry on a SQLite datab
 cores this process used (user+sys time / wall time, the server's CPU not included) and the
 p50/p99/max wall time of a full cycle.
 
-Goal (issue 5): ≤ 0.2 core, p99 cycle ≤ 2 s.
+Goal: ≤ 0.2 core, p99 cycle ≤ 2 s.
 
     .venv/bin/python bench/poller.py [--agents 1000] [--interval 5] [--cycles 12]
 """
