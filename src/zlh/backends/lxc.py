@@ -455,10 +455,12 @@ class LxcBackend(BlockingBackend):
             if directory.exists():
                 os.lchown(directory, idmap.root_uid, idmap.root_gid)
         config = self._config(vmid)
-        text = config.read_text().replace(f"{lower}:", f"{shifted}:")
-        config_lines = text.splitlines()
-        config_lines[1:1] = idmap.config_lines()
-        write_atomically(config, "\n".join(config_lines) + "\n", mode=0o640)
+        lines = config.read_text().replace(f"{lower}:", f"{shifted}:").splitlines()
+        # userns.conf must follow common.conf (it clears what common.conf drops), as in the
+        # template's own config.
+        after = next((i + 1 for i, line in enumerate(lines) if line.endswith("/common.conf")), 0)
+        lines[after:after] = idmap.config_lines()
+        write_atomically(config, "\n".join(lines) + "\n", mode=config.stat().st_mode & 0o777)
         if was_running:
             self._start(vmid)
 
