@@ -110,7 +110,7 @@ def _slots(host: Host) -> Iterator[Check]:
 
     path = host.slot_registry or REGISTRY
     try:
-        slots = SlotRegistry(path).read()
+        network = SlotRegistry(path).read()
     except BackendError as exc:
         yield Check(
             "slots",
@@ -123,8 +123,11 @@ def _slots(host: Host) -> Iterator[Check]:
     except OSError as exc:
         yield Check("slots", Outcome.WARN, f"cannot read {path}: {exc.strerror}", "run as root")
         return
+    ports = ", ".join(str(p) for p in network.service_ports) or "none"
+    reach = f"containers reach the host on DNS, DHCP and TCP port(s) {ports}"
+    slots = network.slots
     if not slots:
-        yield Check("slots", Outcome.OK, f"no zlh LXC container on this host yet ({path})")
+        yield Check("slots", Outcome.OK, f"no zlh LXC container on this host yet ({path}); {reach}")
         return
     mine = str((host.data_dir / "lxc").resolve())
     ours = sum(1 for s in slots if s.lxcpath == mine)
@@ -133,7 +136,7 @@ def _slots(host: Host) -> Iterator[Check]:
         "slots",
         Outcome.OK,
         f"{len(slots)} LXC container(s) on this host: {ours} of this data dir, "
-        f"{len(slots) - ours} of {others} other data dir(s)",
+        f"{len(slots) - ours} of {others} other data dir(s); {reach}",
     )
 
 

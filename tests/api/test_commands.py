@@ -11,9 +11,11 @@ import pytest
 from support import zlh
 from zlh.api import accounts
 from zlh.api.auth import TokenService
+from zlh.api.commands import host_ports_for_containers
 from zlh.api.db import Database
 from zlh.api.errors import NotAuthenticated
 from zlh.api.keys import load_or_create_key
+from zlh.api.settings import ApiSettings
 from zlh.errors import ZlhError
 
 CHEAP = {"ZLH_ARGON2_TIME_COST": "1", "ZLH_ARGON2_MEMORY_KIB": "64", "ZLH_ARGON2_PARALLELISM": "1"}
@@ -90,3 +92,16 @@ def test_key_files_are_private_and_stable(tmp_path: Path) -> None:
     path.chmod(0o644)
     with pytest.raises(ZlhError, match="readable by others"):
         load_or_create_key(path)
+
+
+def test_containers_may_reach_the_artifact_and_headscale_ports_on_the_host(
+    tmp_path: Path,
+) -> None:
+    plain = ApiSettings(data_dir=tmp_path, backend="lxc")
+    assert host_ports_for_containers(plain, "http://10.0.3.1:8780/artifacts") == [8780]
+    tailnet = ApiSettings(
+        data_dir=tmp_path,
+        backend="lxc",
+        headscale={"url": "http://127.0.0.1:8080", "login_server_url": "https://hs.example"},
+    )
+    assert host_ports_for_containers(tailnet, "http://10.0.3.1/artifacts") == [80, 443]

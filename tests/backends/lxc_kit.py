@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import httpx
 import pytest
 
 from support import REPO, zlh
+from zlh.api.settings import url_port
 from zlh.backends import ContainerInfo, ContainerSpec, ContainerState, Resources
 from zlh.backends.lxc import LxcBackend
 
@@ -32,6 +34,17 @@ def lxc_backend(*vmids: int, data_dir: Path = DATA_DIR) -> Iterator[LxcBackend]:
     yield lxc
     for vmid in vmids:
         asyncio.run(lxc.destroy(vmid))
+
+
+@contextlib.contextmanager
+def host_services(backend: LxcBackend, *urls: str) -> Iterator[None]:
+    """The ports of ``urls`` open to the containers on the host while the block runs, as
+    `zlh up` opens its artifact server's (the isolation table refuses every other port)."""
+    backend.slots.serve(backend.lxcpath, [url_port(url) for url in urls])
+    try:
+        yield
+    finally:
+        backend.slots.serve(backend.lxcpath, [])
 
 
 def up(

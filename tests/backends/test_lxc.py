@@ -8,13 +8,16 @@ template is built once per machine by the real ``zlh template build`` into ``.da
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import shutil
 import socket
 import subprocess
 import threading
+import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -89,28 +92,68 @@ def test_two_containers_answer_their_own_secret_and_cannot_reach_each_other(
     assert not connect_from(backend, A, b.address, 6000)
 
 
-def test_a_container_reaches_the_host_bridge_address(backend: LxcBackend) -> None:
-    a = (
-        up(backend, A)
-        if asyncio.run(backend.status(A)).state is not ContainerState.RUNNING
-        else (asyncio.run(backend.status(A)))
-    )
-    bridge = backend._network().address
+def _listening(host: str) -> socket.socket:
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind((host, 0))
+    server.listen()
+    return server
+
+
+@contextlib.contextmanager
+def _dns_stand_in(bridge: str) -> Iterator[None]:
+    """Something on the bridge's TCP port 53: lxc-net's dnsmasq where it runs, else a listener."""
+    if host_connects(bridge, 53, timeout_s=0.5):
+        yield
+        return
     with socket.socket() as server:
-        server.bind((bridge, 0))
+        server.bind((bridge, 53))
         server.listen()
-        accepted: list[str] = []
+        yield
 
-        def accept() -> None:
-            conn, peer = server.accept()
-            accepted.append(peer[0])
-            conn.close()
 
-        thread = threading.Thread(target=accept, daemon=True)
-        thread.start()
-        assert connect_from(backend, A, bridge, server.getsockname()[1])
-        thread.join(timeout=10)
-    assert accepted == [a.address]
+def _other_host_address(bridge: str) -> str | None:
+    """One of the host's own addresses that is not the bridge's (eth0's, say)."""
+    out = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True
+    ).stdout
+    addresses = [line.split()[3].split("/")[0] for line in out.splitlines()]
+    return next((a for a in addresses if a != bridge), None)
+
+
+def test_a_container_reaches_only_the_host_ports_the_platform_registered(
+    backend: LxcBackend,
+) -> None:
+    running(backend, A)
+    bridge = backend._network().address
+    with _listening("0.0.0.0") as service, _listening("0.0.0.0") as private:
+        port, other = service.getsockname()[1], private.getsockname()[1]
+        LxcBackend(data_dir=DATA_DIR, host_ports=[port])  # what `zlh up` does: its artifact port
+        try:
+            accepted: list[str] = []
+
+            def accept() -> None:
+                conn, peer = service.accept()
+                accepted.append(peer[0])
+                conn.close()
+
+            thread = threading.Thread(target=accept, daemon=True)
+            thread.start()
+            assert connect_from(backend, A, bridge, port)
+            thread.join(timeout=10)
+            assert accepted == [running(backend, A).address]
+            with _dns_stand_in(bridge):  # lxc-net's dnsmasq, or a stand-in
+                assert connect_from(backend, A, bridge, 53)
+            # a service of the host nobody registered: refused on every host address
+            assert host_connects(bridge, other)
+            assert not connect_from(backend, A, bridge, other)
+            elsewhere = _other_host_address(bridge)
+            if elsewhere is not None:
+                assert not connect_from(backend, A, elsewhere, other)
+                assert connect_from(backend, A, elsewhere, port)
+        finally:
+            backend.slots.serve(backend.lxcpath, [])
+    assert agent_status(running(backend, A), f"secret-{A}") == 200  # the host still reaches it
 
 
 def test_destroy_removes_both_and_their_addresses_are_reused(backend: LxcBackend) -> None:
@@ -184,23 +227,60 @@ def test_selecting_lxc_without_root_says_what_is_needed(
 
 SEND_UDP = """
 import socket, sys
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sock.bind((sys.argv[1], 0))
-sock.sendto(b"hello from " + sys.argv[1].encode(), (sys.argv[2], int(sys.argv[3])))
+for source in sys.argv[3:]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((source, 0))
+    sock.sendto(b"hello", (sys.argv[1], int(sys.argv[2])))
 """
+COUNTING = "zlh_test_counting"
 
 
-def received_from(backend: LxcBackend, vmid: int, source: str, server: socket.socket) -> list[str]:
-    """Who the host heard from after container ``vmid`` sent one datagram from ``source``."""
-    host, port = server.getsockname()
-    attach(backend, vmid, "python3", "-c", SEND_UDP, source, host, str(port))
-    heard = []
+@contextlib.contextmanager
+def ip_layer_counts(port: int, sources: list[str]) -> Iterator[Callable[[], dict[str, int]]]:
+    """Datagrams from each of ``sources`` to the host's UDP ``port``, as the host's IP layer
+    gets them: what the bridge's filter let through, before the isolation table's input chain
+    (a counter per source in a table of its own, at an earlier priority)."""
+    rules = "\n".join(f'ip saddr {a} udp dport {port} counter comment "{a}"' for a in sources)
+    script = f"""table inet {COUNTING} {{
+        chain input {{
+            type filter hook input priority -10; policy accept;
+            {rules}
+        }}
+    }}"""
+    subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True)
+
+    def counts() -> dict[str, int]:
+        listed = subprocess.run(
+            ["nft", "-j", "list", "table", "inet", COUNTING],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return {
+            item["rule"]["comment"]: next(
+                e["counter"]["packets"] for e in item["rule"]["expr"] if "counter" in e
+            )
+            for item in json.loads(listed)["nftables"]
+            if "rule" in item
+        }
+
     try:
-        while True:
-            _, peer = server.recvfrom(100)
-            heard.append(peer[0])
-    except TimeoutError:
-        return heard
+        yield counts
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", COUNTING], check=False)
+
+
+def received_from(backend: LxcBackend, vmid: int, sources: list[str], host: str) -> dict[str, int]:
+    """Datagrams the host's IP layer got per source after container ``vmid`` sent one from
+    each of ``sources``, in that order, over its one bridge port (so once the last one has
+    arrived, the earlier ones have arrived or been dropped)."""
+    port = 40999
+    with ip_layer_counts(port, sources) as counts:
+        attach(backend, vmid, "python3", "-c", SEND_UDP, host, str(port), *sources)
+        deadline = time.monotonic() + 10
+        while not counts()[sources[-1]] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return counts()
 
 
 def test_a_container_cannot_speak_with_its_neighbours_address(backend: LxcBackend) -> None:
@@ -212,15 +292,14 @@ def test_a_container_cannot_speak_with_its_neighbours_address(backend: LxcBacken
             )
     own, neighbour = infos[A].address, infos[B].address
     assert own and neighbour
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
-        server.bind((backend._network().address, 0))
-        server.settimeout(2)
-        assert received_from(backend, A, own, server) == [own]  # the check can see packets
-        attach(backend, A, "ip", "addr", "add", f"{neighbour}/32", "dev", "eth0")
-        try:
-            assert received_from(backend, A, neighbour, server) == []
-        finally:
-            attach(backend, A, "ip", "addr", "del", f"{neighbour}/32", "dev", "eth0")
+    bridge = backend._network().address
+    attach(backend, A, "ip", "addr", "add", f"{neighbour}/32", "dev", "eth0")
+    try:
+        # the last datagram, from its own address, arrives after the spoofed one would have
+        heard = received_from(backend, A, [neighbour, own], bridge)
+    finally:
+        attach(backend, A, "ip", "addr", "del", f"{neighbour}/32", "dev", "eth0")
+    assert heard == {neighbour: 0, own: 1}
     assert agent_status(infos[B], f"secret-{B}") == 200  # B still answers as itself
 
 

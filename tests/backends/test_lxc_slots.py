@@ -1,10 +1,12 @@
 """The host-wide slot registry of LXC containers, without LXC: names and addresses stay unique
-across data dirs, come back when freed, and every change reaches the isolation table."""
+across data dirs, come back when freed, each data dir's host service ports are kept, and every
+change reaches the isolation table."""
 
 from __future__ import annotations
 
 import fcntl
 import ipaddress
+import json
 import multiprocessing
 import os
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 
 from zlh.backends.base import BackendError
 from zlh.backends.lxc_net import Bridge
-from zlh.backends.lxc_slots import NAME_PREFIX, Slot, SlotRegistry
+from zlh.backends.lxc_slots import NAME_PREFIX, HostNetwork, Slot, SlotRegistry
 
 BRIDGE = Bridge("lxcbr0", ipaddress.IPv4Interface("10.0.3.1/24"))
 # Numbers no interface on a test machine has (a live zlh<n> port keeps a slot in use).
@@ -106,14 +108,14 @@ def test_every_change_is_told_under_the_lock(tmp_path: Path) -> None:
     path = tmp_path / "lxc-slots.json"
     told: list[list[int]] = []
 
-    def on_change(slots: list[Slot]) -> None:
+    def on_change(network: HostNetwork) -> None:
         fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR)
         try:
             with pytest.raises(BlockingIOError):  # held by the registry right now
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         finally:
             os.close(fd)
-        told.append(sorted(s.vmid for s in slots))
+        told.append(sorted(s.vmid for s in network.slots))
 
     registry = SlotRegistry(path, on_change=on_change)
     lxcpath = tmp_path / "lxc"
@@ -164,3 +166,48 @@ def test_two_processes_claiming_at_once_never_share_a_name_or_address(tmp_path: 
     slots = SlotRegistry(path).all()
     assert len(slots) == 2 * count
     assert len({s.number for s in slots}) == len({s.address for s in slots}) == 2 * count
+
+
+def test_each_data_dir_registers_its_host_ports_and_the_table_gets_them_all(
+    tmp_path: Path,
+) -> None:
+    told: list[list[int]] = []
+    registry = SlotRegistry(
+        tmp_path / "lxc-slots.json", on_change=lambda n: told.append(n.service_ports)
+    )
+    first, second = tmp_path / "a" / "lxc", tmp_path / "b" / "lxc"
+    first.mkdir(parents=True), second.mkdir(parents=True)
+    registry.serve(first, [8080, 8080])
+    registry.serve(second, [9090, 443])
+    registry.serve(second, [443, 9090])  # the same set: nothing to tell
+    assert told == [[8080], [443, 8080, 9090]]
+    registry.serve(first, [])  # none left for it
+    assert told[-1] == [443, 9090]
+    assert registry.read().services == {str(second): [443, 9090]}
+    with pytest.raises(BackendError, match="70000 is not a TCP port"):
+        registry.serve(first, [8080, 70000])
+    assert registry.read().services == {str(second): [443, 9090]}
+
+
+def test_the_ports_of_a_deleted_data_dir_are_dropped(tmp_path: Path) -> None:
+    registry = SlotRegistry(tmp_path / "lxc-slots.json")
+    gone, kept = tmp_path / "gone" / "lxc", tmp_path / "kept" / "lxc"
+    gone.mkdir(parents=True), kept.mkdir(parents=True)
+    registry.serve(gone, [8080])
+    registry.serve(kept, [9090])
+    gone.rmdir()
+    registry.sync()
+    assert registry.read().service_ports == [9090]
+
+
+def test_a_registry_from_before_service_ports_loads_with_none(tmp_path: Path) -> None:
+    path = tmp_path / "lxc-slots.json"
+    lxcpath = tmp_path / "lxc"
+    container(lxcpath, VMID)
+    slot = {"number": VMID, "lxcpath": str(lxcpath), "vmid": VMID, "bridge": "lxcbr0"}
+    path.write_text(json.dumps({"slots": [{**slot, "address": "10.0.3.9"}]}))
+    registry = SlotRegistry(path)
+    assert registry.read() == HostNetwork([Slot(**slot, address="10.0.3.9")], {})
+    registry.serve(lxcpath, [8080])
+    saved = json.loads(path.read_text())
+    assert saved["services"] == {str(lxcpath): [8080]} and len(saved["slots"]) == 1

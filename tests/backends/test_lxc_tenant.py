@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from lxc_kit import attach, lxc_backend, up
+from lxc_kit import attach, host_services, lxc_backend, up
 
 from support import serve_store
 from zlh.artifacts.store import ArtifactStore
@@ -67,7 +67,11 @@ def backend() -> Iterator[LxcBackend]:
 def body(backend: LxcBackend, node_store: Path, code_server_store: Path) -> Iterator[Any]:
     """A provisioning payload (node + code-server) whose artifacts the containers can fetch."""
     bridge = backend._network().address
-    with serve(node_store, bridge) as node_url, serve(code_server_store, bridge) as cs_url:
+    with (
+        serve(node_store, bridge) as node_url,
+        serve(code_server_store, bridge) as cs_url,
+        host_services(backend, node_url, cs_url),
+    ):
         yield payload(node_store, node_url, code_server_store, cs_url)
 
 

@@ -125,7 +125,7 @@ def test_doctor_says_whether_the_front_runs_compiled(tmp_path: Path) -> None:
     assert "make bootstrap" in warned.fix
 
 
-def test_doctor_reports_who_shares_the_host_and_fails_on_an_unreadable_slot_registry(
+def test_doctor_reports_who_shares_the_host_and_its_open_ports_and_fails_on_a_bad_registry(
     tmp_path: Path,
 ) -> None:
     registry = tmp_path / "lxc-slots.json"
@@ -138,6 +138,7 @@ def test_doctor_reports_who_shares_the_host_and_fails_on_an_unreadable_slot_regi
     )
     (empty,) = [c for c in run_checks(host) if c.name == "slots"]
     assert empty.outcome is Outcome.OK and empty.detail.startswith("no zlh LXC container")
+    assert empty.detail.endswith("containers reach the host on DNS, DHCP and TCP port(s) none")
     mine = str((tmp_path / "data" / "lxc").resolve())
     entries = [
         {"number": 100, "lxcpath": mine, "vmid": 100, "bridge": "lxcbr0", "address": "10.0.3.2"},
@@ -149,11 +150,12 @@ def test_doctor_reports_who_shares_the_host_and_fails_on_an_unreadable_slot_regi
             "address": "10.0.3.3",
         },
     ]
-    registry.write_text(json.dumps({"slots": entries}))
+    services = {mine: [8080], "/srv/b/lxc": [8080, 9443]}
+    registry.write_text(json.dumps({"slots": entries, "services": services}))
     (shared,) = [c for c in run_checks(host) if c.name == "slots"]
-    assert (
-        shared.detail
-        == "2 LXC container(s) on this host: 1 of this data dir, 1 of 1 other data dir(s)"
+    assert shared.detail == (
+        "2 LXC container(s) on this host: 1 of this data dir, 1 of 1 other data dir(s); "
+        "containers reach the host on DNS, DHCP and TCP port(s) 8080, 9443"
     )
     assert json.loads(registry.read_text())["slots"] == entries  # a report changes nothing
     registry.write_text("{not json")

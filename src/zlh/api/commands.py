@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from zlh.api import accounts
 from zlh.api.db import Database
-from zlh.api.settings import ApiSettings, load_settings, parse_listen
+from zlh.api.settings import ApiSettings, load_settings, parse_listen, url_port
 from zlh.cli import data_dir_from
 from zlh.datadir import PRIVATE_UMASK, prepare_data_dir
 from zlh.errors import UsageError, ZlhError
@@ -102,14 +102,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     from zlh.artifacts.server import ArtifactServer
 
     settings = _server_settings(args, store_dir=args.store)
-    backend = _private_backend(settings)  # first: one that cannot run here leaves nothing behind
+    artifact_url = settings.artifact_url_for_containers or _container_facing_url(settings)
+    # First: a backend that cannot run here leaves nothing behind.
+    backend = _private_backend(settings, artifact_url)
     store = settings.store_path
     store.mkdir(parents=True, exist_ok=True)
     app = create_app(
         settings,
         backend,
         catalog=StoreCatalog(store),
-        artifact_base_url=settings.artifact_url_for_containers or _container_facing_url(settings),
+        artifact_base_url=artifact_url,
         store_app=ArtifactServer(store),
     )
     serve(app, settings)
@@ -126,12 +128,13 @@ def cmd_api(args: argparse.Namespace) -> int:
             "zlh api needs an artifact server: --artifact-server URL or ZLH_ARTIFACT_SERVER_URL "
             "(or run `zlh up`, which has one built in)"
         )
-    backend = _private_backend(settings)
+    artifact_url = settings.artifact_url_for_containers or settings.artifact_server_url
+    backend = _private_backend(settings, artifact_url)
     app = create_app(
         settings,
         backend,
         catalog=HttpCatalog(settings.artifact_server_url, cache_s=settings.catalog_cache_s),
-        artifact_base_url=settings.artifact_url_for_containers or settings.artifact_server_url,
+        artifact_base_url=artifact_url,
     )
     serve(app, settings)
     return 0
@@ -162,12 +165,12 @@ class _Server(uvicorn.Server):
             self._captured_signals.clear()
 
 
-def _private_backend(settings: ApiSettings) -> Any:
+def _private_backend(settings: ApiSettings, artifact_url: str) -> Any:
     """The backend, created under umask 077, then the data dir made private. A backend that
     cannot run here leaves the umask as it was (and the data dir untouched)."""
     previous = os.umask(PRIVATE_UMASK)
     try:
-        backend = _backend(settings)
+        backend = _backend(settings, artifact_url)
     except BaseException:
         os.umask(previous)
         raise
@@ -175,13 +178,24 @@ def _private_backend(settings: ApiSettings) -> Any:
     return backend
 
 
-def _backend(settings: ApiSettings) -> Any:
+def _backend(settings: ApiSettings, artifact_url: str) -> Any:
+    """The configured backend; LXC containers get to reach the host's ports of the services
+    they use (artifacts, Headscale) and no other host port."""
     from zlh.backends import create_backend  # type: ignore[attr-defined,unused-ignore]
 
     options: dict[str, Any] = {}
     if settings.backend in {"lxc", "proxmox"}:
         options["allow_privileged"] = settings.allow_privileged
+    if settings.backend == "lxc":
+        options["host_ports"] = host_ports_for_containers(settings, artifact_url)
     return create_backend(settings.backend, data_dir=settings.data_dir, **options)
+
+
+def host_ports_for_containers(settings: ApiSettings, artifact_url: str) -> list[int]:
+    """The ports of the services containers use, were they on the host: the artifact server
+    and Headscale as containers are told to reach them."""
+    headscale = settings.headscale.login_server_url or settings.headscale.url
+    return sorted({url_port(url) for url in (artifact_url, headscale) if url})
 
 
 def _unix_socket(path: Path) -> socket.socket:

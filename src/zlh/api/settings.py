@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import (
@@ -25,7 +26,7 @@ from zlh.api.headscale import HeadscaleSettings
 from zlh.proxy.ideorigin import IdeOrigin
 from zlh.proxy.settings import ProxySettings
 
-__all__ = ["ApiSettings", "load_settings", "parse_listen"]
+__all__ = ["ApiSettings", "load_settings", "parse_listen", "url_port"]
 
 CONFIG_FILE = "api.toml"
 
@@ -37,6 +38,12 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{value!r} is not HOST:PORT with a port from 1 to 65535")
     return host, int(port)
+
+
+def url_port(url: str) -> int:
+    """The TCP port an http(s) URL names, or its scheme's default."""
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
 
 
 class ApiSettings(BaseSettings):

@@ -26,7 +26,7 @@ import shutil
 import socket
 import stat
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,12 +142,20 @@ class LxcBackend(BlockingBackend):
 
     ``allow_privileged`` lets a host that cannot run user namespaces run privileged
     containers instead of refusing (loudly warned); it never makes a capable host privileged.
+    ``host_ports`` are the host's TCP ports the containers must reach (the artifact server's,
+    a Headscale's on the host): registered for this data dir, they are the only host ports
+    containers reach besides DNS and DHCP; ``None`` keeps what the data dir registered last.
     """
 
     name = "lxc"
 
     def __init__(
-        self, *, data_dir: Path, bridge: str = BRIDGE, allow_privileged: bool = False
+        self,
+        *,
+        data_dir: Path,
+        bridge: str = BRIDGE,
+        allow_privileged: bool = False,
+        host_ports: Iterable[int] | None = None,
     ) -> None:
         require_lxc()
         self.idmap = container_idmap(allow_privileged=allow_privileged)
@@ -155,7 +163,9 @@ class LxcBackend(BlockingBackend):
         self.lxcpath = data_dir / "lxc"
         self._make_dirs()
         self.bridge_name = bridge
-        self.slots = SlotRegistry(on_change=lambda slots: ensure_isolation(bridge, slots))
+        self.slots = SlotRegistry(on_change=lambda network: ensure_isolation(bridge, network))
+        if host_ports is not None:
+            self.slots.serve(self.lxcpath, host_ports)
         self._bridge: Bridge | None = None
         self._host = socket.gethostname()
         if self.idmap is not None:

@@ -14,6 +14,11 @@ Isolation (nftables, one table per family, replaced atomically and idempotently)
   users cannot reach a container's agent port or :6000 (``--auth none``) behind the front's
   login and ownership checks. Replies to connections containers opened (DNS, DHCP, the
   artifact server) are not new and pass; packets without a socket never match.
+- ``inet`` family, input hook: from a bridge, the host itself only answers what containers
+  need of it: replies to the host's own connections (the API asking an agent), DNS and DHCP
+  (lxc-net's dnsmasq), ICMP, and the TCP ports of the platform's services that every instance
+  registered (its artifact server; :mod:`zlh.backends.lxc_slots`). Everything else on any of
+  the host's addresses (sshd, a database, the API's other ports, other daemons) is refused.
 - Per container, the bridge port (``zlh<slot>``) only accepts frames from the container's own
   MAC and IP (``ports`` set), so one container cannot claim another's address and receive the
   API's requests to it.
@@ -22,7 +27,8 @@ The table is host-wide: it is always loaded with every container of every zlh da
 host and every bridge they use (:mod:`zlh.backends.lxc_slots`), so one instance loading it
 never takes another's containers off the bridge.
 
-Containers reach the host's own addresses, the bridge address included (the artifact server).
+Traffic containers send through the host to elsewhere (the internet, via lxc-net's NAT) is
+routed, not delivered to the host, and these rules leave it alone.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from typing import TYPE_CHECKING
 from zlh.backends.base import BackendError, BackendUnavailable
 
 if TYPE_CHECKING:
-    from zlh.backends.lxc_slots import Slot
+    from zlh.backends.lxc_slots import HostNetwork
 
 __all__ = [
     "BRIDGE",
@@ -56,6 +62,8 @@ __all__ = [
 BRIDGE = "lxcbr0"
 LXC_NET = Path("/usr/libexec/lxc/lxc-net")
 TABLE = "zlh_isolation"
+# What containers always reach on the host: lxc-net's dnsmasq (DNS, DHCP).
+DNS_PORT, DHCP_PORT = 53, 67
 
 
 @dataclass(frozen=True)
@@ -114,10 +122,11 @@ def ensure_bridge(name: str = BRIDGE) -> Bridge:
     return Bridge(name, interface)
 
 
-def _ruleset(bridges: Iterable[str], platform_uid: int) -> str:
+def _ruleset(bridges: Iterable[str], platform_uid: int, service_ports: Iterable[int]) -> str:
     """The whole isolation table; `add` then `delete` makes loading it idempotent."""
     names = ", ".join(f'"{name}"' for name in sorted(set(bridges)))
     others = f"oifname {{ {names} }} ct state new meta skuid != {platform_uid}"
+    tcp_ports = ", ".join(str(p) for p in sorted({DNS_PORT, *service_ports}))
     return f"""
 table bridge {TABLE}
 delete table bridge {TABLE}
@@ -149,6 +158,18 @@ table inet {TABLE} {{
         {others} meta l4proto tcp reject with tcp reset
         {others} reject with icmpx type admin-prohibited
     }}
+    chain input {{
+        type filter hook input priority 0; policy accept;
+        iifname {{ {names} }} jump from_containers
+    }}
+    chain from_containers {{
+        ct state established,related accept
+        meta l4proto {{ icmp, ipv6-icmp }} accept
+        udp dport {{ {DNS_PORT}, {DHCP_PORT} }} accept
+        tcp dport {{ {tcp_ports} }} accept
+        meta l4proto tcp reject with tcp reset
+        reject with icmpx type admin-prohibited
+    }}
 }}
 """
 
@@ -159,13 +180,14 @@ def _nft(script: str, what: str) -> None:
     _run(["nft", "-f", "-"], what, stdin=script)
 
 
-def ensure_isolation(bridge: str, slots: Iterable[Slot]) -> None:
-    """Load the isolation rules for ``bridge`` and the bridges of ``slots`` (every container
-    on the host), allowing each slot's MAC and address on its own port only, and new
-    connections into the bridges from this process's user only (the platform's)."""
-    slots = list(slots)
-    script = _ruleset([bridge, *(s.bridge for s in slots)], os.geteuid())
-    for slot in slots:
+def ensure_isolation(bridge: str, network: HostNetwork) -> None:
+    """Load the isolation rules for ``bridge`` and the bridges of every container on the host
+    (``network``), allowing each container's MAC and address on its own port only, new
+    connections into the bridges from this process's user only (the platform's), and from
+    the bridges to the host only the registered service ports."""
+    bridges = [bridge, *(s.bridge for s in network.slots)]
+    script = _ruleset(bridges, os.geteuid(), network.service_ports)
+    for slot in network.slots:
         script += (
             f"add element bridge {TABLE} ports {{ {slot.veth} . {slot.mac} . {slot.address} }}\n"
         )

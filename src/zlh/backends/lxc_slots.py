@@ -15,6 +15,10 @@ destruction.
 - Entries whose container is gone (its data dir deleted by hand) are dropped on the next
   change, so their names and addresses come back.
 
+The registry also holds, per LXC path, the host's TCP ports its containers must reach (the
+instance's artifact server, a Headscale on the host): the isolation table lets containers
+reach those ports on the host and no others, and it is host-wide, so it needs every instance's.
+
 Whatever follows the registry (the isolation table) is told of every change while the lock is
 still held (``on_change``), so two instances changing it at once cannot load stale tables.
 """
@@ -23,16 +27,16 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from zlh.atomic import write_atomically
 from zlh.backends.base import BackendError
 from zlh.backends.lxc_net import Bridge, allocate_address, file_lock
 
-__all__ = ["NAME_PREFIX", "REGISTRY", "Slot", "SlotRegistry"]
+__all__ = ["NAME_PREFIX", "REGISTRY", "HostNetwork", "Slot", "SlotRegistry"]
 
 NAME_PREFIX = "zlh-"  # a container's LXC name is NAME_PREFIX + vmid
 
@@ -63,23 +67,53 @@ class Slot:
         return "00:16:3e:" + ":".join(f"{(n >> shift) & 0xFF:02x}" for shift in (16, 8, 0))
 
 
+@dataclass
+class HostNetwork:
+    """Every container on the host (``slots``) and, per LXC path, the host's TCP ports its
+    containers reach (``services``)."""
+
+    slots: list[Slot] = field(default_factory=list)
+    services: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def service_ports(self) -> list[int]:
+        """The host's ports any container may reach (the table cannot tell data dirs apart)."""
+        return sorted({port for ports in self.services.values() for port in ports})
+
+    def copy(self) -> HostNetwork:
+        return HostNetwork(list(self.slots), {k: list(v) for k, v in self.services.items()})
+
+
 class SlotRegistry:
     def __init__(
-        self, path: Path = REGISTRY, *, on_change: Callable[[list[Slot]], None] | None = None
+        self, path: Path = REGISTRY, *, on_change: Callable[[HostNetwork], None] | None = None
     ) -> None:
-        """``on_change(slots)`` is called with every slot on the host after each change, under
-        the registry's lock."""
+        """``on_change(network)`` is called with every slot and service port on the host after
+        each change, under the registry's lock."""
         self.path = path
         self._on_change = on_change
 
-    def read(self) -> list[Slot]:
+    def read(self) -> HostNetwork:
         """The registry as it is on disk, without the lock and changing nothing (for reports:
         ``zlh doctor``). Writers replace the file whole, so it is never read half-written."""
         return self._load()
 
     def all(self) -> list[Slot]:
-        with self._locked() as slots:
-            return list(slots)
+        with self._locked() as network:
+            return list(network.slots)
+
+    def serve(self, lxcpath: Path, ports: Iterable[int]) -> None:
+        """The host's TCP ``ports`` the containers of ``lxcpath`` reach, replacing the ones it
+        had (none: they reach no host service but DNS and DHCP)."""
+        wanted = sorted(set(ports))
+        for port in wanted:
+            if not 0 < port < 65536:
+                raise BackendError(f"{port} is not a TCP port (1-65535)")
+        with self._locked() as network:
+            if wanted:
+                network.services[str(lxcpath)] = wanted
+            else:
+                network.services.pop(str(lxcpath), None)
 
     def sync(self) -> None:
         """Call ``on_change`` with the current slots (to restore what follows the registry)."""
@@ -87,8 +121,8 @@ class SlotRegistry:
             pass
 
     def get(self, lxcpath: Path, vmid: int) -> Slot | None:
-        with self._locked() as slots:
-            return _find(slots, str(lxcpath), vmid)
+        with self._locked() as network:
+            return _find(network.slots, str(lxcpath), vmid)
 
     def claim(
         self,
@@ -101,7 +135,8 @@ class SlotRegistry:
     ) -> Slot:
         """The slot of ``vmid`` in ``lxcpath``, taken now if it has none. ``number`` and
         ``address`` are wishes (an adopted container's current names), kept when free."""
-        with self._locked() as slots:
+        with self._locked() as network:
+            slots = network.slots
             found = _find(slots, str(lxcpath), vmid)
             if found is not None:
                 return found
@@ -120,41 +155,52 @@ class SlotRegistry:
 
     def release(self, lxcpath: Path, vmid: int) -> Slot | None:
         """Give up ``vmid``'s slot (the container is destroyed); the released slot, if any."""
-        with self._locked() as slots:
-            found = _find(slots, str(lxcpath), vmid)
+        with self._locked() as network:
+            found = _find(network.slots, str(lxcpath), vmid)
             if found is not None:
-                slots.remove(found)
+                network.slots.remove(found)
             return found
 
     @contextmanager
-    def _locked(self, *, notify: bool = False) -> Iterator[list[Slot]]:
-        """The registry under its lock; written back (atomically) if the caller changed it,
-        and ``on_change`` told then (or always, with ``notify``)."""
+    def _locked(self, *, notify: bool = False) -> Iterator[HostNetwork]:
+        """The registry under its lock, without what is gone (containers, data dirs); written
+        back (atomically) if that or the caller changed it, and ``on_change`` told then (or
+        always, with ``notify``)."""
         with file_lock(self.path.with_name(self.path.name + ".lock")):
             loaded = self._load()
-            slots = [s for s in loaded if _in_use(s)]
-            yield slots
-            changed = slots != loaded
+            network = HostNetwork(
+                [s for s in loaded.slots if _in_use(s)],
+                {k: v for k, v in loaded.services.items() if Path(k).is_dir()},
+            )
+            yield network
+            changed = network != loaded
             if changed:
-                self._save(slots)
+                self._save(network)
             if (changed or notify) and self._on_change is not None:
-                self._on_change(list(slots))
+                self._on_change(network.copy())
 
-    def _load(self) -> list[Slot]:
+    def _load(self) -> HostNetwork:
         try:
             data = json.loads(self.path.read_text())
-            return [Slot(**entry) for entry in data["slots"]]
+            services: Mapping[str, list[int]] = data.get("services", {})
+            return HostNetwork(
+                [Slot(**entry) for entry in data["slots"]],
+                {str(path): sorted(int(p) for p in ports) for path, ports in services.items()},
+            )
         except FileNotFoundError:
-            return []
-        except (ValueError, KeyError, TypeError) as exc:
+            return HostNetwork()
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BackendError(
                 f"the container slot registry {self.path} is unreadable ({exc}); it names the "
                 "bridge ports and addresses of every zlh container on this host: restore it, "
                 "or move it away only when no zlh LXC container exists on this host"
             ) from exc
 
-    def _save(self, slots: Iterable[Slot]) -> None:
-        data = {"slots": [asdict(s) for s in sorted(slots, key=lambda s: s.number)]}
+    def _save(self, network: HostNetwork) -> None:
+        data = {
+            "slots": [asdict(s) for s in sorted(network.slots, key=lambda s: s.number)],
+            "services": dict(sorted(network.services.items())),
+        }
         write_atomically(self.path, json.dumps(data, indent=1) + "\n", mode=0o600)
 
 
