@@ -156,6 +156,51 @@ def test_a_container_reaches_only_the_host_ports_the_platform_registered(
     assert agent_status(running(backend, A), f"secret-{A}") == 200  # the host still reaches it
 
 
+METADATA = "169.254.169.254"
+
+
+@contextlib.contextmanager
+def metadata_service() -> Iterator[int]:
+    """An HTTP server at the cloud metadata address, one routed hop from the host (in a
+    network namespace of its own, as on a cloud VM); yields its port."""
+    netns, host_end = "zlh-test-meta", "zlhmeta0"
+
+    def run(*cmd: str) -> None:
+        subprocess.run(cmd, check=True, capture_output=True)
+
+    subprocess.run(["ip", "netns", "delete", netns], capture_output=True)
+    subprocess.run(["ip", "link", "delete", host_end], capture_output=True)
+    run("ip", "netns", "add", netns)
+    try:
+        run("ip", "link", "add", host_end, "type", "veth", "peer", "name", "meta", "netns", netns)
+        run("ip", "addr", "add", "169.254.169.1/24", "dev", host_end)
+        run("ip", "link", "set", host_end, "up")
+        inside = ["ip", "netns", "exec", netns]
+        run(*inside, "ip", "addr", "add", f"{METADATA}/24", "dev", "meta")
+        run(*inside, "ip", "link", "set", "meta", "up")
+        run(*inside, "ip", "route", "add", "default", "via", "169.254.169.1")
+        server = subprocess.Popen(
+            [*inside, "python3", "-m", "http.server", "80", "--bind", METADATA],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            yield 80
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    finally:
+        subprocess.run(["ip", "link", "delete", host_end], capture_output=True)
+        subprocess.run(["ip", "netns", "delete", netns], capture_output=True)
+
+
+def test_a_container_cannot_reach_the_cloud_metadata_service(backend: LxcBackend) -> None:
+    running(backend, A)
+    with metadata_service() as port:
+        assert host_connects(METADATA, port)  # the host reaches it: the route is there
+        assert not connect_from(backend, A, METADATA, port)
+
+
 def test_destroy_removes_both_and_their_addresses_are_reused(backend: LxcBackend) -> None:
     before = {asyncio.run(backend.status(v)).address for v in (A, B)} - {None}
     if len(before) < 2:

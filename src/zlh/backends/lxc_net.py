@@ -9,6 +9,9 @@ Isolation (nftables, one table per family, replaced atomically and idempotently)
   connection a container opened. That stops a container hair-pinning through the host's
   routing to reach a neighbour, and any other machine reaching a container's agent port or
   :6000: only the host (its own sockets) talks to them.
+- ``inet`` family, forward hook: nothing a container sends is routed to a link-local
+  address, the cloud metadata services (``169.254.169.254``) included, whose answers hold the
+  host's credentials.
 - ``inet`` family, output hook: a new connection from the host into a bridge is refused unless
   its socket belongs to the platform's own user (``meta skuid``), so the host's other local
   users cannot reach a container's agent port or :6000 (``--auth none``) behind the front's
@@ -64,6 +67,9 @@ LXC_NET = Path("/usr/libexec/lxc/lxc-net")
 TABLE = "zlh_isolation"
 # What containers always reach on the host: lxc-net's dnsmasq (DNS, DHCP).
 DNS_PORT, DHCP_PORT = 53, 67
+# Cloud metadata services (169.254.169.254 and the rest of IPv4 link-local; EC2's IPv6 one):
+# the host's credentials are there, never a container's business.
+METADATA_V4, METADATA_V6 = "169.254.0.0/16", "fd00:ec2::254"
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,8 @@ table inet {TABLE} {{
         type filter hook forward priority 0; policy accept;
         oifname {{ {names} }} ct state established,related accept
         oifname {{ {names} }} drop
+        iifname {{ {names} }} ip daddr {METADATA_V4} reject with icmpx type admin-prohibited
+        iifname {{ {names} }} ip6 daddr {METADATA_V6} reject with icmpx type admin-prohibited
     }}
     chain output {{
         type filter hook output priority 0; policy accept;
