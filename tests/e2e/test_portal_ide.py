@@ -8,9 +8,20 @@ import itertools
 import time
 import uuid
 
+import httpx
 import pytest
-from e2e_kit import ALICE, BOB, PASSWORD, Platform, Provisioned, Session, capture, sign_in
-from playwright.sync_api import Locator, Page, expect
+from e2e_kit import (
+    ALICE,
+    BOB,
+    PASSWORD,
+    Platform,
+    Provisioned,
+    Session,
+    capture,
+    open_session,
+    sign_in,
+)
+from playwright.sync_api import Browser, Locator, Page, WebSocket, expect
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
@@ -184,3 +195,52 @@ def test_files_made_through_the_file_api_show_in_the_ide_explorer_and_open(
     )
     capture(tab, "ide-explorer")
     _close_ide(alice, tab)
+
+
+CLOSE_WITHIN_MS = 5_000
+
+
+def test_a_password_change_ends_the_other_sessions_open_ide_websocket_within_5_s(
+    alice: Session, browser: Browser, platform: Platform, provisioned: Provisioned
+) -> None:
+    vmid = provisioned.vmid
+    other = open_session(browser)  # alice's second browser, with the IDE open
+    sockets: list[WebSocket] = []
+
+    def watch(page: Page) -> None:
+        page.on("websocket", lambda ws: sockets.append(ws))
+
+    other.context.on("page", watch)
+    try:
+        sign_in(other.page, platform.base_url, ALICE)
+        tab = _open_ide(other, platform, vmid)
+        ide = platform.ide_url(vmid).split("://", 1)[1]
+        open_ide = [ws for ws in sockets if ide in ws.url and not ws.is_closed()]
+        assert open_ide, f"the workbench opened no WebSocket to {ide}: {[s.url for s in sockets]}"
+        other.console.detach(tab)  # the workbench complains of the lost connection, rightly
+        old_cookies = {c["name"]: c["value"] for c in other.context.cookies(platform.base_url)}
+
+        change_password(alice, platform, PASSWORD, NEW_PASSWORD)
+        try:
+            for ws in open_ide:
+                if not ws.is_closed():
+                    ws.wait_for_event("close", timeout=CLOSE_WITHIN_MS)
+            api = httpx.get(f"{platform.base_url}/api/dev", cookies=old_cookies)
+            assert api.status_code == 401
+        finally:
+            change_password(alice, platform, NEW_PASSWORD, PASSWORD)
+    finally:
+        other.context.close()
+
+
+NEW_PASSWORD = "alice's other password"
+
+
+def change_password(session: Session, platform: Platform, current: str, new: str) -> None:
+    """``POST /api/auth/password`` from the portal's origin with the session's cookie."""
+    response = session.context.request.post(
+        f"{platform.base_url}/api/auth/password",
+        data={"current": current, "new": new},
+        headers={"Origin": platform.base_url},
+    )
+    assert response.status == 204, response.text()
