@@ -15,7 +15,7 @@ from zlh.api.commands import host_ports_for_containers
 from zlh.api.db import Database
 from zlh.api.errors import NotAuthenticated
 from zlh.api.keys import load_or_create_key
-from zlh.api.settings import ApiSettings
+from zlh.api.settings import ApiSettings, load_settings
 from zlh.errors import ZlhError
 
 CHEAP = {"ZLH_ARGON2_TIME_COST": "1", "ZLH_ARGON2_MEMORY_KIB": "64", "ZLH_ARGON2_PARALLELISM": "1"}
@@ -105,3 +105,19 @@ def test_containers_may_reach_the_artifact_and_headscale_ports_on_the_host(
         headscale={"url": "http://127.0.0.1:8080", "login_server_url": "https://hs.example"},
     )
     assert host_ports_for_containers(tailnet, "http://10.0.3.1/artifacts") == [80, 443]
+
+
+def test_retired_settings_in_api_toml_are_ignored_with_a_warning_and_unknown_ones_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = tmp_path / "api.toml"
+    config.write_text('login_failures_per_user = 5\n\n[front]\nlogin_path = "/login"\n')
+    with caplog.at_level("WARNING", logger="zlh.settings"):
+        settings = load_settings(config, data_dir=tmp_path)
+    assert settings.front.public_origin is None  # loaded
+    warned = [r.getMessage() for r in caplog.records]
+    assert any("login_failures_per_user is no longer used" in w for w in warned), warned
+    assert any("[front] login_path is no longer used" in w for w in warned), warned
+    config.write_text("login_failures_per_usr = 5\n")
+    code, out = run(tmp_path, "up", check=False)
+    assert code == 2 and "login_failures_per_usr" in out

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,6 +25,7 @@ from zlh.api.clientaddr import Network, parse_networks
 from zlh.api.headscale import HeadscaleSettings
 from zlh.proxy.ideorigin import IdeOrigin
 from zlh.proxy.settings import ProxySettings
+from zlh.retired_settings import drop_retired
 
 __all__ = ["ApiSettings", "load_settings", "parse_listen", "url_port"]
 
@@ -227,6 +228,17 @@ class ApiSettings(BaseSettings):
     unreachable_after_misses: int = Field(
         3, gt=0, description="consecutive missed polls before a container shows unreachable."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired(cls, values: Any) -> Any:
+        return drop_retired(
+            values,
+            {
+                "login_failures_per_user": "failed logins back off per user and address "
+                "(login_free_failures, login_backoff_base_s) and never lock an account",
+            },
+        )
 
     @field_validator("listen")
     @classmethod

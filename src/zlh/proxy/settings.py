@@ -6,12 +6,14 @@ field and an operator sets it from the same file/environment as everything else.
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from zlh.proxy.ideorigin import IdeOrigin
 from zlh.proxy.tickets import IDE_COOKIE
+from zlh.retired_settings import drop_retired
 
 __all__ = ["ProxySettings"]
 
@@ -88,6 +90,15 @@ class ProxySettings(BaseModel):
         description="When the front closes a tunnel (revocation), how long it waits for a "
         "frame boundary and for the client's close reply before dropping the connection.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired(cls, values: Any) -> Any:
+        return drop_retired(
+            values,
+            {"login_path": "a signed-out browser opening an IDE goes to the portal's sign-in"},
+            table="front",
+        )
 
     @field_validator("public_origin")
     @classmethod
