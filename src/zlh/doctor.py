@@ -326,6 +326,17 @@ def _port(host: Host) -> Iterator[Check]:
         try:
             sock.bind((address.strip("[]") or "0.0.0.0", port))
         except OSError as exc:
+            health = _running_platform(address, port)
+            if health is not None:
+                healthy = health.get("status") == "ok"
+                yield Check(
+                    "port",
+                    Outcome.OK if healthy else Outcome.WARN,
+                    f"zlh is running on {host.listen} (health {health.get('status')}, "
+                    f"database {health.get('database')})",
+                    "" if healthy else "see zlh-up.log in the data dir, or journalctl -u zlh",
+                )
+                return
             yield Check(
                 "port",
                 Outcome.FAIL,
@@ -334,6 +345,25 @@ def _port(host: Host) -> Iterator[Check]:
             )
             return
     yield Check("port", Outcome.OK, f"{host.listen} is free")
+
+
+def _running_platform(address: str, port: int) -> dict[str, object] | None:
+    """What our own front on ``address:port`` says of its health, or None when what holds
+    the port is not zlh (or does not answer)."""
+    import httpx
+
+    from zlh.api.routes.health import SERVICE
+
+    local = "127.0.0.1" if address in {"", "0.0.0.0"} else address.strip("[]")
+    local = "::1" if local == "::" else local
+    url = f"http://{f'[{local}]' if ':' in local else local}:{port}/api/health"
+    try:
+        body = httpx.get(url, timeout=3).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    if not isinstance(body, dict) or body.get("service") != SERVICE:
+        return None
+    return body
 
 
 def _artifacts(host: Host) -> Iterator[Check]:

@@ -15,7 +15,7 @@ def test_health_is_ok_without_a_session_while_the_database_answers(tmp_path: Pat
     with running(make_app(tmp_path, SimBackend())) as client:
         answer = client.get("/api/health")
     assert answer.status_code == 200
-    assert answer.json() == {"status": "ok", "database": "ok"}
+    assert answer.json() == {"service": "zlh", "status": "ok", "database": "ok"}
 
 
 def test_health_is_503_naming_the_database_when_it_does_not_answer(tmp_path: Path) -> None:
@@ -29,5 +29,5 @@ def test_health_is_503_naming_the_database_when_it_does_not_answer(tmp_path: Pat
         app.state.services = svc
     assert answer.status_code == 503
     body = answer.json()
-    assert body["status"] == "failing"
+    assert body["status"] == "failing" and body["service"] == "zlh"
     assert body["database"].startswith("OperationalError")

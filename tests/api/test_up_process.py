@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -176,3 +177,24 @@ def test_a_stop_signal_shuts_down_in_order_and_exits_zero(
     assert not socket_file.exists()  # removed by the shutdown, not left for the next start
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2)
+
+
+def test_doctor_reports_a_running_platform_on_its_port_and_anything_else_there_as_in_use(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    port = free_port()
+    doctor = ["doctor", "--backend", "process", "--store", str(store)]
+    with zlh_up(tmp_path, store, port):
+        ours = zlh(*doctor, "--listen", f"127.0.0.1:{port}", env=_env(tmp_path), check=False)
+    line = next(x for x in ours.stdout.splitlines() if "] port:" in x)
+    assert line == f"[ok  ] port: zlh is running on 127.0.0.1:{port} (health ok, database ok)"
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        taken = f"127.0.0.1:{other.getsockname()[1]}"
+        theirs = zlh(*doctor, "--listen", taken, env=_env(tmp_path), check=False)
+    line = next(x for x in theirs.stdout.splitlines() if "] port:" in x)
+    assert line.startswith(f"[FAIL] port: cannot listen on {taken}")
+    assert theirs.returncode == 1

@@ -32,7 +32,9 @@ from lxc_kit import (
     up,
 )
 
-from support import zlh
+from support import free_port, zlh
+from zlh.api.commands import container_artifact_url
+from zlh.api.settings import ApiSettings
 from zlh.backends import (
     BackendUnavailable,
     ContainerExists,
@@ -154,6 +156,32 @@ def test_a_container_reaches_only_the_host_ports_the_platform_registered(
         finally:
             backend.slots.serve(backend.lxcpath, [])
     assert agent_status(running(backend, A), f"secret-{A}") == 200  # the host still reaches it
+
+
+def test_zlh_up_tells_lxc_containers_the_bridge_address_and_refuses_a_loopback_listen(
+    backend: LxcBackend, tmp_path: Path
+) -> None:
+    bridge = backend._network().address
+    everywhere = ApiSettings(data_dir=tmp_path, backend="lxc", listen="0.0.0.0:8780")
+    assert container_artifact_url(everywhere) == f"http://{bridge}:8780/artifacts"
+    on_bridge = ApiSettings(data_dir=tmp_path, backend="lxc", listen=f"{bridge}:8780")
+    assert container_artifact_url(on_bridge) == f"http://{bridge}:8780/artifacts"
+    port = free_port()
+    refused = zlh(
+        "up",
+        "--backend",
+        "lxc",
+        "--data-dir",
+        str(tmp_path / "d"),
+        "--listen",
+        f"127.0.0.1:{port}",
+        check=False,
+    )
+    out = refused.stdout + refused.stderr
+    assert refused.returncode == 2, out
+    assert f"bridge address {bridge}" in out and f"0.0.0.0:{port}" in out
+    assert "Traceback" not in out and len(out.strip().splitlines()) == 1
+    assert not (tmp_path / "d" / "lxc").exists()  # refused before anything was made
 
 
 METADATA = "169.254.169.254"

@@ -88,9 +88,29 @@ def prepare_private(settings: ApiSettings) -> None:
     prepare_data_dir(settings.data_dir, private_files(settings))
 
 
-def _container_facing_url(settings: ApiSettings) -> str:
+WILDCARDS = {"0.0.0.0", "::"}
+
+
+def container_artifact_url(settings: ApiSettings) -> str:
+    """Where containers fetch the built-in store's artifacts: ``artifact_url_for_containers``
+    when set, else ``zlh up``'s own listener as the backend's containers reach it (with lxc,
+    the host's bridge address, which the listener must cover; UsageError otherwise)."""
+    if settings.artifact_url_for_containers is not None:
+        return settings.artifact_url_for_containers
     host, port = parse_listen(settings.listen)
-    if host in {"0.0.0.0", "::"}:
+    if settings.backend == "lxc":
+        from zlh.backends.lxc_net import ensure_bridge
+
+        bridge = ensure_bridge()
+        if host not in WILDCARDS and host != bridge.address:
+            raise UsageError(
+                f"--listen {host}:{port}: LXC containers fetch artifacts from the host's bridge "
+                f"address {bridge.address}, which this address does not cover; listen on "
+                f"0.0.0.0:{port} or {bridge.address}:{port}, or serve the artifacts there "
+                "yourself and set artifact_url_for_containers (docs/operations.md)"
+            )
+        host = bridge.address
+    elif host in WILDCARDS:
         host = "127.0.0.1"
     host = f"[{host}]" if ":" in host else host
     return f"http://{host}:{port}/artifacts"
@@ -102,7 +122,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from zlh.artifacts.server import ArtifactServer
 
     settings = _server_settings(args, store_dir=args.store)
-    artifact_url = settings.artifact_url_for_containers or _container_facing_url(settings)
+    artifact_url = container_artifact_url(settings)
     # First: a backend that cannot run here leaves nothing behind.
     backend = _private_backend(settings, artifact_url)
     store = settings.store_path

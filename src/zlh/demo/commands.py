@@ -12,7 +12,7 @@ from types import FrameType
 
 import httpx
 
-from zlh.api.commands import prepare_private, settings_from
+from zlh.api.commands import WILDCARDS, container_artifact_url, prepare_private, settings_from
 from zlh.api.settings import ApiSettings, parse_listen
 from zlh.cli import data_dir_from
 from zlh.demo.admin import Credentials, ensure_admin
@@ -23,7 +23,6 @@ from zlh.errors import UsageError, ZlhError
 __all__ = ["cmd_demo"]
 
 ARTIFACTS = ("node", "code-server")
-_WILDCARDS = {"0.0.0.0", "::"}
 
 
 def say(message: str) -> None:
@@ -48,7 +47,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         args, backend=args.backend, listen=args.listen, allow_privileged=args.allow_privileged
     )
     prepare_private(settings)  # umask 077: the log, the password file, the database
-    env = _container_facing(settings, host, port)
+    container_artifact_url(settings)  # refuses a --listen the containers cannot reach, early
 
     say(f"== artifacts ({', '.join(ARTIFACTS)}) in {settings.store_path}")
     _build_artifacts(settings.store_path, args.cache_dir or data_dir / "cache")
@@ -66,14 +65,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     argv = ["up", "--backend", args.backend, "--data-dir", str(data_dir), "--listen", args.listen]
     if settings.allow_privileged:
         argv.append("--allow-privileged")
-    local = "127.0.0.1" if host in _WILDCARDS else host
+    local = "127.0.0.1" if host in WILDCARDS else host
     base_url = f"http://{f'[{local}]' if ':' in local else local}:{port}"
     say(f"== starting zlh up on {args.listen} (log: {data_dir / UP_LOG})")
     # Ctrl-C and SIGTERM (systemd, CI) stop the platform in order, even when this process was
     # started with SIGINT ignored (a background job of a non-interactive shell).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
-    with running_platform(argv, base_url=base_url, log=data_dir / UP_LOG, env=env) as platform:
+    with running_platform(argv, base_url=base_url, log=data_dir / UP_LOG) as platform:
         try:
             ide_url = _demo_ide(platform, credentials, args.timeout)
         except httpx.HTTPError as exc:
@@ -96,22 +95,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
-
-
-def _container_facing(settings: ApiSettings, host: str, port: int) -> dict[str, str]:
-    """Environment for ``zlh up``: with lxc, containers fetch artifacts from the host's bridge
-    address, so the platform must listen there and tell them so."""
-    if settings.backend != "lxc" or settings.artifact_url_for_containers is not None:
-        return {}
-    from zlh.backends.lxc_net import ensure_bridge
-
-    bridge = ensure_bridge()
-    if host not in _WILDCARDS and host != bridge.address:
-        raise UsageError(
-            f"--listen {host}:{port}: LXC containers fetch artifacts from the host's bridge "
-            f"address {bridge.address}; listen on 0.0.0.0:{port} or {bridge.address}:{port}"
-        )
-    return {"ZLH_ARTIFACT_URL_FOR_CONTAINERS": f"http://{bridge.address}:{port}/artifacts"}
 
 
 def _build_artifacts(store: Path, cache_dir: Path) -> None:

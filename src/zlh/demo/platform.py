@@ -7,7 +7,6 @@ file in the data dir; the last lines are shown when it fails.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -77,9 +76,7 @@ class Platform:
 
 
 @contextmanager
-def running_platform(
-    argv: list[str], *, base_url: str, log: Path, env: dict[str, str]
-) -> Iterator[Platform]:
+def running_platform(argv: list[str], *, base_url: str, log: Path) -> Iterator[Platform]:
     """``zlh <argv>`` running until the block ends, however it ends."""
     with log.open("ab") as out:
         proc = subprocess.Popen(
@@ -87,7 +84,6 @@ def running_platform(
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
             start_new_session=True,
         )
     platform = Platform(proc, base_url, log)
