@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import shlex
 import shutil
 import socket
 import stat
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -57,6 +59,8 @@ class Host:
     slot_registry: Path | None = None  # the host's LXC slot registry (lxc_slots.REGISTRY)
     security_root: Path = Path("/sys/kernel/security")  # LSMs (AppArmor) show up here
     seccomp_profile: Path = Path("/usr/share/lxc/config/common.seccomp")
+    # Where containers are told to fetch artifacts (None: not known, the check is skipped).
+    artifact_url: str | None = None
 
 
 def _root(host: Host) -> Iterator[Check]:
@@ -429,6 +433,57 @@ def _front(host: Host) -> Iterator[Check]:
         yield Check("front", Outcome.OK, "the public front's hot path is compiled (mypyc, Cython)")
 
 
+def _container_reach(host: Host) -> Iterator[Check]:
+    """From inside a running container of this data dir, the artifact URL containers are told:
+    the one check that sees the address, the listener and the isolation rules together."""
+    if host.backend != "lxc" or host.artifact_url is None or os.geteuid() != 0:
+        return
+    lxcpath = host.data_dir / "lxc"
+    listed = subprocess.run(
+        ["lxc-ls", "-P", str(lxcpath), "--running", "-1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    names = [n for n in listed.stdout.split() if re.fullmatch(r"zlh-\d+", n)]
+    if not names:
+        yield Check(
+            "container reach",
+            Outcome.OK,
+            "no running container to fetch the artifacts from (checked once one runs)",
+        )
+        return
+    url = host.artifact_url.rstrip("/") + "/catalog.json"
+    fetch = subprocess.run(
+        ["lxc-attach", "-P", str(lxcpath), "-n", names[0], "--", "python3", "-c", _FETCH, url],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    if fetch.returncode == 0:
+        yield Check("container reach", Outcome.OK, f"{names[0]} fetches {url}")
+        return
+    reason = (fetch.stderr.strip().splitlines() or ["no answer"])[-1]
+    yield Check(
+        "container reach",
+        Outcome.FAIL,
+        f"{names[0]} cannot fetch {url}: {reason}",
+        "is zlh up running? with lxc it must listen on 0.0.0.0 or the bridge address; if the "
+        "artifacts are served elsewhere, set artifact_url_for_containers to where containers "
+        "reach them",
+    )
+
+
+_FETCH = """
+import sys, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=10).read()
+except Exception as exc:
+    sys.exit(f"{type(exc).__name__}: {exc}")
+"""
+
+
 CHECKS: tuple[Callable[[Host], Iterator[Check]], ...] = (
     _root,
     _lxc,
@@ -442,11 +497,28 @@ CHECKS: tuple[Callable[[Host], Iterator[Check]], ...] = (
     _port,
     _front,
     _artifacts,
+    _container_reach,
 )
 
 
 def run_checks(host: Host) -> list[Check]:
     return [check for probe in CHECKS for check in probe(host)]
+
+
+def _artifact_url(data_dir: Path, args: argparse.Namespace) -> str | None:
+    """The URL ``zlh up`` with these settings tells containers, when it can be known without
+    changing the host (the bridge must already be up)."""
+    if args.backend != "lxc" or not (Path("/sys/class/net") / BRIDGE).exists():
+        return None
+    from zlh.api.commands import container_artifact_url
+    from zlh.api.settings import load_settings
+    from zlh.errors import ZlhError
+
+    try:
+        settings = load_settings(data_dir=data_dir, backend="lxc", listen=args.listen)
+        return container_artifact_url(settings)
+    except (ValueError, OSError, ZlhError):
+        return None  # the settings are wrong: zlh up says how
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -456,6 +528,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         store=args.store or data_dir / "artifacts",
         listen=args.listen,
         backend=args.backend,
+        artifact_url=_artifact_url(data_dir, args),
     )
     checks = run_checks(host)
     marks = {Outcome.OK: "ok  ", Outcome.WARN: "warn", Outcome.FAIL: "FAIL"}

@@ -27,12 +27,13 @@ from lxc_kit import (
     attach,
     connect_from,
     host_connects,
+    host_services,
     lxc_backend,
     running,
     up,
 )
 
-from support import free_port, zlh
+from support import free_port, serve_store, zlh
 from zlh.api.commands import container_artifact_url
 from zlh.api.settings import ApiSettings
 from zlh.backends import (
@@ -182,6 +183,24 @@ def test_zlh_up_tells_lxc_containers_the_bridge_address_and_refuses_a_loopback_l
     assert f"bridge address {bridge}" in out and f"0.0.0.0:{port}" in out
     assert "Traceback" not in out and len(out.strip().splitlines()) == 1
     assert not (tmp_path / "d" / "lxc").exists()  # refused before anything was made
+
+
+def test_doctor_fetches_the_artifacts_from_inside_a_running_container(
+    backend: LxcBackend, node_store: Path
+) -> None:
+    running(backend, A)
+    bridge = backend._network().address
+    with contextlib.contextmanager(serve_store)(node_store, bridge) as url:
+        doctor = ["doctor", "--data-dir", str(DATA_DIR), "--store", str(node_store)]
+        env = {**os.environ, "ZLH_ARTIFACT_URL_FOR_CONTAINERS": url}
+        with host_services(backend, url):
+            reached = zlh(*doctor, env=env, check=False).stdout
+        refused = zlh(*doctor, env=env, check=False)
+    line = next(x for x in reached.splitlines() if "container reach" in x)
+    assert line.startswith("[ok  ] container reach: zlh-") and f"fetches {url}/catalog.json" in line
+    line = next(x for x in refused.stdout.splitlines() if "container reach" in x)
+    assert line.startswith("[FAIL] container reach: zlh-") and "cannot fetch" in line
+    assert refused.returncode == 1
 
 
 METADATA = "169.254.169.254"
