@@ -4,11 +4,22 @@ mypyc, and its one-pass head scanner (``zlh.proxy.scan``, byte loops) with Cytho
 together cut the front's CPU per proxied request by about a third (docs/performance.md).
 The modules stay plain Python; ``ZLH_PURE_PYTHON=1`` builds without compiling (the agent's
 wheel for container templates is built that way: the agent never imports the front).
+
+A built package also carries the portal's front-end files (xterm.js, Swagger UI) that
+``src/zlh/portal/vendor.json`` lists, copied from the portal's npm packages (``npm ci`` first
+when they are not installed), so an install from the wheel needs no npm.
 """
 
+import json
 import os
+import shutil
+import subprocess
+from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
+
+PORTAL = Path(__file__).resolve().parent / "src" / "zlh" / "portal"
 
 # Modules on the per-request path, for mypyc (scan is Cython's). Not compiled: settings
 # (pydantic), responses (errors only), feed and serving (start-up and the route feed).
@@ -31,4 +42,27 @@ def ext_modules() -> list[object]:
     return [*compiled, *scanner]
 
 
-setup(ext_modules=ext_modules())
+class BuildWithPortalFiles(build_py):
+    """build_py, plus the vendored front-end files in ``zlh/portal/vendor/``."""
+
+    def run(self) -> None:
+        super().run()
+        if self.editable_mode:
+            return  # a checkout serves them from node_modules
+        listed = json.loads((PORTAL / "vendor.json").read_text())
+        packages = {name: entry for name, entry in listed.items() if name != "_"}
+        if not all((PORTAL / "node_modules" / e["package"]).is_dir() for e in packages.values()):
+            if shutil.which("npm") is None:
+                raise SystemExit("building zlh needs npm for the portal's files (apt-get install npm)")
+            subprocess.run(
+                ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=PORTAL, check=True
+            )
+        target = Path(self.build_lib) / "zlh" / "portal" / "vendor"
+        for name, entry in packages.items():
+            for file in entry["files"]:
+                dest = target / name / file
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(PORTAL / "node_modules" / entry["package"] / file, dest)
+
+
+setup(ext_modules=ext_modules(), cmdclass={"build_py": BuildWithPortalFiles})

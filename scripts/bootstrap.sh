@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   ca-certificates curl xz-utils zstd git make
+  python3-venv                              # the .venv below, and the tests' clean-venv installs
   build-essential python3-dev libkrb5-dev   # code-server's native modules
   postgresql                                # API storage tests (they run their own cluster)
   chromium fonts-dejavu-core                # browser tests (Playwright drives Debian's chromium)

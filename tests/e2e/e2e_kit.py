@@ -12,7 +12,7 @@ import re
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,15 +81,18 @@ def platform_env(data_dir: Path) -> dict[str, str]:
 
 
 @contextmanager
-def running_platform(store: Path, data_dir: Path, ide_origin: str, port: int) -> Iterator[Platform]:
-    """``zlh up`` on ``port`` with ``ide_origin``, alice, bob and the admin; every container is
-    deleted when it stops (the process backend's agents outlive ``zlh up``)."""
+def running_platform(
+    store: Path, data_dir: Path, ide_origin: str, port: int, *, cli: Sequence[str] = ZLH
+) -> Iterator[Platform]:
+    """``zlh up`` (the ``cli`` command: the checkout's, or an installed one) on ``port`` with
+    ``ide_origin``, alice, bob and the admin; every container is deleted when it stops (the
+    process backend's agents outlive ``zlh up``)."""
     env = platform_env(data_dir)
     for name, admin in ((ALICE, False), (BOB, False), (ADMIN, True)):
         args = ["user", "add", name, "--password-stdin", "--data-dir", str(data_dir)]
         zlh(*args, *(["--admin"] if admin else []), input=PASSWORD + "\n", env=env)
     log = (data_dir / "up.log").open("ab")
-    argv = [*ZLH, "up", "--backend", "process", "--store", str(store)]
+    argv = [*cli, "up", "--backend", "process", "--store", str(store)]
     argv += ["--listen", f"127.0.0.1:{port}", "--ide-origin", ide_origin]
     proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log)
     base_url = f"http://127.0.0.1:{port}"

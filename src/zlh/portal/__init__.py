@@ -1,13 +1,16 @@
 """The portal: static pages served by the API at ``/`` (no separate server).
 
 The pages are plain HTML, CSS and JavaScript modules in ``static/``; xterm.js and Swagger UI
-(for ``/api/docs``, ``DOCS_PAGE``) come from npm into ``node_modules/`` beside this file
-(``scripts/bootstrap.sh`` installs them). Every page path
-answers the same ``index.html``; the browser-side router picks the view.
+(for ``/api/docs``, ``DOCS_PAGE``) come from npm: in a checkout from ``node_modules/`` beside
+this file (``scripts/bootstrap.sh`` installs them), in an installed wheel from the copies of
+the files ``vendor.json`` lists, in ``vendor/`` (setup.py). Every page path answers the same
+``index.html``; the browser-side router picks the view.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import mimetypes
 from pathlib import Path
 
@@ -17,9 +20,12 @@ from starlette.staticfiles import StaticFiles
 
 __all__ = ["DOCS_PAGE", "PAGE_HEADERS", "PORTAL_DIR", "mount_portal"]
 
+log = logging.getLogger(__name__)
+
 PORTAL_DIR = Path(__file__).resolve().parent
 STATIC_DIR = PORTAL_DIR / "static"
 NODE_MODULES = PORTAL_DIR / "node_modules"
+BUNDLED = PORTAL_DIR / "vendor"  # a wheel's copies of the vendor.json files
 DOCS_PAGE = STATIC_DIR / "docs.html"
 
 # Pages may only be framed by ourselves, load nothing from elsewhere, and run no inline script.
@@ -36,11 +42,17 @@ PAGE_HEADERS = {
     "Cache-Control": "no-cache",
 }
 PAGE_PATHS = ["/", "/login", "/password", "/new", "/c/{vmid:int}", "/c/{vmid:int}/{tab}"]
-VENDOR = {
-    "xterm": NODE_MODULES / "@xterm" / "xterm",
-    "xterm-fit": NODE_MODULES / "@xterm" / "addon-fit",
-    "swagger-ui": NODE_MODULES / "swagger-ui-dist",
-}
+
+
+def vendor_dirs() -> dict[str, Path]:
+    """Each vendored package's directory: the wheel's copy, else the checkout's npm package."""
+    listed = json.loads((PORTAL_DIR / "vendor.json").read_text())
+    return {
+        name: BUNDLED / name if (BUNDLED / name).is_dir() else NODE_MODULES / entry["package"]
+        for name, entry in listed.items()
+        if name != "_"
+    }
+
 
 mimetypes.add_type("text/javascript", ".mjs")
 mimetypes.add_type("text/javascript", ".js")
@@ -55,8 +67,15 @@ def mount_portal(app: FastAPI) -> None:
 
     for path in PAGE_PATHS:
         app.add_api_route(path, page, methods=["GET"], include_in_schema=False)
-    for name, directory in VENDOR.items():
-        if directory.is_dir():
+    for name, directory in vendor_dirs().items():
+        if not directory.is_dir():
+            log.warning(
+                "the portal's %s files are missing (%s): its pages that use them will not "
+                "work; run scripts/bootstrap.sh in a checkout, or install zlh from a wheel",
+                name,
+                directory,
+            )
+        else:
             app.mount(
                 f"/portal/vendor/{name}", StaticFiles(directory=directory), name=f"vendor-{name}"
             )
