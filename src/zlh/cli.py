@@ -10,6 +10,7 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -36,10 +37,11 @@ class _Parser(argparse.ArgumentParser):
 def data_dir_from(args: argparse.Namespace) -> Path:
     """``--data-dir``, else ``$ZLH_DATA_DIR``, else ``/var/lib/zlh``."""
     explicit: Path | None = getattr(args, "data_dir", None)
-    if explicit is not None:
-        return explicit
     env = os.environ.get("ZLH_DATA_DIR")
-    return Path(env) if env else DEFAULT_DATA_DIR
+    path = explicit if explicit is not None else Path(env) if env else DEFAULT_DATA_DIR
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"the data dir {path} is a file, not a directory: pick another --data-dir")
+    return path
 
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:
@@ -113,6 +115,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:  # a path or port the command met that is not as it should be
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"{parser.prog}: {exc.strerror or exc}{where}", file=sys.stderr)
+        _debug_traceback()
+        return EXIT_FAILURE
+    except Exception as exc:  # a bug: one line for the operator, the trace on request
+        print(
+            f"{parser.prog}: unexpected {type(exc).__name__}: {exc} (set ZLH_DEBUG=1 to see "
+            "where, and report it)",
+            file=sys.stderr,
+        )
+        _debug_traceback()
+        return EXIT_FAILURE
+
+
+def _debug_traceback() -> None:
+    if os.environ.get("ZLH_DEBUG"):
+        traceback.print_exc()
 
 
 if __name__ == "__main__":  # pragma: no cover

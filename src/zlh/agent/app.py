@@ -25,8 +25,9 @@ from zlh.agent.provisioner import Provisioner
 from zlh.agent.routes import setup_provision_routes
 from zlh.agent.web_errors import bearer_auth, error_envelope
 from zlh.errors import UsageError
+from zlh.listen import parse_listen, require_free
 
-__all__ = ["cmd_agent", "create_app", "parse_listen", "read_token"]
+__all__ = ["cmd_agent", "create_app", "read_token"]
 
 
 def create_app(config: AgentConfig, secret: str) -> web.Application:
@@ -41,11 +42,11 @@ def create_app(config: AgentConfig, secret: str) -> web.Application:
     return app
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--listen {value!r}: expected HOST:PORT, e.g. 0.0.0.0:7070")
-    return host.strip("[]") or "0.0.0.0", int(port)
+def _listen(value: str) -> tuple[str, int]:
+    try:
+        return parse_listen(value)
+    except ValueError:
+        raise UsageError(f"--listen {value!r}: expected HOST:PORT, e.g. 0.0.0.0:7070") from None
 
 
 def read_token(path: Path) -> str:
@@ -59,8 +60,9 @@ def read_token(path: Path) -> str:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    host, port = parse_listen(args.listen)
+    host, port = _listen(args.listen)
     secret = read_token(args.token_file)
+    require_free(host, port)
     config = AgentConfig(
         root=args.root.absolute(),
         bind_host=args.bind_host,

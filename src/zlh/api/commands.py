@@ -20,10 +20,11 @@ from pydantic import ValidationError
 
 from zlh.api import accounts
 from zlh.api.db import Database
-from zlh.api.settings import ApiSettings, load_settings, parse_listen, url_port
+from zlh.api.settings import ApiSettings, load_settings, url_port
 from zlh.cli import data_dir_from
 from zlh.datadir import PRIVATE_UMASK, prepare_data_dir
 from zlh.errors import UsageError, ZlhError
+from zlh.listen import WILDCARDS, parse_listen, require_free
 from zlh.schemas import validation_problems
 
 __all__ = [
@@ -88,7 +89,11 @@ def prepare_private(settings: ApiSettings) -> None:
     prepare_data_dir(settings.data_dir, private_files(settings))
 
 
-WILDCARDS = {"0.0.0.0", "::"}
+def require_listeners_free(settings: ApiSettings) -> None:
+    """The public port and the IDE origin's port are free, before anything starts."""
+    require_free(*parse_listen(settings.listen))
+    if settings.ide_listen is not None:
+        require_free(*settings.ide_listen, what="the IDE origin")
 
 
 def container_artifact_url(settings: ApiSettings) -> str:
@@ -99,8 +104,10 @@ def container_artifact_url(settings: ApiSettings) -> str:
         return settings.artifact_url_for_containers
     host, port = parse_listen(settings.listen)
     if settings.backend == "lxc":
+        from zlh.backends.lxc import require_lxc
         from zlh.backends.lxc_net import ensure_bridge
 
+        require_lxc()  # what a host without LXC or root lacks comes first
         bridge = ensure_bridge()
         if host not in WILDCARDS and host != bridge.address:
             raise UsageError(
@@ -122,6 +129,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from zlh.artifacts.server import ArtifactServer
 
     settings = _server_settings(args, store_dir=args.store)
+    require_listeners_free(settings)
     artifact_url = container_artifact_url(settings)
     # First: a backend that cannot run here leaves nothing behind.
     backend = _private_backend(settings, artifact_url)
@@ -148,6 +156,7 @@ def cmd_api(args: argparse.Namespace) -> int:
             "zlh api needs an artifact server: --artifact-server URL or ZLH_ARTIFACT_SERVER_URL "
             "(or run `zlh up`, which has one built in)"
         )
+    require_listeners_free(settings)
     artifact_url = settings.artifact_url_for_containers or settings.artifact_server_url
     backend = _private_backend(settings, artifact_url)
     app = create_app(
@@ -332,7 +341,8 @@ def _record_ide_open(services: Any, user_id: str, vmid: int) -> None:
 # -- users ---------------------------------------------------------------------------------
 
 
-def _db(args: argparse.Namespace) -> Database:
+def database_from(args: argparse.Namespace) -> Database:
+    """The data dir's database (made private, created and migrated when new), for commands."""
     settings = settings_from(args)
     prepare_private(settings)
     return open_database(settings)
@@ -356,39 +366,47 @@ def _password(args: argparse.Namespace) -> str:
         if not line:
             raise UsageError("--password-stdin: stdin is empty")
         return line.rstrip("\r\n")
-    first = getpass.getpass("password: ")
-    if getpass.getpass("again: ") != first:
+    try:
+        with open("/dev/tty"):  # what getpass asks on; without it, it would read stdin
+            pass
+        first = getpass.getpass("password: ")
+        again = getpass.getpass("again: ")
+    except (OSError, EOFError):
+        raise UsageError(
+            "no terminal to ask for the password on: give it on stdin with --password-stdin"
+        ) from None
+    if again != first:
         raise UsageError("the passwords differ")
     return first
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
-    user = accounts.create_user(_db(args), args.name, _password(args), admin=args.admin)
+    user = accounts.create_user(database_from(args), args.name, _password(args), admin=args.admin)
     print(f"created {'admin ' if user.is_admin else ''}user {user.username} (id {user.id})")
     return 0
 
 
 def cmd_user_list(args: argparse.Namespace) -> int:
-    for user in accounts.list_users(_db(args)):
+    for user in accounts.list_users(database_from(args)):
         flags = [f for f, on in (("admin", user.is_admin), ("disabled", user.disabled)) if on]
         print(f"{user.id}\t{user.username}\t{','.join(flags) or '-'}")
     return 0
 
 
 def cmd_user_passwd(args: argparse.Namespace) -> int:
-    revoked = accounts.set_password(_db(args), args.name, _password(args))
+    revoked = accounts.set_password(database_from(args), args.name, _password(args))
     print(f"password of {args.name} changed; ended {len(revoked)} session(s)")
     return 0
 
 
 def cmd_user_admin(args: argparse.Namespace) -> int:
-    revoked = accounts.set_admin(_db(args), args.name, not args.remove)
+    revoked = accounts.set_admin(database_from(args), args.name, not args.remove)
     role = "no longer an admin" if args.remove else "an admin"
     print(f"{args.name} is {role}; ended {len(revoked)} session(s)")
     return 0
 
 
 def cmd_user_disable(args: argparse.Namespace) -> int:
-    revoked = accounts.disable_user(_db(args), args.name)
+    revoked = accounts.disable_user(database_from(args), args.name)
     print(f"disabled {args.name}; ended {len(revoked)} session(s)")
     return 0

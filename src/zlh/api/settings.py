@@ -23,22 +23,14 @@ from pydantic_settings import (
 
 from zlh.api.clientaddr import Network, parse_networks
 from zlh.api.headscale import HeadscaleSettings
+from zlh.listen import parse_listen
 from zlh.proxy.ideorigin import IdeOrigin
 from zlh.proxy.settings import ProxySettings
 from zlh.retired_settings import drop_retired
 
-__all__ = ["ApiSettings", "load_settings", "parse_listen", "url_port"]
+__all__ = ["ApiSettings", "load_settings", "url_port"]
 
 CONFIG_FILE = "api.toml"
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) into its parts; ValueError names the problem."""
-    host, sep, port = value.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{value!r} is not HOST:PORT with a port from 1 to 65535")
-    return host, int(port)
 
 
 def url_port(url: str) -> int:

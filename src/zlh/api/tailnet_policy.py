@@ -186,12 +186,10 @@ def users_from_database(args: argparse.Namespace) -> list[PolicyUser]:
     """Every user with their containers that asked for the tailscale addon."""
     from sqlalchemy import select
 
-    from zlh.api.db import Container, Database, User
-    from zlh.api.settings import load_settings
-    from zlh.cli import data_dir_from
+    from zlh.api.commands import database_from
+    from zlh.api.db import Container, User
 
-    settings = load_settings(args.config, data_dir=data_dir_from(args))
-    db = Database(settings.db_url)
+    db = database_from(args)  # a data dir never set up has no users yet: an empty policy
     try:
         with db.session() as session:
             users = {u.id: u.username for u in session.scalars(select(User))}

@@ -13,6 +13,7 @@ from zlh.artifacts.progress import TransferProgress
 from zlh.artifacts.store import ArtifactStore, VerifyProblem
 from zlh.cli import data_dir_from
 from zlh.errors import UsageError
+from zlh.listen import parse_listen, require_free
 from zlh.schemas import ArtifactFormat, ArtifactKind, ArtifactMetadata
 
 __all__ = ["cmd_add", "cmd_build", "cmd_list", "cmd_remove", "cmd_serve", "cmd_verify"]
@@ -110,6 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"no artifact store at {store.root} (add or build an artifact first)")
     host, port = _host_port(args.listen)
     store.catalog()  # refuse to serve a catalog that does not validate
+    require_free(host, port)
     uvicorn.run(
         ArtifactServer(store.root),
         host=host,
@@ -157,10 +159,10 @@ def _labels(pairs: list[str]) -> dict[str, str]:
 
 
 def _host_port(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--listen wants HOST:PORT, got {listen!r}")
-    return host.removeprefix("[").removesuffix("]"), int(port)
+    try:
+        return parse_listen(listen)
+    except ValueError as exc:
+        raise UsageError(f"--listen: {exc}") from None
 
 
 def _problem_row(problem: VerifyProblem) -> tuple[str, ...]:

@@ -12,13 +12,19 @@ from types import FrameType
 
 import httpx
 
-from zlh.api.commands import WILDCARDS, container_artifact_url, prepare_private, settings_from
-from zlh.api.settings import ApiSettings, parse_listen
+from zlh.api.commands import (
+    container_artifact_url,
+    prepare_private,
+    require_listeners_free,
+    settings_from,
+)
+from zlh.api.settings import ApiSettings
 from zlh.cli import data_dir_from
 from zlh.demo.admin import Credentials, ensure_admin
 from zlh.demo.client import DemoClient
 from zlh.demo.platform import UP_LOG, Platform, running_platform
 from zlh.errors import UsageError, ZlhError
+from zlh.listen import WILDCARDS, parse_listen
 
 __all__ = ["cmd_demo"]
 
@@ -47,6 +53,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         args, backend=args.backend, listen=args.listen, allow_privileged=args.allow_privileged
     )
     prepare_private(settings)  # umask 077: the log, the password file, the database
+    require_listeners_free(settings)  # before minutes of building
     container_artifact_url(settings)  # refuses a --listen the containers cannot reach, early
 
     say(f"== artifacts ({', '.join(ARTIFACTS)}) in {settings.store_path}")

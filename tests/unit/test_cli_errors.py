@@ -1,0 +1,170 @@
+"""No traceback reaches an operator: every command, given a data dir that is a file, a missing
+store or data dir, a port in use, no terminal to ask a password on, or a file that is not
+there, answers one line saying what is wrong, with exit 2 (usage) or 1 (runtime)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_cli import _all_command_paths
+
+CHEAP = {"ZLH_ARGON2_TIME_COST": "1", "ZLH_ARGON2_MEMORY_KIB": "64", "ZLH_ARGON2_PARALLELISM": "1"}
+
+
+@pytest.fixture(scope="module")
+def busy_port() -> Iterator[int]:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        yield held.getsockname()[1]
+
+
+def cases(tmp: Path, port: int) -> dict[str, list[str]]:
+    """A bad situation for every command (some get several); ``tmp/file`` is a plain file."""
+    file, missing = str(tmp / "file"), str(tmp / "missing" / "deeper")
+    busy = f"127.0.0.1:{port}"
+    process = ["--backend", "process"]
+    return {
+        "artifacts add: no such tarball": [
+            "artifacts",
+            "add",
+            "runtime",
+            "node",
+            "22",
+            "--file",
+            str(tmp / "none.tar.gz"),
+            "--store",
+            str(tmp / "store"),
+        ],
+        "artifacts add: store is a file": [
+            "artifacts",
+            "add",
+            "runtime",
+            "node",
+            "22",
+            "--file",
+            file,
+            "--store",
+            file,
+        ],
+        "artifacts list: store is a file": ["artifacts", "list", "--store", file],
+        "artifacts verify: store is a file": ["artifacts", "verify", "--store", file],
+        "artifacts remove: nothing to remove": [
+            "artifacts",
+            "remove",
+            "runtime",
+            "node",
+            "22",
+            "--store",
+            missing,
+        ],
+        "artifacts serve: no store": ["artifacts", "serve", "--store", missing],
+        "artifacts serve: port in use": [
+            "artifacts",
+            "serve",
+            "--store",
+            str(tmp),
+            "--listen",
+            busy,
+        ],
+        "artifacts build: data dir is a file": ["artifacts", "build", "node", "--data-dir", file],
+        "agent: no token file": ["agent", "--token-file", str(tmp / "none")],
+        "agent: port in use": ["agent", "--listen", busy, "--token-file", file],
+        "up: data dir is a file": ["up", *process, "--data-dir", file],
+        "up: port in use": ["up", *process, "--data-dir", str(tmp / "up"), "--listen", busy],
+        "up: store is a file": [
+            "up",
+            *process,
+            "--data-dir",
+            str(tmp / "up2"),
+            "--store",
+            file,
+            "--listen",
+            f"127.0.0.1:{port + 0}",
+        ],
+        "api: port in use": [
+            "api",
+            *process,
+            "--data-dir",
+            str(tmp / "api"),
+            "--listen",
+            busy,
+            "--artifact-server",
+            "http://127.0.0.1:9",
+        ],
+        "api: no artifact server": ["api", *process, "--data-dir", str(tmp / "api2")],
+        "user add: no terminal": ["user", "add", "bob", "--data-dir", str(tmp / "users")],
+        "user add: data dir is a file": ["user", "add", "bob", "--data-dir", file],
+        "user list: data dir is a file": ["user", "list", "--data-dir", file],
+        "user passwd: no terminal": ["user", "passwd", "bob", "--data-dir", str(tmp / "users")],
+        "user admin: no such user": ["user", "admin", "zed", "--data-dir", str(tmp / "users")],
+        "user disable: no such user": ["user", "disable", "zed", "--data-dir", missing],
+        "template build: data dir is a file": ["template", "build", "--data-dir", file],
+        "template export: no template": [
+            "template",
+            "export",
+            "--data-dir",
+            missing,
+            "--output",
+            str(tmp / "t.tar.zst"),
+        ],
+        "tailnet policy: data dir is a file": ["tailnet", "policy", "--data-dir", file],
+        "tailnet policy: no such users file": [
+            "tailnet",
+            "policy",
+            "--input",
+            str(tmp / "none.json"),
+        ],
+        "doctor: data dir is a file": ["doctor", *process, "--data-dir", file],
+        "demo: data dir is a file": ["demo", *process, "--data-dir", file],
+        "demo: port in use": ["demo", *process, "--data-dir", str(tmp / "demo"), "--listen", busy],
+    }
+
+
+def run(tmp: Path, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **CHEAP, "ZLH_DATA_DIR": str(tmp / "default-data")}
+    env.pop("ZLH_DEBUG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "zlh.cli", *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        stdin=subprocess.DEVNULL,  # no terminal, as under cron, systemd or ssh -T
+        start_new_session=True,
+        env=env,
+        timeout=120,
+        cwd=tmp,
+    )
+
+
+def test_every_command_has_a_bad_situation_below() -> None:
+    covered = {name.split(":")[0] for name in cases(Path("/x"), 1)}
+    paths = _all_command_paths()
+    leaves = {
+        " ".join(p) for p in paths if not any(q[: len(p)] == p and len(q) > len(p) for q in paths)
+    }
+    assert leaves <= covered, f"commands without a bad-situation case: {leaves - covered}"
+
+
+@pytest.mark.parametrize("case", list(cases(Path("/x"), 1)))
+def test_a_bad_situation_is_one_line_and_exit_1_or_2(
+    case: str, tmp_path: Path, busy_port: int
+) -> None:
+    (tmp_path / "file").write_text("not a directory\n")
+    result = run(tmp_path, cases(tmp_path, busy_port)[case])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("zlh")]
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    assert result.returncode in (1, 2), (result.returncode, result.stdout, result.stderr)
+    assert len(errors) == 1, result.stderr
+
+
+def test_the_tailnet_policy_of_a_data_dir_never_set_up_is_an_empty_policy(tmp_path: Path) -> None:
+    result = run(tmp_path, ["tailnet", "policy", "--data-dir", str(tmp_path / "fresh")])
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert '"acls"' in result.stdout
