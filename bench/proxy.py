@@ -80,6 +80,17 @@ def bench_session() -> tuple[str, dict[str, str]]:
     return f"{IDE_COOKIE}={ide}; session=x", dict(os.environ, ZLH_BENCH_KEY=key.hex())
 
 
+def start_upstream(port: int) -> subprocess.Popen[bytes]:
+    """The harness's upstream (``servers/upstream.js`` in ``$BENCH_DIR``) on ``port``, for the
+    benches that drive the front without the harness; a run of this script sets it up."""
+    upstream_js = BENCH_DIR / "servers" / "upstream.js"
+    if not (BENCH_DIR / "node_modules" / "ws").is_dir() or not upstream_js.is_file():
+        raise SystemExit(f"{BENCH_DIR} is not set up: run bench/proxy.py once first")
+    return subprocess.Popen(
+        ["node", str(upstream_js), str(port)], cwd=BENCH_DIR, stdout=subprocess.DEVNULL
+    )
+
+
 def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:

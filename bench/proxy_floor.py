@@ -25,7 +25,7 @@ from pathlib import Path
 from statistics import median
 from typing import cast
 
-from proxy import BENCH_DIR, bench_session, free_port, wait_for_port
+from proxy import bench_session, free_port, start_upstream, wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
@@ -87,11 +87,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
 
 
-def turn(pid: int, url: str, cookie: str) -> tuple[float, float]:
-    """One wrk run: (req/s, CPU µs of ``pid`` per request)."""
+def turn(
+    pid: int, url: str, cookie: str, *, connections: int = 32, duration: int = DURATION
+) -> tuple[float, float]:
+    """One wrk run: (req/s, CPU µs of ``pid`` per request). Any response but 2xx/3xx is an error
+    (a refused cookie would otherwise be timed as a fast 401)."""
     before = cpu_seconds(pid)
     out = subprocess.run(
-        ["wrk", "-t1", "-c32", f"-d{DURATION}s", "-H", f"Cookie: {cookie}", url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-H", f"Cookie: {cookie}", url],
         capture_output=True,
         text=True,
         check=True,
@@ -100,8 +103,10 @@ def turn(pid: int, url: str, cookie: str) -> tuple[float, float]:
     found = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if found is None:
         raise SystemExit(f"wrk printed no rate:\n{out}")
+    if "Non-2xx or 3xx responses" in out:
+        raise SystemExit(f"{url} answered errors under load:\n{out}")
     rate = float(found.group(1))
-    return rate, used / (rate * DURATION) * 1e6
+    return rate, used / (rate * duration) * 1e6
 
 
 def pure_python_tree(dest: Path) -> Path:
@@ -114,10 +119,6 @@ def main() -> int:
     if len(sys.argv) == 4 and sys.argv[1] == "--splice":
         splice(int(sys.argv[2]), int(sys.argv[3]))
         return 0
-    upstream_js = BENCH_DIR / "servers" / "upstream.js"
-    if not (BENCH_DIR / "node_modules" / "ws").is_dir() or not upstream_js.is_file():
-        print(f"{BENCH_DIR} is not set up: run bench/proxy.py once first", file=sys.stderr)
-        return 1
     cookie, env = bench_session()
     proxy_py = str(Path(__file__).with_name("proxy.py"))
     upstream_port = int(os.environ.get("BASE_PORT", "18000"))
@@ -142,11 +143,7 @@ def main() -> int:
             ),
         }
         try:
-            upstream = subprocess.Popen(
-                ["node", str(upstream_js), str(upstream_port)],
-                cwd=BENCH_DIR,
-                stdout=subprocess.DEVNULL,
-            )
+            upstream = start_upstream(upstream_port)
             procs.append(upstream)
             pids = {}
             for name, (cmd, cmd_env) in commands.items():
