@@ -1,4 +1,4 @@
-"""Payload and status: the wire shape the issue pins, shared by API and agent."""
+"""Payload and status: the wire shape operators and the agent rely on, shared by API and agent."""
 
 from __future__ import annotations
 
