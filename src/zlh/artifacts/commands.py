@@ -128,14 +128,17 @@ def cmd_build(args: argparse.Namespace) -> int:
     from zlh.artifacts.builders import build
 
     cache_dir: Path = args.cache_dir or data_dir_from(args) / "cache"
-    build(
-        args.what,
-        version=args.build_version,
-        store=store_from(args),
-        cache_dir=cache_dir,
-        progress=TransferProgress(),
-    )
-    return 0  # the builder reports its own progress and summary
+    if args.build_version is not None and len(args.what) > 1:
+        raise UsageError("--version names one artifact's version: build one artifact with it")
+    for what in args.what:
+        build(
+            what,
+            version=args.build_version,
+            store=store_from(args),
+            cache_dir=cache_dir,
+            progress=TransferProgress(),
+        )
+    return 0  # the builders report their own progress and summary
 
 
 def _format(value: str | None) -> ArtifactFormat | None:
