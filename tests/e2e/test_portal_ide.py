@@ -71,11 +71,19 @@ def _close_ide(session: Session, tab: Page) -> None:
     tab.close()
 
 
-def test_open_ide_shows_the_vs_code_workbench(
+def test_open_ide_shows_the_vs_code_workbench_on_our_welcome(
     alice: Session, platform: Platform, provisioned: Provisioned
 ) -> None:
     tab = _open_ide(alice, platform, provisioned.vmid)
     assert tab.locator(".dialog-message-text", has_text="reconnect").count() == 0
+    # The workspace's README opens (its preview), not code-server's promotion page.
+    editors = tab.locator(".tabs-container [role=tab]")
+    expect(editors.filter(has_text="README.md")).to_have_count(1, timeout=WORKBENCH_TIMEOUT_MS)
+    expect(tab.get_by_text("Deploy code-server for your team")).to_have_count(0)
+    preview = tab.frame_locator("iframe.webview").frame_locator("iframe#active-frame")
+    welcome = preview.get_by_role("heading", name="Welcome to your ZeroLagHub dev container")
+    expect(welcome).to_be_visible(timeout=WORKBENCH_TIMEOUT_MS)
+    assert tab.locator(".part.auxiliarybar:visible").count() == 0  # no empty side panel
     capture(tab, "ide")
     _close_ide(alice, tab)
 

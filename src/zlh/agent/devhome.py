@@ -101,6 +101,12 @@ class DevHome:
             with _refusals():
                 self._tree.mkdir(self.rel(path), parents=True)
 
+    def exists(self, path: Path) -> bool:
+        """Whether anything (a link included) is at ``path``."""
+        rel = self.rel(path)
+        with _refusals():
+            return self._tree.lstat(rel) is not None
+
     def read_bytes(self, path: Path) -> bytes | None:
         """The contents of regular file ``path``, or None if there is none."""
         rel = self.rel(path)

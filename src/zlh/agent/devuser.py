@@ -141,10 +141,29 @@ def _make_home(env: DevEnvironment) -> None:
         raise DevUserError(f"cannot create {env.home}: {exc.strerror}") from exc
 
 
+WELCOME = """# Welcome to your ZeroLagHub dev container
+
+This folder, `~/workspace`, is yours: what you keep here stays with the container.
+
+- **Terminal**: menu → Terminal → New Terminal. Your runtime is on `PATH`
+  (`ls /opt/zlh/runtimes` shows which one); you are the user `dev`.
+- **Files from your computer**: drag them into the Explorer, or use the portal's Files tab.
+- **A web app you run here** (say on port 3000): open it at `proxy/3000/` below this IDE's
+  address; it is served behind your sign-in, like the IDE.
+- **Extensions** install from the Extensions view as in VS Code.
+
+This file is written once, when the container is created. Edit or delete it as you like.
+"""
+
+
 def _fill_home(layout: Layout, env: DevEnvironment) -> None:
-    """As dev: the workspace, and (beneath a scratch root) ``.profile``."""
+    """As dev: the workspace (with a welcome README when it is new), and (beneath a scratch
+    root) ``.profile``."""
     home = DevHome(env.home)
+    new_workspace = not home.exists(env.workspace)
     home.make_dirs(env.workspace)
+    if new_workspace:
+        home.write_bytes(env.workspace / "README.md", WELCOME.encode())
     if not layout.is_real_root:
         _source_runtimes(layout, home)
 

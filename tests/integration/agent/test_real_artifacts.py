@@ -100,7 +100,10 @@ def test_code_server_runs_answers_and_comes_back_after_being_killed(
             page = httpx.get(f"{ide}/?folder={quote(str(workspace))}", timeout=30)
             assert page.status_code == 200
             settings = root / "home/dev/.local/share/code-server/User/settings.json"
-            assert json.loads(settings.read_text())["chat.disableAIFeatures"] is True
+            written = json.loads(settings.read_text())
+            assert written["chat.disableAIFeatures"] is True
+            assert written["workbench.startupEditor"] == "readme"
+            assert "ZeroLagHub" in (workspace / "README.md").read_text()  # what it opens on
 
             pid_file = root / "var/lib/zlh-agent/run/code-server.pid"
             record = json.loads(pid_file.read_text())
@@ -109,6 +112,7 @@ def test_code_server_runs_answers_and_comes_back_after_being_killed(
                                 str(root / "opt/zlh/services/code-server")]  # fmt: skip
             assert argv[argv.index("--auth") + 1] == "none"
             assert "--base-path" not in argv  # code-server 4.x's --help does not list it
+            assert "--disable-getting-started-override" in argv  # it does list this one
             assert argv[-1] == str(workspace)
             old = int(record["pid"])
             os.killpg(old, signal.SIGKILL)

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from zlh.agent.addons.base import AddonContext
-from zlh.agent.addons.code_server import USER_SETTINGS, CodeServer
+from zlh.agent.addons.code_server import DEFAULT_SETTINGS, USER_SETTINGS, CodeServer
 from zlh.agent.config import AgentConfig
 from zlh.agent.devuser import DevEnvironment, prepare_dev_home
 from zlh.agent.download import RetryPolicy
@@ -173,10 +173,10 @@ def code_server(box: Box) -> CodeServer:
     )
     addon = CodeServer(spec, ctx)
 
-    async def no_help_probe() -> bool:  # no code-server is installed here
-        return False
+    async def no_help_probe() -> frozenset[str]:  # no code-server is installed here
+        return frozenset()
 
-    addon._supports_base_path = no_help_probe  # type: ignore[method-assign]
+    addon._supported_flags = no_help_probe  # type: ignore[method-assign]
     return addon
 
 
@@ -222,13 +222,20 @@ def test_a_clean_home_is_prepared_and_configured_as_dev_and_keeps_user_settings(
         st = path.lstat()
         assert (st.st_uid, st.st_gid) == (DEV_UID, DEV_GID), path
     assert "bind-addr: 127.0.0.1:" in config.read_text()
-    assert json.loads(settings.read_text()) == USER_SETTINGS
+    assert json.loads(settings.read_text()) == {**DEFAULT_SETTINGS, **USER_SETTINGS}
+    assert (box.env.workspace / "README.md").lstat().st_uid == DEV_UID
 
     mine = {**json.loads(settings.read_text()), "editor.fontSize": 17, "update.mode": "default"}
+    mine["workbench.startupEditor"] = "none"  # a default the user changed stays changed
     settings.write_text(json.dumps(mine))
     provision(box)  # a restart re-runs the last payload
     again = json.loads(settings.read_text())
-    assert again == {**USER_SETTINGS, "editor.fontSize": 17}
+    assert again == {
+        **DEFAULT_SETTINGS,
+        **USER_SETTINGS,
+        "editor.fontSize": 17,
+        "workbench.startupEditor": "none",
+    }
     assert (box.home / ".profile").read_text().count("zlh-agent") == 1
 
 

@@ -55,3 +55,19 @@ def test_the_dev_profile_keeps_what_it_held_and_is_written_once(tmp_path: Path) 
     assert text.startswith("export EDITOR=vim\n")
     assert text.count(str(tmp_path / "etc/profile.d/zlh-runtimes.sh")) == 2  # test + source
     assert text.count("zlh-agent") == 1
+
+
+def test_a_new_workspace_gets_the_welcome_readme_once_and_an_existing_one_none(
+    tmp_path: Path,
+) -> None:
+    fresh = tmp_path / "fresh"
+    asyncio.run(ensure_dev_environment(Layout(fresh), DevUser()))
+    readme = fresh / "home/dev/workspace/README.md"
+    assert readme.read_text().startswith("# Welcome to your ZeroLagHub dev container")
+    readme.unlink()  # the user deleted it: a restart does not bring it back
+    asyncio.run(ensure_dev_environment(Layout(fresh), DevUser()))
+    assert not readme.exists()
+    kept = tmp_path / "kept"
+    (kept / "home/dev/workspace").mkdir(parents=True)  # the user's work from before
+    asyncio.run(ensure_dev_environment(Layout(kept), DevUser()))
+    assert list((kept / "home/dev/workspace").iterdir()) == []

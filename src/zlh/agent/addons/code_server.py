@@ -4,9 +4,13 @@ Launched the way the spec's observed process shows, ``<dir>/lib/node <dir> --bin
 <host>:<port> --auth none <workspace>``, plus ``--disable-telemetry --disable-update-check
 --disable-workspace-trust`` (without the last, the terminal waits on a trust dialog) and its own
 ``XDG_*`` dirs in the dev user's home, which it writes as dev without following links
-(:mod:`zlh.agent.devhome`). ``--base-path`` is passed only if the installed version's
-``--help`` lists it: code-server 4.x rejects it and builds URLs relative to the request path, so
-the platform's front strips the prefix instead (DESIGN.md).
+(:mod:`zlh.agent.devhome`). Flags the installed version may not have are passed only if its
+``--help`` lists them: ``--base-path`` (code-server 4.x rejects it and builds URLs relative to
+the request path, so the platform's front strips the prefix instead, DESIGN.md) and
+``--disable-getting-started-override`` (no "Deploy code-server for your team" page).
+
+The workbench opens on the workspace's README (the agent's welcome, ``zlh.agent.devuser``)
+with the secondary side bar closed: ``DEFAULT_SETTINGS``, which the user may change.
 
 "Running" means both ``GET /healthz`` and ``GET /?folder=<workspace>`` answer 200 (under an
 incompatible Node, ``/healthz`` answers while ``/`` fails with 500).
@@ -27,7 +31,14 @@ from zlh.agent.errors import AddonError
 from zlh.agent.supervise import ProcessSpec, Supervisor, run_once
 from zlh.schemas import AddonHealth, CodeServerAddon
 
-__all__ = ["USER_SETTINGS", "CodeServer"]
+__all__ = ["DEFAULT_SETTINGS", "USER_SETTINGS", "CodeServer"]
+
+# Written when settings.json lacks them; the user's own choice wins.
+DEFAULT_SETTINGS: dict[str, object] = {
+    "workbench.startupEditor": "readme",
+    "workbench.secondarySideBar.defaultVisibility": "hidden",
+    "workbench.tips.enabled": False,
+}
 
 # Enforced on every configure; other keys the user set are kept.
 USER_SETTINGS: dict[str, object] = {
@@ -41,6 +52,8 @@ USER_SETTINGS: dict[str, object] = {
 }
 _PROBE_TIMEOUT_S = 3.0
 _HELP_TIMEOUT_S = 60.0
+# Passed when --help lists them (argv() says where).
+OPTIONAL_FLAGS = ("--base-path", "--disable-getting-started-override")
 
 
 class CodeServer(Addon[CodeServerAddon]):
@@ -62,7 +75,7 @@ class CodeServer(Addon[CodeServerAddon]):
         # The pid the last successful probe answered for: a restarted process is not "running"
         # on the strength of its predecessor's answer.
         self._healthy_pid: int | None = None
-        self._base_path_supported: bool | None = None
+        self._flags: frozenset[str] = frozenset()  # of OPTIONAL_FLAGS, what --help lists
 
     @property
     def port(self) -> int:
@@ -75,7 +88,7 @@ class CodeServer(Addon[CodeServerAddon]):
 
     async def configure(self) -> None:
         await as_dev(self.ctx.dev.identity, self._write_config)
-        self._base_path_supported = await self._supports_base_path()
+        self._flags = await self._supported_flags()
 
     def _write_config(self) -> None:
         """As dev (:func:`as_dev`): config.yaml, and settings.json merged with USER_SETTINGS."""
@@ -87,7 +100,7 @@ class CodeServer(Addon[CodeServerAddon]):
             "auth: none\ncert: false\ndisable-telemetry: true\ndisable-update-check: true\n"
             "disable-workspace-trust: true\n".encode(),
         )
-        settings = {**self._user_settings(home), **USER_SETTINGS}
+        settings = {**DEFAULT_SETTINGS, **self._user_settings(home), **USER_SETTINGS}
         home.write_bytes(self.settings_file, (json.dumps(settings, indent=2) + "\n").encode())
 
     def _user_settings(self, home: DevHome) -> dict[str, object]:
@@ -99,12 +112,14 @@ class CodeServer(Addon[CodeServerAddon]):
             return {}
         return current if isinstance(current, dict) else {}
 
-    async def _supports_base_path(self) -> bool:
-        """Whether ``--help`` lists ``--base-path``; remembered per installed digest."""
+    async def _supported_flags(self) -> frozenset[str]:
+        """Which of OPTIONAL_FLAGS ``--help`` lists; remembered per installed digest."""
         cache = self.ctx.layout.state / "code-server-help.json"
         digest = self.spec.artifact.sha256
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            return bool(json.loads(cache.read_text())[digest])
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            remembered = json.loads(cache.read_text())[digest]
+            if isinstance(remembered, list):
+                return frozenset(remembered)
         argv = [*self._node_argv(), "--help"]
         try:
             code, out = await run_once(
@@ -114,10 +129,10 @@ class CodeServer(Addon[CodeServerAddon]):
             raise AddonError(f"code-server --help did not finish in {_HELP_TIMEOUT_S:g}s") from exc
         if code != 0:
             raise AddonError(f"code-server --help failed ({code}): {out[-500:]}")
-        supported = "--base-path" in out
+        listed = frozenset(flag for flag in OPTIONAL_FLAGS if f"{flag} " in out)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({digest: supported}))
-        return supported
+        cache.write_text(json.dumps({digest: sorted(listed)}))
+        return listed
 
     def _node_argv(self) -> list[str]:
         return [str(self.target / "lib" / "node"), str(self.target)]
@@ -147,8 +162,10 @@ class CodeServer(Addon[CodeServerAddon]):
             "--disable-update-check",
             "--disable-workspace-trust",
         ]
-        if self._base_path_supported:
+        if "--base-path" in self._flags:
             args += ["--base-path", self.spec.options.base_path]
+        if "--disable-getting-started-override" in self._flags:
+            args.append("--disable-getting-started-override")
         return (*args, str(self.ctx.dev.workspace))
 
     def _process(self) -> ProcessSpec:
