@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from e2e_kit import (
     ALICE,
@@ -81,3 +82,34 @@ def test_keyboard_focus_is_visible_and_the_sign_in_form_works_from_the_keyboard(
     assert page.get_by_role("link", name="Skip to content").bounding_box()["x"] >= 0
     page.keyboard.press("Enter")
     assert page.evaluate("document.activeElement.id") == "main"
+
+
+def test_an_unknown_url_is_the_portals_styled_not_found_page_and_json_for_programs(
+    alice: Session, platform: Platform
+) -> None:
+    page = alice.page
+    alice.console.expect_http(404, "/no-such-page")
+    response = page.goto(f"{platform.base_url}/no-such-page")
+    assert response is not None and response.status == 404
+    page.get_by_role("heading", name="Not found").wait_for()
+    assert page.locator("header.topbar").is_visible()  # the portal itself, styled
+    capture(page, "not-found")
+    for path in ("/no-such-page", "/api/no-such-route"):
+        answer = httpx.get(f"{platform.base_url}{path}", headers={"Accept": "application/json"})
+        assert answer.status_code == 404 and answer.json()["message"] == "Not Found"
+    api = httpx.get(f"{platform.base_url}/api/no-such-route", headers={"Accept": "text/html"})
+    assert api.status_code == 404 and api.headers["content-type"] == "application/json"
+
+
+def test_the_ide_origin_answers_an_unknown_container_with_a_page_in_the_portals_look(
+    session: Session, platform: Platform
+) -> None:
+    page = session.page
+    session.console.expect_http(404, "/no-such-page")
+    response = page.goto(f"{platform.ide_origin}/no-such-page")
+    assert response is not None and response.status == 404
+    page.get_by_role("link", name="Your containers").wait_for()
+    assert page.get_by_role("link", name="Your containers").get_attribute("href") == (
+        f"{platform.base_url}/"
+    )
+    capture(page, "ide-origin-not-found")

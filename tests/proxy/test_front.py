@@ -126,7 +126,7 @@ def test_admin_opens_other_users_ides_only_with_admin_ide_access(
         assert httpx.get(f"{base}/who", headers=admin_cookie, timeout=5).status_code == 200
 
 
-def test_container_not_ready_answers_503_at_once_saying_why(
+def test_container_not_ready_answers_503_at_once_saying_why_and_links_the_portal(
     harness: Harness, client: httpx.Client
 ) -> None:
     vmid = harness.add_route("alice", ready=False, reason="code-server is not running")
@@ -140,8 +140,15 @@ def test_container_not_ready_answers_503_at_once_saying_why(
     assert page.status_code == 503 and "code-server is not running" in page.text
     assert page.headers["content-type"].startswith("text/html")
     assert '<meta http-equiv="refresh" content="5">' in page.text  # the IDE opens once ready
+    # In the portal's look, linking back to the container's page there (the portal's origin:
+    # the front's first port), and running nothing.
+    portal = f"http://127.0.0.1:{harness.front.port}/"
+    assert f'<a href="{portal}c/{vmid}">Container {vmid} in the portal</a>' in page.text
+    assert f'<header><a href="{portal}">ZeroLagHub' in page.text
+    assert page.headers["content-security-policy"].startswith("default-src 'none'")
     gone = client.get("/dev/99999/ide/", headers={**session("alice"), "Accept": "text/html"})
     assert gone.status_code == 404 and "http-equiv" not in gone.text  # nothing to wait for
+    assert f'<a href="{portal}">Your containers</a>' in gone.text
 
 
 def test_prefix_is_stripped_and_the_original_host_forwarded(

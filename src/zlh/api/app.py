@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
 
@@ -50,7 +50,7 @@ from zlh.api.settings import ApiSettings
 from zlh.api.tailnet import KeySealer, Tailnet, TailnetStore
 from zlh.backends import Backend
 from zlh.errors import ZlhError
-from zlh.portal import mount_portal
+from zlh.portal import mount_portal, not_found_page, wants_page
 from zlh.schemas import ErrorBody, FieldProblem
 
 __all__ = ["build_services", "create_app"]
@@ -193,8 +193,13 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return _error(422, ErrorBody(message=f"invalid request: {summary}", validations=problems))
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (unknown path, wrong method) in the envelope; a browser asking
+    for a page that does not exist gets the portal's styled "Not found" page."""
     assert isinstance(exc, HTTPException)
+    accept = request.headers.get("accept", "")
+    if exc.status_code == 404 and wants_page(request.method, request.url.path, accept):
+        return not_found_page()
     return _error(exc.status_code, ErrorBody(message=str(exc.detail)), dict(exc.headers or {}))
 
 

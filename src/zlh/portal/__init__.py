@@ -18,7 +18,14 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 
-__all__ = ["DOCS_PAGE", "PAGE_HEADERS", "PORTAL_DIR", "mount_portal"]
+__all__ = [
+    "DOCS_PAGE",
+    "PAGE_HEADERS",
+    "PORTAL_DIR",
+    "mount_portal",
+    "not_found_page",
+    "wants_page",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +63,19 @@ def vendor_dirs() -> dict[str, Path]:
 
 mimetypes.add_type("text/javascript", ".mjs")
 mimetypes.add_type("text/javascript", ".js")
+
+
+def wants_page(method: str, path: str, accept: str) -> bool:
+    """A browser navigating to a page (not a script calling the API or fetching a file)."""
+    api = path.startswith(("/api/", "/artifacts/", "/portal/"))
+    return method in ("GET", "HEAD") and not api and "text/html" in accept
+
+
+def not_found_page() -> FileResponse:
+    """404 with the portal itself: its router shows its styled "Not found" for the path."""
+    return FileResponse(
+        STATIC_DIR / "index.html", status_code=404, media_type="text/html", headers=PAGE_HEADERS
+    )
 
 
 def mount_portal(app: FastAPI) -> None:

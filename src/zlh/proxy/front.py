@@ -270,6 +270,7 @@ class Front:
                 route.reason or "it is still being provisioned",
                 extra=b"Retry-After: %d\r\n" % _NOT_READY_RETRY_S,
                 refresh_s=_NOT_READY_RETRY_S,
+                vmid=vmid,
             )
         if self._on_ide_open is not None and page and req.method == b"GET":
             self._on_ide_open(principal, vmid)
@@ -405,16 +406,19 @@ class Front:
             return True
         return _same_origin(req)
 
-    def _portal_page(self, req: RequestHead, vmid: int) -> bytes | None:
-        """The portal's ``/c/{vmid}/ide`` as an absolute URL, or None when the portal's origin
-        is unknown (no ``public_origin``, and the IDE origin is not a second port)."""
+    def _portal_origin(self, req: RequestHead) -> bytes | None:
+        """The portal's origin as this request's browser reaches it, or None when it is
+        unknown (no ``public_origin``, and the IDE origin is not a second port)."""
         if self._public_origin is not None:
-            origin = self._public_origin
-        elif self._server is not None and req.host is not None and not self._ide_by_host:
-            origin = b"%s://%s:%d" % (self._proto, _hostname(req.host), self.port)
-        else:
-            return None
-        return origin + b"/c/%d/ide" % vmid
+            return self._public_origin
+        if self._server is not None and req.host is not None and not self._ide_by_host:
+            return b"%s://%s:%d" % (self._proto, _hostname(req.host), self.port)
+        return None
+
+    def _portal_page(self, req: RequestHead, vmid: int) -> bytes | None:
+        """The portal's ``/c/{vmid}/ide`` as an absolute URL, or None (``_portal_origin``)."""
+        origin = self._portal_origin(req)
+        return None if origin is None else origin + b"/c/%d/ide" % vmid
 
     # ---------------------------------------------------------------- local answers
     def _local(
@@ -427,17 +431,28 @@ class Front:
         *,
         extra: bytes = b"",
         refresh_s: int = 0,
+        vmid: int = 0,
     ) -> Handler:
+        """An error page (JSON for clients, the portal's look for browsers) linking back to
+        the portal, to container ``vmid``'s page when given."""
         keep_alive = req.keep_alive and not req.upgrading
+        as_html = req.wants_html and not req.upgrading
+        home, back = "/", None
+        if as_html:
+            home = (self._portal_origin(req) or b"").decode("latin-1") + "/"
+            if vmid:
+                back = (f"{home}c/{vmid}", f"Container {vmid} in the portal")
         data = responses.error(
             status,
             message,
             detail,
-            as_html=req.wants_html and not req.upgrading,
+            as_html=as_html,
             keep_alive=keep_alive,
             head_only=req.method == b"HEAD",
             extra=extra,
             refresh_s=refresh_s,
+            home=home,
+            back=back,
         )
         return LocalResponse(conn, data, keep_alive=keep_alive)
 
