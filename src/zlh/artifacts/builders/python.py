@@ -12,6 +12,10 @@ say so. An operator who wants another CPython imports python-build-standalone's 
 Debian strips pip from ensurepip and points it at ``/usr/share/python-wheels``; to make
 ``python3 -m venv`` work without that directory, the exact pip and setuptools wheels upstream
 CPython 3.11 bundles are fetched from PyPI into ``ensurepip/_bundled``, where upstream puts them.
+The same pip is also unpacked into the prefix's ``lib/python3/dist-packages`` (on ``sys.path``)
+with ``bin/pip`` and ``bin/pip3`` wrappers that run it through the prefix's own python, so
+``pip`` and ``python3 -m pip`` work in a new terminal; installing outside a venv goes to the
+user's ``~/.local`` (``pip install --user``), the prefix being read-only to them.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 from zlh.artifacts.builders.base import BuildContext, Builder, Recipe
@@ -71,7 +76,7 @@ class PythonBuilder(Builder):
             package_version=debian,
             source=f"debian:python3.11={debian}",
             top_dir=f"python-{upstream}-linux-x86_64",
-            revision=1,
+            revision=2,
             bin_dirs=("bin",),
         )
 
@@ -97,6 +102,8 @@ class PythonBuilder(Builder):
                 ctx.downloads.append(wheel.name)
             shutil.copyfile(wheel, bundled / wheel.name)
             labels[f"{name}WheelSha256"] = sha256_file(wheel)
+            if name == "pip":
+                _install_pip(tree, wheel)
         return labels
 
     def check(self, recipe: Recipe, tree: Path) -> str:
@@ -117,7 +124,29 @@ class PythonBuilder(Builder):
         version = run([tree / "bin" / "python3", "--version"], what="python3 --version", env=env)
         if version.split() != ["Python", recipe.upstream_version]:
             raise BuildError(f"bin/python3 --version printed {version.strip()!r}")
-        return f"{version.strip()}, stdlib from its own prefix"
+        pip = run([tree / "bin" / "pip", "--version"], what="pip --version", env=env, cwd=Path("/"))
+        if not pip.startswith("pip ") or not Path(pip.split()[3]).resolve().is_relative_to(tree):
+            raise BuildError(f"bin/pip --version printed {pip.strip()!r}")
+        return f"{version.strip()}, stdlib from its own prefix, {' '.join(pip.split()[:2])}"
+
+
+_PIP_WRAPPER = """#!/bin/sh
+# pip of the python beside this script, wherever the runtime was unpacked.
+exec "$(dirname "$(readlink -f "$0")")/python3" -m pip "$@"
+"""
+
+
+def _install_pip(tree: Path, wheel: Path) -> None:
+    """``wheel`` unpacked onto the prefix's ``sys.path``, and ``bin/pip``/``bin/pip3``."""
+    site = tree / "lib" / "python3" / "dist-packages"
+    site.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheel) as unpacked:
+        unpacked.extractall(site)
+    for name in ("pip", "pip3"):
+        script = tree / "bin" / name
+        script.unlink(missing_ok=True)
+        script.write_text(_PIP_WRAPPER)
+        script.chmod(0o755)
 
 
 def _fix_absolute_links(tree: Path) -> None:
