@@ -8,8 +8,9 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -118,3 +119,45 @@ def host_connects(host: str, port: int, *, timeout_s: float = 20.0) -> bool:
         except OSError:
             time.sleep(0.1)
     return False
+
+
+class Agent:
+    """A container's agent over HTTP with its secret, as the API talks to it."""
+
+    def __init__(self, info: ContainerInfo, secret: str) -> None:
+        self.client = httpx.Client(
+            base_url=info.agent_url, headers={"Authorization": f"Bearer {secret}"}, timeout=10
+        )
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.client.close()
+
+    def status(self) -> dict[str, Any]:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                response = self.client.get("/status")
+                response.raise_for_status()
+                return dict(response.json())
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def provision(self, payload: dict[str, Any]) -> None:
+        self.status()  # waits for the agent to answer at all (a fresh container boots)
+        assert self.client.post("/provision", json=payload).status_code == 202
+
+    def wait_for(self, done: Callable[[dict[str, Any]], bool], timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while not done(status := self.status()):
+            assert time.monotonic() < deadline, status
+            time.sleep(0.5)
+        return status
+
+
+def settled(status: dict[str, Any]) -> bool:
+    return status["state"] in ("ready", "failed")

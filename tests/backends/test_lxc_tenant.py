@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from lxc_kit import attach, host_services, lxc_backend, up
+from lxc_kit import Agent, attach, host_services, lxc_backend, settled, up
 
 from support import serve_store
 from zlh.artifacts.store import ArtifactStore
-from zlh.backends import ContainerInfo
 from zlh.backends.lxc import LxcBackend
 from zlh.schemas import ArtifactKind
 
@@ -95,46 +92,6 @@ def payload(node_store: Path, node_url: str, cs_store: Path, cs_url: str) -> dic
         ],
         "devUser": {"name": "dev", "home": HOME, "workspace": f"{HOME}/workspace"},
     }
-
-
-class Agent:
-    def __init__(self, info: ContainerInfo, secret: str) -> None:
-        self.client = httpx.Client(
-            base_url=info.agent_url, headers={"Authorization": f"Bearer {secret}"}, timeout=10
-        )
-
-    def __enter__(self) -> Agent:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.client.close()
-
-    def status(self) -> dict[str, Any]:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                response = self.client.get("/status")
-                response.raise_for_status()
-                return dict(response.json())
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-
-    def provision(self, payload: dict[str, Any]) -> None:
-        self.status()  # waits for the agent to answer at all (a fresh container boots)
-        assert self.client.post("/provision", json=payload).status_code == 202
-
-    def wait_for(self, done: Callable[[dict[str, Any]], bool], timeout_s: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while not done(status := self.status()):
-            assert time.monotonic() < deadline, status
-            time.sleep(0.5)
-        return status
-
-
-def settled(status: dict[str, Any]) -> bool:
-    return status["state"] in ("ready", "failed")
 
 
 def as_dev(backend: LxcBackend, vmid: int, script: str) -> str:

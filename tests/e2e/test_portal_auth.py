@@ -46,7 +46,7 @@ def test_wrong_password_shows_an_inline_error_then_the_right_one_signs_in(
     page.get_by_role("heading", name="Your dev containers").wait_for()
     assert page.url == f"{platform.base_url}/"
     assert page.get_by_role("alert").count() == 0
-    assert page.locator("#account").inner_text().startswith(ALICE)
+    assert page.locator("#account").inner_text().startswith(f"Signed in as {ALICE}")
 
 
 def test_sign_out_ends_the_session_and_the_dashboard_sends_back_to_sign_in(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 from e2e_kit import (
+    ADMIN,
     ALICE,
     PASSWORD,
     PHONE,
@@ -14,6 +15,7 @@ from e2e_kit import (
     capture,
     focus_ring,
     page_width,
+    sign_in,
     unlabelled_controls,
 )
 
@@ -31,7 +33,9 @@ def test_dashboard_shows_the_container_with_the_spec_status_fields_in_words(
     workspace = str(platform.workspace(provisioned.vmid))
     assert cells[:4] == [f"#{provisioned.vmid}", "node 22", "ready", workspace]
     assert cells[4].endswith("/opt/zlh/runtimes/node/22")
-    assert cells[5:] == ["yes", "running"]
+    assert cells[5:] == ["yes", "running", "Open IDE"]
+    ide = row.get_by_role("link", name=f"Open the IDE of #{provisioned.vmid}")
+    assert ide.get_attribute("href") == f"/c/{provisioned.vmid}/ide"  # the portal's IDE page
     capture(page, "dashboard")
     # On a phone the detail columns give way instead of widening the page.
     page.set_viewport_size(PHONE)
@@ -113,3 +117,18 @@ def test_the_ide_origin_answers_an_unknown_container_with_a_page_in_the_portals_
         f"{platform.base_url}/"
     )
     capture(page, "ide-origin-not-found")
+
+
+def test_the_top_bar_keeps_one_height_and_names_the_account_in_words(
+    session: Session, platform: Platform
+) -> None:
+    page = session.page
+    page.goto(f"{platform.base_url}/login")
+    page.locator("main h1").wait_for()
+    signed_out = page.locator("header.topbar").bounding_box()
+    sign_in(page, platform.base_url, ADMIN)
+    account = page.locator("#account")
+    assert account.inner_text().startswith(f"Signed in as {ADMIN} · operator")
+    signed_in = page.locator("header.topbar").bounding_box()
+    assert signed_out is not None and signed_in is not None
+    assert signed_out["height"] == signed_in["height"]

@@ -49,7 +49,7 @@ function renderAccount() {
   nav.replaceChildren();
   if (!me) return;
   nav.append(
-    h("span", { class: "muted" }, me.username, me.isAdmin ? " (admin)" : ""),
+    h("span", { class: "muted" }, "Signed in as ", h("strong", {}, me.username), me.isAdmin ? " · operator" : ""),
     h("a", { href: "/password", "data-link": true }, "Password"),
     h("button", { class: "secondary", type: "button", onclick: signOut }, "Sign out"),
   );

@@ -25,7 +25,7 @@ export async function containerView(main, { params, navigate }) {
   if (container.addons.includes("tailscale")) tabs.push("tailnet");
 
   const ideButton = h("a", { class: "button", href: container.idePath, target: "_blank", rel: "noopener", id: "open-ide" }, "Open IDE");
-  const badge = h("span", {}, stateBadge(container.state));
+  const badge = h("span", {}, stateBadge(container.state, container));
   const deleteButton = h("button", { type: "button", class: "danger" }, "Delete");
   deleteButton.addEventListener("click", async () => {
     if (!(await confirmDialog(`Delete container #${vmid}? Its workspace is lost.`))) return;

@@ -18,7 +18,7 @@ export async function dashboardView(main, { me }) {
   }
   // Columns marked "detail" give way on narrow screens; the container page shows them all.
   const head = [["Container"], ...(me.isAdmin ? [["Owner"]] : []), ["Runtime"], ["State"], ["Workspace", "detail"],
-    ["Runtime install path", "detail"], ["Runtime installed", "detail"], ["code-server"]];
+    ["Runtime install path", "detail"], ["Runtime installed", "detail"], ["code-server", "detail"], ["IDE"]];
   const rows = containers.map((c) => {
     const s = c.status || {};
     return h(
@@ -27,11 +27,18 @@ export async function dashboardView(main, { me }) {
       h("td", {}, h("a", { href: `/c/${c.vmid}`, "data-link": true }, `#${c.vmid}`)),
       me.isAdmin ? h("td", {}, c.owner) : null,
       h("td", { class: "nowrap" }, `${c.runtime} ${c.version}`),
-      h("td", { class: "nowrap" }, stateBadge(c.state)),
+      h("td", { class: "nowrap" }, stateBadge(c.state, c)),
       h("td", { class: "detail" }, h("code", {}, s.workspaceRoot || "—")),
       h("td", { class: "detail" }, h("code", {}, s.runtimeInstallPath || "—")),
       h("td", { class: "detail" }, yesNo(s.runtimeInstalled)),
-      h("td", {}, s.codeServerRunning ? "running" : s.codeServerInstalled ? "installed, not running" : "not installed"),
+      h("td", { class: "detail" }, s.codeServerRunning ? "running" : s.codeServerInstalled ? "installed, not running" : "not installed"),
+      h(
+        "td",
+        { class: "nowrap" },
+        c.state === "ready" && s.codeServerRunning
+          ? h("a", { href: c.idePath, class: "button small", target: "_blank", rel: "noopener", "aria-label": `Open the IDE of #${c.vmid}` }, "Open IDE")
+          : "",
+      ),
     );
   });
   main.append(

@@ -67,7 +67,7 @@ export async function filesPanel(panel, vmid) {
     list.replaceChildren(
       rows.length
         ? h("table", { class: "files" }, h("thead", {}, h("tr", {}, ["Name", "Size", "Modified", ""].map((t) => h("th", { scope: "col" }, t)))), h("tbody", {}, rows))
-        : h("p", { class: "muted" }, "This folder is empty."),
+        : h("p", { class: "muted empty" }, "This folder is empty."),
     );
   }
 
