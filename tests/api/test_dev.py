@@ -154,3 +154,29 @@ def test_quota_and_audit_and_delete(tmp_path: Path) -> None:
         assert again.status_code == 202
         events = sse_events(client, f"/api/dev/{again.json()['vmid']}/events", alice)
         assert events[-1]["state"] == "ready"
+
+
+def test_a_container_name_is_the_owners_own_unique_among_theirs_and_checked(
+    tmp_path: Path,
+) -> None:
+    app = make_app(tmp_path, SimBackend())
+    add_user(app, "alice")
+    add_user(app, "bob")
+    with running(app) as client:
+        alice, bob = login(client, "alice"), login(client, "bob")
+        made = client.post("/api/dev", json={"runtime": "node", "name": "shop api"}, headers=alice)
+        assert made.status_code == 202 and made.json()["name"] == "shop api"
+        vmid = made.json()["vmid"]
+        assert client.get(f"/api/dev/{vmid}", headers=alice).json()["name"] == "shop api"
+        again = client.post("/api/dev", json={"runtime": "node", "name": "shop api"}, headers=alice)
+        assert again.status_code == 409 and "'shop api'" in again.json()["message"]
+        theirs = client.post("/api/dev", json={"runtime": "node", "name": "shop api"}, headers=bob)
+        assert theirs.status_code == 202  # bob's names are bob's
+        unnamed = [client.post("/api/dev", json={"runtime": "node"}, headers=alice) for _ in (1, 2)]
+        assert [r.status_code for r in unnamed] == [202, 202]  # no name never clashes
+        for bad in ("", " lead", "trail ", "a/b", "x" * 41, "<script>"):
+            refused = client.post("/api/dev", json={"runtime": "node", "name": bad}, headers=bob)
+            assert refused.status_code == 422, bad
+            assert refused.json()["validations"][0]["field"] == "name"
+        held = [c["name"] for c in client.get("/api/dev", headers=alice).json()]
+        assert sorted(held, key=str) == sorted(["shop api", None, None], key=str)

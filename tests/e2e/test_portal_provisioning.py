@@ -112,3 +112,36 @@ def test_corrupt_artifact_shows_the_failed_step_and_reason(
     dialog.get_by_role("button", name="Delete").click()
     page.get_by_role("heading", name="Your dev containers").wait_for()
     assert page.get_by_role("link", name=f"#{vmid}", exact=True).count() == 0
+
+
+def test_a_named_container_is_called_by_its_name_everywhere_and_names_do_not_repeat(
+    alice: Session, platform: Platform
+) -> None:
+    page = alice.page
+    name = "shop api"
+
+    def create(with_name: str) -> None:
+        page.goto(f"{platform.base_url}/new")
+        page.get_by_label("Name (optional)").fill(with_name)
+        page.get_by_label("code-server").uncheck()
+        page.get_by_role("button", name="Create").click()
+
+    create(name)
+    page.wait_for_url(re.compile(r"/c/\d+$"))
+    vmid = int(page.url.rsplit("/", 1)[1])
+    label = f"{name} (#{vmid})"
+    page.get_by_role("heading", name=re.compile(re.escape(label))).wait_for()
+    page.goto(f"{platform.base_url}/")
+    page.get_by_role("link", name=label, exact=True).wait_for()
+    capture(page, "dashboard-named")
+    alice.console.expect_http(409, "/api/dev")
+    create(name)  # the same name again: refused in words, nothing made
+    assert f"you already have a container named '{name}'" in page.get_by_role("alert").inner_text()
+    assert "/new" in page.url
+    page.goto(f"{platform.base_url}/c/{vmid}")
+    alice.console.expect_http(404, f"/api/dev/{vmid}")  # a refresh in flight while it goes
+    page.get_by_role("button", name="Delete").click()
+    dialog = page.locator("dialog[open]")
+    assert f"Delete container {label}?" in dialog.inner_text()
+    dialog.get_by_role("button", name="Delete").click()
+    page.get_by_role("heading", name="Your dev containers").wait_for()

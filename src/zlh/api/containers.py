@@ -40,6 +40,7 @@ def parse_status(container: Container) -> AgentStatus | None:
 def container_out(container: Container, *, admin_ide_access: bool) -> ContainerOut:
     return ContainerOut(
         vmid=container.vmid,
+        name=container.name,
         owner=container.owner.username,
         runtime=container.runtime,
         version=container.version,
@@ -128,6 +129,7 @@ class ContainerRegistry:
         addons: list[str],
         pins: dict[str, Any],
         quota: int,
+        name: str | None = None,
     ) -> Container:
         """Record a new container in state ``requested`` under the next free vmid.
 
@@ -137,7 +139,7 @@ class ContainerRegistry:
         # One allocation at a time in this process; other processes are caught by the
         # primary key and retried.
         with self._allocating:
-            return self._allocate(owner, runtime, version, addons, pins, quota)
+            return self._allocate(owner, runtime, version, addons, pins, quota, name)
 
     def _allocate(
         self,
@@ -147,6 +149,7 @@ class ContainerRegistry:
         addons: list[str],
         pins: dict[str, Any],
         quota: int,
+        name: str | None,
     ) -> Container:
         for _ in range(_ALLOCATE_TRIES):
             try:
@@ -158,11 +161,18 @@ class ContainerRegistry:
                         raise Forbidden(
                             f"container quota reached: {owner.username} holds {held} of {quota}"
                         )
+                    if name is not None and session.scalar(
+                        select(Container.vmid).where(
+                            Container.owner_id == owner.id, Container.name == name
+                        )
+                    ):
+                        raise Conflict(f"you already have a container named {name!r}")
                     vmid = self._next_vmid(session)
                     now = utcnow()
                     container = Container(
                         vmid=vmid,
                         owner_id=owner.id,
+                        name=name,
                         runtime=runtime,
                         version=version,
                         addons=addons,
@@ -176,7 +186,7 @@ class ContainerRegistry:
                     session.flush()
                     session.refresh(container)
             except IntegrityError:
-                continue  # another request took that vmid at the same moment
+                continue  # another request took that vmid (or name) at the same moment
             self._notify(container)
             return container
         raise Conflict("could not allocate a vmid; try again")

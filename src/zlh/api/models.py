@@ -47,16 +47,28 @@ class UserOut(WireModel):
     disabled: bool
 
 
+CONTAINER_NAME = r"^[A-Za-z0-9](?:[A-Za-z0-9 ._-]*[A-Za-z0-9])?$"
+
+
 class DevRequest(WireModel):
     """``POST /api/dev``: what to put into a new container; checked against the catalog."""
 
     runtime: str = Field(min_length=1, max_length=32, examples=["node"])
     version: str | None = Field(default=None, min_length=1, max_length=64, examples=["22"])
     addons: list[str] = Field(default_factory=list, max_length=8, examples=[["code-server"]])
+    name: str | None = Field(
+        default=None,
+        max_length=40,
+        pattern=CONTAINER_NAME,
+        description="optional; unique among the caller's containers (409 otherwise): letters, "
+        "digits, '.', '_', '-' and inner spaces",
+        examples=["shop api"],
+    )
 
 
 class ContainerOut(WireModel):
     vmid: int
+    name: str | None = Field(default=None, description="the owner's name for it, if any")
     owner: str
     runtime: str
     version: str

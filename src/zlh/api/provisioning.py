@@ -124,13 +124,15 @@ class Provisioner:
             addons=list(request.addons),
             pins=pins,
             quota=self.settings.max_containers_per_user,
+            name=request.name,
         )
         await asyncio.to_thread(
             self.audit.record,
             user.username,
             Action.CREATE,
             container.vmid,
-            f"{request.runtime} {version} addons={','.join(request.addons) or '-'}",
+            f"{request.runtime} {version} addons={','.join(request.addons) or '-'}"
+            + (f" name={request.name!r}" if request.name else ""),
         )
         self._spawn(container.vmid)
         return container

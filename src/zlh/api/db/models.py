@@ -9,7 +9,17 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -107,9 +117,12 @@ class Session(Base):
 
 class Container(Base):
     __tablename__ = "containers"
+    # Names are the owner's own: two users may both have an "api"; NULLs never clash.
+    __table_args__ = (UniqueConstraint("owner_id", "name", name="uq_containers_owner_name"),)
 
     vmid: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str | None] = mapped_column(String(40), default=None)
     runtime: Mapped[str] = mapped_column(String(32))
     version: Mapped[str] = mapped_column(String(64))
     addons: Mapped[list[str]]

@@ -32,6 +32,11 @@ export function when(seconds) {
   return new Date(seconds * 1000).toLocaleString();
 }
 
+// How a container is called wherever the portal names it: its owner's name, and its vmid.
+export function containerLabel(container) {
+  return container.name ? `${container.name} (#${container.vmid})` : `#${container.vmid}`;
+}
+
 export function yesNo(value) {
   return value ? "yes" : "no";
 }

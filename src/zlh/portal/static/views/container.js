@@ -1,5 +1,5 @@
 import { api } from "../api.js";
-import { bytes, confirmDialog, errorBox, h, yesNo } from "../dom.js";
+import { bytes, confirmDialog, containerLabel, errorBox, h, yesNo } from "../dom.js";
 import { consolePanel } from "./console.js";
 import { filesPanel } from "./files.js";
 import { stateBadge, stateWords } from "./state.js";
@@ -28,7 +28,7 @@ export async function containerView(main, { params, navigate }) {
   const badge = h("span", {}, stateBadge(container.state, container));
   const deleteButton = h("button", { type: "button", class: "danger" }, "Delete");
   deleteButton.addEventListener("click", async () => {
-    if (!(await confirmDialog(`Delete container #${vmid}? Its workspace is lost.`))) return;
+    if (!(await confirmDialog(`Delete container ${containerLabel(container)}? Its workspace is lost.`))) return;
     try {
       await api(`/api/dev/${vmid}`, { method: "DELETE" });
       navigate("/");
@@ -55,7 +55,7 @@ export async function containerView(main, { params, navigate }) {
     h(
       "div",
       { class: "row spread" },
-      h("h1", {}, `#${vmid} · ${container.runtime} ${container.version} `, badge),
+      h("h1", {}, `${containerLabel(container)} · ${container.runtime} ${container.version} `, badge),
       h("div", { class: "row" }, ideButton, deleteButton),
     ),
     h(

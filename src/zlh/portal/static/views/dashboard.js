@@ -1,5 +1,5 @@
 import { api } from "../api.js";
-import { h, yesNo } from "../dom.js";
+import { containerLabel, h, yesNo } from "../dom.js";
 import { stateBadge } from "./state.js";
 
 export async function dashboardView(main, { me }) {
@@ -24,7 +24,7 @@ export async function dashboardView(main, { me }) {
     return h(
       "tr",
       {},
-      h("td", {}, h("a", { href: `/c/${c.vmid}`, "data-link": true }, `#${c.vmid}`)),
+      h("td", {}, h("a", { href: `/c/${c.vmid}`, "data-link": true }, containerLabel(c))),
       me.isAdmin ? h("td", {}, c.owner) : null,
       h("td", { class: "nowrap" }, `${c.runtime} ${c.version}`),
       h("td", { class: "nowrap" }, stateBadge(c.state, c)),
@@ -36,7 +36,7 @@ export async function dashboardView(main, { me }) {
         "td",
         { class: "nowrap" },
         c.state === "ready" && s.codeServerRunning
-          ? h("a", { href: c.idePath, class: "button small", target: "_blank", rel: "noopener", "aria-label": `Open the IDE of #${c.vmid}` }, "Open IDE")
+          ? h("a", { href: c.idePath, class: "button small", target: "_blank", rel: "noopener", "aria-label": `Open the IDE of ${containerLabel(c)}` }, "Open IDE")
           : "",
       ),
     );

@@ -43,11 +43,22 @@ export async function newView(main, { navigate }) {
       h("label", { for: id }, name, h("span", { class: "muted" }, ` ${entry.default}`)),
     );
   });
+  const name = h("input", {
+    id: "name",
+    name: "name",
+    maxlength: "40",
+    autocomplete: "off",
+    pattern: "[A-Za-z0-9]([A-Za-z0-9 ._\\-]*[A-Za-z0-9])?",
+    title: "letters, digits, '.', '_', '-' and spaces inside",
+    placeholder: "e.g. shop api",
+  });
   const status = h("div", { "aria-live": "assertive" });
   const submit = h("button", { type: "submit" }, "Create");
   const form = h(
     "form",
     { class: "card" },
+    h("label", { for: "name" }, "Name (optional)"),
+    name,
     h("label", { for: "runtime" }, "Runtime"),
     runtime,
     h("label", { for: "version" }, "Version"),
@@ -63,7 +74,9 @@ export async function newView(main, { navigate }) {
     status.replaceChildren();
     const chosen = [...form.querySelectorAll("input[name=addons]:checked")].map((el) => el.value);
     try {
-      const created = await api("/api/dev", { method: "POST", json: { runtime: runtime.value, version: version.value, addons: chosen } });
+      const json = { runtime: runtime.value, version: version.value, addons: chosen };
+      if (name.value.trim()) json.name = name.value.trim();
+      const created = await api("/api/dev", { method: "POST", json });
       navigate(`/c/${created.vmid}`);
     } catch (err) {
       status.append(errorBox(err));
