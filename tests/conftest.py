@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,3 +70,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             current = item.get_closest_marker("timeout")
             if current is None or current.args[0] < CODE_SERVER_BUILD_TIMEOUT_S:
                 item.add_marker(pytest.mark.timeout(CODE_SERVER_BUILD_TIMEOUT_S), append=False)
+
+
+@pytest.fixture(autouse=True)
+def _umask_kept() -> Iterator[None]:
+    """Commands run in-process make the umask private (077), as they must for a real run;
+    the next test gets the umask it started with."""
+    before = os.umask(0o022)
+    os.umask(before)
+    yield
+    os.umask(before)

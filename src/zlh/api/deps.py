@@ -76,7 +76,16 @@ AdminUser = Annotated[User, Depends(admin_user)]
 
 
 def owned_container(
-    vmid: Annotated[int, Path(ge=MIN_VMID, le=MAX_VMID, description="the container's vmid")],
+    vmid: Annotated[
+        int,
+        Path(
+            ge=MIN_VMID,
+            le=MAX_VMID,
+            description="the container's vmid",
+            # The first container's: generated clients and schemathesis reach a real one.
+            examples=[MIN_VMID],
+        ),
+    ],
     user: CurrentUser,
     svc: Svc,
 ) -> Container:

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from pydantic import Field
 
+from zlh.api.accounts import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from zlh.schemas import AgentStatus, Progress
 from zlh.schemas._base import WireModel
 
@@ -31,8 +32,8 @@ class LoginRequest(WireModel):
 class PasswordChange(WireModel):
     """``POST /api/auth/password``: the caller's current password and the new one."""
 
-    current: str = Field(min_length=1, max_length=1024)
-    new: str = Field(max_length=1024)
+    current: str = Field(min_length=1, max_length=MAX_PASSWORD_LENGTH)
+    new: str = Field(min_length=MIN_PASSWORD_LENGTH, max_length=MAX_PASSWORD_LENGTH)
 
 
 class LoginResponse(WireModel):

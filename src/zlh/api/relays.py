@@ -31,7 +31,7 @@ from zlh.api.deps import CurrentUser, OwnedContainer, Svc, owned_container, sess
 from zlh.api.errors import AgentError, AgentUnreachable, ApiError, NotAuthenticated, NotFound
 from zlh.api.responses import deny_websocket, error_json
 from zlh.api.routefeed import Resync, RouteFeed, RouteRemoved, SessionRevoked
-from zlh.api.routes import ERRORS
+from zlh.api.routes import FILE_ERRORS
 from zlh.api.services import Services
 from zlh.errors import ZlhError
 from zlh.schemas import DirListing, ErrorBody, MkdirRequest, MoveRequest, PathResult
@@ -39,7 +39,7 @@ from zlh.schemas.payload import MAX_VMID, MIN_VMID
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/dev", tags=["files"], responses=ERRORS)
+router = APIRouter(prefix="/api/dev", tags=["files"], responses=FILE_ERRORS)
 
 AGENT_TIMEOUT_S = 30.0
 CHUNK_BYTES = 256 * 1024
@@ -52,6 +52,10 @@ _PASSED_BACK = (
 )
 
 PathQuery = Annotated[str, Query(max_length=4096, description="relative to workspace/")]
+# A file or directory in the workspace, never the workspace itself.
+EntryQuery = Annotated[
+    str, Query(min_length=1, max_length=4096, description="relative to workspace/, not empty")
+]
 
 
 def _session() -> aiohttp.ClientSession:
@@ -130,7 +134,7 @@ async def delete_file(
     container: OwnedContainer,
     user: CurrentUser,
     svc: Svc,
-    path: PathQuery,
+    path: EntryQuery,
     recursive: bool = False,
 ) -> Response:
     """Delete a file, link or empty directory; a non-empty one only with ``recursive=true``."""
@@ -148,7 +152,7 @@ async def upload_file(
     container: OwnedContainer,
     user: CurrentUser,
     svc: Svc,
-    path: PathQuery,
+    path: EntryQuery,
     overwrite: bool = True,
 ) -> Response:
     """Upload the request body to ``path`` (atomic: a cut upload leaves nothing)."""
@@ -182,7 +186,7 @@ async def upload_file(
     },
 )
 async def download_file(
-    request: Request, container: OwnedContainer, svc: Svc, path: PathQuery
+    request: Request, container: OwnedContainer, svc: Svc, path: EntryQuery
 ) -> Response:
     """Stream a file; a single ``Range: bytes=…`` gets 206."""
     url, auth = _agent(svc, container)

@@ -42,13 +42,13 @@ class DirListing(WireModel):
 
 
 class MkdirRequest(WireModel):
-    path: str
+    path: str = Field(min_length=1, max_length=4096)
     parents: bool = False
 
 
 class MoveRequest(WireModel):
-    source: str
-    destination: str
+    source: str = Field(min_length=1, max_length=4096)
+    destination: str = Field(min_length=1, max_length=4096)
     overwrite: bool = False
 
 
