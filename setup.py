@@ -53,7 +53,9 @@ class BuildWithPortalFiles(build_py):
         packages = {name: entry for name, entry in listed.items() if name != "_"}
         if not all((PORTAL / "node_modules" / e["package"]).is_dir() for e in packages.values()):
             if shutil.which("npm") is None:
-                raise SystemExit("building zlh needs npm for the portal's files (apt-get install npm)")
+                raise SystemExit(
+                    "building zlh needs npm for the portal's files (apt-get install npm)"
+                )
             subprocess.run(
                 ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=PORTAL, check=True
             )
