@@ -46,6 +46,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_port_pair() -> int:
+    """A free port whose next port is free too: `zlh up` serves IDEs on listen port + 1."""
+    while True:
+        port = free_port()
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+
+
 def wait_for_port(
     host: str, port: int, *, timeout_s: float = 30.0, proc: subprocess.Popen[bytes] | None = None
 ) -> None:

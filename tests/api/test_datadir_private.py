@@ -20,7 +20,7 @@ import httpx
 import pytest
 from api_kit import PASSWORD
 
-from support import ZLH, free_port, wait_for_port, zlh
+from support import ZLH, free_port_pair, wait_for_port, zlh
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -73,7 +73,7 @@ def test_after_zlh_up_no_file_of_the_data_dir_is_readable_by_another_user(
     data_dir = world_traversable / "zlh"
     old_install(data_dir)
     env = {**os.environ, **FAST_ENV, "ZLH_DATA_DIR": str(data_dir)}
-    port = free_port()
+    port = free_port_pair()
     with (data_dir / "zlh-up.log").open("ab") as log:
         proc = subprocess.Popen(
             [*ZLH, "up", "--backend", "process", "--listen", f"127.0.0.1:{port}"],

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from api_kit import PASSWORD, sse_events, wait_for
 
-from support import ZLH, free_port, wait_for_port, zlh
+from support import ZLH, free_port_pair, wait_for_port, zlh
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +90,7 @@ def test_node_request_reaches_ready_and_only_its_owner_and_admins_see_it(
     _users(tmp_path)
     # The test client stands in for a reverse proxy in front of the public port.
     (tmp_path / "api.toml").write_text('trusted_proxies = ["127.0.0.1"]\n')
-    port = free_port()
+    port = free_port_pair()
     with (
         zlh_up(tmp_path, node_store, port),
         httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
@@ -131,7 +131,7 @@ def test_sigkill_mid_provisioning_then_restart_reaches_ready_exactly_once(
     node_store: Path, tmp_path: Path
 ) -> None:
     _users(tmp_path)
-    port = free_port()
+    port = free_port_pair()
     base_url = f"http://127.0.0.1:{port}"
     with (
         zlh_up(tmp_path, node_store, port) as proc,
@@ -167,7 +167,7 @@ def test_a_stop_signal_shuts_down_in_order_and_exits_zero(
 ) -> None:
     store = tmp_path / "store"
     store.mkdir()
-    port = free_port()
+    port = free_port_pair()
     with zlh_up(tmp_path, store, port) as proc:
         socket_file = tmp_path / "run" / "api.sock"
         assert socket_file.exists()
@@ -184,7 +184,7 @@ def test_doctor_reports_a_running_platform_on_its_port_and_anything_else_there_a
 ) -> None:
     store = tmp_path / "store"
     store.mkdir()
-    port = free_port()
+    port = free_port_pair()
     doctor = ["doctor", "--backend", "process", "--store", str(store)]
     with zlh_up(tmp_path, store, port):
         ours = zlh(*doctor, "--listen", f"127.0.0.1:{port}", env=_env(tmp_path), check=False)

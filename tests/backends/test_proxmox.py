@@ -250,8 +250,9 @@ def test_the_allow_privileged_setting_reaches_the_proxmox_backend(
     }.items():
         monkeypatch.setenv(f"ZLH_PROXMOX_{name}", value)
     data_dir = Path("/nonexistent")
-    default = _backend(load_settings(None, data_dir=data_dir, backend="proxmox"))
+    artifacts = "http://127.0.0.1:9/artifacts"
+    default = _backend(load_settings(None, data_dir=data_dir, backend="proxmox"), artifacts)
     assert default.settings.allow_privileged is False
     monkeypatch.setenv("ZLH_ALLOW_PRIVILEGED", "true")
-    allowed = _backend(load_settings(None, data_dir=data_dir, backend="proxmox"))
+    allowed = _backend(load_settings(None, data_dir=data_dir, backend="proxmox"), artifacts)
     assert allowed.settings.allow_privileged is True

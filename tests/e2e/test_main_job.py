@@ -30,7 +30,7 @@ import httpx
 import pytest
 from e2e_kit import FAST_ENV, SHOTS, Session
 
-from support import CACHE_DIR, REPO, ZLH, free_port
+from support import CACHE_DIR, REPO, ZLH, free_port_pair
 from zlh.backends import create_backend
 from zlh.schemas import Catalog
 
@@ -137,7 +137,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def port(backend: str) -> int:
-    return free_port()
+    return free_port_pair()
 
 
 def _remove_data_dir(backend: str, path: Path) -> None:
