@@ -96,7 +96,7 @@ def cases(tmp: Path, port: int) -> dict[str, list[str]]:
             "--store",
             file,
             "--listen",
-            "127.0.0.1:8780",  # not reached: the store is refused before any port is checked
+            f"127.0.0.1:{port + 0}",
         ],
         "api: port in use": [
             "api",
