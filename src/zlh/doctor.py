@@ -357,10 +357,9 @@ def _running_platform(address: str, port: int) -> dict[str, object] | None:
     import httpx
 
     from zlh.api.routes.health import SERVICE
+    from zlh.listen import local_address
 
-    local = "127.0.0.1" if address in {"", "0.0.0.0"} else address.strip("[]")
-    local = "::1" if local == "::" else local
-    url = f"http://{f'[{local}]' if ':' in local else local}:{port}/api/health"
+    url = f"http://{local_address(address)}:{port}/api/health"
     try:
         body = httpx.get(url, timeout=3).json()
     except (httpx.HTTPError, ValueError):

@@ -10,7 +10,7 @@ import socket
 
 from zlh.errors import ZlhError
 
-__all__ = ["WILDCARDS", "parse_listen", "require_free"]
+__all__ = ["WILDCARDS", "local_address", "parse_listen", "require_free"]
 
 WILDCARDS = frozenset({"0.0.0.0", "::"})
 
@@ -22,6 +22,15 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{value!r} is not HOST:PORT with a port from 1 to 65535")
     return host, int(port)
+
+
+def local_address(host: str) -> str:
+    """How a client on this host names a listener on ``host`` in a URL: a wildcard (or no
+    host) is loopback, an IPv6 address goes in brackets."""
+    host = host.strip("[]")
+    if not host or host in WILDCARDS:
+        host = "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 def require_free(host: str, port: int, *, what: str = "") -> None:

@@ -24,7 +24,7 @@ from zlh.api.settings import ApiSettings, load_settings, url_port
 from zlh.cli import data_dir_from
 from zlh.datadir import PRIVATE_UMASK, prepare_data_dir
 from zlh.errors import UsageError, ZlhError
-from zlh.listen import WILDCARDS, parse_listen, require_free
+from zlh.listen import WILDCARDS, local_address, parse_listen, require_free
 from zlh.schemas import validation_problems
 
 __all__ = [
@@ -117,10 +117,7 @@ def container_artifact_url(settings: ApiSettings) -> str:
                 "yourself and set artifact_url_for_containers (docs/operations.md)"
             )
         host = bridge.address
-    elif host in WILDCARDS:
-        host = "127.0.0.1"
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{port}/artifacts"
+    return f"http://{local_address(host)}:{port}/artifacts"
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -129,6 +126,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     from zlh.artifacts.server import ArtifactServer
 
     settings = _server_settings(args, store_dir=args.store)
+    if settings.store_path.exists() and not settings.store_path.is_dir():
+        raise UsageError(
+            f"the artifact store {settings.store_path} is a file, not a directory: "
+            "pick another --store"
+        )
     require_listeners_free(settings)
     artifact_url = container_artifact_url(settings)
     # First: a backend that cannot run here leaves nothing behind.

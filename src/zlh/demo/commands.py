@@ -24,7 +24,7 @@ from zlh.demo.admin import Credentials, ensure_admin
 from zlh.demo.client import DemoClient
 from zlh.demo.platform import UP_LOG, Platform, running_platform
 from zlh.errors import UsageError, ZlhError
-from zlh.listen import WILDCARDS, parse_listen
+from zlh.listen import local_address, parse_listen
 
 __all__ = ["cmd_demo"]
 
@@ -72,8 +72,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     argv = ["up", "--backend", args.backend, "--data-dir", str(data_dir), "--listen", args.listen]
     if settings.allow_privileged:
         argv.append("--allow-privileged")
-    local = "127.0.0.1" if host in WILDCARDS else host
-    base_url = f"http://{f'[{local}]' if ':' in local else local}:{port}"
+    base_url = f"http://{local_address(host)}:{port}"
     say(f"== starting zlh up on {args.listen} (log: {data_dir / UP_LOG})")
     # Ctrl-C and SIGTERM (systemd, CI) stop the platform in order, even when this process was
     # started with SIGINT ignored (a background job of a non-interactive shell).

@@ -25,6 +25,7 @@ __all__ = [
     "fetch_wheel",
     "run",
     "sha256_file",
+    "unpack_debs",
 ]
 
 # The wheels we use are built for these; pip does not widen a --platform tag on its own.
@@ -192,6 +193,15 @@ def _cached_deb(directory: Path, prefix: str) -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+def unpack_debs(packages: Sequence[str], cache_dir: Path, root: Path) -> list[Path]:
+    """The candidate ``.deb`` of each package (:func:`fetch_debs`), unpacked into ``root`` as
+    dpkg would lay them out, without running any maintainer script."""
+    debs = fetch_debs(packages, cache_dir)
+    for deb in debs:
+        run(["dpkg-deb", "-x", deb, root], what=f"dpkg-deb -x {deb.name}")
+    return debs
 
 
 def deb_candidate(package: str) -> str:

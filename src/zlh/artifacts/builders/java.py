@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 
 from zlh.artifacts.builders.base import BuildContext, Builder, Recipe
-from zlh.artifacts.builders.fetch import BuildError, deb_candidate, fetch_debs, run
+from zlh.artifacts.builders.fetch import BuildError, deb_candidate, run, unpack_debs
 from zlh.errors import UsageError
 from zlh.schemas import ArtifactKind
 
@@ -31,6 +31,7 @@ KEY = "17"
 PACKAGES = ("openjdk-17-jre-headless", "openjdk-17-jdk-headless")
 HOME = "usr/lib/jvm/java-17-openjdk-amd64"  # the JDK's home inside the packages
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}  # what the JDK's tools run with at build
 _REQUIRES = (
     "Debian 12 userland: glibc>=2.36, libstdc++6, zlib1g; no AWT desktop libraries"
     " (fonts, cups, alsa): headless only"
@@ -88,10 +89,8 @@ class JavaBuilder(Builder):
         )
 
     def assemble(self, recipe: Recipe, tree: Path, ctx: BuildContext) -> dict[str, str]:
-        debs = fetch_debs(PACKAGES, ctx.cache_dir)
         root = ctx.work_dir / "root"
-        for deb in debs:
-            run(["dpkg-deb", "-x", deb, root], what=f"dpkg-deb -x {deb.name}")
+        debs = unpack_debs(PACKAGES, ctx.cache_dir, root)
         tree.rmdir()
         (root / HOME).rename(tree)
         _localize_links(tree, root)
@@ -131,9 +130,6 @@ class JavaBuilder(Builder):
             raise BuildError(f"java Hello.java printed {hello.strip()!r}")
         shutil.rmtree(scratch)
         return f"{first}, {javac.strip()}"
-
-
-_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
 
 
 def _localize_links(tree: Path, root: Path) -> None:

@@ -30,10 +30,10 @@ from zlh.artifacts.builders.base import BuildContext, Builder, Recipe
 from zlh.artifacts.builders.fetch import (
     BuildError,
     deb_candidate,
-    fetch_debs,
     fetch_wheel,
     run,
     sha256_file,
+    unpack_debs,
 )
 from zlh.errors import UsageError
 from zlh.schemas import ArtifactKind
@@ -81,10 +81,8 @@ class PythonBuilder(Builder):
         )
 
     def assemble(self, recipe: Recipe, tree: Path, ctx: BuildContext) -> dict[str, str]:
-        debs = fetch_debs(PACKAGES, ctx.cache_dir)
         root = ctx.work_dir / "root"
-        for deb in debs:
-            run(["dpkg-deb", "-x", deb, root], what=f"dpkg-deb -x {deb.name}")
+        debs = unpack_debs(PACKAGES, ctx.cache_dir, root)
         tree.rmdir()
         (root / "usr").rename(tree)
         for drop in _DROP:
