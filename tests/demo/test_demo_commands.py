@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from support import free_port, zlh
+from support import free_port_pair, zlh
 from zlh.api import accounts
 from zlh.api.commands import open_database
 from zlh.api.settings import ApiSettings, load_settings
@@ -33,7 +33,7 @@ def test_without_lxc_the_default_backend_names_the_packages_and_nothing_runs(
     command: str, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "data"
-    port = free_port()
+    port = free_port_pair()
     result = zlh(
         command,
         *("--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}"),
@@ -56,7 +56,7 @@ def test_without_root_the_lxc_backend_points_at_the_explicit_process_backend(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    code = main([command, "--data-dir", str(tmp_path), "--listen", f"127.0.0.1:{free_port()}"])
+    code = main([command, "--data-dir", str(tmp_path), "--listen", f"127.0.0.1:{free_port_pair()}"])
     err = capsys.readouterr().err
     assert code == 1
     assert "needs root" in err and "--backend process" in err
@@ -117,7 +117,7 @@ def test_admin_password_changed_by_hand_is_not_overwritten(settings: ApiSettings
 def test_demo_with_a_bad_setting_names_it_before_building_anything(tmp_path: Path) -> None:
     (tmp_path / "api.toml").write_text("poll_interval_s = -1\n")
     args = ("demo", "--backend", "process", "--data-dir", str(tmp_path))
-    result = zlh(*args, "--listen", f"127.0.0.1:{free_port()}", check=False, timeout=60)
+    result = zlh(*args, "--listen", f"127.0.0.1:{free_port_pair()}", check=False, timeout=60)
     assert result.returncode == 2
     assert "poll_interval_s" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["api.toml"]
