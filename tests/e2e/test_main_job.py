@@ -250,11 +250,19 @@ def test_the_ide_terminal_runs_the_runtimes_node(
     page.wait_for_function(
         "document.activeElement?.classList.contains('xterm-helper-textarea')", timeout=10_000
     )
-    page.keyboard.type(WHO + "\n")
     with signed_in(ready) as client:
         container = client.get(f"/api/dev/{ready.vmid}").json()
         catalog = Catalog.model_validate(client.get("/api/catalog").json())
-        who = _poll_file(client, ready.vmid, "who.txt")
+        # Keys typed before the terminal's shell has started are lost, and the renderer draws
+        # the prompt on a canvas: type again until the shell has written the file.
+        for attempt in range(3):
+            page.keyboard.type(WHO + "\n")
+            try:
+                who = _poll_file(client, ready.vmid, "who.txt", timeout_s=20.0)
+                break
+            except AssertionError:
+                if attempt == 2:
+                    raise
         out = _poll_file(client, ready.vmid, "out.txt")
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"main-job-ide-terminal-{backend}.png"))
