@@ -66,6 +66,16 @@ def _open_ide(session: Session, platform: Platform, vmid: int) -> Page:
     return tab
 
 
+def _sign_in_on_the_way_to_the_ide(tab: Page, platform: Platform, vmid: int) -> None:
+    """On the portal's sign-in page an IDE link led to: sign in as alice, land in the IDE."""
+    tab.wait_for_url(f"{platform.base_url}/login?next=%2Fc%2F{vmid}%2Fide")
+    tab.get_by_label("User name").fill(ALICE)
+    tab.get_by_label("Password").fill(PASSWORD)
+    tab.get_by_role("button", name="Sign in").click()
+    tab.locator(".monaco-workbench").wait_for(timeout=WORKBENCH_TIMEOUT_MS)
+    assert tab.url.startswith(platform.ide_url(vmid))
+
+
 def _close_ide(session: Session, tab: Page) -> None:
     session.console.detach(tab)
     tab.close()
@@ -94,18 +104,37 @@ def test_a_signed_out_browser_opening_the_ide_link_signs_in_lands_in_the_ide_and
     vmid = provisioned.vmid
     tab = session.context.new_page()  # code-server's console noise is not the portal's
     tab.goto(platform.ide_url(vmid))  # the IDE origin sends it to the portal, which to sign-in
-    tab.wait_for_url(f"{platform.base_url}/login?next=%2Fc%2F{vmid}%2Fide")
-    tab.get_by_label("User name").fill(ALICE)
-    tab.get_by_label("Password").fill(PASSWORD)
-    tab.get_by_role("button", name="Sign in").click()
-    tab.locator(".monaco-workbench").wait_for(timeout=WORKBENCH_TIMEOUT_MS)
-    assert tab.url.startswith(platform.ide_url(vmid))
+    _sign_in_on_the_way_to_the_ide(tab, platform, vmid)
     # Signing out of the portal ends the IDE cookie it led to: the IDE asks for sign-in again.
     tab.goto(f"{platform.base_url}/")
     tab.get_by_role("button", name="Sign out").click()
     tab.wait_for_url(f"{platform.base_url}/login")
     tab.goto(platform.ide_url(vmid))
     tab.wait_for_url(f"{platform.base_url}/login?next=%2Fc%2F{vmid}%2Fide")
+    tab.close()
+
+
+NOTICE_TIMEOUT_MS = 15_000  # a WebSocket closing asks at once; the poll is every 10 s
+
+
+def test_an_open_ide_tab_says_the_session_ended_after_sign_out_and_signs_in_again(
+    alice: Session, platform: Platform, provisioned: Provisioned
+) -> None:
+    vmid = provisioned.vmid
+    session = alice
+    tab = _open_ide(session, platform, vmid)
+    session.console.detach(tab)  # the workbench complains of the lost connection, rightly
+    notice = tab.locator("#zlh-session-ended")
+    assert notice.count() == 0
+    session.page.bring_to_front()
+    session.page.get_by_role("button", name="Sign out").click()
+    session.page.wait_for_url(f"{platform.base_url}/login")
+    expect(notice).to_be_visible(timeout=NOTICE_TIMEOUT_MS)
+    expect(notice.get_by_role("heading")).to_have_text("Your session has ended")
+    capture(tab, "ide-session-ended")
+    notice.get_by_role("link", name="Sign in again").click()
+    _sign_in_on_the_way_to_the_ide(tab, platform, vmid)
+    assert tab.locator("#zlh-session-ended").count() == 0
     tab.close()
 
 
@@ -235,6 +264,7 @@ def test_a_password_change_ends_the_other_sessions_open_ide_websocket_within_5_s
                     ws.wait_for_event("close", timeout=CLOSE_WITHIN_MS)
             api = httpx.get(f"{platform.base_url}/api/dev", cookies=old_cookies)
             assert api.status_code == 401
+            expect(tab.locator("#zlh-session-ended")).to_be_visible(timeout=NOTICE_TIMEOUT_MS)
         finally:
             change_password(alice, platform, NEW_PASSWORD, PASSWORD)
     finally:

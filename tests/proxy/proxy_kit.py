@@ -9,6 +9,7 @@ the test thread.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import itertools
 import json
 import os
@@ -20,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import httpx
 import jwt
 import uvloop
 from aiohttp import WSMsgType, web
@@ -121,9 +123,28 @@ class UpstreamLog:
         return seen
 
 
+PAGE = b"<!DOCTYPE html><html><head></head><body>IDE</body></html>"
+
+
 def upstream_app(log: UpstreamLog) -> web.Application:
     async def echo(request: web.Request) -> web.StreamResponse:
+        """What it saw as JSON; ``?html=length|chunked|gzip`` answers :data:`PAGE` instead, so
+        framed (gzip: compressed, with a Content-Length)."""
         seen = log.record(request)
+        framing = request.query.get("html")
+        if framing:
+            response = web.StreamResponse(headers={"Content-Type": "text/html; charset=utf-8"})
+            body = gzip.compress(PAGE) if framing == "gzip" else PAGE
+            if framing == "chunked":
+                response.enable_chunked_encoding()
+            else:
+                response.content_length = len(body)
+            if framing == "gzip":
+                response.headers["Content-Encoding"] = "gzip"
+            await response.prepare(request)
+            await response.write(body)
+            await response.write_eof()
+            return response
         seen["body_len"] = len(await request.read())
         return web.json_response(seen, headers={"Set-Cookie": "up=1; Path=/"})
 
@@ -302,6 +323,10 @@ class Harness:
         self._thread.join(5)
         self.loop.close()
         self._tmp.cleanup()
+
+
+def ide_client(port: int) -> httpx.Client:
+    return httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5)
 
 
 def headers_of(seen: dict[str, Any]) -> dict[str, str]:

@@ -9,16 +9,12 @@ import time
 
 import httpx
 import pytest
-from proxy_kit import KEY, Harness, ide_cookie, ide_session, ticket, token
+from proxy_kit import KEY, Harness, ide_client, ide_cookie, ide_session, ticket, token
 
 from zlh.api.auth import decode_token
 from zlh.api.errors import NotAuthenticated
 from zlh.proxy import JwtAuthenticator
 from zlh.proxy.tickets import TICKET_TTL_S, TicketDesk
-
-
-def ide_client(port: int) -> httpx.Client:
-    return httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5)
 
 
 def exchange(client: httpx.Client, value: str, **headers: str) -> httpx.Response:

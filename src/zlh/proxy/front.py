@@ -21,7 +21,8 @@ On the IDE origin, per request (each step fails closed):
    over TLS.
 2. Path forms: ``/dev/{vmid}/ide`` without the slash: 308 to ``/dev/{vmid}/ide/`` (query kept);
    anything else that is not ``/dev/{vmid}/ide/...``: 404. Wildcard form: every path is the IDE
-   of the vmid in the host name.
+   of the vmid in the host name. Both forms: the session notice's script and state
+   (zlh.proxy.sessionnotice) are the front's own answers.
 3. WebSocket upgrades: ``Origin`` must be the request's own origin; else 403. No Origin at all
    means not a browser: allowed, since only a browser attaches cookies on a page's behalf.
 4. The IDE cookie for this very container (one for another is the 404 of step 5), else
@@ -35,7 +36,8 @@ On the IDE origin, per request (each step fails closed):
 7. Relay with the path form's ``/dev/{vmid}/ide`` stripped, the platform's cookies and
    ``Authorization`` removed, ``Host`` kept and ``X-Forwarded-*`` set; 502/504 when the container
    does not answer. Its responses lose any ``Set-Cookie`` that would shadow a platform cookie and
-   get ``frame-ancestors 'self' <portal>``, ``nosniff`` and a ``Referrer-Policy``.
+   get ``frame-ancestors 'self' <portal>``, ``nosniff`` and a ``Referrer-Policy``; the IDE's
+   first page gets the session notice's script tag.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from collections.abc import Callable
 from typing import Any, Final, cast
 from urllib.parse import parse_qs
 
-from zlh.proxy import responses
+from zlh.proxy import responses, sessionnotice
 from zlh.proxy.auth import Authenticator, Principal, SessionCookieSplitter, bearer_token
 from zlh.proxy.headers import PORTAL_RULES, RequestHead, ResponseRules, upstream_request_head
 from zlh.proxy.ideorigin import IdeOrigin
@@ -224,14 +226,20 @@ class Front:
         path, sep, query = target.partition(b"?")
         if path == _AUTH_PATH:
             return self._exchange_ticket(conn, req, query, 0)
+        if path == sessionnotice.SCRIPT_PATH:
+            return self._notice_script(conn, req)
         parts = path.split(b"/", 4)  # b"", b"dev", vmid, b"ide", rest
-        if len(parts) < 4 or parts[1] != b"dev" or parts[3] != b"ide" or not _is_vmid(parts[2]):
+        if len(parts) < 4 or parts[1] != b"dev" or not _is_vmid(parts[2]):
+            return self._local(conn, req, 404, "not found")
+        if path == b"/dev/" + parts[2] + sessionnotice.STATE_PATH:
+            return self._session_state(conn, req, int(parts[2]))
+        if parts[3] != b"ide":
             return self._local(conn, req, 404, "not found")
         if len(parts) == 4:
             location = path + b"/" + (b"?" + query if sep else b"")
             return LocalResponse(conn, responses.redirect(308, location), keep_alive=True)
         rest = b"/" + parts[4] + sep + query
-        return self._to_ide(conn, req, int(parts[2]), rest, not parts[4])
+        return self._to_ide(conn, req, int(parts[2]), rest, not parts[4], False)
 
     def _ide_wildcard(self, conn: ClientConnection, req: RequestHead, label: bytes) -> Handler:
         """``<vmid>.<ide host>``: every path is that container's IDE."""
@@ -242,10 +250,20 @@ class Front:
         path, _, query = target.partition(b"?")
         if path == _AUTH_PATH:
             return self._exchange_ticket(conn, req, query, vmid)
-        return self._to_ide(conn, req, vmid, target, path == b"/")
+        if path == sessionnotice.SCRIPT_PATH:
+            return self._notice_script(conn, req)
+        if path == sessionnotice.STATE_PATH:
+            return self._session_state(conn, req, vmid)
+        return self._to_ide(conn, req, vmid, target, path == b"/", True)
 
     def _to_ide(
-        self, conn: ClientConnection, req: RequestHead, vmid: int, rest: bytes, page: bool
+        self,
+        conn: ClientConnection,
+        req: RequestHead,
+        vmid: int,
+        rest: bytes,
+        page: bool,
+        wildcard: bool,
     ) -> Handler:
         if req.websocket and not _same_origin(req):
             return self._local(conn, req, 403, "WebSocket from a foreign origin refused")
@@ -284,6 +302,10 @@ class Front:
             authorization=False,
         )
         on_upgrade = None
+        tail = b""
+        if page and req.method == b"GET" and req.wants_html and not req.upgrading:
+            head = sessionnotice.without_accept_encoding(head)
+            tail = self._notice_tag(req, vmid, wildcard)
         if req.websocket:
 
             def on_upgrade(client: ClientConnection, up: UpstreamConnection, rest: bytes) -> None:
@@ -299,6 +321,7 @@ class Front:
             vmid=vmid,
             on_upgrade=on_upgrade,
             rules=self._ide_rules,
+            tail=tail,
         )
         exchange.start()
         return exchange
@@ -353,6 +376,41 @@ class Front:
             responses.redirect(303, location, keep_alive=keep_alive, extra=cookie),
             keep_alive=keep_alive,
         )
+
+    def _notice_script(self, conn: ClientConnection, req: RequestHead) -> Handler:
+        if req.method not in (b"GET", b"HEAD") or req.upgrading:
+            return self._local(conn, req, 404, "not found")
+        data = sessionnotice.script_response(
+            keep_alive=req.keep_alive, head_only=req.method == b"HEAD"
+        )
+        return LocalResponse(conn, data, keep_alive=req.keep_alive)
+
+    def _notice_tag(self, req: RequestHead, vmid: int, wildcard: bool) -> bytes:
+        """The session notice's script tag for the IDE page of ``vmid``."""
+        sign_in = "/" if wildcard else f"/dev/{vmid}/ide/"
+        portal = self._portal_origin(req)
+        return sessionnotice.script_tag(
+            sessionnotice.state_path(vmid, wildcard),
+            sign_in,
+            sign_in if portal is None else portal.decode("latin-1") + "/",
+        )
+
+    def _session_state(self, conn: ClientConnection, req: RequestHead, vmid: int) -> Handler:
+        """Whether the IDE cookie still opens ``vmid``: 204, else 401 or 404 as the IDE's own
+        requests would get (zlh.proxy.sessionnotice)."""
+        if req.method not in (b"GET", b"HEAD") or req.upgrading:
+            return self._local(conn, req, 404, "not found")
+        token, _ = self._ide_cookies.split(req.cookies)
+        tickets = self._tickets
+        principal = (
+            self._checked(tickets.authenticator, token) if token and tickets is not None else None
+        )
+        if principal is None:
+            return self._local(conn, req, 401, "session ended", "sign in to the portal again")
+        route = self.routes.get(vmid)
+        if route is None or not self._may_open(principal, vmid, route):
+            return self._local(conn, req, 404, f"no container {vmid}")
+        return LocalResponse(conn, responses.empty(req.keep_alive), keep_alive=req.keep_alive)
 
     def _to_api(self, conn: ClientConnection, req: RequestHead) -> Handler:
         if req.websocket and not self._origin_ok(req):

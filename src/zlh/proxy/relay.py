@@ -32,6 +32,7 @@ from zlh.proxy.headers import (
 from zlh.proxy.headers import client_response_head as _client_head
 from zlh.proxy.listener import ClientConnection
 from zlh.proxy.pool import Pool, UpstreamAddress, UpstreamConnection
+from zlh.proxy.sessionnotice import is_plain_html
 from zlh.proxy.settings import ProxySettings
 
 __all__ = ["Exchange", "LocalResponse", "OnUpgrade"]
@@ -106,6 +107,7 @@ class Exchange:
         "_retried",
         "_rules",
         "_settings",
+        "_tail",
         "_task",
         "_upgrading",
         "_vmid",
@@ -126,9 +128,11 @@ class Exchange:
         vmid: int,
         on_upgrade: OnUpgrade | None,
         rules: ResponseRules,
+        tail: bytes = b"",
     ) -> None:
         """``vmid`` is the container relayed to, 0 for the API (portal pages); ``rules`` what
-        the response head gets and loses on its way to the client."""
+        the response head gets and loses on its way to the client; ``tail`` what is appended
+        to the body of a 200 HTML page sent uncompressed (zlh.proxy.sessionnotice)."""
         self._client = client
         self._request = request
         self._head = head
@@ -137,6 +141,7 @@ class Exchange:
         self._settings = settings
         self._vmid = vmid
         self._rules = rules
+        self._tail = tail
         self._on_upgrade = on_upgrade
         self._loop = client.loop
         self._chunked_body = request.te_chunked
@@ -277,10 +282,15 @@ class Exchange:
                 self._broken("switched protocols without being asked")
                 return
             self._upgrading = True
-        self._framing = head.framing(request.method)
+        self._framing = framing = head.framing(request.method)
+        if self._tail:
+            if framing != Framing.NONE and is_plain_html(head):
+                framing = Framing.CHUNKED  # the client's Content-Length would be the upstream's
+            else:
+                self._tail = b""
         data, self._client_framing = _client_head(
             head,
-            self._framing,
+            framing,
             keep_alive=self._keep_alive,
             http11=request.version == "1.1",
             rules=self._rules,
@@ -316,8 +326,7 @@ class Exchange:
             return
         if self._upgrading:
             return  # the parser raises HttpParserUpgrade next: on_upgraded
-        if self._client_framing == Framing.CHUNKED:
-            self._out.append(LAST_CHUNK)
+        self._end_body()
         self.flush()
         conn, self.upstream = self.upstream, None
         if conn is not None:
@@ -356,8 +365,7 @@ class Exchange:
                 return
             self._fail(502, f"{self._describe()} closed the connection without answering", "")
         elif self._framing == Framing.CLOSE and exc is None:
-            if self._client_framing == Framing.CHUNKED:
-                self._out.append(LAST_CHUNK)
+            self._end_body()
             self.flush()
             self._finish(self._keep_alive)
         else:
@@ -370,6 +378,12 @@ class Exchange:
         self._broken(problem)
 
     # ---------------------------------------------------------------- endings
+    def _end_body(self) -> None:
+        if self._tail:
+            self.on_response_body(self._tail)
+        if self._client_framing == Framing.CHUNKED:
+            self._out.append(LAST_CHUNK)
+
     def _describe(self) -> str:
         return f"code-server in container {self._vmid}" if self._vmid else "the API"
 

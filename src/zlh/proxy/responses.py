@@ -11,7 +11,7 @@ from http import HTTPStatus
 
 from zlh.schemas.errors import ErrorBody
 
-__all__ = ["error", "redirect"]
+__all__ = ["empty", "error", "redirect"]
 
 # The portal's look (its colours, top bar and fonts, inline: on the IDE origin the portal's
 # stylesheet is another origin's), no favicon request, and a way back to the portal.
@@ -97,3 +97,8 @@ def redirect(status: int, location: bytes, *, keep_alive: bool = True, extra: by
     """A redirect to ``location``; ``extra`` is additional raw header lines (Set-Cookie)."""
     head = _head(status, keep_alive, b"Location: " + location + b"\r\n" + extra)
     return head + b"Content-Length: 0\r\n\r\n"
+
+
+def empty(keep_alive: bool = True) -> bytes:
+    """204: nothing to say but yes."""
+    return _head(204, keep_alive, b"") + b"\r\n"
