@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 from e2e_kit import Platform, Provisioned, Session, capture, watch_provisioning
+from playwright.sync_api import expect
 
 from zlh.schemas import Catalog
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def test_new_page_fills_pickers_from_the_catalog_with_the_default_preselected(
+def test_new_page_shows_the_catalog_as_cards_with_the_default_version_chosen(
     alice: Session, platform: Platform, e2e_store: Path
 ) -> None:
     catalog = Catalog.model_validate_json((e2e_store / "catalog.json").read_text())
@@ -22,16 +23,31 @@ def test_new_page_fills_pickers_from_the_catalog_with_the_default_preselected(
     page = alice.page
     page.get_by_role("link", name="New dev container").click()
 
-    runtime, version = page.get_by_label("Runtime"), page.get_by_label("Version")
-    version.wait_for()
-    assert runtime.locator("option").all_inner_texts() == [str(n) for n in catalog.runtimes]
-    offered = version.locator("option").evaluate_all("(os) => os.map((o) => o.value)")
+    runtimes = page.locator("#runtime").get_by_role("radio")
+    versions = page.locator("#version").get_by_role("radio")
+    versions.first.wait_for()
+    names = runtimes.evaluate_all("(rs) => rs.map((r) => r.value)")
+    assert names == list(catalog.runtimes)
+    assert page.get_by_role("radio", name="Node.js").is_checked()
+    offered = versions.evaluate_all("(rs) => rs.map((r) => r.value)")
     assert sorted(offered) == sorted(v.version for v in node.versions)
-    assert version.input_value() == node.default
-    assert version.locator("option:checked").inner_text() == f"{node.default} (default)"
-    details = page.locator("#version-details").inner_text()
-    assert f"Upstream {default.artifact.metadata.upstream_version}" in details
-    assert f"{default.artifact.size / 2**20:.1f} MB download" in details
+    chosen = page.get_by_role("radio", name=node.default, exact=True)
+    assert chosen.is_checked()
+    # The card says what the version is: its summary, upstream version, download size, source.
+    card = page.locator(f"label.choice[for='version-{node.default}']")
+    assert card.locator(".badge").inner_text() == "default"
+    about = chosen.get_attribute("aria-describedby")
+    text = page.locator(f"#{about}").inner_text()
+    meta = default.artifact.metadata
+    assert meta.labels.get("summary", f"Node.js {meta.upstream_version}") in text
+    assert f"Upstream {meta.upstream_version}" in text
+    assert f"{default.artifact.size / 2**20:.1f} MB download" in text
+    assert str(meta.source) in text
+    # Clicking anywhere on another card chooses it.
+    other = next(v.version for v in node.versions if v.version != node.default)
+    page.locator(f"label.choice[for='version-{other}'] .choice-about").click()
+    assert page.get_by_role("radio", name=other, exact=True).is_checked()
+    assert not chosen.is_checked()
     assert page.get_by_label("code-server").is_checked()
     capture(page, "new-container")
 
@@ -90,7 +106,7 @@ def test_corrupt_artifact_shows_the_failed_step_and_reason(
 ) -> None:
     page = alice.page
     page.goto(f"{platform.base_url}/new")
-    page.get_by_label("Version").select_option(version)
+    page.get_by_role("radio", name=version, exact=True).check()
     page.get_by_label("code-server").uncheck()
     page.get_by_role("button", name="Create").click()
     page.wait_for_url(re.compile(r"/c/\d+$"))
@@ -145,3 +161,17 @@ def test_a_named_container_is_called_by_its_name_everywhere_and_names_do_not_rep
     assert f"Delete container {label}?" in dialog.inner_text()
     dialog.get_by_role("button", name="Delete").click()
     page.get_by_role("heading", name="Your dev containers").wait_for()
+
+
+def test_container_page_names_the_runtime_in_the_catalogs_words(
+    alice: Session, platform: Platform, provisioned: Provisioned, e2e_store: Path
+) -> None:
+    catalog = Catalog.model_validate_json((e2e_store / "catalog.json").read_text())
+    node = catalog.runtimes["node"]
+    version = next(v for v in node.versions if v.version == "22")
+    meta = version.artifact.metadata
+    page = alice.page
+    page.goto(f"{platform.base_url}/c/{provisioned.vmid}")
+    runtime = page.locator("dl.fields dt", has_text=re.compile("^Runtime$")).locator("+ dd")
+    expected = meta.labels.get("summary", f"Node.js {meta.upstream_version}")
+    expect(runtime).to_have_text(expected)

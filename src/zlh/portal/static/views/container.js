@@ -1,4 +1,5 @@
 import { api } from "../api.js";
+import { versionSummary } from "../catalog.js";
 import { bytes, confirmDialog, containerLabel, errorBox, h, yesNo } from "../dom.js";
 import { consolePanel } from "./console.js";
 import { filesPanel } from "./files.js";
@@ -20,7 +21,7 @@ const FINAL = new Set(["ready", "failed", "deleted"]);
 export async function containerView(main, { params, navigate }) {
   const vmid = Number(params[0]);
   const tab = params[1] || "overview";
-  const container = await api(`/api/dev/${vmid}`);
+  const [container, catalog] = await Promise.all([api(`/api/dev/${vmid}`), api("/api/catalog").catch(() => null)]);
   const tabs = ["overview", "files", "console"];
   if (container.addons.includes("tailscale")) tabs.push("tailnet");
 
@@ -69,12 +70,21 @@ export async function containerView(main, { params, navigate }) {
   if (tab === "files") return filesPanel(panel, vmid);
   if (tab === "console") return consolePanel(panel, vmid);
   if (tab === "tailnet") return tailnetPanel(panel, vmid);
-  return overview(panel, container, { badge, setIde });
+  return overview(panel, container, { badge, setIde, toolchain: toolchain(container, catalog) });
 }
 
-function statusFields(status) {
+// What the container's runtime version is, in the catalog's words (a dotnet container says
+// whether it has Mono or the .NET SDK); the bare name once the catalog no longer lists it.
+function toolchain(container, catalog) {
+  const entry = catalog && catalog.runtimes && catalog.runtimes[container.runtime];
+  const version = entry && entry.versions.find((v) => v.version === container.version);
+  return version ? versionSummary(container.runtime, version) : `${container.runtime} ${container.version}`;
+}
+
+function statusFields(status, toolchainLine) {
   const s = status || {};
   const rows = [
+    ["Runtime", toolchainLine],
     ["Workspace", s.workspaceRoot || "—"],
     ["Runtime install path", s.runtimeInstallPath || "—"],
     ["Runtime installed", yesNo(s.runtimeInstalled)],
@@ -94,7 +104,7 @@ function duration(ms) {
   return `${Math.floor(secs / 60)}m ${secs % 60}s`;
 }
 
-function overview(panel, container, { badge, setIde }) {
+function overview(panel, container, { badge, setIde, toolchain: toolchainLine }) {
   const started = Date.parse(container.createdAt);
   const order = plannedSteps(container);
   const items = new Map(order.map((step) => [step, h("li", { "data-step": step, "data-state": "pending" }, STEP_WORDS[step])]));
@@ -103,7 +113,7 @@ function overview(panel, container, { badge, setIde }) {
   const detail = h("p", { class: "muted", id: "progress-detail" });
   const elapsed = h("p", { class: "muted", id: "elapsed" });
   const failure = h("div", { id: "failure" });
-  const fields = h("div", {}, statusFields(container.status));
+  const fields = h("div", {}, statusFields(container.status, toolchainLine));
   panel.append(h("h2", {}, "Provisioning"), steps, bar, detail, elapsed, failure, h("h2", {}, "Status"), fields);
 
   // Steps before `step` are done, `step` itself takes `state`, later ones stay pending.
@@ -156,7 +166,7 @@ function overview(panel, container, { badge, setIde }) {
   async function refresh() {
     const latest = await api(`/api/dev/${container.vmid}`);
     badge.replaceChildren(stateBadge(latest.state));
-    fields.replaceChildren(statusFields(latest.status));
+    fields.replaceChildren(statusFields(latest.status, toolchainLine));
     setIde(Boolean(latest.status && latest.status.codeServerRunning));
     if (latest.state === "ready") showReady();
     if (latest.state === "failed") {

@@ -1,5 +1,21 @@
 import { api } from "../api.js";
+import { runtimeTitle, versionSummary } from "../catalog.js";
 import { bytes, errorBox, h } from "../dom.js";
+
+// A card that is one radio button or checkbox: the whole card is its label, the title its
+// accessible name and the rest its description.
+function choiceCard({ type, name, value, id, checked, title, badge, lines }) {
+  const titleId = `${id}-title`;
+  const aboutId = `${id}-about`;
+  const input = h("input", { type, name, value, id, checked, "aria-labelledby": titleId, "aria-describedby": aboutId });
+  return h(
+    "label",
+    { class: "choice", for: id },
+    input,
+    h("span", { class: "choice-head" }, h("span", { class: "choice-title", id: titleId }, title), badge ? h("span", { class: "badge" }, badge) : null),
+    h("span", { class: "choice-about", id: aboutId }, lines.filter(Boolean).map((line) => h("span", {}, line))),
+  );
+}
 
 export async function newView(main, { navigate }) {
   const catalog = await api("/api/catalog");
@@ -10,38 +26,55 @@ export async function newView(main, { navigate }) {
     main.append(h("p", { class: "error" }, "The runtime catalog is empty: ask an operator to add runtimes."));
     return;
   }
-  const runtime = h("select", { id: "runtime", name: "runtime" }, runtimes.map(([name]) => h("option", { value: name }, name)));
-  const version = h("select", { id: "version", name: "version" });
-  const details = h("p", { class: "muted", id: "version-details", "aria-live": "polite" });
+  const runtimeCards = runtimes.map(([name, entry], i) =>
+    choiceCard({
+      type: "radio",
+      name: "runtime",
+      value: name,
+      id: `runtime-${name}`,
+      checked: i === 0,
+      title: runtimeTitle(name),
+      lines: [`${name} · ${entry.versions.length === 1 ? "1 version" : `${entry.versions.length} versions`} · default ${entry.default}`],
+    }),
+  );
+  const versionCards = h("div", { class: "choices", id: "versions" });
+  const chosenRuntime = () => main.querySelector("input[name=runtime]:checked").value;
 
   function fillVersions() {
-    const entry = catalog.runtimes[runtime.value];
-    version.replaceChildren(
-      ...entry.versions.map((v) =>
-        h("option", { value: v.version, selected: v.version === entry.default }, v.version === entry.default ? `${v.version} (default)` : v.version),
-      ),
+    const runtime = chosenRuntime();
+    const entry = catalog.runtimes[runtime];
+    versionCards.replaceChildren(
+      ...entry.versions.map((v) => {
+        const meta = v.artifact.metadata || {};
+        return choiceCard({
+          type: "radio",
+          name: "version",
+          value: v.version,
+          id: `version-${v.version}`,
+          checked: v.version === entry.default,
+          title: v.version,
+          badge: v.version === entry.default ? "default" : null,
+          lines: [
+            versionSummary(runtime, v),
+            `Upstream ${meta.upstreamVersion || "unknown"} · ${bytes(v.artifact.size)} download`,
+            meta.source || "source not recorded",
+          ],
+        });
+      }),
     );
-    showDetails();
   }
-  function showDetails() {
-    const entry = catalog.runtimes[runtime.value];
-    const chosen = entry.versions.find((v) => v.version === version.value);
-    const meta = (chosen && chosen.artifact.metadata) || {};
-    details.textContent = chosen
-      ? `Upstream ${meta.upstreamVersion || "unknown"} · ${bytes(chosen.artifact.size)} download · ${meta.source || "source not recorded"}`
-      : "";
-  }
-  runtime.addEventListener("change", fillVersions);
-  version.addEventListener("change", showDetails);
 
-  const addonBoxes = addons.map(([name, entry]) => {
-    const id = `addon-${name}`;
-    return h(
-      "div",
-      { class: "check" },
-      h("input", { type: "checkbox", id, name: "addons", value: name, checked: name === "code-server" }),
-      h("label", { for: id }, name, h("span", { class: "muted" }, ` ${entry.default}`)),
-    );
+  const addonCards = addons.map(([name, entry]) => {
+    const chosen = entry.versions.find((v) => v.version === entry.default);
+    return choiceCard({
+      type: "checkbox",
+      name: "addons",
+      value: name,
+      id: `addon-${name}`,
+      checked: name === "code-server",
+      title: name,
+      lines: [chosen ? versionSummary(name, chosen) : entry.default, chosen ? `${bytes(chosen.artifact.size)} download` : null],
+    });
   });
   const name = h("input", {
     id: "name",
@@ -56,25 +89,26 @@ export async function newView(main, { navigate }) {
   const submit = h("button", { type: "submit" }, "Create");
   const form = h(
     "form",
-    { class: "card" },
+    { class: "card new-container" },
     h("label", { for: "name" }, "Name (optional)"),
     name,
-    h("label", { for: "runtime" }, "Runtime"),
-    runtime,
-    h("label", { for: "version" }, "Version"),
-    version,
-    details,
-    h("fieldset", {}, h("legend", {}, "Add-ons"), addonBoxes.length ? addonBoxes : h("p", { class: "muted" }, "No add-ons in the catalog.")),
+    h("fieldset", { id: "runtime" }, h("legend", {}, "Runtime"), h("div", { class: "choices" }, runtimeCards)),
+    h("fieldset", { id: "version" }, h("legend", {}, "Version"), versionCards),
+    h("fieldset", {}, h("legend", {}, "Add-ons"), addonCards.length ? h("div", { class: "choices" }, addonCards) : h("p", { class: "muted" }, "No add-ons in the catalog.")),
     status,
     submit,
   );
+  form.addEventListener("change", (event) => {
+    if (event.target.name === "runtime") fillVersions();
+  });
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     submit.disabled = true;
     status.replaceChildren();
     const chosen = [...form.querySelectorAll("input[name=addons]:checked")].map((el) => el.value);
+    const version = form.querySelector("input[name=version]:checked");
     try {
-      const json = { runtime: runtime.value, version: version.value, addons: chosen };
+      const json = { runtime: chosenRuntime(), version: version ? version.value : undefined, addons: chosen };
       if (name.value.trim()) json.name = name.value.trim();
       const created = await api("/api/dev", { method: "POST", json });
       navigate(`/c/${created.vmid}`);
@@ -83,6 +117,6 @@ export async function newView(main, { navigate }) {
       submit.disabled = false;
     }
   });
-  fillVersions();
   main.append(form);
+  fillVersions();
 }
