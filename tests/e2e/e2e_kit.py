@@ -6,17 +6,19 @@ Chromium is Debian's (``/usr/bin/chromium``) driven by Playwright's sync API thr
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import re
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Error, Page
@@ -24,6 +26,7 @@ from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Error, 
 from support import REPO, ZLH, wait_for_port, zlh
 from zlh.schemas import ArtifactKind, Catalog
 
+T = TypeVar("T")
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -73,6 +76,40 @@ class Platform:
     def workspace(self, vmid: int) -> Path:
         """Where the process backend keeps a container's workspace on this host."""
         return self.data_dir / "process" / str(vmid) / "root" / "home" / "dev" / "workspace"
+
+
+def off_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on its own loop in a worker thread: Playwright's sync API keeps a loop
+    running in this one while the browser lives, and asyncio.run refuses to nest."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def api_login(client: httpx.Client, user: str) -> dict[str, str]:
+    """Sign ``user`` in over the API; the headers that carry the session (no cookie kept)."""
+    response = client.post("/api/auth/login", json={"username": user, "password": PASSWORD})
+    response.raise_for_status()
+    client.cookies.clear()
+    return {"Authorization": f"Bearer {response.json()['token']}"}
+
+
+def wait_for_container(
+    client: httpx.Client,
+    auth: dict[str, str],
+    vmid: int,
+    done: Callable[[dict[str, Any]], Any],
+    *,
+    timeout_s: float = 300.0,
+) -> dict[str, Any]:
+    """Poll ``GET /api/dev/{vmid}`` until ``done(container)``; a failed container fails."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found: dict[str, Any] = client.get(f"/api/dev/{vmid}", headers=auth).json()
+        if done(found):
+            return found
+        assert found["state"] != "failed", found
+        assert time.monotonic() < deadline, f"container {vmid}: {found}"
+        time.sleep(0.5)
 
 
 def platform_env(data_dir: Path) -> dict[str, str]:

@@ -23,12 +23,13 @@ import pytest
 from e2e_kit import (
     ADMIN,
     ALICE,
-    PASSWORD,
     Platform,
     Provisioned,
     Session,
+    api_login,
     running_platform,
     sign_in,
+    wait_for_container,
 )
 from playwright.sync_api import expect
 from websockets.sync.client import ClientConnection, connect
@@ -37,7 +38,6 @@ from support import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-READY_TIMEOUT_S = 300.0
 # The customer's page: each attempt's outcome, "blocked" when the browser refused it.
 ATTACK_PAGE = """<!doctype html><meta charset=utf-8><title>attack</title><script>
 const PORTAL = "%(portal)s", VMID = %(vmid)d;
@@ -68,27 +68,21 @@ window.attack = (async () => ({
 </script>"""
 
 
-def _login(client: httpx.Client, user: str) -> dict[str, str]:
-    response = client.post("/api/auth/login", json={"username": user, "password": PASSWORD})
-    response.raise_for_status()
-    client.cookies.clear()
-    return {"Authorization": f"Bearer {response.json()['token']}"}
-
-
 def _ready_container(platform: Platform) -> int:
     """A node container with code-server of alice's, once code-server runs."""
     with httpx.Client(base_url=platform.base_url, timeout=30) as client:
-        alice = _login(client, ALICE)
+        alice = api_login(client, ALICE)
         body = {"runtime": "node", "addons": ["code-server"]}
         vmid: int = client.post("/api/dev", json=body, headers=alice).json()["vmid"]
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            found = client.get(f"/api/dev/{vmid}", headers=alice).json()
-            if found["state"] == "ready" and (found["status"] or {}).get("codeServerRunning"):
-                return vmid
-            assert found["state"] != "failed", found
-            assert time.monotonic() < deadline, f"container {vmid} not ready: {found}"
-            time.sleep(0.5)
+        wait_for_container(
+            client,
+            alice,
+            vmid,
+            lambda found: (
+                found["state"] == "ready" and (found["status"] or {}).get("codeServerRunning")
+            ),
+        )
+        return vmid
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +127,7 @@ def test_a_customer_page_in_an_admins_ide_reaches_neither_api_nor_console(
 ) -> None:
     platform, vmid = forms[form]
     with httpx.Client(base_url=platform.base_url, timeout=30) as client:
-        alice, boss = _login(client, ALICE), _login(client, ADMIN)
+        alice, boss = api_login(client, ALICE), api_login(client, ADMIN)
         before = client.get("/api/dev", headers=boss).json()
         page = ATTACK_PAGE % {"portal": platform.base_url, "vmid": vmid}
         client.post(f"/api/dev/{vmid}/files/mkdir", json={"path": f"attack-{form}"}, headers=alice)

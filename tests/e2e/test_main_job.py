@@ -10,7 +10,6 @@ shared download cache and, with lxc, the debootstrapped template base is the one
 
 from __future__ import annotations
 
-import asyncio
 import os
 import pwd
 import re
@@ -19,16 +18,15 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
 import pytest
-from e2e_kit import FAST_ENV, SHOTS, Session
+from e2e_kit import FAST_ENV, SHOTS, Session, off_loop
 
 from support import CACHE_DIR, REPO, ZLH, free_port_pair
 from zlh.backends import create_backend
@@ -105,13 +103,6 @@ class Ready:
     @property
     def vmid(self) -> int:
         return int(self.ide.rstrip("/").split("/")[-2])
-
-
-def off_loop(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` on its own loop in a worker thread: Playwright's sync API keeps a loop
-    running in this one while the browser lives, and asyncio.run refuses to nest."""
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
 
 
 def demo_argv(backend: str, data_dir: Path, port: int, *extra: str) -> list[str]:

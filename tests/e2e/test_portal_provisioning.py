@@ -5,10 +5,23 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import httpx
 import pytest
-from e2e_kit import Platform, Provisioned, Session, capture, watch_provisioning
+from e2e_kit import (
+    BOB,
+    Platform,
+    Provisioned,
+    Session,
+    api_login,
+    capture,
+    off_loop,
+    sign_in,
+    wait_for_container,
+    watch_provisioning,
+)
 from playwright.sync_api import expect
 
+from zlh.backends import create_backend
 from zlh.schemas import Catalog
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -175,3 +188,37 @@ def test_container_page_names_the_runtime_in_the_catalogs_words(
     runtime = page.locator("dl.fields dt", has_text=re.compile("^Runtime$")).locator("+ dd")
     expected = meta.labels.get("summary", f"Node.js {meta.upstream_version}")
     expect(runtime).to_have_text(expected)
+
+
+def test_a_container_whose_agent_stopped_shows_unreachable_since_when_and_why(
+    session: Session, platform: Platform
+) -> None:
+    with httpx.Client(base_url=platform.base_url, timeout=30) as client:
+        bob = api_login(client, BOB)
+        vmid = client.post("/api/dev", json={"runtime": "node"}, headers=bob).json()["vmid"]
+        try:
+            wait_for_container(client, bob, vmid, lambda c: c["state"] == "ready")
+            off_loop(create_backend("process", data_dir=platform.data_dir).stop(vmid))
+            gone = wait_for_container(client, bob, vmid, lambda c: c["state"] == "unreachable")
+            sign_in(session.page, platform.base_url, BOB)
+            for page in (f"{platform.base_url}/", f"{platform.base_url}/c/{vmid}"):
+                session.page.goto(page)
+                badge = session.page.locator(".badge.state-unreachable")
+                expect(badge).to_have_text("agent unreachable")
+                # Why, on hover: the poller's last error, as the API reports it.
+                assert badge.get_attribute("title") == gone["error"]
+                assert gone["error"].startswith("agent missed 3 polls: agent at http://")
+                assert gone["error"].endswith("/status is unreachable: connection refused")
+                since = badge.locator("+ .since")
+                expect(since).to_have_text(re.compile(r"^since \S"))
+            # The container page says it in words too, and its provisioning stays done.
+            words = session.page.locator("#unreachable")
+            expect(words).to_contain_text(f"since {since.inner_text().removeprefix('since ')}")
+            expect(words).to_contain_text(gone["error"])
+            expect(session.page.locator("#steps li[data-step=ready]")).to_have_attribute(
+                "data-state", "done"
+            )
+            capture(session.page, "container-unreachable")
+        finally:
+            session.page.goto("about:blank")  # the container page would miss it once deleted
+            client.delete(f"/api/dev/{vmid}", headers=bob)

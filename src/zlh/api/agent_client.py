@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 
 import aiohttp
 from pydantic import ValidationError
@@ -92,6 +93,11 @@ class AgentClient:
                     status = resp.status
         except TimeoutError as exc:
             raise AgentUnreachable(f"agent at {url} did not answer within {timeout_s:g}s") from exc
+        except aiohttp.ClientConnectorError as exc:
+            # asyncio's "Connect call failed ('10.0.3.5', 8080)" says less than the errno does.
+            errno = exc.os_error.errno
+            reason = os.strerror(errno).lower() if errno else str(exc.os_error)
+            raise AgentUnreachable(f"agent at {url} is unreachable: {reason}") from exc
         except aiohttp.ClientError as exc:
             raise AgentUnreachable(f"agent at {url} is unreachable: {exc}") from exc
         if status == expected:

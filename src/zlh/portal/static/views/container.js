@@ -150,7 +150,7 @@ function overview(panel, container, { badge, setIde, toolchain: toolchainLine })
     const words = { ready: "Ready", failed: "Failed" };
     elapsed.textContent = `${words[state] || "Stopped"} after ${duration(Date.now() - started)}`;
   }
-  if (FINAL.has(container.state)) {
+  if (FINAL.has(container.state) || container.state === "unreachable") {
     elapsed.textContent = `Created ${new Date(started).toLocaleString()}`;
   } else {
     timer = setInterval(tick, 1000);
@@ -163,9 +163,27 @@ function overview(panel, container, { badge, setIde, toolchain: toolchainLine })
     detail.textContent = "Ready · 100%";
   }
 
+  // Said in words on the page, not only on the badge's hover: what the platform last heard.
+  function showUnreachable(latest) {
+    failure.replaceChildren(
+      h(
+        "p",
+        { class: "error", id: "unreachable", role: "status" },
+        `The platform has not reached this container's agent since ${new Date(latest.updatedAt).toLocaleString()}: ${latest.error || "no answer"}. `,
+        "It keeps trying; files, the console and the IDE work again once the agent answers.",
+      ),
+    );
+  }
+
+  function clearUnreachable() {
+    if (failure.querySelector("#unreachable")) failure.replaceChildren();
+  }
+
   async function refresh() {
     const latest = await api(`/api/dev/${container.vmid}`);
-    badge.replaceChildren(stateBadge(latest.state));
+    badge.replaceChildren(stateBadge(latest.state, latest));
+    if (latest.state === "unreachable") showUnreachable(latest);
+    else clearUnreachable();
     fields.replaceChildren(statusFields(latest.status, toolchainLine));
     setIde(Boolean(latest.status && latest.status.codeServerRunning));
     if (latest.state === "ready") showReady();
@@ -180,14 +198,22 @@ function overview(panel, container, { badge, setIde, toolchain: toolchainLine })
 
   let runtimeInstalled = Boolean(container.status && container.status.runtimeInstalled);
   function onEvent(ev) {
-    badge.replaceChildren(stateBadge(ev.state));
+    // An unreachable badge says since when and why, which the container record has.
+    if (ev.state === "unreachable") refresh().catch((err) => failure.replaceChildren(errorBox(err)));
+    else {
+      badge.replaceChildren(stateBadge(ev.state));
+      clearUnreachable();
+    }
     if (ev.runtimeInstalled !== runtimeInstalled && !FINAL.has(ev.state)) {
       // The runtime just landed: show its install path and workspace without waiting for ready.
       runtimeInstalled = ev.runtimeInstalled;
       refresh().catch((err) => failure.replaceChildren(errorBox(err)));
     }
     const p = ev.progress;
-    if (p && ev.state !== "ready") {
+    if (p && p.step === "ready") {
+      showReady();
+      stopClock("ready");
+    } else if (p && ev.state !== "ready") {
       markStep(p.step, ev.state === "failed" ? "failed" : "active");
       bar.value = p.percent;
       const amount = p.bytesTotal ? ` · ${bytes(p.bytesDone)} of ${bytes(p.bytesTotal)}` : p.bytesDone ? ` · ${bytes(p.bytesDone)}` : "";
