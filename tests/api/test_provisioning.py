@@ -9,6 +9,8 @@ from typing import Any
 from agent_sim import SimBackend
 from api_kit import add_user, login, make_app, running, services, sse_events, wait_for
 
+from proxmox_server import ProxmoxServer, backend_for, self_signed_cert
+
 
 def _request(client: Any, headers: dict[str, str], **body: Any) -> int:
     response = client.post("/api/dev", json={"runtime": "node", **body}, headers=headers)
@@ -135,3 +137,23 @@ def test_a_restart_mid_provisioning_resumes_and_creates_nothing_twice(tmp_path: 
         assert [c["vmid"] for c in client.get("/api/dev", headers=alice).json()] == [vmid]
         assert backend.creates == 1
         assert list(backend.agents) == [vmid]
+
+
+def test_vmids_come_from_the_backend_skipping_those_another_tool_took(tmp_path: Path) -> None:
+    """On a Proxmox cluster other tools create CTs too: the platform takes the cluster's
+    next free vmid at or above its own next one, never a vmid already in use."""
+    cert = self_signed_cert(tmp_path)
+    with ProxmoxServer(*cert) as pve:
+        pve.state.nodes = {"pve1": {"status": "online", "mem": 1e9, "maxmem": 8e9}}
+        pve.state.cts[100] = {"node": "pve1", "status": "running", "name": "db", "config": {}}
+        app = make_app(tmp_path / "data", backend_for(pve, cert))
+        add_user(app, "alice")
+        with running(app) as client:
+            alice = login(client, "alice")
+            first = _request(client, alice)
+            # Another tool creates the next CT between two requests.
+            pve.state.cts[first + 1] = {"node": "pve1", "status": "stopped", "name": "ci",
+                                        "config": {}}  # fmt: skip
+            second = _request(client, alice)
+    assert (first, second) == (101, 103)
+    assert pve.state.cts[100]["name"] == "db"  # the other tool's CT was left alone

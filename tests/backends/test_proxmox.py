@@ -8,19 +8,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from proxmox_server import TOKEN, ProxmoxServer, self_signed_cert
 
+from proxmox_server import TEMPLATE, TOKEN, ProxmoxServer, backend_for, self_signed_cert
 from zlh.backends import (
     BackendError,
     BackendUnavailable,
     ContainerExists,
     ContainerSpec,
     ContainerState,
-    create_backend,
 )
 from zlh.backends.proxmox import ProxmoxBackend, ProxmoxSettings
-
-TEMPLATE = "local:vztmpl/debian-12-zlh_0123456789abcdef_amd64.tar.zst"
 
 
 @pytest.fixture(scope="module")
@@ -37,25 +34,6 @@ def server(cert: tuple[Path, Path]) -> Iterator[ProxmoxServer]:
             "pve3": {"status": "offline"},
         }
         yield pve
-
-
-def backend_for(
-    server: ProxmoxServer, cert: tuple[Path, Path], **overrides: object
-) -> ProxmoxBackend:
-    user, _, rest = TOKEN.partition("!")
-    token_name, _, token_value = rest.partition("=")
-    settings = {
-        "host": server.host,
-        "user": user,
-        "token_name": token_name,
-        "token_value": token_value,
-        "verify_tls": str(cert[0]),
-        "ostemplate": TEMPLATE,
-        **overrides,
-    }
-    backend = create_backend("proxmox", data_dir=Path("/nonexistent"), **settings)
-    assert isinstance(backend, ProxmoxBackend)
-    return backend
 
 
 def test_create_waits_for_the_task_then_starts_reports_the_address_and_destroys(

@@ -130,16 +130,19 @@ class ContainerRegistry:
         pins: dict[str, Any],
         quota: int,
         name: str | None = None,
+        suggest_vmid: Callable[[int], int] = lambda floor: floor,
     ) -> Container:
         """Record a new container in state ``requested`` under the next free vmid.
 
-        This row is written before the backend is asked for anything: whatever happens
+        This row is written before the backend creates anything: whatever happens
         afterwards, the vmid is known and a restart resumes it instead of creating another.
+        ``suggest_vmid(floor)`` is the backend's choice at or above the platform's own next
+        vmid (``Backend.suggest_vmid``: on a Proxmox cluster other tools create CTs too).
         """
         # One allocation at a time in this process; other processes are caught by the
         # primary key and retried.
         with self._allocating:
-            return self._allocate(owner, runtime, version, addons, pins, quota, name)
+            return self._allocate(owner, runtime, version, addons, pins, quota, name, suggest_vmid)
 
     def _allocate(
         self,
@@ -150,6 +153,7 @@ class ContainerRegistry:
         pins: dict[str, Any],
         quota: int,
         name: str | None,
+        suggest_vmid: Callable[[int], int],
     ) -> Container:
         for _ in range(_ALLOCATE_TRIES):
             try:
@@ -167,7 +171,7 @@ class ContainerRegistry:
                         )
                     ):
                         raise Conflict(f"you already have a container named {name!r}")
-                    vmid = self._next_vmid(session)
+                    vmid = self._next_vmid(session, suggest_vmid)
                     now = utcnow()
                     container = Container(
                         vmid=vmid,
@@ -192,12 +196,13 @@ class ContainerRegistry:
         raise Conflict("could not allocate a vmid; try again")
 
     @staticmethod
-    def _next_vmid(session: Session) -> int:
-        """One above every vmid ever handed out: a deleted container's vmid is never reused
-        (the front, the audit log and a late poll must never mistake one for the other)."""
+    def _next_vmid(session: Session, suggest_vmid: Callable[[int], int]) -> int:
+        """Above every vmid ever handed out: a deleted container's vmid is never reused (the
+        front, the audit log and a late poll must never mistake one for the other)."""
         top = session.scalar(select(func.max(Container.vmid))) or 0
         mark = session.get(KeyValue, _VMID_MARK)
-        vmid = max(MIN_VMID, top + 1, int(mark.value["last"]) + 1 if mark else 0)
+        floor = max(MIN_VMID, top + 1, int(mark.value["last"]) + 1 if mark else 0)
+        vmid = suggest_vmid(floor)
         if mark is None:
             session.add(KeyValue(key=_VMID_MARK, value={"last": vmid}))
         else:

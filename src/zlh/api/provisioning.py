@@ -125,6 +125,7 @@ class Provisioner:
             pins=pins,
             quota=self.settings.max_containers_per_user,
             name=request.name,
+            suggest_vmid=self.backend.suggest_vmid,
         )
         await asyncio.to_thread(
             self.audit.record,

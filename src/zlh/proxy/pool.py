@@ -212,9 +212,6 @@ class Pool:
             self._sweeper.cancel()
             self._sweeper = None
 
-    def idle_count(self, address: UpstreamAddress) -> int:
-        return sum(1 for c in self._idle.get(address, ()) if c.open)
-
     def _schedule_sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         delay = max(0.05, self._settings.upstream_idle_timeout_s / 2)
         self._sweeper = loop.call_later(delay, self._sweep, loop)

@@ -34,10 +34,6 @@ class AgentState(StrEnum):
     def is_terminal(self) -> bool:
         return self in {AgentState.READY, AgentState.FAILED}
 
-    @property
-    def is_busy(self) -> bool:
-        return self is AgentState.PROVISIONING
-
 
 class ProvisionStep(StrEnum):
     """The spec's lifecycle, in order: runtime, then addons, then ready."""

@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from zlh.backends import create_backend
+from zlh.backends.proxmox import ProxmoxBackend
+
 TOKEN = "zlh@pve!zlh=3f1c2a9e-0000-4000-8000-000000000001"
 
 
@@ -287,3 +290,26 @@ class ProxmoxServer(ThreadingHTTPServer):
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
         self.server_close()
+
+
+TEMPLATE = "local:vztmpl/debian-12-zlh_0123456789abcdef_amd64.tar.zst"
+
+
+def backend_for(
+    server: ProxmoxServer, cert: tuple[Path, Path], **overrides: object
+) -> ProxmoxBackend:
+    """The proxmox backend talking to ``server`` (its token, TLS verified against ``cert``)."""
+    user, _, rest = TOKEN.partition("!")
+    token_name, _, token_value = rest.partition("=")
+    settings = {
+        "host": server.host,
+        "user": user,
+        "token_name": token_name,
+        "token_value": token_value,
+        "verify_tls": str(cert[0]),
+        "ostemplate": TEMPLATE,
+        **overrides,
+    }
+    backend = create_backend("proxmox", data_dir=Path("/nonexistent"), **settings)
+    assert isinstance(backend, ProxmoxBackend)
+    return backend
