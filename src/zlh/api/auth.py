@@ -18,10 +18,9 @@ from sqlalchemy import select
 from zlh.api.db import Database, Session, User
 from zlh.api.db.models import utcnow
 from zlh.api.errors import NotAuthenticated
+from zlh.proxy.auth import ALGORITHM, SESSION_CLAIMS, verify_jwt
 
 __all__ = ["ALGORITHM", "Claims", "Issued", "TokenService", "decode_token"]
-
-ALGORITHM = "HS256"
 ISSUER = "zlh"
 
 
@@ -42,13 +41,7 @@ class Issued:
 def decode_token(key: bytes, token: str) -> Claims:
     """Verify signature (HS256 only), expiry and claims; no database. The front uses this too."""
     try:
-        data = jwt.decode(
-            token,
-            key,
-            algorithms=[ALGORITHM],
-            issuer=ISSUER,
-            options={"require": ["exp", "iat", "sub", "sid", "iss"]},
-        )
+        data = verify_jwt(token, key, claims=SESSION_CLAIMS, issuer=ISSUER)
         return Claims(
             user_id=int(data["sub"]),
             sid=str(data["sid"]),

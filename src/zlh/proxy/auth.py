@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Final, Protocol
 
 import jwt
 
@@ -33,7 +33,37 @@ __all__ = [
     "SessionCookieSplitter",
     "bearer_token",
     "split_session_cookie",
+    "verify_jwt",
 ]
+
+ALGORITHM: Final = "HS256"  # the only one signed or accepted: no `none`, no key confusion
+# The claims each kind of platform token must carry (the API issues sessions; the front's
+# ticket desk issues tickets and IDE cookies, zlh.proxy.tickets).
+SESSION_CLAIMS: Final = ("exp", "iat", "sub", "sid")
+IDE_COOKIE_CLAIMS: Final = (*SESSION_CLAIMS, "vmid")
+TICKET_CLAIMS: Final = ("exp", "sub", "sid", "vmid", "jti", "siat", "sexp")
+
+
+def verify_jwt(
+    token: bytes | str,
+    key: bytes | str,
+    *,
+    claims: Sequence[str],
+    issuer: str | None = None,
+    audience: str | None = None,
+    verify_exp: bool = True,
+) -> dict[str, Any]:
+    """The platform's one check of its JWTs: HS256 signature, ``claims`` present, ``issuer``
+    and ``audience`` when given (a token with an ``aud`` fails where none is expected), and
+    expiry unless the caller checks it against a clock of its own. Raises ``jwt.PyJWTError``."""
+    return jwt.decode(
+        token,
+        key,
+        algorithms=[ALGORITHM],
+        issuer=issuer,
+        audience=audience,
+        options={"require": list(claims), "verify_exp": verify_exp},
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +162,7 @@ class JwtAuthenticator:
         self._key = key
         self._issuer = issuer
         self._audience = audience
-        self._require = ["exp", "sub", "sid", "vmid"] if audience else ["exp", "sub", "sid"]
+        self._claims = IDE_COOKIE_CLAIMS if audience else SESSION_CLAIMS
         self._cache: OrderedDict[bytes, Principal] = OrderedDict()
         self._cache_size = cache_size
 
@@ -153,13 +183,8 @@ class JwtAuthenticator:
 
     def _verify(self, token: bytes) -> Principal | None:
         try:
-            claims = jwt.decode(
-                token,
-                self._key,
-                algorithms=["HS256"],
-                issuer=self._issuer,
-                audience=self._audience,
-                options={"require": self._require},
+            claims = verify_jwt(
+                token, self._key, claims=self._claims, issuer=self._issuer, audience=self._audience
             )
         except jwt.PyJWTError:
             return None

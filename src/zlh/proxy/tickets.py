@@ -30,7 +30,7 @@ from typing import Any, Final
 
 import jwt
 
-from zlh.proxy.auth import JwtAuthenticator
+from zlh.proxy.auth import ALGORITHM, TICKET_CLAIMS, JwtAuthenticator, verify_jwt
 
 __all__ = [
     "AUTH_PATH",
@@ -48,7 +48,6 @@ IDE_COOKIE: Final = "zlh_ide"
 TICKET_AUDIENCE: Final = "zlh-ide-ticket"
 COOKIE_AUDIENCE: Final = "zlh-ide"
 TICKET_TTL_S: Final = 60
-_ALGORITHM: Final = "HS256"
 _PRUNE_EVERY_S: Final = 30.0
 
 
@@ -80,7 +79,7 @@ def mint_ticket(
     }
     if issuer is not None:
         claims["iss"] = issuer
-    return jwt.encode(claims, key, algorithm=_ALGORITHM)
+    return jwt.encode(claims, key, algorithm=ALGORITHM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,16 +112,13 @@ class TicketDesk:
     def redeem(self, token: str) -> Ticket | None:
         """The ticket ``token`` proves, once; None when it is forged, expired or was used."""
         try:
-            claims = jwt.decode(
+            claims = verify_jwt(
                 token,
                 self._key,
-                algorithms=[_ALGORITHM],
-                audience=TICKET_AUDIENCE,
+                claims=TICKET_CLAIMS,
                 issuer=self._issuer,
-                options={
-                    "verify_exp": False,  # checked below against self._clock
-                    "require": ["exp", "sub", "sid", "vmid", "jti", "siat", "sexp"],
-                },
+                audience=TICKET_AUDIENCE,
+                verify_exp=False,  # checked below against self._clock
             )
         except jwt.PyJWTError:
             return None
@@ -164,7 +160,7 @@ class TicketDesk:
         if self._issuer is not None:
             claims["iss"] = self._issuer
         max_age = max(0, int(ticket.session_expires_at - self._clock()))
-        return jwt.encode(claims, self._key, algorithm=_ALGORITHM), max_age
+        return jwt.encode(claims, self._key, algorithm=ALGORITHM), max_age
 
     def _prune(self, now: float) -> None:
         if now < self._next_prune:
