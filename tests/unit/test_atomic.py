@@ -49,3 +49,23 @@ def test_a_link_planted_at_the_temp_name_is_not_followed(tmp_path: Path) -> None
     assert victim.read_text() == "untouched"
     assert path.read_text() == "tskey-123" and not path.is_symlink()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_durable_write_syncs_the_file_and_its_directory_before_returning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / "catalog.json"
+    write_atomically(path, b"{}", durable=True)
+    assert path.read_bytes() == b"{}"
+    assert synced[-1] == str(tmp_path)  # the rename, after the data
+    assert synced[0].startswith(str(tmp_path / ".catalog.json."))
+    write_atomically(path, "plain")
+    assert len(synced) == 2  # not durable: no fsync

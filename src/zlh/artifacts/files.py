@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from zlh.artifacts.errors import ArtifactError
+from zlh.atomic import fsync_dir
 
 __all__ = [
     "CHUNK_SIZE",
@@ -26,7 +27,6 @@ __all__ = [
     "hash_file",
     "read_chunks",
     "sweep_partials",
-    "write_atomically",
 ]
 
 CHUNK_SIZE = 1 << 20
@@ -109,22 +109,6 @@ class PartialFile:
         self._committed = True
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Temp file, fsync, rename, fsync the directory: readers see old or new, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise ArtifactError(f"cannot write {path}: {exc.strerror}") from exc
-
-
 def hash_file(path: Path) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
@@ -159,11 +143,3 @@ def sweep_partials(directory: Path) -> None:
             continue  # locked: a live copy
         finally:
             os.close(fd)
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

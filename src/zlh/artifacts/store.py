@@ -44,9 +44,9 @@ from zlh.artifacts.files import (
     hash_file,
     read_chunks,
     sweep_partials,
-    write_atomically,
 )
 from zlh.artifacts.progress import TransferProgress
+from zlh.atomic import partial_glob, write_atomically
 from zlh.schemas import (
     AddonName,
     Artifact,
@@ -416,7 +416,7 @@ class ArtifactStore:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             # Whoever held the lock before us is done: its temp catalogs are garbage.
-            for stale in self.root.glob(".catalog.*.tmp"):
+            for stale in self.root.glob(partial_glob(self.catalog_path)):
                 stale.unlink(missing_ok=True)
             yield
         finally:
@@ -424,7 +424,10 @@ class ArtifactStore:
 
     def _write_catalog(self, catalog: Catalog) -> None:
         data = (catalog.model_dump_json(indent=2, exclude_none=True) + "\n").encode()
-        write_atomically(self.catalog_path, data)
+        try:
+            write_atomically(self.catalog_path, data, durable=True)
+        except OSError as exc:
+            raise ArtifactError(f"cannot write {self.catalog_path}: {exc.strerror}") from exc
 
     def _prune_dirs(self, directory: Path) -> None:
         """Remove ``directory`` and its parents below the root while they are empty."""

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import secrets
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from zlh.api import accounts
 from zlh.api.commands import open_database
 from zlh.api.settings import ApiSettings
+from zlh.atomic import write_atomically
 from zlh.errors import ZlhError
 
 __all__ = ["ADMIN_USER", "PASSWORD_ENV", "PASSWORD_FILE", "Credentials", "ensure_admin"]
@@ -56,17 +56,5 @@ def ensure_admin(settings: ApiSettings) -> Credentials:
     finally:
         db.dispose()
     if password != kept:
-        _write_private(path, password + "\n")
+        write_atomically(path, password + "\n", mode=0o600)
     return Credentials(ADMIN_USER, password, path, created=not exists)
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Replace ``path`` atomically with a file only its owner reads (mkstemp makes it 0600)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

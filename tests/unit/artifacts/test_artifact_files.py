@@ -1,4 +1,4 @@
-"""file_in_store and write_atomically: the two pieces every request and every change rely on."""
+"""file_in_store: what every request for a stored file relies on."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from zlh.artifacts.files import file_in_store, write_atomically
+from zlh.artifacts.files import file_in_store
 
 
 @pytest.fixture
@@ -53,12 +53,3 @@ def test_files_and_links_inside_the_store_resolve(root: Path) -> None:
     assert file_in_store(root, "runtime/node/22/node.tar.gz") == real
     assert file_in_store(root, "in") == real
     assert file_in_store(root, "catalog.json") == Path(os.path.realpath(root / "catalog.json"))
-
-
-def test_write_atomically_replaces_whole_and_leaves_no_temp(tmp_path: Path) -> None:
-    target = tmp_path / "catalog.json"
-    target.write_text("old")
-    write_atomically(target, b"new")
-    assert target.read_bytes() == b"new"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["catalog.json"]
-    assert target.stat().st_mode & 0o777 == 0o644

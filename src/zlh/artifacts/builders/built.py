@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from zlh.artifacts.builders.fetch import sha256_file
+from zlh.atomic import write_atomically
 
 __all__ = ["CachedBuild", "load_cached", "save_cached"]
 
@@ -63,8 +63,5 @@ def save_cached(
     sidecar.unlink(missing_ok=True)
     os.replace(built, tarball)
     record = {"recipe": recipe_id, "sha256": sha256_file(tarball), "labels": labels}
-    fd, tmp = tempfile.mkstemp(dir=tarball.parent, prefix=".", suffix=".json.tmp")
-    with os.fdopen(fd, "w") as out:
-        json.dump(record, out, indent=2, sort_keys=True)
-    os.replace(tmp, sidecar)
+    write_atomically(sidecar, json.dumps(record, indent=2, sort_keys=True))
     return CachedBuild(tarball, labels)
