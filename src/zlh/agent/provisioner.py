@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +35,6 @@ from zlh.schemas import (
     ProvisionPayload,
     ProvisionStep,
     RuntimeSpec,
-    TailscaleAddon,
 )
 
 if TYPE_CHECKING:
@@ -47,15 +45,6 @@ if TYPE_CHECKING:
 __all__ = ["Provisioner"]
 
 log = logging.getLogger("zlh.agent")
-
-
-def _payload_json(payload: ProvisionPayload) -> str:
-    """The payload with its secrets in clear: only for the agent's own 0600 state file."""
-    data = payload.model_dump(mode="json")
-    for raw, addon in zip(data["addons"], payload.addons, strict=True):
-        if isinstance(addon, TailscaleAddon):
-            raw["options"]["authKey"] = addon.options.auth_key.get_secret_value()
-    return json.dumps(data, indent=2)
 
 
 class Provisioner:
@@ -106,7 +95,7 @@ class Provisioner:
             return  # already on disk (the guarded re-provisioning path stays write-free)
         path = self.layout.payload_file
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_atomically(path, _payload_json(payload), mode=0o600)
+        write_atomically(path, payload.json_with_secrets(indent=2), mode=0o600)
 
     async def restore(self) -> None:
         """At startup: sweep crash leftovers, then re-provision the last accepted payload."""

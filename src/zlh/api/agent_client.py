@@ -8,26 +8,15 @@ translated here: connect errors and timeouts become AgentUnreachable, refusals A
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 
 import aiohttp
 from pydantic import ValidationError
 
 from zlh.api.errors import AgentError, AgentUnreachable
-from zlh.schemas import AgentStatus, ProvisionPayload, TailscaleAddon
+from zlh.schemas import AgentStatus, ProvisionPayload
 
-__all__ = ["AgentClient", "payload_wire"]
-
-
-def payload_wire(payload: ProvisionPayload) -> bytes:
-    """The payload as the agent receives it. Secrets (the tailscale key) are SecretStr and dump
-    masked everywhere else; only this body, sent to the container's agent, carries them."""
-    data = payload.model_dump(mode="json", by_alias=True)
-    for spec, wire in zip(payload.addons, data["addons"], strict=True):
-        if isinstance(spec, TailscaleAddon):
-            wire["options"]["authKey"] = spec.options.auth_key.get_secret_value()
-    return json.dumps(data).encode()
+__all__ = ["AgentClient"]
 
 
 class AgentClient:
@@ -71,7 +60,7 @@ class AgentClient:
     async def provision(
         self, base_url: str, secret: str, payload: ProvisionPayload, *, timeout_s: float
     ) -> None:
-        data = payload_wire(payload)
+        data = payload.json_with_secrets().encode()
         await self._request("POST", f"{base_url}/provision", secret, timeout_s, data, 202)
 
     async def _request(

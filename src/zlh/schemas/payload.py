@@ -5,7 +5,7 @@ from __future__ import annotations
 import posixpath
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, SecretStr
+from pydantic import AfterValidator, Field, SecretStr, SerializationInfo, field_serializer
 
 from zlh.schemas._base import WireModel
 from zlh.schemas.catalog import Artifact, RuntimeName, Version
@@ -29,6 +29,8 @@ __all__ = [
 MIN_VMID = 100
 MAX_VMID = 999_999_999
 CODE_SERVER_PORT = 6000
+# Serialization context key that makes SecretStr fields dump in clear (json_with_secrets).
+_REVEAL = "reveal_secrets"
 
 
 def ide_base_path(vmid: int) -> str:
@@ -58,9 +60,14 @@ class CodeServerOptions(WireModel):
 
 class TailscaleOptions(WireModel):
     login_server: str = Field(pattern=r"^https?://")
-    # The container's pre-auth key: a secret, never logged, never shown by repr.
+    # The container's pre-auth key: a secret, never logged, never shown by repr, masked in
+    # every dump but ProvisionPayload.json_with_secrets.
     auth_key: SecretStr
     hostname: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+    @field_serializer("auth_key")
+    def _auth_key(self, value: SecretStr, info: SerializationInfo) -> str | SecretStr:
+        return value.get_secret_value() if (info.context or {}).get(_REVEAL) else value
 
 
 class CodeServerAddon(WireModel):
@@ -93,6 +100,11 @@ class ProvisionPayload(WireModel):
     runtime: RuntimeSpec
     addons: list[AddonSpec] = Field(default_factory=list)
     dev_user: DevUser = Field(default_factory=DevUser)
+
+    def json_with_secrets(self, *, indent: int | None = None) -> str:
+        """The payload with its secrets in clear: only for the agent, in the request body the
+        API sends it and in its own 0600 state file."""
+        return self.model_dump_json(indent=indent, context={_REVEAL: True})
 
     def addon(self, name: str) -> CodeServerAddon | TailscaleAddon | None:
         return next((a for a in self.addons if a.name == name), None)

@@ -45,7 +45,7 @@ def test_issue_example_payload_parses() -> None:
     assert parsed.model_dump(mode="json")["devUser"]["home"] == "/home/dev"
 
 
-def test_tailscale_key_is_secret_in_repr_and_dumps() -> None:
+def test_tailscale_key_is_secret_in_repr_and_dumps_but_the_agents_copy() -> None:
     ts = {
         "name": "tailscale",
         "version": "1.80.0",
@@ -55,6 +55,11 @@ def test_tailscale_key_is_secret_in_repr_and_dumps() -> None:
     parsed = ProvisionPayload.model_validate(payload(addons=[ts]))
     assert "hskey-secret-123" not in repr(parsed)
     assert "hskey-secret-123" not in parsed.model_dump_json()
+    assert "hskey-secret-123" not in str(parsed.model_dump(mode="json"))
+    # Only the agent's copy carries it, and it reads back whole.
+    clear = parsed.json_with_secrets()
+    assert '"authKey":"hskey-secret-123"' in clear
+    assert ProvisionPayload.model_validate_json(clear) == parsed
 
 
 @pytest.mark.parametrize(
