@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from zlh import __version__
+from zlh.backends import BACKENDS
 from zlh.errors import UsageError, ZlhError
 
 __all__ = ["DEFAULT_DATA_DIR", "data_dir_from", "main"]
@@ -85,7 +86,7 @@ def _register_doctor(commands: Any) -> None:
     )
     add_data_dir(doctor)
     doctor.add_argument("--store", type=Path, default=None, help="artifact store to verify")
-    doctor.add_argument("--backend", choices=["lxc", "process", "proxmox"], default="lxc")
+    doctor.add_argument("--backend", choices=BACKENDS, default="lxc")
     doctor.add_argument("--listen", default="127.0.0.1:8780", metavar="HOST:PORT")
     handler(doctor, "zlh.doctor:cmd_doctor")
 

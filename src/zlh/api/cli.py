@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from zlh.backends import BACKENDS
 from zlh.cli import add_data_dir, handler
 
 _COMMANDS = "zlh.api.commands"
@@ -16,7 +17,7 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
     add_data_dir(parser)
     parser.add_argument(
         "--backend",
-        choices=["lxc", "process", "proxmox"],
+        choices=BACKENDS,
         default=None,
         help="container backend (env ZLH_BACKEND, default lxc)",
     )

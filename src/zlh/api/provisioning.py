@@ -44,6 +44,7 @@ from zlh.backends import (
 )
 from zlh.errors import ZlhError
 from zlh.schemas import (
+    CODE_SERVER_PORT,
     Artifact,
     ArtifactKind,
     Catalog,
@@ -306,7 +307,7 @@ class Provisioner:
             if name == "code-server":
                 options = {
                     "basePath": ide_base_path(container.vmid),
-                    "port": container.code_server_port or 6000,
+                    "port": container.code_server_port or CODE_SERVER_PORT,
                 }
             elif name == "tailscale":
                 options = self._tailscale_options(container)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -23,6 +23,7 @@ from pydantic_settings import (
 
 from zlh.api.clientaddr import Network, parse_networks
 from zlh.api.headscale import HeadscaleSettings
+from zlh.backends import BackendName
 from zlh.listen import parse_listen
 from zlh.proxy.ideorigin import IdeOrigin
 from zlh.proxy.settings import ProxySettings
@@ -52,7 +53,7 @@ class ApiSettings(BaseSettings):
         description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; default a SQLite "
         "file <data dir>/zlh.db. Migrations run on start; the database itself must exist.",
     )
-    backend: Literal["lxc", "process", "proxmox"] = Field(
+    backend: BackendName = Field(
         "lxc", description="container backend. Its own settings (Proxmox URL, token) are its own."
     )
     allow_privileged: bool = Field(

@@ -7,7 +7,7 @@ imported only when chosen (proxmoxer is an API-only dependency, lxc needs root).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal, get_args
 
 from zlh.backends.base import (
     AGENT_PORT,
@@ -24,8 +24,10 @@ from zlh.backends.base import (
 __all__ = [
     "AGENT_PORT",
     "BACKENDS",
+    "LOCAL_BACKENDS",
     "Backend",
     "BackendError",
+    "BackendName",
     "BackendUnavailable",
     "ContainerExists",
     "ContainerInfo",
@@ -35,7 +37,10 @@ __all__ = [
     "create_backend",
 ]
 
-BACKENDS = ("lxc", "process", "proxmox")
+BackendName = Literal["lxc", "process", "proxmox"]
+BACKENDS: Final[tuple[str, ...]] = get_args(BackendName)
+# The ones that run containers on this very host (what `zlh demo` can use).
+LOCAL_BACKENDS: Final = ("lxc", "process")
 
 
 def create_backend(name: str, *, data_dir: Path, **settings: Any) -> Backend:

@@ -30,6 +30,7 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 from zlh.errors import ZlhError
+from zlh.schemas import CODE_SERVER_PORT
 
 __all__ = [
     "AGENT_PORT",
@@ -104,7 +105,7 @@ class ContainerInfo:
     state: ContainerState
     address: str | None = None  # the container's IP as seen from the API host
     agent_port: int = AGENT_PORT
-    code_server_port: int = 6000  # what goes into the payload and what the proxy targets
+    code_server_port: int = CODE_SERVER_PORT  # what the payload says, what the proxy targets
     node: str | None = None  # Proxmox node, or the host name
 
     @property

@@ -52,6 +52,7 @@ from zlh.backends.template import (
     copy_tree,
     current_template,
 )
+from zlh.schemas import CODE_SERVER_PORT
 
 __all__ = ["LxcBackend", "cgroup_version", "require_lxc"]
 
@@ -59,7 +60,6 @@ log = logging.getLogger(__name__)
 
 _NAME = re.compile(rf"^{NAME_PREFIX}(\d+)$")
 _VETH = re.compile(r"^zlh(\d+)$")
-CODE_SERVER_PORT = 6000
 CPU_PERIOD_US = 100_000
 INSTALL_HINT = "apt-get install lxc debootstrap nftables"
 

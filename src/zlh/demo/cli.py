@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from zlh.backends import LOCAL_BACKENDS
 from zlh.cli import add_data_dir, handler
 
 DEFAULT_LISTEN = "0.0.0.0:8780"
@@ -18,7 +19,7 @@ def register(commands: Any) -> None:
     add_data_dir(demo)
     demo.add_argument(
         "--backend",
-        choices=["lxc", "process"],
+        choices=LOCAL_BACKENDS,
         default="lxc",
         help="where the demo container runs (process: no isolation, no root needed)",
     )
