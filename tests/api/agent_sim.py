@@ -22,7 +22,7 @@ from zlh.backends import (
     ContainerExists,
     ContainerInfo,
     ContainerSpec,
-    ContainerState,
+    RunState,
 )
 from zlh.schemas import AgentState, AgentStatus, Progress, ProvisionError, ProvisionPayload
 from zlh.schemas.status import ProvisionStep
@@ -194,12 +194,12 @@ class SimBackend(Backend):
     async def status(self, vmid: int) -> ContainerInfo:
         agent = self.agents.get(vmid)
         if agent is None:
-            return ContainerInfo(vmid=vmid, state=ContainerState.ABSENT)
+            return ContainerInfo(vmid=vmid, state=RunState.ABSENT)
         if vmid not in self.running:
-            return ContainerInfo(vmid=vmid, state=ContainerState.STOPPED)
+            return ContainerInfo(vmid=vmid, state=RunState.STOPPED)
         return ContainerInfo(
             vmid=vmid,
-            state=ContainerState.RUNNING,
+            state=RunState.RUNNING,
             address="127.0.0.1",
             agent_port=agent.port,
             code_server_port=6000,

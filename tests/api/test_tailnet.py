@@ -26,8 +26,7 @@ from zlh.api.headscale import HeadscaleClient, HeadscaleRejected, HeadscaleSetti
 from zlh.api.services import Services
 from zlh.api.settings import ApiSettings
 from zlh.api.tailnet import KeySealer, Tailnet, TailnetError, TailnetStore, headscale_user_name
-from zlh.backends import Backend, BackendError, ContainerInfo, ContainerSpec
-from zlh.backends import ContainerState as BackendState
+from zlh.backends import Backend, BackendError, ContainerInfo, ContainerSpec, RunState
 from zlh.schemas import ProvisionPayload, TailscaleAddon
 
 SHA = "0" * 64
@@ -226,7 +225,7 @@ class NoContainersBackend(Backend):
         return None
 
     async def status(self, vmid: int) -> ContainerInfo:
-        return ContainerInfo(vmid=vmid, state=BackendState.ABSENT)
+        return ContainerInfo(vmid=vmid, state=RunState.ABSENT)
 
     async def list(self) -> list[ContainerInfo]:
         return []

@@ -21,7 +21,7 @@ from zlh.backends import (
     ContainerExists,
     ContainerInfo,
     ContainerSpec,
-    ContainerState,
+    RunState,
 )
 
 __all__ = ["CrashingBackend", "MemoryBackend", "NeverReadyBackend", "SlowBackend"]
@@ -35,8 +35,8 @@ class MemoryBackend(Backend):
         self.secrets: dict[int, str] = {}
         self.calls: list[tuple[str, int]] = []
 
-    def _set(self, vmid: int, state: ContainerState) -> ContainerInfo:
-        address = f"127.0.0.{vmid % 250 + 2}" if state is ContainerState.RUNNING else None
+    def _set(self, vmid: int, state: RunState) -> ContainerInfo:
+        address = f"127.0.0.{vmid % 250 + 2}" if state is RunState.RUNNING else None
         info = ContainerInfo(vmid=vmid, state=state, address=address, node="memory")
         self.containers[vmid] = info
         return info
@@ -46,18 +46,18 @@ class MemoryBackend(Backend):
         if spec.vmid in self.containers:
             raise ContainerExists(f"container {spec.vmid} already exists")
         self.secrets[spec.vmid] = spec.agent_secret
-        return self._set(spec.vmid, ContainerState.STOPPED)
+        return self._set(spec.vmid, RunState.STOPPED)
 
     async def start(self, vmid: int) -> ContainerInfo:
         self.calls.append(("start", vmid))
         if vmid not in self.containers:
             raise BackendError(f"container {vmid} does not exist")
-        return self._set(vmid, ContainerState.RUNNING)
+        return self._set(vmid, RunState.RUNNING)
 
     async def stop(self, vmid: int, *, timeout_s: float = 10.0) -> None:
         self.calls.append(("stop", vmid))
         if vmid in self.containers:
-            self._set(vmid, ContainerState.STOPPED)
+            self._set(vmid, RunState.STOPPED)
 
     async def destroy(self, vmid: int) -> None:
         self.calls.append(("destroy", vmid))
@@ -65,7 +65,7 @@ class MemoryBackend(Backend):
         self.secrets.pop(vmid, None)
 
     async def status(self, vmid: int) -> ContainerInfo:
-        return self.containers.get(vmid) or ContainerInfo(vmid=vmid, state=ContainerState.ABSENT)
+        return self.containers.get(vmid) or ContainerInfo(vmid=vmid, state=RunState.ABSENT)
 
     async def list(self) -> list[ContainerInfo]:
         return sorted(self.containers.values(), key=lambda info: info.vmid)
@@ -141,8 +141,8 @@ class CrashingBackend(MemoryBackend):
 
     async def status(self, vmid: int) -> ContainerInfo:
         info = await super().status(vmid)
-        if self.crash_after is not None and info.state is ContainerState.RUNNING:
+        if self.crash_after is not None and info.state is RunState.RUNNING:
             self._status_calls[vmid] = self._status_calls.get(vmid, 0) + 1
             if self._status_calls[vmid] > self.crash_after:
-                return self._set(vmid, ContainerState.STOPPED)
+                return self._set(vmid, RunState.STOPPED)
         return info

@@ -17,7 +17,7 @@ import pytest
 
 from support import REPO, zlh
 from zlh.api.settings import url_port
-from zlh.backends import ContainerInfo, ContainerSpec, ContainerState, Resources
+from zlh.backends import ContainerInfo, ContainerSpec, Resources, RunState
 from zlh.backends.lxc import LxcBackend
 
 DATA_DIR = Path(os.environ.get("ZLH_TEST_LXC_DIR", REPO / ".data" / "test-lxc"))
@@ -61,7 +61,7 @@ def up(
 def running(backend: LxcBackend, vmid: int) -> ContainerInfo:
     """Container ``vmid`` running, whatever earlier tests left of it."""
     info = asyncio.run(backend.status(vmid))
-    if info.state is ContainerState.RUNNING:
+    if info.state is RunState.RUNNING:
         return info
     return asyncio.run(backend.start(vmid)) if info.state.exists else up(backend, vmid)
 

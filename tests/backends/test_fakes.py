@@ -8,7 +8,7 @@ import time
 import pytest
 from fakes import CrashingBackend, MemoryBackend, NeverReadyBackend, SlowBackend
 
-from zlh.backends import BackendError, ContainerExists, ContainerSpec, ContainerState
+from zlh.backends import BackendError, ContainerExists, ContainerSpec, RunState
 
 
 def test_memory_backend_keeps_the_interface_guarantees() -> None:
@@ -25,7 +25,7 @@ def test_memory_backend_keeps_the_interface_guarantees() -> None:
     assert asyncio.run(backend.wait_running(1, timeout_s=1)).address
     asyncio.run(backend.destroy(1))
     asyncio.run(backend.destroy(1))
-    assert asyncio.run(backend.status(1)).state is ContainerState.ABSENT
+    assert asyncio.run(backend.status(1)).state is RunState.ABSENT
 
 
 def test_slow_backend_takes_its_delay() -> None:
@@ -53,4 +53,4 @@ def test_crashing_backend_fails_named_operations_and_crashes_running_containers(
     asyncio.run(crashing.create(ContainerSpec(vmid=5, agent_secret="s")))
     asyncio.run(crashing.start(5))
     states = [asyncio.run(crashing.status(5)).state for _ in range(3)]
-    assert states == [ContainerState.RUNNING, ContainerState.RUNNING, ContainerState.STOPPED]
+    assert states == [RunState.RUNNING, RunState.RUNNING, RunState.STOPPED]

@@ -40,7 +40,7 @@ from zlh.backends import (
     BackendUnavailable,
     ContainerExists,
     ContainerSpec,
-    ContainerState,
+    RunState,
     create_backend,
 )
 from zlh.backends.lxc import LxcBackend
@@ -254,7 +254,7 @@ def test_destroy_removes_both_and_their_addresses_are_reused(backend: LxcBackend
         before = {up(backend, v).address for v in (A, B)}
     for vmid in (A, B):
         asyncio.run(backend.destroy(vmid))
-        assert asyncio.run(backend.status(vmid)).state is ContainerState.ABSENT
+        assert asyncio.run(backend.status(vmid)).state is RunState.ABSENT
         assert not (backend.lxcpath / f"zlh-{vmid}").exists()
     asyncio.run(backend.destroy(A))  # idempotent
     assert {c.vmid for c in asyncio.run(backend.list())}.isdisjoint({A, B})
@@ -273,7 +273,7 @@ def test_a_container_is_found_and_reachable_after_a_backend_restart(backend: Lxc
     limit = restarted.memory_limit_bytes(C)
     assert limit == 512 * 1024 * 1024
     asyncio.run(restarted.stop(C, timeout_s=5))
-    assert asyncio.run(backend.status(C)).state is ContainerState.STOPPED
+    assert asyncio.run(backend.status(C)).state is RunState.STOPPED
 
 
 def test_creating_an_existing_vmid_fails_without_touching_it(backend: LxcBackend) -> None:
@@ -378,7 +378,7 @@ def received_from(backend: LxcBackend, vmid: int, sources: list[str], host: str)
 def test_a_container_cannot_speak_with_its_neighbours_address(backend: LxcBackend) -> None:
     infos = {v: asyncio.run(backend.status(v)) for v in (A, B)}
     for vmid, info in infos.items():
-        if info.state is not ContainerState.RUNNING:
+        if info.state is not RunState.RUNNING:
             infos[vmid] = (
                 asyncio.run(backend.start(vmid)) if info.state.exists else up(backend, vmid)
             )

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from lxc_kit import DATA_DIR, agent_status, attach, host_connects, lxc_backend, running, up
 
-from zlh.backends import BackendUnavailable, ContainerState
+from zlh.backends import BackendUnavailable, RunState
 from zlh.backends.lxc import LxcBackend
 from zlh.backends.lxc_idmap import IdMap
 from zlh.backends.template import build_template, current_template
@@ -187,7 +187,7 @@ def test_a_privileged_container_of_an_older_install_is_migrated_with_its_files(
         new = LxcBackend(data_dir=data_dir)  # the upgrade: migrates on start
         assert new.idmap is not None
         info = asyncio.run(new.status(MIGRATED))
-        assert info.state is ContainerState.RUNNING  # it ran before, so it runs again
+        assert info.state is RunState.RUNNING  # it ran before, so it runs again
         assert agent_status(info, f"secret-{MIGRATED}") == 200
         config = new.lxcpath / f"zlh-{MIGRATED}" / "config"
         assert IdMap.from_config(config.read_text()) == new.idmap

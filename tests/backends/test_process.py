@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from zlh.backends import ContainerExists, ContainerSpec, ContainerState, create_backend
+from zlh.backends import ContainerExists, ContainerSpec, RunState, create_backend
 from zlh.backends.process import ProcessBackend, _alive
 
 
@@ -39,7 +39,7 @@ def test_two_agents_run_side_by_side_with_their_own_ports_and_secrets(tmp_path: 
         for vmid in (101, 102):
             await backend.create(ContainerSpec(vmid=vmid, agent_secret=f"secret-{vmid}"))
             info = await backend.start(vmid)
-            assert info.state is ContainerState.RUNNING
+            assert info.state is RunState.RUNNING
             ports += [info.agent_port, info.code_server_port]
         return ports
 
@@ -69,14 +69,14 @@ def test_a_new_backend_object_finds_running_agents_and_stops_them(tmp_path: Path
     [listed] = asyncio.run(again.list())
     assert listed == started
     asyncio.run(again.stop(7))
-    assert asyncio.run(again.status(7)).state is ContainerState.STOPPED
+    assert asyncio.run(again.status(7)).state is RunState.STOPPED
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{started.agent_port}/status", timeout=2)
     asyncio.run(again.start(7))  # a stopped container starts again on its ports
     assert wait_status(started.agent_port, "s").status_code == 200
     asyncio.run(again.destroy(7))
     asyncio.run(first.destroy(7))  # idempotent, also from the stale object
-    assert asyncio.run(first.status(7)).state is ContainerState.ABSENT
+    assert asyncio.run(first.status(7)).state is RunState.ABSENT
 
 
 def test_creating_an_existing_vmid_fails_and_keeps_the_existing_container(tmp_path: Path) -> None:
@@ -105,7 +105,7 @@ def test_stop_kills_an_agent_that_ignores_sigterm(tmp_path: Path) -> None:
     asyncio.run(backend.stop(9, timeout_s=0.5))
     assert time.monotonic() - started < 5
     assert not _alive(pid)
-    assert asyncio.run(backend.status(9)).state is ContainerState.STOPPED
+    assert asyncio.run(backend.status(9)).state is RunState.STOPPED
     asyncio.run(backend.destroy(9))
 
 

@@ -15,7 +15,7 @@ from zlh.backends import (
     BackendUnavailable,
     ContainerExists,
     ContainerSpec,
-    ContainerState,
+    RunState,
 )
 from zlh.backends.proxmox import ProxmoxBackend, ProxmoxSettings
 
@@ -41,7 +41,7 @@ def test_create_waits_for_the_task_then_starts_reports_the_address_and_destroys(
 ) -> None:
     backend = backend_for(server, cert)
     created = asyncio.run(backend.create(ContainerSpec(vmid=105, agent_secret="s3cret")))
-    assert created.state is ContainerState.STOPPED
+    assert created.state is RunState.STOPPED
     assert created.node == "pve2"  # the least loaded online node
     config = server.state.cts[105]["config"]
     assert config["ostemplate"] == TEMPLATE
@@ -51,14 +51,14 @@ def test_create_waits_for_the_task_then_starts_reports_the_address_and_destroys(
     assert len(polls) >= 2  # it waited while the task said "running"
 
     info = asyncio.run(backend.start(105))
-    assert info.state is ContainerState.RUNNING
+    assert info.state is RunState.RUNNING
     assert info.address == "192.0.2.105" and info.agent_url == "http://192.0.2.105:7100"
     assert [c.vmid for c in asyncio.run(backend.list())] == [105]
 
     asyncio.run(backend.destroy(105))
     assert 105 not in server.state.cts
     assert ("POST", "/nodes/pve2/lxc/105/status/shutdown") in [r[:2] for r in server.state.requests]
-    assert asyncio.run(backend.status(105)).state is ContainerState.ABSENT
+    assert asyncio.run(backend.status(105)).state is RunState.ABSENT
     asyncio.run(backend.destroy(105))  # idempotent
 
 

@@ -38,9 +38,7 @@ from zlh.backends import (
     ContainerInfo,
     ContainerSpec,
     Resources,
-)
-from zlh.backends import (
-    ContainerState as BackendState,
+    RunState,
 )
 from zlh.errors import ZlhError
 from zlh.schemas import (
@@ -180,10 +178,10 @@ class Provisioner:
     async def _reattach(self, container: Container) -> None:
         try:
             info = await self.backend.status(container.vmid)
-            if info.state is BackendState.ABSENT:
+            if info.state is RunState.ABSENT:
                 self._fail(container.vmid, "the container disappeared from the backend")
                 return
-            if info.state is not BackendState.RUNNING or not info.address:
+            if info.state is not RunState.RUNNING or not info.address:
                 await self.backend.start(container.vmid)
                 info = await self.backend.wait_running(
                     container.vmid, timeout_s=self.settings.container_start_timeout_s
@@ -230,7 +228,7 @@ class Provisioner:
     async def _create_and_start(self, container: Container) -> ContainerInfo:
         vmid = container.vmid
         info = await self.backend.status(vmid)
-        if info.state is BackendState.ABSENT:
+        if info.state is RunState.ABSENT:
             self.registry.update(vmid, state=ContainerState.CREATING)
             spec = ContainerSpec(
                 vmid=vmid,
@@ -254,7 +252,7 @@ class Provisioner:
             raise BackendError(
                 f"vmid {vmid} is already used on the backend by a container this API did not create"
             )
-        if info.state is not BackendState.RUNNING:
+        if info.state is not RunState.RUNNING:
             await self.backend.start(vmid)
         return await self.backend.wait_running(
             vmid, timeout_s=self.settings.container_start_timeout_s

@@ -17,8 +17,8 @@ from zlh.backends.base import (
     ContainerExists,
     ContainerInfo,
     ContainerSpec,
-    ContainerState,
     Resources,
+    RunState,
 )
 
 __all__ = [
@@ -32,8 +32,8 @@ __all__ = [
     "ContainerExists",
     "ContainerInfo",
     "ContainerSpec",
-    "ContainerState",
     "Resources",
+    "RunState",
     "create_backend",
 ]
 

@@ -10,7 +10,7 @@ Guarantees every implementation keeps, and the tests in ``tests/backends/`` chec
 - ``stop`` returns only once the container is stopped: gracefully first, then hard after
   ``timeout_s``; it logs instead of hanging. Stopping a stopped container is a no-op.
 - ``destroy`` is idempotent: destroying an absent container succeeds. Its address is free again.
-- ``status`` never raises for an unknown vmid: it reports ``ContainerState.ABSENT``.
+- ``status`` never raises for an unknown vmid: it reports ``RunState.ABSENT``.
 - ``list`` finds every container this backend created, also after an API restart (from the
   host's own records: container names/config, not memory).
 
@@ -41,8 +41,8 @@ __all__ = [
     "ContainerExists",
     "ContainerInfo",
     "ContainerSpec",
-    "ContainerState",
     "Resources",
+    "RunState",
 ]
 
 # The agent's port inside a container (LXC, Proxmox). The process backend allocates its own.
@@ -65,14 +65,17 @@ class ContainerExists(BackendError):
     status_code = 409
 
 
-class ContainerState(StrEnum):
+class RunState(StrEnum):
+    """Whether a container exists and runs, as its host sees it (the API's lifecycle, which
+    includes provisioning and the agent's health, is zlh.api.db.ContainerState)."""
+
     ABSENT = "absent"
     STOPPED = "stopped"
     RUNNING = "running"
 
     @property
     def exists(self) -> bool:
-        return self is not ContainerState.ABSENT
+        return self is not RunState.ABSENT
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,7 +105,7 @@ class ContainerInfo:
     """Where a container is and how to reach its services from the API host."""
 
     vmid: int
-    state: ContainerState
+    state: RunState
     address: str | None = None  # the container's IP as seen from the API host
     agent_port: int = AGENT_PORT
     code_server_port: int = CODE_SERVER_PORT  # what the payload says, what the proxy targets
@@ -136,7 +139,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def status(self, vmid: int) -> ContainerInfo:
-        """Current state; ``ContainerState.ABSENT`` for an unknown vmid, never an exception."""
+        """Current state; ``RunState.ABSENT`` for an unknown vmid, never an exception."""
 
     @abc.abstractmethod
     async def list(self) -> list[ContainerInfo]:
@@ -166,7 +169,7 @@ class Backend(abc.ABC):
         delay = 0.05
         while True:
             info = await self.status(vmid)
-            if info.state is ContainerState.RUNNING and info.address:
+            if info.state is RunState.RUNNING and info.address:
                 return info
             if time.monotonic() > deadline:
                 raise BackendError(

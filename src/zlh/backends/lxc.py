@@ -39,8 +39,8 @@ from zlh.backends.base import (
     ContainerExists,
     ContainerInfo,
     ContainerSpec,
-    ContainerState,
     Resources,
+    RunState,
 )
 from zlh.backends.lxc_idmap import IdMap, container_idmap, shift_tree
 from zlh.backends.lxc_net import BRIDGE, Bridge, ensure_bridge, ensure_isolation, file_lock
@@ -316,16 +316,16 @@ class LxcBackend(BlockingBackend):
             },
         )
 
-    def _state(self, vmid: int) -> ContainerState:
+    def _state(self, vmid: int) -> RunState:
         if not self._config(vmid).is_file():
-            return ContainerState.ABSENT
+            return RunState.ABSENT
         try:
             out = self._lxc("lxc-info", vmid, "-s", "-H", what=f"lxc-info of {vmid}")
         except BackendError:
             if not self._config(vmid).is_file():  # destroyed meanwhile
-                return ContainerState.ABSENT
+                return RunState.ABSENT
             raise
-        return ContainerState.RUNNING if out.strip() == "RUNNING" else ContainerState.STOPPED
+        return RunState.RUNNING if out.strip() == "RUNNING" else RunState.STOPPED
 
     def _info(self, vmid: int) -> ContainerInfo:
         state = self._state(vmid)
@@ -446,7 +446,7 @@ class LxcBackend(BlockingBackend):
         """Turn a privileged clone (made before containers were unprivileged) into an
         unprivileged one with its files and state: stopped (cleanly), its upper layer shifted,
         its lower layer pointed at a shifted copy of its template, started again if it ran."""
-        was_running = self._state(vmid) is ContainerState.RUNNING
+        was_running = self._state(vmid) is RunState.RUNNING
         log.warning(
             "container %s is privileged (container root is host root): making it "
             "unprivileged (%s)%s",
@@ -495,7 +495,7 @@ class LxcBackend(BlockingBackend):
         state = self._state(vmid)
         if not state.exists:
             raise BackendError(f"container {vmid} does not exist")
-        if state is ContainerState.RUNNING:
+        if state is RunState.RUNNING:
             return self._info(vmid)
         slot = self._slot(vmid, self._network())
         self.slots.sync()  # the rules, should anything have flushed them since
@@ -507,7 +507,7 @@ class LxcBackend(BlockingBackend):
         return self._info(vmid)
 
     def _stop(self, vmid: int, timeout_s: float) -> None:
-        if self._state(vmid) is not ContainerState.RUNNING:
+        if self._state(vmid) is not RunState.RUNNING:
             return
         try:
             self._lxc(
@@ -520,7 +520,7 @@ class LxcBackend(BlockingBackend):
         except BackendError as exc:
             log.warning("graceful stop of %s failed (%s); killing it", vmid, exc.message)
             self._lxc("lxc-stop", vmid, "-k", what=f"killing container {vmid}")
-        if self._state(vmid) is ContainerState.RUNNING:
+        if self._state(vmid) is RunState.RUNNING:
             raise BackendError(f"container {vmid} is still running after lxc-stop")
 
     def _destroy(self, vmid: int) -> None:

@@ -36,7 +36,7 @@ from zlh.backends.base import (
     ContainerExists,
     ContainerInfo,
     ContainerSpec,
-    ContainerState,
+    RunState,
 )
 
 __all__ = ["ProcessBackend"]
@@ -137,11 +137,11 @@ class ProcessBackend(Backend):
     def _info(self, vmid: int) -> ContainerInfo:
         state = self._read(vmid)
         if state is None:
-            return ContainerInfo(vmid=vmid, state=ContainerState.ABSENT)
+            return ContainerInfo(vmid=vmid, state=RunState.ABSENT)
         running = self._running_pid(vmid, state) is not None
         return ContainerInfo(
             vmid=vmid,
-            state=ContainerState.RUNNING if running else ContainerState.STOPPED,
+            state=RunState.RUNNING if running else RunState.STOPPED,
             address=LOOPBACK,
             agent_port=state["agent_port"],
             code_server_port=state["code_server_port"],

@@ -35,7 +35,7 @@ from zlh.backends.base import (
     ContainerExists,
     ContainerInfo,
     ContainerSpec,
-    ContainerState,
+    RunState,
 )
 
 __all__ = ["ProxmoxBackend", "ProxmoxSettings"]
@@ -221,12 +221,12 @@ class ProxmoxBackend(BlockingBackend):
             log.warning("status of %s unknown: %s", vmid, exc.message)
             raise
         if item is None:
-            return ContainerInfo(vmid=vmid, state=ContainerState.ABSENT)
+            return ContainerInfo(vmid=vmid, state=RunState.ABSENT)
         node = str(item["node"])
         running = item.get("status") == "running"
         return ContainerInfo(
             vmid=vmid,
-            state=ContainerState.RUNNING if running else ContainerState.STOPPED,
+            state=RunState.RUNNING if running else RunState.STOPPED,
             address=self._address(node, vmid) if running else None,
             agent_port=AGENT_PORT,
             node=node,
@@ -294,7 +294,7 @@ class ProxmoxBackend(BlockingBackend):
                 **{"ssh-public-keys": f"# zlh-agent-token {spec.agent_secret}\n"},
             )
             self._wait_task(node, upid, what)
-        return ContainerInfo(vmid=spec.vmid, state=ContainerState.STOPPED, node=node)
+        return ContainerInfo(vmid=spec.vmid, state=RunState.STOPPED, node=node)
 
     def _check_clone_template(self, node: str, template: int) -> None:
         """Clones inherit ``unprivileged`` from their template (the clone call cannot set it):
@@ -328,12 +328,12 @@ class ProxmoxBackend(BlockingBackend):
         info = self._info(vmid)
         if not info.state.exists:
             raise BackendError(f"container {vmid} does not exist")
-        if info.state is not ContainerState.RUNNING:
+        if info.state is not RunState.RUNNING:
             self._lifecycle(vmid, "start")
         return self._info(vmid)
 
     def _stop(self, vmid: int, timeout_s: float) -> None:
-        if self._info(vmid).state is not ContainerState.RUNNING:
+        if self._info(vmid).state is not RunState.RUNNING:
             return
         try:
             self._lifecycle(vmid, "shutdown", timeout=max(1, round(timeout_s)))
