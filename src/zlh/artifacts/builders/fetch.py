@@ -13,13 +13,14 @@ import re
 import subprocess
 import sys
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from zlh.artifacts.errors import ArtifactError
 
 __all__ = [
     "BuildError",
+    "deb_closure",
     "extract_wheel",
     "fetch_debs",
     "fetch_wheel",
@@ -202,6 +203,22 @@ def unpack_debs(packages: Sequence[str], cache_dir: Path, root: Path) -> list[Pa
     for deb in debs:
         run(["dpkg-deb", "-x", deb, root], what=f"dpkg-deb -x {deb.name}")
     return debs
+
+
+_DEPENDS_RE = re.compile(r"^\s*\|?(?:Pre)?Depends:\s+([^\s<>:]+)", re.MULTILINE)
+
+
+def deb_closure(roots: Sequence[str], keep: Callable[[str], bool]) -> list[str]:
+    """``roots`` and, recursively, every package they depend on (any alternative) that ``keep``
+    accepts, sorted; a dependency ``keep`` refuses is neither taken nor followed. From the
+    local apt lists (``apt-cache depends``), no network."""
+    found = set(roots)
+    todo = list(roots)
+    while todo:
+        out = run(["apt-cache", "depends", *todo], what="apt-cache depends")
+        todo = sorted({name for name in _DEPENDS_RE.findall(out) if keep(name)} - found)
+        found.update(todo)
+    return sorted(found)
 
 
 def deb_candidate(package: str) -> str:

@@ -88,6 +88,9 @@ class JavaBuilder(Builder):
             bin_dirs=("bin",),
         )
 
+    def summary(self, recipe: Recipe) -> str:
+        return f"OpenJDK {recipe.key} JDK {recipe.upstream_version}: javac, jshell, jar (headless)"
+
     def assemble(self, recipe: Recipe, tree: Path, ctx: BuildContext) -> dict[str, str]:
         root = ctx.work_dir / "root"
         debs = unpack_debs(PACKAGES, ctx.cache_dir, root)

@@ -80,6 +80,9 @@ class PythonBuilder(Builder):
             bin_dirs=("bin",),
         )
 
+    def summary(self, recipe: Recipe) -> str:
+        return f"CPython {recipe.upstream_version} with pip and venv"
+
     def assemble(self, recipe: Recipe, tree: Path, ctx: BuildContext) -> dict[str, str]:
         root = ctx.work_dir / "root"
         debs = unpack_debs(PACKAGES, ctx.cache_dir, root)
