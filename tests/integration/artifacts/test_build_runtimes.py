@@ -129,8 +129,8 @@ def test_dotnet_is_monos_csharp_toolchain_that_compiles_and_runs_from_where_it_l
     assert "glibc" in labels["requires"]
     terminal = {"PATH": f"{prefix}/bin:/usr/bin:/bin"}
     (tmp_path / "Hello.cs").write_text(
-        "using System.Linq; class Hello { static void Main() {"
-        ' System.Console.WriteLine("hello from " + new[] { 6, 7 }.Aggregate((a, b) => a * b)); } }\n'
+        "using System.Linq; class Hello { static void Main() { System.Console.WriteLine("
+        '"hello from " + new[] { 6, 7 }.Aggregate((a, b) => a * b)); } }\n'
     )
     sh("csc", "Hello.cs", cwd=tmp_path, env=terminal)
     assert sh("mono", "Hello.exe", cwd=tmp_path, env=terminal) == "hello from 42\n"

@@ -36,7 +36,15 @@ from zlh.artifacts.store import ArtifactStore
 from zlh.errors import UsageError
 from zlh.schemas import Artifact, ArtifactFormat, ArtifactKind, ArtifactMetadata
 
-__all__ = ["BuildContext", "BuildResult", "Builder", "Recipe", "pick_version", "run_build"]
+__all__ = [
+    "BuildContext",
+    "BuildResult",
+    "Builder",
+    "Recipe",
+    "debian_recipe",
+    "pick_version",
+    "run_build",
+]
 
 Log = Callable[[str], None]
 RECIPE_LABEL = "recipe"
@@ -72,6 +80,23 @@ class Recipe:
     @property
     def filename(self) -> str:
         return f"{self.top_dir}.tar.gz"
+
+
+def debian_recipe(
+    name: str, key: str, package: str, debian: str, *, upstream: str, top_dir: str, revision: int
+) -> Recipe:
+    """The recipe of a runtime made from Debian's ``package`` at version ``debian``."""
+    return Recipe(
+        kind=ArtifactKind.RUNTIME,
+        name=name,
+        key=key,
+        upstream_version=upstream,
+        package_version=debian,
+        source=f"debian:{package}={debian}",
+        top_dir=top_dir,
+        revision=revision,
+        bin_dirs=("bin",),
+    )
 
 
 @dataclass

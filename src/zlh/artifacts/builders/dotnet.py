@@ -32,10 +32,9 @@ import re
 import shutil
 from pathlib import Path
 
-from zlh.artifacts.builders.base import BuildContext, Builder, Recipe
+from zlh.artifacts.builders.base import BuildContext, Builder, Recipe, debian_recipe
 from zlh.artifacts.builders.fetch import BuildError, deb_candidate, deb_closure, run, unpack_debs
 from zlh.errors import UsageError
-from zlh.schemas import ArtifactKind
 
 __all__ = ["IMPORT_COMMAND", "MonoBuilder"]
 
@@ -80,16 +79,9 @@ class MonoBuilder(Builder):
                 f" as dotnet {key}. Import Microsoft's .NET SDK instead:\n  {IMPORT_COMMAND}\n"
                 "(docs/operations.md, section 'Runtime artifacts', has the steps)"
             )
-        return Recipe(
-            kind=ArtifactKind.RUNTIME,
-            name="dotnet",
-            key=key,
-            upstream_version=upstream,
-            package_version=debian,
-            source=f"debian:{ROOT_PACKAGE}={debian}",
-            top_dir=f"mono-{upstream}-linux-x86_64",
-            revision=1,
-            bin_dirs=("bin",),
+        top_dir = f"mono-{upstream}-linux-x86_64"
+        return debian_recipe(
+            "dotnet", key, ROOT_PACKAGE, debian, upstream=upstream, top_dir=top_dir, revision=1
         )
 
     def summary(self, recipe: Recipe) -> str:

@@ -20,10 +20,9 @@ import os
 import shutil
 from pathlib import Path
 
-from zlh.artifacts.builders.base import BuildContext, Builder, Recipe
+from zlh.artifacts.builders.base import BuildContext, Builder, Recipe, debian_recipe
 from zlh.artifacts.builders.fetch import BuildError, deb_candidate, run, unpack_debs
 from zlh.errors import UsageError
-from zlh.schemas import ArtifactKind
 
 __all__ = ["JavaBuilder"]
 
@@ -76,20 +75,18 @@ class JavaBuilder(Builder):
             )
         debian = deb_candidate(PACKAGES[1])
         upstream = debian.split("-")[0]
-        return Recipe(
-            kind=ArtifactKind.RUNTIME,
-            name="java",
-            key=KEY,
-            upstream_version=upstream,
-            package_version=debian,
-            source=f"debian:{PACKAGES[1]}={debian}",
+        return debian_recipe(
+            "java",
+            KEY,
+            PACKAGES[1],
+            debian,
+            upstream=upstream,
             top_dir=f"jdk-{upstream}",
             revision=1,
-            bin_dirs=("bin",),
         )
 
     def summary(self, recipe: Recipe) -> str:
-        return f"OpenJDK {recipe.key} JDK {recipe.upstream_version}: javac, jshell, jar (headless)"
+        return f"OpenJDK {recipe.upstream_version} JDK: javac, jshell, jar (headless)"
 
     def assemble(self, recipe: Recipe, tree: Path, ctx: BuildContext) -> dict[str, str]:
         root = ctx.work_dir / "root"
