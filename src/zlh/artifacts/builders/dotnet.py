@@ -27,13 +27,20 @@ labels say so.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
 
 from zlh.artifacts.builders.base import BuildContext, Builder, Recipe, debian_recipe
-from zlh.artifacts.builders.fetch import BuildError, deb_candidate, deb_closure, run, unpack_debs
+from zlh.artifacts.builders.fetch import (
+    CA_BUNDLE,
+    BuildError,
+    ca_bundle,
+    deb_candidate,
+    deb_closure,
+    run,
+    unpack_debs,
+)
 from zlh.errors import UsageError
 
 __all__ = ["IMPORT_COMMAND", "MonoBuilder"]
@@ -44,10 +51,14 @@ IMPORT_COMMAND = (
     ' --label summary=".NET SDK 8.0.x (Microsoft)"'
 )
 ROOT_PACKAGE = "mono-devel"
-CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 _ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
 _DROP = ("share/doc", "share/man", "share/lintian", "share/.mono")
-_HELLO_CS = 'class Hello { static void Main() { System.Console.WriteLine("hello " + 6 * 7); } }\n'
+# Prints "hello 42", then where mono found the core library: inside the tree, not /usr/lib/mono.
+_HELLO_CS = """class Hello { static void Main() {
+    System.Console.WriteLine("hello " + 6 * 7);
+    System.Console.WriteLine(typeof(object).Assembly.Location);
+} }
+"""
 # Debian's tool scripts: `exec /usr/bin/mono $MONO_OPTIONS /usr/lib/mono/<tool>.exe …`.
 _EXEC_RE = re.compile(r"exec /usr/bin/mono (\$MONO_OPTIONS )?/usr/lib/mono/(\S+)")
 _PREFIX_LINE = (
@@ -125,23 +136,28 @@ class MonoBuilder(Builder):
         scratch = tree.parent / "check"
         scratch.mkdir(exist_ok=True)
         (scratch / "Hello.cs").write_text(_HELLO_CS)
+        own_corlib = (tree / "lib" / "mono" / "4.5" / "mscorlib.dll").resolve()
         for compiler in ("csc", "mcs"):
             (scratch / "Hello.exe").unlink(missing_ok=True)
             run([tree / "bin" / compiler, "Hello.cs"], what=compiler, env=_ENV, cwd=scratch)
             hello = run(
                 [mono, "Hello.exe"], what=f"mono Hello.exe ({compiler})", env=_ENV, cwd=scratch
             )
-            if hello.strip() != "hello 42":
+            said, corlib = [*hello.splitlines(), "", ""][:2]
+            if said != "hello 42" or Path(corlib).resolve() != own_corlib:
                 raise BuildError(f"mono Hello.exe (built by {compiler}) printed {hello.strip()!r}")
         synced = run(
-            [tree / "bin" / "cert-sync", "--user", CA_BUNDLE],
+            [tree / "bin" / "cert-sync", "--user", ca_bundle()],
             what="cert-sync --user",
             env={**_ENV, "HOME": str(scratch)},
         )
         if "Import process completed" not in synced:
             raise BuildError(f"cert-sync --user printed {synced.strip()[-200:]!r}")
         shutil.rmtree(scratch)
-        return f"{first}; csc and mcs compiled Hello.cs, mono ran it; cert-sync --user works"
+        return (
+            f"{first}; csc and mcs compiled Hello.cs, mono ran it with its own mscorlib;"
+            " cert-sync --user works"
+        )
 
 
 def _relocate_scripts(bin_dir: Path) -> list[str]:
@@ -161,5 +177,5 @@ def _relocate_scripts(bin_dir: Path) -> list[str]:
             removed.append(path.name)
             continue
         path.write_text(f"{shebang}\n{_PREFIX_LINE}{body}")
-        os.chmod(path, 0o755)
+        path.chmod(0o755)
     return removed

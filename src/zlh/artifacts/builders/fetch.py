@@ -19,7 +19,9 @@ from pathlib import Path
 from zlh.artifacts.errors import ArtifactError
 
 __all__ = [
+    "CA_BUNDLE",
     "BuildError",
+    "ca_bundle",
     "deb_closure",
     "extract_wheel",
     "fetch_debs",
@@ -32,6 +34,7 @@ __all__ = [
 # The wheels we use are built for these; pip does not widen a --platform tag on its own.
 _WHEEL_PLATFORMS = ("manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_28_x86_64")
 _OUTPUT_TAIL = 3000
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")  # Debian's, and the template's
 
 
 def _platform_ok(tag: str) -> bool:
@@ -74,6 +77,13 @@ def run(
         output = (result.stdout + result.stderr)[-_OUTPUT_TAIL:]
         raise BuildError(f"{what} failed (exit {result.returncode}):\n{output.strip()}")
     return result.stdout
+
+
+def ca_bundle() -> Path:
+    """The build host's CA bundle (PEM), which builds turn into their runtime's trust store."""
+    if not CA_BUNDLE.is_file():
+        raise BuildError(f"{CA_BUNDLE} is missing: apt-get install ca-certificates")
+    return CA_BUNDLE
 
 
 def sha256_file(path: Path) -> str:

@@ -21,7 +21,14 @@ import shutil
 from pathlib import Path
 
 from zlh.artifacts.builders.base import BuildContext, Builder, Recipe, debian_recipe
-from zlh.artifacts.builders.fetch import BuildError, deb_candidate, run, unpack_debs
+from zlh.artifacts.builders.fetch import (
+    CA_BUNDLE,
+    BuildError,
+    ca_bundle,
+    deb_candidate,
+    run,
+    unpack_debs,
+)
 from zlh.errors import UsageError
 
 __all__ = ["JavaBuilder"]
@@ -29,7 +36,6 @@ __all__ = ["JavaBuilder"]
 KEY = "17"
 PACKAGES = ("openjdk-17-jre-headless", "openjdk-17-jdk-headless")
 HOME = "usr/lib/jvm/java-17-openjdk-amd64"  # the JDK's home inside the packages
-CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 _ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}  # what the JDK's tools run with at build
 _REQUIRES = (
     "Debian 12 userland: glibc>=2.36, libstdc++6, zlib1g; no AWT desktop libraries"
@@ -95,14 +101,12 @@ class JavaBuilder(Builder):
         (root / HOME).rename(tree)
         _localize_links(tree, root)
         shutil.rmtree(tree / "man", ignore_errors=True)
-        if not CA_BUNDLE.is_file():
-            raise BuildError(f"{CA_BUNDLE} is missing: apt-get install ca-certificates")
         source = ctx.work_dir / "Cacerts.java"
         source.write_text(_CACERTS_JAVA)
         cacerts = tree / "lib" / "security" / "cacerts"
         cacerts.unlink(missing_ok=True)
         count = run(
-            [tree / "bin" / "java", source, CA_BUNDLE, cacerts],
+            [tree / "bin" / "java", source, ca_bundle(), cacerts],
             what="making lib/security/cacerts",
             env=_ENV,
         ).strip()
