@@ -205,7 +205,8 @@ class ArtifactStore:
         existing = current.get(plan.version) if current else None
         if existing is not None and existing.sha256 == plan.expected_sha256:
             path = self._local_path(existing, plan.label)
-            if path.is_file() and path.stat().st_size == existing.size and not make_default:
+            unchanged = not (make_default or replace)
+            if path.is_file() and path.stat().st_size == existing.size and unchanged:
                 return existing  # already there: nothing to download
         import httpx  # ~0.1 s to import: only for downloads
 
@@ -378,8 +379,9 @@ class ArtifactStore:
         with self._locked():
             current = self.catalog()
             existing = _check_conflict(current, plan, artifact.sha256, replace=replace)
-            if existing is not None and existing.sha256 == artifact.sha256:
+            if existing is not None and existing.sha256 == artifact.sha256 and not replace:
                 # Same bytes again: a no-op, except repairing a damaged file in place.
+                # (With replace, the entry takes the new metadata below.)
                 if existing.url == artifact.url:
                     partial.commit(self.root / artifact.url)
                 entry = current.section(plan.kind)[plan.name]

@@ -1,4 +1,4 @@
-"""``zlh artifacts build go|java|python``: real runtimes that run from wherever they land.
+"""``zlh artifacts build go|java|python|dotnet``: real runtimes that run from wherever they land.
 
 Each is built into a fresh store with the shared cache (a rebuild after the first run is a
 copy), extracted the way the agent does it, and run from a directory that is not its own.
@@ -114,3 +114,42 @@ def test_python_has_pip_in_a_new_terminal_and_a_venv_installs_a_local_wheel(tmp_
     greeting = sh(tmp_path / "venv" / "bin" / "python", "-c",
                   "import hello_zlh; print(hello_zlh.GREETING)", cwd=tmp_path)  # fmt: skip
     assert greeting == "hello from a wheel\n"
+
+
+def test_dotnet_is_monos_csharp_toolchain_that_compiles_and_runs_from_where_it_lands(
+    tmp_path: Path,
+) -> None:
+    prefix, artifact = install("dotnet", tmp_path)
+    assert prefix.name == "mono-6.8"
+    assert artifact.metadata.source is not None
+    assert artifact.metadata.source.startswith("debian:mono-devel=")
+    labels = artifact.metadata.labels
+    assert labels["summary"].startswith("Mono 6.8 C# toolchain (csc, mcs, mono) from Debian 12")
+    assert "not the .NET SDK" in labels["summary"]
+    assert "glibc" in labels["requires"]
+    terminal = {"PATH": f"{prefix}/bin:/usr/bin:/bin"}
+    (tmp_path / "Hello.cs").write_text(
+        "using System.Linq; class Hello { static void Main() { System.Console.WriteLine("
+        '"hello from " + new[] { 6, 7 }.Aggregate((a, b) => a * b)); } }\n'
+    )
+    sh("csc", "Hello.cs", cwd=tmp_path, env=terminal)
+    assert sh("mono", "Hello.exe", cwd=tmp_path, env=terminal) == "hello from 42\n"
+    sh("mcs", "-out:Hello2.exe", "Hello.cs", cwd=tmp_path, env=terminal)
+    assert sh("mono", "Hello2.exe", cwd=tmp_path, env=terminal) == "hello from 42\n"
+    # mono reads its assemblies and config from its own tree, not /usr/lib/mono or /etc/mono
+    probe = tmp_path / "Where.cs"
+    probe.write_text(
+        "class Where { static void Main() {"
+        " System.Console.WriteLine(typeof(object).Assembly.Location);"
+        " System.Console.WriteLine(System.Runtime.InteropServices.RuntimeEnvironment"
+        ".SystemConfigurationFile); } }\n"
+    )
+    sh("mcs", "Where.cs", cwd=tmp_path, env=terminal)
+    corlib, machine_config = sh("mono", "Where.exe", cwd=tmp_path, env=terminal).split()
+    assert corlib == f"{prefix}/lib/mono/4.5/mscorlib.dll"
+    assert machine_config == f"{prefix}/etc/mono/4.5/machine.config"
+    # HTTPS trust: the user imports the system CAs once, as the label says
+    assert "cert-sync --user" in labels["certificates"]
+    synced = sh("cert-sync", "--user", "/etc/ssl/certs/ca-certificates.crt", cwd=tmp_path,
+                env=terminal)  # fmt: skip
+    assert "Import process completed" in synced

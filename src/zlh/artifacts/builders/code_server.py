@@ -65,6 +65,10 @@ class CodeServerBuilder(Builder):
             bin_dirs=("bin",),
         )
 
+    def summary(self, recipe: Recipe) -> str:
+        node = NodeBuilder().recipe(NODE_MAJOR).upstream_version
+        return f"code-server {recipe.upstream_version}: VS Code in the browser, on Node.js {node}"
+
     def assemble(self, recipe: Recipe, tree: Path, ctx: BuildContext) -> dict[str, str]:
         node_builder = NodeBuilder()
         node_recipe = node_builder.recipe(NODE_MAJOR)

@@ -13,13 +13,16 @@ import re
 import subprocess
 import sys
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from zlh.artifacts.errors import ArtifactError
 
 __all__ = [
+    "CA_BUNDLE",
     "BuildError",
+    "ca_bundle",
+    "deb_closure",
     "extract_wheel",
     "fetch_debs",
     "fetch_wheel",
@@ -31,6 +34,7 @@ __all__ = [
 # The wheels we use are built for these; pip does not widen a --platform tag on its own.
 _WHEEL_PLATFORMS = ("manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_28_x86_64")
 _OUTPUT_TAIL = 3000
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")  # Debian's, and the template's
 
 
 def _platform_ok(tag: str) -> bool:
@@ -73,6 +77,13 @@ def run(
         output = (result.stdout + result.stderr)[-_OUTPUT_TAIL:]
         raise BuildError(f"{what} failed (exit {result.returncode}):\n{output.strip()}")
     return result.stdout
+
+
+def ca_bundle() -> Path:
+    """The build host's CA bundle (PEM), which builds turn into their runtime's trust store."""
+    if not CA_BUNDLE.is_file():
+        raise BuildError(f"{CA_BUNDLE} is missing: apt-get install ca-certificates")
+    return CA_BUNDLE
 
 
 def sha256_file(path: Path) -> str:
@@ -202,6 +213,22 @@ def unpack_debs(packages: Sequence[str], cache_dir: Path, root: Path) -> list[Pa
     for deb in debs:
         run(["dpkg-deb", "-x", deb, root], what=f"dpkg-deb -x {deb.name}")
     return debs
+
+
+_DEPENDS_RE = re.compile(r"^\s*\|?(?:Pre)?Depends:\s+([^\s<>:]+)", re.MULTILINE)
+
+
+def deb_closure(roots: Sequence[str], keep: Callable[[str], bool]) -> list[str]:
+    """``roots`` and, recursively, every package they depend on (any alternative) that ``keep``
+    accepts, sorted; a dependency ``keep`` refuses is neither taken nor followed. From the
+    local apt lists (``apt-cache depends``), no network."""
+    found = set(roots)
+    todo = list(roots)
+    while todo:
+        out = run(["apt-cache", "depends", *todo], what="apt-cache depends")
+        todo = sorted({name for name in _DEPENDS_RE.findall(out) if keep(name)} - found)
+        found.update(todo)
+    return sorted(found)
 
 
 def deb_candidate(package: str) -> str:

@@ -29,6 +29,9 @@ class GoBuilder(WheelBuilder):
     def top_dir(self, upstream: str) -> str:
         return f"go{upstream}.linux-amd64"
 
+    def summary(self, recipe: Recipe) -> str:
+        return f"Go {recipe.upstream_version} toolchain"
+
     def check(self, recipe: Recipe, tree: Path) -> str:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GO")}
         go = tree / "bin" / "go"

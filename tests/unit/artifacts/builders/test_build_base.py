@@ -3,6 +3,7 @@ re-pinned, reuse the cache for a fresh store, never clobber an imported artifact
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -35,9 +36,10 @@ class TinyBuilder(Builder):
 
     name = "node"
 
-    def __init__(self, *, revision: int = 1, broken: bool = False) -> None:
+    def __init__(self, *, revision: int = 1, broken: bool = False, says: str = "Tiny") -> None:
         self.revision = revision
         self.broken = broken
+        self.says = says
         self.assembled = 0
 
     def recipe(self, version: str | None) -> Recipe:
@@ -54,6 +56,9 @@ class TinyBuilder(Builder):
             top_dir=f"tiny-{upstream}",
             revision=self.revision,
         )
+
+    def summary(self, recipe: Recipe) -> str:
+        return f"{self.says} {recipe.upstream_version}"
 
     def assemble(self, recipe: Recipe, tree: Path, ctx: BuildContext) -> dict[str, str]:
         self.assembled += 1
@@ -113,6 +118,7 @@ def test_a_build_adds_a_pinned_artifact_with_its_provenance(tmp_path: Path) -> N
         "recipe": "zlh-build/node/r1 test:tiny==1.0.2",
         "check": "tiny ok",
         "flavour": "tiny",
+        "summary": "Tiny 1.0.2",
     }
 
 
@@ -139,6 +145,36 @@ def test_rebuilding_without_the_cache_gives_byte_identical_tarballs(tmp_path: Pa
     first = build(TinyBuilder(), ArtifactStore(tmp_path / "a"), tmp_path / "cache-a")
     second = build(TinyBuilder(), ArtifactStore(tmp_path / "b"), tmp_path / "cache-b")
     assert second.artifact.sha256 == first.artifact.sha256
+
+
+def summary_of(store: ArtifactStore) -> str | None:
+    artifact = store.catalog().runtimes["node"].get("1")  # type: ignore[index]
+    assert artifact is not None
+    return artifact.metadata.labels.get("summary")
+
+
+def test_a_build_from_the_cache_gets_the_summary_its_cache_record_lacks(tmp_path: Path) -> None:
+    builder = TinyBuilder()
+    build(builder, ArtifactStore(tmp_path / "a"), tmp_path / "cache")
+    sidecar = tmp_path / "cache" / "built" / "node" / "1" / "tiny-1.0.2.tar.gz.json"
+    assert "summary" not in json.loads(sidecar.read_text())["labels"]
+    fresh = ArtifactStore(tmp_path / "b")
+    assert build(builder, fresh, tmp_path / "cache").from_cache
+    assert builder.assembled == 1
+    assert summary_of(fresh) == "Tiny 1.0.2"
+
+
+def test_a_changed_summary_rewrites_the_entry_from_the_cache_without_rebuilding(
+    tmp_path: Path,
+) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    first = build(TinyBuilder(), store, tmp_path / "cache")
+    builder = TinyBuilder(says="Tinier")
+    again = build(builder, store, tmp_path / "cache")
+    assert not again.skipped and again.from_cache and builder.assembled == 0
+    assert again.artifact.sha256 == first.artifact.sha256
+    assert summary_of(store) == "Tinier 1.0.2"
+    assert build(builder, store, tmp_path / "cache").skipped
 
 
 def test_a_damaged_stored_file_is_rebuilt_not_skipped(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Registry fetch helpers: wheels keep their exec bits, cannot escape, and are reused."""
+"""Registry fetch helpers: wheels keep their exec bits, cannot escape, and are reused; a
+Debian package closure takes only what it is told to keep."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from zlh.artifacts.builders import fetch
 from zlh.artifacts.builders.fetch import BuildError, extract_wheel, fetch_wheel, run
 
 
@@ -70,3 +72,31 @@ def test_run_reports_the_failing_command_with_its_output() -> None:
 def test_run_names_a_missing_tool() -> None:
     with pytest.raises(BuildError, match="no-such-tool-zlh is not installed"):
         run(["no-such-tool-zlh"], what="probe")
+
+
+APT_DEPENDS = {
+    "mono-devel": "mono-devel\n  Depends: mono-runtime\n |Depends: libc6\n  Depends: <libc0.1>\n"
+    "  Depends: libmono-cil-dev\n  PreDepends: mono-mcs\n",
+    "mono-runtime": "mono-runtime\n  Depends: mono-runtime-sgen\n  Depends: perl:any\n",
+    "mono-mcs": "mono-mcs\n  Depends: mono-runtime\n",
+    "mono-runtime-sgen": "mono-runtime-sgen\n  Depends: mono-runtime\n",
+    "libmono-cil-dev": "libmono-cil-dev\n  Depends: mono-xbuild\n",
+}
+
+
+def test_deb_closure_follows_only_the_dependencies_it_keeps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[list[str]] = []
+
+    def apt_cache(argv: list[str], *, what: str) -> str:
+        assert argv[:2] == ["apt-cache", "depends"]
+        asked.append(argv[2:])
+        return "".join(APT_DEPENDS[name] for name in argv[2:])
+
+    monkeypatch.setattr(fetch, "run", apt_cache)
+    keep = lambda name: name.startswith("mono-")  # noqa: E731
+    closure = fetch.deb_closure(["mono-devel"], keep)
+    # libmono-cil-dev is refused, so its mono-xbuild is never reached; virtual names are skipped
+    assert closure == ["mono-devel", "mono-mcs", "mono-runtime", "mono-runtime-sgen"]
+    assert asked == [["mono-devel"], ["mono-mcs", "mono-runtime"], ["mono-runtime-sgen"]]
