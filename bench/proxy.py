@@ -9,7 +9,12 @@ bench user, then runs ``../shared/bench/proxy/run.sh ours=127.0.0.1:<port>`` aga
 IDE origin listener (the second-port form, where IDEs are served) with the IDE cookie a ticket
 exchange sets (``BENCH_COOKIE='zlh_ide=<jwt>; session=x'``, ``BENCH_STRIP_COOKIE=zlh_ide``: the
 front must strip its own cookie and pass the harness's). Prints the harness's table, then the
-issue's goals as ratios to nginx/hpm in the same run.
+front's goals as ratios to nginx/hpm in the same run (docs/performance.md).
+
+The harness is not part of this repository: it is the shared proxy benchmark at
+``../shared/bench/proxy/`` beside the checkout (``run.sh`` copies itself to ``$BENCH_DIR``,
+default /tmp/zlh-proxy-bench, and needs node, nginx and wrk: scripts/bootstrap.sh installs them).
+This bench needs it there and uses nothing else outside the repository.
 """
 
 from __future__ import annotations
@@ -112,7 +117,7 @@ def median(
 
 
 def goals(results: dict[str, dict[str, list[dict[str, float]]]]) -> list[str]:
-    """The issue's goals, each as `ratio (goal) ok/MISS`."""
+    """The front's goals, each as `ratio (goal) ok/MISS`."""
     checks = [
         ("small req/s vs nginx", "small", "rps", "nginx", 0.5, True),
         ("small req/s vs hpm", "small", "rps", "hpm", 10.0, True),

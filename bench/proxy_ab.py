@@ -12,10 +12,10 @@ with a Python that has setup.py's build requirements (pyproject.toml's ``[build-
 
 Each front runs as that tree's own ``bench/proxy.py --serve PORT`` (``PYTHONPATH=<tree>/src``),
 with the key and Cookie header of that tree's own ``bench_session()``: a tree's bench knows
-which listener serves IDEs and with which cookie (the portal session cookie on the main
-listener before the IDE origin, the IDE cookie on the IDE origin's listener after it). Both
-fronts route vmid 100 to one upstream, the harness's ``servers/upstream.js`` in ``$BENCH_DIR``
-(a run of bench/proxy.py sets it up) on a free port (or ``$BASE_PORT``).
+which of its listeners serves IDEs and with which cookie. Both fronts route vmid 100 to one
+upstream, the harness's ``servers/upstream.js`` in ``$BENCH_DIR`` (the shared proxy harness
+``../shared/bench/proxy/``, outside this repository, copied there by a run of bench/proxy.py)
+on a free port (or ``$BASE_PORT``).
 
 Every front is checked first (200 and the upstream's body with its cookie, 4xx without), then
 warmed up. Each round runs, per test, one ``wrk -t1`` turn of DURATION seconds on each front,

@@ -5,9 +5,10 @@ uvloop proxy pays in syscalls and the event loop), measured in turns in one run.
 
     .venv/bin/python bench/proxy_floor.py                   # ROUNDS=5 DURATION=5 by default
 
-It uses the shared harness's upstream (``servers/upstream.js`` in ``$BENCH_DIR``, which a run of
-bench/proxy.py sets up). Each turn is ``wrk -t1 -c32`` on the 223 B JSON for DURATION seconds;
-CPU is the server process's user+system time over the turn. Prints medians of req/s and of CPU
+It uses the upstream of the shared proxy harness ``../shared/bench/proxy/`` (outside this
+repository): ``servers/upstream.js`` in ``$BENCH_DIR``, which a run of bench/proxy.py sets up.
+Each turn is ``wrk -t1 -c32`` on the 223 B JSON for DURATION seconds; CPU is the server
+process's user+system time over the turn. Prints medians of req/s and of CPU
 microseconds per request, and each as a ratio to the installed front.
 """
 

@@ -11,8 +11,8 @@ ways, in turns:
   the front on a shared box.
 
 Prints the median over rounds of the per-round best µs per request for each side and each way.
-It is the tool behind docs/performance.md's "What the in-process numbers miss": absolute
-numbers move ±20% between runs on a shared VM; compare hot and cold within one run.
+docs/performance.md ("The front: where the CPU goes") gives its numbers: absolute numbers move
+±20% between runs on a shared VM; compare hot and cold within one run.
 
     .venv/bin/python bench/proxy_inproc.py            # ROUNDS=5 REQUESTS=5000 POLLUTE_KB=4096
 """

@@ -11,7 +11,7 @@ APT_PACKAGES=(
   build-essential python3-dev libkrb5-dev   # code-server's native modules
   postgresql                                # API storage tests (they run their own cluster)
   chromium fonts-dejavu-core                # browser tests (Playwright drives Debian's chromium)
-  nginx-light wrk                           # bench/proxy.py (shared/bench/proxy anchors + load)
+  nginx-light wrk                           # bench/proxy.py (../shared/bench/proxy: anchors, load)
   lxc dnsmasq-base debootstrap nftables     # lxc backend (lxc-net needs dnsmasq) + template
   openssl                                   # proxmox backend tests (self-signed TLS)
 )

@@ -1,7 +1,7 @@
 """A simulated agent and a backend that runs one per "container", over real HTTP on loopback.
 
 The agent speaks the real wire protocol (``ProvisionPayload`` in, ``AgentStatus`` out, Bearer
-secret checked) and walks through the spec's steps on a timer, so the API's provisioning,
+secret checked) and walks through the lifecycle's steps on a timer, so the API's provisioning,
 poller and SSE paths run for real without building runtimes. Knobs make it misbehave:
 ``never_ready`` (stays provisioning), ``fail_with`` (ends failed), ``forget()`` (loses its
 payload like a restarted agent), ``silent`` (/status hangs).

@@ -46,7 +46,7 @@ def as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def old_install(data_dir: Path) -> None:
-    """What an install from before this change has: everything 0644 in a 0755 data dir."""
+    """What an older install has: everything 0644 in a 0755 data dir."""
     data_dir.mkdir()
     data_dir.chmod(0o755)
     (data_dir / "run").mkdir(mode=0o755)

@@ -2,9 +2,9 @@
 
 aiohttp (server and client) rather than the API's FastAPI stack: one agent runs in every
 container, and a one-route aiohttp service idles at ~46 MB with pydantic vs ~52 MB for FastAPI
-on uvicorn (DESIGN.md); the agent needs no OpenAPI. It imports only ``zlh.schemas``,
-``zlh.errors``, ``zlh.agent.*``, the standard library, aiohttp and pydantic; installers and
-addons load what they need when a payload asks for it.
+on uvicorn (docs/architecture.md, "Why aiohttp"); the agent needs no OpenAPI. It imports only
+``zlh.schemas``, ``zlh.errors``, ``zlh.agent.*``, the standard library, aiohttp and pydantic;
+installers and addons load what they need when a payload asks for it.
 
 Each route module adds its routes and lifecycle to the app; this module only composes them
 behind the two middlewares (bearer secret, error envelope).

@@ -21,7 +21,7 @@ def register(commands: Any) -> None:
         "--root",
         type=Path,
         default=Path("/"),
-        help="where the spec's paths (/opt/zlh, /home/dev) live; / in a real container",
+        help="where the container paths (/opt/zlh, /home/dev) live; / in a real container",
     )
     agent.add_argument(
         "--bind-host",

@@ -1,7 +1,7 @@
 """Root's work in the dev user's home, done so that nothing dev planted there can redirect it.
 
 dev owns its home, so any name there may be a symlink, a hard link or a FIFO planted to make the
-agent (root) chown, overwrite or read something outside it (DESIGN.md, "A tenant is hostile").
+agent (root) chown, overwrite or read something outside it (docs/security.md, "Tenant isolation").
 The agent never touches a path there by name. Every operation of :class:`DevHome`:
 
 * runs on an :class:`~zlh.agent.runas.FsRunner` thread (:func:`as_dev`), whose filesystem

@@ -1,4 +1,4 @@
-"""The spec's dev environment: user ``dev``, home ``/home/dev``, workspace ``/home/dev/workspace``.
+"""The container's dev environment: user ``dev``, home ``/home/dev``, workspace below it.
 
 The one decision point is :func:`creates_system_user`: only an agent running as root with
 ``--root /`` (a real container) creates a passwd user. Anywhere else (tests, the process

@@ -1,9 +1,10 @@
-"""Where the spec's paths live on this machine.
+"""Where the container paths live on this machine.
 
-Every path of the spec (``/opt/zlh/runtimes/<runtime>/<version>``, ``/opt/zlh/services/<addon>``,
-``/etc/profile.d/zlh-runtimes.sh``, ``/home/dev/workspace``) is mapped beneath ``root``: ``/`` in a
-real container, a scratch directory in tests and under the process backend. Nothing else in the
-agent builds these paths by hand.
+Every path of the container contract (docs/architecture.md),
+``/opt/zlh/runtimes/<runtime>/<version>``, ``/opt/zlh/services/<addon>``,
+``/etc/profile.d/zlh-runtimes.sh``, ``/home/dev/workspace``, is mapped beneath ``root``: ``/`` in
+a real container, a scratch directory in tests and under the process backend. Nothing else in
+the agent builds these paths by hand.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ class Layout:
 
     @property
     def is_real_root(self) -> bool:
-        """True in a real container: the spec's paths are the paths themselves."""
+        """True in a real container: the container paths are the paths themselves."""
         return self.root == Path("/")
 
     def path(self, spec_path: str) -> Path:
-        """``spec_path`` (absolute, as the spec or a payload writes it) beneath ``root``."""
+        """``spec_path`` (absolute, as the contract or a payload writes it) beneath ``root``."""
         if not spec_path.startswith("/"):
             raise ValueError(f"{spec_path!r} is not an absolute path")
         return self.root / spec_path.lstrip("/")

@@ -2,7 +2,7 @@
 
 Installed runtimes and addons are read from their markers on every call (a few small files):
 what ``/status`` reports is what is on disk, including after a restart. Addon health is the
-supervisors' last observation. Paths are where things are on this machine: the spec's own paths
+supervisors' last observation. Paths are where things are on this machine: the contract's own paths
 in a container, the same paths beneath ``--root`` elsewhere.
 """
 

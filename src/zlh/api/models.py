@@ -82,7 +82,7 @@ class ContainerOut(WireModel):
     # Admins may open this container's IDE (the setting admin_ide_access): each opening is
     # audited, and the portal says so on the container's page.
     admin_ide_access: bool = False
-    # The agent's last /status document, the spec's fields verbatim.
+    # The agent's last /status document, the contract's fields verbatim.
     status: AgentStatus | None = None
     created_at: datetime
     updated_at: datetime

@@ -47,7 +47,7 @@ OPERATORS_GROUP = "group:zlh-operators"
 
 HEADSCALE_CONFIG_SNIPPET = """\
 dns:
-  magic_dns: false          # the spec: no MagicDNS
+  magic_dns: false          # no MagicDNS
   override_local_dns: false # never take over a machine's resolvers (0.26+ defaults to true)
   nameservers:
     global: []

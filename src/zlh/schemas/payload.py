@@ -34,7 +34,7 @@ _REVEAL = "reveal_secrets"
 
 
 def ide_base_path(vmid: int) -> str:
-    """The public path of a container's IDE: ``/dev/<vmid>/ide`` (spec: URL format)."""
+    """The public path of a container's IDE: ``/dev/<vmid>/ide`` (docs/architecture.md)."""
     return f"/dev/{vmid}/ide"
 
 
@@ -88,7 +88,7 @@ AddonSpec = Annotated[CodeServerAddon | TailscaleAddon, Field(discriminator="nam
 
 
 class DevUser(WireModel):
-    """The spec's dev environment: user ``dev``, home ``/home/dev``, workspace below it."""
+    """The container's dev environment: user ``dev``, home ``/home/dev``, workspace below it."""
 
     name: str = Field(default="dev", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     home: AbsolutePath = "/home/dev"

@@ -1,7 +1,8 @@
 """The agent's ``GET /status`` document, polled by the API (the agent never pushes).
 
-The five spec fields (``workspaceRoot``, ``runtimeInstallPath``, ``runtimeInstalled``,
-``codeServerInstalled``, ``codeServerRunning``) are carried verbatim; the rest is ours.
+The five fields of the container contract (docs/architecture.md), ``workspaceRoot``,
+``runtimeInstallPath``, ``runtimeInstalled``, ``codeServerInstalled``, ``codeServerRunning``,
+are carried verbatim; the rest is ours.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class AgentState(StrEnum):
 
 
 class ProvisionStep(StrEnum):
-    """The spec's lifecycle, in order: runtime, then addons, then ready."""
+    """The container lifecycle, in order: runtime, then addons, then ready."""
 
     DEV_USER = "dev-user"
     RUNTIME_DOWNLOAD = "runtime-download"
@@ -81,7 +82,7 @@ class AddonHealth(WireModel):
 
 
 class AgentStatus(WireModel):
-    # The spec's dev fields, verbatim on the wire.
+    # The contract's dev fields, verbatim on the wire.
     workspace_root: str
     runtime_install_path: str | None = None
     runtime_installed: bool = False

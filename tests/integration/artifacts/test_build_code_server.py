@@ -1,7 +1,7 @@
-"""``zlh artifacts build code-server``: the npm package on our Node 24, started the spec's way.
+"""``zlh artifacts build code-server``: the npm package on our Node 24, started the contract's way.
 
 The artifact is extracted to ``…/opt/zlh/services/code-server`` and started exactly as the
-spec's observed process shows (``<dir>/lib/node <dir> --bind-addr … --auth none <workspace>``);
+container contract says (``<dir>/lib/node <dir> --bind-addr … --auth none <workspace>``);
 it is ready when ``/healthz`` and ``/?folder=`` both answer 200 (under the wrong Node, /healthz
 answers while ``GET /`` fails, so the folder page is the real proof).
 """

@@ -37,7 +37,7 @@ def payload(**overrides: Any) -> dict[str, Any]:
     return data
 
 
-def test_issue_example_payload_parses() -> None:
+def test_example_payload_parses() -> None:
     parsed = ProvisionPayload.model_validate(payload())
     cs = parsed.addon("code-server")
     assert cs is not None and cs.options.port == 6000

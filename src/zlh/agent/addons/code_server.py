@@ -1,12 +1,12 @@
 """code-server: the browser IDE on port 6000, run as the dev user and kept running.
 
-Launched the way the spec's observed process shows, ``<dir>/lib/node <dir> --bind-addr
+Launched as the container contract says (docs/architecture.md), ``<dir>/lib/node <dir> --bind-addr
 <host>:<port> --auth none <workspace>``, plus ``--disable-telemetry --disable-update-check
 --disable-workspace-trust`` (without the last, the terminal waits on a trust dialog) and its own
 ``XDG_*`` dirs in the dev user's home, which it writes as dev without following links
 (:mod:`zlh.agent.devhome`). Flags the installed version may not have are passed only if its
 ``--help`` lists them: ``--base-path`` (code-server 4.x rejects it and builds URLs relative to
-the request path, so the platform's front strips the prefix instead, DESIGN.md) and
+the request path, so the platform's front strips the prefix instead) and
 ``--disable-getting-started-override`` (no "Deploy code-server for your team" page).
 
 The workbench opens on the workspace's README (the agent's welcome, ``zlh.agent.devuser``)
@@ -42,7 +42,7 @@ DEFAULT_SETTINGS: dict[str, object] = {
 
 # Enforced on every configure; other keys the user set are kept.
 USER_SETTINGS: dict[str, object] = {
-    "chat.disableAIFeatures": True,  # saves ~200 MB per session (DESIGN.md)
+    "chat.disableAIFeatures": True,  # saves ~200 MB of memory per open IDE
     "telemetry.telemetryLevel": "off",
     "update.mode": "none",
     "extensions.autoCheckUpdates": False,

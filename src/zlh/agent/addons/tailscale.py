@@ -1,11 +1,12 @@
 """tailscale: ``tailscaled`` supervised, then one ``tailscale up`` against the platform's Headscale.
 
-Install path and interface live here; the Tailnet issue completes the join and its tests. The
-join follows the spec's restrictions: ``--accept-dns=false`` (no DNS takeover),
-``--accept-routes=false``, never an exit node (no ``--exit-node``/``--advertise-exit-node``),
-hostname ``zlh-<vmid>`` unless the payload names one. The pre-auth key never appears in an
-argv (``ps`` shows every argv to every user): it is written to a 0600 file in the agent's state
-dir and passed as ``--auth-key=file:<path>``, and the file is removed once the join succeeded.
+The API side (Headscale pre-auth keys, the tailnet policy) is :mod:`zlh.api.tailnet`. The join
+follows the platform's tailnet restrictions (docs/architecture.md): ``--accept-dns=false``
+(no DNS takeover), ``--accept-routes=false``, never an exit node (no ``--exit-node`` or
+``--advertise-exit-node``), hostname ``zlh-<vmid>`` unless the payload names one. The pre-auth
+key never appears in an argv (``ps`` shows every argv to every user): it is written to a 0600
+file in the agent's state dir and passed as ``--auth-key=file:<path>``, and the file is removed
+once the join succeeded.
 """
 
 from __future__ import annotations

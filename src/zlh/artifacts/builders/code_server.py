@@ -1,13 +1,13 @@
 """code-server from the npm package, installed by our Node 24 build, laid out self-contained.
 
-The agent installs the tree at ``/opt/zlh/services/code-server`` and starts it the way the
-spec's observed process shows: ``<dir>/lib/node <dir> --bind-addr … --auth …``. So the tree is
-the npm package itself (``package.json`` ``main`` → ``out/node/entry.js``) with its
+The agent installs the tree at ``/opt/zlh/services/code-server`` and starts it as the container
+contract says (docs/architecture.md): ``<dir>/lib/node <dir> --bind-addr … --auth …``. So the
+tree is the npm package itself (``package.json`` ``main`` → ``out/node/entry.js``) with its
 dependencies in its own ``node_modules``, plus ``lib/node`` (the Node 24 binary it was built
 with, whose ABI the native modules match) and ``bin/code-server``, a wrapper like the one in
 code-server's standalone releases.
 
-Install gotchas (DESIGN.md): code-server 4.x refuses any Node but 24; its postinstall runs
+Install gotchas: code-server 4.x refuses any Node but 24; its postinstall runs
 ``npm install`` in ``lib/vscode`` and ``lib/vscode/extensions`` through whatever ``npm`` is on
 PATH, so our Node's ``bin`` goes first; ``npm_config_nodedir`` points node-gyp at the Node
 headers we ship instead of downloading them; ``@vscode`` native modules need a C++ toolchain
