@@ -26,11 +26,10 @@ import statistics
 import time
 from typing import Any
 
-import jwt
-
 from zlh.proxy import Front, JwtAuthenticator, ProxySettings, Route, RouteTable
 from zlh.proxy.listener import ClientConnection
 from zlh.proxy.pool import UpstreamAddress, UpstreamConnection
+from zlh.proxy.tickets import Ticket, TicketDesk
 
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 REQUESTS = int(os.environ.get("REQUESTS", "5000"))
@@ -80,15 +79,19 @@ def pollute() -> None:
 async def measure() -> dict[str, list[float]]:
     routes = RouteTable()
     routes.update(100, Route(owner_id="bench-user", host="127.0.0.1", port=18000, ready=True))
-    front = Front(ProxySettings(), routes, JwtAuthenticator(KEY), "unix:/nonexistent.sock")
-    claims = {"sub": "bench-user", "sid": "b", "iat": 1, "exp": int(time.time()) + 3600}
-    token = jwt.encode(claims, KEY, algorithm="HS256").encode()
+    tickets = TicketDesk(KEY)
+    front = Front(
+        ProxySettings(), routes, JwtAuthenticator(KEY), "unix:/nonexistent.sock", tickets=tickets
+    )
+    now = time.time()
+    cookie, _ = tickets.cookie_value(Ticket("bench-user", "b", 100, False, now, now + 3600))
     request = (
-        b"GET /dev/100/ide/small.json HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
-        b"Cookie: zlh_session=" + token + b"; session=x\r\n\r\n"
+        b"GET /dev/100/ide/small.json HTTP/1.1\r\nHost: 127.0.0.1:8081\r\n"
+        b"Cookie: zlh_ide=" + cookie.encode() + b"; session=x\r\n\r\n"
     )
     client_transport, upstream_transport = FakeTransport(), FakeTransport()
-    client = ClientConnection(front._dispatch, front.settings, front._connections)
+    # The IDE origin's listener (the second-port form): where IDEs are served.
+    client = ClientConnection(front._dispatch_ide, front.settings, front._connections)
     client.connection_made(client_transport)  # type: ignore[arg-type]
     upstream = UpstreamConnection(front.pool, UpstreamAddress("127.0.0.1", 18000))
     upstream.connection_made(upstream_transport)  # type: ignore[arg-type]

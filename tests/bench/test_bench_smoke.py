@@ -1,0 +1,24 @@
+"""The in-process benchmark still drives the front as it serves IDEs (tiny rounds; the
+numbers themselves are docs/performance.md's, from full runs)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from support import REPO
+
+
+def test_the_in_process_front_bench_completes_an_exchange_and_prints_its_ratios() -> None:
+    env = {**os.environ, "ROUNDS": "1", "REQUESTS": "50", "POLLUTE_KB": "64"}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "proxy_inproc.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "client side cold/hot:" in result.stdout
+    assert "upstream side cold/hot:" in result.stdout
