@@ -68,7 +68,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         setup_files_routes(agent_app, environment=lambda: dev, max_upload_bytes=LIMIT)
         setup_console_routes(agent_app, environment=lambda: dev)
 
-    secret = svc.provisioner.secret(container)
+    secret = svc.provisioning.secret(container)
     with serve_agent_app(setup, token=secret) as agent:
         svc.registry.update(
             container.vmid, state="ready", address="127.0.0.1", agent_port=agent.port

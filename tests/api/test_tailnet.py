@@ -305,7 +305,7 @@ def test_owner_reads_the_key_once_and_the_container_record_never_carries_keys(
 ) -> None:
     async def scenario(api: Api) -> None:
         vmid = api.container(api.alice, ["code-server", "tailscale"]).vmid
-        await api.svc.provisioner.ensure_tailnet(api.svc.registry.get(vmid))  # type: ignore[arg-type]
+        await api.svc.provisioning.ensure_tailnet(api.svc.registry.get(vmid))  # type: ignore[arg-type]
         first = await api.client.get(f"/api/dev/{vmid}/tailnet", headers=api.as_("alice"))
         second = await api.client.get(f"/api/dev/{vmid}/tailnet", headers=api.as_("alice"))
         record = await api.client.get(f"/api/dev/{vmid}", headers=api.as_("alice"))
@@ -330,7 +330,7 @@ def test_regenerate_route_answers_a_new_key_and_expires_the_old(
 ) -> None:
     async def scenario(api: Api) -> None:
         vmid = api.container(api.alice, ["tailscale"]).vmid
-        await api.svc.provisioner.ensure_tailnet(api.svc.registry.get(vmid))  # type: ignore[arg-type]
+        await api.svc.provisioning.ensure_tailnet(api.svc.registry.get(vmid))  # type: ignore[arg-type]
         (old,) = [k for k in headscale.keys.values() if not k.acl_tags]
         answer = await api.client.post(
             f"/api/dev/{vmid}/tailnet/regenerate", headers=api.as_("alice")
@@ -348,7 +348,7 @@ def test_a_non_owner_gets_404_on_the_tailnet_routes_and_changes_nothing(
 ) -> None:
     async def scenario(api: Api) -> None:
         vmid = api.container(api.alice, ["tailscale"]).vmid
-        await api.svc.provisioner.ensure_tailnet(api.svc.registry.get(vmid))  # type: ignore[arg-type]
+        await api.svc.provisioning.ensure_tailnet(api.svc.registry.get(vmid))  # type: ignore[arg-type]
         calls_before = len(headscale.requests)
         read = await api.client.get(f"/api/dev/{vmid}/tailnet", headers=api.as_("bob"))
         regen = await api.client.post(f"/api/dev/{vmid}/tailnet/regenerate", headers=api.as_("bob"))
@@ -395,8 +395,8 @@ def test_the_provisioner_puts_the_container_key_on_the_wire_to_the_agent_only(
         vmid = api.container(api.alice, ["tailscale"]).vmid
         container = api.svc.registry.get(vmid)
         assert container is not None
-        await api.svc.provisioner.ensure_tailnet(container)
-        payload = api.svc.provisioner.payload(container)
+        await api.svc.provisioning.ensure_tailnet(container)
+        payload = api.svc.provisioning.payload(container)
         app = web.Application()
         app.router.add_post("/provision", provision)
         runner = web.AppRunner(app)
@@ -435,7 +435,7 @@ def test_a_dev_request_for_tailscale_is_refused_when_no_tailnet_is_configured(
         from zlh.api.models import DevRequest
 
         with pytest.raises(InvalidRequest, match="needs a tailnet") as caught:
-            await svc.provisioner.request(alice, DevRequest(runtime="node", addons=["tailscale"]))
+            await svc.provisioning.request(alice, DevRequest(runtime="node", addons=["tailscale"]))
         assert caught.value.validations[0].field == "addons"
         svc.db.dispose()
 

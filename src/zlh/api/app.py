@@ -35,7 +35,7 @@ from zlh.api.events import EventBus
 from zlh.api.guard import RequestGuard
 from zlh.api.keys import load_or_create_key
 from zlh.api.poller import Poller
-from zlh.api.provisioning import Provisioner
+from zlh.api.provisioning import Provisioning
 from zlh.api.ratelimit import LoginThrottle
 from zlh.api.routefeed import REVOCATION_SYNC_S, RouteFeed
 from zlh.api.routes import audit as audit_routes
@@ -85,7 +85,7 @@ def build_services(
     if settings.headscale.enabled:
         sealer = KeySealer.from_file(settings.data_dir / "tailnet.key")
         tailnet = Tailnet(settings.headscale, sealer, TailnetStore(db))
-    provisioner = Provisioner(
+    provisioning = Provisioning(
         settings=settings,
         registry=registry,
         backend=backend,
@@ -98,17 +98,17 @@ def build_services(
     )
 
     async def resend(container: Any) -> None:
-        await provisioner.send_payload(container, wait_s=settings.agent_request_timeout_s)
+        await provisioning.send_payload(container, wait_s=settings.agent_request_timeout_s)
 
     poller = Poller(
         settings=settings,
         registry=registry,
         agents=agents,
-        secret=provisioner.secret,
+        secret=provisioning.secret,
         resend=resend,
-        overdue=provisioner.provision_overdue,
+        overdue=provisioning.provision_overdue,
     )
-    provisioner.on_provisioning = poller.wake
+    provisioning.on_provisioning = poller.wake
     return Services(
         settings=settings,
         db=db,
@@ -117,7 +117,7 @@ def build_services(
             db, load_or_create_key(settings.jwt_key_path), ttl_s=settings.session_ttl_s
         ),
         registry=registry,
-        provisioner=provisioner,
+        provisioning=provisioning,
         poller=poller,
         agents=agents,
         catalog=catalog,
@@ -150,9 +150,9 @@ async def _sync_revocations(svc: Services) -> None:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     svc: Services = app.state.services
     svc.registry.bind_loop(asyncio.get_running_loop())
-    svc.provisioner.load_backend_state()
+    svc.provisioning.load_backend_state()
     tasks = [
-        asyncio.create_task(svc.provisioner.resume(), name="resume"),
+        asyncio.create_task(svc.provisioning.resume(), name="resume"),
         asyncio.create_task(svc.poller.run(), name="poller"),
         asyncio.create_task(_sync_revocations(svc), name="revocations"),
     ]
@@ -162,7 +162,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await svc.provisioner.close()
+        await svc.provisioning.close()
         await svc.agents.close()
         svc.db.dispose()
 

@@ -8,7 +8,7 @@ and then driven in the background:
 agent) → the poller takes over until ``ready`` or ``failed``.
 
 The row is written before the backend is called and ``creating`` before ``create``: after a
-crash, :meth:`Provisioner.resume` drives every unfinished container from where it stood, and a
+crash, :meth:`Provisioning.resume` drives every unfinished container from where it stood, and a
 container the backend already has under a vmid in ``creating`` is ours (never created twice).
 """
 
@@ -51,7 +51,7 @@ from zlh.schemas import (
     ide_base_path,
 )
 
-__all__ = ["Provisioner", "resolve_request"]
+__all__ = ["Provisioning", "resolve_request"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _dump(artifact: Artifact) -> dict[str, Any]:
     return artifact.model_dump(mode="json", by_alias=True)
 
 
-class Provisioner:
+class Provisioning:
     def __init__(
         self,
         *,

@@ -71,7 +71,7 @@ def _agent(svc: Services, container: Container) -> tuple[str, dict[str, str]]:
     url = container.agent_url
     if url is None:
         raise ApiError(f"container {container.vmid} has no agent address yet", status_code=503)
-    return url, {"Authorization": f"Bearer {svc.provisioner.secret(container)}"}
+    return url, {"Authorization": f"Bearer {svc.provisioning.secret(container)}"}
 
 
 def _refused(url: str, status: int) -> AgentError | None:

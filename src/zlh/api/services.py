@@ -12,7 +12,7 @@ from zlh.api.containers import ContainerRegistry
 from zlh.api.db import Database
 from zlh.api.events import EventBus
 from zlh.api.poller import Poller
-from zlh.api.provisioning import Provisioner
+from zlh.api.provisioning import Provisioning
 from zlh.api.ratelimit import LoginThrottle
 from zlh.api.routefeed import RouteFeed
 from zlh.api.settings import ApiSettings
@@ -29,7 +29,7 @@ class Services:
     backend: Backend
     tokens: TokenService
     registry: ContainerRegistry
-    provisioner: Provisioner
+    provisioning: Provisioning
     poller: Poller
     agents: AgentClient
     catalog: CatalogSource

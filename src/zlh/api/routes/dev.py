@@ -19,7 +19,7 @@ async def request_dev(body: DevRequest, user: CurrentUser, svc: Svc) -> Containe
     """Ask for a dev container. Checked against the catalog (422 names what is unknown);
     the answer is the recorded container, which then provisions in the background
     (follow it at ``/api/dev/{vmid}/events``)."""
-    container = await svc.provisioner.request(user, body)
+    container = await svc.provisioning.request(user, body)
     return container_out(container, admin_ide_access=svc.settings.admin_ide_access)
 
 
@@ -51,5 +51,5 @@ def get_dev(container: OwnedContainer, svc: Svc) -> ContainerOut:
 @router.delete("/{vmid}", status_code=204)
 async def delete_dev(container: OwnedContainer, user: CurrentUser, svc: Svc) -> Response:
     """Destroy the container and forget it."""
-    await svc.provisioner.delete(container.vmid, user.username)
+    await svc.provisioning.delete(container.vmid, user.username)
     return Response(status_code=204)
