@@ -431,8 +431,8 @@ def test_a_dev_request_for_tailscale_is_refused_when_no_tailnet_is_configured(
         app = make_app(tmp_path, HeadscaleSettings())
         svc: Services = app.state.services
         alice = add_user(svc.db, "alice")
+        from zlh.api.bodies import DevRequest
         from zlh.api.errors import InvalidRequest
-        from zlh.api.models import DevRequest
 
         with pytest.raises(InvalidRequest, match="needs a tailnet") as caught:
             await svc.provisioning.request(alice, DevRequest(runtime="node", addons=["tailscale"]))

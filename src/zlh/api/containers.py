@@ -16,11 +16,11 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from zlh.api.bodies import ContainerEvent, ContainerOut
 from zlh.api.db import Container, ContainerState, Database, KeyValue, User
 from zlh.api.db.models import utcnow
 from zlh.api.errors import Conflict, Forbidden
 from zlh.api.events import EventBus
-from zlh.api.models import ContainerEvent, ContainerOut
 from zlh.api.routefeed import Route, RouteFeed
 from zlh.schemas import AgentStatus
 from zlh.schemas.payload import MIN_VMID

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 
 from pydantic import BaseModel
 
-from zlh.api.models import ContainerEvent
+from zlh.api.bodies import ContainerEvent
 
 __all__ = ["EventBus"]
 

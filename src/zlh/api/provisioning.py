@@ -22,13 +22,13 @@ from typing import Any
 
 from zlh.api.agent_client import AgentClient
 from zlh.api.audit import Action, AuditLog
+from zlh.api.bodies import DevRequest
 from zlh.api.catalog import CatalogSource
 from zlh.api.containers import ContainerRegistry
 from zlh.api.db import Container, ContainerState, KeyValue, User
 from zlh.api.db.models import utcnow
 from zlh.api.errors import AgentError, AgentUnreachable, InvalidRequest
 from zlh.api.keys import agent_secret
-from zlh.api.models import DevRequest
 from zlh.api.settings import ApiSettings
 from zlh.api.tailnet import Tailnet
 from zlh.backends import (

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import httpx
 
-from zlh.api.models import ContainerEvent, ContainerOut
+from zlh.api.bodies import ContainerEvent, ContainerOut
 from zlh.errors import ZlhError
 
 __all__ = ["DEMO_ADDONS", "DEMO_RUNTIME", "DemoClient"]

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from zlh.api.bodies import AuditOut
 from zlh.api.deps import AdminUser, Svc
-from zlh.api.models import AuditOut
 from zlh.api.routes import ERRORS
 from zlh.schemas.payload import MAX_VMID, MIN_VMID
 

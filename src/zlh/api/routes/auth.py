@@ -13,9 +13,9 @@ from fastapi import APIRouter, Request, Response
 
 from zlh.api import accounts
 from zlh.api.audit import Action
+from zlh.api.bodies import LoginRequest, LoginResponse, PasswordChange, UserOut
 from zlh.api.deps import CurrentUser, Svc, client_address
 from zlh.api.errors import Forbidden, NotAuthenticated, RateLimited
-from zlh.api.models import LoginRequest, LoginResponse, PasswordChange, UserOut
 from zlh.api.routes import ERRORS
 from zlh.api.services import Services
 

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
+from zlh.api.bodies import ContainerOut, DevRequest
 from zlh.api.containers import container_out
 from zlh.api.deps import CurrentUser, OwnedContainer, Svc
-from zlh.api.models import ContainerOut, DevRequest
 from zlh.api.routes import ERRORS
 
 router = APIRouter(prefix="/api/dev", tags=["dev"], responses=ERRORS)

@@ -13,10 +13,10 @@ from fastapi import APIRouter, Request, Response
 
 from zlh.api.audit import Action
 from zlh.api.auth import ISSUER
+from zlh.api.bodies import IdeUrl
 from zlh.api.db import Session
 from zlh.api.deps import CurrentUser, OwnedContainer, Svc
 from zlh.api.errors import InvalidRequest, NotAuthenticated, NotFound
-from zlh.api.models import IdeUrl
 from zlh.api.routes import ERRORS
 from zlh.proxy.tickets import AUTH_PATH, mint_ticket
 

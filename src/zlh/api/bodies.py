@@ -1,4 +1,4 @@
-"""The API's own wire models (requests and responses). Shared agent/API types live in
+"""The bodies of the API's HTTP requests and responses. Shared agent/API types live in
 ``zlh.schemas``; these are only spoken between the API and its clients (portal, CLI)."""
 
 from __future__ import annotations
