@@ -19,6 +19,7 @@ Two rules:
 from __future__ import annotations
 
 import ast
+import textwrap
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -350,26 +351,38 @@ def test_the_agent_depends_only_on_the_shared_modules(graph: Graph) -> None:
 # The checker itself, on synthetic packages: it must see what the rules are about.
 
 
-def _package(tmp_path: Path, files: dict[str, str]) -> Path:
+def _package(tmp_path: Path, listing: str) -> Path:
+    """A package ``pkg`` from ``# path`` headers each followed by that file's lines."""
     root = tmp_path / "pkg"
-    for name, text in {"__init__.py": "", **files}.items():
+    files: dict[str, list[str]] = {"__init__.py": []}
+    current: list[str] = []
+    for line in textwrap.dedent(listing).splitlines():
+        if line.startswith("# ") and line.endswith(".py"):
+            current = files.setdefault(line[2:], [])
+        elif line:
+            current.append(line)
+    for name, lines in files.items():
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        (path.parent / "__init__.py").touch()
+        path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
     return root
 
 
 def test_the_checker_finds_a_cycle_and_names_its_path(tmp_path: Path) -> None:
     root = _package(
         tmp_path,
-        {
-            "a/__init__.py": "",
-            "a/x.py": "from pkg.b import y\n",
-            "b/__init__.py": "",
-            "b/y.py": "import pkg.c\n",
-            "c.py": "def f():\n    from pkg.a import x\n",  # lazy closes it
-            "d.py": "from pkg import a\n",  # outside the cycle
-        },
+        """
+        # a/x.py
+        from pkg.b import y
+        # b/y.py
+        import pkg.c
+        # c.py
+        def f():
+            from pkg.a import x  # lazy: closes the cycle all the same
+        # d.py
+        from pkg import a  # outside the cycle
+        """,
     )
     graph = build_graph(root, "pkg")
     assert graph["pkg.d"]["pkg.a"][0].imported == "pkg.a"
@@ -387,13 +400,22 @@ def test_the_checker_finds_a_cycle_and_names_its_path(tmp_path: Path) -> None:
 def test_the_checker_reads_relative_and_dynamic_imports(tmp_path: Path) -> None:
     root = _package(
         tmp_path,
-        {
-            "a/__init__.py": "from . import inner\n",
-            "a/inner.py": "from ..b import thing\n",
-            "b.py": "import importlib\ndef f():\n    importlib.import_module('pkg.c')\n",
-            "c.py": "TARGET = 'pkg.a.inner:main'\nLOG = 'pkg.nothing'\n",
-            "d.py": "import sys\nRUN = [sys.executable, '-m', 'pkg.a']\n",
-        },
+        """
+        # a/__init__.py
+        from . import inner
+        # a/inner.py
+        from ..b import thing
+        # b.py
+        import importlib
+        def f():
+            importlib.import_module("pkg.c")
+        # c.py
+        TARGET = "pkg.a.inner:main"
+        LOG = "pkg.nothing"
+        # d.py
+        import sys
+        RUN = [sys.executable, "-m", "pkg.a"]
+        """,
     )
     graph = build_graph(root, "pkg")
     assert set(graph["pkg.a"]) == {"pkg.b"}
@@ -407,7 +429,13 @@ def test_the_checker_reads_relative_and_dynamic_imports(tmp_path: Path) -> None:
 def test_the_checker_passes_a_layered_package(tmp_path: Path) -> None:
     root = _package(
         tmp_path,
-        {"top.py": "import pkg.mid\n", "mid.py": "from pkg import low\n", "low.py": ""},
+        """
+        # top.py
+        import pkg.mid
+        # mid.py
+        from pkg import low
+        # low.py
+        """,
     )
     graph = build_graph(root, "pkg")
     assert find_cycles(graph) == []
