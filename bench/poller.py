@@ -33,8 +33,8 @@ from zlh.api.containers import ContainerRegistry
 from zlh.api.db import Container, ContainerState, Database
 from zlh.api.events import EventBus
 from zlh.api.poller import Poller
-from zlh.api.routefeed import RouteFeed
 from zlh.api.settings import ApiSettings
+from zlh.routefeed import RouteFeed
 from zlh.schemas import AgentState, AgentStatus
 
 STATUS = AgentStatus(

@@ -2,6 +2,8 @@
 
 Subcommand modules only declare their arguments (argparse, nothing heavy); the handler is
 imported when it runs, so ``zlh agent`` inside a container never imports control-plane code.
+Their shared helpers (``--data-dir``, handler targets) live in ``zlh.cliargs``: this entry point
+imports the packages, never the other way round.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from typing import Any, NoReturn
 
 from zlh import __version__
 from zlh.backends import BACKENDS
+from zlh.cliargs import add_data_dir, handler
 from zlh.errors import UsageError, ZlhError
 
-__all__ = ["DEFAULT_DATA_DIR", "data_dir_from", "main"]
+__all__ = ["build_parser", "main"]
 
-DEFAULT_DATA_DIR = Path("/var/lib/zlh")
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
@@ -33,30 +35,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
-
-
-def data_dir_from(args: argparse.Namespace) -> Path:
-    """``--data-dir``, else ``$ZLH_DATA_DIR``, else ``/var/lib/zlh``."""
-    explicit: Path | None = getattr(args, "data_dir", None)
-    env = os.environ.get("ZLH_DATA_DIR")
-    path = explicit if explicit is not None else Path(env) if env else DEFAULT_DATA_DIR
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"the data dir {path} is a file, not a directory: pick another --data-dir")
-    return path
-
-
-def add_data_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help=f"state directory (env ZLH_DATA_DIR, default {DEFAULT_DATA_DIR})",
-    )
-
-
-def handler(parser: argparse.ArgumentParser, target: str) -> None:
-    """Point ``parser`` at ``module:function``, imported only when the command runs."""
-    parser.set_defaults(_handler=target)
 
 
 def build_parser() -> argparse.ArgumentParser:

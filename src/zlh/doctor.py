@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from zlh.cli import data_dir_from
+from zlh.cliargs import data_dir_from
 
 __all__ = ["Check", "Outcome", "cmd_doctor", "run_checks"]
 

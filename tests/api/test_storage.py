@@ -22,7 +22,7 @@ from zlh.api.db import Base, ContainerState, Database, User
 from zlh.api.db.engine import MIGRATIONS
 from zlh.api.errors import Conflict, Forbidden, InvalidRequest, NotAuthenticated, NotFound
 from zlh.api.events import EventBus
-from zlh.api.routefeed import RouteFeed
+from zlh.routefeed import RouteFeed
 from zlh.schemas import AgentStatus
 
 PINS = {"runtime": {"url": "node.tar.gz"}, "addons": {}}

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from zlh.api import routefeed
+from zlh import routefeed
 from zlh.proxy import Principal, RouteTable
 from zlh.proxy.feed import follow
 

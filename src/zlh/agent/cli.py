@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from zlh.cli import handler
+from zlh.cliargs import handler
 
 
 def register(commands: Any) -> None:

@@ -37,7 +37,6 @@ from zlh.api.keys import load_or_create_key
 from zlh.api.poller import Poller
 from zlh.api.provisioning import Provisioning
 from zlh.api.ratelimit import LoginThrottle
-from zlh.api.routefeed import REVOCATION_SYNC_S, RouteFeed
 from zlh.api.routes import audit as audit_routes
 from zlh.api.routes import auth as auth_routes
 from zlh.api.routes import catalog as catalog_routes
@@ -53,6 +52,7 @@ from zlh.api.tailnet import KeySealer, Tailnet, TailnetStore
 from zlh.backends import Backend
 from zlh.errors import ZlhError
 from zlh.portal import mount_portal, not_found_page, wants_page
+from zlh.routefeed import REVOCATION_SYNC_S, RouteFeed
 from zlh.schemas import ErrorBody, FieldProblem
 
 __all__ = ["build_services", "create_app"]

@@ -3,7 +3,7 @@
 A token is valid when its signature verifies with the pinned algorithm, it has not expired,
 its session exists and is not revoked, and its user is not disabled. Logout and disabling
 revoke the session row, so the token stops working on the next request; the route feed
-(``zlh.api.routefeed``) carries revocations to the public front.
+(``zlh.routefeed``) carries revocations to the public front.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from zlh.backends import BACKENDS
-from zlh.cli import add_data_dir, handler
+from zlh.cliargs import add_data_dir, handler
 
 _COMMANDS = "zlh.api.commands"
 

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from zlh.api import accounts
 from zlh.api.db import Database
 from zlh.api.settings import ApiSettings, load_settings, url_port
-from zlh.cli import data_dir_from
+from zlh.cliargs import data_dir_from
 from zlh.datadir import PRIVATE_UMASK, prepare_data_dir
 from zlh.errors import UsageError, ZlhError
 from zlh.listen import WILDCARDS, local_address, parse_listen, require_free

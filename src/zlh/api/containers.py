@@ -21,7 +21,7 @@ from zlh.api.db import Container, ContainerState, Database, KeyValue, User
 from zlh.api.db.models import utcnow
 from zlh.api.errors import Conflict, Forbidden
 from zlh.api.events import EventBus
-from zlh.api.routefeed import Route, RouteFeed
+from zlh.routefeed import Route, RouteFeed
 from zlh.schemas import AgentStatus
 from zlh.schemas.payload import MIN_VMID
 

@@ -30,10 +30,10 @@ from zlh.api.db import Container
 from zlh.api.deps import CurrentUser, OwnedContainer, Svc, owned_container, session_token
 from zlh.api.errors import AgentError, AgentUnreachable, ApiError, NotAuthenticated, NotFound
 from zlh.api.responses import deny_websocket, error_json
-from zlh.api.routefeed import Resync, RouteFeed, RouteRemoved, SessionRevoked
 from zlh.api.routes import FILE_ERRORS
 from zlh.api.services import Services
 from zlh.errors import ZlhError
+from zlh.routefeed import Resync, RouteFeed, RouteRemoved, SessionRevoked
 from zlh.schemas import DirListing, ErrorBody, MkdirRequest, MoveRequest, PathResult
 from zlh.schemas.payload import MAX_VMID, MIN_VMID
 

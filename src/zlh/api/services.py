@@ -14,10 +14,10 @@ from zlh.api.events import EventBus
 from zlh.api.poller import Poller
 from zlh.api.provisioning import Provisioning
 from zlh.api.ratelimit import LoginThrottle
-from zlh.api.routefeed import RouteFeed
 from zlh.api.settings import ApiSettings
 from zlh.api.tailnet import Tailnet
 from zlh.backends import Backend
+from zlh.routefeed import RouteFeed
 
 __all__ = ["Services"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from zlh.cli import add_data_dir, handler
+from zlh.cliargs import add_data_dir, handler
 
 
 def register(commands: Any) -> None:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from zlh.cli import add_data_dir, handler
+from zlh.cliargs import add_data_dir, handler
 
 _COMMANDS = "zlh.artifacts.commands"
 

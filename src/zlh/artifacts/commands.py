@@ -11,7 +11,7 @@ from typing import TextIO
 
 from zlh.artifacts.progress import TransferProgress
 from zlh.artifacts.store import ArtifactStore, VerifyProblem
-from zlh.cli import data_dir_from
+from zlh.cliargs import data_dir_from
 from zlh.errors import UsageError
 from zlh.listen import parse_listen, require_free
 from zlh.schemas import ArtifactFormat, ArtifactKind, ArtifactMetadata

@@ -7,7 +7,7 @@ import logging
 
 from zlh.backends.lxc_idmap import container_idmap
 from zlh.backends.template import build_template, export_template
-from zlh.cli import data_dir_from
+from zlh.cliargs import data_dir_from
 
 __all__ = ["cmd_template_build", "cmd_template_export"]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from zlh.backends import LOCAL_BACKENDS
-from zlh.cli import add_data_dir, handler
+from zlh.cliargs import add_data_dir, handler
 
 DEFAULT_LISTEN = "0.0.0.0:8780"
 

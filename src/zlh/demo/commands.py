@@ -19,7 +19,7 @@ from zlh.api.commands import (
     settings_from,
 )
 from zlh.api.settings import ApiSettings
-from zlh.cli import data_dir_from
+from zlh.cliargs import data_dir_from
 from zlh.demo.admin import Credentials, ensure_admin
 from zlh.demo.client import DemoClient
 from zlh.demo.platform import UP_LOG, Platform, running_platform

@@ -1,4 +1,4 @@
-"""Keeps a :class:`RouteTable` equal to the API's route feed (``zlh.api.routefeed``).
+"""Keeps a :class:`RouteTable` equal to the API's route feed (``zlh.routefeed``).
 
 The API owns the truth (containers, owners, addresses, readiness, revoked sessions) and
 publishes it as a snapshot plus a stream of changes; :func:`follow` subscribes first, applies
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from zlh.api import routefeed
+from zlh import routefeed
 from zlh.proxy.routes import Route, RouteTable
 
 __all__ = ["follow", "to_route"]

@@ -1,5 +1,8 @@
 """The one narrow interface between the API and the public front (``zlh.proxy``).
 
+It belongs to neither: the API (``zlh.api``) writes it, the front (``zlh.proxy.feed``) reads
+it, and both import it from here, so the front never imports the control plane.
+
 The front needs to know, for every request to ``/dev/<vmid>/ide/…``: who owns ``<vmid>``,
 where its code-server listens, whether it is ready, and whether the caller's session was
 revoked. It keeps that in memory and learns it here:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from zlh.api import routefeed
-from zlh.api.routefeed import (
+from zlh import routefeed
+from zlh.routefeed import (
     Resync,
     Route,
     RouteFeed,
