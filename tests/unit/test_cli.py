@@ -54,3 +54,15 @@ def test_bad_usage_exits_2_with_one_line(args: list[str]) -> None:
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "error:" in lines[0], result.stderr
+
+
+def test_building_the_parser_imports_no_command_code() -> None:
+    """`zlh agent` in a container and `zlh --help` pay only for argparse: the models, the web
+    frameworks and the backends' implementations load when their command runs."""
+    probe = (
+        "import sys, zlh.cli; zlh.cli.build_parser(); "
+        "print(sorted(m for m in ('pydantic', 'fastapi', 'aiohttp', 'sqlalchemy', 'zlh.schemas',"
+        " 'zlh.api.app', 'zlh.agent.app', 'zlh.backends.lxc') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -48,6 +48,7 @@ SHARED_BOTTOM = {
     "zlh.http_range": "one Range request parser: the agent's files route and the artifact server",
     "zlh.listen": "HOST:PORT parsed one way and checked free before start: every server command",
     "zlh.cliargs": "--data-dir and handler helpers every package's arguments module uses",
+    "zlh.ports": "the ports inside every container: the payload, the backends and the front",
 }
 AGENT = "zlh.agent"
 CONTROL_PLANE = ("zlh.api", "zlh.proxy")

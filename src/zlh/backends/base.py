@@ -30,7 +30,7 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 from zlh.errors import ZlhError
-from zlh.schemas import CODE_SERVER_PORT
+from zlh.ports import AGENT_PORT, CODE_SERVER_PORT
 
 __all__ = [
     "AGENT_PORT",
@@ -46,7 +46,6 @@ __all__ = [
 ]
 
 # The agent's port inside a container (LXC, Proxmox). The process backend allocates its own.
-AGENT_PORT = 7100
 
 
 class BackendError(ZlhError):

@@ -52,7 +52,7 @@ from zlh.backends.template import (
     copy_tree,
     current_template,
 )
-from zlh.schemas import CODE_SERVER_PORT
+from zlh.ports import CODE_SERVER_PORT
 
 __all__ = ["LxcBackend", "cgroup_version", "require_lxc"]
 

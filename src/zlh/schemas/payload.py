@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, SecretStr, SerializationInfo, field_serializer
 
+from zlh.ports import CODE_SERVER_PORT
 from zlh.schemas._base import WireModel
 from zlh.schemas.catalog import Artifact, RuntimeName, Version
 
@@ -28,7 +29,6 @@ __all__ = [
 # Proxmox VE's vmid range; the platform uses the same numbers on every backend.
 MIN_VMID = 100
 MAX_VMID = 999_999_999
-CODE_SERVER_PORT = 6000
 # Serialization context key that makes SecretStr fields dump in clear (json_with_secrets).
 _REVEAL = "reveal_secrets"
 
