@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from zlh.artifacts.builders import BUILDERS
 from zlh.cliargs import add_data_dir, handler
 
 _COMMANDS = "zlh.artifacts.commands"
@@ -30,7 +31,7 @@ def register(commands: Any) -> None:
 
     add = sub.add_parser("add", help="add a runtime or addon tarball to the store and catalog")
     add.add_argument("kind", choices=["runtime", "addon"])
-    add.add_argument("name", help="runtime (node, python, go, java, dotnet) or addon name")
+    add.add_argument("name", help="runtime or addon name, e.g. node or code-server")
     add.add_argument("version", help="version key as it appears in the install path, e.g. 22")
     source = add.add_mutually_exclusive_group(required=True)
     source.add_argument("--file", type=Path, help="a local tarball to copy into the store")
@@ -78,7 +79,7 @@ def register(commands: Any) -> None:
     build.add_argument(
         "what",
         nargs="+",
-        choices=["node", "go", "java", "python", "dotnet", "code-server"],
+        choices=tuple(BUILDERS),
         help="one or more; built in turn (each skips what is already built)",
     )
     build.add_argument("--version", dest="build_version", help="version to build (default: ours)")

@@ -24,13 +24,19 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from zlh.artifacts.builders.base import Builder, BuildResult, run_build
-from zlh.artifacts.progress import TransferProgress
-from zlh.artifacts.store import ArtifactStore
 from zlh.errors import UsageError
 
-__all__ = ["BUILDERS", "BuildResult", "build"]
+if TYPE_CHECKING:
+    from zlh.artifacts.builders.base import BuildResult
+    from zlh.artifacts.progress import TransferProgress
+    from zlh.artifacts.store import ArtifactStore
+
+__all__ = ["BUILDERS", "build"]
+
+# What `zlh artifacts build` takes (the CLI's choices): only names here, so that the command
+# line is parsed without loading any builder.
 
 BUILDERS = {
     "node": "zlh.artifacts.builders.node:NodeBuilder",
@@ -51,6 +57,8 @@ def build(
     progress: TransferProgress | None = None,
 ) -> BuildResult:
     """Build ``what`` at ``version`` (None: the builder's default) into ``store``."""
+    from zlh.artifacts.builders.base import Builder, run_build
+
     target = BUILDERS.get(what)
     if target is None:
         raise UsageError(f"cannot build {what!r}: choose one of {', '.join(BUILDERS)}")
