@@ -40,7 +40,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from zlh.agent.cli import register as register_agent
     from zlh.api.cli import register as register_api
-    from zlh.api.tailnet_cli import register as register_tailnet
+    from zlh.api.tailnet.cli import register as register_tailnet
     from zlh.artifacts.cli import register as register_artifacts
     from zlh.backends.cli import register as register_template
     from zlh.demo.cli import register as register_demo

@@ -15,7 +15,7 @@ import pytest
 from headscale_server import HeadscaleServer
 from pydantic import SecretStr
 
-from zlh.api.headscale import (
+from zlh.api.tailnet.headscale import (
     HeadscaleAuthError,
     HeadscaleClient,
     HeadscaleConflict,

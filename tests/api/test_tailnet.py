@@ -22,10 +22,16 @@ from pydantic import SecretStr
 from zlh.api.app import create_app
 from zlh.api.catalog import StoreCatalog
 from zlh.api.db import Container, Database, KeyValue, User
-from zlh.api.headscale import HeadscaleClient, HeadscaleRejected, HeadscaleSettings
 from zlh.api.services import Services
 from zlh.api.settings import ApiSettings
-from zlh.api.tailnet import KeySealer, Tailnet, TailnetError, TailnetStore, headscale_user_name
+from zlh.api.tailnet.headscale import HeadscaleClient, HeadscaleRejected, HeadscaleSettings
+from zlh.api.tailnet.service import (
+    KeySealer,
+    Tailnet,
+    TailnetError,
+    TailnetStore,
+    headscale_user_name,
+)
 from zlh.backends import Backend, BackendError, ContainerInfo, ContainerSpec, RunState
 from zlh.schemas import ProvisionPayload, TailscaleAddon
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from zlh.api.db import Container, Database, User
-from zlh.api.tailnet_policy import HEADSCALE_CONFIG_SNIPPET, PolicyUser, render_policy
+from zlh.api.tailnet.policy import HEADSCALE_CONFIG_SNIPPET, PolicyUser, render_policy
 from zlh.cli import main
 
 USERS = [

@@ -48,7 +48,7 @@ from zlh.api.routes import ide as ide_routes
 from zlh.api.routes import tailnet as tailnet_routes
 from zlh.api.services import Services
 from zlh.api.settings import ApiSettings
-from zlh.api.tailnet import KeySealer, Tailnet, TailnetStore
+from zlh.api.tailnet.service import KeySealer, Tailnet, TailnetStore
 from zlh.backends import Backend
 from zlh.errors import ZlhError
 from zlh.portal import mount_portal, not_found_page, wants_page

@@ -30,7 +30,7 @@ from zlh.api.db.models import utcnow
 from zlh.api.errors import AgentError, AgentUnreachable, InvalidRequest
 from zlh.api.keys import agent_secret
 from zlh.api.settings import ApiSettings
-from zlh.api.tailnet import Tailnet
+from zlh.api.tailnet.service import Tailnet
 from zlh.backends import (
     Backend,
     BackendError,

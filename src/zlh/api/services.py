@@ -15,7 +15,7 @@ from zlh.api.poller import Poller
 from zlh.api.provisioning import Provisioning
 from zlh.api.ratelimit import LoginThrottle
 from zlh.api.settings import ApiSettings
-from zlh.api.tailnet import Tailnet
+from zlh.api.tailnet.service import Tailnet
 from zlh.backends import Backend
 from zlh.routefeed import RouteFeed
 

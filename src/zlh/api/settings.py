@@ -22,7 +22,7 @@ from pydantic_settings import (
 )
 
 from zlh.api.clientaddr import Network, parse_networks
-from zlh.api.headscale import HeadscaleSettings
+from zlh.api.tailnet.headscale import HeadscaleSettings
 from zlh.backends import BackendName
 from zlh.listen import parse_listen
 from zlh.proxy.ideorigin import IdeOrigin

@@ -20,7 +20,7 @@ from zlh.api.db import Container
 from zlh.api.deps import CurrentUser, OwnedContainer, Svc
 from zlh.api.errors import Conflict, NotFound
 from zlh.api.routes import ERRORS
-from zlh.api.tailnet import Tailnet, TailnetInfo
+from zlh.api.tailnet.service import Tailnet, TailnetInfo
 
 router = APIRouter(prefix="/api/dev", tags=["tailnet"], responses={**ERRORS, 409: ERRORS[404]})
 

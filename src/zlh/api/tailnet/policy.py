@@ -31,7 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from zlh.api.tailnet import container_tag, headscale_user_name
+from zlh.api.tailnet.service import container_tag, headscale_user_name
 from zlh.errors import UsageError
 
 __all__ = [

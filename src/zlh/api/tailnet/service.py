@@ -35,8 +35,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from zlh.api.db import Database, KeyValue
-from zlh.api.headscale import HeadscaleClient, HeadscaleError, HeadscaleNotFound, HeadscaleSettings
 from zlh.api.keys import load_or_create_key
+from zlh.api.tailnet.headscale import (
+    HeadscaleClient,
+    HeadscaleError,
+    HeadscaleNotFound,
+    HeadscaleSettings,
+)
 from zlh.errors import ZlhError
 from zlh.schemas import TailscaleOptions
 from zlh.schemas._base import WireModel

@@ -1,4 +1,4 @@
-"""Arguments of ``zlh tailnet …``. Handlers live in ``zlh.api.tailnet_policy``."""
+"""Arguments of ``zlh tailnet …``. Handlers live in ``zlh.api.tailnet.policy``."""
 
 from __future__ import annotations
 
@@ -40,4 +40,4 @@ def register(commands: Any) -> None:
     )
     policy.add_argument("--config", type=Path, help="the API's TOML settings (database URL)")
     add_data_dir(policy)
-    handler(policy, "zlh.api.tailnet_policy:cmd_policy")
+    handler(policy, "zlh.api.tailnet.policy:cmd_policy")
