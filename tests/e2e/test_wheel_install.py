@@ -26,7 +26,7 @@ READY_TIMEOUT_S = 300.0
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``bin/`` of a fresh venv with the wheel built from a copy of this checkout (pure
+    """``bin/`` of a fresh venv with the wheel built from a copy of this checkout (plain
     Python: the compiled front is tested everywhere else) and its ``api`` extra installed."""
     work = tmp_path_factory.mktemp("wheel")
     tree = work / "tree"
@@ -50,7 +50,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     wheels = work / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(tree)],
-        env={**_env(), "ZLH_PURE_PYTHON": "1"},
+        env=_env(),
         check=True,
     )
     (wheel,) = wheels.glob("zlh-*.whl")
@@ -63,8 +63,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _env() -> dict[str, str]:
-    """This process's environment without what points Python at the checkout's venv."""
-    return {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
+    """This process's environment without what points Python at the checkout's venv, or has
+    the build compile the front."""
+    dropped = {"PYTHONPATH", "VIRTUAL_ENV", "ZLH_COMPILE_FRONT"}
+    return {k: v for k, v in os.environ.items() if k not in dropped}
 
 
 def test_the_installed_wheel_carries_only_the_listed_front_end_files(installed: Path) -> None:
