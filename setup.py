@@ -15,15 +15,19 @@ when they are not installed), so an install from the wheel needs no npm.
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-# The in-tree build backend (pyproject.toml: backend-path) runs this file.
-from zlh_build import FLAG, compile_front, require_compiler
+ROOT = Path(__file__).resolve().parent
+PORTAL = ROOT / "src" / "zlh" / "portal"
 
-PORTAL = Path(__file__).resolve().parent / "src" / "zlh" / "portal"
+# The in-tree build backend (pyproject.toml: backend-path) reads the same flag; it is on the
+# path when the backend runs this file, but not for `python setup.py build_ext --inplace`.
+sys.path.insert(0, str(ROOT / "build_backend"))
+from zlh_build import FLAG, compile_front, require_compiler  # noqa: E402
 
 # Modules on the per-request path, for mypyc (scan is Cython's). Not compiled: settings
 # (pydantic), responses (errors only), feed and serving (start-up and the route feed).
