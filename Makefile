@@ -22,9 +22,10 @@ run: bootstrap
 	$(ZLH) demo --backend $(BACKEND) --data-dir $(DATA_DIR) --listen $(LISTEN) $(DEMO_FLAGS)
 
 lint: bootstrap
-	$(VENV)/bin/ruff check src tests bench setup.py
-	$(VENV)/bin/ruff format --check src tests bench setup.py
+	$(VENV)/bin/ruff check src tests bench setup.py build_backend
+	$(VENV)/bin/ruff format --check src tests bench setup.py build_backend
 	$(VENV)/bin/mypy
 
+# The tests check that the front runs compiled when bootstrap compiled it (ZLH_COMPILE_FRONT).
 test: lint
-	$(VENV)/bin/pytest
+	ZLH_COMPILE_FRONT=$${ZLH_COMPILE_FRONT:-1} $(VENV)/bin/pytest

@@ -1,9 +1,11 @@
-"""Builds zlh. Everything is declared in pyproject.toml except this: the public front's hot path
-(``zlh.proxy``: parsing, header rewriting, the relay, the WebSocket splice) is compiled with
-mypyc, and its one-pass head scanner (``zlh.proxy.scan``, byte loops) with Cython, which
-together cut the front's CPU per proxied request by about a third (docs/performance.md).
-The modules stay plain Python; ``ZLH_PURE_PYTHON=1`` builds without compiling (the agent's
-wheel for container templates is built that way: the agent never imports the front).
+"""Builds zlh. Everything is declared in pyproject.toml except this: with ``ZLH_COMPILE_FRONT=1``
+(the platform host: ``scripts/bootstrap.sh``) the public front's hot path (``zlh.proxy``:
+parsing, header rewriting, the relay, the WebSocket splice) is compiled with mypyc, and its
+one-pass head scanner (``zlh.proxy.scan``, byte loops) with Cython, which together cut the
+front's CPU per proxied request by about a third (docs/performance.md). Without it (a plain
+``pip install .``, the agent's wheel for container templates) nothing is compiled and no C
+compiler is needed: the modules are plain Python and run as they are. The build backend
+(``build_backend/zlh_build.py``) reads the flag too and asks for Cython and mypy only then.
 
 A built package also carries the portal's front-end files (xterm.js, Swagger UI) that
 ``src/zlh/portal/vendor.json`` lists, copied from the portal's npm packages (``npm ci`` first
@@ -11,15 +13,21 @@ when they are not installed), so an install from the wheel needs no npm.
 """
 
 import json
-import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-PORTAL = Path(__file__).resolve().parent / "src" / "zlh" / "portal"
+ROOT = Path(__file__).resolve().parent
+PORTAL = ROOT / "src" / "zlh" / "portal"
+
+# The in-tree build backend (pyproject.toml: backend-path) reads the same flag; it is on the
+# path when the backend runs this file, but not for `python setup.py build_ext --inplace`.
+sys.path.insert(0, str(ROOT / "build_backend"))
+from zlh_build import FLAG, compile_front, require_compiler  # noqa: E402
 
 # Modules on the per-request path, for mypyc (scan is Cython's). Not compiled: settings
 # (pydantic), responses (errors only), feed and serving (start-up and the route feed).
@@ -27,12 +35,22 @@ HOT_PATH = ("auth", "front", "headers", "listener", "pool", "relay", "routes", "
 
 
 def ext_modules() -> list[object]:
-    if os.environ.get("ZLH_PURE_PYTHON"):
+    if not compile_front():
         return []
-    from Cython.Build import cythonize
-    from mypyc.build import mypycify
+    require_compiler()
+    try:
+        from Cython.Build import cythonize
+        from mypyc.build import mypycify
+    except ImportError as missing:
+        raise SystemExit(
+            f"zlh: {FLAG}=1 needs Cython and mypy in the build environment ({missing.name} is "
+            "not there): pip installs them itself, unless told --no-build-isolation"
+        ) from None
 
-    compiled = mypycify([f"src/zlh/proxy/{name}.py" for name in HOT_PATH], group_name="zlh_proxy")
+    # One shared library for the group, inside the package: zlh/proxy/_compiled__mypyc.*.so.
+    compiled = mypycify(
+        [f"src/zlh/proxy/{name}.py" for name in HOT_PATH], group_name="zlh.proxy._compiled"
+    )
     # scan.pxd gives the C types; the .py's annotations are for mypy, not for Cython.
     scanner = cythonize(
         "src/zlh/proxy/scan.py",

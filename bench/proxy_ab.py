@@ -8,7 +8,7 @@ Each tree is a checkout with its front compiled in place, built the same way for
 with a Python that has setup.py's build requirements (pyproject.toml's ``[build-system]``):
 
     git worktree add --detach /tmp/zlh-front-before <rev>
-    cd /tmp/zlh-front-before && <that python> setup.py build_ext --inplace
+    cd /tmp/zlh-front-before && ZLH_COMPILE_FRONT=1 <that python> setup.py build_ext --inplace
 
 Each front runs as that tree's own ``bench/proxy.py --serve PORT`` (``PYTHONPATH=<tree>/src``),
 with the key and Cookie header of that tree's own ``bench_session()``: a tree's bench knows

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the platform and its tests need on a fresh Debian 12 machine, as root.
 # Idempotent and quick on the second run: apt only for missing packages, pip only when
-# pyproject.toml, setup.py or zlh.proxy changed, npm only when portal/package.json changed.
+# the build (pyproject.toml, setup.py, build_backend/), zlh.proxy or ZLH_COMPILE_FRONT changed,
+# npm only when portal/package.json changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,13 +35,39 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
   .venv/bin/pip install -q --upgrade pip
 fi
-# The install also compiles the front's hot path in place (setup.py: mypyc, Cython): redo it when one of
-# those modules changed, or the compiled ones would shadow the edited sources.
-stamp=.venv/.zlh-deps-$(cat pyproject.toml setup.py src/zlh/proxy/*.py src/zlh/proxy/*.pxd | sha256sum | cut -c1-16)
-# A source touched after the last build (an edit undone, a checkout) is rebuilt too: pytest
-# refuses compiled modules older than their sources (tests/conftest.py).
-if [ ! -f "$stamp" ] || [ -n "$(find src/zlh/proxy -maxdepth 1 \( -name '*.py' -o -name '*.pxd' \) -newer "$stamp" -print -quit)" ]; then
-  echo "bootstrap: installing Python dependencies and compiling the front (mypyc, Cython)"
+# The platform host runs the public front compiled (setup.py: mypyc, Cython); `make test` checks
+# that it is (tests/proxy/test_compiled.py). ZLH_COMPILE_FRONT=0 installs it as plain Python.
+export ZLH_COMPILE_FRONT=${ZLH_COMPILE_FRONT:-1}
+case $ZLH_COMPILE_FRONT in
+  0 | 1) ;;
+  *) echo "bootstrap: ZLH_COMPILE_FRONT is 1 (compile the front, the default) or 0" >&2; exit 2 ;;
+esac
+# The editable install compiles into src/zlh/proxy, where the compiled modules shadow their
+# sources: reinstall when the flag, the build or one of those sources changed, and when a source
+# is newer than its compiled module (an edit, an edit undone, a checkout).
+stamp=.venv/.zlh-deps-$( (echo "$ZLH_COMPILE_FRONT"; cat pyproject.toml setup.py build_backend/*.py src/zlh/proxy/*.py src/zlh/proxy/*.pxd) | sha256sum | cut -c1-16)
+rebuild=
+if [ ! -f "$stamp" ] || [ -n "$(find src/zlh/proxy build_backend -maxdepth 1 \( -name '*.py' -o -name '*.pxd' \) -newer "$stamp" -print -quit)" ]; then
+  rebuild=1
+fi
+for so in src/zlh/proxy/*.so; do
+  [ -e "$so" ] || continue
+  for source in "${so%%.*}.py" "${so%%.*}.pxd"; do
+    if [ -f "$source" ] && [ "$source" -nt "$so" ]; then rebuild=1; fi
+  done
+done
+if [ "$ZLH_COMPILE_FRONT" = 1 ] && ! compgen -G "src/zlh/proxy/_compiled__mypyc.*.so" >/dev/null; then
+  rebuild=1
+fi
+if [ -n "$rebuild" ]; then
+  if [ "$ZLH_COMPILE_FRONT" = 1 ]; then
+    echo "bootstrap: installing Python dependencies and compiling the front (mypyc, Cython)"
+  else
+    echo "bootstrap: installing Python dependencies (the front as plain Python)"
+  fi
+  # Old compiled modules go first (the one-time top-level zlh_proxy__mypyc too): the build
+  # makes every one it needs anew, and none is left to shadow a source.
+  rm -f src/*.so src/zlh/proxy/*.so
   .venv/bin/pip install -q -e ".[dev]"
   rm -f .venv/.zlh-deps-*
   touch "$stamp"

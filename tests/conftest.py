@@ -45,7 +45,8 @@ CODE_SERVER_BUILD_TIMEOUT_S = 2400
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Compiled modules (setup.py) shadow their sources: refuse to test edits they do not have."""
+    """Compiled modules (setup.py) shadow their sources: refuse to test edits they do not have
+    (``make bootstrap`` recompiles them when they are older, as ``make test`` does first)."""
     stale = [
         str(so.relative_to(SRC))
         for so in SRC.rglob("*.so")
@@ -55,8 +56,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     ]
     if stale:
         pytest.exit(
-            f"compiled modules older than their sources: {', '.join(stale)}; "
-            "run `make bootstrap` (setup.py compiles them)",
+            f"compiled modules older than their sources, so they would test old code: "
+            f"{', '.join(stale)}. Recompile them with `make bootstrap`",
             returncode=2,
         )
 

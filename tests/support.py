@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -196,3 +197,36 @@ def pid_gone(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return True
     return state == b"Z"
+
+
+# -- zlh built the way a user builds it ---------------------------------------------------------
+
+
+def copy_checkout(dest: Path) -> Path:
+    """This checkout's sources at ``dest`` (with the portal's npm packages; without git, venvs,
+    tests, earlier builds and compiled modules), to build zlh from as a user would."""
+    shutil.copytree(
+        REPO,
+        dest,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            ".data",
+            "build",
+            "dist",
+            "*.egg-info",
+            "*.so",
+            "test-results",
+            "tests",
+            "bench",
+            "__pycache__",
+        ),
+    )
+    return dest
+
+
+def outside_env(**extra: str) -> dict[str, str]:
+    """This process's environment without what points Python at the checkout's venv or has a
+    build compile the front (``make test`` sets ZLH_COMPILE_FRONT), plus ``extra``."""
+    dropped = {"PYTHONPATH", "VIRTUAL_ENV", "ZLH_COMPILE_FRONT"}
+    return {**{k: v for k, v in os.environ.items() if k not in dropped}, **extra}

@@ -426,7 +426,7 @@ def _front(host: Host) -> Iterator[Check]:
             f"the public front runs as plain Python ({', '.join(plain)}): "
             "about 1.6 times the CPU per proxied request",
             "reinstall with a C compiler (build-essential, python3-dev): make bootstrap, "
-            "or pip install . without ZLH_PURE_PYTHON",
+            'or ZLH_COMPILE_FRONT=1 pip install ".[api]"',
         )
     else:
         yield Check("front", Outcome.OK, "the public front's hot path is compiled (mypyc, Cython)")

@@ -4,8 +4,6 @@ xterm.js against a real container."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -17,7 +15,7 @@ import pytest
 from e2e_kit import ALICE, PASSWORD, Session, capture, open_session, running_platform, sign_in
 from playwright.sync_api import Browser, Response
 
-from support import REPO, free_port
+from support import copy_checkout, free_port, outside_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -26,45 +24,23 @@ READY_TIMEOUT_S = 300.0
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``bin/`` of a fresh venv with the wheel built from a copy of this checkout (pure
+    """``bin/`` of a fresh venv with the wheel built from a copy of this checkout (plain
     Python: the compiled front is tested everywhere else) and its ``api`` extra installed."""
     work = tmp_path_factory.mktemp("wheel")
-    tree = work / "tree"
-    shutil.copytree(
-        REPO,
-        tree,
-        ignore=shutil.ignore_patterns(
-            ".git",
-            ".venv",
-            ".data",
-            "build",
-            "dist",
-            "*.egg-info",
-            "*.so",
-            "test-results",
-            "tests",
-            "bench",
-            "__pycache__",
-        ),
-    )
+    tree = copy_checkout(work / "tree")
     wheels = work / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(tree)],
-        env={**_env(), "ZLH_PURE_PYTHON": "1"},
+        env=outside_env(),
         check=True,
     )
     (wheel,) = wheels.glob("zlh-*.whl")
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", f"{wheel}[api]"], env=_env(), check=True
+        [str(venv / "bin" / "pip"), "install", "-q", f"{wheel}[api]"], env=outside_env(), check=True
     )
     return venv / "bin"
-
-
-def _env() -> dict[str, str]:
-    """This process's environment without what points Python at the checkout's venv."""
-    return {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
 
 
 def test_the_installed_wheel_carries_only_the_listed_front_end_files(installed: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -115,8 +116,11 @@ def test_doctor_names_the_missing_lxc_template_and_how_to_build_it(tmp_path: Pat
 
 def test_doctor_says_whether_the_front_runs_compiled(tmp_path: Path) -> None:
     host = Host(data_dir=tmp_path, store=tmp_path, listen="127.0.0.1:0", backend="process")
-    (compiled,) = [c for c in run_checks(host) if c.name == "front"]
-    assert compiled.outcome is Outcome.OK, compiled.detail
+    (installed,) = [c for c in run_checks(host) if c.name == "front"]
+    # Compiled on the platform host (ZLH_COMPILE_FRONT: tests/proxy/test_compiled.py), plain
+    # Python in a plain install.
+    compiled = (importlib.import_module("zlh.proxy.front").__file__ or "").endswith(".so")
+    assert installed.outcome is (Outcome.OK if compiled else Outcome.WARN), installed.detail
     # zlh.proxy.settings is never compiled (a pydantic model): it stands for a pure install.
     pure = replace(host, front_modules=("zlh.proxy.front", "zlh.proxy.settings"))
     (warned,) = [c for c in run_checks(pure) if c.name == "front"]

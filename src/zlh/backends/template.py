@@ -183,9 +183,9 @@ def build_wheelhouse(dest: Path) -> None:
     _run(
         [sys.executable, "-m", "pip", "wheel", "-q", "-w", str(dest), f"{source_tree()}[agent]"],
         "building the agent wheelhouse",
-        # The agent never imports the compiled front (setup.py): a pure wheel is the same on
+        # The agent never imports the compiled front (setup.py): a plain wheel is the same on
         # every build, so the template's version only changes when the agent's code does.
-        env={**os.environ, "ZLH_PURE_PYTHON": "1"},
+        env={k: v for k, v in os.environ.items() if k != "ZLH_COMPILE_FRONT"},
     )
 
 

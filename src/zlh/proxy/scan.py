@@ -14,8 +14,9 @@ a strict subset of what llhttp accepts. What it does with each header mirrors
 the scan saves); tests/proxy/test_scan.py holds both paths to the same heads.
 
 It is compiled with Cython (``scan.pxd`` gives the locals C types: ``p[i]`` reads a byte, the
-loops are C loops); built with ``ZLH_PURE_PYTHON=1`` the same code runs as Python, with the
-same results but slower than llhttp, so the front then leaves it alone (:data:`COMPILED`).
+loops are C loops) when the build is told ``ZLH_COMPILE_FRONT=1``; otherwise the same code
+runs as Python, with the same results but slower than llhttp, so the front then leaves it alone
+(:data:`COMPILED`).
 """
 
 from __future__ import annotations
