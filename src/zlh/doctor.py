@@ -56,7 +56,9 @@ class Host:
     # Modules of the public front that the install compiles (two of setup.py's HOT_PATH, and
     # the head scanner, which Cython compiles).
     front_modules: tuple[str, ...] = ("zlh.proxy.front", "zlh.proxy.relay", "zlh.proxy.scan")
-    slot_registry: Path | None = None  # the host's LXC slot registry (lxc_slots.REGISTRY)
+    slot_registry: Path | None = (
+        None  # the host's LXC slot registry (zlh.backends.lxc.slots.REGISTRY)
+    )
     security_root: Path = Path("/sys/kernel/security")  # LSMs (AppArmor) show up here
     seccomp_profile: Path = Path("/usr/share/lxc/config/common.seccomp")
     # Where containers are told to fetch artifacts (None: not known, the check is skipped).
@@ -110,7 +112,7 @@ def _slots(host: Host) -> Iterator[Check]:
     if host.backend != "lxc":
         return
     from zlh.backends.base import BackendError
-    from zlh.backends.lxc_slots import REGISTRY, SlotRegistry
+    from zlh.backends.lxc.slots import REGISTRY, SlotRegistry
 
     path = host.slot_registry or REGISTRY
     try:
@@ -147,7 +149,7 @@ def _slots(host: Host) -> Iterator[Check]:
 def _template(host: Host) -> Iterator[Check]:
     if host.backend != "lxc":
         return
-    from zlh.backends.template import current_template
+    from zlh.backends.lxc.template import current_template
 
     template = current_template(host.data_dir / "lxc")
     if template is None:
@@ -165,7 +167,7 @@ def _unprivileged(host: Host) -> Iterator[Check]:
     """Container root is not host root: user namespaces, the id range, template and clones."""
     if host.backend != "lxc":
         return
-    from zlh.backends.lxc_idmap import (
+    from zlh.backends.lxc.idmap import (
         COUNT,
         OWNER,
         SUBGID,
@@ -174,7 +176,7 @@ def _unprivileged(host: Host) -> Iterator[Check]:
         SubIdFile,
         userns_problem,
     )
-    from zlh.backends.template import TEMPLATE_PREFIX, current_template
+    from zlh.backends.lxc.template import TEMPLATE_PREFIX, current_template
 
     problem = userns_problem()
     if problem is not None:

@@ -44,8 +44,8 @@ from zlh.backends import (
     create_backend,
 )
 from zlh.backends.lxc import LxcBackend
-from zlh.backends.lxc_idmap import IdMap
-from zlh.backends.template import template_version
+from zlh.backends.lxc.idmap import IdMap
+from zlh.backends.lxc.template import template_version
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

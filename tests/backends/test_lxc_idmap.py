@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from zlh.backends import BackendUnavailable, lxc_idmap
-from zlh.backends.lxc_idmap import IdMap, SubIdFile, container_idmap, shift_tree
+from zlh.backends import BackendUnavailable
+from zlh.backends.lxc import idmap as lxc_idmap
+from zlh.backends.lxc.idmap import IdMap, SubIdFile, container_idmap, shift_tree
 
 MAP = IdMap(100_000, 200_000)
 
@@ -61,7 +62,7 @@ def test_a_host_without_user_namespaces_is_refused_with_the_reason_and_the_opt_i
         container_idmap(allow_privileged=False)
     with pytest.raises(BackendUnavailable, match="--allow-privileged"):
         container_idmap(allow_privileged=False)
-    with caplog.at_level(logging.WARNING, logger="zlh.backends.lxc_idmap"):
+    with caplog.at_level(logging.WARNING, logger="zlh.backends.lxc.idmap"):
         assert container_idmap(allow_privileged=True) is None
     assert "PRIVILEGED" in caplog.text and reason in caplog.text
 

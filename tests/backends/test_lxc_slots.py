@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from zlh.backends.base import BackendError
-from zlh.backends.lxc_net import Bridge
-from zlh.backends.lxc_slots import NAME_PREFIX, HostNetwork, Slot, SlotRegistry
+from zlh.backends.lxc.net import Bridge
+from zlh.backends.lxc.slots import NAME_PREFIX, HostNetwork, Slot, SlotRegistry
 
 BRIDGE = Bridge("lxcbr0", ipaddress.IPv4Interface("10.0.3.1/24"))
 # Numbers no interface on a test machine has (a live zlh<n> port keeps a slot in use).

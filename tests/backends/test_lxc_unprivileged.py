@@ -21,8 +21,8 @@ from lxc_kit import DATA_DIR, agent_status, attach, host_connects, lxc_backend, 
 
 from zlh.backends import BackendUnavailable, RunState
 from zlh.backends.lxc import LxcBackend
-from zlh.backends.lxc_idmap import IdMap
-from zlh.backends.template import build_template, current_template
+from zlh.backends.lxc.idmap import IdMap
+from zlh.backends.lxc.template import build_template, current_template
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -170,7 +170,7 @@ def test_a_privileged_container_of_an_older_install_is_migrated_with_its_files(
         data_dir.mkdir(parents=True, exist_ok=True)
         subprocess.run(["cp", "-al", str(DATA_DIR / "cache"), str(data_dir / "cache")], check=True)
     build_template(data_dir, idmap=None)
-    import zlh.backends.lxc as lxc_module
+    import zlh.backends.lxc.backend as lxc_module
 
     # The older install: a host where the operator ran privileged containers.
     monkeypatch.setattr(lxc_module, "container_idmap", lambda allow_privileged: None)

@@ -105,7 +105,7 @@ def container_artifact_url(settings: ApiSettings) -> str:
     host, port = parse_listen(settings.listen)
     if settings.backend == "lxc":
         from zlh.backends.lxc import require_lxc
-        from zlh.backends.lxc_net import ensure_bridge
+        from zlh.backends.lxc.net import ensure_bridge
 
         require_lxc()  # what a host without LXC or root lacks comes first
         bridge = ensure_bridge()

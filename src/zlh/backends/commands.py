@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from zlh.backends.lxc_idmap import container_idmap
-from zlh.backends.template import build_template, export_template
+from zlh.backends.lxc.idmap import container_idmap
+from zlh.backends.lxc.template import build_template, export_template
 from zlh.cliargs import data_dir_from
 
 __all__ = ["cmd_template_build", "cmd_template_export"]

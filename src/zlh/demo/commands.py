@@ -60,8 +60,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _build_artifacts(settings.store_path, args.cache_dir or data_dir / "cache")
     if args.backend == "lxc":
         say("== LXC template")
-        from zlh.backends.lxc_idmap import container_idmap
-        from zlh.backends.template import build_template
+        from zlh.backends.lxc.idmap import container_idmap
+        from zlh.backends.lxc.template import build_template
 
         idmap = container_idmap(allow_privileged=settings.allow_privileged)
         template, built = build_template(data_dir, idmap=idmap)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from zlh.atomic import write_atomically
 from zlh.backends.base import BackendError
-from zlh.backends.lxc_net import Bridge, allocate_address, file_lock
+from zlh.backends.lxc.net import Bridge, allocate_address, file_lock
 
 __all__ = ["NAME_PREFIX", "REGISTRY", "HostNetwork", "Slot", "SlotRegistry"]
 

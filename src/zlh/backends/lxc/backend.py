@@ -1,16 +1,16 @@
 """Real LXC containers on this host: the default backend.
 
 Every container is an overlay snapshot clone (``lxc-copy -s -B overlay``) of the current
-template (see :mod:`zlh.backends.template`), named ``zlh-<vmid>`` under ``<data dir>/lxc``.
+template (see :mod:`zlh.backends.lxc.template`), named ``zlh-<vmid>`` under ``<data dir>/lxc``.
 Its config carries everything the backend needs to find it again after an API restart: the
 static address on ``lxcbr0`` (no DHCP: DHCP costs seconds per start), the fixed MAC and
-host-side veth name the isolation rules name (:mod:`zlh.backends.lxc_net`), all three taken
-from the host-wide slot registry (:mod:`zlh.backends.lxc_slots`) so that several data dirs can
+host-side veth name the isolation rules name (:mod:`zlh.backends.lxc.net`), all three taken
+from the host-wide slot registry (:mod:`zlh.backends.lxc.slots`) so that several data dirs can
 run containers on one host, and the memory / CPU / pids limits for whichever cgroup version
 the host runs. The agent secret is written into the clone's overlay upper dir before the
 first start. Needs root and ``lxc``.
 
-Containers are unprivileged (:mod:`zlh.backends.lxc_idmap`): their ids map into the platform's
+Containers are unprivileged (:mod:`zlh.backends.lxc.idmap`): their ids map into the platform's
 subordinate range, so container root is nobody on the host. The template is shifted into that
 range once when it is built; a container created before that (privileged) is migrated the first
 time this backend sees it: stopped, its own overlay layer shifted, its lower layer swapped for a
@@ -42,10 +42,10 @@ from zlh.backends.base import (
     Resources,
     RunState,
 )
-from zlh.backends.lxc_idmap import IdMap, container_idmap, shift_tree
-from zlh.backends.lxc_net import BRIDGE, Bridge, ensure_bridge, ensure_isolation, file_lock
-from zlh.backends.lxc_slots import NAME_PREFIX, Slot, SlotRegistry
-from zlh.backends.template import (
+from zlh.backends.lxc.idmap import IdMap, container_idmap, shift_tree
+from zlh.backends.lxc.net import BRIDGE, Bridge, ensure_bridge, ensure_isolation, file_lock
+from zlh.backends.lxc.slots import NAME_PREFIX, Slot, SlotRegistry
+from zlh.backends.lxc.template import (
     TEMPLATE_PREFIX,
     TOKEN_PATH,
     Template,

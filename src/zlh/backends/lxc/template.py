@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zlh.backends.base import AGENT_PORT, BackendError, BackendUnavailable
-from zlh.backends.lxc_idmap import IdMap, shift_tree
+from zlh.backends.lxc.idmap import IdMap, shift_tree
 
 __all__ = [
     "TEMPLATE_PREFIX",

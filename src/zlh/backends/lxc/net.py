@@ -20,14 +20,14 @@ Isolation (nftables, one table per family, replaced atomically and idempotently)
 - ``inet`` family, input hook: from a bridge, the host itself only answers what containers
   need of it: replies to the host's own connections (the API asking an agent), DNS and DHCP
   (lxc-net's dnsmasq), ICMP, and the TCP ports of the platform's services that every instance
-  registered (its artifact server; :mod:`zlh.backends.lxc_slots`). Everything else on any of
+  registered (its artifact server; :mod:`zlh.backends.lxc.slots`). Everything else on any of
   the host's addresses (sshd, a database, the API's other ports, other daemons) is refused.
 - Per container, the bridge port (``zlh<slot>``) only accepts frames from the container's own
   MAC and IP (``ports`` set), so one container cannot claim another's address and receive the
   API's requests to it.
 
 The table is host-wide: it is always loaded with every container of every zlh data dir on the
-host and every bridge they use (:mod:`zlh.backends.lxc_slots`), so one instance loading it
+host and every bridge they use (:mod:`zlh.backends.lxc.slots`), so one instance loading it
 never takes another's containers off the bridge.
 
 Traffic containers send through the host to elsewhere (the internet, via lxc-net's NAT) is
@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING
 from zlh.backends.base import BackendError, BackendUnavailable
 
 if TYPE_CHECKING:
-    from zlh.backends.lxc_slots import HostNetwork
+    from zlh.backends.lxc.slots import HostNetwork
 
 __all__ = [
     "BRIDGE",
