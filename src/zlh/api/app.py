@@ -22,7 +22,6 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp
 
-from zlh.api import relays
 from zlh.api.accounts import configure_hashing
 from zlh.api.agent_client import AgentClient
 from zlh.api.audit import AuditLog
@@ -45,6 +44,7 @@ from zlh.api.routes import docs as docs_routes
 from zlh.api.routes import events as events_routes
 from zlh.api.routes import health as health_routes
 from zlh.api.routes import ide as ide_routes
+from zlh.api.routes import relays as relay_routes
 from zlh.api.routes import tailnet as tailnet_routes
 from zlh.api.services import Services
 from zlh.api.settings import ApiSettings
@@ -250,7 +250,7 @@ def create_app(
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
     app.state.tailnet = app.state.services.tailnet
-    routers = (auth_routes, catalog_routes, dev_routes, events_routes, audit_routes, relays)
+    routers = (auth_routes, catalog_routes, dev_routes, events_routes, audit_routes, relay_routes)
     for module in (*routers, health_routes, tailnet_routes, docs_routes, ide_routes):
         app.include_router(module.router)
     if store_app is not None:
