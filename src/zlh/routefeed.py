@@ -34,9 +34,9 @@ from dataclasses import dataclass
 __all__ = [
     "REVOCATION_SYNC_S",
     "FeedEvent",
+    "FeedRoute",
     "FeedSnapshot",
     "Resync",
-    "Route",
     "RouteFeed",
     "RouteRemoved",
     "RouteSet",
@@ -48,7 +48,10 @@ REVOCATION_SYNC_S = 2.0
 
 
 @dataclass(frozen=True, kw_only=True)
-class Route:
+class FeedRoute:
+    """A container's route as the API publishes it; the front turns it into its own
+    :class:`zlh.proxy.Route` (zlh.proxy.feed)."""
+
     vmid: int
     owner_id: int
     state: str  # zlh.api.db.ContainerState value
@@ -76,7 +79,7 @@ class Route:
 
 @dataclass(frozen=True)
 class RouteSet:
-    route: Route
+    route: FeedRoute
 
 
 @dataclass(frozen=True)
@@ -99,13 +102,13 @@ FeedEvent = RouteSet | RouteRemoved | SessionRevoked | Resync
 
 @dataclass(frozen=True)
 class FeedSnapshot:
-    routes: dict[int, Route]
+    routes: dict[int, FeedRoute]
     revoked_sessions: frozenset[str]
 
 
 class RouteFeed:
     def __init__(self) -> None:
-        self._routes: dict[int, Route] = {}
+        self._routes: dict[int, FeedRoute] = {}
         self._revoked: set[str] = set()
         self._subscribers: set[asyncio.Queue[FeedEvent]] = set()
 
@@ -123,7 +126,7 @@ class RouteFeed:
 
     # -- written by the API -------------------------------------------------------------
 
-    def set_route(self, route: Route) -> None:
+    def set_route(self, route: FeedRoute) -> None:
         if self._routes.get(route.vmid) != route:
             self._routes[route.vmid] = route
             self._emit(RouteSet(route))

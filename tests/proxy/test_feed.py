@@ -11,8 +11,8 @@ from zlh.proxy import Principal, RouteTable
 from zlh.proxy.feed import follow
 
 
-def api_route(vmid: int, *, owner: int = 7, state: str = "ready") -> routefeed.Route:
-    return routefeed.Route(
+def api_route(vmid: int, *, owner: int = 7, state: str = "ready") -> routefeed.FeedRoute:
+    return routefeed.FeedRoute(
         vmid=vmid,
         owner_id=owner,
         state=state,

@@ -6,8 +6,8 @@ import asyncio
 
 from zlh import routefeed
 from zlh.routefeed import (
+    FeedRoute,
     Resync,
-    Route,
     RouteFeed,
     RouteRemoved,
     RouteSet,
@@ -15,8 +15,8 @@ from zlh.routefeed import (
 )
 
 
-def route(vmid: int, state: str = "ready", running: bool = True) -> Route:
-    return Route(
+def route(vmid: int, state: str = "ready", running: bool = True) -> FeedRoute:
+    return FeedRoute(
         vmid=vmid,
         owner_id=1,
         state=state,

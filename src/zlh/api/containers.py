@@ -21,7 +21,7 @@ from zlh.api.db import Container, ContainerState, Database, KeyValue, User
 from zlh.api.db.models import utcnow
 from zlh.api.errors import Conflict, Forbidden
 from zlh.api.events import EventBus
-from zlh.routefeed import Route, RouteFeed
+from zlh.routefeed import FeedRoute, RouteFeed
 from zlh.schemas import AgentStatus
 from zlh.schemas.payload import MIN_VMID
 
@@ -67,9 +67,9 @@ def container_event(container: Container) -> ContainerEvent:
     )
 
 
-def _route(container: Container) -> Route:
+def _route(container: Container) -> FeedRoute:
     status = container.status or {}
-    return Route(
+    return FeedRoute(
         vmid=container.vmid,
         owner_id=container.owner_id,
         state=container.state,

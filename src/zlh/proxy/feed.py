@@ -18,7 +18,7 @@ __all__ = ["follow", "to_route"]
 log = logging.getLogger(__name__)
 
 
-def to_route(route: routefeed.Route) -> Route:
+def to_route(route: routefeed.FeedRoute) -> Route:
     ready = route.ready and route.code_server_port is not None
     return Route(
         owner_id=str(route.owner_id),
