@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 
 from zlh.api.bodies import ContainerEvent, ContainerOut
+from zlh.atomic import write_atomically
 from zlh.errors import ZlhError
 
 __all__ = ["DEMO_ADDONS", "DEMO_RUNTIME", "DemoClient"]
@@ -45,36 +47,42 @@ class DemoClient:
             raise _error(response, f"signing in as {username}")
         self.http.headers["Authorization"] = f"Bearer {response.json()['token']}"
 
-    def demo_container(self, say: Callable[[str], None]) -> ContainerOut:
-        """The caller's newest node container with code-server, else a new one.
+    def demo_container(self, record: Path, say: Callable[[str], None]) -> ContainerOut:
+        """The container an earlier demo made (its vmid is kept in ``record``), else a new one.
 
-        A failed one is deleted first (its reason shown), so the quota never fills with them.
+        Only that one is ever reused or deleted: the admin's list holds every user's
+        containers, and none of them is the demo's to take. A failed demo container is deleted
+        (its reason shown), so the quota never fills with them.
         """
-        response = self.http.get("/api/dev")
-        if response.status_code != 200:
-            raise _error(response, "listing containers")
-        mine = [
-            ContainerOut.model_validate(item)
-            for item in response.json()
-            if item["runtime"] == DEMO_RUNTIME and set(DEMO_ADDONS) <= set(item["addons"])
-        ]
-        for old in mine:
-            if old.state == "failed":
-                say(f"removing failed demo container {old.vmid} ({old.error})")
-                self.http.delete(f"/api/dev/{old.vmid}")
-        usable = [c for c in mine if c.state not in _GONE]
-        if usable:
-            container = max(usable, key=lambda c: c.created_at)
-            say(f"reusing demo container {container.vmid} ({container.state})")
-            return container
+        earlier = self._recorded(record)
+        if earlier is not None and earlier.state == "failed":
+            say(f"removing failed demo container {earlier.vmid} ({earlier.error})")
+            self.http.delete(f"/api/dev/{earlier.vmid}")
+        elif earlier is not None and earlier.state not in _GONE:
+            say(f"reusing demo container {earlier.vmid} ({earlier.state})")
+            return earlier
         response = self.http.post(
             "/api/dev", json={"runtime": DEMO_RUNTIME, "addons": list(DEMO_ADDONS)}
         )
         if response.status_code != 202:
             raise _error(response, "requesting the demo container")
         container = ContainerOut.model_validate(response.json())
+        write_atomically(record, f"{container.vmid}\n", mode=0o600)
         say(f"requested demo container {container.vmid} ({DEMO_RUNTIME} {container.version})")
         return container
+
+    def _recorded(self, record: Path) -> ContainerOut | None:
+        """The recorded demo container, if the record names one that still exists."""
+        try:
+            vmid = int(record.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        response = self.http.get(f"/api/dev/{vmid}")
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise _error(response, f"reading the demo container {vmid}")
+        return ContainerOut.model_validate(response.json())
 
     def events(self, vmid: int) -> Iterator[ContainerEvent]:
         """``/api/dev/{vmid}/events`` until the server ends the stream."""

@@ -29,6 +29,8 @@ from zlh.listen import local_address, parse_listen
 __all__ = ["cmd_demo"]
 
 ARTIFACTS = ("node", "code-server")
+# The vmid of the container this data dir's demo made: the only one a later demo reuses.
+DEMO_RECORD = "demo-container"
 
 
 def say(message: str) -> None:
@@ -80,7 +82,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     with running_platform(argv, base_url=base_url, log=data_dir / UP_LOG) as platform:
         try:
-            ide_url = _demo_ide(platform, credentials, args.timeout)
+            ide_url = _demo_ide(platform, credentials, data_dir / DEMO_RECORD, args.timeout)
         except httpx.HTTPError as exc:
             platform.check_alive()
             raise ZlhError(f"talking to the platform at {base_url}: {exc}") from exc
@@ -119,12 +121,12 @@ def _build_artifacts(store: Path, cache_dir: Path) -> None:
         )
 
 
-def _demo_ide(platform: Platform, credentials: Credentials, timeout_s: float) -> str:
+def _demo_ide(platform: Platform, credentials: Credentials, record: Path, timeout_s: float) -> str:
     platform.wait_until_serving()
     client = DemoClient(platform.base_url)
     try:
         client.sign_in(credentials.username, credentials.password)
-        container = client.demo_container(say)
+        container = client.demo_container(record, say)
         say(f"== provisioning demo container {container.vmid}")
         client.wait_ready(container.vmid, timeout_s, say)
         return client.open_ide(container.vmid)

@@ -17,9 +17,9 @@ from typing import Any
 
 import httpx
 import uvicorn
-from agent_sim import SimBackend
 from fastapi import FastAPI
 
+from agent_sim import SimBackend
 from zlh.api import accounts
 from zlh.api.app import create_app
 from zlh.api.catalog import StoreCatalog
