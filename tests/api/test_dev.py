@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from agent_sim import SimBackend
 from api_kit import add_user, login, make_app, running, services, sse_events
-
 from zlh.api.routes.dev import router as dev_router
 from zlh.api.routes.events import router as events_router
 from zlh.api.routes.ide import router as ide_router
@@ -141,8 +141,11 @@ def test_quota_and_audit_and_delete(tmp_path: Path) -> None:
     with running(app) as client:
         alice, root = login(client, "alice"), login(client, "root")
         vmid = client.post("/api/dev", json={"runtime": "node"}, headers=alice).json()["vmid"]
+        assert client.get("/api/auth/me", headers=alice).json()["containersHeld"] == 1
         over = client.post("/api/dev", json={"runtime": "node"}, headers=alice)
-        assert over.status_code == 403 and "quota" in over.json()["message"]
+        assert over.status_code == 429
+        assert over.json()["message"].startswith("container quota reached: alice holds 1 of 1")
+        assert client.get("/api/auth/me", headers=alice).json()["containerLimit"] == 1
         sse_events(client, f"/api/dev/{vmid}/events", alice)
         assert client.delete(f"/api/dev/{vmid}", headers=alice).status_code == 204
         assert vmid not in backend.agents

@@ -222,3 +222,17 @@ def test_a_container_whose_agent_stopped_shows_unreachable_since_when_and_why(
         finally:
             session.page.goto("about:blank")  # the container page would miss it once deleted
             client.delete(f"/api/dev/{vmid}", headers=bob)
+
+
+def test_the_dashboard_and_the_new_page_say_how_many_containers_of_the_quota_are_held(
+    alice: Session, platform: Platform
+) -> None:
+    page = alice.page
+    me = alice.context.request.get(f"{platform.base_url}/api/auth/me").json()
+    held, limit = me["containersHeld"], me["containerLimit"]
+    assert limit == 3  # max_containers_per_user's default
+    expected = f"You hold {held} of {limit} containers"
+    page.goto(f"{platform.base_url}/")
+    expect(page.locator("#quota")).to_contain_text(expected)
+    page.get_by_role("link", name="New dev container").click()
+    expect(page.locator("#quota")).to_contain_text(expected)

@@ -48,6 +48,13 @@ class UserOut(WireModel):
     disabled: bool
 
 
+class MeOut(UserOut):
+    """``GET /api/auth/me``: the signed-in user and how much of their quota is used."""
+
+    containers_held: int = Field(description="containers this user holds now")
+    container_limit: int = Field(description="max_containers_per_user: how many they may hold")
+
+
 CONTAINER_NAME = r"^[A-Za-z0-9](?:[A-Za-z0-9 ._-]*[A-Za-z0-9])?$"
 
 

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from zlh.api.bodies import ContainerEvent, ContainerOut
 from zlh.api.db import Container, ContainerState, Database, KeyValue, User
 from zlh.api.db.models import utcnow
-from zlh.api.errors import Conflict, Forbidden
+from zlh.api.errors import Conflict, QuotaExceeded
 from zlh.api.events import EventBus
 from zlh.routefeed import FeedRoute, RouteFeed
 from zlh.schemas import AgentStatus
@@ -162,8 +162,9 @@ class ContainerRegistry:
                         select(func.count()).where(Container.owner_id == owner.id)
                     )
                     if (held or 0) >= quota:
-                        raise Forbidden(
+                        raise QuotaExceeded(
                             f"container quota reached: {owner.username} holds {held} of {quota}"
+                            " (max_containers_per_user); delete one to make another"
                         )
                     if name is not None and session.scalar(
                         select(Container.vmid).where(

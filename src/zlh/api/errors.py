@@ -5,11 +5,12 @@
     ZlhError (zlh.errors)
      └── ApiError                      anything a route reports; one handler renders ErrorBody
           ├── NotAuthenticated   401   no token, bad signature/algorithm, expired, revoked
-          ├── Forbidden          403   authenticated but not allowed (admin-only, quota)
+          ├── Forbidden          403   authenticated but not allowed (admin-only)
           ├── NotFound           404   unknown, or not the caller's (no existence leak)
           ├── Conflict           409   the state does not allow it (e.g. user exists)
           ├── InvalidRequest     422   names the field(s) in ``validations``
           ├── RateLimited        429   carries ``retry_after_s``
+          ├── QuotaExceeded      429   a per-user limit is reached (waiting does not help)
           └── AgentError         502   an agent refused or failed a request
                └── AgentUnreachable    connect error or timeout
 
@@ -69,6 +70,10 @@ class RateLimited(ApiError):
     def __init__(self, message: str, *, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class QuotaExceeded(ApiError):
+    status_code = 429
 
 
 class AgentError(ApiError):

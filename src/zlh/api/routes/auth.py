@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request, Response
 
 from zlh.api import accounts
 from zlh.api.audit import Action
-from zlh.api.bodies import LoginRequest, LoginResponse, PasswordChange, UserOut
+from zlh.api.bodies import LoginRequest, LoginResponse, MeOut, PasswordChange
 from zlh.api.deps import CurrentUser, Svc, client_address
 from zlh.api.errors import Forbidden, NotAuthenticated, RateLimited
 from zlh.api.routes import ERRORS
@@ -97,8 +97,13 @@ def change_password(body: PasswordChange, user: CurrentUser, request: Request, s
 
 
 @router.get("/me")
-def me(user: CurrentUser) -> UserOut:
-    """The logged-in user."""
-    return UserOut(
-        id=user.id, username=user.username, is_admin=user.is_admin, disabled=user.disabled
+def me(user: CurrentUser, svc: Svc) -> MeOut:
+    """The logged-in user, with the containers they hold and may hold."""
+    return MeOut(
+        id=user.id,
+        username=user.username,
+        is_admin=user.is_admin,
+        disabled=user.disabled,
+        containers_held=len(svc.registry.list_for(user.id)),
+        container_limit=svc.settings.max_containers_per_user,
     )

@@ -3,7 +3,7 @@ import { containerLabel, h, yesNo } from "../dom.js";
 import { stateBadge } from "./state.js";
 
 export async function dashboardView(main, { me }) {
-  const containers = await api("/api/dev");
+  const [containers, mine] = await Promise.all([api("/api/dev"), api("/api/auth/me")]);
   main.append(
     h(
       "div",
@@ -11,6 +11,7 @@ export async function dashboardView(main, { me }) {
       h("h1", {}, me.isAdmin ? "All dev containers" : "Your dev containers"),
       h("a", { href: "/new", class: "button", "data-link": true }, "New dev container"),
     ),
+    quotaLine(mine),
   );
   if (containers.length === 0) {
     main.append(h("p", { class: "muted" }, "No containers yet. Ask for one with “New dev container”."));
@@ -47,5 +48,16 @@ export async function dashboardView(main, { me }) {
       { class: "table-wrap" },
       h("table", { class: "containers" }, h("thead", {}, h("tr", {}, head.map(([t, cls]) => h("th", { scope: "col", class: cls }, t)))), h("tbody", {}, rows)),
     ),
+  );
+}
+
+// How many containers the signed-in user holds of how many they may (max_containers_per_user).
+export function quotaLine(mine) {
+  const full = mine.containersHeld >= mine.containerLimit;
+  return h(
+    "p",
+    { id: "quota", class: full ? "notice" : "muted" },
+    `You hold ${mine.containersHeld} of ${mine.containerLimit} containers`,
+    full ? ": delete one to make another." : ".",
   );
 }

@@ -1,6 +1,7 @@
 import { api } from "../api.js";
 import { runtimeTitle, versionSummary } from "../catalog.js";
 import { bytes, errorBox, h } from "../dom.js";
+import { quotaLine } from "./dashboard.js";
 
 // A card that is one radio button or checkbox: the whole card is its label, the title its
 // accessible name and the rest its description.
@@ -18,10 +19,10 @@ function choiceCard({ type, name, value, id, checked, title, badge, lines }) {
 }
 
 export async function newView(main, { navigate }) {
-  const catalog = await api("/api/catalog");
+  const [catalog, mine] = await Promise.all([api("/api/catalog"), api("/api/auth/me")]);
   const runtimes = Object.entries(catalog.runtimes || {});
   const addons = Object.entries(catalog.addons || {});
-  main.append(h("h1", {}, "New dev container"));
+  main.append(h("h1", {}, "New dev container"), quotaLine(mine));
   if (runtimes.length === 0) {
     main.append(h("p", { class: "error" }, "The runtime catalog is empty: ask an operator to add runtimes."));
     return;
