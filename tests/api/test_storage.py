@@ -20,7 +20,14 @@ from zlh.api.clientaddr import request_address
 from zlh.api.containers import ContainerRegistry
 from zlh.api.db import Base, ContainerState, Database, User
 from zlh.api.db.engine import MIGRATIONS
-from zlh.api.errors import Conflict, Forbidden, InvalidRequest, NotAuthenticated, NotFound
+from zlh.api.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotAuthenticated,
+    NotFound,
+    QuotaExceeded,
+)
 from zlh.api.events import EventBus
 from zlh.routefeed import RouteFeed
 from zlh.schemas import AgentStatus
@@ -169,7 +176,7 @@ def test_vmids_are_allocated_in_order_and_quota_holds(db: Database) -> None:
     owner = accounts.create_user(db, "dave", "password-1")
     reg = registry(db)
     assert [allocate(reg, owner, quota=2) for _ in range(2)] == [100, 101]
-    with pytest.raises(Forbidden, match="quota"):
+    with pytest.raises(QuotaExceeded, match="holds 2 of 2"):
         allocate(reg, owner, quota=2)
     assert [c.vmid for c in reg.list_for(owner.id)] == [100, 101]
     assert reg.get(100) is not None and reg.get(100).state == "requested"  # type: ignore[union-attr]
