@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from api_kit import FAST, add_user, login, running, sse_events
 from hypothesis import HealthCheck, given, settings
 
+from api_kit import FAST, add_user, login, running, sse_events
 from zlh.api.app import create_app
 from zlh.api.catalog import StoreCatalog
 from zlh.api.settings import ApiSettings
