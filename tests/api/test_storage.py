@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from api_kit import PINS
 from sqlalchemy import text
 
 from zlh.api import accounts
@@ -25,8 +25,6 @@ from zlh.api.events import EventBus
 from zlh.routefeed import RouteFeed
 from zlh.schemas import AgentStatus
 
-PINS = {"runtime": {"url": "node.tar.gz"}, "addons": {}}
-
 
 def registry(db: Database) -> ContainerRegistry:
     return ContainerRegistry(db, EventBus(), RouteFeed())
@@ -39,11 +37,10 @@ def allocate(reg: ContainerRegistry, owner: User, quota: int = 100) -> int:
     return container.vmid
 
 
-def status_doc(installed: bool) -> dict[str, Any]:
-    status = AgentStatus(
+def status_doc(installed: bool) -> AgentStatus:
+    return AgentStatus(
         workspace_root="/home/dev/workspace", runtime_installed=installed, agent_version="test"
     )
-    return status.model_dump(mode="json", by_alias=True)
 
 
 def test_migrations_are_idempotent_and_match_the_models(db: Database) -> None:

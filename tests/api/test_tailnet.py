@@ -21,13 +21,13 @@ from pydantic import SecretStr
 
 from zlh.api.app import create_app
 from zlh.api.catalog import StoreCatalog
-from zlh.api.db import Container, Database, KeyValue, User
+from zlh.api.db import AddonPin, Container, Database, KeyValue, Pins, User
 from zlh.api.headscale import HeadscaleClient, HeadscaleRejected, HeadscaleSettings
 from zlh.api.services import Services
 from zlh.api.settings import ApiSettings
 from zlh.api.tailnet import KeySealer, Tailnet, TailnetError, TailnetStore, headscale_user_name
 from zlh.backends import Backend, BackendError, ContainerInfo, ContainerSpec, RunState
-from zlh.schemas import ProvisionPayload, TailscaleAddon
+from zlh.schemas import Artifact, ProvisionPayload, TailscaleAddon
 
 SHA = "0" * 64
 ARTIFACT = {"url": "t.tar.gz", "sha256": SHA, "size": 1, "format": "tar.gz"}
@@ -244,10 +244,11 @@ class Api:
         return {"Authorization": f"Bearer {self.tokens[who]}"}
 
     def container(self, owner: User, addons: list[str]) -> Container:
-        pins = {
-            "runtime": ARTIFACT,
-            "addons": {a: {"version": "1", "artifact": ARTIFACT} for a in addons},
-        }
+        artifact = Artifact.model_validate(ARTIFACT)
+        pins = Pins(
+            runtime=artifact,
+            addons={a: AddonPin(version="1", artifact=artifact) for a in addons},
+        )
         return self.svc.registry.allocate(
             owner=owner, runtime="node", version="22", addons=addons, pins=pins, quota=10
         )

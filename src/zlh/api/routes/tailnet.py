@@ -15,7 +15,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 
 from zlh.api.audit import Action
-from zlh.api.containers import parse_status
 from zlh.api.db import Container
 from zlh.api.deps import CurrentUser, OwnedContainer, Svc
 from zlh.api.errors import Conflict, NotFound
@@ -47,7 +46,7 @@ def _missing(container: Container) -> Exception:
 
 
 def _tailnet_ip(container: Container) -> str | None:
-    status = parse_status(container)
+    status = container.status
     return status.tailscale_ip if status is not None else None
 
 
