@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -54,6 +54,7 @@ from zlh.schemas import (
     TailscaleOptions,
     addon_type,
     ide_base_path,
+    tailnet_addon,
 )
 from zlh.schemas._base import WireModel
 
@@ -75,11 +76,6 @@ def resolve_request(catalog: Catalog, request: DevRequest) -> tuple[str, Pins]:
     except CatalogLookupError as exc:
         raise InvalidRequest(exc.message, field=exc.field) from exc
     return version, Pins(runtime=runtime, addons=addons)
-
-
-def _tailnet_addon(names: Iterable[str]) -> str | None:
-    """The first of ``names`` whose options come from the platform's tailnet, if any."""
-    return next((name for name in names if addon_type(name).needs_tailnet), None)
 
 
 class Provisioning:
@@ -116,10 +112,10 @@ class Provisioning:
 
     async def request(self, user: User, request: DevRequest) -> Container:
         """Check, record and start driving a dev request; returns the ``requested`` record."""
-        tailnet_addon = _tailnet_addon(request.addons)
-        if tailnet_addon is not None and self.tailnet is None:
+        needs_tailnet = tailnet_addon(request.addons)
+        if needs_tailnet is not None and self.tailnet is None:
             raise InvalidRequest(
-                f"the {tailnet_addon} addon needs a tailnet, and none is configured on this "
+                f"the {needs_tailnet} addon needs a tailnet, and none is configured on this "
                 "platform",
                 field="addons",
             )
@@ -337,7 +333,7 @@ class Provisioning:
 
     async def ensure_tailnet(self, container: Container) -> None:
         """The container's Headscale keys, made once before its first payload (kept for resends)."""
-        if _tailnet_addon(container.addons) is not None and self.tailnet is not None:
+        if tailnet_addon(container.addons) is not None and self.tailnet is not None:
             await self.tailnet.ensure_access(
                 container.vmid, user_id=container.owner_id, username=container.owner.username
             )

@@ -14,6 +14,7 @@ from zlh.schemas.addons import (
     UnknownAddon,
     addon_type,
     registered_addon,
+    tailnet_addon,
 )
 from zlh.schemas.artifact import Artifact, ArtifactFormat, ArtifactMetadata
 from zlh.schemas.catalog import (
@@ -88,5 +89,6 @@ __all__ = [
     "addon_type",
     "ide_base_path",
     "registered_addon",
+    "tailnet_addon",
     "validation_problems",
 ]

@@ -12,7 +12,7 @@ only by the agent: the schemas import no agent code, and the API never loads it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar, Union
@@ -44,6 +44,7 @@ __all__ = [
     "UnknownAddon",
     "addon_type",
     "registered_addon",
+    "tailnet_addon",
 ]
 
 OptionsT = TypeVar("OptionsT", bound=WireModel)
@@ -149,6 +150,11 @@ def addon_type(name: str) -> AddonType[Any, Any]:
         return ADDONS[name]
     except KeyError:
         raise UnknownAddon(name) from None
+
+
+def tailnet_addon(names: Iterable[str]) -> str | None:
+    """The first of ``names`` whose options come from the platform's tailnet, if any."""
+    return next((name for name in names if addon_type(name).needs_tailnet), None)
 
 
 def registered_addon(name: str) -> str:

@@ -20,6 +20,7 @@ from zlh.api.deps import CurrentUser, OwnedContainer, Svc
 from zlh.api.errors import Conflict, NotFound
 from zlh.api.routes import ERRORS
 from zlh.api.tailnet import Tailnet, TailnetInfo
+from zlh.schemas import tailnet_addon
 
 router = APIRouter(prefix="/api/dev", tags=["tailnet"], responses={**ERRORS, 409: ERRORS[404]})
 
@@ -37,7 +38,7 @@ TailnetDep = Annotated[Tailnet, Depends(tailnet_service)]
 
 
 def _missing(container: Container) -> Exception:
-    if "tailscale" not in container.addons:
+    if tailnet_addon(container.addons) is None:
         return NotFound(f"container {container.vmid} was not requested with the tailscale addon")
     return Conflict(
         f"the tailnet keys of container {container.vmid} are not made yet: try again once it "
