@@ -160,10 +160,9 @@ def tailnet_addon(names: Iterable[str]) -> str | None:
 def registered_addon(name: str) -> str:
     """``name`` if the registry has it; else a validation error naming it."""
     if name not in ADDONS:
+        # The message goes in as context: a template would read braces in the name.
         raise PydanticCustomError(
-            "unknown_addon",
-            "unknown addon {name} (known: {known})",
-            {"name": repr(name), "known": ", ".join(ADDONS)},
+            "unknown_addon", "{message}", {"message": UnknownAddon(name).message}
         )
     return name
 
