@@ -30,12 +30,12 @@ from aiohttp import web
 from zlh.api import accounts
 from zlh.api.agent_client import AgentClient
 from zlh.api.containers import ContainerRegistry
-from zlh.api.db import Container, ContainerState, Database
+from zlh.api.db import Container, ContainerState, Database, Pins
 from zlh.api.events import EventBus
 from zlh.api.poller import Poller
 from zlh.api.settings import ApiSettings
 from zlh.routefeed import RouteFeed
-from zlh.schemas import AgentState, AgentStatus
+from zlh.schemas import AgentState, AgentStatus, Artifact, ArtifactFormat
 
 STATUS = AgentStatus(
     workspace_root="/home/dev/workspace",
@@ -45,6 +45,10 @@ STATUS = AgentStatus(
     code_server_running=True,
     state=AgentState.READY,
     agent_version="bench",
+)
+
+PINS = Pins(
+    runtime=Artifact(url="node-22.tar.gz", sha256="0" * 64, size=1, format=ArtifactFormat.TAR_GZ)
 )
 
 
@@ -70,7 +74,6 @@ async def serve(count: int) -> None:
 
 def seed(db: Database, ports: list[int]) -> None:
     owner = accounts.create_user(db, "bench", "bench-password")
-    document = STATUS.model_dump(mode="json", by_alias=True)
     with db.session() as session:
         for index, port in enumerate(ports):
             session.add(
@@ -80,13 +83,13 @@ def seed(db: Database, ports: list[int]) -> None:
                     runtime="node",
                     version="22",
                     addons=[],
-                    pins={},
+                    pins=PINS,
                     state=ContainerState.READY.value,
                     agent_nonce="n",
                     address="127.0.0.1",
                     agent_port=port,
                     code_server_port=6000,
-                    status=document,
+                    status=STATUS,
                 )
             )
 

@@ -23,6 +23,7 @@ from agent_sim import SimBackend
 from zlh.api import accounts
 from zlh.api.app import create_app
 from zlh.api.catalog import StoreCatalog
+from zlh.api.db import Pins
 from zlh.api.services import Services
 from zlh.api.settings import ApiSettings
 from zlh.backends import Backend
@@ -44,6 +45,10 @@ FAST = {
 
 def artifact(name: str) -> Artifact:
     return Artifact(url=f"{name}.tar.gz", sha256="a" * 64, size=1, format=ArtifactFormat.TAR_GZ)
+
+
+# What a container records when nothing in a test looks at its artifacts.
+PINS = Pins(runtime=artifact("node-22"))
 
 
 def write_catalog(store: Path) -> None:

@@ -411,7 +411,7 @@ def _artifacts(host: Host) -> Iterator[Check]:
             "zlh artifacts build code-server",
         )
     else:
-        entry = catalog.addons["code-server"]  # type: ignore[index]
+        entry = catalog.addons["code-server"]
         yield Check("code-server", Outcome.OK, f"code-server {entry.default}")
 
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from agent_sim import SimBackend
 from api_kit import add_user, login, make_app, running, services, sse_events
+from zlh.api.bodies import DevRequest
 from zlh.api.routes.dev import router as dev_router
 from zlh.api.routes.events import router as events_router
 from zlh.api.routes.ide import router as ide_router
+from zlh.schemas import validation_problems
 
 
 def test_a_dev_request_goes_from_202_to_ready_observed_over_sse(tmp_path: Path) -> None:
@@ -117,6 +120,14 @@ def test_unknown_runtime_version_or_addon_is_422_and_creates_nothing(
         assert services(app).audit.entries() == [] or all(
             e.action == "login" for e in services(app).audit.entries()
         )
+
+
+def test_a_dev_request_naming_an_unregistered_addon_is_invalid() -> None:
+    with pytest.raises(ValidationError) as info:
+        DevRequest(runtime="node", addons=["code-server", "jupyter"])
+    (problem,) = validation_problems(info.value)
+    assert problem.field == "addons"
+    assert problem.detail == "unknown addon 'jupyter' (known: code-server, tailscale)"
 
 
 def test_malformed_requests_get_the_error_envelope(tmp_path: Path) -> None:

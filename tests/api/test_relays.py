@@ -13,11 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
-from agent_sim import SimBackend
-from api_kit import PASSWORD, login, make_app, running, services, wait_for
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from agent_sim import SimBackend
+from api_kit import PASSWORD, PINS, login, make_app, running, services, wait_for
 from support import ConsoleClient, pid_gone, serve_agent_app
 from zlh.agent.console import setup_console_routes
 from zlh.agent.devuser import DevEnvironment
@@ -55,7 +55,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     alice = accounts.create_user(svc.db, "alice", PASSWORD)
     accounts.create_user(svc.db, "bob", PASSWORD)
     container = svc.registry.allocate(
-        owner=alice, runtime="node", version="22", addons=[], pins={}, quota=5
+        owner=alice, runtime="node", version="22", addons=[], pins=PINS, quota=5
     )
     workspace, outside = base / "workspace", base / "outside"
     workspace.mkdir()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 from alembic import command
@@ -13,6 +12,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import text
 
+from api_kit import PINS
 from zlh.api import accounts
 from zlh.api.audit import Action, AuditLog
 from zlh.api.auth import TokenService
@@ -32,8 +32,6 @@ from zlh.api.events import EventBus
 from zlh.routefeed import RouteFeed
 from zlh.schemas import AgentStatus
 
-PINS = {"runtime": {"url": "node.tar.gz"}, "addons": {}}
-
 
 def registry(db: Database) -> ContainerRegistry:
     return ContainerRegistry(db, EventBus(), RouteFeed())
@@ -46,11 +44,10 @@ def allocate(reg: ContainerRegistry, owner: User, quota: int = 100) -> int:
     return container.vmid
 
 
-def status_doc(installed: bool) -> dict[str, Any]:
-    status = AgentStatus(
+def status_doc(installed: bool) -> AgentStatus:
+    return AgentStatus(
         workspace_root="/home/dev/workspace", runtime_installed=installed, agent_version="test"
     )
-    return status.model_dump(mode="json", by_alias=True)
 
 
 def test_migrations_are_idempotent_and_match_the_models(db: Database) -> None:

@@ -6,6 +6,7 @@ Against the in-test Headscale over real HTTP and the API's real database and rou
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from pydantic import SecretStr
 
 from zlh.api.app import create_app
 from zlh.api.catalog import StoreCatalog
-from zlh.api.db import Container, Database, KeyValue, User
+from zlh.api.db import AddonPin, Container, Database, KeyValue, Pins, User
 from zlh.api.services import Services
 from zlh.api.settings import ApiSettings
 from zlh.api.tailnet.headscale import HeadscaleClient, HeadscaleRejected, HeadscaleSettings
@@ -33,7 +34,16 @@ from zlh.api.tailnet.service import (
     headscale_user_name,
 )
 from zlh.backends import Backend, BackendError, ContainerInfo, ContainerSpec, RunState
-from zlh.schemas import ProvisionPayload, TailscaleAddon
+from zlh.schemas import (
+    ADDONS,
+    CODE_SERVER_PORT,
+    Artifact,
+    CodeServerOptions,
+    ProvisionPayload,
+    RuntimeName,
+    RuntimeSpec,
+    TailscaleAddon,
+)
 
 SHA = "0" * 64
 ARTIFACT = {"url": "t.tar.gz", "sha256": SHA, "size": 1, "format": "tar.gz"}
@@ -250,10 +260,11 @@ class Api:
         return {"Authorization": f"Bearer {self.tokens[who]}"}
 
     def container(self, owner: User, addons: list[str]) -> Container:
-        pins = {
-            "runtime": ARTIFACT,
-            "addons": {a: {"version": "1", "artifact": ARTIFACT} for a in addons},
-        }
+        artifact = Artifact.model_validate(ARTIFACT)
+        pins = Pins(
+            runtime=artifact,
+            addons={a: AddonPin(version="1", artifact=artifact) for a in addons},
+        )
         return self.svc.registry.allocate(
             owner=owner, runtime="node", version="22", addons=addons, pins=pins, quota=10
         )
@@ -366,6 +377,49 @@ def test_a_non_owner_gets_404_on_the_tailnet_routes_and_changes_nothing(
         assert access is not None and access.customer_key_shown_at is None
         anonymous = await api.client.get(f"/api/dev/{vmid}/tailnet")
         assert anonymous.status_code == 401
+
+    run_api(headscale, tmp_path, scenario)
+
+
+def test_the_payload_is_the_registrys_build_of_each_addon(
+    headscale: HeadscaleServer, tmp_path: Path
+) -> None:
+    """The payload the API sends equals, as a model, the registry's build of code-server and
+    tailscale with the options only the API knows, and keeps the wire shape the agent reads."""
+
+    async def scenario(api: Api) -> None:
+        vmid = api.container(api.alice, ["code-server", "tailscale"]).vmid
+        container = api.svc.registry.get(vmid)
+        assert container is not None
+        await api.svc.provisioning.ensure_tailnet(container)
+        sent = api.svc.provisioning.payload(container)
+
+        access = api.tailnet.store.get(vmid)
+        assert access is not None
+        base = api.svc.provisioning.artifact_base_url
+        artifact = Artifact.model_validate({**ARTIFACT, "url": f"{base}/t.tar.gz"})
+        ide = CodeServerOptions(base_path=f"/dev/{vmid}/ide", port=CODE_SERVER_PORT)
+        tailnet = api.tailnet.container_options(access)
+        expected = ProvisionPayload(
+            vmid=vmid,
+            runtime=RuntimeSpec(name=RuntimeName.NODE, version="22", artifact=artifact),
+            addons=[
+                ADDONS["code-server"].build(version="1", artifact=artifact, options=ide),
+                ADDONS["tailscale"].build(version="1", artifact=artifact, options=tailnet),
+            ],
+        )
+        assert sent == expected
+        assert ProvisionPayload.model_validate_json(sent.json_with_secrets()) == expected
+        wire = json.loads(sent.json_with_secrets())
+        assert [a["options"] for a in wire["addons"]] == [
+            {"basePath": f"/dev/{vmid}/ide", "port": 6000},
+            {
+                "loginServer": tailnet.login_server,
+                "authKey": tailnet.auth_key.get_secret_value(),
+                "hostname": f"zlh-{vmid}",
+            },
+        ]
+        assert wire["runtime"]["artifact"]["url"] == f"{base}/t.tar.gz"
 
     run_api(headscale, tmp_path, scenario)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from api_kit import PINS
 from zlh.api.db import Container, Database, User
 from zlh.api.tailnet.policy import HEADSCALE_CONFIG_SNIPPET, PolicyUser, render_policy
 from zlh.cli import main
@@ -225,7 +226,7 @@ def test_cli_reads_users_and_tailscale_containers_from_the_api_database(
                     runtime="node",
                     version="22",
                     addons=addons,
-                    pins={},
+                    pins=PINS,
                     state="ready",
                     agent_nonce="n",
                 )

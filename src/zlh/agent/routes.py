@@ -14,7 +14,7 @@ from zlh.agent.provisioner import Provisioner
 from zlh.agent.status import build_status
 from zlh.agent.web_errors import InvalidRequest
 from zlh.schemas import FieldProblem, ProvisionPayload, RuntimeName, validation_problems
-from zlh.schemas.catalog import Version
+from zlh.schemas.artifact import Version
 
 __all__ = ["PROVISIONER", "setup_provision_routes"]
 

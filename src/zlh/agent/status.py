@@ -11,13 +11,13 @@ from __future__ import annotations
 from zlh import __version__
 from zlh.agent.installed import read_marker
 from zlh.agent.provisioner import Provisioner
-from zlh.schemas import AddonHealth, AgentStatus, DevUser
+from zlh.schemas import AddonHealth, AgentStatus, DevUser, addon_type
 
 __all__ = ["build_status"]
 
 
 def _addon_installed(prov: Provisioner, name: str) -> bool:
-    marker = read_marker(prov.layout.service(name))
+    marker = read_marker(prov.layout.service(addon_type(name).service_dir))
     spec = prov.payload.addon(name) if prov.payload else None
     return marker is not None and (spec is None or marker.sha256 == spec.artifact.sha256)
 

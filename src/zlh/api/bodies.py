@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from zlh.api.accounts import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
-from zlh.schemas import AgentStatus, Progress
+from zlh.schemas import AgentStatus, Progress, registered_addon
 from zlh.schemas._base import WireModel
 
 __all__ = [
@@ -72,6 +72,12 @@ class DevRequest(WireModel):
         "digits, '.', '_', '-' and inner spaces",
         examples=["shop api"],
     )
+
+    @field_validator("addons")
+    @classmethod
+    def _addons_are_registered(cls, names: list[str]) -> list[str]:
+        """An addon the platform does not know is refused by name before the catalog is read."""
+        return [registered_addon(name) for name in names]
 
 
 class ContainerOut(WireModel):

@@ -17,24 +17,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from zlh.api.bodies import ContainerEvent, ContainerOut
-from zlh.api.db import Container, ContainerState, Database, KeyValue, User
+from zlh.api.db import Container, ContainerState, Database, KeyValue, Pins, User
 from zlh.api.db.models import utcnow
 from zlh.api.errors import Conflict, QuotaExceeded
 from zlh.api.events import EventBus
 from zlh.routefeed import FeedRoute, RouteFeed
-from zlh.schemas import AgentStatus
 from zlh.schemas.payload import MIN_VMID
 
-__all__ = ["ContainerRegistry", "container_out", "parse_status"]
+__all__ = ["ContainerRegistry", "container_out"]
 
 _ALLOCATE_TRIES = 8
 _VMID_MARK = "vmid:last-allocated"
-
-
-def parse_status(container: Container) -> AgentStatus | None:
-    if container.status is None:
-        return None
-    return AgentStatus.model_validate(container.status)
 
 
 def container_out(container: Container, *, admin_ide_access: bool) -> ContainerOut:
@@ -49,14 +42,14 @@ def container_out(container: Container, *, admin_ide_access: bool) -> ContainerO
         error=container.error,
         ide_path=f"/c/{container.vmid}/ide",
         admin_ide_access=admin_ide_access,
-        status=parse_status(container),
+        status=container.status,
         created_at=container.created_at,
         updated_at=container.updated_at,
     )
 
 
 def container_event(container: Container) -> ContainerEvent:
-    status = parse_status(container)
+    status = container.status
     return ContainerEvent(
         vmid=container.vmid,
         state=container.state,
@@ -68,14 +61,14 @@ def container_event(container: Container) -> ContainerEvent:
 
 
 def _route(container: Container) -> FeedRoute:
-    status = container.status or {}
+    status = container.status
     return FeedRoute(
         vmid=container.vmid,
         owner_id=container.owner_id,
         state=container.state,
         address=container.address,
         code_server_port=container.code_server_port,
-        code_server_running=bool(status.get("codeServerRunning", False)),
+        code_server_running=status.code_server_running if status else False,
     )
 
 
@@ -127,7 +120,7 @@ class ContainerRegistry:
         runtime: str,
         version: str,
         addons: list[str],
-        pins: dict[str, Any],
+        pins: Pins,
         quota: int,
         name: str | None = None,
         suggest_vmid: Callable[[int], int] = lambda floor: floor,
@@ -150,7 +143,7 @@ class ContainerRegistry:
         runtime: str,
         version: str,
         addons: list[str],
-        pins: dict[str, Any],
+        pins: Pins,
         quota: int,
         name: str | None,
         suggest_vmid: Callable[[int], int],

@@ -43,7 +43,7 @@ class PollTarget:
     secret: str
     misses: int = 0
     due: float = 0.0
-    last_status: dict[str, Any] | None = None
+    last_status: AgentStatus | None = None
     last_body: bytes = b""
     in_flight: bool = False
     resending: bool = field(default=False)
@@ -190,10 +190,9 @@ class Poller:
     async def _observed(self, target: PollTarget, status: AgentStatus) -> None:
         target.misses = 0
         container = target.container
-        document = status.model_dump(mode="json", by_alias=True)
         changes: dict[str, Any] = {}
-        if document != target.last_status:
-            changes["status"] = document
+        if status != target.last_status:
+            changes["status"] = status
         if status.state is AgentState.READY:
             changes.update(state=ContainerState.READY, error=None)
         elif status.state is AgentState.FAILED:

@@ -25,7 +25,7 @@ from zlh.api.audit import Action, AuditLog
 from zlh.api.bodies import DevRequest
 from zlh.api.catalog import CatalogSource
 from zlh.api.containers import ContainerRegistry
-from zlh.api.db import Container, ContainerState, KeyValue, User
+from zlh.api.db import AddonPin, Container, ContainerState, KeyValue, Pins, User
 from zlh.api.db.models import utcnow
 from zlh.api.errors import AgentError, AgentUnreachable, InvalidRequest
 from zlh.api.keys import agent_secret
@@ -42,37 +42,40 @@ from zlh.backends import (
 )
 from zlh.errors import ZlhError
 from zlh.schemas import (
-    CODE_SERVER_PORT,
+    AddonType,
     Artifact,
     ArtifactKind,
     Catalog,
     CatalogLookupError,
+    CodeServerOptions,
     ProvisionPayload,
+    RuntimeName,
+    RuntimeSpec,
+    TailscaleOptions,
+    addon_type,
     ide_base_path,
+    tailnet_addon,
 )
+from zlh.schemas._base import WireModel
 
 __all__ = ["Provisioning", "resolve_request"]
 
 logger = logging.getLogger(__name__)
 
 
-def resolve_request(catalog: Catalog, request: DevRequest) -> tuple[str, dict[str, Any]]:
+def resolve_request(catalog: Catalog, request: DevRequest) -> tuple[str, Pins]:
     """The runtime version and the pinned artifacts a request means, or InvalidRequest."""
     try:
         version, runtime = catalog.resolve(ArtifactKind.RUNTIME, request.runtime, request.version)
-        addons: dict[str, Any] = {}
+        addons: dict[str, AddonPin] = {}
         for name in request.addons:
             if name in addons:
                 raise CatalogLookupError(f"addon {name!r} is listed twice", field="addons")
             addon_version, artifact = catalog.resolve(ArtifactKind.ADDON, name)
-            addons[name] = {"version": addon_version, "artifact": _dump(artifact)}
+            addons[name] = AddonPin(version=addon_version, artifact=artifact)
     except CatalogLookupError as exc:
         raise InvalidRequest(exc.message, field=exc.field) from exc
-    return version, {"runtime": _dump(runtime), "addons": addons}
-
-
-def _dump(artifact: Artifact) -> dict[str, Any]:
-    return artifact.model_dump(mode="json", by_alias=True)
+    return version, Pins(runtime=runtime, addons=addons)
 
 
 class Provisioning:
@@ -109,9 +112,11 @@ class Provisioning:
 
     async def request(self, user: User, request: DevRequest) -> Container:
         """Check, record and start driving a dev request; returns the ``requested`` record."""
-        if "tailscale" in request.addons and self.tailnet is None:
+        needs_tailnet = tailnet_addon(request.addons)
+        if needs_tailnet is not None and self.tailnet is None:
             raise InvalidRequest(
-                "the tailscale addon needs a tailnet, and none is configured on this platform",
+                f"the {needs_tailnet} addon needs a tailnet, and none is configured on this "
+                "platform",
                 field="addons",
             )
         version, pins = resolve_request(await self.catalog.get(), request)
@@ -237,7 +242,7 @@ class Provisioning:
                     memory_mb=self.settings.container_memory_mb,
                     cores=self.settings.container_cores,
                 ),
-                tun="tailscale" in container.addons,
+                tun=any(addon_type(name).needs_tun for name in container.addons),
             )
             try:
                 await self.backend.create(spec)
@@ -292,62 +297,46 @@ class Provisioning:
         self.registry.update(container.vmid, provision_started_at=utcnow(), error=None)
 
     def payload(self, container: Container) -> ProvisionPayload:
-        base = self.artifact_base_url
         pins = container.pins
-
-        def artifact(data: dict[str, Any]) -> dict[str, Any]:
-            pinned = Artifact.model_validate(data)
-            return {**data, "url": pinned.resolved_url(base)}
-
-        addons: list[dict[str, Any]] = []
-        for name, pin in pins["addons"].items():
-            options: dict[str, Any]
-            if name == "code-server":
-                options = {
-                    "basePath": ide_base_path(container.vmid),
-                    "port": container.code_server_port or CODE_SERVER_PORT,
-                }
-            elif name == "tailscale":
-                options = self._tailscale_options(container)
-            else:
-                raise AgentError(f"addon {name!r} needs options this API cannot fill in yet")
+        addons = []
+        for name, pin in pins.addons.items():
+            addon = addon_type(name)
+            options = self._options(addon, container)
             addons.append(
-                {
-                    "name": name,
-                    "version": pin["version"],
-                    "artifact": artifact(pin["artifact"]),
-                    "options": options,
-                }
+                addon.build(
+                    version=pin.version, artifact=self._resolved(pin.artifact), options=options
+                )
             )
-        return ProvisionPayload.model_validate(
-            {
-                "vmid": container.vmid,
-                "runtime": {
-                    "name": container.runtime,
-                    "version": container.version,
-                    "artifact": artifact(pins["runtime"]),
-                },
-                "addons": addons,
-            }
+        runtime = RuntimeSpec(
+            name=RuntimeName(container.runtime),
+            version=container.version,
+            artifact=self._resolved(pins.runtime),
         )
+        return ProvisionPayload(vmid=container.vmid, runtime=runtime, addons=addons)
+
+    def _resolved(self, artifact: Artifact) -> Artifact:
+        """The pinned artifact with its url made absolute against the artifact server."""
+        return artifact.model_copy(update={"url": artifact.resolved_url(self.artifact_base_url)})
+
+    def _options(self, addon: AddonType[Any, Any], container: Container) -> WireModel:
+        """What only the API knows of this container, as the addon's options."""
+        if addon.options is CodeServerOptions and addon.port is not None:
+            # The backend's port when it has code-server listen elsewhere (the process backend).
+            port = container.code_server_port or addon.port
+            return CodeServerOptions(base_path=ide_base_path(container.vmid), port=port)
+        if addon.options is TailscaleOptions:
+            access = self.tailnet.store.get(container.vmid) if self.tailnet is not None else None
+            if self.tailnet is None or access is None:
+                raise AgentError(f"container {container.vmid} has no tailnet keys")
+            return self.tailnet.container_options(access)
+        raise AgentError(f"addon {addon.name!r} needs options this API cannot fill in yet")
 
     async def ensure_tailnet(self, container: Container) -> None:
         """The container's Headscale keys, made once before its first payload (kept for resends)."""
-        if "tailscale" in container.addons and self.tailnet is not None:
+        if tailnet_addon(container.addons) is not None and self.tailnet is not None:
             await self.tailnet.ensure_access(
                 container.vmid, user_id=container.owner_id, username=container.owner.username
             )
-
-    def _tailscale_options(self, container: Container) -> dict[str, Any]:
-        access = self.tailnet.store.get(container.vmid) if self.tailnet is not None else None
-        if self.tailnet is None or access is None:
-            raise AgentError(f"container {container.vmid} has no tailnet keys")
-        options = self.tailnet.container_options(access)
-        return {
-            "loginServer": options.login_server,
-            "authKey": options.auth_key,
-            "hostname": options.hostname,
-        }
 
     def provision_overdue(self, container: Container) -> bool:
         started = container.provision_started_at

@@ -48,7 +48,7 @@ from zlh.artifacts.files import (
 from zlh.artifacts.progress import TransferProgress
 from zlh.atomic import partial_glob, write_atomically
 from zlh.schemas import (
-    AddonName,
+    ADDONS,
     Artifact,
     ArtifactFormat,
     ArtifactKind,
@@ -58,7 +58,7 @@ from zlh.schemas import (
     RuntimeName,
     validation_problems,
 )
-from zlh.schemas.catalog import Version
+from zlh.schemas.artifact import Version
 
 __all__ = ["CATALOG_FILE", "ArtifactStore", "VerifyProblem", "load_catalog"]
 
@@ -464,11 +464,9 @@ def _check_kind_name(kind: ArtifactKind | str, name: str) -> tuple[ArtifactKind,
     except ValueError:
         known = ", ".join(k.value for k in ArtifactKind)
         raise UnknownArtifactError(f"unknown artifact kind {kind!r} (known: {known})") from None
-    names: type[RuntimeName] | type[AddonName] = (
-        RuntimeName if kind_ is ArtifactKind.RUNTIME else AddonName
-    )
-    if name not in {n.value for n in names}:
-        known = ", ".join(n.value for n in names)
+    names = [n.value for n in RuntimeName] if kind_ is ArtifactKind.RUNTIME else list(ADDONS)
+    if name not in names:
+        known = ", ".join(names)
         raise UnknownArtifactError(f"unknown {kind_.value} {name!r} (known: {known})")
     return kind_, name
 

@@ -1,12 +1,25 @@
 """Types shared by the API, the agent and the CLI. Pure data: no I/O lives here."""
 
+from zlh.ports import CODE_SERVER_PORT
+from zlh.schemas.addons import (
+    ADDONS,
+    AddonName,
+    AddonSpec,
+    AddonSpecBase,
+    AddonType,
+    CodeServerAddon,
+    CodeServerOptions,
+    TailscaleAddon,
+    TailscaleOptions,
+    UnknownAddon,
+    addon_type,
+    registered_addon,
+    tailnet_addon,
+)
+from zlh.schemas.artifact import Artifact, ArtifactFormat, ArtifactMetadata
 from zlh.schemas.catalog import (
     SCHEMA_VERSION,
-    AddonName,
-    Artifact,
-    ArtifactFormat,
     ArtifactKind,
-    ArtifactMetadata,
     Catalog,
     CatalogEntry,
     CatalogLookupError,
@@ -22,18 +35,7 @@ from zlh.schemas.files import (
     MoveRequest,
     PathResult,
 )
-from zlh.schemas.payload import (
-    CODE_SERVER_PORT,
-    AddonSpec,
-    CodeServerAddon,
-    CodeServerOptions,
-    DevUser,
-    ProvisionPayload,
-    RuntimeSpec,
-    TailscaleAddon,
-    TailscaleOptions,
-    ide_base_path,
-)
+from zlh.schemas.payload import DevUser, ProvisionPayload, RuntimeSpec, ide_base_path
 from zlh.schemas.status import (
     AddonHealth,
     AgentState,
@@ -45,11 +47,14 @@ from zlh.schemas.status import (
 )
 
 __all__ = [
+    "ADDONS",
     "CODE_SERVER_PORT",
     "SCHEMA_VERSION",
     "AddonHealth",
     "AddonName",
     "AddonSpec",
+    "AddonSpecBase",
+    "AddonType",
     "AgentState",
     "AgentStatus",
     "Artifact",
@@ -79,7 +84,11 @@ __all__ = [
     "RuntimeSpec",
     "TailscaleAddon",
     "TailscaleOptions",
+    "UnknownAddon",
     "VersionEntry",
+    "addon_type",
     "ide_base_path",
+    "registered_addon",
+    "tailnet_addon",
     "validation_problems",
 ]

@@ -14,3 +14,8 @@ class WireModel(BaseModel):
         extra="forbid",
         frozen=True,
     )
+
+
+# Serialization context key that makes SecretStr fields dump in clear
+# (ProvisionPayload.json_with_secrets).
+REVEAL_SECRETS = "reveal_secrets"

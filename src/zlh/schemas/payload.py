@@ -3,34 +3,27 @@
 from __future__ import annotations
 
 import posixpath
-from typing import Annotated, Literal
+from typing import Annotated
 
-from pydantic import AfterValidator, Field, SecretStr, SerializationInfo, field_serializer
+from pydantic import AfterValidator, Field
 
-from zlh.ports import CODE_SERVER_PORT
-from zlh.schemas._base import WireModel
-from zlh.schemas.catalog import Artifact, RuntimeName, Version
+from zlh.schemas._base import REVEAL_SECRETS, WireModel
+from zlh.schemas.addons import AddonSpec
+from zlh.schemas.artifact import Artifact, Version
+from zlh.schemas.catalog import RuntimeName
 
 __all__ = [
-    "CODE_SERVER_PORT",
     "MAX_VMID",
     "MIN_VMID",
-    "AddonSpec",
-    "CodeServerAddon",
-    "CodeServerOptions",
     "DevUser",
     "ProvisionPayload",
     "RuntimeSpec",
-    "TailscaleAddon",
-    "TailscaleOptions",
     "ide_base_path",
 ]
 
 # Proxmox VE's vmid range; the platform uses the same numbers on every backend.
 MIN_VMID = 100
 MAX_VMID = 999_999_999
-# Serialization context key that makes SecretStr fields dump in clear (json_with_secrets).
-_REVEAL = "reveal_secrets"
 
 
 def ide_base_path(vmid: int) -> str:
@@ -53,40 +46,6 @@ class RuntimeSpec(WireModel):
     artifact: Artifact
 
 
-class CodeServerOptions(WireModel):
-    base_path: str = Field(pattern=r"^/dev/[0-9]+/ide$")
-    port: int = Field(default=CODE_SERVER_PORT, ge=1, le=65535)
-
-
-class TailscaleOptions(WireModel):
-    login_server: str = Field(pattern=r"^https?://")
-    # The container's pre-auth key: a secret, never logged, never shown by repr, masked in
-    # every dump but ProvisionPayload.json_with_secrets.
-    auth_key: SecretStr
-    hostname: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
-
-    @field_serializer("auth_key")
-    def _auth_key(self, value: SecretStr, info: SerializationInfo) -> str | SecretStr:
-        return value.get_secret_value() if (info.context or {}).get(_REVEAL) else value
-
-
-class CodeServerAddon(WireModel):
-    name: Literal["code-server"]
-    version: Version
-    artifact: Artifact
-    options: CodeServerOptions
-
-
-class TailscaleAddon(WireModel):
-    name: Literal["tailscale"]
-    version: Version
-    artifact: Artifact
-    options: TailscaleOptions
-
-
-AddonSpec = Annotated[CodeServerAddon | TailscaleAddon, Field(discriminator="name")]
-
-
 class DevUser(WireModel):
     """The container's dev environment: user ``dev``, home ``/home/dev``, workspace below it."""
 
@@ -104,7 +63,7 @@ class ProvisionPayload(WireModel):
     def json_with_secrets(self, *, indent: int | None = None) -> str:
         """The payload with its secrets in clear: only for the agent, in the request body the
         API sends it and in its own 0600 state file."""
-        return self.model_dump_json(indent=indent, context={_REVEAL: True})
+        return self.model_dump_json(indent=indent, context={REVEAL_SECRETS: True})
 
-    def addon(self, name: str) -> CodeServerAddon | TailscaleAddon | None:
+    def addon(self, name: str) -> AddonSpec | None:
         return next((a for a in self.addons if a.name == name), None)

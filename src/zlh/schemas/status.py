@@ -12,7 +12,7 @@ from enum import StrEnum
 from pydantic import Field
 
 from zlh.schemas._base import WireModel
-from zlh.schemas.catalog import ArtifactMetadata
+from zlh.schemas.artifact import ArtifactMetadata
 
 __all__ = [
     "AddonHealth",

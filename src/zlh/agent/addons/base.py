@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from zlh.agent.config import AgentConfig
 from zlh.agent.devuser import DevEnvironment
@@ -27,11 +27,11 @@ from zlh.agent.installed import read_marker
 from zlh.agent.paths import Layout
 from zlh.agent.progress import ProgressTracker
 from zlh.agent.supervise import ProcessSpec, Supervisor
-from zlh.schemas import AddonHealth, ArtifactKind, CodeServerAddon, TailscaleAddon
+from zlh.schemas import AddonHealth, AddonSpecBase, ArtifactKind, addon_type
 
 __all__ = ["Addon", "AddonContext"]
 
-SpecT = TypeVar("SpecT", CodeServerAddon, TailscaleAddon)
+SpecT = TypeVar("SpecT", bound=AddonSpecBase[Any])
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class Addon(ABC, Generic[SpecT]):
     def __init__(self, spec: SpecT, ctx: AddonContext) -> None:
         self.spec: SpecT = spec
         self.ctx = ctx
-        self.target = ctx.layout.service(self.name)
+        self.target = ctx.layout.service(addon_type(self.name).service_dir)
 
     def same_as(self, spec: SpecT, ctx: AddonContext) -> bool:
         """Whether this instance already serves ``spec`` in ``ctx`` (nothing to restart)."""

@@ -1,15 +1,27 @@
 """Storage of the control plane: SQLAlchemy 2 models, an engine with migrations run on start."""
 
 from zlh.api.db.engine import Database
-from zlh.api.db.models import AuditEntry, Base, Container, ContainerState, KeyValue, Session, User
+from zlh.api.db.models import (
+    AddonPin,
+    AuditEntry,
+    Base,
+    Container,
+    ContainerState,
+    KeyValue,
+    Pins,
+    Session,
+    User,
+)
 
 __all__ = [
+    "AddonPin",
     "AuditEntry",
     "Base",
     "Container",
     "ContainerState",
     "Database",
     "KeyValue",
+    "Pins",
     "Session",
     "User",
 ]

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+from pydantic import Field
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -23,12 +24,18 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from zlh.schemas import AddonName, AgentStatus, Artifact
+from zlh.schemas._base import WireModel
+from zlh.schemas.artifact import Version
+
 __all__ = [
+    "AddonPin",
     "AuditEntry",
     "Base",
     "Container",
     "ContainerState",
     "KeyValue",
+    "Pins",
     "Session",
     "User",
     "utcnow",
@@ -52,6 +59,43 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return value.replace(tzinfo=UTC) if value is not None else None
+
+
+ModelT = TypeVar("ModelT", bound=WireModel)
+
+
+class ModelJSON(TypeDecorator[ModelT], Generic[ModelT]):
+    """A JSON column that holds one pydantic model: dumped on write, parsed once on load.
+
+    The column stays plain JSON (the same document the wire carries); the rest of the API
+    only ever sees the model.
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def __init__(self, model: type[ModelT]) -> None:
+        super().__init__()
+        self.model = model
+
+    def process_bind_param(self, value: ModelT | None, dialect: Dialect) -> Any:
+        return None if value is None else value.model_dump(mode="json")
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> ModelT | None:
+        return None if value is None else self.model.model_validate(value)
+
+
+class AddonPin(WireModel):
+    version: Version
+    artifact: Artifact
+
+
+class Pins(WireModel):
+    """The catalog artifacts a dev request resolved to: what gets installed even if the catalog
+    changes before the payload is (re)sent."""
+
+    runtime: Artifact
+    addons: dict[AddonName, AddonPin] = Field(default_factory=dict)
 
 
 class ContainerState(StrEnum):
@@ -126,16 +170,15 @@ class Container(Base):
     runtime: Mapped[str] = mapped_column(String(32))
     version: Mapped[str] = mapped_column(String(64))
     addons: Mapped[list[str]]
-    # The catalog artifacts resolved at request time (url, sha256, ...): what gets installed
-    # even if the catalog changes before the payload is (re)sent.
-    pins: Mapped[dict[str, Any]]
+    pins: Mapped[Pins] = mapped_column(ModelJSON(Pins))
     state: Mapped[str] = mapped_column(String(16), index=True)
     # The agent secret is HMAC(agent key, vmid:nonce); only the nonce is stored.
     agent_nonce: Mapped[str] = mapped_column(String(64))
     address: Mapped[str | None] = mapped_column(String(255), default=None)
     agent_port: Mapped[int | None] = mapped_column(default=None)
     code_server_port: Mapped[int | None] = mapped_column(default=None)
-    status: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # The agent's last /status, parsed when it arrived (or when the row is loaded).
+    status: Mapped[AgentStatus | None] = mapped_column(ModelJSON(AgentStatus), default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -15,12 +15,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 
 from zlh.api.audit import Action
-from zlh.api.containers import parse_status
 from zlh.api.db import Container
 from zlh.api.deps import CurrentUser, OwnedContainer, Svc
 from zlh.api.errors import Conflict, NotFound
 from zlh.api.routes import ERRORS
 from zlh.api.tailnet.service import Tailnet, TailnetInfo
+from zlh.schemas import tailnet_addon
 
 router = APIRouter(prefix="/api/dev", tags=["tailnet"], responses={**ERRORS, 409: ERRORS[404]})
 
@@ -38,7 +38,7 @@ TailnetDep = Annotated[Tailnet, Depends(tailnet_service)]
 
 
 def _missing(container: Container) -> Exception:
-    if "tailscale" not in container.addons:
+    if tailnet_addon(container.addons) is None:
         return NotFound(f"container {container.vmid} was not requested with the tailscale addon")
     return Conflict(
         f"the tailnet keys of container {container.vmid} are not made yet: try again once it "
@@ -47,7 +47,7 @@ def _missing(container: Container) -> Exception:
 
 
 def _tailnet_ip(container: Container) -> str | None:
-    status = parse_status(container)
+    status = container.status
     return status.tailscale_ip if status is not None else None
 
 

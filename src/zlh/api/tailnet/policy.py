@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from zlh.api.tailnet.service import container_tag, headscale_user_name
 from zlh.errors import UsageError
+from zlh.schemas import tailnet_addon
 
 __all__ = [
     "HEADSCALE_CONFIG_SNIPPET",
@@ -195,7 +196,7 @@ def users_from_database(args: argparse.Namespace) -> list[PolicyUser]:
             users = {u.id: u.username for u in session.scalars(select(User))}
             vmids: dict[int, list[int]] = {}
             for container in session.scalars(select(Container)).unique():
-                if "tailscale" in container.addons:
+                if tailnet_addon(container.addons) is not None:
                     vmids.setdefault(container.owner_id, []).append(container.vmid)
     finally:
         db.dispose()
