@@ -9,10 +9,10 @@ from pathlib import Path
 
 import httpx
 import jwt
-from agent_sim import SimBackend
-from api_kit import PASSWORD, add_user, login, make_app, running, services
 from fastapi import FastAPI
 
+from agent_sim import SimBackend
+from api_kit import PASSWORD, add_user, login, make_app, running, services
 from zlh.api import accounts
 from zlh.api.ratelimit import LoginThrottle
 from zlh.api.settings import ApiSettings

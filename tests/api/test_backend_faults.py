@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from api_kit import add_user, login, make_app, running, sse_events
-
 from backends.fakes import CrashingBackend, NeverReadyBackend, SlowBackend
 from zlh.backends import Backend
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_kit import PASSWORD
 
+from api_kit import PASSWORD
 from support import ZLH, free_port_pair, wait_for_port, zlh
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]

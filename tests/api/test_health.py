@@ -7,7 +7,6 @@ from pathlib import Path
 
 from agent_sim import SimBackend
 from api_kit import make_app, running, services
-
 from zlh.api.db import Database
 
 

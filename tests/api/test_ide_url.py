@@ -9,9 +9,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import jwt
 import pytest
+
 from agent_sim import SimBackend
 from api_kit import add_user, login, make_app, running, services
-
 from zlh.proxy.tickets import TICKET_AUDIENCE, TICKET_TTL_S, TicketDesk
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from agent_sim import SimBackend
 from api_kit import PASSWORD, add_user, make_app, running, services
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import jwt
+
 from agent_sim import SimBackend
 from api_kit import PASSWORD, add_user, login, make_app, running, services, wait_for
-
 from zlh.api import accounts
 from zlh.api.db import User
 

@@ -8,7 +8,6 @@ from typing import Any
 
 from agent_sim import SimBackend
 from api_kit import add_user, login, make_app, running, services, sse_events, wait_for
-
 from proxmox_server import ProxmoxServer, backend_for, self_signed_cert
 
 

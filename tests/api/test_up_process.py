@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 import pytest
-from api_kit import PASSWORD, sse_events, wait_for
 
+from api_kit import PASSWORD, sse_events, wait_for
 from support import ZLH, free_port_pair, wait_for_port, zlh
 
 pytestmark = pytest.mark.slow
