@@ -369,7 +369,7 @@ class Front:
             max_age,
             b"; Secure" if self._secure else b"",
         )
-        location = b"/" if wildcard else b"/dev/%d/ide/" % vmid
+        location = _landing(vmid, wildcard)
         keep_alive = req.keep_alive
         return LocalResponse(
             conn,
@@ -387,7 +387,7 @@ class Front:
 
     def _notice_tag(self, req: RequestHead, vmid: int, wildcard: bool) -> bytes:
         """The session notice's script tag for the IDE page of ``vmid``."""
-        sign_in = "/" if wildcard else f"/dev/{vmid}/ide/"
+        sign_in = _landing(vmid, wildcard).decode()
         portal = self._portal_origin(req)
         return sessionnotice.script_tag(
             sessionnotice.state_path(vmid, wildcard),
@@ -407,8 +407,7 @@ class Front:
         )
         if principal is None:
             return self._local(conn, req, 401, "session ended", "sign in to the portal again")
-        route = self.routes.get(vmid)
-        if route is None or not self._may_open(principal, vmid, route):
+        if not self._still_allowed(vmid, principal):
             return self._local(conn, req, 404, f"no container {vmid}")
         return LocalResponse(conn, responses.empty(req.keep_alive), keep_alive=req.keep_alive)
 
@@ -577,6 +576,11 @@ def _port_of(server: asyncio.Server | None) -> int:
     # typeshed says tuple, asyncio returns a list: untyped, so compiled code checks neither.
     found: Any = server
     return int(found.sockets[0].getsockname()[1])
+
+
+def _landing(vmid: int, wildcard: bool) -> bytes:
+    """The IDE's first page on the IDE origin: where a ticket lands and sign-in comes back to."""
+    return b"/" if wildcard else b"/dev/%d/ide/" % vmid
 
 
 def _is_vmid(digits: bytes) -> bool:

@@ -11,7 +11,7 @@ from http import HTTPStatus
 
 from zlh.schemas.errors import ErrorBody
 
-__all__ = ["empty", "error", "redirect"]
+__all__ = ["content", "empty", "error", "redirect"]
 
 # The portal's look (its colours, top bar and fonts, inline: on the IDE origin the portal's
 # stylesheet is another origin's), no favicon request, and a way back to the portal.
@@ -88,6 +88,19 @@ def error(
     else:
         body = ErrorBody(message=message, detail=detail).model_dump_json().encode()
         ctype = b"application/json"
+    return content(status, ctype, body, keep_alive=keep_alive, head_only=head_only, extra=extra)
+
+
+def content(
+    status: int,
+    ctype: bytes,
+    body: bytes,
+    *,
+    keep_alive: bool = True,
+    head_only: bool = False,
+    extra: bytes = b"",
+) -> bytes:
+    """A complete response carrying ``body`` as ``ctype``; ``extra`` is raw header lines."""
     head = _head(status, keep_alive, extra)
     head += b"Content-Type: %s\r\nContent-Length: %d\r\n\r\n" % (ctype, len(body))
     return head if head_only else head + body

@@ -27,6 +27,7 @@ import re
 from importlib.resources import files
 from typing import Final
 
+from zlh.proxy import responses
 from zlh.proxy.headers import ResponseHead
 
 __all__ = [
@@ -61,13 +62,13 @@ def script_tag(state: bytes, sign_in: str, portal: str) -> bytes:
 
 
 def script_response(*, keep_alive: bool, head_only: bool) -> bytes:
-    connection = b"" if keep_alive else b"Connection: close\r\n"
-    head = (
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/javascript; charset=utf-8\r\n"
-        b"X-Content-Type-Options: nosniff\r\nCache-Control: no-cache\r\n"
-        b"%sContent-Length: %d\r\n\r\n" % (connection, len(_SCRIPT))
+    return responses.content(
+        200,
+        b"text/javascript; charset=utf-8",
+        _SCRIPT,
+        keep_alive=keep_alive,
+        head_only=head_only,
     )
-    return head if head_only else head + _SCRIPT
 
 
 def without_accept_encoding(head: bytes) -> bytes:
