@@ -234,6 +234,12 @@ def test_the_ide_terminal_runs_the_runtimes_node(
     page.get_by_role("button", name="Sign in").click()
     page.locator(".monaco-workbench").wait_for(timeout=120_000)
     assert page.url.startswith(ready.ide)
+    # The workbench opens the workspace's README once it has started; that editor takes the
+    # focus, and keys typed meanwhile would go to it, so the terminal is opened after it.
+    # The preview is a frame of its own that keeps the workbench's keys: the explorer takes
+    # the focus back before the terminal's key.
+    page.locator(".tab", has_text="README.md").wait_for(timeout=60_000)
+    page.locator(".explorer-folders-view").click()
     page.keyboard.press("Control+Backquote")
     terminal = page.locator(".terminal-wrapper .xterm-screen").first
     terminal.wait_for(timeout=60_000)
@@ -247,6 +253,9 @@ def test_the_ide_terminal_runs_the_runtimes_node(
         # Keys typed before the terminal's shell has started are lost, and the renderer draws
         # the prompt on a canvas: type again until the shell has written the file.
         for attempt in range(3):
+            if attempt:  # a fresh line in the terminal, whatever a lost key left on it
+                terminal.click()
+                page.keyboard.press("Control+C")
             page.keyboard.type(WHO + "\n")
             try:
                 who = _poll_file(client, ready.vmid, "who.txt", timeout_s=20.0)
