@@ -24,6 +24,7 @@ from zlh.agent.devuser import DevEnvironment
 from zlh.agent.files import setup_files_routes
 from zlh.agent.runas import DevIdentity
 from zlh.api import accounts
+from zlh.api.containers import Quota
 
 LIMIT = 128 * 1024
 
@@ -55,7 +56,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     alice = accounts.create_user(svc.db, "alice", PASSWORD)
     accounts.create_user(svc.db, "bob", PASSWORD)
     container = svc.registry.allocate(
-        owner=alice, runtime="node", version="22", addons=[], pins=PINS, quota=5
+        owner=alice, runtime="node", version="22", addons=[], pins=PINS, quota=Quota(5, 5)
     )
     workspace, outside = base / "workspace", base / "outside"
     workspace.mkdir()

@@ -17,7 +17,7 @@ from zlh.api import accounts
 from zlh.api.audit import Action, AuditLog
 from zlh.api.auth import TokenService
 from zlh.api.clientaddr import request_address
-from zlh.api.containers import ContainerRegistry
+from zlh.api.containers import ContainerRegistry, Quota
 from zlh.api.db import Base, ContainerState, Database, User
 from zlh.api.db.engine import MIGRATIONS
 from zlh.api.errors import (
@@ -39,7 +39,7 @@ def registry(db: Database) -> ContainerRegistry:
 
 def allocate(reg: ContainerRegistry, owner: User, quota: int = 100) -> int:
     container = reg.allocate(
-        owner=owner, runtime="node", version="22", addons=[], pins=PINS, quota=quota
+        owner=owner, runtime="node", version="22", addons=[], pins=PINS, quota=Quota(quota, quota)
     )
     return container.vmid
 

@@ -22,6 +22,7 @@ from pydantic import SecretStr
 
 from zlh.api.app import create_app
 from zlh.api.catalog import StoreCatalog
+from zlh.api.containers import Quota
 from zlh.api.db import AddonPin, Container, Database, KeyValue, Pins, User
 from zlh.api.services import Services
 from zlh.api.settings import ApiSettings
@@ -266,7 +267,7 @@ class Api:
             addons={a: AddonPin(version="1", artifact=artifact) for a in addons},
         )
         return self.svc.registry.allocate(
-            owner=owner, runtime="node", version="22", addons=addons, pins=pins, quota=10
+            owner=owner, runtime="node", version="22", addons=addons, pins=pins, quota=Quota(10, 10)
         )
 
 

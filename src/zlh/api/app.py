@@ -33,6 +33,7 @@ from zlh.api.errors import NotAuthenticated, RateLimited
 from zlh.api.events import EventBus
 from zlh.api.guard import RequestGuard
 from zlh.api.keys import load_or_create_key
+from zlh.api.lifecycle import Lifecycle
 from zlh.api.poller import Poller
 from zlh.api.provisioning import Provisioning
 from zlh.api.ratelimit import LoginThrottle
@@ -109,6 +110,14 @@ def build_services(
         overdue=provisioning.provision_overdue,
     )
     provisioning.on_provisioning = poller.wake
+    lifecycle = Lifecycle(
+        settings=settings,
+        registry=registry,
+        backend=backend,
+        audit=audit_log,
+        provisioning=provisioning,
+        wake_poller=poller.wake,
+    )
     return Services(
         settings=settings,
         db=db,
@@ -118,6 +127,7 @@ def build_services(
         ),
         registry=registry,
         provisioning=provisioning,
+        lifecycle=lifecycle,
         poller=poller,
         agents=agents,
         catalog=catalog,
@@ -146,13 +156,18 @@ async def _sync_revocations(svc: Services) -> None:
         await asyncio.sleep(REVOCATION_SYNC_S)
 
 
+async def _resume(svc: Services) -> None:
+    await svc.provisioning.resume()
+    await svc.lifecycle.resume()
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     svc: Services = app.state.services
     svc.registry.bind_loop(asyncio.get_running_loop())
     svc.provisioning.load_backend_state()
     tasks = [
-        asyncio.create_task(svc.provisioning.resume(), name="resume"),
+        asyncio.create_task(_resume(svc), name="resume"),
         asyncio.create_task(svc.poller.run(), name="poller"),
         asyncio.create_task(_sync_revocations(svc), name="revocations"),
     ]

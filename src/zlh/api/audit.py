@@ -25,6 +25,9 @@ class Action(StrEnum):
     CREATE = "create"
     OPEN = "open"  # recorded by whatever opens the IDE or console (the front, relays)
     DELETE = "delete"
+    STOP = "stop"  # detail: the reason (by whom, or idle for how long)
+    START = "start"
+    RESTART = "restart"
     FAILED = "failed"
     TAILNET_VIEW = "tailnet-view"  # GET /api/dev/{vmid}/tailnet (detail: key shown or not)
     TAILNET_REGENERATE = "tailnet-regenerate"

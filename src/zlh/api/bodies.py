@@ -80,6 +80,13 @@ class DevRequest(WireModel):
         return [registered_addon(name) for name in names]
 
 
+class Activity(WireModel):
+    """The last thing a person did in a container (what idle auto-stop counts from)."""
+
+    at: datetime
+    kind: str = Field(description="ide, terminal, console, files or preview", examples=["ide"])
+
+
 class ContainerOut(WireModel):
     vmid: int
     name: str | None = Field(default=None, description="the owner's name for it, if any")
@@ -88,6 +95,13 @@ class ContainerOut(WireModel):
     version: str
     addons: list[str]
     state: str
+    state_reason: str | None = Field(
+        default=None,
+        description="why it is in this state",
+        examples=["stopped by alice", "stopped after 60 min idle", "host restarted"],
+    )
+    state_changed_at: datetime | None = None
+    last_activity: Activity | None = None
     error: str | None = None
     # The portal's page that opens the IDE: it fetches a ticket (GET /api/dev/{vmid}/ide-url)
     # and sends the browser to the IDE origin with it.
@@ -115,6 +129,7 @@ class ContainerEvent(WireModel):
 
     vmid: int
     state: str
+    state_reason: str | None = None
     progress: Progress | None = None
     error: str | None = None
     runtime_installed: bool = False

@@ -10,24 +10,48 @@ import asyncio
 import secrets
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from zlh.api.bodies import ContainerEvent, ContainerOut
+from zlh.api.bodies import Activity, ContainerEvent, ContainerOut
 from zlh.api.db import Container, ContainerState, Database, KeyValue, Pins, User
 from zlh.api.db.models import utcnow
-from zlh.api.errors import Conflict, QuotaExceeded
+from zlh.api.errors import Conflict, NotFound, QuotaExceeded
 from zlh.api.events import EventBus
 from zlh.routefeed import FeedRoute, RouteFeed
 from zlh.schemas.payload import MIN_VMID
 
-__all__ = ["ContainerRegistry", "container_out"]
+__all__ = ["ContainerRegistry", "Quota", "container_out"]
 
 _ALLOCATE_TRIES = 8
 _VMID_MARK = "vmid:last-allocated"
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A user's limits: containers held (``max_containers_per_user``) and running
+    (``max_running_per_user``; stopped ones do not count)."""
+
+    containers: int
+    running: int
+
+
+def _check_running(session: Session, owner: User, limit: int, *, starting: int | None) -> None:
+    """QuotaExceeded when ``owner`` already runs ``limit`` containers (``starting`` aside)."""
+    running = [s.value for s in ContainerState if s.is_running]
+    query = select(func.count()).where(Container.owner_id == owner.id, Container.state.in_(running))
+    if starting is not None:
+        query = query.where(Container.vmid != starting)
+    count = session.scalar(query) or 0
+    if count >= limit:
+        raise QuotaExceeded(
+            f"running quota reached: {owner.username} runs {count} of {limit}"
+            " (max_running_per_user); stop one to start another"
+        )
 
 
 def container_out(container: Container, *, admin_ide_access: bool) -> ContainerOut:
@@ -39,6 +63,9 @@ def container_out(container: Container, *, admin_ide_access: bool) -> ContainerO
         version=container.version,
         addons=list(container.addons),
         state=container.state,
+        state_reason=container.state_reason,
+        state_changed_at=container.state_changed_at,
+        last_activity=last_activity(container),
         error=container.error,
         ide_path=f"/c/{container.vmid}/ide",
         admin_ide_access=admin_ide_access,
@@ -48,11 +75,18 @@ def container_out(container: Container, *, admin_ide_access: bool) -> ContainerO
     )
 
 
+def last_activity(container: Container) -> Activity | None:
+    if container.last_activity_at is None or container.last_activity_kind is None:
+        return None
+    return Activity(at=container.last_activity_at, kind=container.last_activity_kind)
+
+
 def container_event(container: Container) -> ContainerEvent:
     status = container.status
     return ContainerEvent(
         vmid=container.vmid,
         state=container.state,
+        state_reason=container.state_reason,
         progress=status.progress if status else None,
         error=container.error,
         runtime_installed=status.runtime_installed if status else False,
@@ -121,7 +155,8 @@ class ContainerRegistry:
         version: str,
         addons: list[str],
         pins: Pins,
-        quota: int,
+        quota: Quota,
+        reason: str | None = None,
         name: str | None = None,
         suggest_vmid: Callable[[int], int] = lambda floor: floor,
     ) -> Container:
@@ -135,7 +170,9 @@ class ContainerRegistry:
         # One allocation at a time in this process; other processes are caught by the
         # primary key and retried.
         with self._allocating:
-            return self._allocate(owner, runtime, version, addons, pins, quota, name, suggest_vmid)
+            return self._allocate(
+                owner, runtime, version, addons, pins, quota, reason, name, suggest_vmid
+            )
 
     def _allocate(
         self,
@@ -144,7 +181,8 @@ class ContainerRegistry:
         version: str,
         addons: list[str],
         pins: Pins,
-        quota: int,
+        quota: Quota,
+        reason: str | None,
         name: str | None,
         suggest_vmid: Callable[[int], int],
     ) -> Container:
@@ -154,11 +192,13 @@ class ContainerRegistry:
                     held = session.scalar(
                         select(func.count()).where(Container.owner_id == owner.id)
                     )
-                    if (held or 0) >= quota:
+                    if (held or 0) >= quota.containers:
                         raise QuotaExceeded(
-                            f"container quota reached: {owner.username} holds {held} of {quota}"
-                            " (max_containers_per_user); delete one to make another"
+                            f"container quota reached: {owner.username} holds {held} of "
+                            f"{quota.containers} (max_containers_per_user); delete one to make "
+                            "another"
                         )
+                    _check_running(session, owner, quota.running, starting=None)
                     if name is not None and session.scalar(
                         select(Container.vmid).where(
                             Container.owner_id == owner.id, Container.name == name
@@ -176,6 +216,8 @@ class ContainerRegistry:
                         addons=addons,
                         pins=pins,
                         state=ContainerState.REQUESTED.value,
+                        state_reason=reason,
+                        state_changed_at=now,
                         agent_nonce=secrets.token_hex(16),
                         created_at=now,
                         updated_at=now,
@@ -203,20 +245,65 @@ class ContainerRegistry:
             mark.value = {"last": vmid}
         return vmid
 
-    def update(self, vmid: int, **changes: Any) -> Container | None:
-        """Apply ``changes``; writes (and notifies) only when a value differs. None if gone."""
+    def update(
+        self, vmid: int, *, only_from: Iterable[ContainerState] | None = None, **changes: Any
+    ) -> Container | None:
+        """Apply ``changes``; writes (and notifies) only when a value differs. None if gone.
+
+        With ``only_from``, nothing is written unless the stored state is one of those: a
+        poll that was under way when the owner stopped the container must not undo the stop.
+        A state change stamps ``state_changed_at``.
+        """
         if "state" in changes:
             changes["state"] = ContainerState(changes["state"]).value
         with self.db.session() as session:
             container = session.get(Container, vmid)
             if container is None:
                 return None
+            if only_from is not None and container.state not in {str(s) for s in only_from}:
+                return container
             changed = {k: v for k, v in changes.items() if getattr(container, k) != v}
             if not changed:
                 return container
             for key, value in changed.items():
                 setattr(container, key, value)
             container.updated_at = utcnow()
+            if "state" in changed:
+                container.state_changed_at = container.updated_at
+        self._notify(container)
+        return container
+
+    def transition(
+        self,
+        vmid: int,
+        *,
+        allowed: Iterable[ContainerState],
+        to: ContainerState,
+        reason: str,
+        action: str,
+        running_limit: int | None = None,
+        **changes: Any,
+    ) -> Container:
+        """Move to ``to`` if the stored state is one of ``allowed``, in one transaction.
+
+        Conflict names the state it is in; with ``running_limit`` (a start) the owner's other
+        running containers are counted in the same transaction (QuotaExceeded).
+        """
+        allowed_values = {str(s) for s in allowed}
+        with self.db.session() as session:
+            container = session.get(Container, vmid)
+            if container is None:
+                raise NotFound(f"container {vmid} not found")
+            if container.state not in allowed_values:
+                raise Conflict(f"container {vmid} is {container.state}: it cannot {action} now")
+            if running_limit is not None:
+                _check_running(session, container.owner, running_limit, starting=vmid)
+            now = utcnow()
+            for key, value in changes.items():
+                setattr(container, key, value)
+            container.state = to.value
+            container.state_reason = reason
+            container.state_changed_at = container.updated_at = now
         self._notify(container)
         return container
 

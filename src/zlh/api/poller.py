@@ -8,7 +8,8 @@ container shows ``unreachable``. Results are compared with the last one in memor
 database is written (and SSE/route-feed subscribers told) only when something changed.
 
 The set of containers to poll is reloaded from the database every ``poll_interval_s`` and on
-:meth:`Poller.wake` (a container just entered ``provisioning``).
+:meth:`Poller.wake` (a container just entered ``provisioning`` or was started). Stopped and
+stopping containers are not polled at all.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from zlh.schemas import AgentState, AgentStatus
 __all__ = ["PollTarget", "Poller"]
 
 logger = logging.getLogger(__name__)
+
+_POLLED = [s for s in ContainerState if s.is_polled]  # stopped ones cost no poll traffic
 
 Resend = Callable[[Container], Awaitable[None]]
 Overdue = Callable[[Container], bool]
@@ -121,8 +124,7 @@ class Poller:
         return launched
 
     def _reload(self) -> None:
-        polled = [s for s in ContainerState if s.is_polled]
-        fresh = {c.vmid: c for c in self.registry.in_states(polled) if c.agent_url}
+        fresh = {c.vmid: c for c in self.registry.in_states(_POLLED) if c.agent_url}
         for vmid in list(self._targets):
             if vmid not in fresh:
                 del self._targets[vmid]
@@ -168,13 +170,25 @@ class Poller:
             target.in_flight = False
 
     def _interval(self, state: str) -> float:
-        if state == ContainerState.PROVISIONING:
+        if state in (ContainerState.PROVISIONING, ContainerState.STARTING):
             return self.settings.poll_interval_provisioning_s
         return self.settings.poll_interval_s
 
     def _missed(self, target: PollTarget, exc: AgentError) -> None:
         target.misses += 1
         container = target.container
+        if container.state == ContainerState.STARTING:
+            # Its agent is booting: no back-off, and not unreachable until the start is overdue.
+            target.due = self._clock() + self._interval(container.state)
+            if self._overdue(container):
+                limit = self.settings.provision_timeout_s
+                self._apply(
+                    target,
+                    state=ContainerState.FAILED,
+                    error=f"the agent did not answer within provision_timeout_s={limit:g}s "
+                    f"of the start: {exc.message}",
+                )
+            return
         backoff = self._interval(container.state) * 2 ** min(target.misses, 16)
         target.due = self._clock() + min(backoff, self.settings.poll_max_backoff_s)
         if (
@@ -200,7 +214,10 @@ class Poller:
             message = f"{error.step}: {error.message} ({error.code})" if error else "agent failed"
             changes.update(state=ContainerState.FAILED, error=message)
         elif status.state is AgentState.PROVISIONING:
-            changes.update(state=ContainerState.PROVISIONING, error=None)
+            # A started container's agent restores its runtime and add-ons: still starting.
+            if container.state != ContainerState.STARTING:
+                changes.update(state=ContainerState.PROVISIONING)
+            changes.update(error=None)
             if self._overdue(container):
                 limit = self.settings.provision_timeout_s
                 changes.update(
@@ -225,7 +242,8 @@ class Poller:
             del changes[key]
         if not changes:
             return
-        updated = self.registry.update(container.vmid, **changes)
+        # A poll under way when the owner stopped the container must not undo the stop.
+        updated = self.registry.update(container.vmid, only_from=_POLLED, **changes)
         if updated is None:
             self._targets.pop(container.vmid, None)
             return

@@ -24,13 +24,14 @@ from zlh.api.agent_client import AgentClient
 from zlh.api.audit import Action, AuditLog
 from zlh.api.bodies import DevRequest
 from zlh.api.catalog import CatalogSource
-from zlh.api.containers import ContainerRegistry
+from zlh.api.containers import ContainerRegistry, Quota
 from zlh.api.db import AddonPin, Container, ContainerState, KeyValue, Pins, User
 from zlh.api.db.models import utcnow
 from zlh.api.errors import AgentError, AgentUnreachable, InvalidRequest
 from zlh.api.keys import agent_secret
 from zlh.api.settings import ApiSettings
 from zlh.api.tailnet.service import Tailnet
+from zlh.api.tasks import ContainerTasks
 from zlh.backends import (
     Backend,
     BackendError,
@@ -101,7 +102,7 @@ class Provisioning:
         self.audit = audit
         self.agent_key = agent_key
         self.artifact_base_url = artifact_base_url.rstrip("/")
-        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self.tasks = ContainerTasks()
         # Told when a container starts provisioning (the poller's wake-up).
         self.on_provisioning: Callable[[], None] = lambda: None
 
@@ -127,7 +128,11 @@ class Provisioning:
             version=version,
             addons=list(request.addons),
             pins=pins,
-            quota=self.settings.max_containers_per_user,
+            quota=Quota(
+                containers=self.settings.max_containers_per_user,
+                running=self.settings.max_running_per_user,
+            ),
+            reason=f"requested by user {user.username}",
             name=request.name,
             suggest_vmid=self.backend.suggest_vmid,
         )
@@ -144,10 +149,7 @@ class Provisioning:
 
     async def delete(self, vmid: int, actor: str) -> None:
         """Destroy the container and forget it. Raises BackendError (state stays deleting)."""
-        task = self._tasks.pop(vmid, None)
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await self.tasks.cancel(vmid)
         self.registry.update(vmid, state=ContainerState.DELETING)
         try:
             await self.backend.destroy(vmid)
@@ -187,22 +189,24 @@ class Provisioning:
                 self._fail(container.vmid, "the container disappeared from the backend")
                 return
             if info.state is not RunState.RUNNING or not info.address:
+                # It ran before the platform (or the host) went down: it comes back running.
+                self.registry.update(
+                    container.vmid,
+                    state=ContainerState.STARTING,
+                    state_reason="host restarted",
+                    provision_started_at=utcnow(),
+                )
                 await self.backend.start(container.vmid)
                 info = await self.backend.wait_running(
                     container.vmid, timeout_s=self.settings.container_start_timeout_s
                 )
-            self._record_address(container.vmid, info)
+            self.record_address(container.vmid, info)
         except ZlhError as exc:
             logger.warning("container %s could not be reattached: %s", container.vmid, exc)
 
     def _spawn(self, vmid: int) -> None:
-        if vmid in self._tasks and not self._tasks[vmid].done():
-            return
-        task = asyncio.get_running_loop().create_task(self._drive(vmid), name=f"provision-{vmid}")
-        self._tasks[vmid] = task
-        task.add_done_callback(
-            lambda t: self._tasks.pop(vmid, None) if self._tasks.get(vmid) is t else None
-        )
+        if not self.tasks.busy(vmid):
+            self.tasks.spawn(vmid, lambda: self._drive(vmid), f"provision-{vmid}")
 
     async def _drive(self, vmid: int) -> None:
         try:
@@ -211,7 +215,7 @@ class Provisioning:
                 return
             async with asyncio.timeout(self.settings.container_start_timeout_s):
                 info = await self._create_and_start(container)
-            self._record_address(vmid, info)
+            self.record_address(vmid, info)
             container = self.registry.update(vmid, state=ContainerState.PROVISIONING)
             if container is not None:
                 await self.ensure_tailnet(container)
@@ -263,7 +267,7 @@ class Provisioning:
             vmid, timeout_s=self.settings.container_start_timeout_s
         )
 
-    def _record_address(self, vmid: int, info: ContainerInfo) -> None:
+    def record_address(self, vmid: int, info: ContainerInfo) -> None:
         self.registry.update(
             vmid,
             address=info.address,
@@ -365,7 +369,4 @@ class Provisioning:
             self.backend.load_state(row.value)
 
     async def close(self) -> None:
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.tasks.close()

@@ -11,6 +11,7 @@ from zlh.api.catalog import CatalogSource
 from zlh.api.containers import ContainerRegistry
 from zlh.api.db import Database
 from zlh.api.events import EventBus
+from zlh.api.lifecycle import Lifecycle
 from zlh.api.poller import Poller
 from zlh.api.provisioning import Provisioning
 from zlh.api.ratelimit import LoginThrottle
@@ -30,6 +31,7 @@ class Services:
     tokens: TokenService
     registry: ContainerRegistry
     provisioning: Provisioning
+    lifecycle: Lifecycle
     poller: Poller
     agents: AgentClient
     catalog: CatalogSource

@@ -178,8 +178,16 @@ class ApiSettings(BaseSettings):
     max_containers_per_user: int = Field(
         3, ge=0, description="containers one user may hold at once; admins are not exempt."
     )
+    max_running_per_user: int = Field(
+        3,
+        ge=0,
+        description="containers one user may run at once; stopped ones do not count.",
+    )
     container_memory_mb: int = Field(2048, gt=0, description="memory limit of each container.")
     container_cores: int = Field(2, gt=0, description="CPU cores of each container.")
+    container_stop_timeout_s: float = Field(
+        10.0, gt=0, description="a stop's wait after SIGTERM before the container is killed."
+    )
     container_start_timeout_s: float = Field(
         120.0, gt=0, description="create+start until the backend reports it running."
     )

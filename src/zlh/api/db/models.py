@@ -102,7 +102,8 @@ class ContainerState(StrEnum):
     """A container's life as the API sees it.
 
     requested → creating → provisioning → ready; any of them → failed; provisioning/ready ⇄
-    unreachable (the poller missed the agent N times); any → deleting → (row removed).
+    unreachable (the poller missed the agent N times); ready/unreachable/failed → stopping →
+    stopped → starting → ready (its agent restores what it had); any → deleting → (row removed).
     """
 
     REQUESTED = "requested"
@@ -111,6 +112,9 @@ class ContainerState(StrEnum):
     READY = "ready"
     FAILED = "failed"
     UNREACHABLE = "unreachable"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    STARTING = "starting"
     DELETING = "deleting"
 
     @property
@@ -129,6 +133,16 @@ class ContainerState(StrEnum):
             ContainerState.PROVISIONING,
             ContainerState.READY,
             ContainerState.UNREACHABLE,
+            ContainerState.STARTING,
+        }
+
+    @property
+    def is_running(self) -> bool:
+        """Holds the host's memory (what ``max_running_per_user`` counts)."""
+        return self not in {
+            ContainerState.STOPPING,
+            ContainerState.STOPPED,
+            ContainerState.DELETING,
         }
 
 
@@ -184,6 +198,13 @@ class Container(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     # When the payload was last accepted by the agent (provision timeout counts from here).
     provision_started_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Why the state last changed ("stopped by alice", "idle for 60 min", "host restarted")
+    # and when; kept while the poller moves it on (starting → ready).
+    state_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    state_changed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The last thing a person did in it (IDE input, console input, a file written) and when.
+    last_activity_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_activity_kind: Mapped[str | None] = mapped_column(String(32), default=None)
     owner: Mapped[User] = relationship(lazy="joined")
 
     @property

@@ -1,4 +1,5 @@
-"""``/api/dev``: dev requests, the caller's containers, one container, delete."""
+"""``/api/dev``: dev requests, the caller's containers, one container, stop/start/restart,
+delete."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from fastapi import APIRouter, Query, Response
 
 from zlh.api.bodies import ContainerOut, DevRequest
 from zlh.api.containers import container_out
+from zlh.api.db import Container, User
 from zlh.api.deps import CurrentUser, OwnedContainer, Svc
 from zlh.api.routes import ERRORS
 
@@ -53,3 +55,40 @@ async def delete_dev(container: OwnedContainer, user: CurrentUser, svc: Svc) -> 
     """Destroy the container and forget it."""
     await svc.provisioning.delete(container.vmid, user.username)
     return Response(status_code=204)
+
+
+def _by(user: User, container: Container) -> str:
+    """Who did it, as the container's page says it."""
+    role = "admin" if user.is_admin and user.id != container.owner_id else "user"
+    return f"{role} {user.username}"
+
+
+@router.post("/{vmid}/stop", status_code=202)
+async def stop_dev(container: OwnedContainer, user: CurrentUser, svc: Svc) -> ContainerOut:
+    """Stop it: its agent and code-server get SIGTERM, then a bounded wait, then a kill. Its
+    disk stays; it uses no memory and is not polled until started. 409 unless it is ready,
+    unreachable or failed."""
+    stopping = await svc.lifecycle.stop(
+        container.vmid, actor=user.username, reason=f"stopped by {_by(user, container)}"
+    )
+    return container_out(stopping, admin_ide_access=svc.settings.admin_ide_access)
+
+
+@router.post("/{vmid}/start", status_code=202)
+async def start_dev(container: OwnedContainer, user: CurrentUser, svc: Svc) -> ContainerOut:
+    """Start a stopped container; it is ready again once its agent has restored its runtime
+    and add-ons (follow ``/api/dev/{vmid}/events``). 409 unless stopped; 429 when its owner
+    already runs ``max_running_per_user`` containers."""
+    starting = await svc.lifecycle.start(
+        container.vmid, actor=user.username, reason=f"started by {_by(user, container)}"
+    )
+    return container_out(starting, admin_ide_access=svc.settings.admin_ide_access)
+
+
+@router.post("/{vmid}/restart", status_code=202)
+async def restart_dev(container: OwnedContainer, user: CurrentUser, svc: Svc) -> ContainerOut:
+    """Stop, then start. 409 unless it is ready, unreachable or failed."""
+    stopping = await svc.lifecycle.restart(
+        container.vmid, actor=user.username, reason=f"restarted by {_by(user, container)}"
+    )
+    return container_out(stopping, admin_ide_access=svc.settings.admin_ide_access)

@@ -1,0 +1,193 @@
+"""Stop, start and restart through the API, over simulated agents on real HTTP: the states
+and their reasons, who may, what is refused, the running quota, poll traffic and a restart of
+the platform."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from agent_sim import SimBackend
+from api_kit import add_user, login, make_app, running, services, sse_events, wait_for
+from zlh.api.db import ContainerState
+
+
+def _ready(client: httpx.Client, headers: dict[str, str]) -> int:
+    response = client.post("/api/dev", json={"runtime": "node"}, headers=headers)
+    assert response.status_code == 202, response.text
+    vmid = int(response.json()["vmid"])
+    assert sse_events(client, f"/api/dev/{vmid}/events", headers)[-1]["state"] == "ready"
+    return vmid
+
+
+def _get(client: httpx.Client, headers: dict[str, str], vmid: int) -> dict[str, Any]:
+    return dict(client.get(f"/api/dev/{vmid}", headers=headers).json())
+
+
+def _in_state(client: httpx.Client, headers: dict[str, str], vmid: int, state: str) -> Any:
+    return wait_for(
+        lambda: (c := _get(client, headers, vmid))["state"] == state and c,
+        what=f"container {vmid} to be {state}",
+    )
+
+
+def test_stop_then_start_moves_through_the_states_with_their_reasons(tmp_path: Path) -> None:
+    backend = SimBackend()
+    app = make_app(tmp_path, backend)
+    add_user(app, "alice")
+    with running(app) as client:
+        alice = login(client, "alice")
+        vmid = _ready(client, alice)
+        assert _get(client, alice, vmid)["stateReason"] == "requested by user alice"
+
+        stop = client.post(f"/api/dev/{vmid}/stop", headers=alice)
+        assert stop.status_code == 202, stop.text
+        assert stop.json()["state"] == "stopping"
+        stopped = _in_state(client, alice, vmid, "stopped")
+        assert stopped["stateReason"] == "stopped by user alice"
+        assert stopped["stateChangedAt"] >= stop.json()["stateChangedAt"]
+        assert vmid not in backend.running
+
+        start = client.post(f"/api/dev/{vmid}/start", headers=alice)
+        assert start.status_code == 202, start.text
+        assert start.json()["state"] == "starting"
+        events = sse_events(client, f"/api/dev/{vmid}/events", alice)
+        assert events[-1]["state"] == "ready"
+        assert events[-1]["stateReason"] == "started by user alice"
+        assert vmid in backend.running
+        assert backend.creates == 1  # the same container, started again
+
+        restart = client.post(f"/api/dev/{vmid}/restart", headers=alice)
+        assert restart.status_code == 202, restart.text
+        ready = _in_state(client, alice, vmid, "ready")
+        assert ready["stateReason"] == "restarted by user alice"
+        actions = [e.action for e in services(app).audit.entries(vmid=vmid)]
+        assert actions[:3] == ["restart", "start", "stop"]
+
+
+def test_what_its_state_does_not_allow_is_refused_with_409_naming_the_state(
+    tmp_path: Path,
+) -> None:
+    app = make_app(tmp_path, SimBackend())
+    add_user(app, "alice")
+    with running(app) as client:
+        alice = login(client, "alice")
+        vmid = _ready(client, alice)
+        refused = client.post(f"/api/dev/{vmid}/start", headers=alice)
+        assert refused.status_code == 409
+        assert refused.json()["message"] == f"container {vmid} is ready: it cannot start now"
+        assert client.post(f"/api/dev/{vmid}/stop", headers=alice).status_code == 202
+        _in_state(client, alice, vmid, "stopped")
+        for action in ("stop", "restart"):
+            refused = client.post(f"/api/dev/{vmid}/{action}", headers=alice)
+            assert refused.status_code == 409, action
+            assert f"is stopped: it cannot {action} now" in refused.json()["message"]
+        assert _get(client, alice, vmid)["state"] == "stopped"
+
+
+def test_only_the_owner_and_admins_stop_or_start_a_container(tmp_path: Path) -> None:
+    backend = SimBackend()
+    app = make_app(tmp_path, backend)
+    add_user(app, "alice")
+    add_user(app, "bob")
+    add_user(app, "root", admin=True)
+    with running(app) as client:
+        alice, bob, root = (login(client, n) for n in ("alice", "bob", "root"))
+        vmid = _ready(client, alice)
+        for action in ("stop", "start", "restart"):
+            answer = client.post(f"/api/dev/{vmid}/{action}", headers=bob)
+            assert answer.status_code == 404, action
+        assert vmid in backend.running
+        assert client.post(f"/api/dev/{vmid}/stop", headers=root).status_code == 202
+        assert _in_state(client, alice, vmid, "stopped")["stateReason"] == "stopped by admin root"
+        unauthenticated = client.post(f"/api/dev/{vmid}/start")
+        assert unauthenticated.status_code == 401
+
+
+def test_the_running_quota_counts_only_running_containers(tmp_path: Path) -> None:
+    app = make_app(tmp_path, SimBackend(), max_running_per_user=1)
+    add_user(app, "alice")
+    with running(app) as client:
+        alice = login(client, "alice")
+        first = _ready(client, alice)
+        refused = client.post("/api/dev", json={"runtime": "node"}, headers=alice)
+        assert refused.status_code == 429
+        assert refused.json()["message"] == (
+            "running quota reached: alice runs 1 of 1 (max_running_per_user); "
+            "stop one to start another"
+        )
+        client.post(f"/api/dev/{first}/stop", headers=alice)
+        _in_state(client, alice, first, "stopped")
+        second = _ready(client, alice)  # a stopped container does not count
+        refused = client.post(f"/api/dev/{first}/start", headers=alice)
+        assert refused.status_code == 429
+        assert "alice runs 1 of 1" in refused.json()["message"]
+        assert _get(client, alice, first)["state"] == "stopped"
+        client.post(f"/api/dev/{second}/stop", headers=alice)
+        _in_state(client, alice, second, "stopped")
+        assert client.post(f"/api/dev/{first}/start", headers=alice).status_code == 202
+
+
+def test_a_stopped_container_is_not_polled(tmp_path: Path) -> None:
+    backend = SimBackend()
+    app = make_app(tmp_path, backend)
+    add_user(app, "alice")
+    with running(app) as client:
+        alice = login(client, "alice")
+        quiet, busy = _ready(client, alice), _ready(client, alice)
+        client.post(f"/api/dev/{quiet}/stop", headers=alice)
+        _in_state(client, alice, quiet, "stopped")
+        # Its agent answers again behind the platform's back: a poll would reach it now.
+        stopped = backend.agents[quiet]
+        loop = services(app).registry._loop
+        assert loop is not None
+        asyncio.run_coroutine_threadsafe(stopped.start(), loop).result(timeout=10)
+        calls_before, other_before = stopped.status_calls, backend.agents[busy].status_calls
+        # Five polls of the other container later, the stopped one has had none.
+        wait_for(
+            lambda: backend.agents[busy].status_calls >= other_before + 5,
+            what="the poller to go round",
+        )
+        assert stopped.status_calls == calls_before
+        asyncio.run_coroutine_threadsafe(stopped.stop(), loop).result(timeout=10)
+
+
+def test_a_poll_under_way_does_not_undo_a_stop(tmp_path: Path) -> None:
+    backend = SimBackend()
+    app = make_app(tmp_path, backend)
+    add_user(app, "alice")
+    with running(app) as client:
+        alice = login(client, "alice")
+        vmid = _ready(client, alice)
+        registry = services(app).registry
+        registry.update(vmid, state=ContainerState.STOPPING)
+        # What the poller writes when its answer of "ready" lands after the stop began.
+        polled = [s for s in ContainerState if s.is_polled]
+        registry.update(vmid, only_from=polled, state=ContainerState.READY)
+        assert _get(client, alice, vmid)["state"] == "stopping"
+
+
+def test_after_a_platform_restart_stopped_ones_stay_stopped_and_running_ones_run(
+    tmp_path: Path,
+) -> None:
+    backend = SimBackend()
+    app = make_app(tmp_path, backend)
+    add_user(app, "alice")
+    with running(app) as client:
+        alice = login(client, "alice")
+        kept_stopped, kept_running = _ready(client, alice), _ready(client, alice)
+        client.post(f"/api/dev/{kept_stopped}/stop", headers=alice)
+        _in_state(client, alice, kept_stopped, "stopped")
+    # The host went down: nothing of the backend runs any more.
+    assert backend.running == set()
+    again = make_app(tmp_path, backend)
+    with running(again) as client:
+        alice = login(client, "alice")
+        ready = _in_state(client, alice, kept_running, "ready")
+        assert ready["stateReason"] == "host restarted"
+        assert _get(client, alice, kept_stopped)["state"] == "stopped"
+        assert _get(client, alice, kept_stopped)["stateReason"] == "stopped by user alice"
+        assert kept_stopped not in backend.running
