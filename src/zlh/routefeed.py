@@ -74,6 +74,9 @@ class FeedRoute:
             "failed": "provisioning failed",
             "unreachable": "the container does not answer",
             "deleting": "the container is being deleted",
+            "stopping": "the container is stopping",
+            "stopped": "the container is stopped; open it from the portal to start it",
+            "starting": "the container is starting",
         }.get(self.state, "still provisioning")
 
 

@@ -129,6 +129,7 @@ def test_the_running_quota_counts_only_running_containers(tmp_path: Path) -> Non
         client.post(f"/api/dev/{second}/stop", headers=alice)
         _in_state(client, alice, second, "stopped")
         assert client.post(f"/api/dev/{first}/start", headers=alice).status_code == 202
+        _in_state(client, alice, first, "ready")
 
 
 def test_a_stopped_container_is_not_polled(tmp_path: Path) -> None:

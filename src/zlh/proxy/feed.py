@@ -26,6 +26,7 @@ def to_route(route: routefeed.FeedRoute) -> Route:
         port=route.code_server_port or 0,
         ready=ready,
         reason="" if ready else (route.reason or "code-server has no port yet"),
+        stopped=route.state == "stopped",
     )
 
 

@@ -32,7 +32,9 @@ On the IDE origin, per request (each step fails closed):
    ticket.
 5. The caller owns ``vmid`` (admins only with ``admin_ide_access``); else 404 with the API's
    body, the same whether the container exists or not.
-6. The container is ready; else 503 saying why (provisioning, code-server down), at once.
+6. The container is ready; else 503 saying why (provisioning, code-server down), at once. A
+   browser loading a page of a stopped container goes (303) to the portal's ``/c/{vmid}/ide``,
+   which starts it, shows its progress and comes back once it is ready.
 7. Relay with the path form's ``/dev/{vmid}/ide`` stripped, the platform's cookies and
    ``Authorization`` removed, ``Host`` kept and ``X-Forwarded-*`` set; 502/504 when the container
    does not answer. Its responses lose any ``Set-Cookie`` that would shadow a platform cookie and
@@ -277,6 +279,8 @@ class Front:
         route = self.routes.get(vmid)
         if route is None or not self._may_open(principal, vmid, route):
             return self._local(conn, req, 404, f"no container {vmid}")  # the API's very words
+        if route.stopped and (start := self._portal_redirect(conn, req, vmid)) is not None:
+            return start  # the portal's IDE page starts it and comes back when it is ready
         if not route.ready:
             # A browser waiting on the page reloads it when the Retry-After is up, so the IDE
             # opens by itself once provisioning ends or code-server is back.
@@ -513,7 +517,10 @@ class Front:
         )
         return LocalResponse(conn, data, keep_alive=keep_alive)
 
-    def _unauthenticated(self, conn: ClientConnection, req: RequestHead, vmid: int) -> Handler:
+    def _portal_redirect(
+        self, conn: ClientConnection, req: RequestHead, vmid: int
+    ) -> Handler | None:
+        """A browser's page load goes (303) to the portal's IDE page of ``vmid``, if known."""
         if req.wants_html and req.method in (b"GET", b"HEAD") and not req.upgrading:
             location = self._portal_page(req, vmid)
             if location is not None:
@@ -523,6 +530,12 @@ class Front:
                     responses.redirect(303, location, keep_alive=keep_alive),
                     keep_alive=keep_alive,
                 )
+        return None
+
+    def _unauthenticated(self, conn: ClientConnection, req: RequestHead, vmid: int) -> Handler:
+        redirect = self._portal_redirect(conn, req, vmid)
+        if redirect is not None:
+            return redirect
         return self._local(
             conn,
             req,

@@ -41,6 +41,8 @@ class Route:
     port: int
     ready: bool
     reason: str = ""
+    # Stopped (by its owner or for being idle): opening its IDE starts it, in the portal.
+    stopped: bool = False
     # The pool's key for this route's connections, made once here rather than per request.
     upstream: UpstreamAddress = field(init=False, repr=False, compare=False)
 
