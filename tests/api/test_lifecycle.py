@@ -46,7 +46,9 @@ def test_stop_then_start_moves_through_the_states_with_their_reasons(tmp_path: P
         stop = client.post(f"/api/dev/{vmid}/stop", headers=alice)
         assert stop.status_code == 202, stop.text
         assert stop.json()["state"] == "stopping"
-        stopped = _in_state(client, alice, vmid, "stopped")
+        events = sse_events(client, f"/api/dev/{vmid}/events", alice)  # ends once stopped
+        assert events[-1]["state"] == "stopped"
+        stopped = _get(client, alice, vmid)
         assert stopped["stateReason"] == "stopped by user alice"
         assert stopped["stateChangedAt"] >= stop.json()["stateChangedAt"]
         assert vmid not in backend.running
@@ -122,6 +124,8 @@ def test_the_running_quota_counts_only_running_containers(tmp_path: Path) -> Non
         client.post(f"/api/dev/{first}/stop", headers=alice)
         _in_state(client, alice, first, "stopped")
         second = _ready(client, alice)  # a stopped container does not count
+        me = client.get("/api/auth/me", headers=alice).json()
+        assert (me["containersHeld"], me["containersRunning"], me["runningLimit"]) == (2, 1, 1)
         refused = client.post(f"/api/dev/{first}/start", headers=alice)
         assert refused.status_code == 429
         assert "alice runs 1 of 1" in refused.json()["message"]

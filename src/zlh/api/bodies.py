@@ -53,6 +53,8 @@ class MeOut(UserOut):
 
     containers_held: int = Field(description="containers this user holds now")
     container_limit: int = Field(description="max_containers_per_user: how many they may hold")
+    containers_running: int = Field(description="of those, the ones not stopped")
+    running_limit: int = Field(description="max_running_per_user: how many they may run")
 
 
 CONTAINER_NAME = r"^[A-Za-z0-9](?:[A-Za-z0-9 ._-]*[A-Za-z0-9])?$"

@@ -40,13 +40,21 @@ class Quota:
     running: int
 
 
+_RUNNING = [s.value for s in ContainerState if s.is_running]
+
+
+def _count(session: Session, owner_id: int, *, running: bool, leave_out: int | None = None) -> int:
+    query = select(func.count()).where(Container.owner_id == owner_id)
+    if running:
+        query = query.where(Container.state.in_(_RUNNING))
+    if leave_out is not None:
+        query = query.where(Container.vmid != leave_out)
+    return session.scalar(query) or 0
+
+
 def _check_running(session: Session, owner: User, limit: int, *, starting: int | None) -> None:
     """QuotaExceeded when ``owner`` already runs ``limit`` containers (``starting`` aside)."""
-    running = [s.value for s in ContainerState if s.is_running]
-    query = select(func.count()).where(Container.owner_id == owner.id, Container.state.in_(running))
-    if starting is not None:
-        query = query.where(Container.vmid != starting)
-    count = session.scalar(query) or 0
+    count = _count(session, owner.id, running=True, leave_out=starting)
     if count >= limit:
         raise QuotaExceeded(
             f"running quota reached: {owner.username} runs {count} of {limit}"
@@ -139,6 +147,14 @@ class ContainerRegistry:
         with self.db.session() as session:
             return list(session.scalars(query).unique())
 
+    def counts(self, owner_id: int) -> tuple[int, int]:
+        """How many containers ``owner_id`` holds, and how many of them run."""
+        with self.db.session() as session:
+            return (
+                _count(session, owner_id, running=False),
+                _count(session, owner_id, running=True),
+            )
+
     def in_states(self, states: Iterable[ContainerState]) -> list[Container]:
         wanted = [str(s) for s in states]
         with self.db.session() as session:
@@ -189,10 +205,8 @@ class ContainerRegistry:
         for _ in range(_ALLOCATE_TRIES):
             try:
                 with self.db.session() as session:
-                    held = session.scalar(
-                        select(func.count()).where(Container.owner_id == owner.id)
-                    )
-                    if (held or 0) >= quota.containers:
+                    held = _count(session, owner.id, running=False)
+                    if held >= quota.containers:
                         raise QuotaExceeded(
                             f"container quota reached: {owner.username} holds {held} of "
                             f"{quota.containers} (max_containers_per_user); delete one to make "

@@ -98,12 +98,15 @@ def change_password(body: PasswordChange, user: CurrentUser, request: Request, s
 
 @router.get("/me")
 def me(user: CurrentUser, svc: Svc) -> MeOut:
-    """The logged-in user, with the containers they hold and may hold."""
+    """The logged-in user, with the containers they hold and run, and may hold and run."""
+    held, running = svc.registry.counts(user.id)
     return MeOut(
         id=user.id,
         username=user.username,
         is_admin=user.is_admin,
         disabled=user.disabled,
-        containers_held=len(svc.registry.list_for(user.id)),
+        containers_held=held,
         container_limit=svc.settings.max_containers_per_user,
+        containers_running=running,
+        running_limit=svc.settings.max_running_per_user,
     )

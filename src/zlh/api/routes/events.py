@@ -1,4 +1,5 @@
-"""``/api/dev/{vmid}/events``: Server-Sent Events of state and progress until ready/failed."""
+"""``/api/dev/{vmid}/events``: Server-Sent Events of state and progress until ready, failed or
+stopped (nothing more happens without a new request)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,12 @@ from zlh.api.routes import ERRORS
 router = APIRouter(prefix="/api/dev", tags=["dev"], responses=ERRORS)
 
 KEEPALIVE_S = 15.0
-_FINAL = {ContainerState.READY.value, ContainerState.FAILED.value, "deleted"}
+_FINAL = {
+    ContainerState.READY.value,
+    ContainerState.FAILED.value,
+    ContainerState.STOPPED.value,
+    "deleted",
+}
 
 
 @router.get(
@@ -26,7 +32,8 @@ _FINAL = {ContainerState.READY.value, ContainerState.FAILED.value, "deleted"}
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def events(container: OwnedContainer, svc: Svc) -> StreamingResponse:
-    """``event: status`` frames (state, progress, error) from now until ready or failed."""
+    """``event: status`` frames (state, reason, progress, error) from now until ready, failed
+    or stopped."""
     vmid = container.vmid
 
     async def stream() -> AsyncIterator[bytes]:
