@@ -3,7 +3,7 @@ import { versionSummary } from "../catalog.js";
 import { bytes, confirmDialog, containerLabel, errorBox, h, yesNo } from "../dom.js";
 import { consolePanel } from "./console.js";
 import { filesPanel } from "./files.js";
-import { stateBadge, stateWords } from "./state.js";
+import { stateBadge, stateReason, stateWords } from "./state.js";
 import { tailnetPanel } from "./tailnet.js";
 
 const STEP_WORDS = {
@@ -16,7 +16,13 @@ const STEP_WORDS = {
   "addon-start": "Starting add-ons",
   ready: "Ready",
 };
-const FINAL = new Set(["ready", "failed", "deleted"]);
+const FINAL = new Set(["ready", "failed", "stopped", "deleted"]);
+// What each state allows (the API answers 409 otherwise).
+const ACTIONS = {
+  stop: new Set(["ready", "unreachable", "failed"]),
+  restart: new Set(["ready", "unreachable", "failed"]),
+  start: new Set(["stopped"]),
+};
 
 export async function containerView(main, { params, navigate }) {
   const vmid = Number(params[0]);
@@ -37,15 +43,62 @@ export async function containerView(main, { params, navigate }) {
       main.append(errorBox(err));
     }
   });
+  let state = container.state;
   function setIde(running) {
-    ideButton.classList.toggle("disabled", !running);
-    ideButton.setAttribute("aria-disabled", running ? "false" : "true");
-    ideButton.title = running ? "Open VS Code in a new tab" : "Available once code-server is running";
+    const opens = running || state === "stopped"; // opening a stopped container starts it
+    ideButton.classList.toggle("disabled", !opens);
+    ideButton.setAttribute("aria-disabled", opens ? "false" : "true");
+    ideButton.title = running ? "Open VS Code in a new tab" : opens ? "Start the container and open VS Code" : "Available once code-server is running";
   }
   ideButton.addEventListener("click", (event) => {
     if (ideButton.getAttribute("aria-disabled") === "true") event.preventDefault();
   });
   setIde(Boolean(container.status && container.status.codeServerRunning));
+
+  // Stop, start and restart; the page follows the container's events until it settles again.
+  const reasonLine = h("p", { class: "muted", id: "state-reason" }, stateReason(container));
+  const actionError = h("div", { id: "action-error" });
+  const buttons = Object.keys(ACTIONS).map((action) => {
+    const button = h("button", { type: "button", class: "secondary", id: `${action}-container` }, action[0].toUpperCase() + action.slice(1));
+    button.addEventListener("click", async () => {
+      actionError.replaceChildren();
+      try {
+        show(await api(`/api/dev/${vmid}/${action}`, { method: "POST" }));
+        follow();
+      } catch (err) {
+        actionError.replaceChildren(errorBox(err));
+      }
+    });
+    return [action, button];
+  });
+  function show(latest) {
+    state = latest.state;
+    badge.replaceChildren(stateBadge(latest.state, latest));
+    reasonLine.textContent = stateReason(latest);
+    for (const [action, button] of buttons) button.hidden = !ACTIONS[action].has(state);
+    setIde(Boolean(latest.status && latest.status.codeServerRunning) && state === "ready");
+  }
+  show(container);
+  const listeners = [];
+  let source = null;
+  function follow() {
+    if (source !== null) return;
+    source = new EventSource(`/api/dev/${vmid}/events`);
+    source.addEventListener("status", (msg) => {
+      const ev = JSON.parse(msg.data);
+      state = ev.state;
+      for (const listen of listeners) listen(ev);
+      if (FINAL.has(ev.state)) {
+        source.close();
+        source = null;
+        if (ev.state !== "deleted") api(`/api/dev/${vmid}`).then(show, (err) => actionError.replaceChildren(errorBox(err)));
+      } else {
+        for (const [action, button] of buttons) button.hidden = !ACTIONS[action].has(ev.state);
+        if (ev.stateReason) reasonLine.textContent = ev.stateReason[0].toUpperCase() + ev.stateReason.slice(1);
+      }
+    });
+    // A stream cut before it settled (API restart, proxy): EventSource reconnects by itself.
+  }
 
   if (container.adminIdeAccess) {
     main.append(
@@ -57,8 +110,10 @@ export async function containerView(main, { params, navigate }) {
       "div",
       { class: "row spread" },
       h("h1", {}, `${containerLabel(container)} · ${container.runtime} ${container.version} `, badge),
-      h("div", { class: "row" }, ideButton, deleteButton),
+      h("div", { class: "row" }, ideButton, ...buttons.map(([, button]) => button), deleteButton),
     ),
+    reasonLine,
+    actionError,
     h(
       "nav",
       { class: "tabs", "aria-label": "Container sections" },
@@ -67,10 +122,24 @@ export async function containerView(main, { params, navigate }) {
   );
   const panel = h("section", { class: "panel" });
   main.append(panel);
-  if (tab === "files") return filesPanel(panel, vmid);
-  if (tab === "console") return consolePanel(panel, vmid);
-  if (tab === "tailnet") return tailnetPanel(panel, vmid);
-  return overview(panel, container, { badge, setIde, toolchain: toolchain(container, catalog) });
+  const stopFollowing = () => {
+    if (source !== null) source.close();
+  };
+  if (!FINAL.has(container.state)) follow();
+  if (tab === "files") return chain(filesPanel(panel, vmid), stopFollowing);
+  if (tab === "console") return chain(consolePanel(panel, vmid), stopFollowing);
+  if (tab === "tailnet") return chain(tailnetPanel(panel, vmid), stopFollowing);
+  const done = overview(panel, container, { badge, setIde, toolchain: toolchain(container, catalog), listeners });
+  return chain(done, stopFollowing);
+}
+
+// A view's clean-up (what a panel returned, if anything) followed by another.
+async function chain(cleanup, more) {
+  const first = await cleanup;
+  return () => {
+    if (typeof first === "function") first();
+    more();
+  };
 }
 
 // What the container's runtime version is, in the catalog's words (a dotnet container says
@@ -104,7 +173,7 @@ function duration(ms) {
   return `${Math.floor(secs / 60)}m ${secs % 60}s`;
 }
 
-function overview(panel, container, { badge, setIde, toolchain: toolchainLine }) {
+function overview(panel, container, { badge, setIde, toolchain: toolchainLine, listeners }) {
   const started = Date.parse(container.createdAt);
   const order = plannedSteps(container);
   const items = new Map(order.map((step) => [step, h("li", { "data-step": step, "data-state": "pending" }, STEP_WORDS[step])]));
@@ -229,22 +298,8 @@ function overview(panel, container, { badge, setIde, toolchain: toolchainLine })
     }
   }
 
-  const source = new EventSource(`/api/dev/${container.vmid}/events`);
-  let finished = false;
-  source.addEventListener("status", (msg) => {
-    const ev = JSON.parse(msg.data);
-    onEvent(ev);
-    if (FINAL.has(ev.state)) {
-      finished = true;
-      source.close();
-    }
-  });
-  source.onerror = () => {
-    // A stream cut before ready/failed (API restart, proxy): EventSource reconnects by itself.
-    if (finished) source.close();
-  };
+  listeners.push(onEvent);
   return () => {
-    source.close();
     if (timer !== null) clearInterval(timer);
   };
 }

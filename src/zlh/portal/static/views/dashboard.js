@@ -1,6 +1,6 @@
 import { api } from "../api.js";
 import { containerLabel, h, yesNo } from "../dom.js";
-import { stateBadge } from "./state.js";
+import { stateBadge, stateReason } from "./state.js";
 
 export async function dashboardView(main, { me }) {
   const [containers, mine] = await Promise.all([api("/api/dev"), api("/api/auth/me")]);
@@ -28,7 +28,7 @@ export async function dashboardView(main, { me }) {
       h("td", {}, h("a", { href: `/c/${c.vmid}`, "data-link": true }, containerLabel(c))),
       me.isAdmin ? h("td", {}, c.owner) : null,
       h("td", { class: "nowrap" }, `${c.runtime} ${c.version}`),
-      h("td", { class: "nowrap" }, stateBadge(c.state, c)),
+      h("td", { class: "nowrap", title: stateReason(c) }, stateBadge(c.state, c)),
       h("td", { class: "detail" }, h("code", {}, s.workspaceRoot || "—")),
       h("td", { class: "detail" }, h("code", {}, s.runtimeInstallPath || "—")),
       h("td", { class: "detail" }, yesNo(s.runtimeInstalled)),
@@ -36,8 +36,12 @@ export async function dashboardView(main, { me }) {
       h(
         "td",
         { class: "nowrap" },
-        c.state === "ready" && s.codeServerRunning
-          ? h("a", { href: c.idePath, class: "button small", target: "_blank", rel: "noopener", "aria-label": `Open the IDE of ${containerLabel(c)}` }, "Open IDE")
+        (c.state === "ready" && s.codeServerRunning) || c.state === "stopped"
+          ? h(
+              "a",
+              { href: c.idePath, class: "button small", target: "_blank", rel: "noopener", "aria-label": `Open the IDE of ${containerLabel(c)}`, title: c.state === "stopped" ? "Starts the container first" : "" },
+              c.state === "stopped" ? "Start and open IDE" : "Open IDE",
+            )
           : "",
       ),
     );
@@ -51,13 +55,17 @@ export async function dashboardView(main, { me }) {
   );
 }
 
-// How many containers the signed-in user holds of how many they may (max_containers_per_user).
+// How many containers the signed-in user holds and runs, of how many they may
+// (max_containers_per_user, max_running_per_user).
 export function quotaLine(mine) {
   const full = mine.containersHeld >= mine.containerLimit;
+  const busy = mine.containersRunning >= mine.runningLimit;
   return h(
     "p",
-    { id: "quota", class: full ? "notice" : "muted" },
+    { id: "quota", class: full || busy ? "notice" : "muted" },
     `You hold ${mine.containersHeld} of ${mine.containerLimit} containers`,
-    full ? ": delete one to make another." : ".",
+    full ? ": delete one to make another" : "",
+    `; ${mine.containersRunning} of ${mine.runningLimit} may run at once`,
+    busy && !full ? ": stop one to start another." : ".",
   );
 }

@@ -7,6 +7,9 @@ const WORDS = {
   ready: "ready",
   failed: "failed",
   unreachable: "agent unreachable",
+  stopping: "stopping",
+  stopped: "stopped",
+  starting: "starting",
   deleting: "deleting",
 };
 
@@ -22,4 +25,12 @@ export function stateBadge(state, container = null) {
   const since = new Date(container.updatedAt).toLocaleString();
   badge.title = container.error || "the agent does not answer";
   return h("span", {}, badge, h("span", { class: "muted since" }, `since ${since}`));
+}
+
+// Why it is in its state and since when: "Stopped by user alice · 3 Dec, 14:02".
+export function stateReason(container) {
+  if (!container.stateReason) return "";
+  const reason = container.stateReason[0].toUpperCase() + container.stateReason.slice(1);
+  const at = container.stateChangedAt ? ` · ${new Date(container.stateChangedAt).toLocaleString()}` : "";
+  return reason + at;
 }
