@@ -5,10 +5,14 @@ the platform."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from agent_sim import SimBackend
 from api_kit import add_user, login, make_app, running, services, sse_events, wait_for
@@ -196,3 +200,28 @@ def test_after_a_platform_restart_stopped_ones_stay_stopped_and_running_ones_run
         assert _get(client, alice, kept_stopped)["state"] == "stopped"
         assert _get(client, alice, kept_stopped)["stateReason"] == "stopped by user alice"
         assert kept_stopped not in backend.running
+
+
+def test_files_and_console_of_a_stopped_container_answer_409_naming_the_state(
+    tmp_path: Path,
+) -> None:
+    app = make_app(tmp_path, SimBackend())
+    add_user(app, "alice")
+    with running(app) as client:
+        alice = login(client, "alice")
+        vmid = _ready(client, alice)
+        client.post(f"/api/dev/{vmid}/stop", headers=alice)
+        _in_state(client, alice, vmid, "stopped")
+        listing = client.get(f"/api/dev/{vmid}/files", headers=alice)
+        assert listing.status_code == 409
+        assert listing.json() == {
+            "message": f"container {vmid} is stopped: start it first",
+            "detail": "",
+            "validations": [],
+            "state": "stopped",
+        }
+        url = f"ws://{client.base_url.host}:{client.base_url.port}/api/dev/{vmid}/console"
+        with pytest.raises(InvalidStatus) as refused, connect(url, additional_headers=alice):
+            pass
+        assert refused.value.response.status_code == 409
+        assert json.loads(refused.value.response.body or b"{}")["state"] == "stopped"

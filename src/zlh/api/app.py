@@ -37,6 +37,7 @@ from zlh.api.lifecycle import Lifecycle
 from zlh.api.poller import Poller
 from zlh.api.provisioning import Provisioning
 from zlh.api.ratelimit import LoginThrottle
+from zlh.api.responses import error_json
 from zlh.api.routes import audit as audit_routes
 from zlh.api.routes import auth as auth_routes
 from zlh.api.routes import catalog as catalog_routes
@@ -183,7 +184,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def _error(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
+    return JSONResponse(
+        body.model_dump(mode="json", exclude_none=True), status_code=status, headers=headers
+    )
 
 
 async def _zlh_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -193,9 +196,7 @@ async def _zlh_error(_request: Request, exc: Exception) -> JSONResponse:
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, RateLimited):
         headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
-    validations: list[FieldProblem] = getattr(exc, "validations", [])
-    body = ErrorBody(message=exc.message, detail=exc.reason, validations=validations)
-    return _error(exc.status_code, body, headers)
+    return error_json(exc, headers)
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:

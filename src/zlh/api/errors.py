@@ -8,6 +8,7 @@
           ├── Forbidden          403   authenticated but not allowed (admin-only)
           ├── NotFound           404   unknown, or not the caller's (no existence leak)
           ├── Conflict           409   the state does not allow it (e.g. user exists)
+          │    └── NotRunning          the container is stopped, stopping or starting
           ├── InvalidRequest     422   names the field(s) in ``validations``
           ├── RateLimited        429   carries ``retry_after_s``
           ├── QuotaExceeded      429   a per-user limit is reached (waiting does not help)
@@ -32,6 +33,7 @@ __all__ = [
     "InvalidRequest",
     "NotAuthenticated",
     "NotFound",
+    "NotRunning",
     "RateLimited",
 ]
 
@@ -54,6 +56,14 @@ class NotFound(ApiError):
 
 class Conflict(ApiError):
     status_code = 409
+
+
+class NotRunning(Conflict):
+    """The container is stopped (or stopping, or starting): start it, or wait."""
+
+    def __init__(self, message: str, *, state: str) -> None:
+        super().__init__(message)
+        self.state = state
 
 
 class InvalidRequest(ApiError):

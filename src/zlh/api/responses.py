@@ -11,9 +11,20 @@ from zlh.schemas import ErrorBody
 __all__ = ["deny_websocket", "error_json"]
 
 
-def error_json(exc: ZlhError) -> JSONResponse:
-    body = ErrorBody(message=exc.message, detail=exc.reason)
-    return JSONResponse(body.model_dump(mode="json"), status_code=exc.status_code)
+def error_json(exc: ZlhError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The error's status and body: message, detail, the fields it names and, when the
+    container's state refused it, that state."""
+    body = ErrorBody(
+        message=exc.message,
+        detail=exc.reason,
+        validations=getattr(exc, "validations", []),
+        state=getattr(exc, "state", None),
+    )
+    return JSONResponse(
+        body.model_dump(mode="json", exclude_none=True),
+        status_code=exc.status_code,
+        headers=headers,
+    )
 
 
 async def deny_websocket(websocket: WebSocket, exc: ZlhError) -> None:

@@ -18,6 +18,8 @@ class ErrorBody(WireModel):
     message: str
     detail: str = ""
     validations: list[FieldProblem] = []
+    # The container's state when that is what refused the request (e.g. "stopped").
+    state: str | None = None
 
 
 def validation_problems(exc: ValidationError) -> list[FieldProblem]:

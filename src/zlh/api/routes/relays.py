@@ -26,9 +26,16 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
 from zlh.api.audit import Action
-from zlh.api.db import Container
+from zlh.api.db import Container, ContainerState
 from zlh.api.deps import CurrentUser, OwnedContainer, Svc, owned_container, session_token
-from zlh.api.errors import AgentError, AgentUnreachable, ApiError, NotAuthenticated, NotFound
+from zlh.api.errors import (
+    AgentError,
+    AgentUnreachable,
+    ApiError,
+    NotAuthenticated,
+    NotFound,
+    NotRunning,
+)
 from zlh.api.responses import deny_websocket, error_json
 from zlh.api.routes import FILE_ERRORS
 from zlh.api.services import Services
@@ -67,7 +74,19 @@ def _session() -> aiohttp.ClientSession:
     )
 
 
+_NOT_RUNNING = {
+    ContainerState.STOPPED: "start it first",
+    ContainerState.STOPPING: "it is being stopped",
+    ContainerState.STARTING: "try again once it is ready",
+}
+
+
 def _agent(svc: Services, container: Container) -> tuple[str, dict[str, str]]:
+    state = ContainerState(container.state)
+    if state in _NOT_RUNNING:
+        raise NotRunning(
+            f"container {container.vmid} is {state}: {_NOT_RUNNING[state]}", state=state.value
+        )
     url = container.agent_url
     if url is None:
         raise ApiError(f"container {container.vmid} has no agent address yet", status_code=503)
