@@ -135,6 +135,17 @@ def cases(tmp: Path, port: int) -> dict[str, list[str]]:
         "doctor: data dir is a file": ["doctor", *process, "--data-dir", file],
         "demo: data dir is a file": ["demo", *process, "--data-dir", file],
         "demo: port in use": ["demo", *process, "--data-dir", str(tmp / "demo"), "--listen", busy],
+        "dev list: no platform there": [
+            "dev",
+            "list",
+            "--url",
+            "http://127.0.0.1:9",
+            "--password-file",
+            file,
+        ],
+        "dev stop: no password": ["dev", "stop", "101", "--user", "alice"],
+        "dev start: no password file": ["dev", "start", "101", "--password-file", missing],
+        "dev restart: not a vmid": ["dev", "restart", "one-oh-one"],
     }
 
 

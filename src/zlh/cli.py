@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     from zlh.artifacts.cli import register as register_artifacts
     from zlh.backends.cli import register as register_template
     from zlh.demo.cli import register as register_demo
+    from zlh.dev.cli import register as register_dev
 
     parser = _Parser(prog="zlh", description="ZeroLagHub dev containers")
     parser.add_argument("--version", action="version", version=f"zlh {__version__}")
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_tailnet(commands)
     _register_doctor(commands)
     register_demo(commands)
+    register_dev(commands)
     return parser
 
 

@@ -198,3 +198,55 @@ def test_doctor_reports_a_running_platform_on_its_port_and_anything_else_there_a
     line = next(x for x in theirs.stdout.splitlines() if "] port:" in x)
     assert line.startswith(f"[FAIL] port: cannot listen on {taken}")
     assert theirs.returncode == 1
+
+
+def _agent_pids(data_dir: Path, vmid: int) -> list[int]:
+    """Processes of this container's agent (its token file is on its command line)."""
+    token = str(data_dir / "process" / str(vmid) / "agent-token").encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and token in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue  # gone meanwhile
+    return pids
+
+
+def test_zlh_dev_stops_starts_and_restarts_a_container_that_keeps_its_files(
+    node_store: Path, tmp_path: Path
+) -> None:
+    _users(tmp_path)
+    port = free_port_pair()
+    base_url = f"http://127.0.0.1:{port}"
+    dev = ["--url", base_url, "--user", "alice", "--data-dir", str(tmp_path)]
+    env = {**_env(tmp_path), "ZLH_PASSWORD": PASSWORD}
+    with zlh_up(tmp_path, node_store, port), httpx.Client(base_url=base_url, timeout=30) as client:
+        alice = _login(client, "alice")
+        vmid = client.post("/api/dev", json={"runtime": "node"}, headers=alice).json()["vmid"]
+        assert sse_events(client, f"/api/dev/{vmid}/events", alice)[-1]["state"] == "ready"
+        kept, content = {"path": "kept.txt"}, f"/api/dev/{vmid}/files/content"
+        put = client.put(content, params=kept, content=b"mine\n", headers=alice)
+        assert put.status_code in (200, 201), put.text
+        assert _agent_pids(tmp_path, vmid) != []
+
+        stopped = zlh("dev", "stop", str(vmid), *dev, env=env)
+        assert stopped.stdout.splitlines() == [
+            f"container {vmid}: stopping (stopped by user alice)",
+            f"container {vmid}: stopped",
+        ]
+        assert _agent_pids(tmp_path, vmid) == []  # no process, no memory
+        assert zlh("dev", "stop", str(vmid), *dev, env=env, check=False).returncode == 1
+
+        started = zlh("dev", "start", str(vmid), *dev, env=env)
+        assert started.stdout.splitlines()[-1] == f"container {vmid}: ready"
+        read = client.get(content, params=kept, headers=alice)
+        assert read.text == "mine\n"
+        record = client.get(f"/api/dev/{vmid}", headers=alice).json()
+        assert record["status"]["runtimeInstalled"] is True
+
+        restarted = zlh("dev", "restart", str(vmid), *dev, env=env)
+        assert restarted.stdout.splitlines()[-1] == f"container {vmid}: ready"
+        listed = zlh("dev", "list", *dev, env=env).stdout
+        assert f"{vmid}  " in listed and "restarted by user alice" in listed
+        assert client.delete(f"/api/dev/{vmid}", headers=alice).status_code == 204

@@ -3,50 +3,26 @@ sign in, find or request the demo container, follow its SSE progress, probe its 
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
-from zlh.api.bodies import ContainerEvent, ContainerOut
+from zlh.api.bodies import ContainerOut
 from zlh.atomic import write_atomically
+from zlh.dev.client import PlatformClient, api_error
 from zlh.errors import ZlhError
 
 __all__ = ["DEMO_ADDONS", "DEMO_RUNTIME", "DemoClient"]
 
 DEMO_RUNTIME = "node"
 DEMO_ADDONS = ("code-server",)
-# The events stream sends a keepalive every 15 s; a read waiting longer than this is a hang.
-EVENTS_READ_TIMEOUT_S = 45.0
 IDE_TIMEOUT_S = 120.0
 _GONE = {"failed", "deleting"}
 
 
-def _error(response: httpx.Response, what: str) -> ZlhError:
-    try:
-        message = response.json().get("message", response.text)
-    except ValueError:
-        message = response.text
-    return ZlhError(f"{what}: HTTP {response.status_code}: {message}")
-
-
-class DemoClient:
-    def __init__(self, base_url: str) -> None:
-        self.http = httpx.Client(base_url=base_url, timeout=30.0)
-
-    def close(self) -> None:
-        self.http.close()
-
-    def sign_in(self, username: str, password: str) -> None:
-        response = self.http.post(
-            "/api/auth/login", json={"username": username, "password": password}
-        )
-        if response.status_code != 200:
-            raise _error(response, f"signing in as {username}")
-        self.http.headers["Authorization"] = f"Bearer {response.json()['token']}"
-
+class DemoClient(PlatformClient):
     def demo_container(self, record: Path, say: Callable[[str], None]) -> ContainerOut:
         """The container an earlier demo made (its vmid is kept in ``record``), else a new one.
 
@@ -65,7 +41,7 @@ class DemoClient:
             "/api/dev", json={"runtime": DEMO_RUNTIME, "addons": list(DEMO_ADDONS)}
         )
         if response.status_code != 202:
-            raise _error(response, "requesting the demo container")
+            raise api_error(response, "requesting the demo container")
         container = ContainerOut.model_validate(response.json())
         write_atomically(record, f"{container.vmid}\n", mode=0o600)
         say(f"requested demo container {container.vmid} ({DEMO_RUNTIME} {container.version})")
@@ -81,23 +57,8 @@ class DemoClient:
         if response.status_code == 404:
             return None
         if response.status_code != 200:
-            raise _error(response, f"reading the demo container {vmid}")
+            raise api_error(response, f"reading the demo container {vmid}")
         return ContainerOut.model_validate(response.json())
-
-    def events(self, vmid: int) -> Iterator[ContainerEvent]:
-        """``/api/dev/{vmid}/events`` until the server ends the stream."""
-        timeout = httpx.Timeout(30.0, read=EVENTS_READ_TIMEOUT_S)
-        with self.http.stream("GET", f"/api/dev/{vmid}/events", timeout=timeout) as response:
-            if response.status_code != 200:
-                response.read()
-                raise _error(response, f"following container {vmid}")
-            data: list[str] = []
-            for line in response.iter_lines():
-                if line.startswith("data:"):
-                    data.append(line[5:].strip())
-                elif not line and data:
-                    yield ContainerEvent.model_validate(json.loads("\n".join(data)))
-                    data = []
 
     def wait_ready(self, vmid: int, timeout_s: float, say: Callable[[str], None]) -> None:
         """Follow the progress stream, saying each new state and step, until ready."""
@@ -127,7 +88,7 @@ class DemoClient:
         exchanged for the IDE cookie. A 404 means nothing serves the IDE there."""
         response = self.http.get(f"/api/dev/{vmid}/ide-url")
         if response.status_code != 200:
-            raise _error(response, f"asking for a ticket to the IDE of {vmid}")
+            raise api_error(response, f"asking for a ticket to the IDE of {vmid}")
         url = response.json()["url"]
         deadline = time.monotonic() + timeout_s
         with httpx.Client(timeout=30.0, follow_redirects=True) as browser:
@@ -141,5 +102,5 @@ class DemoClient:
             except httpx.TransportError as exc:
                 raise ZlhError(f"the IDE origin does not answer at {url}: {exc}") from exc
         if page.status_code != 200:
-            raise _error(page, f"opening the IDE at {page.url}")
+            raise api_error(page, f"opening the IDE at {page.url}")
         return str(page.url.copy_with(query=None))  # code-server adds ?folder=

@@ -1,0 +1,1 @@
+"""``zlh dev``: a running platform's containers from the command line, over its public API."""

@@ -1,0 +1,94 @@
+"""A client of the platform's public HTTP API: sign in, read and change containers, follow a
+container's events. ``zlh dev`` and the demo speak to the platform only through it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from zlh.api.bodies import ContainerEvent, ContainerOut
+from zlh.errors import ZlhError
+
+__all__ = ["PlatformClient", "api_error"]
+
+# The events stream sends a keepalive every 15 s; a read waiting longer than this is a hang.
+EVENTS_READ_TIMEOUT_S = 45.0
+
+
+def api_error(response: httpx.Response, what: str) -> ZlhError:
+    """``what`` failed, in the API's own words."""
+    try:
+        message = response.json().get("message", response.text)
+    except ValueError:
+        message = response.text
+    return ZlhError(f"{what}: HTTP {response.status_code}: {message}")
+
+
+class PlatformClient:
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.http = httpx.Client(base_url=base_url, timeout=30.0)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def request(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
+        """One request; a platform that does not answer is a one-line ZlhError."""
+        try:
+            return self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ZlhError(
+                f"{what}: the platform does not answer at {self.base_url} ({exc}); is `zlh up` "
+                "running there? (--url)"
+            ) from exc
+
+    def sign_in(self, username: str, password: str) -> None:
+        credentials = {"username": username, "password": password}
+        what = f"signing in as {username}"
+        response = self.request("POST", "/api/auth/login", what, json=credentials)
+        if response.status_code != 200:
+            raise api_error(response, what)
+        self.http.headers["Authorization"] = f"Bearer {response.json()['token']}"
+
+    def containers(self) -> list[ContainerOut]:
+        response = self.request("GET", "/api/dev", "listing containers")
+        if response.status_code != 200:
+            raise api_error(response, "listing containers")
+        return [ContainerOut.model_validate(c) for c in response.json()]
+
+    def container(self, vmid: int) -> ContainerOut:
+        response = self.request("GET", f"/api/dev/{vmid}", f"reading container {vmid}")
+        if response.status_code != 200:
+            raise api_error(response, f"reading container {vmid}")
+        return ContainerOut.model_validate(response.json())
+
+    def act(self, vmid: int, action: str) -> ContainerOut:
+        """``POST /api/dev/{vmid}/{action}`` (stop, start, restart): the container as it is now."""
+        what = f"{action} container {vmid}"
+        response = self.request("POST", f"/api/dev/{vmid}/{action}", what)
+        if response.status_code not in (200, 202):
+            raise api_error(response, what)
+        return ContainerOut.model_validate(response.json())
+
+    def events(self, vmid: int) -> Iterator[ContainerEvent]:
+        """``/api/dev/{vmid}/events`` until the server ends the stream."""
+        timeout = httpx.Timeout(30.0, read=EVENTS_READ_TIMEOUT_S)
+        path = f"/api/dev/{vmid}/events"
+        try:
+            with self.http.stream("GET", path, timeout=timeout) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise api_error(response, f"following container {vmid}")
+                data: list[str] = []
+                for line in response.iter_lines():
+                    if line.startswith("data:"):
+                        data.append(line[5:].strip())
+                    elif not line and data:
+                        yield ContainerEvent.model_validate(json.loads("\n".join(data)))
+                        data = []
+        except httpx.TransportError as exc:
+            what = f"following container {vmid}: the platform stopped answering: {exc}"
+            raise ZlhError(what) from exc
