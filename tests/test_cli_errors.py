@@ -116,6 +116,7 @@ def cases(tmp: Path, port: int) -> dict[str, list[str]]:
         "user passwd: no terminal": ["user", "passwd", "bob", "--data-dir", str(tmp / "users")],
         "user admin: no such user": ["user", "admin", "zed", "--data-dir", str(tmp / "users")],
         "user disable: no such user": ["user", "disable", "zed", "--data-dir", missing],
+        "user idle: not seconds": ["user", "idle", "bob", "soon", "--data-dir", missing],
         "template build: data dir is a file": ["template", "build", "--data-dir", file],
         "template export: no template": [
             "template",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from websockets.sync.client import connect
 
 from agent_sim import SimBackend
 from api_kit import add_user, login, make_app, running, services, sse_events, wait_for
+from zlh.api import accounts
 from zlh.api.db import ContainerState
 
 
@@ -225,3 +227,59 @@ def test_files_and_console_of_a_stopped_container_answer_409_naming_the_state(
             pass
         assert refused.value.response.status_code == 409
         assert json.loads(refused.value.response.body or b"{}")["state"] == "stopped"
+
+
+def _keep_using(app: Any, vmid: int, every_s: float) -> asyncio.Future[None]:
+    """Report a use of ``vmid`` every ``every_s`` seconds on the app's loop, as the front and
+    the relays do for keys typed in the IDE or the console, until cancelled."""
+    loop = services(app).registry._loop
+    assert loop is not None
+
+    async def use() -> None:
+        while True:
+            services(app).lifecycle.note_activity(vmid, "terminal")
+            await asyncio.sleep(every_s)
+
+    return asyncio.run_coroutine_threadsafe(use(), loop)
+
+
+def test_an_unused_container_stops_as_idle_and_says_why_while_a_used_one_runs_on(
+    tmp_path: Path,
+) -> None:
+    app = make_app(tmp_path, SimBackend(), idle_stop_after=2, idle_check_interval_s=0.1)
+    add_user(app, "alice")
+    with running(app) as client:
+        alice = login(client, "alice")
+        unused, used = _ready(client, alice), _ready(client, alice)
+        using = _keep_using(app, used, 0.2)
+        try:
+            assert _get(client, alice, unused)["idleStopAt"] is not None
+            stopped = _in_state(client, alice, unused, "stopped")
+            assert stopped["stateReason"] == "stopped after 2 s idle"
+            still = _get(client, alice, used)
+            assert still["state"] == "ready"
+            assert still["lastActivity"]["kind"] == "terminal"
+            # Its deadline moves on with each use: still (nearly) the whole limit away.
+            left = datetime.fromisoformat(still["idleStopAt"]) - datetime.now(UTC)
+            assert left.total_seconds() > 1.0
+        finally:
+            using.cancel()
+        # Once nobody uses it any more, it goes the same way, naming its last activity.
+        reason = _in_state(client, alice, used, "stopped")["stateReason"]
+        assert reason.startswith("stopped after 2 s idle (last activity: terminal input at ")
+        audit = services(app).audit.entries(vmid=unused)
+        assert (audit[0].actor, audit[0].action) == ("system", "stop")
+
+
+def test_an_admin_may_exempt_a_user_from_idle_stop(tmp_path: Path) -> None:
+    app = make_app(tmp_path, SimBackend(), idle_stop_after=1, idle_check_interval_s=0.1)
+    add_user(app, "alice")
+    add_user(app, "bob")
+    accounts.set_idle_stop_after(services(app).db, "alice", 0)
+    with running(app) as client:
+        alice, bob = login(client, "alice"), login(client, "bob")
+        kept, stopped = _ready(client, alice), _ready(client, bob)
+        assert _get(client, alice, kept)["idleStopAt"] is None
+        _in_state(client, bob, stopped, "stopped")
+        # bob's stop came after at least one more sweep of alice's: she is not stopped.
+        assert _get(client, alice, kept)["state"] == "ready"

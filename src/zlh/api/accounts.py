@@ -147,6 +147,14 @@ def set_admin(db: Database, username: str, admin: bool) -> list[str]:
         return _revoke_sessions(session, user.id)
 
 
+def set_idle_stop_after(db: Database, username: str, seconds: int | None) -> None:
+    """``username``'s containers stop after ``seconds`` idle (0: never; None: the setting)."""
+    if seconds is not None and seconds < 0:
+        raise InvalidRequest("the idle limit is seconds, 0 or more", field="seconds")
+    with db.session() as session:
+        _user_row(session, username).idle_stop_after = seconds
+
+
 def disable_user(db: Database, username: str) -> list[str]:
     """Disable ``username`` and revoke its open sessions; returns the revoked session ids."""
     with db.session() as session:

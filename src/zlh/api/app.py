@@ -171,6 +171,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         asyncio.create_task(_resume(svc), name="resume"),
         asyncio.create_task(svc.poller.run(), name="poller"),
         asyncio.create_task(_sync_revocations(svc), name="revocations"),
+        asyncio.create_task(svc.lifecycle.run_idle_stop(), name="idle-stop"),
     ]
     try:
         yield

@@ -104,6 +104,11 @@ class ContainerOut(WireModel):
     )
     state_changed_at: datetime | None = None
     last_activity: Activity | None = None
+    idle_stop_at: datetime | None = Field(
+        default=None,
+        description="when it stops for being idle unless someone uses it (ready ones only; "
+        "none when idle_stop_after is 0)",
+    )
     error: str | None = None
     # The portal's page that opens the IDE: it fetches a ticket (GET /api/dev/{vmid}/ide-url)
     # and sends the browser to the IDE origin with it.

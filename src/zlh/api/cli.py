@@ -114,6 +114,18 @@ def register(commands: Any) -> None:
     add_data_dir(admin)
     handler(admin, f"{_COMMANDS}:cmd_user_admin")
 
+    idle = sub.add_parser(
+        "idle",
+        help="how long the user's containers may sit idle before they are stopped "
+        "(overrides idle_stop_after for this user)",
+    )
+    idle.add_argument("name")
+    idle.add_argument(
+        "seconds", metavar="SECONDS|default", help="seconds (0: never), or default: the setting"
+    )
+    add_data_dir(idle)
+    handler(idle, f"{_COMMANDS}:cmd_user_idle")
+
     disable = sub.add_parser("disable", help="disable a user and end its sessions at once")
     disable.add_argument("name")
     add_data_dir(disable)

@@ -275,6 +275,7 @@ async def _serve(app: Any, settings: ApiSettings) -> None:
     loop = asyncio.get_running_loop()
 
     def audit_ide_open(principal: Principal, vmid: int) -> None:
+        services.lifecycle.note_activity(vmid, "ide")  # opening it is using it
         loop.run_in_executor(None, _record_ide_open, services, principal.user_id, vmid)
 
     front_settings = settings.front_settings.model_copy(
@@ -290,6 +291,7 @@ async def _serve(app: Any, settings: ApiSettings) -> None:
         f"unix:{unix_path}",
         tickets=TicketDesk(services.tokens.key, issuer=ISSUER),
         on_ide_open=audit_ide_open,
+        on_activity=services.lifecycle.note_activity,
     )
     follower = asyncio.create_task(follow(services.feed, routes))
     api = asyncio.create_task(server.serve(sockets=[unix]))
@@ -391,6 +393,8 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 def cmd_user_list(args: argparse.Namespace) -> int:
     for user in accounts.list_users(database_from(args)):
         flags = [f for f, on in (("admin", user.is_admin), ("disabled", user.disabled)) if on]
+        if user.idle_stop_after is not None:
+            flags.append(f"idle-stop={user.idle_stop_after}s")
         print(f"{user.id}\t{user.username}\t{','.join(flags) or '-'}")
     return 0
 
@@ -405,6 +409,20 @@ def cmd_user_admin(args: argparse.Namespace) -> int:
     revoked = accounts.set_admin(database_from(args), args.name, not args.remove)
     role = "no longer an admin" if args.remove else "an admin"
     print(f"{args.name} is {role}; ended {len(revoked)} session(s)")
+    return 0
+
+
+def cmd_user_idle(args: argparse.Namespace) -> int:
+    if args.seconds == "default":
+        seconds = None
+    elif args.seconds.isdigit():
+        seconds = int(args.seconds)
+    else:
+        raise UsageError(f"SECONDS is a whole number of seconds or 'default', not {args.seconds!r}")
+    accounts.set_idle_stop_after(database_from(args), args.name, seconds)
+    words = {None: "after the platform's idle_stop_after", 0: "never"}
+    when = words.get(seconds, f"after {seconds} s idle")
+    print(f"containers of {args.name} stop {when}")
     return 0
 
 

@@ -11,6 +11,7 @@ import secrets
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -62,7 +63,15 @@ def _check_running(session: Session, owner: User, limit: int, *, starting: int |
         )
 
 
-def container_out(container: Container, *, admin_ide_access: bool) -> ContainerOut:
+def container_out(
+    container: Container,
+    *,
+    admin_ide_access: bool,
+    last_activity: Activity | None = None,
+    idle_stop_at: datetime | None = None,
+) -> ContainerOut:
+    """The container as the API shows it; ``last_activity`` when it is newer than the
+    record's (zlh.api.lifecycle keeps the latest in memory)."""
     return ContainerOut(
         vmid=container.vmid,
         name=container.name,
@@ -73,7 +82,8 @@ def container_out(container: Container, *, admin_ide_access: bool) -> ContainerO
         state=container.state,
         state_reason=container.state_reason,
         state_changed_at=container.state_changed_at,
-        last_activity=last_activity(container),
+        last_activity=last_activity or recorded_activity(container),
+        idle_stop_at=idle_stop_at,
         error=container.error,
         ide_path=f"/c/{container.vmid}/ide",
         admin_ide_access=admin_ide_access,
@@ -83,7 +93,7 @@ def container_out(container: Container, *, admin_ide_access: bool) -> ContainerO
     )
 
 
-def last_activity(container: Container) -> Activity | None:
+def recorded_activity(container: Container) -> Activity | None:
     if container.last_activity_at is None or container.last_activity_kind is None:
         return None
     return Activity(at=container.last_activity_at, kind=container.last_activity_kind)

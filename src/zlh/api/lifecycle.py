@@ -13,6 +13,14 @@ Each change carries its reason (``stopped by user alice``, ``host restarted``) a
 
 The routes answer at once with the new state (202); the work runs as the container's task
 (``zlh.api.tasks``), so a start asked for while the stop is still finishing runs after it.
+
+Idle auto-stop: activity is what a person does (:data:`ACTIVITY_KINDS`), told by the front (IDE
+input, from the script it adds to the IDE's page) and the relays (console input, file-browser
+changes); never CPU or background traffic. A ready container with none for ``idle_stop_after``
+seconds (the owner's own limit if an admin set one; counted from when it became ready when it
+had none since) is stopped with a reason that says so and names the last activity. Activity is
+kept in memory as it comes and written to the container's record at most every
+:data:`ACTIVITY_WRITE_S`.
 """
 
 from __future__ import annotations
@@ -21,10 +29,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from functools import partial
 
 from zlh.api.audit import Action, AuditLog
-from zlh.api.containers import ContainerRegistry
+from zlh.api.bodies import Activity, ContainerOut
+from zlh.api.containers import ContainerRegistry, container_out, recorded_activity
 from zlh.api.db import Container, ContainerState
 from zlh.api.db.models import utcnow
 from zlh.api.provisioning import Provisioning
@@ -37,6 +47,18 @@ __all__ = ["Lifecycle"]
 logger = logging.getLogger(__name__)
 
 STOPPABLE = (ContainerState.READY, ContainerState.UNREACHABLE, ContainerState.FAILED)
+# What counts as use, in the words a stop's reason gives it.
+ACTIVITY_KINDS = {
+    "ide": "IDE",
+    "terminal": "terminal input",
+    "console": "console input",
+    "files": "file browser",
+}
+ACTIVITY_WRITE_S = 30.0
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 class Lifecycle:
@@ -57,6 +79,9 @@ class Lifecycle:
         self.provisioning = provisioning
         self.tasks = provisioning.tasks
         self._wake_poller = wake_poller
+        # The latest activity of each container, and when it was last written to its record.
+        self._activity: dict[int, tuple[datetime, str]] = {}
+        self._written: dict[int, datetime] = {}
 
     # -- what the routes call --------------------------------------------------------------
 
@@ -100,6 +125,86 @@ class Lifecycle:
                     )
             except ZlhError as exc:
                 logger.warning("stopped container %s still runs: %s", container.vmid, exc)
+
+    def out(self, container: Container) -> ContainerOut:
+        """The container as the API shows it, with its latest activity and idle deadline."""
+        return container_out(
+            container,
+            admin_ide_access=self.settings.admin_ide_access,
+            last_activity=self.last_activity(container),
+            idle_stop_at=self.idle_stop_at(container),
+        )
+
+    # -- idle auto-stop ------------------------------------------------------------------------
+
+    def note_activity(self, vmid: int, kind: str) -> None:
+        """A person used container ``vmid`` (``kind``: one of :data:`ACTIVITY_KINDS`). Cheap:
+        called for every reported use; the record is written at most every ACTIVITY_WRITE_S."""
+        if kind not in ACTIVITY_KINDS:
+            raise ValueError(f"unknown activity kind {kind!r}")
+        now = utcnow()
+        self._activity[vmid] = (now, kind)
+        written = self._written.get(vmid)
+        if written is None or (now - written).total_seconds() >= ACTIVITY_WRITE_S:
+            self._written[vmid] = now
+            update = partial(
+                self.registry.update, vmid, last_activity_at=now, last_activity_kind=kind
+            )
+            asyncio.get_running_loop().run_in_executor(None, update)
+
+    def last_activity(self, container: Container) -> Activity | None:
+        """The container's latest activity: what this process saw, else its record's."""
+        recorded = recorded_activity(container)
+        seen = self._activity.get(container.vmid)
+        if seen is None or (recorded is not None and recorded.at > seen[0]):
+            return recorded
+        return Activity(at=seen[0], kind=seen[1])
+
+    def idle_limit(self, container: Container) -> int:
+        """Seconds of no activity after which ``container`` is stopped; 0: never."""
+        own = container.owner.idle_stop_after
+        return self.settings.idle_stop_after if own is None else own
+
+    def idle_stop_at(self, container: Container) -> datetime | None:
+        """When a ready container stops if nobody uses it before; None if it never will."""
+        limit = self.idle_limit(container)
+        if container.state != ContainerState.READY or limit == 0:
+            return None
+        since = [t for t in (container.state_changed_at, container.created_at) if t is not None]
+        activity = self.last_activity(container)
+        if activity is not None:
+            since.append(activity.at)
+        return max(since) + timedelta(seconds=limit)
+
+    async def stop_idle(self) -> list[int]:
+        """Stop every ready container that has been idle too long; returns their vmids."""
+        now = utcnow()
+        stopped = []
+        for container in self.registry.in_states([ContainerState.READY]):
+            due = self.idle_stop_at(container)
+            if due is None or due > now:
+                continue
+            reason = f"stopped after {_minutes(self.idle_limit(container))} idle"
+            activity = self.last_activity(container)
+            if activity is not None:
+                words = ACTIVITY_KINDS.get(activity.kind, activity.kind)
+                reason += f" (last activity: {words} at {activity.at:%H:%M} UTC)"
+            try:
+                await self.stop(container.vmid, actor="system", reason=reason)
+            except ZlhError as exc:  # changed state meanwhile (a stop, a delete): not idle now
+                logger.info("idle container %s was not stopped: %s", container.vmid, exc)
+                continue
+            stopped.append(container.vmid)
+        return stopped
+
+    async def run_idle_stop(self) -> None:
+        """Check for idle containers every ``idle_check_interval_s`` until cancelled."""
+        while True:
+            await asyncio.sleep(self.settings.idle_check_interval_s)
+            try:
+                await self.stop_idle()
+            except ZlhError as exc:
+                logger.warning("checking for idle containers failed: %s", exc)
 
     # -- the work ------------------------------------------------------------------------------
 

@@ -185,6 +185,16 @@ class ApiSettings(BaseSettings):
     )
     container_memory_mb: int = Field(2048, gt=0, description="memory limit of each container.")
     container_cores: int = Field(2, gt=0, description="CPU cores of each container.")
+    idle_stop_after: int = Field(
+        3600,
+        ge=0,
+        description="stop a ready container nobody used for this many seconds (0: never); "
+        "an admin may set another for a user (zlh user idle). Use is what a person does: "
+        "typing or clicking in the IDE, console input, file-browser changes.",
+    )
+    idle_check_interval_s: float = Field(
+        60.0, gt=0, description="how often containers are checked for being idle."
+    )
     container_stop_timeout_s: float = Field(
         10.0, gt=0, description="a stop's wait after SIGTERM before the container is killed."
     )

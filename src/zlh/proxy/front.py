@@ -80,13 +80,16 @@ class Front:
         *,
         tickets: TicketDesk | None = None,
         on_ide_open: Callable[[Principal, int], None] | None = None,
+        on_activity: Callable[[int, str], None] | None = None,
     ) -> None:
         """``tickets`` takes ``/_zlh/auth`` tickets and verifies IDE cookies (without it the
         IDE origin takes Bearer tokens only). ``on_ide_open(principal, vmid)`` is told of each
         page load of an IDE (the workbench document, not its assets or sockets), for the audit
-        log; it must not block."""
+        log; ``on_activity(vmid, kind)`` of each use of an IDE its page reports (idle
+        auto-stop). Neither may block."""
         self.settings = settings
         self._on_ide_open = on_ide_open
+        self._on_activity = on_activity
         self.routes = routes
         self.authenticator = authenticator
         self._tickets = tickets
@@ -234,7 +237,7 @@ class Front:
         if len(parts) < 4 or parts[1] != b"dev" or not _is_vmid(parts[2]):
             return self._local(conn, req, 404, "not found")
         if path == b"/dev/" + parts[2] + sessionnotice.STATE_PATH:
-            return self._session_state(conn, req, int(parts[2]))
+            return self._session_state(conn, req, int(parts[2]), query)
         if parts[3] != b"ide":
             return self._local(conn, req, 404, "not found")
         if len(parts) == 4:
@@ -255,7 +258,7 @@ class Front:
         if path == sessionnotice.SCRIPT_PATH:
             return self._notice_script(conn, req)
         if path == sessionnotice.STATE_PATH:
-            return self._session_state(conn, req, vmid)
+            return self._session_state(conn, req, vmid, query)
         return self._to_ide(conn, req, vmid, target, path == b"/", True)
 
     def _to_ide(
@@ -399,10 +402,14 @@ class Front:
             sign_in if portal is None else portal.decode("latin-1") + "/",
         )
 
-    def _session_state(self, conn: ClientConnection, req: RequestHead, vmid: int) -> Handler:
+    def _session_state(
+        self, conn: ClientConnection, req: RequestHead, vmid: int, query: bytes
+    ) -> Handler:
         """Whether the IDE cookie still opens ``vmid``: 204, else 401 or 404 as the IDE's own
-        requests would get (zlh.proxy.sessionnotice)."""
-        if req.method not in (b"GET", b"HEAD") or req.upgrading:
+        requests would get (zlh.proxy.sessionnotice). A ``POST ?activity=ide|terminal`` asks
+        the same and, when it is 204, tells ``on_activity`` that a person used the IDE."""
+        activity = sessionnotice.activity_kind(query) if req.method == b"POST" else None
+        if (req.method not in (b"GET", b"HEAD") and activity is None) or req.upgrading:
             return self._local(conn, req, 404, "not found")
         token, _ = self._ide_cookies.split(req.cookies)
         tickets = self._tickets
@@ -413,6 +420,8 @@ class Front:
             return self._local(conn, req, 401, "session ended", "sign in to the portal again")
         if not self._still_allowed(vmid, principal):
             return self._local(conn, req, 404, f"no container {vmid}")
+        if activity is not None and self._on_activity is not None:
+            self._on_activity(vmid, activity)
         return LocalResponse(conn, responses.empty(req.keep_alive), keep_alive=req.keep_alive)
 
     def _to_api(self, conn: ClientConnection, req: RequestHead) -> Handler:

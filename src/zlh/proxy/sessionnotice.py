@@ -14,7 +14,11 @@ On the IDE origin, answered by the front, never by a container:
 * :data:`SCRIPT_PATH`: the script.
 * ``/dev/{vmid}/_zlh/session`` (path forms: inside the IDE cookie's Path, outside the IDE's own
   paths) or :data:`STATE_PATH` (wildcard form): 204 while the IDE cookie opens the container,
-  401 once the session ended, 404 once the container is gone or not the caller's.
+  401 once the session ended, 404 once the container is gone or not the caller's. The script
+  also reports that a person is using the IDE there (``POST ?activity=ide`` or ``terminal``,
+  at most every 15 s while keys are pressed or the pointer clicks): idle auto-stop counts it.
+  A page the container serves on the IDE origin could report it too; it would only keep awake
+  containers its visitor may open.
 
 Only a ``200 text/html`` answer to a page load of the IDE's first page gets the tag, asked for
 without compression so that the tag can be appended as it is; everything else passes untouched.
@@ -31,8 +35,10 @@ from zlh.proxy import responses
 from zlh.proxy.headers import ResponseHead
 
 __all__ = [
+    "ACTIVITY_KINDS",
     "SCRIPT_PATH",
     "STATE_PATH",
+    "activity_kind",
     "is_plain_html",
     "script_response",
     "script_tag",
@@ -44,6 +50,18 @@ SCRIPT_PATH: Final = b"/_zlh/session.js"
 STATE_PATH: Final = b"/_zlh/session"
 _SCRIPT: Final = files("zlh.proxy").joinpath("static/session-notice.js").read_bytes()
 _ACCEPT_ENCODING: Final = re.compile(rb"\r\naccept-encoding:[^\r\n]*", re.IGNORECASE)
+
+
+ACTIVITY_KINDS: Final = {b"ide": "ide", b"terminal": "terminal"}
+
+
+def activity_kind(query: bytes) -> str | None:
+    """The activity a ``POST`` to the state path reports (``activity=ide|terminal``), or None."""
+    for pair in query.split(b"&"):
+        name, _, value = pair.partition(b"=")
+        if name == b"activity":
+            return ACTIVITY_KINDS.get(value)
+    return None
 
 
 def state_path(vmid: int, wildcard: bool) -> bytes:

@@ -159,6 +159,8 @@ class User(Base):
     is_admin: Mapped[bool] = mapped_column(default=False)
     disabled: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # An admin's choice for this user's containers, in seconds (0: never); None: the setting.
+    idle_stop_after: Mapped[int | None] = mapped_column(default=None)
 
 
 class Session(Base):

@@ -8,7 +8,6 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from zlh.api.bodies import ContainerOut, DevRequest
-from zlh.api.containers import container_out
 from zlh.api.db import Container, User
 from zlh.api.deps import CurrentUser, OwnedContainer, Svc
 from zlh.api.routes import ERRORS
@@ -22,7 +21,7 @@ async def request_dev(body: DevRequest, user: CurrentUser, svc: Svc) -> Containe
     the answer is the recorded container, which then provisions in the background
     (follow it at ``/api/dev/{vmid}/events``)."""
     container = await svc.provisioning.request(user, body)
-    return container_out(container, admin_ide_access=svc.settings.admin_ide_access)
+    return svc.lifecycle.out(container)
 
 
 @router.get("")
@@ -40,14 +39,13 @@ def list_dev(
         containers = [
             c for c in svc.registry.list_for(user.id) if owner is None or owner == user.username
         ]
-    access = svc.settings.admin_ide_access
-    return [container_out(c, admin_ide_access=access) for c in containers]
+    return [svc.lifecycle.out(c) for c in containers]
 
 
 @router.get("/{vmid}")
 def get_dev(container: OwnedContainer, svc: Svc) -> ContainerOut:
     """One container with the agent's last polled ``/status``."""
-    return container_out(container, admin_ide_access=svc.settings.admin_ide_access)
+    return svc.lifecycle.out(container)
 
 
 @router.delete("/{vmid}", status_code=204)
@@ -71,7 +69,7 @@ async def stop_dev(container: OwnedContainer, user: CurrentUser, svc: Svc) -> Co
     stopping = await svc.lifecycle.stop(
         container.vmid, actor=user.username, reason=f"stopped by {_by(user, container)}"
     )
-    return container_out(stopping, admin_ide_access=svc.settings.admin_ide_access)
+    return svc.lifecycle.out(stopping)
 
 
 @router.post("/{vmid}/start", status_code=202)
@@ -82,7 +80,7 @@ async def start_dev(container: OwnedContainer, user: CurrentUser, svc: Svc) -> C
     starting = await svc.lifecycle.start(
         container.vmid, actor=user.username, reason=f"started by {_by(user, container)}"
     )
-    return container_out(starting, admin_ide_access=svc.settings.admin_ide_access)
+    return svc.lifecycle.out(starting)
 
 
 @router.post("/{vmid}/restart", status_code=202)
@@ -91,4 +89,4 @@ async def restart_dev(container: OwnedContainer, user: CurrentUser, svc: Svc) ->
     stopping = await svc.lifecycle.restart(
         container.vmid, actor=user.username, reason=f"restarted by {_by(user, container)}"
     )
-    return container_out(stopping, admin_ide_access=svc.settings.admin_ide_access)
+    return svc.lifecycle.out(stopping)

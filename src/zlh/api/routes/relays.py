@@ -132,7 +132,12 @@ async def _call(
 
 
 async def _audit(svc: Services, actor: str, action: Action, vmid: int, detail: str) -> None:
+    if action in _FILE_CHANGES:  # a person's use of the container (idle auto-stop)
+        svc.lifecycle.note_activity(vmid, "files")
     await asyncio.to_thread(svc.audit.record, actor, action, vmid, detail)
+
+
+_FILE_CHANGES = {Action.FILE_UPLOAD, Action.FILE_DELETE, Action.FILE_MKDIR, Action.FILE_MOVE}
 
 
 def _display(path: str) -> str:
@@ -360,7 +365,8 @@ async def _splice(
                 message = await websocket.receive()
                 if message["type"] == "websocket.disconnect":
                     return
-                if message.get("bytes") is not None:
+                if message.get("bytes") is not None:  # keystrokes (text frames: resizes)
+                    svc.lifecycle.note_activity(vmid, "console")
                     await upstream.send_bytes(message["bytes"])
                 elif message.get("text") is not None:
                     await upstream.send_str(message["text"])

@@ -89,6 +89,35 @@
       this.addEventListener("close", check);
     }
   };
+  // A person using the IDE (keys, clicks) keeps the container from being stopped as idle:
+  // told to the front at most every ACTIVITY_MS, terminal input named as such.
+  const ACTIVITY_MS = 15000;
+  let pending = null;
+  let lastSent = 0;
+  let timer = null;
+  async function report() {
+    timer = null;
+    const kind = pending;
+    pending = null;
+    lastSent = Date.now();
+    try {
+      const url = `${stateUrl}?activity=${kind}`;
+      const response = await fetch(url, { method: "POST", credentials: "same-origin", cache: "no-store" });
+      const what = ENDED[response.status];
+      if (what && !shown) show(what);
+    } catch {
+      // Offline: the next use reports again.
+    }
+  }
+  function used(event) {
+    if (shown) return;
+    const inTerminal = event.target instanceof Element && event.target.closest(".xterm, .terminal");
+    if (pending !== "terminal") pending = inTerminal ? "terminal" : "ide";
+    if (timer === null) timer = setTimeout(report, Math.max(0, lastSent + ACTIVITY_MS - Date.now()));
+  }
+  for (const type of ["keydown", "pointerdown", "wheel"]) {
+    window.addEventListener(type, used, { capture: true, passive: true });
+  }
   window.addEventListener("focus", check);
   window.addEventListener("online", check);
   document.addEventListener("visibilitychange", () => {
