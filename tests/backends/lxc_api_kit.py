@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import tarfile
 import time
@@ -83,7 +84,7 @@ class Cycle:
         """How long each stretch in ``state`` lasted (its event to the next one)."""
         return [
             after.at - seen.at
-            for seen, after in zip(self.events, self.events[1:], strict=False)
+            for seen, after in itertools.pairwise(self.events)
             if seen.state == state
         ]
 
