@@ -4,7 +4,11 @@ Each tick launches a poll for every container that is due and not already being 
 does not wait for them: a slow or dead agent holds one slot of the semaphore until its own
 timeout, never the others. After a miss, an agent's next poll is pushed back exponentially
 (up to ``poll_max_backoff_s``); after ``unreachable_after_misses`` misses in a row the
-container shows ``unreachable``. Results are compared with the last one in memory, and the
+container shows ``unreachable``. Not so while a provisioning container's agent has not answered
+yet: it is still booting (the poller can see the container before the provisioning driver's
+payload gets through), so a miss is polled again at the provisioning pace and counts for
+nothing, for at most ``agent_answer_timeout_s`` (the time the driver allows a booting agent
+before it fails the container). Results are compared with the last one in memory, and the
 database is written (and SSE/route-feed subscribers told) only when something changed.
 
 The set of containers to poll is reloaded from the database every ``poll_interval_s`` and on
@@ -50,6 +54,8 @@ class PollTarget:
     last_body: bytes = b""
     in_flight: bool = False
     resending: bool = field(default=False)
+    since: float = 0.0  # when the poller took this container on
+    answered: bool = False  # its agent has answered a poll since
 
 
 class Poller:
@@ -139,7 +145,10 @@ class Poller:
                 target = None  # another container (or address) now: start afresh
             if target is None:
                 self._targets[vmid] = PollTarget(
-                    container, self._secret(container), last_status=container.status
+                    container,
+                    self._secret(container),
+                    last_status=container.status,
+                    since=self._clock(),
                 )
             elif not target.in_flight:
                 target.container = container
@@ -153,6 +162,7 @@ class Poller:
                 body = await self.agents.status_body(
                     url, target.secret, timeout_s=self.settings.poll_timeout_s
                 )
+            target.answered = True
             if body == target.last_body and target.container.state == ContainerState.READY:
                 # The steady state of most containers: same document, nothing to parse or write.
                 target.misses = 0
@@ -174,8 +184,16 @@ class Poller:
             return self.settings.poll_interval_provisioning_s
         return self.settings.poll_interval_s
 
+    def _booting(self, target: PollTarget) -> bool:
+        """A provisioning container whose agent has not answered yet, within the time an agent
+        may take to come up: its misses are a start, not an agent gone silent."""
+        return (
+            not target.answered
+            and target.container.state == ContainerState.PROVISIONING
+            and self._clock() - target.since < self.settings.agent_answer_timeout_s
+        )
+
     def _missed(self, target: PollTarget, exc: AgentError) -> None:
-        target.misses += 1
         container = target.container
         if container.state == ContainerState.STARTING:
             # Its agent is booting: no back-off, and not unreachable until the start is overdue.
@@ -189,6 +207,10 @@ class Poller:
                     f"of the start: {exc.message}",
                 )
             return
+        if self._booting(target):
+            target.due = self._clock() + self._interval(container.state)
+            return
+        target.misses += 1
         backoff = self._interval(container.state) * 2 ** min(target.misses, 16)
         target.due = self._clock() + min(backoff, self.settings.poll_max_backoff_s)
         if (

@@ -1,0 +1,204 @@
+"""The poller's back-off and ``unreachable``: kept for an agent that answered and went silent,
+never applied to a provisioning container whose agent is still booting.
+
+The poller runs for real on a real registry (SQLite) with a virtual clock; the agent is a
+script of answers (refused connection, or a status document) instead of an HTTP server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from api_kit import PINS
+from zlh.api import accounts
+from zlh.api.agent_client import AgentClient
+from zlh.api.containers import ContainerRegistry, Quota
+from zlh.api.db import Container, ContainerState, Database
+from zlh.api.errors import AgentUnreachable
+from zlh.api.events import EventBus
+from zlh.api.poller import Poller
+from zlh.api.settings import ApiSettings
+from zlh.routefeed import RouteFeed
+from zlh.schemas import AgentState, AgentStatus
+
+REFUSED = AgentUnreachable("agent at http://10.0.3.2:7100/status is unreachable: refused")
+PROVISIONING = AgentStatus(
+    workspace_root="/home/dev/workspace", state=AgentState.PROVISIONING, agent_version="test"
+)
+READY = AgentStatus(
+    workspace_root="/home/dev/workspace", state=AgentState.READY, agent_version="test"
+)
+
+
+class ScriptedAgent:
+    """``status_body`` answers what ``answer`` holds: an AgentStatus, or an error to raise."""
+
+    parse_status = staticmethod(AgentClient.parse_status)
+
+    def __init__(self) -> None:
+        self.answer: AgentStatus | Exception = REFUSED
+        self.polls = 0
+
+    async def status_body(self, url: str, secret: str, *, timeout_s: float) -> bytes:
+        self.polls += 1
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer.model_dump_json(by_alias=True).encode()
+
+
+class Rig:
+    """A poller over one container in ``state`` and its scripted agent, on a virtual clock."""
+
+    def __init__(self, registry: ContainerRegistry, vmid: int, settings: ApiSettings) -> None:
+        self.registry = registry
+        self.vmid = vmid
+        self.agent = ScriptedAgent()
+        self.now = 1000.0
+        self.states: list[str] = []  # every state the registry was told, in order
+
+        async def resend(_container: Container) -> None:
+            return None
+
+        self.poller = Poller(
+            settings=settings,
+            registry=registry,
+            agents=self.agent,  # type: ignore[arg-type]
+            secret=lambda _c: "secret",
+            resend=resend,
+            overdue=lambda _c: False,
+            clock=lambda: self.now,
+        )
+        update = registry.update
+
+        def recording_update(vmid: int, **changes: Any) -> Container | None:
+            if "state" in changes:
+                self.states.append(str(changes["state"]))
+            return update(vmid, **changes)
+
+        registry.update = recording_update  # type: ignore[method-assign]
+
+    @property
+    def state(self) -> str:
+        container = self.registry.get(self.vmid)
+        assert container is not None
+        return container.state
+
+    async def poll(self) -> float:
+        """Move the clock to the container's next poll, poll; seconds until the next one."""
+        target = self.poller._targets.get(self.vmid)
+        if target is not None:
+            self.now = max(self.now, target.due)
+        await self.poller.poll_once()
+        return self.poller._targets[self.vmid].due - self.now
+
+
+def run_rig(tmp_path: Path, state: ContainerState, body: Callable[[Rig], Awaitable[None]]) -> None:
+    settings = ApiSettings(
+        data_dir=tmp_path,
+        poll_interval_s=5.0,
+        poll_interval_provisioning_s=0.5,
+        poll_max_backoff_s=60.0,
+        unreachable_after_misses=3,
+        agent_answer_timeout_s=120.0,
+    )
+    db = Database(settings.db_url)
+    db.migrate()
+    owner = accounts.create_user(db, "alice", "correct horse battery")
+    registry = ContainerRegistry(db, EventBus(), RouteFeed())
+    container = registry.allocate(
+        owner=owner, runtime="node", version="22", addons=[], pins=PINS, quota=Quota(3, 3)
+    )
+    registry.update(
+        container.vmid, state=state, address="10.0.3.2", agent_port=7100, code_server_port=6000
+    )
+
+    async def main() -> None:
+        registry.bind_loop(asyncio.get_running_loop())
+        await body(Rig(registry, container.vmid, settings))
+
+    try:
+        asyncio.run(main())
+    finally:
+        db.dispose()
+
+
+def test_a_provisioning_container_whose_agent_still_boots_is_neither_backed_off_nor_unreachable(
+    tmp_path: Path,
+) -> None:
+    async def body(rig: Rig) -> None:
+        # Ten refused polls (five seconds of boot): each next poll at the provisioning pace.
+        gaps = [await rig.poll() for _ in range(10)]
+        assert gaps == [0.5] * 10
+        assert rig.state == ContainerState.PROVISIONING
+        rig.agent.answer = PROVISIONING  # the agent is up
+        assert await rig.poll() == 0.5
+        rig.agent.answer = READY
+        await rig.poll()
+        assert rig.state == ContainerState.READY
+        assert ContainerState.UNREACHABLE not in rig.states
+
+    run_rig(tmp_path, ContainerState.PROVISIONING, body)
+
+
+def test_a_provisioning_agent_that_never_answers_is_unreachable_after_the_agent_answer_timeout(
+    tmp_path: Path,
+) -> None:
+    async def body(rig: Rig) -> None:
+        await rig.poll()
+        rig.now += 120.0  # agent_answer_timeout_s: no longer a boot
+        gaps = [await rig.poll() for _ in range(3)]
+        assert gaps == [1.0, 2.0, 4.0]
+        assert rig.state == ContainerState.UNREACHABLE
+
+    run_rig(tmp_path, ContainerState.PROVISIONING, body)
+
+
+def test_a_provisioning_agent_that_answered_and_went_silent_is_backed_off_and_unreachable(
+    tmp_path: Path,
+) -> None:
+    async def body(rig: Rig) -> None:
+        rig.agent.answer = PROVISIONING
+        assert await rig.poll() == 0.5
+        rig.agent.answer = REFUSED
+        gaps = [await rig.poll() for _ in range(3)]
+        assert gaps == [1.0, 2.0, 4.0]
+        assert rig.state == ContainerState.UNREACHABLE
+
+    run_rig(tmp_path, ContainerState.PROVISIONING, body)
+
+
+def test_a_ready_container_whose_agent_goes_silent_is_backed_off_up_to_the_cap_and_unreachable(
+    tmp_path: Path,
+) -> None:
+    async def body(rig: Rig) -> None:
+        rig.agent.answer = READY
+        assert await rig.poll() == 5.0
+        rig.agent.answer = REFUSED
+        gaps = [await rig.poll() for _ in range(2)]
+        assert gaps == [10.0, 20.0]
+        assert rig.state == ContainerState.READY
+        assert await rig.poll() == 40.0
+        assert rig.state == ContainerState.UNREACHABLE
+        assert [await rig.poll() for _ in range(2)] == [60.0, 60.0]  # poll_max_backoff_s
+        rig.agent.answer = READY
+        await rig.poll()
+        assert rig.state == ContainerState.READY
+
+    run_rig(tmp_path, ContainerState.READY, body)
+
+
+def test_a_ready_container_found_after_a_restart_is_backed_off_from_its_first_miss(
+    tmp_path: Path,
+) -> None:
+    """The boot allowance is for provisioning containers only: a ready container's agent
+    that does not answer the poller's first polls is a silent agent."""
+
+    async def body(rig: Rig) -> None:
+        gaps = [await rig.poll() for _ in range(3)]
+        assert gaps == [10.0, 20.0, 40.0]
+        assert rig.state == ContainerState.UNREACHABLE
+
+    run_rig(tmp_path, ContainerState.READY, body)
