@@ -272,6 +272,7 @@ class Harness:
         api_upstream: str = "",
         *,
         on_ide_open: Callable[[Principal, int], None] | None = None,
+        on_activity: Callable[[int, str], None] | None = None,
         clock: Callable[[], float] = time.time,
         **settings: Any,
     ) -> Front:
@@ -284,6 +285,7 @@ class Harness:
             api_upstream or f"127.0.0.1:{self.upstream_port}",
             tickets=TicketDesk(KEY, clock=clock),
             on_ide_open=on_ide_open,
+            on_activity=on_activity,
         )
         self.run(front.start("127.0.0.1", 0))
         self.run(front.start_ide("127.0.0.1", 0))
@@ -302,11 +304,22 @@ class Harness:
             self.run(front.close())
 
     def add_route(
-        self, owner: str, *, ready: bool = True, reason: str = "", routes: RouteTable | None = None
+        self,
+        owner: str,
+        *,
+        ready: bool = True,
+        reason: str = "",
+        stopped: bool = False,
+        routes: RouteTable | None = None,
     ) -> int:
         vmid = next_vmid()
         route = Route(
-            owner_id=owner, host="127.0.0.1", port=self.upstream_port, ready=ready, reason=reason
+            owner_id=owner,
+            host="127.0.0.1",
+            port=self.upstream_port,
+            ready=ready,
+            reason=reason,
+            stopped=stopped,
         )
         self.call((self.routes if routes is None else routes).update, vmid, route)
         return vmid

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from proxy_kit import PAGE, Harness, headers_of, ide_client, ide_session
 
+from zlh.proxy.routes import RouteTable
 from zlh.proxy.sessionnotice import SCRIPT_PATH
 
 HTML = {"Accept": "text/html,application/xhtml+xml", "Accept-Encoding": "gzip, br"}
@@ -91,3 +92,46 @@ def test_a_container_cannot_answer_for_the_notice_in_the_wildcard_form(harness: 
     assert b"session" in script.content and script.headers["x-content-type-options"] == "nosniff"
     assert state.status_code == 204
     assert 'data-state="/_zlh/session" data-signin="/"' in page.text
+
+
+def test_the_ide_pages_use_is_reported_for_idle_stop_only_with_an_ide_cookie_that_opens_it(
+    harness: Harness,
+) -> None:
+    used: list[tuple[int, str]] = []
+    routes = RouteTable()
+    front = harness.start_front(routes, on_activity=lambda vmid, kind: used.append((vmid, kind)))
+    try:
+        vmid = harness.add_route("alice", routes=routes)
+        other = harness.add_route("bob", routes=routes)
+        state = f"/dev/{vmid}/_zlh/session"
+        alice = ide_session("alice", vmid)
+        relayed = len(harness.log.requests)
+        with ide_client(front.ide_port) as client:
+            for kind in ("terminal", "ide"):
+                reported = client.post(state, params={"activity": kind}, headers=alice)
+                assert reported.status_code == 204
+            assert client.post(state, params={"activity": "cpu"}, headers=alice).status_code == 404
+            assert client.post(state, headers=alice).status_code == 404  # no activity named
+            assert client.post(state, params={"activity": "ide"}).status_code == 401
+            foreign = ide_session("alice", other)  # a cookie of another container's path
+            bobs = f"/dev/{other}/_zlh/session"
+            assert client.post(bobs, params={"activity": "ide"}, headers=foreign).status_code == 404
+            assert client.get(state, headers=alice).status_code == 204  # asking is not using
+    finally:
+        harness.run(front.close())
+    assert used == [(vmid, "terminal"), (vmid, "ide")]
+    assert len(harness.log.requests) == relayed  # the front's own answers, no container's
+
+
+def test_a_browser_opening_a_stopped_containers_ide_is_sent_to_the_portal_to_start_it(
+    harness: Harness,
+) -> None:
+    vmid = harness.add_route("alice", ready=False, reason="stopped", stopped=True)
+    with ide_client(harness.front.ide_port) as client:
+        page = client.get(f"/dev/{vmid}/ide/", headers={**HTML, **ide_session("alice", vmid)})
+        program = client.get(f"/dev/{vmid}/ide/", headers=ide_session("alice", vmid))
+    assert page.status_code == 303
+    port = harness.front.port
+    assert page.headers["location"] == f"http://127.0.0.1:{port}/c/{vmid}/ide"
+    assert program.status_code == 503  # not a page load: says why, starts nothing
+    assert "stopped" in program.json()["detail"]
