@@ -13,7 +13,7 @@ import re
 import subprocess
 import tarfile
 import time
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Error, Page
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Error, Locator, Page
 
 from support import REPO, ZLH, wait_for_port, zlh
 from zlh.schemas import ArtifactKind, Catalog
@@ -112,19 +112,26 @@ def wait_for_container(
         time.sleep(0.5)
 
 
-def platform_env(data_dir: Path) -> dict[str, str]:
+def platform_env(data_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     # Admins may open other users' IDEs here: the attack tests need an admin in one.
-    return {**os.environ, **FAST_ENV, "ZLH_DATA_DIR": str(data_dir), "ZLH_ADMIN_IDE_ACCESS": "1"}
+    env = {**os.environ, **FAST_ENV, "ZLH_DATA_DIR": str(data_dir), "ZLH_ADMIN_IDE_ACCESS": "1"}
+    return {**env, **(extra or {})}
 
 
 @contextmanager
 def running_platform(
-    store: Path, data_dir: Path, ide_origin: str, port: int, *, cli: Sequence[str] = ZLH
+    store: Path,
+    data_dir: Path,
+    ide_origin: str,
+    port: int,
+    *,
+    cli: Sequence[str] = ZLH,
+    env_extra: Mapping[str, str] | None = None,
 ) -> Iterator[Platform]:
     """``zlh up`` (the ``cli`` command: the checkout's, or an installed one) on ``port`` with
     ``ide_origin``, alice, bob and the admin; every container is deleted when it stops (the
-    process backend's agents outlive ``zlh up``)."""
-    env = platform_env(data_dir)
+    process backend's agents outlive ``zlh up``). ``env_extra``: settings of its own."""
+    env = platform_env(data_dir, env_extra)
     for name, admin in ((ALICE, False), (BOB, False), (ADMIN, True)):
         args = ["user", "add", name, "--password-stdin", "--data-dir", str(data_dir)]
         zlh(*args, *(["--admin"] if admin else []), input=PASSWORD + "\n", env=env)
@@ -245,6 +252,26 @@ class ConsoleWatch:
 
     def assert_clean(self) -> None:
         assert self.unexpected() == [], "browser console errors:\n" + "\n".join(self.unexpected())
+
+
+def open_ide_terminal(page: Page) -> Locator:
+    """Open a terminal in the IDE's workbench and give it the keyboard; returns its screen.
+
+    The workbench opens the workspace's README once it has started; that preview takes the
+    focus, and keys typed meanwhile would go to it, so the terminal is opened after it. The
+    preview is a frame of its own that keeps the workbench's keys: the explorer takes the focus
+    back before the terminal's key.
+    """
+    page.locator(".tab", has_text="README.md").wait_for(timeout=60_000)
+    page.locator(".explorer-folders-view").click()
+    page.keyboard.press("Control+Backquote")
+    terminal = page.locator(".terminal-wrapper .xterm-screen").first
+    terminal.wait_for(timeout=60_000)
+    terminal.click()  # the Welcome page keeps the focus otherwise
+    page.wait_for_function(
+        "document.activeElement?.classList.contains('xterm-helper-textarea')", timeout=10_000
+    )
+    return terminal
 
 
 def sign_in(page: Page, base_url: str, user: str, password: str = PASSWORD) -> None:

@@ -26,7 +26,7 @@ from typing import TypeVar
 
 import httpx
 import pytest
-from e2e_kit import FAST_ENV, SHOTS, Session, off_loop
+from e2e_kit import FAST_ENV, SHOTS, Session, off_loop, open_ide_terminal
 
 from support import CACHE_DIR, REPO, ZLH, free_port_pair
 from zlh.backends import create_backend
@@ -234,19 +234,7 @@ def test_the_ide_terminal_runs_the_runtimes_node(
     page.get_by_role("button", name="Sign in").click()
     page.locator(".monaco-workbench").wait_for(timeout=120_000)
     assert page.url.startswith(ready.ide)
-    # The workbench opens the workspace's README once it has started; that editor takes the
-    # focus, and keys typed meanwhile would go to it, so the terminal is opened after it.
-    # The preview is a frame of its own that keeps the workbench's keys: the explorer takes
-    # the focus back before the terminal's key.
-    page.locator(".tab", has_text="README.md").wait_for(timeout=60_000)
-    page.locator(".explorer-folders-view").click()
-    page.keyboard.press("Control+Backquote")
-    terminal = page.locator(".terminal-wrapper .xterm-screen").first
-    terminal.wait_for(timeout=60_000)
-    terminal.click()  # the Welcome page keeps the focus otherwise
-    page.wait_for_function(
-        "document.activeElement?.classList.contains('xterm-helper-textarea')", timeout=10_000
-    )
+    terminal = open_ide_terminal(page)
     with signed_in(ready) as client:
         container = client.get(f"/api/dev/{ready.vmid}").json()
         catalog = Catalog.model_validate(client.get("/api/catalog").json())

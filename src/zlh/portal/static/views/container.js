@@ -57,6 +57,7 @@ export async function containerView(main, { params, navigate }) {
 
   // Stop, start and restart; the page follows the container's events until it settles again.
   const reasonLine = h("p", { class: "muted", id: "state-reason" }, stateReason(container));
+  const idle = idleNotice();
   const actionError = h("div", { id: "action-error" });
   const buttons = Object.keys(ACTIONS).map((action) => {
     const button = h("button", { type: "button", class: "secondary", id: `${action}-container` }, action[0].toUpperCase() + action.slice(1));
@@ -77,6 +78,7 @@ export async function containerView(main, { params, navigate }) {
     reasonLine.textContent = stateReason(latest);
     for (const [action, button] of buttons) button.hidden = !ACTIONS[action].has(state);
     setIde(Boolean(latest.status && latest.status.codeServerRunning) && state === "ready");
+    idle.show(latest);
   }
   show(container);
   const listeners = [];
@@ -113,6 +115,8 @@ export async function containerView(main, { params, navigate }) {
       h("div", { class: "row" }, ideButton, ...buttons.map(([, button]) => button), deleteButton),
     ),
     reasonLine,
+    idle.line,
+    idle.warning,
     actionError,
     h(
       "nav",
@@ -122,8 +126,13 @@ export async function containerView(main, { params, navigate }) {
   );
   const panel = h("section", { class: "panel" });
   main.append(panel);
+  // How long until it stops for being idle moves with use elsewhere (the IDE, the console).
+  const idleTimer = setInterval(() => {
+    if (state === "ready") api(`/api/dev/${vmid}`).then(show, () => {});
+  }, 30000);
   const stopFollowing = () => {
     if (source !== null) source.close();
+    clearInterval(idleTimer);
   };
   if (!FINAL.has(container.state)) follow();
   if (tab === "files") return chain(filesPanel(panel, vmid), stopFollowing);
@@ -131,6 +140,36 @@ export async function containerView(main, { params, navigate }) {
   if (tab === "tailnet") return chain(tailnetPanel(panel, vmid), stopFollowing);
   const done = overview(panel, container, { badge, setIde, toolchain: toolchain(container, catalog), listeners });
   return chain(done, stopFollowing);
+}
+
+const ACTIVITY_WORDS = { ide: "IDE", terminal: "terminal input", console: "console input", files: "file browser" };
+const WARN_MS = 5 * 60 * 1000;
+
+// "Idle for 23 min, stops in 37 min (last activity: terminal input at 14:02)", and a notice
+// in the last five minutes; nothing for a container that is not ready or never stops.
+function idleNotice() {
+  const line = h("p", { class: "muted", id: "idle" });
+  const warning = h("div", { id: "idle-warning" });
+  function show(c) {
+    if (!c.idleStopAt || c.state !== "ready") {
+      line.textContent = "";
+      warning.replaceChildren();
+      return;
+    }
+    const now = Date.now();
+    const last = c.lastActivity;
+    const since = Date.parse(last ? last.at : c.stateChangedAt || c.createdAt);
+    const left = Date.parse(c.idleStopAt) - now;
+    const minutes = (ms) => `${Math.max(0, Math.round(ms / 60000))} min`;
+    const what = last ? ` (last activity: ${ACTIVITY_WORDS[last.kind] || last.kind} at ${new Date(last.at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })})` : "";
+    line.textContent = `Idle for ${minutes(now - since)}, stops in ${minutes(left)}${what}.`;
+    warning.replaceChildren(
+      left <= WARN_MS
+        ? h("p", { class: "notice toast", role: "status" }, `This container stops in ${minutes(left)} for being idle. Type in its IDE or console to keep it running.`)
+        : "",
+    );
+  }
+  return { line, warning, show };
 }
 
 // A view's clean-up (what a panel returned, if anything) followed by another.
