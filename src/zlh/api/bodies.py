@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from zlh.api.accounts import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from zlh.schemas import AgentStatus, Progress, registered_addon
 from zlh.schemas._base import WireModel
+from zlh.schemas.artifact import Version
 
 __all__ = [
     "AuditOut",
@@ -20,6 +21,7 @@ __all__ = [
     "LoginRequest",
     "LoginResponse",
     "PasswordChange",
+    "RuntimeChangeRequest",
     "UserOut",
 ]
 
@@ -80,6 +82,13 @@ class DevRequest(WireModel):
         return [registered_addon(name) for name in names]
 
 
+class RuntimeChangeRequest(WireModel):
+    """``PATCH /api/dev/{vmid}``: the catalog version of the container's runtime to switch to."""
+
+    runtime: str = Field(min_length=1, max_length=32, examples=["node"])
+    version: Version = Field(examples=["24"])
+
+
 class ContainerOut(WireModel):
     vmid: int
     name: str | None = Field(default=None, description="the owner's name for it, if any")
@@ -95,7 +104,9 @@ class ContainerOut(WireModel):
     # Admins may open this container's IDE (the setting admin_ide_access): each opening is
     # audited, and the portal says so on the container's page.
     admin_ide_access: bool = False
-    # The agent's last /status document, the contract's fields verbatim.
+    # The agent's last /status document, the contract's fields verbatim; ``runtimes`` lists
+    # the installed versions (``active`` marks the one in use), ``runtimeChange`` the last
+    # version change and, if it failed, why.
     status: AgentStatus | None = None
     created_at: datetime
     updated_at: datetime

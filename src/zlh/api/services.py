@@ -14,6 +14,7 @@ from zlh.api.events import EventBus
 from zlh.api.poller import Poller
 from zlh.api.provisioning import Provisioning
 from zlh.api.ratelimit import LoginThrottle
+from zlh.api.runtime_changes import RuntimeChanges
 from zlh.api.settings import ApiSettings
 from zlh.api.tailnet.service import Tailnet
 from zlh.backends import Backend
@@ -30,6 +31,7 @@ class Services:
     tokens: TokenService
     registry: ContainerRegistry
     provisioning: Provisioning
+    runtime_changes: RuntimeChanges
     poller: Poller
     agents: AgentClient
     catalog: CatalogSource

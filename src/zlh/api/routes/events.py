@@ -1,4 +1,5 @@
-"""``/api/dev/{vmid}/events``: Server-Sent Events of state and progress until ready/failed."""
+"""``/api/dev/{vmid}/events``: Server-Sent Events of state and progress until ready/failed, or
+until a ready container's runtime version change is done (``PATCH /api/dev/{vmid}``)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,20 @@ from zlh.api.db import ContainerState
 from zlh.api.deps import OwnedContainer, Svc
 from zlh.api.events import sse
 from zlh.api.routes import ERRORS
+from zlh.api.services import Services
+from zlh.schemas import RuntimeChangeState
 
 router = APIRouter(prefix="/api/dev", tags=["dev"], responses=ERRORS)
 
 KEEPALIVE_S = 15.0
 _FINAL = {ContainerState.READY.value, ContainerState.FAILED.value, "deleted"}
+
+
+def _changing(svc: Services, vmid: int) -> bool:
+    """The agent is installing another runtime version for this container right now."""
+    container = svc.registry.get(vmid)
+    change = container.status.runtime_change if container and container.status else None
+    return change is not None and change.state is RuntimeChangeState.INSTALLING
 
 
 @router.get(
@@ -26,7 +36,8 @@ _FINAL = {ContainerState.READY.value, ContainerState.FAILED.value, "deleted"}
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def events(container: OwnedContainer, svc: Svc) -> StreamingResponse:
-    """``event: status`` frames (state, progress, error) from now until ready or failed."""
+    """``event: status`` frames (state, progress, error) from now until ready or failed, and
+    while a runtime version change installs."""
     vmid = container.vmid
 
     async def stream() -> AsyncIterator[bytes]:
@@ -36,7 +47,7 @@ async def events(container: OwnedContainer, svc: Svc) -> StreamingResponse:
                 return
             event = container_event(current)
             yield sse("status", event)
-            while event.state not in _FINAL:
+            while event.state not in _FINAL or _changing(svc, vmid):
                 try:
                     async with asyncio.timeout(KEEPALIVE_S):
                         event = await queue.get()
