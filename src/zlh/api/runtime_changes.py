@@ -20,15 +20,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from zlh.api.agent_client import AgentClient
-from zlh.api.audit import Action, AuditLog
+from zlh.api.audit import Action
 from zlh.api.bodies import DevRequest
-from zlh.api.catalog import CatalogSource
-from zlh.api.containers import ContainerRegistry
 from zlh.api.db import Container, ContainerState, Pins
 from zlh.api.errors import AgentError, Conflict, InvalidRequest
 from zlh.api.provisioning import Provisioning, resolve_request
-from zlh.api.settings import ApiSettings
 from zlh.schemas import RuntimeChange, RuntimeChangeState, RuntimeName, RuntimeSpec
 
 __all__ = ["RuntimeChanges"]
@@ -37,22 +33,14 @@ logger = logging.getLogger(__name__)
 
 
 class RuntimeChanges:
-    def __init__(
-        self,
-        *,
-        settings: ApiSettings,
-        registry: ContainerRegistry,
-        agents: AgentClient,
-        catalog: CatalogSource,
-        audit: AuditLog,
-        provisioning: Provisioning,
-    ) -> None:
-        self.settings = settings
-        self.registry = registry
-        self.agents = agents
-        self.catalog = catalog
-        self.audit = audit
+    def __init__(self, provisioning: Provisioning) -> None:
+        """Works with the provisioning's settings, records, agents, catalog and audit log."""
         self.provisioning = provisioning
+        self.settings = provisioning.settings
+        self.registry = provisioning.registry
+        self.agents = provisioning.agents
+        self.catalog = provisioning.catalog
+        self.audit = provisioning.audit
         self._watches: dict[int, asyncio.Task[None]] = {}
 
     # -- upgrade / switch ----------------------------------------------------------------------
