@@ -123,6 +123,9 @@ class Provisioner:
             sha256=runtime.artifact.sha256,
             state=RuntimeChangeState.INSTALLING,
         )
+        # Progress says so from the first /status on, not the last provisioning's "ready".
+        label = f"{runtime.name.value} {runtime.version}"
+        self.tracker.enter(ProvisionStep.RUNTIME_DOWNLOAD, f"waiting to install runtime {label}")
         target = payload.model_copy(update={"runtime": runtime})
         task = asyncio.create_task(
             self._change(payload, target, change), name=f"runtime-{runtime.version}"

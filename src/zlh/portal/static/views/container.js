@@ -3,6 +3,7 @@ import { versionSummary } from "../catalog.js";
 import { bytes, confirmDialog, containerLabel, errorBox, h, yesNo } from "../dom.js";
 import { consolePanel } from "./console.js";
 import { filesPanel } from "./files.js";
+import { runtimesSection } from "./runtimes.js";
 import { stateBadge, stateWords } from "./state.js";
 import { tailnetPanel } from "./tailnet.js";
 
@@ -70,7 +71,8 @@ export async function containerView(main, { params, navigate }) {
   if (tab === "files") return filesPanel(panel, vmid);
   if (tab === "console") return consolePanel(panel, vmid);
   if (tab === "tailnet") return tailnetPanel(panel, vmid);
-  return overview(panel, container, { badge, setIde, toolchain: toolchain(container, catalog) });
+  const stops = [overview(panel, container, { badge, setIde, toolchain: toolchain(container, catalog) }), runtimesSection(panel, container, catalog)];
+  return () => stops.forEach((stop) => stop());
 }
 
 // What the container's runtime version is, in the catalog's words (a dotnet container says
