@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 from zlh.api.accounts import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from zlh.schemas import AgentStatus, Progress, registered_addon
 from zlh.schemas._base import WireModel
-from zlh.schemas.artifact import Version
+from zlh.schemas.artifact import VERSION_PATTERN, Version
 
 __all__ = [
     "AuditOut",
@@ -86,7 +86,7 @@ class RuntimeChangeRequest(WireModel):
     """``PATCH /api/dev/{vmid}``: the catalog version of the container's runtime to switch to."""
 
     runtime: str = Field(min_length=1, max_length=32, examples=["node"])
-    version: Version = Field(examples=["24"])
+    version: Version = Field(pattern=VERSION_PATTERN, examples=["24"])
 
 
 class ContainerOut(WireModel):

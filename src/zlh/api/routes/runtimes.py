@@ -12,7 +12,7 @@ from zlh.api.containers import container_out
 from zlh.api.deps import CurrentUser, OwnedContainer, Svc
 from zlh.api.routes import ERRORS
 from zlh.schemas import RuntimeName
-from zlh.schemas.artifact import Version
+from zlh.schemas.artifact import VERSION_PATTERN, Version
 
 router = APIRouter(prefix="/api/dev", tags=["dev"], responses=ERRORS)
 
@@ -37,7 +37,9 @@ async def remove_runtime(
     user: CurrentUser,
     svc: Svc,
     runtime: Annotated[RuntimeName, Path(description="the runtime, e.g. node")],
-    version: Annotated[Version, Path(description="an installed, inactive version")],
+    version: Annotated[
+        Version, Path(pattern=VERSION_PATTERN, description="an installed, inactive version")
+    ],
 ) -> Response:
     """Remove an installed version's directory (404 if it is not installed; 409 for the
     active version, which the error names)."""
