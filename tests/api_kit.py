@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from agent_sim import SimBackend
+from support import ZLH, wait_for_port, zlh
 from zlh.api import accounts
 from zlh.api.app import create_app
 from zlh.api.catalog import StoreCatalog
@@ -151,3 +154,53 @@ def sse_events(
             if time.monotonic() > deadline:
                 raise AssertionError(f"{path} did not end within {deadline_s}s: {events[-3:]}")
     return events
+
+
+# `zlh up` as a process: the whole platform with the process backend, polled fast.
+FAST_ENV = {
+    "ZLH_POLL_INTERVAL_S": "0.5",
+    "ZLH_POLL_INTERVAL_PROVISIONING_S": "0.1",
+    "ZLH_ARGON2_TIME_COST": "1",
+    "ZLH_ARGON2_MEMORY_KIB": "64",
+    "ZLH_ARGON2_PARALLELISM": "1",
+}
+
+
+def up_env(data_dir: Path) -> dict[str, str]:
+    return {**os.environ, **FAST_ENV, "ZLH_DATA_DIR": str(data_dir)}
+
+
+@contextmanager
+def zlh_up(data_dir: Path, store: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """``zlh up --backend process`` over ``store`` on ``port``: real agents, real HTTP."""
+    log = (data_dir / "up.log").open("ab")
+    proc = subprocess.Popen(
+        [
+            *ZLH,
+            "up",
+            "--backend",
+            "process",
+            "--store",
+            str(store),
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        env=up_env(data_dir),
+        stdout=log,
+        stderr=log,
+    )
+    try:
+        wait_for_port("127.0.0.1", port, proc=proc)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
+        log.close()
+
+
+def add_cli_users(data_dir: Path) -> None:
+    """alice and bob, and root the admin, made with ``zlh user add`` (as an operator does)."""
+    for name, admin in (("alice", False), ("bob", False), ("root", True)):
+        args = ["user", "add", name, "--password-stdin", "--data-dir", str(data_dir)]
+        zlh(*args, *(["--admin"] if admin else []), input=PASSWORD + "\n", env=up_env(data_dir))

@@ -16,10 +16,13 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 @pytest.fixture(scope="session")
 def node_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store holding a real Node runtime built by ``zlh artifacts build node``."""
+    """A store holding real Node runtimes built by ``zlh artifacts build node``: 22 (the
+    default) and 24, so a container can change versions."""
     store = tmp_path_factory.mktemp("node-store")
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    zlh("artifacts", "build", "node", "--store", str(store), "--cache-dir", str(CACHE_DIR))
+    for version in ("22", "24"):
+        args = ("--version", version, "--store", str(store), "--cache-dir", str(CACHE_DIR))
+        zlh("artifacts", "build", "node", *args)
     return store
 
 

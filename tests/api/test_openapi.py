@@ -31,15 +31,24 @@ EXAMPLES = 200
 # container the other operations are pointed at.
 SKIPPED = {("POST", "/api/auth/logout"), ("DELETE", "/api/dev/{vmid}")}
 # Where a well-formed request can still be refused for what it names, as documented: a dev
-# request's runtime, version and add-ons are checked against the catalog, which changes while
-# the platform runs (422 naming what it lacks); a workspace path is checked by the agent, which
-# refuses hostile or malformed ones (400), missing ones (404), clashes (409) and non-empty
+# request's runtime, version and add-ons, and a runtime change's, are checked against the
+# catalog, which changes while the platform runs (422 naming what it lacks); a workspace path
+# is checked by the agent, which refuses hostile or malformed ones (400), missing ones (404),
+# clashes (409) and non-empty
 # directories (409). A new password equal to the current one is refused (422): a rule between
 # two fields that a JSON schema cannot state.
 CONFIG = """
 [[operations]]
 include-name = "POST /api/dev"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "409", "422", "429"]
+
+[[operations]]
+include-path-regex = '^/api/dev/[{]vmid[}]/runtimes/'
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
+
+[[operations]]
+include-name = "PATCH /api/dev/{vmid}"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
 
 [[operations]]
 include-name = "POST /api/auth/password"

@@ -8,75 +8,18 @@ the middle of provisioning and restarted: the container still reaches ready, exa
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
-import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from api_kit import PASSWORD, sse_events, wait_for
-from support import ZLH, free_port_pair, wait_for_port, zlh
+from api_kit import PASSWORD, add_cli_users, login, sse_events, up_env, wait_for, zlh_up
+from support import free_port_pair, zlh
 
 pytestmark = pytest.mark.slow
-
-FAST_ENV = {
-    "ZLH_POLL_INTERVAL_S": "0.5",
-    "ZLH_POLL_INTERVAL_PROVISIONING_S": "0.1",
-    "ZLH_ARGON2_TIME_COST": "1",
-    "ZLH_ARGON2_MEMORY_KIB": "64",
-    "ZLH_ARGON2_PARALLELISM": "1",
-}
-
-
-def _env(data_dir: Path) -> dict[str, str]:
-    return {**os.environ, **FAST_ENV, "ZLH_DATA_DIR": str(data_dir)}
-
-
-@contextmanager
-def zlh_up(data_dir: Path, store: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    log = (data_dir / "up.log").open("ab")
-    proc = subprocess.Popen(
-        [
-            *ZLH,
-            "up",
-            "--backend",
-            "process",
-            "--store",
-            str(store),
-            "--listen",
-            f"127.0.0.1:{port}",
-        ],
-        env=_env(data_dir),
-        stdout=log,
-        stderr=log,
-    )
-    try:
-        wait_for_port("127.0.0.1", port, proc=proc)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=30)
-        log.close()
-
-
-def _users(data_dir: Path) -> None:
-    for name, admin in (("alice", False), ("bob", False), ("root", True)):
-        args = ["user", "add", name, "--password-stdin", "--data-dir", str(data_dir)]
-        zlh(*args, *(["--admin"] if admin else []), input=PASSWORD + "\n", env=_env(data_dir))
-
-
-def _login(client: httpx.Client, name: str) -> dict[str, str]:
-    answer = client.post("/api/auth/login", json={"username": name, "password": PASSWORD})
-    assert answer.status_code == 200, answer.text
-    client.cookies.clear()
-    return {"Authorization": f"Bearer {answer.json()['token']}"}
 
 
 def _agents(data_dir: Path) -> list[str]:
@@ -87,7 +30,7 @@ def _agents(data_dir: Path) -> list[str]:
 def test_node_request_reaches_ready_and_only_its_owner_and_admins_see_it(
     node_store: Path, tmp_path: Path
 ) -> None:
-    _users(tmp_path)
+    add_cli_users(tmp_path)
     # The test client stands in for a reverse proxy in front of the public port.
     (tmp_path / "api.toml").write_text('trusted_proxies = ["127.0.0.1"]\n')
     port = free_port_pair()
@@ -95,7 +38,7 @@ def test_node_request_reaches_ready_and_only_its_owner_and_admins_see_it(
         zlh_up(tmp_path, node_store, port),
         httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
     ):
-        alice, bob, root = (_login(client, n) for n in ("alice", "bob", "root"))
+        alice, bob, root = (login(client, n) for n in ("alice", "bob", "root"))
         # Front → unix socket → API: the client behind the trusted proxy reaches the audit log.
         wrong = {"username": "alice", "password": "not it"}
         via_proxy = {"X-Forwarded-For": "203.0.113.7"}
@@ -130,14 +73,14 @@ def test_node_request_reaches_ready_and_only_its_owner_and_admins_see_it(
 def test_sigkill_mid_provisioning_then_restart_reaches_ready_exactly_once(
     node_store: Path, tmp_path: Path
 ) -> None:
-    _users(tmp_path)
+    add_cli_users(tmp_path)
     port = free_port_pair()
     base_url = f"http://127.0.0.1:{port}"
     with (
         zlh_up(tmp_path, node_store, port) as proc,
         httpx.Client(base_url=base_url, timeout=30) as client,
     ):
-        alice = _login(client, "alice")
+        alice = login(client, "alice")
         vmid = client.post("/api/dev", json={"runtime": "node"}, headers=alice).json()["vmid"]
 
         def provisioning() -> bool:
@@ -150,7 +93,7 @@ def test_sigkill_mid_provisioning_then_restart_reaches_ready_exactly_once(
         proc.wait(timeout=10)
 
     with zlh_up(tmp_path, node_store, port), httpx.Client(base_url=base_url, timeout=30) as client:
-        alice = _login(client, "alice")
+        alice = login(client, "alice")
         events = sse_events(client, f"/api/dev/{vmid}/events", alice)
         assert events[-1]["state"] == "ready", events[-1]
         listed: Any = client.get("/api/dev", headers=alice).json()
@@ -187,14 +130,14 @@ def test_doctor_reports_a_running_platform_on_its_port_and_anything_else_there_a
     port = free_port_pair()
     doctor = ["doctor", "--backend", "process", "--store", str(store)]
     with zlh_up(tmp_path, store, port):
-        ours = zlh(*doctor, "--listen", f"127.0.0.1:{port}", env=_env(tmp_path), check=False)
+        ours = zlh(*doctor, "--listen", f"127.0.0.1:{port}", env=up_env(tmp_path), check=False)
     line = next(x for x in ours.stdout.splitlines() if "] port:" in x)
     assert line == f"[ok  ] port: zlh is running on 127.0.0.1:{port} (health ok, database ok)"
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))
         other.listen()
         taken = f"127.0.0.1:{other.getsockname()[1]}"
-        theirs = zlh(*doctor, "--listen", taken, env=_env(tmp_path), check=False)
+        theirs = zlh(*doctor, "--listen", taken, env=up_env(tmp_path), check=False)
     line = next(x for x in theirs.stdout.splitlines() if "] port:" in x)
     assert line.startswith(f"[FAIL] port: cannot listen on {taken}")
     assert theirs.returncode == 1
@@ -216,13 +159,13 @@ def _agent_pids(data_dir: Path, vmid: int) -> list[int]:
 def test_zlh_dev_stops_starts_and_restarts_a_container_that_keeps_its_files(
     node_store: Path, tmp_path: Path
 ) -> None:
-    _users(tmp_path)
+    add_cli_users(tmp_path)
     port = free_port_pair()
     base_url = f"http://127.0.0.1:{port}"
     dev = ["--url", base_url, "--user", "alice", "--data-dir", str(tmp_path)]
-    env = {**_env(tmp_path), "ZLH_PASSWORD": PASSWORD}
+    env = {**up_env(tmp_path), "ZLH_PASSWORD": PASSWORD}
     with zlh_up(tmp_path, node_store, port), httpx.Client(base_url=base_url, timeout=30) as client:
-        alice = _login(client, "alice")
+        alice = login(client, "alice")
         vmid = client.post("/api/dev", json={"runtime": "node"}, headers=alice).json()["vmid"]
         assert sse_events(client, f"/api/dev/{vmid}/events", alice)[-1]["state"] == "ready"
         kept, content = {"path": "kept.txt"}, f"/api/dev/{vmid}/files/content"

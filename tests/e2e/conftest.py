@@ -38,10 +38,11 @@ from zlh.schemas import ArtifactKind
 def e2e_store(
     node_store: Path, code_server_store: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """One store with both real artifacts, combined with ``zlh artifacts add``, and two corrupt
-    node versions for the failure tests."""
+    """One store with both real artifacts (node 22, the default, and 24 to upgrade to), combined
+    with ``zlh artifacts add``, and two corrupt node versions for the failure tests."""
     store = tmp_path_factory.mktemp("e2e-store")
     copy_catalog_entry(node_store, store, ArtifactKind.RUNTIME, "node")
+    copy_catalog_entry(node_store, store, ArtifactKind.RUNTIME, "node", "24")
     copy_catalog_entry(code_server_store, store, ArtifactKind.ADDON, "code-server")
     add_corrupt_node_versions(store, tmp_path_factory.mktemp("e2e-corrupt"))
     return store

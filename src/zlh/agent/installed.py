@@ -40,7 +40,13 @@ class Marker(WireModel):
 
 
 def read_marker(target: Path) -> Marker | None:
-    """The marker of ``target``, or None if it is missing or unreadable (= not installed)."""
+    """The marker of ``target``, or None if it is missing or unreadable (= not installed).
+
+    A ``target`` that is itself a symlink is never installed, whatever it points at: installs
+    are real directories the agent renamed into place, so a planted link is never read
+    through (activated, reported or counted as present)."""
+    if target.is_symlink():
+        return None
     try:
         return Marker.model_validate_json((target / MARKER_NAME).read_bytes())
     except (OSError, ValidationError):

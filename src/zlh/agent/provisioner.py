@@ -10,6 +10,12 @@ crash are swept, supervised addons are adopted or restarted. One code path for "
 
 Provisioning activates the payload's runtime version: the payload is the container's desired
 state, so the same payload always yields the same container.
+
+A ready container's runtime version changes through :meth:`Provisioner.change_runtime`: the
+same verified install (one lock per version), then ``current`` moves to it, and only then does
+the persisted payload name the new version. The container stays ready meanwhile; a failed
+change leaves the previous version active and the payload as it was, and says why in
+``/status`` (``runtimeChange``).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from zlh.agent.config import AgentConfig
-from zlh.agent.errors import AgentError
+from zlh.agent.errors import AgentError, Conflict
 from zlh.agent.installed import sweep_all
 from zlh.agent.paths import Layout
 from zlh.agent.progress import ProgressTracker
@@ -34,6 +40,8 @@ from zlh.schemas import (
     ProvisionError,
     ProvisionPayload,
     ProvisionStep,
+    RuntimeChange,
+    RuntimeChangeState,
     RuntimeSpec,
 )
 
@@ -57,6 +65,7 @@ class Provisioner:
         self.state = AgentState.IDLE
         self.error: ProvisionError | None = None
         self.payload: ProvisionPayload | None = None
+        self.runtime_change: RuntimeChange | None = None
         self.dev: DevEnvironment | None = None
         self.addons: dict[str, Addon[Any]] = {}
         self._jobs: list[tuple[ProvisionPayload, asyncio.Task[None]]] = []
@@ -86,9 +95,81 @@ class Provisioner:
         self.payload = payload
         self.state = AgentState.PROVISIONING
         self.error = None
+        self.runtime_change = None
         task = asyncio.create_task(self._serially(payload), name=f"provision-{payload.vmid}")
         self._jobs.append((payload, task))
         return False
+
+    def change_runtime(self, runtime: RuntimeSpec) -> None:
+        """Install ``runtime`` beside the active version and switch to it, in the background.
+
+        Raises Conflict unless the container is ready and no change is running, and when
+        ``runtime`` is another language than the payload's (that is a new container).
+        """
+        payload = self.payload
+        if payload is None or self.state is not AgentState.READY:
+            raise Conflict(f"the container is {self.state.value}, not ready")
+        if self.runtime_change and self.runtime_change.state is RuntimeChangeState.INSTALLING:
+            busy = self.runtime_change
+            raise Conflict(f"{busy.name} {busy.version} is being installed; try again when done")
+        if runtime.name != payload.runtime.name:
+            raise Conflict(
+                f"the container's runtime is {payload.runtime.name.value}; "
+                f"{runtime.name.value} needs a new container"
+            )
+        change = self.runtime_change = RuntimeChange(
+            name=runtime.name.value,
+            version=runtime.version,
+            sha256=runtime.artifact.sha256,
+            state=RuntimeChangeState.INSTALLING,
+        )
+        # Progress says so from the first /status on, not the last provisioning's "ready".
+        label = f"{runtime.name.value} {runtime.version}"
+        self.tracker.enter(ProvisionStep.RUNTIME_DOWNLOAD, f"waiting to install runtime {label}")
+        target = payload.model_copy(update={"runtime": runtime})
+        task = asyncio.create_task(
+            self._change(payload, target, change), name=f"runtime-{runtime.version}"
+        )
+        self._jobs.append((target, task))
+
+    async def _change(
+        self, previous: ProvisionPayload, target: ProvisionPayload, change: RuntimeChange
+    ) -> None:
+        async with self._one_at_a_time:
+            try:
+                await self._install_runtime(target.runtime)
+            except Exception as exc:
+                step = self.tracker.step or ProvisionStep.RUNTIME_DOWNLOAD
+                if isinstance(exc, AgentError):
+                    code, message = exc.code, exc.message
+                else:
+                    log.exception("changing to %s %s failed", change.name, change.version)
+                    code, message = "internal-error", f"{type(exc).__name__}: {exc}"
+                log.error("changing to %s %s failed: %s", change.name, change.version, message)
+                # Activation is the last step: undo it if it got that far (the PATH profile).
+                with contextlib.suppress(AgentError, OSError):
+                    await asyncio.to_thread(
+                        self.runtimes.activate, change.name, previous.runtime.version
+                    )
+                failed = change.model_copy(
+                    update={
+                        "state": RuntimeChangeState.FAILED,
+                        "error": ProvisionError(code=code, message=message, step=step),
+                    }
+                )
+                self._settle(change, failed, f"ready; {change.name} {change.version} not installed")
+                return
+            if self.runtime_change is change:  # no newer payload arrived meanwhile
+                self._persist(target)
+                self.payload = target
+            active = change.model_copy(update={"state": RuntimeChangeState.ACTIVE})
+            self._settle(change, active, "ready")
+
+    def _settle(self, change: RuntimeChange, outcome: RuntimeChange, message: str) -> None:
+        """Report how ``change`` ended, unless a newer payload took over meanwhile."""
+        if self.runtime_change is change:
+            self.runtime_change = outcome
+            self.tracker.enter(ProvisionStep.READY, message)
 
     def _persist(self, payload: ProvisionPayload) -> None:
         if payload == self.payload:

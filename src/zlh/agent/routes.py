@@ -1,10 +1,12 @@
-"""Provisioning routes: ``POST /provision``, ``GET /status``, runtime activation and removal."""
+"""Provisioning routes: ``POST /provision``, ``GET /status``, and the runtime versions: change
+(``POST /runtime``), activation and removal."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
@@ -13,13 +15,21 @@ from zlh.agent.errors import Conflict
 from zlh.agent.provisioner import Provisioner
 from zlh.agent.status import build_status
 from zlh.agent.web_errors import InvalidRequest
-from zlh.schemas import FieldProblem, ProvisionPayload, RuntimeName, validation_problems
+from zlh.schemas import (
+    FieldProblem,
+    ProvisionPayload,
+    RuntimeName,
+    RuntimeSpec,
+    validation_problems,
+)
+from zlh.schemas._base import WireModel
 from zlh.schemas.artifact import Version
 
 __all__ = ["PROVISIONER", "setup_provision_routes"]
 
 PROVISIONER = web.AppKey("provisioner", Provisioner)
 _VERSION: TypeAdapter[str] = TypeAdapter(Version)
+BodyT = TypeVar("BodyT", bound=WireModel)
 
 
 def _status(
@@ -29,25 +39,37 @@ def _status(
     return web.Response(text=body, status=status, content_type="application/json", headers=headers)
 
 
-async def provision(request: web.Request) -> web.Response:
-    prov = request.app[PROVISIONER]
+async def _body(request: web.Request, model: type[BodyT], what: str) -> BodyT:
+    """The request's JSON body as ``model``; 422 naming the fields otherwise."""
     try:
         data = await request.json(loads=json.loads)
     except ValueError as exc:
         problem = FieldProblem(field="(body)", detail=f"not JSON: {exc}")
-        raise InvalidRequest("the provisioning payload is not valid JSON", [problem]) from exc
+        raise InvalidRequest(f"the {what} is not valid JSON", [problem]) from exc
     try:
-        payload = ProvisionPayload.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         problems = validation_problems(exc)
         fields = ", ".join(p.field for p in problems)
-        raise InvalidRequest(f"invalid provisioning payload: {fields}", problems) from exc
+        raise InvalidRequest(f"invalid {what}: {fields}", problems) from exc
+
+
+async def provision(request: web.Request) -> web.Response:
+    prov = request.app[PROVISIONER]
+    payload = await _body(request, ProvisionPayload, "provisioning payload")
     joined = prov.submit(payload)
     return _status(prov, 202, {"X-Zlh-Joined": "true" if joined else "false"})
 
 
 async def status(request: web.Request) -> web.Response:
     return _status(request.app[PROVISIONER])
+
+
+async def change_runtime(request: web.Request) -> web.Response:
+    """Install a runtime version beside the active one and switch to it (202 at once)."""
+    prov = request.app[PROVISIONER]
+    prov.change_runtime(await _body(request, RuntimeSpec, "runtime"))
+    return _status(prov, 202)
 
 
 def _runtime(request: web.Request) -> tuple[str, str]:
@@ -88,6 +110,7 @@ def setup_provision_routes(app: web.Application, provisioner: Provisioner) -> No
     app[PROVISIONER] = provisioner
     app.router.add_post("/provision", provision)
     app.router.add_get("/status", status)
+    app.router.add_post("/runtime", change_runtime)
     app.router.add_post("/runtimes/{name}/{version}/activate", activate)
     app.router.add_delete("/runtimes/{name}/{version}", remove)
 

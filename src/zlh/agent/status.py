@@ -56,6 +56,7 @@ def build_status(prov: Provisioner) -> AgentStatus:
         state=prov.state,
         progress=prov.tracker.snapshot(),
         error=prov.error,
+        runtime_change=prov.runtime_change,
         runtimes=runtimes,
         addons=list(health.values()),
         dev_user=dev_user.name,

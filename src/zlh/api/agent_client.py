@@ -1,4 +1,5 @@
-"""HTTP client for the agents: ``GET /status`` and ``POST /provision`` with the container secret.
+"""HTTP client for the agents: ``GET /status``, ``POST /provision`` and the runtime versions
+(``POST /runtime``, ``DELETE /runtimes/<name>/<version>``), with the container secret.
 
 aiohttp rather than httpx: the poller talks to every agent every few seconds, and aiohttp's
 pooled client costs a fraction of httpx's CPU per request (see bench/poller.py). Errors are
@@ -13,8 +14,8 @@ import os
 import aiohttp
 from pydantic import ValidationError
 
-from zlh.api.errors import AgentError, AgentUnreachable
-from zlh.schemas import AgentStatus, ProvisionPayload
+from zlh.api.errors import AgentError, AgentUnreachable, ApiError, Conflict, NotFound
+from zlh.schemas import AgentStatus, ErrorBody, ProvisionPayload, RuntimeSpec
 
 __all__ = ["AgentClient"]
 
@@ -63,6 +64,25 @@ class AgentClient:
         data = payload.json_with_secrets().encode()
         await self._request("POST", f"{base_url}/provision", secret, timeout_s, data, 202)
 
+    async def change_runtime(
+        self, base_url: str, secret: str, runtime: RuntimeSpec, *, timeout_s: float
+    ) -> AgentStatus:
+        """Have the agent install ``runtime`` and switch to it; its ``/status`` at once (202).
+        Conflict when the agent is not ready or already changing."""
+        data = runtime.model_dump_json().encode()
+        url = f"{base_url}/runtime"
+        body = await self._request("POST", url, secret, timeout_s, data, 202, refusals=(409,))
+        return self.parse_status(base_url, body)
+
+    async def remove_runtime(
+        self, base_url: str, secret: str, name: str, version: str, *, timeout_s: float
+    ) -> AgentStatus:
+        """Remove an installed, inactive version. NotFound (not installed), Conflict (active or
+        being installed)."""
+        url = f"{base_url}/runtimes/{name}/{version}"
+        body = await self._request("DELETE", url, secret, timeout_s, None, 200, refusals=(404, 409))
+        return self.parse_status(base_url, body)
+
     async def _request(
         self,
         method: str,
@@ -71,6 +91,8 @@ class AgentClient:
         timeout_s: float,
         data: bytes | None,
         expected: int,
+        *,
+        refusals: tuple[int, ...] = (),
     ) -> bytes:
         headers = {"Authorization": f"Bearer {secret}"}
         if data is not None:
@@ -93,5 +115,19 @@ class AgentClient:
             return body
         if status == 401:
             raise AgentError(f"agent at {url} refused the container secret (401)")
+        if status in refusals:
+            raise _refusal(status, body)
         detail = body[:500].decode(errors="replace")
         raise AgentError(f"agent at {url} answered {status}", reason=detail, status_code=502)
+
+
+_REFUSALS: dict[int, type[ApiError]] = {404: NotFound, 409: Conflict}
+
+
+def _refusal(status: int, body: bytes) -> ApiError:
+    """An agent's 404/409 as the API's own error, with the agent's message."""
+    try:
+        message = ErrorBody.model_validate_json(body).message
+    except ValidationError:
+        message = body[:500].decode(errors="replace")
+    return _REFUSALS[status](message)

@@ -47,7 +47,9 @@ from zlh.api.routes import events as events_routes
 from zlh.api.routes import health as health_routes
 from zlh.api.routes import ide as ide_routes
 from zlh.api.routes import relays as relay_routes
+from zlh.api.routes import runtimes as runtime_routes
 from zlh.api.routes import tailnet as tailnet_routes
+from zlh.api.runtime_changes import RuntimeChanges
 from zlh.api.services import Services
 from zlh.api.settings import ApiSettings
 from zlh.api.tailnet.service import KeySealer, Tailnet, TailnetStore
@@ -129,6 +131,7 @@ def build_services(
         registry=registry,
         provisioning=provisioning,
         lifecycle=lifecycle,
+        runtime_changes=RuntimeChanges(provisioning),
         poller=poller,
         agents=agents,
         catalog=catalog,
@@ -180,6 +183,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await svc.provisioning.close()
+        await svc.runtime_changes.close()
         await svc.agents.close()
         svc.db.dispose()
 
@@ -268,7 +272,14 @@ def create_app(
     app.add_exception_handler(Exception, _unexpected)
     app.state.tailnet = app.state.services.tailnet
     routers = (auth_routes, catalog_routes, dev_routes, events_routes, audit_routes, relay_routes)
-    for module in (*routers, health_routes, tailnet_routes, docs_routes, ide_routes):
+    for module in (
+        *routers,
+        health_routes,
+        tailnet_routes,
+        docs_routes,
+        ide_routes,
+        runtime_routes,
+    ):
         app.include_router(module.router)
     if store_app is not None:
         app.mount("/artifacts", store_app)

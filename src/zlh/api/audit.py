@@ -36,6 +36,8 @@ class Action(StrEnum):
     FILE_MKDIR = "file-mkdir"  # the files relay (detail: path)
     FILE_MOVE = "file-move"  # the files relay (detail: from -> to)
     ADMIN_IDE_OPEN = "admin-ide-open"  # an admin got a ticket for another user's IDE
+    RUNTIME_CHANGE = "runtime-change"  # asked (detail: runtime old -> new), or failed (system)
+    RUNTIME_REMOVE = "runtime-remove"  # an inactive runtime version removed (detail: which)
 
 
 class AuditLog:

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from zlh.api.accounts import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from zlh.schemas import AgentStatus, Progress, registered_addon
 from zlh.schemas._base import WireModel
+from zlh.schemas.artifact import VERSION_PATTERN, Version
 
 __all__ = [
     "AuditOut",
@@ -20,6 +21,7 @@ __all__ = [
     "LoginRequest",
     "LoginResponse",
     "PasswordChange",
+    "RuntimeChangeRequest",
     "UserOut",
 ]
 
@@ -89,6 +91,13 @@ class Activity(WireModel):
     kind: str = Field(description="ide, terminal, console, files or preview", examples=["ide"])
 
 
+class RuntimeChangeRequest(WireModel):
+    """``PATCH /api/dev/{vmid}``: the catalog version of the container's runtime to switch to."""
+
+    runtime: str = Field(min_length=1, max_length=32, examples=["node"])
+    version: Version = Field(pattern=VERSION_PATTERN, examples=["24"])
+
+
 class ContainerOut(WireModel):
     vmid: int
     name: str | None = Field(default=None, description="the owner's name for it, if any")
@@ -116,7 +125,9 @@ class ContainerOut(WireModel):
     # Admins may open this container's IDE (the setting admin_ide_access): each opening is
     # audited, and the portal says so on the container's page.
     admin_ide_access: bool = False
-    # The agent's last /status document, the contract's fields verbatim.
+    # The agent's last /status document, the contract's fields verbatim; ``runtimes`` lists
+    # the installed versions (``active`` marks the one in use), ``runtimeChange`` the last
+    # version change and, if it failed, why.
     status: AgentStatus | None = None
     created_at: datetime
     updated_at: datetime

@@ -308,17 +308,17 @@ class Provisioning:
             options = self._options(addon, container)
             addons.append(
                 addon.build(
-                    version=pin.version, artifact=self._resolved(pin.artifact), options=options
+                    version=pin.version, artifact=self.resolved(pin.artifact), options=options
                 )
             )
         runtime = RuntimeSpec(
             name=RuntimeName(container.runtime),
             version=container.version,
-            artifact=self._resolved(pins.runtime),
+            artifact=self.resolved(pins.runtime),
         )
         return ProvisionPayload(vmid=container.vmid, runtime=runtime, addons=addons)
 
-    def _resolved(self, artifact: Artifact) -> Artifact:
+    def resolved(self, artifact: Artifact) -> Artifact:
         """The pinned artifact with its url made absolute against the artifact server."""
         return artifact.model_copy(update={"url": artifact.resolved_url(self.artifact_base_url)})
 

@@ -15,6 +15,7 @@ from zlh.api.lifecycle import Lifecycle
 from zlh.api.poller import Poller
 from zlh.api.provisioning import Provisioning
 from zlh.api.ratelimit import LoginThrottle
+from zlh.api.runtime_changes import RuntimeChanges
 from zlh.api.settings import ApiSettings
 from zlh.api.tailnet.service import Tailnet
 from zlh.backends import Backend
@@ -32,6 +33,7 @@ class Services:
     registry: ContainerRegistry
     provisioning: Provisioning
     lifecycle: Lifecycle
+    runtime_changes: RuntimeChanges
     poller: Poller
     agents: AgentClient
     catalog: CatalogSource

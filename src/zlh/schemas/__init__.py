@@ -44,6 +44,8 @@ from zlh.schemas.status import (
     Progress,
     ProvisionError,
     ProvisionStep,
+    RuntimeChange,
+    RuntimeChangeState,
 )
 
 __all__ = [
@@ -80,6 +82,8 @@ __all__ = [
     "ProvisionError",
     "ProvisionPayload",
     "ProvisionStep",
+    "RuntimeChange",
+    "RuntimeChangeState",
     "RuntimeName",
     "RuntimeSpec",
     "TailscaleAddon",

@@ -15,10 +15,12 @@ from pydantic import AfterValidator, Field, field_validator
 
 from zlh.schemas._base import WireModel
 
-__all__ = ["Artifact", "ArtifactFormat", "ArtifactMetadata", "Sha256", "Version"]
+__all__ = ["VERSION_PATTERN", "Artifact", "ArtifactFormat", "ArtifactMetadata", "Sha256", "Version"]
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$")
+# The same rule for a JSON schema (an API's path parameter or body field): no '/', no '..'.
+VERSION_PATTERN = _VERSION_RE.pattern
 
 
 class ArtifactFormat(StrEnum):

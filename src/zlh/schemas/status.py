@@ -22,6 +22,8 @@ __all__ = [
     "Progress",
     "ProvisionError",
     "ProvisionStep",
+    "RuntimeChange",
+    "RuntimeChangeState",
 ]
 
 
@@ -72,6 +74,28 @@ class InstalledRuntime(WireModel):
     metadata: ArtifactMetadata = Field(default_factory=ArtifactMetadata)
 
 
+class RuntimeChangeState(StrEnum):
+    INSTALLING = "installing"
+    ACTIVE = "active"
+    FAILED = "failed"
+
+
+class RuntimeChange(WireModel):
+    """The last change of a ready container's runtime version (``POST /runtime``).
+
+    While it installs the container stays ready (IDE, console and files keep working) and
+    ``progress`` follows the download. ``active``: the version is installed, ``current`` points
+    at it and the payload the agent restores after a restart names it. ``failed``: nothing
+    changed, the previous version stays active, ``error`` says why.
+    """
+
+    name: str
+    version: str
+    sha256: str
+    state: RuntimeChangeState
+    error: ProvisionError | None = None
+
+
 class AddonHealth(WireModel):
     name: str
     version: str | None = None
@@ -92,6 +116,7 @@ class AgentStatus(WireModel):
     state: AgentState = AgentState.IDLE
     progress: Progress | None = None
     error: ProvisionError | None = None
+    runtime_change: RuntimeChange | None = None
     runtimes: list[InstalledRuntime] = Field(default_factory=list)
     addons: list[AddonHealth] = Field(default_factory=list)
     dev_user: str = "dev"

@@ -1,5 +1,6 @@
 """``/api/dev/{vmid}/events``: Server-Sent Events of state and progress until ready, failed or
-stopped (nothing more happens without a new request)."""
+stopped (nothing more happens without a new request), or until a ready container's runtime
+version change is done (``PATCH /api/dev/{vmid}``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from zlh.api.db import ContainerState
 from zlh.api.deps import OwnedContainer, Svc
 from zlh.api.events import sse
 from zlh.api.routes import ERRORS
+from zlh.api.services import Services
+from zlh.schemas import RuntimeChangeState
 
 router = APIRouter(prefix="/api/dev", tags=["dev"], responses=ERRORS)
 
@@ -26,6 +29,13 @@ _FINAL = {
 }
 
 
+def _changing(svc: Services, vmid: int) -> bool:
+    """The agent is installing another runtime version for this container right now."""
+    container = svc.registry.get(vmid)
+    change = container.status.runtime_change if container and container.status else None
+    return change is not None and change.state is RuntimeChangeState.INSTALLING
+
+
 @router.get(
     "/{vmid}/events",
     response_class=StreamingResponse,
@@ -33,7 +43,7 @@ _FINAL = {
 )
 async def events(container: OwnedContainer, svc: Svc) -> StreamingResponse:
     """``event: status`` frames (state, reason, progress, error) from now until ready, failed
-    or stopped."""
+    or stopped, and while a runtime version change installs."""
     vmid = container.vmid
 
     async def stream() -> AsyncIterator[bytes]:
@@ -43,7 +53,7 @@ async def events(container: OwnedContainer, svc: Svc) -> StreamingResponse:
                 return
             event = container_event(current)
             yield sse("status", event)
-            while event.state not in _FINAL:
+            while event.state not in _FINAL or _changing(svc, vmid):
                 try:
                     async with asyncio.timeout(KEEPALIVE_S):
                         event = await queue.get()

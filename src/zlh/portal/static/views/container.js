@@ -3,6 +3,7 @@ import { versionSummary } from "../catalog.js";
 import { bytes, confirmDialog, containerLabel, errorBox, h, yesNo } from "../dom.js";
 import { consolePanel } from "./console.js";
 import { filesPanel } from "./files.js";
+import { runtimesSection } from "./runtimes.js";
 import { stateBadge, stateReason, stateWords } from "./state.js";
 import { tailnetPanel } from "./tailnet.js";
 
@@ -138,8 +139,11 @@ export async function containerView(main, { params, navigate }) {
   if (tab === "files") return chain(filesPanel(panel, vmid), stopFollowing);
   if (tab === "console") return chain(consolePanel(panel, vmid), stopFollowing);
   if (tab === "tailnet") return chain(tailnetPanel(panel, vmid), stopFollowing);
-  const done = overview(panel, container, { badge, setIde, toolchain: toolchain(container, catalog), listeners });
-  return chain(done, stopFollowing);
+  const stops = [
+    overview(panel, container, { badge, setIde, toolchain: toolchain(container, catalog), listeners }),
+    runtimesSection(panel, container, catalog),
+  ];
+  return chain(() => stops.forEach((stop) => stop()), stopFollowing);
 }
 
 const ACTIVITY_WORDS = { ide: "IDE", terminal: "terminal input", console: "console input", files: "file browser" };
