@@ -118,6 +118,10 @@ class LxcApi:
         assert deleted.status_code == 204, deleted.text
         return Cycle(vmid, address, requested_at, events)
 
+    def polled(self) -> set[int]:
+        """The vmids the API's status poller polls now."""
+        return services(self.app).poller.watched()
+
     def follow(self, vmid: int, *, deadline_s: float) -> list[Seen]:
         seen: list[Seen] = []
         deadline = time.monotonic() + deadline_s

@@ -88,6 +88,7 @@ class Lifecycle:
     async def stop(self, vmid: int, *, actor: str, reason: str) -> Container:
         container = await self._stop_transition(vmid, reason, "stop")
         await self._audit(actor, Action.STOP, vmid, reason)
+        self._wake_poller()  # it lets go of the container at once
         self.tasks.spawn(vmid, lambda: self._stop(vmid), f"stop-{vmid}")
         return container
 
@@ -100,6 +101,7 @@ class Lifecycle:
     async def restart(self, vmid: int, *, actor: str, reason: str) -> Container:
         container = await self._stop_transition(vmid, reason, "restart")
         await self._audit(actor, Action.RESTART, vmid, reason)
+        self._wake_poller()
 
         async def stop_then_start() -> None:
             if await self._stop(vmid):

@@ -108,6 +108,10 @@ class Poller:
         await asyncio.gather(*self._launch_due())
         return self._clock() - start
 
+    def watched(self) -> set[int]:
+        """The vmids it polls now."""
+        return set(self._targets)
+
     def wake(self) -> None:
         """Reload the containers now (one just started provisioning)."""
         self._reload_at = 0.0
