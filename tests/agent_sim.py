@@ -157,7 +157,11 @@ class SimBackend(Backend):
         self.agents: dict[int, SimAgent] = {}
         self.running: set[int] = set()
         self.creates = 0
+        # Each container's system: its template's generation (a rebuild takes the newest).
+        self.template = 1
+        self.systems: dict[int, int] = {}
         self.fail_create: str | None = None
+        self.fail_rebuild: str | None = None
         # Called with each new agent, to make it misbehave.
         self.on_agent: Callable[[SimAgent], None] = lambda agent: None
 
@@ -171,6 +175,21 @@ class SimBackend(Backend):
         agent = SimAgent(spec.agent_secret, step_s=self.step_s)
         self.on_agent(agent)
         self.agents[spec.vmid] = agent
+        self.systems[spec.vmid] = self.template
+        return await self.status(spec.vmid)
+
+    async def rebuild(self, spec: ContainerSpec) -> ContainerInfo:
+        """A fresh agent (it knows no payload) on the newest template."""
+        if spec.vmid not in self.agents:
+            raise BackendError(f"no container {spec.vmid}")
+        if spec.vmid in self.running:
+            raise BackendError(f"container {spec.vmid} runs: stop it before a rebuild")
+        if self.fail_rebuild is not None:
+            raise BackendError(self.fail_rebuild)
+        agent = SimAgent(spec.agent_secret, step_s=self.step_s)
+        self.on_agent(agent)
+        self.agents[spec.vmid] = agent
+        self.systems[spec.vmid] = self.template
         return await self.status(spec.vmid)
 
     async def start(self, vmid: int) -> ContainerInfo:
@@ -195,14 +214,16 @@ class SimBackend(Backend):
         agent = self.agents.get(vmid)
         if agent is None:
             return ContainerInfo(vmid=vmid, state=RunState.ABSENT)
+        template = f"sim-{self.systems[vmid]}"
         if vmid not in self.running:
-            return ContainerInfo(vmid=vmid, state=RunState.STOPPED)
+            return ContainerInfo(vmid=vmid, state=RunState.STOPPED, template=template)
         return ContainerInfo(
             vmid=vmid,
             state=RunState.RUNNING,
             address="127.0.0.1",
             agent_port=agent.port,
             code_server_port=6000,
+            template=template,
         )
 
     async def list(self) -> list[ContainerInfo]:

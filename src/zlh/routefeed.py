@@ -77,6 +77,7 @@ class FeedRoute:
             "stopping": "the container is stopping",
             "stopped": "the container is stopped; open it from the portal to start it",
             "starting": "the container is starting",
+            "rebuilding": "the container is being rebuilt",
         }.get(self.state, "still provisioning")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,12 +12,28 @@ from headscale_server import HeadscaleServer, serve_headscale
 
 from zlh.api import accounts
 from zlh.api.db import Database
+from zlh.backends.process import ProcessBackend
 
 
 @pytest.fixture
 def headscale() -> Iterator[HeadscaleServer]:
     """A fresh in-test Headscale per test (starting one takes a few milliseconds)."""
     yield from serve_headscale(HeadscaleServer())
+
+
+@pytest.fixture(autouse=True)
+def no_agent_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The process backend's agents (and their code-server) outlive ``zlh up`` by design: a
+    test that ran one leaves none behind, whether it ended with a delete or failed before."""
+    if "tmp_path" not in request.fixturenames:
+        yield
+        return
+    base: Path = request.getfixturevalue("tmp_path")
+    yield
+    for process_dir in [*base.glob("process"), *base.glob("*/process")]:
+        backend = ProcessBackend(data_dir=process_dir.parent)
+        for info in asyncio.run(backend.list()):
+            asyncio.run(backend.destroy(info.vmid))
 
 
 @pytest.fixture(scope="session", autouse=True)

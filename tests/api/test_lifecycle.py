@@ -283,3 +283,57 @@ def test_an_admin_may_exempt_a_user_from_idle_stop(tmp_path: Path) -> None:
         _in_state(client, bob, stopped, "stopped")
         # bob's stop came after at least one more sweep of alice's: she is not stopped.
         assert _get(client, alice, kept)["state"] == "ready"
+
+
+def test_a_rebuild_gives_a_fresh_system_on_the_newest_template_provisioned_again(
+    tmp_path: Path,
+) -> None:
+    backend = SimBackend()
+    app = make_app(tmp_path, backend)
+    add_user(app, "alice")
+    add_user(app, "bob")
+    with running(app) as client:
+        alice, bob = login(client, "alice"), login(client, "bob")
+        vmid = _ready(client, alice)
+        assert _get(client, alice, vmid)["template"] == "sim-1"
+        old_agent = backend.agents[vmid]
+        backend.template = 2  # the operator built a new template
+        assert client.post(f"/api/dev/{vmid}/rebuild", headers=bob).status_code == 404
+        rebuild = client.post(f"/api/dev/{vmid}/rebuild", headers=alice)
+        assert rebuild.status_code == 202, rebuild.text
+        assert rebuild.json()["state"] == "rebuilding"
+        events = sse_events(client, f"/api/dev/{vmid}/events", alice)
+        states = [e["state"] for e in events]
+        assert states[-1] == "ready", events
+        assert "provisioning" in states  # the fresh agent got the payload again
+        rebuilt = _get(client, alice, vmid)
+        assert rebuilt["template"] == "sim-2"
+        assert rebuilt["stateReason"] == "rebuilt by user alice"
+        assert backend.agents[vmid] is not old_agent
+        assert len(backend.agents[vmid].payloads) == 1
+        assert backend.creates == 1  # the same container, its system replaced
+        # A stopped container can be rebuilt too; one being rebuilt cannot be again.
+        client.post(f"/api/dev/{vmid}/stop", headers=alice)
+        _in_state(client, alice, vmid, "stopped")
+        assert client.post(f"/api/dev/{vmid}/rebuild", headers=alice).status_code == 202
+        again = client.post(f"/api/dev/{vmid}/rebuild", headers=alice)
+        assert again.status_code == 409
+        assert "it cannot rebuild now" in again.json()["message"]
+        _in_state(client, alice, vmid, "ready")
+        actions = [e.action for e in services(app).audit.entries(vmid=vmid)]
+        assert actions.count("rebuild") == 2
+
+
+def test_a_backend_that_cannot_rebuild_leaves_the_container_failed_saying_why(
+    tmp_path: Path,
+) -> None:
+    backend = SimBackend()
+    app = make_app(tmp_path, backend)
+    add_user(app, "alice")
+    with running(app) as client:
+        alice = login(client, "alice")
+        vmid = _ready(client, alice)
+        backend.fail_rebuild = "lxc-copy: no space left on device"
+        client.post(f"/api/dev/{vmid}/rebuild", headers=alice)
+        failed = _in_state(client, alice, vmid, "failed")
+        assert failed["error"] == "rebuild failed: lxc-copy: no space left on device"

@@ -28,6 +28,7 @@ class Action(StrEnum):
     STOP = "stop"  # detail: the reason (by whom, or idle for how long)
     START = "start"
     RESTART = "restart"
+    REBUILD = "rebuild"
     FAILED = "failed"
     TAILNET_VIEW = "tailnet-view"  # GET /api/dev/{vmid}/tailnet (detail: key shown or not)
     TAILNET_REGENERATE = "tailnet-regenerate"

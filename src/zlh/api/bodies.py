@@ -113,6 +113,9 @@ class ContainerOut(WireModel):
     )
     state_changed_at: datetime | None = None
     last_activity: Activity | None = None
+    template: str | None = Field(
+        default=None, description="the template its system was made from (lxc: its version)"
+    )
     idle_stop_at: datetime | None = Field(
         default=None,
         description="when it stops for being idle unless someone uses it (ready ones only; "

@@ -84,6 +84,7 @@ def container_out(
         state_changed_at=container.state_changed_at,
         last_activity=last_activity or recorded_activity(container),
         idle_stop_at=idle_stop_at,
+        template=container.template,
         error=container.error,
         ide_path=f"/c/{container.vmid}/ide",
         admin_ide_access=admin_ide_access,

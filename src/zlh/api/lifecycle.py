@@ -5,6 +5,9 @@
     stop     ready | unreachable | failed → stopping → (backend stop) → stopped
     start    stopped → starting → (backend start, address recorded) → ready
     restart  ready | unreachable | failed → stopping → stopped → starting → ready
+    rebuild  ready | unreachable | failed | stopped → rebuilding → (backend stop, backend
+             rebuild: a fresh system from the current template, /home/dev kept) → creating
+             → provisioning (the payload again: runtime and add-ons installed anew) → ready
 
 The backend's stop is clean: the container's init (the process backend: the agent) gets
 SIGTERM, then a bounded wait (``container_stop_timeout_s``), then a kill. A started container's
@@ -111,6 +114,53 @@ class Lifecycle:
         self.tasks.spawn(vmid, stop_then_start, f"restart-{vmid}")
         return container
 
+    async def rebuild(self, vmid: int, *, actor: str, reason: str) -> Container:
+        container = await asyncio.to_thread(
+            partial(
+                self.registry.transition,
+                vmid,
+                allowed=[*STOPPABLE, ContainerState.STOPPED],
+                to=ContainerState.REBUILDING,
+                reason=reason,
+                action="rebuild",
+                running_limit=self.settings.max_running_per_user,
+            )
+        )
+        await self._audit(actor, Action.REBUILD, vmid, reason)
+        self._wake_poller()
+        self.tasks.spawn(vmid, partial(self._rebuild, vmid), f"rebuild-{vmid}")
+        return container
+
+    async def _rebuild(self, vmid: int) -> None:
+        container = self.registry.get(vmid)
+        if container is None:
+            return
+        try:
+            pins = await self.provisioning.repin(container)
+            await self.backend.stop(vmid, timeout_s=self.settings.container_stop_timeout_s)
+            info = await self.backend.rebuild(self.provisioning.spec(container))
+        except ZlhError as exc:
+            logger.warning("rebuilding container %s failed: %s", vmid, exc)
+            self.registry.update(
+                vmid,
+                only_from=[ContainerState.REBUILDING],
+                state=ContainerState.FAILED,
+                error=f"rebuild failed: {exc.message}",
+            )
+            return
+        self.provisioning.record_address(vmid, info)
+        # A fresh system: the agent knows nothing yet, so it is provisioned as a new one is.
+        self.registry.update(
+            vmid,
+            only_from=[ContainerState.REBUILDING],
+            state=ContainerState.CREATING,
+            pins=pins,
+            status=None,
+            error=None,
+            provision_started_at=None,
+        )
+        await self.provisioning.drive(vmid)
+
     async def resume(self) -> None:
         """After the platform started: finish what was under way, keep stopped ones stopped."""
         for container in self.registry.in_states([ContainerState.STOPPING]):
@@ -119,6 +169,9 @@ class Lifecycle:
         for container in self.registry.in_states([ContainerState.STARTING]):
             vmid = container.vmid
             self.tasks.spawn(vmid, partial(self._start, vmid), f"start-{vmid}")
+        for container in self.registry.in_states([ContainerState.REBUILDING]):
+            vmid = container.vmid
+            self.tasks.spawn(vmid, partial(self._rebuild, vmid), f"rebuild-{vmid}")
         for container in self.registry.in_states([ContainerState.STOPPED]):
             try:
                 if (await self.backend.status(container.vmid)).state is RunState.RUNNING:

@@ -206,9 +206,11 @@ class Provisioning:
 
     def _spawn(self, vmid: int) -> None:
         if not self.tasks.busy(vmid):
-            self.tasks.spawn(vmid, lambda: self._drive(vmid), f"provision-{vmid}")
+            self.tasks.spawn(vmid, lambda: self.drive(vmid), f"provision-{vmid}")
 
-    async def _drive(self, vmid: int) -> None:
+    async def drive(self, vmid: int) -> None:
+        """Take a ``requested`` or ``creating`` container to ``provisioning`` (the poller does
+        the rest); failures end it ``failed`` with the reason. Runs as the container's task."""
         try:
             container = self.registry.get(vmid)
             if container is None or not ContainerState(container.state).is_starting:
@@ -239,17 +241,8 @@ class Provisioning:
         info = await self.backend.status(vmid)
         if info.state is RunState.ABSENT:
             self.registry.update(vmid, state=ContainerState.CREATING)
-            spec = ContainerSpec(
-                vmid=vmid,
-                agent_secret=self.secret(container),
-                resources=Resources(
-                    memory_mb=self.settings.container_memory_mb,
-                    cores=self.settings.container_cores,
-                ),
-                tun=any(addon_type(name).needs_tun for name in container.addons),
-            )
             try:
-                await self.backend.create(spec)
+                await self.backend.create(self.spec(container))
             except ContainerExists:
                 # Someone else's container holds this vmid on the backend: never touch it.
                 raise BackendError(
@@ -267,12 +260,37 @@ class Provisioning:
             vmid, timeout_s=self.settings.container_start_timeout_s
         )
 
+    async def repin(self, container: Container) -> Pins:
+        """The container's runtime version and add-ons as the catalog pins them now (a rebuild
+        takes the current code-server); its recorded pins if the catalog no longer has them."""
+        request = DevRequest(
+            runtime=container.runtime, version=container.version, addons=list(container.addons)
+        )
+        try:
+            _, pins = resolve_request(await self.catalog.get(), request)
+        except InvalidRequest as exc:
+            logger.warning("container %s keeps its pins: %s", container.vmid, exc.message)
+            return container.pins
+        return pins
+
+    def spec(self, container: Container) -> ContainerSpec:
+        """What the backend makes (or remakes) the container with."""
+        return ContainerSpec(
+            vmid=container.vmid,
+            agent_secret=self.secret(container),
+            resources=Resources(
+                memory_mb=self.settings.container_memory_mb, cores=self.settings.container_cores
+            ),
+            tun=any(addon_type(name).needs_tun for name in container.addons),
+        )
+
     def record_address(self, vmid: int, info: ContainerInfo) -> None:
         self.registry.update(
             vmid,
             address=info.address,
             agent_port=info.agent_port,
             code_server_port=info.code_server_port,
+            template=info.template,
         )
 
     async def send_payload(self, container: Container, *, wait_s: float) -> None:

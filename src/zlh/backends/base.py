@@ -109,6 +109,7 @@ class ContainerInfo:
     agent_port: int = AGENT_PORT
     code_server_port: int = CODE_SERVER_PORT  # what the payload says, what the proxy targets
     node: str | None = None  # Proxmox node, or the host name
+    template: str | None = None
 
     @property
     def agent_url(self) -> str | None:
@@ -135,6 +136,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def destroy(self, vmid: int) -> None:
         """Stop if needed and remove everything; succeeds when already absent."""
+
+    async def rebuild(self, spec: ContainerSpec) -> ContainerInfo:
+        """Replace a stopped container's system with a fresh one from the current template,
+        keeping /home/dev as it is; it stays stopped, with the same vmid and address, and
+        spec.agent_secret written anew. BackendError if it is absent or running."""
+        raise BackendError(f"the {self.name} backend cannot rebuild containers")
 
     @abc.abstractmethod
     async def status(self, vmid: int) -> ContainerInfo:

@@ -29,7 +29,7 @@ def _connection(parser: argparse.ArgumentParser) -> None:
 
 def register(commands: Any) -> None:
     dev = commands.add_parser(
-        "dev", help="list, stop, start and restart dev containers of a running platform"
+        "dev", help="list, stop, start, restart and rebuild dev containers of a running platform"
     )
     dev.set_defaults(_group_parser=dev)
     sub = dev.add_subparsers(title="dev commands", metavar="COMMAND")
@@ -40,6 +40,7 @@ def register(commands: Any) -> None:
         ("stop", "stop it: its disk stays, its memory is freed"),
         ("start", "start a stopped container"),
         ("restart", "stop it, then start it"),
+        ("rebuild", "a fresh system from the current template, keeping /home/dev"),
     ):
         command = sub.add_parser(action, help=words)
         command.add_argument("vmid", type=int, metavar="VMID")

@@ -66,7 +66,8 @@ class PlatformClient:
         return ContainerOut.model_validate(response.json())
 
     def act(self, vmid: int, action: str) -> ContainerOut:
-        """``POST /api/dev/{vmid}/{action}`` (stop, start, restart): the container as it is now."""
+        """``POST /api/dev/{vmid}/{action}`` (stop, start, restart, rebuild): the container as
+        it is now."""
         what = f"{action} container {vmid}"
         response = self.request("POST", f"/api/dev/{vmid}/{action}", what)
         if response.status_code not in (200, 202):

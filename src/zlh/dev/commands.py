@@ -1,4 +1,4 @@
-"""``zlh dev list|stop|start|restart``: sign in to the running platform and ask it.
+"""``zlh dev list|stop|start|restart|rebuild``: sign in to the running platform and ask it.
 
 The password is ``--password-file``'s, else ``$ZLH_PASSWORD``, else, for the admin account,
 the data dir's ``admin-password`` (what ``zlh demo`` wrote), else asked on the terminal.
@@ -92,7 +92,8 @@ def cmd_action(args: argparse.Namespace) -> int:
             return 0
         last = container.state
         deadline = time.monotonic() + WAIT_S
-        # A restart's stream ends once it is stopped; the start that follows is read anew.
+        # A restart's stream ends once it is stopped (a rebuild's, never before ready or failed);
+        # the start that follows is read anew.
         while not _done(args.action, container) and time.monotonic() < deadline:
             for event in client.events(args.vmid):
                 if event.state != last:

@@ -103,7 +103,9 @@ class ContainerState(StrEnum):
 
     requested → creating → provisioning → ready; any of them → failed; provisioning/ready ⇄
     unreachable (the poller missed the agent N times); ready/unreachable/failed → stopping →
-    stopped → starting → ready (its agent restores what it had); any → deleting → (row removed).
+    stopped → starting → ready (its agent restores what it had); ready/unreachable/failed/stopped
+    → rebuilding → creating → provisioning → ready (a fresh system, the home kept); any →
+    deleting → (row removed).
     """
 
     REQUESTED = "requested"
@@ -115,6 +117,7 @@ class ContainerState(StrEnum):
     STOPPING = "stopping"
     STOPPED = "stopped"
     STARTING = "starting"
+    REBUILDING = "rebuilding"
     DELETING = "deleting"
 
     @property
@@ -207,6 +210,8 @@ class Container(Base):
     # The last thing a person did in it (IDE input, console input, a file written) and when.
     last_activity_at: Mapped[datetime | None] = mapped_column(default=None)
     last_activity_kind: Mapped[str | None] = mapped_column(String(32), default=None)
+    # The template its system was made from, as the backend reports it (lxc: a version).
+    template: Mapped[str | None] = mapped_column(String(64), default=None)
     owner: Mapped[User] = relationship(lazy="joined")
 
     @property

@@ -1,5 +1,5 @@
 """``/api/dev``: dev requests, the caller's containers, one container, stop/start/restart,
-delete."""
+rebuild, delete."""
 
 from __future__ import annotations
 
@@ -90,3 +90,15 @@ async def restart_dev(container: OwnedContainer, user: CurrentUser, svc: Svc) ->
         container.vmid, actor=user.username, reason=f"restarted by {_by(user, container)}"
     )
     return svc.lifecycle.out(stopping)
+
+
+@router.post("/{vmid}/rebuild", status_code=202)
+async def rebuild_dev(container: OwnedContainer, user: CurrentUser, svc: Svc) -> ContainerOut:
+    """A fresh system from the current template and catalog pins, same vmid and URL, keeping
+    ``/home/dev`` (workspace, dotfiles, code-server settings and extensions): how a container
+    gets a fixed template or a new code-server. Anything installed outside the home is gone.
+    409 unless it is ready, unreachable, failed or stopped."""
+    rebuilding = await svc.lifecycle.rebuild(
+        container.vmid, actor=user.username, reason=f"rebuilt by {_by(user, container)}"
+    )
+    return svc.lifecycle.out(rebuilding)

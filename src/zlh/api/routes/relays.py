@@ -78,6 +78,7 @@ _NOT_RUNNING = {
     ContainerState.STOPPED: "start it first",
     ContainerState.STOPPING: "it is being stopped",
     ContainerState.STARTING: "try again once it is ready",
+    ContainerState.REBUILDING: "it is being rebuilt; try again once it is ready",
 }
 
 

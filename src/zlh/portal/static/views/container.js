@@ -23,6 +23,10 @@ const ACTIONS = {
   stop: new Set(["ready", "unreachable", "failed"]),
   restart: new Set(["ready", "unreachable", "failed"]),
   start: new Set(["stopped"]),
+  rebuild: new Set(["ready", "unreachable", "failed", "stopped"]),
+};
+const CONFIRM = {
+  rebuild: "Its system is made afresh from the current template and the runtime and add-ons are installed again. /home/dev (the workspace, dotfiles, code-server settings and extensions) is kept; anything installed elsewhere is lost.",
 };
 
 export async function containerView(main, { params, navigate }) {
@@ -64,6 +68,7 @@ export async function containerView(main, { params, navigate }) {
     const button = h("button", { type: "button", class: "secondary", id: `${action}-container` }, action[0].toUpperCase() + action.slice(1));
     button.addEventListener("click", async () => {
       actionError.replaceChildren();
+      if (CONFIRM[action] && !(await confirmDialog(`Rebuild container ${containerLabel(container)}? ${CONFIRM[action]}`, "Rebuild"))) return;
       try {
         show(await api(`/api/dev/${vmid}/${action}`, { method: "POST" }));
         follow();

@@ -7,7 +7,7 @@ import { api } from "../api.js";
 import { errorBox, h } from "../dom.js";
 import { stateWords } from "./state.js";
 
-const WAITING = new Set(["requested", "creating", "provisioning", "starting", "stopping"]);
+const WAITING = new Set(["requested", "creating", "provisioning", "starting", "stopping", "rebuilding"]);
 
 export async function ideView(main, { params }) {
   const vmid = Number(params[0]);

@@ -10,6 +10,7 @@ const WORDS = {
   stopping: "stopping",
   stopped: "stopped",
   starting: "starting",
+  rebuilding: "rebuilding",
   deleting: "deleting",
 };
 
