@@ -1,5 +1,6 @@
 import { api } from "../api.js";
 import { containerLabel, h, yesNo } from "../dom.js";
+import { quotaLine } from "./quota.js";
 import { stateBadge, stateReason } from "./state.js";
 
 export async function dashboardView(main, { me }) {
@@ -52,20 +53,5 @@ export async function dashboardView(main, { me }) {
       { class: "table-wrap" },
       h("table", { class: "containers" }, h("thead", {}, h("tr", {}, head.map(([t, cls]) => h("th", { scope: "col", class: cls }, t)))), h("tbody", {}, rows)),
     ),
-  );
-}
-
-// How many containers the signed-in user holds and runs, of how many they may
-// (max_containers_per_user, max_running_per_user).
-export function quotaLine(mine) {
-  const full = mine.containersHeld >= mine.containerLimit;
-  const busy = mine.containersRunning >= mine.runningLimit;
-  return h(
-    "p",
-    { id: "quota", class: full || busy ? "notice" : "muted" },
-    `You hold ${mine.containersHeld} of ${mine.containerLimit} containers`,
-    full ? ": delete one to make another" : "",
-    `; ${mine.containersRunning} of ${mine.runningLimit} may run at once`,
-    busy && !full ? ": stop one to start another." : ".",
   );
 }

@@ -1,7 +1,7 @@
 import { api } from "../api.js";
 import { runtimeTitle, versionSummary } from "../catalog.js";
 import { bytes, errorBox, h } from "../dom.js";
-import { quotaLine } from "./dashboard.js";
+import { quotaLine } from "./quota.js";
 
 // A card that is one radio button or checkbox: the whole card is its label, the title its
 // accessible name and the rest its description.
