@@ -268,6 +268,28 @@ def test_the_ide_terminal_runs_the_runtimes_node(
     assert page.locator(".dialog-message-text", has_text="reconnect").count() == 0
 
 
+def test_a_restarted_container_opens_its_ide_again_with_its_files(ready: Ready) -> None:
+    with signed_in(ready) as client:
+        before = client.get(f"/api/dev/{ready.vmid}").json()
+        restart = client.post(
+            f"/api/dev/{ready.vmid}/restart", headers={"Origin": ready.portal.rstrip("/")}
+        )
+        assert restart.status_code == 202, restart.text
+        deadline = time.monotonic() + 180
+        while (now := client.get(f"/api/dev/{ready.vmid}").json())["state"] != "ready":
+            assert now["state"] in {"stopping", "stopped", "starting"}, now
+            assert time.monotonic() < deadline, now
+            time.sleep(0.5)
+        assert now["stateReason"] == "restarted by user admin"
+        assert now["status"]["runtimeInstallPath"] == before["status"]["runtimeInstallPath"]
+        readme = client.get(f"/api/dev/{ready.vmid}/files/content", params={"path": "README.md"})
+        assert readme.status_code == 200 and "ZeroLagHub" in readme.text
+        url = client.get(f"/api/dev/{ready.vmid}/ide-url").json()["url"]
+        with httpx.Client(timeout=30) as browser:
+            ide = browser.get(url, follow_redirects=True)
+        assert ide.status_code == 200 and "workbench" in ide.text
+
+
 def _poll_file(client: httpx.Client, vmid: int, path: str, timeout_s: float = 30.0) -> str:
     """The workspace file once the terminal has written it (read through the files API)."""
     deadline = time.monotonic() + timeout_s
