@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
@@ -19,6 +22,18 @@ from agent_sim import SimBackend
 from api_kit import add_user, login, make_app, running, services, sse_events, wait_for
 from zlh.api import accounts
 from zlh.api.db import ContainerState
+
+
+@contextmanager
+def _platform(
+    tmp_path: Path, **settings: Any
+) -> Iterator[tuple[SimBackend, FastAPI, httpx.Client, dict[str, str]]]:
+    """The API on simulated agents with ``settings``, served, and alice signed in."""
+    backend = SimBackend()
+    app = make_app(tmp_path, backend, **settings)
+    add_user(app, "alice")
+    with running(app) as client:
+        yield backend, app, client, login(client, "alice")
 
 
 def _ready(client: httpx.Client, headers: dict[str, str]) -> int:
@@ -41,11 +56,7 @@ def _in_state(client: httpx.Client, headers: dict[str, str], vmid: int, state: s
 
 
 def test_stop_then_start_moves_through_the_states_with_their_reasons(tmp_path: Path) -> None:
-    backend = SimBackend()
-    app = make_app(tmp_path, backend)
-    add_user(app, "alice")
-    with running(app) as client:
-        alice = login(client, "alice")
+    with _platform(tmp_path) as (backend, app, client, alice):
         vmid = _ready(client, alice)
         assert _get(client, alice, vmid)["stateReason"] == "requested by user alice"
 
@@ -79,10 +90,7 @@ def test_stop_then_start_moves_through_the_states_with_their_reasons(tmp_path: P
 def test_what_its_state_does_not_allow_is_refused_with_409_naming_the_state(
     tmp_path: Path,
 ) -> None:
-    app = make_app(tmp_path, SimBackend())
-    add_user(app, "alice")
-    with running(app) as client:
-        alice = login(client, "alice")
+    with _platform(tmp_path) as (_, _app, client, alice):
         vmid = _ready(client, alice)
         refused = client.post(f"/api/dev/{vmid}/start", headers=alice)
         assert refused.status_code == 409
@@ -116,10 +124,7 @@ def test_only_the_owner_and_admins_stop_or_start_a_container(tmp_path: Path) -> 
 
 
 def test_the_running_quota_counts_only_running_containers(tmp_path: Path) -> None:
-    app = make_app(tmp_path, SimBackend(), max_running_per_user=1)
-    add_user(app, "alice")
-    with running(app) as client:
-        alice = login(client, "alice")
+    with _platform(tmp_path, max_running_per_user=1) as (_, _app, client, alice):
         first = _ready(client, alice)
         refused = client.post("/api/dev", json={"runtime": "node"}, headers=alice)
         assert refused.status_code == 429
@@ -143,11 +148,7 @@ def test_the_running_quota_counts_only_running_containers(tmp_path: Path) -> Non
 
 
 def test_a_stopped_container_is_not_polled(tmp_path: Path) -> None:
-    backend = SimBackend()
-    app = make_app(tmp_path, backend)
-    add_user(app, "alice")
-    with running(app) as client:
-        alice = login(client, "alice")
+    with _platform(tmp_path) as (backend, app, client, alice):
         quiet, busy = _ready(client, alice), _ready(client, alice)
         client.post(f"/api/dev/{quiet}/stop", headers=alice)
         _in_state(client, alice, quiet, "stopped")
@@ -167,11 +168,7 @@ def test_a_stopped_container_is_not_polled(tmp_path: Path) -> None:
 
 
 def test_a_poll_under_way_does_not_undo_a_stop(tmp_path: Path) -> None:
-    backend = SimBackend()
-    app = make_app(tmp_path, backend)
-    add_user(app, "alice")
-    with running(app) as client:
-        alice = login(client, "alice")
+    with _platform(tmp_path) as (_backend, app, client, alice):
         vmid = _ready(client, alice)
         registry = services(app).registry
         registry.update(vmid, state=ContainerState.STOPPING)
@@ -184,11 +181,7 @@ def test_a_poll_under_way_does_not_undo_a_stop(tmp_path: Path) -> None:
 def test_after_a_platform_restart_stopped_ones_stay_stopped_and_running_ones_run(
     tmp_path: Path,
 ) -> None:
-    backend = SimBackend()
-    app = make_app(tmp_path, backend)
-    add_user(app, "alice")
-    with running(app) as client:
-        alice = login(client, "alice")
+    with _platform(tmp_path) as (backend, _app, client, alice):
         kept_stopped, kept_running = _ready(client, alice), _ready(client, alice)
         client.post(f"/api/dev/{kept_stopped}/stop", headers=alice)
         _in_state(client, alice, kept_stopped, "stopped")
@@ -207,10 +200,7 @@ def test_after_a_platform_restart_stopped_ones_stay_stopped_and_running_ones_run
 def test_files_and_console_of_a_stopped_container_answer_409_naming_the_state(
     tmp_path: Path,
 ) -> None:
-    app = make_app(tmp_path, SimBackend())
-    add_user(app, "alice")
-    with running(app) as client:
-        alice = login(client, "alice")
+    with _platform(tmp_path) as (_, _app, client, alice):
         vmid = _ready(client, alice)
         client.post(f"/api/dev/{vmid}/stop", headers=alice)
         _in_state(client, alice, vmid, "stopped")
@@ -246,10 +236,12 @@ def _keep_using(app: Any, vmid: int, every_s: float) -> asyncio.Future[None]:
 def test_an_unused_container_stops_as_idle_and_says_why_while_a_used_one_runs_on(
     tmp_path: Path,
 ) -> None:
-    app = make_app(tmp_path, SimBackend(), idle_stop_after=2, idle_check_interval_s=0.1)
-    add_user(app, "alice")
-    with running(app) as client:
-        alice = login(client, "alice")
+    with _platform(tmp_path, idle_stop_after=2, idle_check_interval_s=0.1) as (
+        _,
+        app,
+        client,
+        alice,
+    ):
         unused, used = _ready(client, alice), _ready(client, alice)
         using = _keep_using(app, used, 0.2)
         try:
@@ -327,11 +319,7 @@ def test_a_rebuild_gives_a_fresh_system_on_the_newest_template_provisioned_again
 def test_a_backend_that_cannot_rebuild_leaves_the_container_failed_saying_why(
     tmp_path: Path,
 ) -> None:
-    backend = SimBackend()
-    app = make_app(tmp_path, backend)
-    add_user(app, "alice")
-    with running(app) as client:
-        alice = login(client, "alice")
+    with _platform(tmp_path) as (backend, _app, client, alice):
         vmid = _ready(client, alice)
         backend.fail_rebuild = "lxc-copy: no space left on device"
         client.post(f"/api/dev/{vmid}/rebuild", headers=alice)

@@ -141,12 +141,7 @@ class Lifecycle:
             info = await self.backend.rebuild(self.provisioning.spec(container))
         except ZlhError as exc:
             logger.warning("rebuilding container %s failed: %s", vmid, exc)
-            self.registry.update(
-                vmid,
-                only_from=[ContainerState.REBUILDING],
-                state=ContainerState.FAILED,
-                error=f"rebuild failed: {exc.message}",
-            )
+            self._settle(vmid, ContainerState.REBUILDING, ContainerState.FAILED, "rebuild", exc)
             return
         self.provisioning.record_address(vmid, info)
         # A fresh system: the agent knows nothing yet, so it is provisioned as a new one is.
@@ -270,12 +265,7 @@ class Lifecycle:
         except ZlhError as exc:
             logger.warning("stopping container %s failed: %s", vmid, exc)
             # Still running, or no one knows: the poller finds out which.
-            self.registry.update(
-                vmid,
-                only_from=[ContainerState.STOPPING],
-                state=ContainerState.UNREACHABLE,
-                error=f"stop failed: {exc.message}",
-            )
+            self._settle(vmid, ContainerState.STOPPING, ContainerState.UNREACHABLE, "stop", exc)
             return False
         self.registry.update(
             vmid, only_from=[ContainerState.STOPPING], state=ContainerState.STOPPED, error=None
@@ -298,15 +288,25 @@ class Lifecycle:
             logger.warning("starting container %s failed: %s", vmid, message)
             with contextlib.suppress(ZlhError):  # whatever half-started goes down again
                 await self.backend.stop(vmid, timeout_s=self.settings.container_stop_timeout_s)
-            self.registry.update(
-                vmid,
-                only_from=[ContainerState.STARTING],
-                state=ContainerState.STOPPED,
-                error=f"start failed: {message}",
-            )
+            self._settle(vmid, ContainerState.STARTING, ContainerState.STOPPED, "start", message)
             return
         self.provisioning.record_address(vmid, info)
         self._wake_poller()  # it takes over: starting → ready once the agent says so
+
+    def _settle(
+        self,
+        vmid: int,
+        during: ContainerState,
+        to: ContainerState,
+        action: str,
+        failure: ZlhError | str,
+    ) -> None:
+        """After a failed ``action``: ``to``, with the reason, unless the container has left
+        ``during`` meanwhile (deleted, or another action took it over)."""
+        message = failure.message if isinstance(failure, ZlhError) else failure
+        self.registry.update(
+            vmid, only_from=[during], state=to, error=f"{action} failed: {message}"
+        )
 
     async def _begin_start(
         self, vmid: int, reason: str, *, running_limit: bool = True
