@@ -27,9 +27,15 @@ from zlh.schemas.payload import MIN_VMID
 pytestmark = pytest.mark.slow
 
 EXAMPLES = 200
-# What the run must not do to the state it stands on: end its own session, delete the
-# container the other operations are pointed at.
-SKIPPED = {("POST", "/api/auth/logout"), ("DELETE", "/api/dev/{vmid}")}
+# What the run must not do to the state it stands on: end its own session, delete, stop or
+# rebuild the container the other operations are pointed at (tests/api/test_lifecycle.py).
+SKIPPED = {
+    ("POST", "/api/auth/logout"),
+    ("DELETE", "/api/dev/{vmid}"),
+    ("POST", "/api/dev/{vmid}/stop"),
+    ("POST", "/api/dev/{vmid}/restart"),
+    ("POST", "/api/dev/{vmid}/rebuild"),
+}
 # Where a well-formed request can still be refused for what it names, as documented: a dev
 # request's runtime, version and add-ons, and a runtime change's, are checked against the
 # catalog, which changes while the platform runs (422 naming what it lacks); a workspace path
