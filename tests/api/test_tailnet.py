@@ -241,6 +241,9 @@ class NoContainersBackend(Backend):
     async def destroy(self, vmid: int) -> None:
         return None
 
+    async def rebuild(self, spec: ContainerSpec) -> ContainerInfo:
+        raise BackendError("this test runs no containers")
+
     async def status(self, vmid: int) -> ContainerInfo:
         return ContainerInfo(vmid=vmid, state=RunState.ABSENT)
 

@@ -64,6 +64,14 @@ class MemoryBackend(Backend):
         self.containers.pop(vmid, None)
         self.secrets.pop(vmid, None)
 
+    async def rebuild(self, spec: ContainerSpec) -> ContainerInfo:
+        self.calls.append(("rebuild", spec.vmid))
+        info = self.containers.get(spec.vmid)
+        if info is None or info.state is RunState.RUNNING:
+            raise BackendError(f"container {spec.vmid} is absent or running")
+        self.secrets[spec.vmid] = spec.agent_secret
+        return info
+
     async def status(self, vmid: int) -> ContainerInfo:
         return self.containers.get(vmid) or ContainerInfo(vmid=vmid, state=RunState.ABSENT)
 

@@ -21,9 +21,16 @@ def test_memory_backend_keeps_the_interface_guarantees() -> None:
     with pytest.raises(BackendError, match="did not come up"):  # created, not started
         asyncio.run(backend.wait_running(1, timeout_s=0.2))
 
+    asyncio.run(backend.rebuild(ContainerSpec(vmid=1, agent_secret="c")))
+    assert backend.secrets[1] == "c"
+
     asyncio.run(backend.start(1))
     assert asyncio.run(backend.wait_running(1, timeout_s=1)).address
+    with pytest.raises(BackendError, match="absent or running"):
+        asyncio.run(backend.rebuild(ContainerSpec(vmid=1, agent_secret="d")))
     asyncio.run(backend.destroy(1))
+    with pytest.raises(BackendError, match="absent or running"):
+        asyncio.run(backend.rebuild(ContainerSpec(vmid=1, agent_secret="d")))
     asyncio.run(backend.destroy(1))
     assert asyncio.run(backend.status(1)).state is RunState.ABSENT
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -11,7 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from zlh.backends import ContainerExists, ContainerSpec, RunState, create_backend
+from zlh.backends import (
+    BackendError,
+    ContainerExists,
+    ContainerSpec,
+    RunState,
+    create_backend,
+)
 from zlh.backends.process import ProcessBackend, _alive
 
 
@@ -120,3 +127,96 @@ def test_it_warns_that_it_has_no_isolation(
 def test_unknown_backend_name_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown backend 'docker'"):
         create_backend("docker", data_dir=tmp_path)
+
+
+def _home_and_system(root: Path) -> None:
+    """A provisioned container's files: the dev home (with a link a tenant planted in it,
+    pointing out of the container) and a runtime installed outside it."""
+    workspace = root / "home" / "dev" / "workspace"
+    workspace.mkdir(parents=True)
+    (workspace / "main.py").write_text("print('mine')\n")
+    extension = root / "home/dev/.local/share/code-server/extensions/acme.tool-1.0.0"
+    extension.mkdir(parents=True)
+    (extension / "package.json").write_text('{"name": "tool"}\n')
+    (root / "home" / "dev" / "etc").symlink_to("/etc")
+    (root / "opt" / "zlh" / "runtimes").mkdir(parents=True)
+    (root / "opt" / "zlh" / "runtimes" / "marker").write_text("installed\n")
+    (root / "home" / "other").mkdir()
+
+
+def test_a_rebuild_keeps_the_home_and_nothing_else_and_writes_the_new_secret(
+    tmp_path: Path,
+) -> None:
+    backend = ProcessBackend(data_dir=tmp_path)
+    created = asyncio.run(backend.create(ContainerSpec(vmid=11, agent_secret="old")))
+    root = tmp_path / "process" / "11" / "root"
+    _home_and_system(root)
+    home_mode = (root / "home" / "dev").stat().st_mode
+
+    rebuilt = asyncio.run(backend.rebuild(ContainerSpec(vmid=11, agent_secret="new")))
+
+    assert rebuilt == created  # stopped, same ports, no template
+    assert rebuilt.state is RunState.STOPPED and rebuilt.template is None
+    assert sorted(p.name for p in root.iterdir()) == ["home"]
+    assert sorted(p.name for p in (root / "home").iterdir()) == ["dev"]
+    assert (root / "home/dev/workspace/main.py").read_text() == "print('mine')\n"
+    extension = root / "home/dev/.local/share/code-server/extensions/acme.tool-1.0.0"
+    assert (extension / "package.json").is_file()
+    assert os.readlink(root / "home/dev/etc") == "/etc"  # still a link, /etc untouched
+    assert Path("/etc/passwd").is_file()
+    assert (root / "home" / "dev").stat().st_mode == home_mode
+    assert (tmp_path / "process" / "11" / "agent-token").read_text() == "new"
+    started = asyncio.run(backend.start(11))
+    try:
+        assert wait_status(started.agent_port, "new").status_code == 200
+        assert wait_status(started.agent_port, "old").status_code == 401
+    finally:
+        asyncio.run(backend.destroy(11))
+
+
+def test_a_rebuild_refuses_a_running_or_absent_container(tmp_path: Path) -> None:
+    backend = ProcessBackend(data_dir=tmp_path)
+    with pytest.raises(BackendError, match="container 12 does not exist"):
+        asyncio.run(backend.rebuild(ContainerSpec(vmid=12, agent_secret="s")))
+    asyncio.run(backend.create(ContainerSpec(vmid=12, agent_secret="s")))
+    root = tmp_path / "process" / "12" / "root"
+    (root / "opt").mkdir()
+    started = asyncio.run(backend.start(12))
+    try:
+        wait_status(started.agent_port, "s")
+        with pytest.raises(BackendError, match="container 12 is running: stop it"):
+            asyncio.run(backend.rebuild(ContainerSpec(vmid=12, agent_secret="t")))
+        assert (root / "opt").is_dir()
+        assert (tmp_path / "process" / "12" / "agent-token").read_text() == "s"
+    finally:
+        asyncio.run(backend.destroy(12))
+
+
+def test_an_interrupted_rebuild_loses_no_home_and_the_next_one_finishes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = ProcessBackend(data_dir=tmp_path)
+    asyncio.run(backend.create(ContainerSpec(vmid=13, agent_secret="old")))
+    directory = tmp_path / "process" / "13"
+    _home_and_system(directory / "root")
+
+    def broken(path: Path, *args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("zlh.backends.process.write_atomically", broken)
+    with pytest.raises(BackendError, match=r"cannot rebuild container 13: .*No space left"):
+        asyncio.run(backend.rebuild(ContainerSpec(vmid=13, agent_secret="new")))
+    # the home waits beside the root; the container refuses to start until it is rebuilt
+    assert (directory / "rebuild/home/workspace/main.py").is_file()
+    assert asyncio.run(backend.status(13)).state is RunState.STOPPED
+    with pytest.raises(BackendError, match=r"unfinished rebuild .* rebuild it again"):
+        asyncio.run(backend.start(13))
+    monkeypatch.undo()
+
+    asyncio.run(backend.rebuild(ContainerSpec(vmid=13, agent_secret="new")))
+    assert (directory / "root/home/dev/workspace/main.py").read_text() == "print('mine')\n"
+    assert os.readlink(directory / "root/home/dev/etc") == "/etc"
+    assert not (directory / "root/opt").exists() and not (directory / "rebuild").exists()
+    assert (directory / "agent-token").read_text() == "new"
+    asyncio.run(backend.destroy(13))
+    assert not directory.exists()

@@ -62,6 +62,23 @@ def test_create_waits_for_the_task_then_starts_reports_the_address_and_destroys(
     asyncio.run(backend.destroy(105))  # idempotent
 
 
+def test_a_rebuild_is_refused_with_the_reason_and_the_ct_left_as_it_was(
+    server: ProxmoxServer, cert: tuple[Path, Path]
+) -> None:
+    backend = backend_for(server, cert)
+    created = asyncio.run(backend.create(ContainerSpec(vmid=107, agent_secret="s")))
+    assert created.template is None  # the cluster's records do not name it
+    config, asked = dict(server.state.cts[107]["config"]), len(server.state.requests)
+
+    refused = "rebuild is not available on the proxmox backend yet: .* mount-point volume"
+    with pytest.raises(BackendError, match=refused):
+        asyncio.run(backend.rebuild(ContainerSpec(vmid=107, agent_secret="t")))
+
+    assert len(server.state.requests) == asked  # nothing was asked of the cluster
+    assert server.state.cts[107]["config"] == config
+    asyncio.run(backend.destroy(107))
+
+
 def test_a_failing_task_raises_with_its_exitstatus(
     server: ProxmoxServer, cert: tuple[Path, Path]
 ) -> None:

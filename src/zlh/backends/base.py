@@ -10,6 +10,12 @@ Guarantees every implementation keeps, and the tests in ``tests/backends/`` chec
 - ``stop`` returns only once the container is stopped: gracefully first, then hard after
   ``timeout_s``; it logs instead of hanging. Stopping a stopped container is a no-op.
 - ``destroy`` is idempotent: destroying an absent container succeeds. Its address is free again.
+- ``rebuild`` replaces a stopped container's system with a fresh one from the current template
+  and keeps ``/home/dev`` as it is (files, owners, modes, links planted by the tenant: never
+  followed); the container stays stopped with its vmid and address, the new agent secret in it,
+  and ``template`` naming the template its system now comes from. It refuses a running or absent
+  container with :class:`BackendError`. An interrupted rebuild never loses the home, refuses to
+  ``start``, and the next ``rebuild`` finishes it.
 - ``status`` never raises for an unknown vmid: it reports ``RunState.ABSENT``.
 - ``list`` finds every container this backend created, also after an API restart (from the
   host's own records: container names/config, not memory).
@@ -109,6 +115,8 @@ class ContainerInfo:
     agent_port: int = AGENT_PORT
     code_server_port: int = CODE_SERVER_PORT  # what the payload says, what the proxy targets
     node: str | None = None  # Proxmox node, or the host name
+    # The template the container's system was made from (lxc: the template version), from the
+    # host's records; None where the backend does not know (process, proxmox).
     template: str | None = None
 
     @property
@@ -137,11 +145,11 @@ class Backend(abc.ABC):
     async def destroy(self, vmid: int) -> None:
         """Stop if needed and remove everything; succeeds when already absent."""
 
+    @abc.abstractmethod
     async def rebuild(self, spec: ContainerSpec) -> ContainerInfo:
         """Replace a stopped container's system with a fresh one from the current template,
         keeping /home/dev as it is; it stays stopped, with the same vmid and address, and
         spec.agent_secret written anew. BackendError if it is absent or running."""
-        raise BackendError(f"the {self.name} backend cannot rebuild containers")
 
     @abc.abstractmethod
     async def status(self, vmid: int) -> ContainerInfo:
@@ -189,8 +197,9 @@ class Backend(abc.ABC):
 class BlockingBackend(Backend):
     """A backend whose operations are blocking calls (``lxc-*`` commands, Proxmox REST).
 
-    Subclasses implement the synchronous ``_create`` … ``_list_all``; each runs in a worker
-    thread so the event loop never waits on them, and operations on one vmid are serialised.
+    Subclasses implement the synchronous ``_create`` … ``_list_all`` and ``_rebuild``; each
+    runs in a worker thread so the event loop never waits on them, and operations on one vmid
+    are serialised.
     """
 
     @abc.abstractmethod
@@ -204,6 +213,9 @@ class BlockingBackend(Backend):
 
     @abc.abstractmethod
     def _destroy(self, vmid: int) -> None: ...
+
+    @abc.abstractmethod
+    def _rebuild(self, spec: ContainerSpec) -> ContainerInfo: ...
 
     @abc.abstractmethod
     def _info(self, vmid: int) -> ContainerInfo: ...
@@ -226,6 +238,10 @@ class BlockingBackend(Backend):
     async def destroy(self, vmid: int) -> None:
         async with self._lock(vmid):
             await asyncio.to_thread(self._destroy, vmid)
+
+    async def rebuild(self, spec: ContainerSpec) -> ContainerInfo:
+        async with self._lock(spec.vmid):
+            return await asyncio.to_thread(self._rebuild, spec)
 
     async def status(self, vmid: int) -> ContainerInfo:
         return await asyncio.to_thread(self._info, vmid)

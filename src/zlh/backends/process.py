@@ -10,6 +10,11 @@ in ``<data>/process/<vmid>/state.json`` (ports, pid), so ``list()`` and ``status
 containers again after an API restart. ``stop`` signals the agent's process group and every
 process below it (code-server runs in its own session), SIGTERM first, SIGKILL after the
 timeout.
+
+``rebuild`` keeps ``root/home/dev`` and removes everything else under ``root`` (links are
+removed, never followed), then writes the new agent secret: the home is renamed into
+``<data>/process/<vmid>/rebuild/`` first and back last, so an interrupted rebuild loses nothing,
+refuses to start, and the next rebuild finishes it. There is no template: ``template`` is None.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -190,6 +196,11 @@ class ProcessBackend(Backend):
             if self._running_pid(vmid, state) is not None:
                 return self._info(vmid)
             directory = self._dir(vmid)
+            if (directory / "rebuild").exists():
+                raise BackendError(
+                    f"container {vmid} has an unfinished rebuild (its home is kept in "
+                    f"{directory / 'rebuild'}): rebuild it again to finish it"
+                )
             command = [
                 *self.agent_command,
                 "--listen",
@@ -226,6 +237,36 @@ class ProcessBackend(Backend):
             if not await _wait_gone(tree, 5.0):
                 raise BackendError(f"container {vmid}: processes survive SIGKILL: {tree}")
 
+    async def rebuild(self, spec: ContainerSpec) -> ContainerInfo:
+        async with self._lock(spec.vmid):
+            state = self._read(spec.vmid)
+            if state is None:
+                raise BackendError(f"container {spec.vmid} does not exist")
+            if self._running_pid(spec.vmid, state) is not None:
+                raise BackendError(f"container {spec.vmid} is running: stop it before rebuilding")
+            try:
+                await asyncio.to_thread(self._replace_root, spec)
+            except OSError as exc:
+                raise BackendError(f"cannot rebuild container {spec.vmid}: {exc}") from exc
+            return self._info(spec.vmid)
+
+    def _replace_root(self, spec: ContainerSpec) -> None:
+        """Everything under the root but ``home/dev`` removed, then the new secret written;
+        each step can be repeated (see the module docstring)."""
+        directory = self._dir(spec.vmid)
+        root, kept = directory / "root", directory / "rebuild"
+        home, own = kept / "home", directory / "root" / "home" / "dev"
+        kept.mkdir(mode=0o700, exist_ok=True)
+        if not os.path.lexists(home) and _is_dir(own):
+            os.rename(own, home)
+        if os.path.lexists(root):
+            shutil.rmtree(root)  # removes links, never follows them
+        (root / "home").mkdir(parents=True)
+        write_atomically(directory / "agent-token", spec.agent_secret, mode=0o600)
+        if os.path.lexists(home):
+            os.rename(home, own)
+        kept.rmdir()
+
     async def destroy(self, vmid: int) -> None:
         async with self._lock(vmid):
             if not self._dir(vmid).exists():
@@ -239,6 +280,14 @@ class ProcessBackend(Backend):
     async def list(self) -> list[ContainerInfo]:
         infos = [self._info(vmid) for vmid in self._vmids()]
         return [info for info in infos if info.state.exists]
+
+
+def _is_dir(path: Path) -> bool:
+    """A directory itself, not a link to one."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _spawn(command: list[str], logfile: Path) -> subprocess.Popen[bytes]:

@@ -16,6 +16,11 @@ Containers are unprivileged (container root is a subordinate uid on the node): c
 ``unprivileged=1``; a clone inherits the flag from its template, so a privileged template is
 refused unless ``allow_privileged`` is set (then used with a warning).
 
+Rebuild is not available here yet: keeping ``/home/dev`` across a new rootfs needs the home on
+a mount-point volume of its own (``mp0``) that outlives the CT's rootfs when it is destroyed
+and re-cloned, and the backend does not create CTs that way; ``rebuild`` says so. ``template``
+is None: the cluster's records of a CT do not name the template it came from.
+
 proxmoxer and requests errors are translated into BackendError here, at the boundary.
 """
 
@@ -350,6 +355,14 @@ class ProxmoxBackend(BlockingBackend):
         what = f"destroying container {vmid}"
         upid = self._call("delete", f"nodes/{node}/lxc/{vmid}", what, purge=1)
         self._wait_task(node, upid, what)
+
+    def _rebuild(self, spec: ContainerSpec) -> ContainerInfo:
+        raise BackendError(
+            "rebuild is not available on the proxmox backend yet: its CTs keep /home/dev on "
+            "their rootfs, which a rebuild replaces (a home that survives needs its own "
+            "mount-point volume, which this backend does not create); the container is "
+            "unchanged"
+        )
 
     def _list_all(self) -> list[ContainerInfo]:
         return [self._info(int(item["vmid"])) for item in self._resources()]

@@ -8,7 +8,18 @@ host-side veth name the isolation rules name (:mod:`zlh.backends.lxc.net`), all 
 from the host-wide slot registry (:mod:`zlh.backends.lxc.slots`) so that several data dirs can
 run containers on one host, and the memory / CPU / pids limits for whichever cgroup version
 the host runs. The agent secret is written into the clone's overlay upper dir before the
-first start. Needs root and ``lxc``.
+first start. Needs root and ``lxc``. The template a container's system comes from is read from
+its config (the overlay's lower dir), so ``status`` and ``list`` report it after a restart too.
+
+**Rebuild** gives a stopped container a fresh system from the current template and keeps its
+home. ``/home/dev`` lives in the clone's own overlay layer (the template has no ``dev``), so the
+rebuild renames it (one ``rename``: never copied, no link followed) into the container's rebuild
+directory beside its own (:func:`zlh.backends.lxc.slots.rebuild_dir`), destroys the old clone,
+clones the current template again with the same steps as ``create`` (same slot: address, MAC,
+bridge port; resources and secret from the spec), renames the home back into the new layer and
+removes the rebuild directory. Each step can be repeated, so an interrupted rebuild is finished
+by the next one: while the rebuild directory exists the container counts as stopped, keeps its
+slot, refuses to start (saying why), and ``destroy`` removes it with the container.
 
 Containers are unprivileged (:mod:`zlh.backends.lxc.idmap`): their ids map into the platform's
 subordinate range, so container root is nobody on the host. The template is shifted into that
@@ -30,7 +41,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from zlh.atomic import write_atomically
+from zlh.atomic import fsync_dir, write_atomically
 from zlh.backends.base import (
     AGENT_PORT,
     BackendError,
@@ -44,7 +55,7 @@ from zlh.backends.base import (
 )
 from zlh.backends.lxc.idmap import IdMap, container_idmap, shift_tree
 from zlh.backends.lxc.net import BRIDGE, Bridge, ensure_bridge, ensure_isolation, file_lock
-from zlh.backends.lxc.slots import NAME_PREFIX, Slot, SlotRegistry
+from zlh.backends.lxc.slots import NAME_PREFIX, Slot, SlotRegistry, rebuild_dir
 from zlh.backends.lxc.template import (
     TEMPLATE_PREFIX,
     TOKEN_PATH,
@@ -60,6 +71,8 @@ log = logging.getLogger(__name__)
 
 _NAME = re.compile(rf"^{NAME_PREFIX}(\d+)$")
 _VETH = re.compile(r"^zlh(\d+)$")
+_REBUILD = re.compile(rf"^\.{NAME_PREFIX}(\d+)\.rebuild$")
+_SHIFTED = re.compile(r"-u\d+$")  # a privileged template's shifted copy (migration)
 CPU_PERIOD_US = 100_000
 INSTALL_HINT = "apt-get install lxc debootstrap nftables"
 
@@ -137,6 +150,14 @@ def _set_config_values(config: Path, values: dict[str, str]) -> None:
     write_atomically(config, "\n".join(lines) + "\n", mode=config.stat().st_mode & 0o777)
 
 
+def _is_dir(path: Path) -> bool:
+    """A directory itself, not a link to one."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
 class LxcBackend(BlockingBackend):
     """Unprivileged LXC 5 containers cloned from the template, on the ``lxcbr0`` bridge.
 
@@ -170,7 +191,8 @@ class LxcBackend(BlockingBackend):
         self._host = socket.gethostname()
         if self.idmap is not None:
             for vmid in self._vmids():
-                if IdMap.from_config(self._config(vmid).read_text()) is None:
+                config = self._config(vmid)
+                if config.is_file() and IdMap.from_config(config.read_text()) is None:
                     self._make_unprivileged(vmid, self.idmap)
 
     # -- helpers ---------------------------------------------------------------------------
@@ -247,10 +269,16 @@ class LxcBackend(BlockingBackend):
 
     def _vmids(self) -> Iterator[int]:
         """Containers of this backend, from ``lxc-ls`` (the host's records, not memory)."""
+        found = set()
         for name in self._lxc_ls():
             match = _NAME.match(name)
             if match:
-                yield int(match.group(1))
+                found.add(int(match.group(1)))
+        for path in self.lxcpath.glob(f".{NAME_PREFIX}*.rebuild"):  # an unfinished rebuild
+            match = _REBUILD.match(path.name)
+            if match and path.is_dir():
+                found.add(int(match.group(1)))
+        yield from sorted(found)
 
     def _lxc_ls(self) -> list[str]:
         try:
@@ -268,7 +296,26 @@ class LxcBackend(BlockingBackend):
 
     def _address(self, vmid: int) -> str | None:
         value = _config_value(self._config(vmid), "lxc.net.0.ipv4.address")
-        return value.split("/")[0] if value else None
+        if value:
+            return value.split("/")[0]
+        if self._rebuild_dir(vmid).is_dir():  # between two clones of a rebuild: its slot's
+            slot = self.slots.get(self.lxcpath, vmid)
+            return slot.address if slot else None
+        return None
+
+    def _rebuild_dir(self, vmid: int) -> Path:
+        return rebuild_dir(self.lxcpath, vmid)
+
+    def _template_of(self, vmid: int) -> str | None:
+        """The version of the template the container's overlay reads (its config says)."""
+        try:
+            lower, _ = self._layers(vmid)
+        except BackendError:
+            return None
+        name = lower.parent.name
+        if lower.name != "rootfs" or not name.startswith(TEMPLATE_PREFIX):
+            return None
+        return _SHIFTED.sub("", name.removeprefix(TEMPLATE_PREFIX))
 
     def _network(self) -> Bridge:
         """Bridge up, this data dir's containers in the slot registry, isolation rules loaded
@@ -318,7 +365,7 @@ class LxcBackend(BlockingBackend):
 
     def _state(self, vmid: int) -> RunState:
         if not self._config(vmid).is_file():
-            return RunState.ABSENT
+            return RunState.STOPPED if self._rebuild_dir(vmid).is_dir() else RunState.ABSENT
         try:
             out = self._lxc("lxc-info", vmid, "-s", "-H", what=f"lxc-info of {vmid}")
         except BackendError:
@@ -336,6 +383,7 @@ class LxcBackend(BlockingBackend):
             agent_port=AGENT_PORT,
             code_server_port=CODE_SERVER_PORT,
             node=self._host,
+            template=self._template_of(vmid) if state.exists else None,
         )
 
     # -- create ----------------------------------------------------------------------------
@@ -361,27 +409,34 @@ class LxcBackend(BlockingBackend):
         bridge = self._network()
         name = self._name(spec.vmid)
         with file_lock(self.lxcpath / ".zlh-create.lock"):
-            if (self.lxcpath / name).exists():
+            if (self.lxcpath / name).exists() or self._rebuild_dir(spec.vmid).exists():
                 raise ContainerExists(f"container {spec.vmid} already exists ({name})")
             try:
-                self._lxc(
-                    "lxc-copy",
-                    template.name,
-                    "-N",
-                    name,
-                    "-s",
-                    "-B",
-                    "overlay",
-                    what=f"cloning the template for container {spec.vmid}",
-                )
-                # Claimed once the clone's config exists: the registry drops slots without one.
-                slot = self.slots.claim(self.lxcpath, spec.vmid, bridge)
-                self._configure(spec, bridge, slot)
+                slot = self._clone(spec, template, bridge)
             except BaseException:
                 self._remove(spec.vmid)
                 raise
         log.info("created container %s at %s (bridge port %s)", name, slot.address, slot.veth)
         return self._info(spec.vmid)
+
+    def _clone(self, spec: ContainerSpec, template: Template, bridge: Bridge) -> Slot:
+        """The container as a fresh overlay clone of ``template``, configured for ``spec`` with
+        its slot (the one it holds, else a new one): what ``create`` and ``rebuild`` both do.
+        Called under the create lock, for a name that is free."""
+        self._lxc(
+            "lxc-copy",
+            template.name,
+            "-N",
+            self._name(spec.vmid),
+            "-s",
+            "-B",
+            "overlay",
+            what=f"cloning the template for container {spec.vmid}",
+        )
+        # Claimed once the clone's config exists: the registry drops slots without one.
+        slot = self.slots.claim(self.lxcpath, spec.vmid, bridge)
+        self._configure(spec, bridge, slot)
+        return slot
 
     def _configure(self, spec: ContainerSpec, bridge: Bridge, slot: Slot) -> None:
         version = cgroup_version()
@@ -418,12 +473,7 @@ class LxcBackend(BlockingBackend):
         root's, 0755 and 0700), and the file 0600 for container root.
         """
         lower, upper = self._layers(vmid)
-        for rel in ("etc", TOKEN_PATH.lstrip("/").rsplit("/", 1)[0]):
-            if not (upper / rel).exists():
-                like = (lower / rel).stat()
-                os.mkdir(upper / rel, 0o700)
-                os.lchown(upper / rel, like.st_uid, like.st_gid)
-                os.chmod(upper / rel, stat.S_IMODE(like.st_mode))
+        self._upper_dirs(lower, upper, "etc", TOKEN_PATH.lstrip("/").rsplit("/", 1)[0])
         owner = (lower / "etc").stat()
         target = upper / TOKEN_PATH.lstrip("/")
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -431,14 +481,72 @@ class LxcBackend(BlockingBackend):
             os.fchown(handle.fileno(), owner.st_uid, owner.st_gid)
             handle.write(secret)
 
-    def _remove(self, vmid: int) -> None:
+    @staticmethod
+    def _upper_dirs(lower: Path, upper: Path, *rels: str) -> None:
+        """Directories ``rels`` (parents first) in a fresh clone's upper dir, each with the owner
+        and mode of the same directory below (one in the upper layer hides those)."""
+        for rel in rels:
+            if not (upper / rel).exists():
+                like = (lower / rel).stat()
+                os.mkdir(upper / rel, 0o700)
+                os.lchown(upper / rel, like.st_uid, like.st_gid)
+                os.chmod(upper / rel, stat.S_IMODE(like.st_mode))
+
+    def _remove(self, vmid: int, *, keep_slot: bool = False) -> None:
         """Remove a half-created clone (only called for a name we just checked was free)."""
         if (self.lxcpath / self._name(vmid)).exists():
             try:
                 self._lxc("lxc-destroy", vmid, what=f"removing container {vmid}")
             except BackendError:
                 shutil.rmtree(self.lxcpath / self._name(vmid), ignore_errors=True)
-        self.slots.release(self.lxcpath, vmid)
+        if not keep_slot:
+            self.slots.release(self.lxcpath, vmid)
+
+    # -- rebuild ---------------------------------------------------------------------------
+
+    def _rebuild(self, spec: ContainerSpec) -> ContainerInfo:
+        """A fresh system from the current template, ``/home/dev`` kept (module docstring).
+
+        Every step is safe to repeat: the home is renamed into the rebuild directory once (a
+        home already there is the container's; a ``home/dev`` in a clone's layer then is not,
+        as nothing starts a container while its rebuild directory exists), the old clone is
+        destroyed only once the home is out of it, and a failed clone is removed again, the
+        slot and the home staying in the rebuild directory for the next rebuild.
+        """
+        vmid = spec.vmid
+        state = self._state(vmid)
+        if not state.exists:
+            raise BackendError(f"container {vmid} does not exist")
+        if state is RunState.RUNNING:
+            raise BackendError(f"container {vmid} is running: stop it before rebuilding it")
+        template = self._template()
+        bridge = self._network()
+        kept = self._rebuild_dir(vmid)
+        home = kept / "home"
+        if self._config(vmid).is_file():
+            self._slot(vmid, bridge)  # registered before the config goes
+            _, upper = self._layers(vmid)
+            kept.mkdir(mode=0o700, exist_ok=True)
+            if not os.path.lexists(home) and _is_dir(upper / "home" / "dev"):
+                os.rename(upper / "home" / "dev", home)
+                fsync_dir(kept)
+            self._lxc("lxc-destroy", vmid, what=f"removing the old system of container {vmid}")
+        with file_lock(self.lxcpath / ".zlh-create.lock"):
+            try:
+                slot = self._clone(spec, template, bridge)
+            except BaseException:
+                self._remove(vmid, keep_slot=True)
+                raise
+        if os.path.lexists(home):
+            lower, upper = self._layers(vmid)
+            self._upper_dirs(lower, upper, "home")
+            os.rename(home, upper / "home" / "dev")
+            fsync_dir(upper / "home")
+        kept.rmdir()
+        log.info(
+            "rebuilt container %s from template %s at %s", vmid, template.version, slot.address
+        )
+        return self._info(vmid)
 
     # -- migration of privileged containers --------------------------------------------------
 
@@ -497,6 +605,11 @@ class LxcBackend(BlockingBackend):
             raise BackendError(f"container {vmid} does not exist")
         if state is RunState.RUNNING:
             return self._info(vmid)
+        if self._rebuild_dir(vmid).exists():
+            raise BackendError(
+                f"container {vmid} has an unfinished rebuild (its home is kept in "
+                f"{self._rebuild_dir(vmid)}): rebuild it again to finish it"
+            )
         slot = self._slot(vmid, self._network())
         self.slots.sync()  # the rules, should anything have flushed them since
         # A monitor killed hard leaves its veth behind, and the next start fails on it. The
@@ -524,10 +637,14 @@ class LxcBackend(BlockingBackend):
             raise BackendError(f"container {vmid} is still running after lxc-stop")
 
     def _destroy(self, vmid: int) -> None:
-        if not self._config(vmid).is_file():
+        kept = self._rebuild_dir(vmid)
+        if not self._config(vmid).is_file() and not kept.exists():
             return
-        self._stop(vmid, 5.0)
-        self._lxc("lxc-destroy", vmid, what=f"destroying container {vmid}")
+        if self._config(vmid).is_file():
+            self._stop(vmid, 5.0)
+            self._lxc("lxc-destroy", vmid, what=f"destroying container {vmid}")
+        if kept.exists():
+            shutil.rmtree(kept)  # never follows a link planted in the home
         self.slots.release(self.lxcpath, vmid)
         log.info("destroyed container %s", self._name(vmid))
 

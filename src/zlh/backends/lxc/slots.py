@@ -13,7 +13,9 @@ destruction.
 - Containers created before the registry existed are adopted from their LXC config, keeping
   their names and address when no other container holds them.
 - Entries whose container is gone (its data dir deleted by hand) are dropped on the next
-  change, so their names and addresses come back.
+  change, so their names and addresses come back. A container being rebuilt has no config for
+  a moment (its old clone is destroyed before the new one is made): its rebuild directory
+  (:func:`rebuild_dir`, which holds its home meanwhile) keeps its slot.
 
 The registry also holds, per LXC path, the host's TCP ports its containers must reach (the
 instance's artifact server, a Headscale on the host): the isolation table lets containers
@@ -36,13 +38,19 @@ from zlh.atomic import write_atomically
 from zlh.backends.base import BackendError
 from zlh.backends.lxc.net import Bridge, allocate_address, file_lock
 
-__all__ = ["NAME_PREFIX", "REGISTRY", "HostNetwork", "Slot", "SlotRegistry"]
+__all__ = ["NAME_PREFIX", "REGISTRY", "HostNetwork", "Slot", "SlotRegistry", "rebuild_dir"]
 
 NAME_PREFIX = "zlh-"  # a container's LXC name is NAME_PREFIX + vmid
 
 REGISTRY = Path("/var/lib/zlh/lxc-slots.json")
 # Slot numbers end up in a MAC (24 bits) and an interface name (15 bytes: "zlh" + 8 digits).
 MAX_SLOT = (1 << 24) - 1
+
+
+def rebuild_dir(lxcpath: Path, vmid: int) -> Path:
+    """Where a rebuild keeps container ``vmid``'s home until its new system is made: beside
+    the container's directory (which the rebuild destroys and clones anew), on its file system."""
+    return lxcpath / f".{NAME_PREFIX}{vmid}.rebuild"
 
 
 @dataclass(frozen=True)
@@ -209,9 +217,14 @@ def _find(slots: Iterable[Slot], lxcpath: str, vmid: int) -> Slot | None:
 
 
 def _in_use(slot: Slot) -> bool:
-    """Whether the slot's container still exists: its LXC config, or its live bridge port."""
-    config = Path(slot.lxcpath) / f"{NAME_PREFIX}{slot.vmid}" / "config"
-    return config.is_file() or Path("/sys/class/net", slot.veth).exists()
+    """Whether the slot's container still exists: its LXC config, a rebuild under way, or its
+    live bridge port."""
+    lxcpath = Path(slot.lxcpath)
+    return (
+        (lxcpath / f"{NAME_PREFIX}{slot.vmid}" / "config").is_file()
+        or rebuild_dir(lxcpath, slot.vmid).is_dir()
+        or Path("/sys/class/net", slot.veth).exists()
+    )
 
 
 def _on(bridge: Bridge, address: str) -> bool:
