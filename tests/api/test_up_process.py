@@ -156,7 +156,7 @@ def _agent_pids(data_dir: Path, vmid: int) -> list[int]:
     return pids
 
 
-def test_zlh_dev_stops_starts_and_restarts_a_container_that_keeps_its_files(
+def test_zlh_dev_stops_starts_restarts_and_rebuilds_a_container_that_keeps_its_files(
     node_store: Path, tmp_path: Path
 ) -> None:
     add_cli_users(tmp_path)
@@ -192,4 +192,20 @@ def test_zlh_dev_stops_starts_and_restarts_a_container_that_keeps_its_files(
         assert restarted.stdout.splitlines()[-1] == f"container {vmid}: ready"
         listed = zlh("dev", "list", *dev, env=env).stdout
         assert f"{vmid}  " in listed and "restarted by user alice" in listed
+
+        # A rebuild: a fresh system provisioned again, the home (an extension too) kept.
+        root = tmp_path / "process" / str(vmid) / "root"
+        extension = root / "home/dev/.local/share/code-server/extensions/acme.tool-1.0.0"
+        extension.mkdir(parents=True)
+        (extension / "package.json").write_text('{"name": "tool"}\n')
+        (root / "opt" / "marker").write_text("outside the home\n")
+        rebuilt = zlh("dev", "rebuild", str(vmid), *dev, env=env)
+        lines = rebuilt.stdout.splitlines()
+        assert lines[0] == f"container {vmid}: rebuilding (rebuilt by user alice)"
+        assert lines[-1] == f"container {vmid}: ready"
+        assert client.get(content, params=kept, headers=alice).text == "mine\n"
+        assert (extension / "package.json").read_text() == '{"name": "tool"}\n'
+        assert not (root / "opt" / "marker").exists()
+        record = client.get(f"/api/dev/{vmid}", headers=alice).json()
+        assert record["status"]["runtimeInstalled"] is True  # installed again
         assert client.delete(f"/api/dev/{vmid}", headers=alice).status_code == 204
