@@ -147,6 +147,15 @@ def cases(tmp: Path, port: int) -> dict[str, list[str]]:
         "dev stop: no password": ["dev", "stop", "101", "--user", "alice"],
         "dev start: no password file": ["dev", "start", "101", "--password-file", missing],
         "dev restart: not a vmid": ["dev", "restart", "one-oh-one"],
+        "dev rebuild: no platform there": [
+            "dev",
+            "rebuild",
+            "101",
+            "--url",
+            "http://127.0.0.1:9",
+            "--password-file",
+            file,
+        ],
     }
 
 

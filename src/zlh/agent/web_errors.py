@@ -43,7 +43,8 @@ def error_json(
 ) -> web.Response:
     body = ErrorBody(message=message, detail=detail, validations=problems or [])
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return web.json_response(body.model_dump(mode="json"), status=status, headers=headers)
+    payload = body.model_dump(mode="json", exclude_none=True)
+    return web.json_response(payload, status=status, headers=headers)
 
 
 def bearer_auth(secret: str) -> Middleware:

@@ -231,7 +231,7 @@ def _route_path(scope: Scope) -> str:
 async def _error(
     send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    body = ErrorBody(message=message).model_dump_json().encode()
+    body = ErrorBody(message=message).model_dump_json(exclude_none=True).encode()
     # A 416 keeps the validators of the file; the body describes the error, not the file.
     extra = [(k, v) for k, v in headers or [] if k not in {b"content-type", b"content-length"}]
     extra += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]

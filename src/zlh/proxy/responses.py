@@ -86,7 +86,7 @@ def error(
         ctype = b"text/html; charset=utf-8"
         extra += _HTML_CSP
     else:
-        body = ErrorBody(message=message, detail=detail).model_dump_json().encode()
+        body = ErrorBody(message=message, detail=detail).model_dump_json(exclude_none=True).encode()
         ctype = b"application/json"
     return content(status, ctype, body, keep_alive=keep_alive, head_only=head_only, extra=extra)
 

@@ -18,7 +18,8 @@ class ErrorBody(WireModel):
     message: str
     detail: str = ""
     validations: list[FieldProblem] = []
-    # The container's state when that is what refused the request (e.g. "stopped").
+    # The container's state when that is what refused the request (e.g. "stopped"); left out
+    # of the JSON otherwise (dumped with exclude_none).
     state: str | None = None
 
 
