@@ -143,7 +143,7 @@ def test_another_users_browser_session_gets_404_on_the_ide_over_http_and_websock
 ) -> None:
     vmid = provisioned.vmid
     sign_in(session.page, platform.base_url, BOB)
-    session.console.expect_http(404, f"/api/dev/{vmid}/ide-url")
+    session.console.expect_http(404, f"/api/dev/{vmid}")  # the IDE page asks for it first
     page = session.page
     page.goto(f"{platform.base_url}/c/{vmid}/ide")  # the portal's IDE link
     expect(page.get_by_text(f"no container {vmid}")).to_be_visible()
