@@ -58,7 +58,7 @@ def test_stop_on_the_container_page_then_the_ide_link_starts_it_and_opens_the_id
     page.goto(f"{platform.base_url}/c/{vmid}")
     expect(page.locator("#start-container")).to_be_hidden()
     page.locator("#stop-container").click()
-    expect(page.locator(".badge")).to_have_text("stopped", timeout=30_000)
+    expect(page.locator("h1 .badge")).to_have_text("stopped", timeout=30_000)
     expect(page.locator("#state-reason")).to_contain_text("Stopped by user bob")
     expect(page.locator("#start-container")).to_be_visible()
     expect(page.locator("#stop-container")).to_be_hidden()
