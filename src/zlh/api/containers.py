@@ -67,11 +67,11 @@ def container_out(
     container: Container,
     *,
     admin_ide_access: bool,
-    last_activity: Activity | None = None,
-    idle_stop_at: datetime | None = None,
+    last_activity: Activity | None,
+    idle_stop_at: datetime | None,
 ) -> ContainerOut:
-    """The container as the API shows it; ``last_activity`` when it is newer than the
-    record's (zlh.api.lifecycle keeps the latest in memory)."""
+    """The container as the API shows it (zlh.api.lifecycle knows its latest activity, which
+    may be newer than the record's, and when it stops for being idle)."""
     return ContainerOut(
         vmid=container.vmid,
         name=container.name,
@@ -82,7 +82,7 @@ def container_out(
         state=container.state,
         state_reason=container.state_reason,
         state_changed_at=container.state_changed_at,
-        last_activity=last_activity or recorded_activity(container),
+        last_activity=last_activity,
         idle_stop_at=idle_stop_at,
         template=container.template,
         error=container.error,

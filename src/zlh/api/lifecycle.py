@@ -31,9 +31,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 
 from zlh.api.audit import Action, AuditLog
 from zlh.api.bodies import Activity, ContainerOut
@@ -115,16 +116,13 @@ class Lifecycle:
         return container
 
     async def rebuild(self, vmid: int, *, actor: str, reason: str) -> Container:
-        container = await asyncio.to_thread(
-            partial(
-                self.registry.transition,
-                vmid,
-                allowed=[*STOPPABLE, ContainerState.STOPPED],
-                to=ContainerState.REBUILDING,
-                reason=reason,
-                action="rebuild",
-                running_limit=self.settings.max_running_per_user,
-            )
+        container = await self._transition(
+            vmid,
+            allowed=[*STOPPABLE, ContainerState.STOPPED],
+            to=ContainerState.REBUILDING,
+            reason=reason,
+            action="rebuild",
+            running_limit=self.settings.max_running_per_user,
         )
         await self._audit(actor, Action.REBUILD, vmid, reason)
         self._wake_poller()
@@ -158,15 +156,15 @@ class Lifecycle:
 
     async def resume(self) -> None:
         """After the platform started: finish what was under way, keep stopped ones stopped."""
-        for container in self.registry.in_states([ContainerState.STOPPING]):
-            vmid = container.vmid
-            self.tasks.spawn(vmid, partial(self._stop, vmid), f"stop-{vmid}")
-        for container in self.registry.in_states([ContainerState.STARTING]):
-            vmid = container.vmid
-            self.tasks.spawn(vmid, partial(self._start, vmid), f"start-{vmid}")
-        for container in self.registry.in_states([ContainerState.REBUILDING]):
-            vmid = container.vmid
-            self.tasks.spawn(vmid, partial(self._rebuild, vmid), f"rebuild-{vmid}")
+        unfinished: list[tuple[ContainerState, Callable[[int], Awaitable[object]], str]] = [
+            (ContainerState.STOPPING, self._stop, "stop"),
+            (ContainerState.STARTING, self._start, "start"),
+            (ContainerState.REBUILDING, self._rebuild, "rebuild"),
+        ]
+        for state, work, name in unfinished:
+            for container in self.registry.in_states([state]):
+                vmid = container.vmid
+                self.tasks.spawn(vmid, partial(work, vmid), f"{name}-{vmid}")
         for container in self.registry.in_states([ContainerState.STOPPED]):
             try:
                 if (await self.backend.status(container.vmid)).state is RunState.RUNNING:
@@ -178,11 +176,12 @@ class Lifecycle:
 
     def out(self, container: Container) -> ContainerOut:
         """The container as the API shows it, with its latest activity and idle deadline."""
+        activity = self.last_activity(container)
         return container_out(
             container,
             admin_ide_access=self.settings.admin_ide_access,
-            last_activity=self.last_activity(container),
-            idle_stop_at=self.idle_stop_at(container),
+            last_activity=activity,
+            idle_stop_at=self.idle_stop_at(container, activity),
         )
 
     # -- idle auto-stop ------------------------------------------------------------------------
@@ -215,13 +214,13 @@ class Lifecycle:
         own = container.owner.idle_stop_after
         return self.settings.idle_stop_after if own is None else own
 
-    def idle_stop_at(self, container: Container) -> datetime | None:
-        """When a ready container stops if nobody uses it before; None if it never will."""
+    def idle_stop_at(self, container: Container, activity: Activity | None) -> datetime | None:
+        """When a ready container stops if nobody uses it before (``activity``: its
+        :meth:`last_activity`); None if it never will."""
         limit = self.idle_limit(container)
         if container.state != ContainerState.READY or limit == 0:
             return None
         since = [t for t in (container.state_changed_at, container.created_at) if t is not None]
-        activity = self.last_activity(container)
         if activity is not None:
             since.append(activity.at)
         return max(since) + timedelta(seconds=limit)
@@ -231,11 +230,11 @@ class Lifecycle:
         now = utcnow()
         stopped = []
         for container in self.registry.in_states([ContainerState.READY]):
-            due = self.idle_stop_at(container)
+            activity = self.last_activity(container)
+            due = self.idle_stop_at(container, activity)
             if due is None or due > now:
                 continue
             reason = f"stopped after {_minutes(self.idle_limit(container))} idle"
-            activity = self.last_activity(container)
             if activity is not None:
                 words = ACTIVITY_KINDS.get(activity.kind, activity.kind)
                 reason += f" (last activity: {words} at {activity.at:%H:%M} UTC)"
@@ -311,32 +310,45 @@ class Lifecycle:
     async def _begin_start(
         self, vmid: int, reason: str, *, running_limit: bool = True
     ) -> Container:
-        limit = self.settings.max_running_per_user if running_limit else None
-        return await asyncio.to_thread(
-            partial(
-                self.registry.transition,
-                vmid,
-                allowed=[ContainerState.STOPPED],
-                to=ContainerState.STARTING,
-                reason=reason,
-                action="start",
-                running_limit=limit,
-                provision_started_at=utcnow(),
-                error=None,
-            )
+        return await self._transition(
+            vmid,
+            allowed=[ContainerState.STOPPED],
+            to=ContainerState.STARTING,
+            reason=reason,
+            action="start",
+            running_limit=self.settings.max_running_per_user if running_limit else None,
+            provision_started_at=utcnow(),
+            error=None,
         )
 
     async def _stop_transition(self, vmid: int, reason: str, action: str) -> Container:
-        return await asyncio.to_thread(
-            partial(
-                self.registry.transition,
-                vmid,
-                allowed=STOPPABLE,
-                to=ContainerState.STOPPING,
-                reason=reason,
-                action=action,
-            )
+        return await self._transition(
+            vmid, allowed=STOPPABLE, to=ContainerState.STOPPING, reason=reason, action=action
         )
+
+    async def _transition(
+        self,
+        vmid: int,
+        *,
+        allowed: Sequence[ContainerState],
+        to: ContainerState,
+        reason: str,
+        action: str,
+        running_limit: int | None = None,
+        **changes: Any,
+    ) -> Container:
+        """``ContainerRegistry.transition`` off the event loop (it is one transaction)."""
+        transition = partial(
+            self.registry.transition,
+            vmid,
+            allowed=allowed,
+            to=to,
+            reason=reason,
+            action=action,
+            running_limit=running_limit,
+            **changes,
+        )
+        return await asyncio.to_thread(transition)
 
     async def _audit(self, actor: str, action: Action, vmid: int, detail: str) -> None:
         await asyncio.to_thread(self.audit.record, actor, action, vmid, detail)
