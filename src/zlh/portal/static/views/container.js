@@ -4,7 +4,7 @@ import { bytes, confirmDialog, containerLabel, errorBox, h, yesNo } from "../dom
 import { consolePanel } from "./console.js";
 import { filesPanel } from "./files.js";
 import { runtimesSection } from "./runtimes.js";
-import { stateBadge, stateReason, stateWords } from "./state.js";
+import { SETTLED, stateBadge, stateReason, stateWords } from "./state.js";
 import { tailnetPanel } from "./tailnet.js";
 
 const STEP_WORDS = {
@@ -17,7 +17,6 @@ const STEP_WORDS = {
   "addon-start": "Starting add-ons",
   ready: "Ready",
 };
-const FINAL = new Set(["ready", "failed", "stopped", "deleted"]);
 // What each state allows (the API answers 409 otherwise).
 const ACTIONS = {
   stop: new Set(["ready", "unreachable", "failed"]),
@@ -25,9 +24,8 @@ const ACTIONS = {
   start: new Set(["stopped"]),
   rebuild: new Set(["ready", "unreachable", "failed", "stopped"]),
 };
-const CONFIRM = {
-  rebuild: "Its system is made afresh from the current template and the runtime and add-ons are installed again. /home/dev (the workspace, dotfiles, code-server settings and extensions) is kept; anything installed elsewhere is lost.",
-};
+const REBUILD_WARNING =
+  "Its system is made afresh from the current template and the runtime and add-ons are installed again. /home/dev (the workspace, dotfiles, code-server settings and extensions) is kept; anything installed elsewhere is lost.";
 
 export async function containerView(main, { params, navigate }) {
   const vmid = Number(params[0]);
@@ -68,7 +66,7 @@ export async function containerView(main, { params, navigate }) {
     const button = h("button", { type: "button", class: "secondary", id: `${action}-container` }, action[0].toUpperCase() + action.slice(1));
     button.addEventListener("click", async () => {
       actionError.replaceChildren();
-      if (CONFIRM[action] && !(await confirmDialog(`Rebuild container ${containerLabel(container)}? ${CONFIRM[action]}`, "Rebuild"))) return;
+      if (action === "rebuild" && !(await confirmDialog(`Rebuild container ${containerLabel(container)}? ${REBUILD_WARNING}`, "Rebuild"))) return;
       try {
         show(await api(`/api/dev/${vmid}/${action}`, { method: "POST" }));
         follow();
@@ -78,11 +76,14 @@ export async function containerView(main, { params, navigate }) {
     });
     return [action, button];
   });
+  function showButtons() {
+    for (const [action, button] of buttons) button.hidden = !ACTIONS[action].has(state);
+  }
   function show(latest) {
     state = latest.state;
     badge.replaceChildren(stateBadge(latest.state, latest));
     reasonLine.textContent = stateReason(latest);
-    for (const [action, button] of buttons) button.hidden = !ACTIONS[action].has(state);
+    showButtons();
     setIde(Boolean(latest.status && latest.status.codeServerRunning) && state === "ready");
     idle.show(latest);
   }
@@ -96,13 +97,13 @@ export async function containerView(main, { params, navigate }) {
       const ev = JSON.parse(msg.data);
       state = ev.state;
       for (const listen of listeners) listen(ev);
-      if (FINAL.has(ev.state)) {
+      if (SETTLED.has(ev.state)) {
         source.close();
         source = null;
         if (ev.state !== "deleted") api(`/api/dev/${vmid}`).then(show, (err) => actionError.replaceChildren(errorBox(err)));
       } else {
-        for (const [action, button] of buttons) button.hidden = !ACTIONS[action].has(ev.state);
-        if (ev.stateReason) reasonLine.textContent = ev.stateReason[0].toUpperCase() + ev.stateReason.slice(1);
+        showButtons();
+        if (ev.stateReason) reasonLine.textContent = stateReason(ev); // its time comes once settled
       }
     });
     // A stream cut before it settled (API restart, proxy): EventSource reconnects by itself.
@@ -140,7 +141,7 @@ export async function containerView(main, { params, navigate }) {
     if (source !== null) source.close();
     clearInterval(idleTimer);
   };
-  if (!FINAL.has(container.state)) follow();
+  if (!SETTLED.has(container.state)) follow();
   if (tab === "files") return chain(filesPanel(panel, vmid), stopFollowing);
   if (tab === "console") return chain(consolePanel(panel, vmid), stopFollowing);
   if (tab === "tailnet") return chain(tailnetPanel(panel, vmid), stopFollowing);
@@ -267,7 +268,7 @@ function overview(panel, container, { badge, setIde, toolchain: toolchainLine, l
     const words = { ready: "Ready", failed: "Failed" };
     elapsed.textContent = `${words[state] || "Stopped"} after ${duration(Date.now() - started)}`;
   }
-  if (FINAL.has(container.state) || container.state === "unreachable") {
+  if (SETTLED.has(container.state) || container.state === "unreachable") {
     elapsed.textContent = `Created ${new Date(started).toLocaleString()}`;
   } else {
     timer = setInterval(tick, 1000);
@@ -321,7 +322,7 @@ function overview(panel, container, { badge, setIde, toolchain: toolchainLine, l
       badge.replaceChildren(stateBadge(ev.state));
       clearUnreachable();
     }
-    if (ev.runtimeInstalled !== runtimeInstalled && !FINAL.has(ev.state)) {
+    if (ev.runtimeInstalled !== runtimeInstalled && !SETTLED.has(ev.state)) {
       // The runtime just landed: show its install path and workspace without waiting for ready.
       runtimeInstalled = ev.runtimeInstalled;
       refresh().catch((err) => failure.replaceChildren(errorBox(err)));
@@ -340,7 +341,7 @@ function overview(panel, container, { badge, setIde, toolchain: toolchainLine, l
     }
     setIde(ev.codeServerRunning);
     if (ev.state === "ready") showReady();
-    if (FINAL.has(ev.state)) {
+    if (SETTLED.has(ev.state)) {
       stopClock(ev.state);
       refresh().catch((err) => failure.replaceChildren(errorBox(err)));
     }

@@ -5,7 +5,7 @@
 // loads here): the page shows its progress and goes on into the IDE once it is ready.
 import { api } from "../api.js";
 import { errorBox, h } from "../dom.js";
-import { stateWords } from "./state.js";
+import { SETTLED, stateWords } from "./state.js";
 
 const WAITING = new Set(["requested", "creating", "provisioning", "starting", "stopping", "rebuilding"]);
 
@@ -55,7 +55,7 @@ async function startAndWait(main, container) {
       if (p) bar.value = p.percent;
       else bar.removeAttribute("value"); // under way, amount unknown
       detail.textContent = p && p.message ? `${stateWords(ev.state)} · ${p.message}` : `${stateWords(ev.state)}…`;
-      if (["ready", "failed", "stopped", "deleted"].includes(ev.state)) {
+      if (SETTLED.has(ev.state)) {
         source.close();
         resolve(ev);
       }

@@ -14,6 +14,9 @@ const WORDS = {
   deleting: "deleting",
 };
 
+// Where a container's event stream ends: nothing more happens without a new request.
+export const SETTLED = new Set(["ready", "failed", "stopped", "deleted"]);
+
 export function stateWords(state) {
   return WORDS[state] || state;
 }
