@@ -121,6 +121,7 @@ def build_services(
         provisioning=provisioning,
         wake_poller=poller.wake,
     )
+    provisioning.on_deleted = lifecycle.forget
     return Services(
         settings=settings,
         db=db,
@@ -163,6 +164,7 @@ async def _sync_revocations(svc: Services) -> None:
 async def _resume(svc: Services) -> None:
     await svc.provisioning.resume()
     await svc.lifecycle.resume()
+    await svc.runtime_changes.resume()
 
 
 @asynccontextmanager

@@ -201,6 +201,11 @@ class Lifecycle:
             )
             asyncio.get_running_loop().run_in_executor(None, update)
 
+    def forget(self, vmid: int) -> None:
+        """Container ``vmid`` is gone: a new one given its number starts with no activity."""
+        self._activity.pop(vmid, None)
+        self._written.pop(vmid, None)
+
     def last_activity(self, container: Container) -> Activity | None:
         """The container's latest activity: what this process saw, else its record's."""
         recorded = recorded_activity(container)
