@@ -48,10 +48,12 @@ from zlh.api.routes import health as health_routes
 from zlh.api.routes import ide as ide_routes
 from zlh.api.routes import relays as relay_routes
 from zlh.api.routes import runtimes as runtime_routes
+from zlh.api.routes import shares as share_routes
 from zlh.api.routes import tailnet as tailnet_routes
 from zlh.api.runtime_changes import RuntimeChanges
 from zlh.api.services import Services
 from zlh.api.settings import ApiSettings
+from zlh.api.shares import Shares
 from zlh.api.tailnet.service import KeySealer, Tailnet, TailnetStore
 from zlh.backends import Backend
 from zlh.errors import ZlhError
@@ -133,6 +135,7 @@ def build_services(
         provisioning=provisioning,
         lifecycle=lifecycle,
         runtime_changes=RuntimeChanges(provisioning),
+        shares=Shares(db, registry, audit_log),
         poller=poller,
         agents=agents,
         catalog=catalog,
@@ -281,6 +284,7 @@ def create_app(
         docs_routes,
         ide_routes,
         runtime_routes,
+        share_routes,
     ):
         app.include_router(module.router)
     if store_app is not None:

@@ -17,6 +17,7 @@ from zlh.api.provisioning import Provisioning
 from zlh.api.ratelimit import LoginThrottle
 from zlh.api.runtime_changes import RuntimeChanges
 from zlh.api.settings import ApiSettings
+from zlh.api.shares import Shares
 from zlh.api.tailnet.service import Tailnet
 from zlh.backends import Backend
 from zlh.routefeed import RouteFeed
@@ -34,6 +35,7 @@ class Services:
     provisioning: Provisioning
     lifecycle: Lifecycle
     runtime_changes: RuntimeChanges
+    shares: Shares
     poller: Poller
     agents: AgentClient
     catalog: CatalogSource
