@@ -156,6 +156,17 @@ def cases(tmp: Path, port: int) -> dict[str, list[str]]:
             "--password-file",
             file,
         ],
+        "dev share: not a role": ["dev", "share", "101", "bob", "--role", "admin"],
+        "dev unshare: no platform there": [
+            "dev",
+            "unshare",
+            "101",
+            "bob",
+            "--url",
+            "http://127.0.0.1:9",
+            "--password-file",
+            file,
+        ],
     }
 
 

@@ -156,7 +156,7 @@ def _agent_pids(data_dir: Path, vmid: int) -> list[int]:
     return pids
 
 
-def test_zlh_dev_stops_starts_restarts_and_rebuilds_a_container_that_keeps_its_files(
+def test_zlh_dev_stops_starts_restarts_rebuilds_and_shares_a_container_that_keeps_its_files(
     node_store: Path, tmp_path: Path
 ) -> None:
     add_cli_users(tmp_path)
@@ -208,4 +208,16 @@ def test_zlh_dev_stops_starts_restarts_and_rebuilds_a_container_that_keeps_its_f
         assert not (root / "opt" / "marker").exists()
         record = client.get(f"/api/dev/{vmid}", headers=alice).json()
         assert record["status"]["runtimeInstalled"] is True  # installed again
+
+        # Sharing: bob reads alice's file while it is shared with him, not after.
+        bob = login(client, "bob")
+        shared = zlh("dev", "share", str(vmid), "bob", *dev, env=env)
+        assert shared.stdout.strip() == f"container {vmid}: shared with bob (use)"
+        assert client.get(content, params=kept, headers=bob).text == "mine\n"
+        unshared = zlh("dev", "unshare", str(vmid), "bob", *dev, env=env)
+        assert unshared.stdout.strip() == f"container {vmid}: no longer shared with bob"
+        assert client.get(content, params=kept, headers=bob).status_code == 404
+        again = zlh("dev", "unshare", str(vmid), "bob", *dev, env=env, check=False)
+        assert again.returncode == 1
+        assert again.stderr.strip().endswith(f"container {vmid} is not shared with 'bob'")
         assert client.delete(f"/api/dev/{vmid}", headers=alice).status_code == 204

@@ -29,7 +29,8 @@ def _connection(parser: argparse.ArgumentParser) -> None:
 
 def register(commands: Any) -> None:
     dev = commands.add_parser(
-        "dev", help="list, stop, start, restart and rebuild dev containers of a running platform"
+        "dev",
+        help="list, stop, start, restart, rebuild and share dev containers of a running platform",
     )
     dev.set_defaults(_group_parser=dev)
     sub = dev.add_subparsers(title="dev commands", metavar="COMMAND")
@@ -50,3 +51,16 @@ def register(commands: Any) -> None:
         _connection(command)
         command.set_defaults(action=action)
         handler(command, f"{_COMMANDS}:cmd_action")
+    share = sub.add_parser("share", help="let another user use it (IDE, console, files) or view it")
+    share.add_argument("vmid", type=int, metavar="VMID")
+    share.add_argument("guest", metavar="USER", help="the user to share it with")
+    share.add_argument(
+        "--role", choices=("use", "view"), default="use", help="use (the default) or view"
+    )
+    _connection(share)
+    handler(share, f"{_COMMANDS}:cmd_share")
+    unshare = sub.add_parser("unshare", help="take a share back (their IDE and console close)")
+    unshare.add_argument("vmid", type=int, metavar="VMID")
+    unshare.add_argument("guest", metavar="USER", help="the user it is shared with")
+    _connection(unshare)
+    handler(unshare, f"{_COMMANDS}:cmd_unshare")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -73,6 +74,20 @@ class PlatformClient:
         if response.status_code not in (200, 202):
             raise api_error(response, what)
         return ContainerOut.model_validate(response.json())
+
+    def share(self, vmid: int, user: str, role: str) -> ContainerOut:
+        what = f"sharing container {vmid} with {user}"
+        body = {"user": user, "role": role}
+        response = self.request("POST", f"/api/dev/{vmid}/shares", what, json=body)
+        if response.status_code not in (200, 201):
+            raise api_error(response, what)
+        return ContainerOut.model_validate(response.json())
+
+    def unshare(self, vmid: int, user: str) -> None:
+        what = f"taking back the share of container {vmid} with {user}"
+        response = self.request("DELETE", f"/api/dev/{vmid}/shares/{quote(user, safe='')}", what)
+        if response.status_code != 204:
+            raise api_error(response, what)
 
     def events(self, vmid: int) -> Iterator[ContainerEvent]:
         """``/api/dev/{vmid}/events`` until the server ends the stream."""

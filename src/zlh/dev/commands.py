@@ -1,4 +1,5 @@
-"""``zlh dev list|stop|start|restart|rebuild``: sign in to the running platform and ask it.
+"""``zlh dev list|stop|start|restart|rebuild|share|unshare``: sign in to the running platform
+and ask it.
 
 The password is ``--password-file``'s, else ``$ZLH_PASSWORD``, else, for the admin account,
 the data dir's ``admin-password`` (what ``zlh demo`` wrote), else asked on the terminal.
@@ -21,7 +22,7 @@ from zlh.dev.cli import DEFAULT_URL
 from zlh.dev.client import PlatformClient
 from zlh.errors import UsageError, ZlhError
 
-__all__ = ["cmd_action", "cmd_list"]
+__all__ = ["cmd_action", "cmd_list", "cmd_share", "cmd_unshare"]
 
 _ADMIN = "admin"
 _PASSWORD_FILE = "admin-password"
@@ -104,4 +105,19 @@ def cmd_action(args: argparse.Namespace) -> int:
         raise ZlhError(f"{_line(container)}; not done after {WAIT_S:.0f}s")
     if container.state == "failed" or container.error:
         raise ZlhError(_line(container))
+    return 0
+
+
+def cmd_share(args: argparse.Namespace) -> int:
+    with _signed_in(args) as client:
+        container = client.share(args.vmid, args.guest, args.role)
+    shares = ", ".join(f"{s.user} ({s.role})" for s in container.shares)
+    print(f"container {args.vmid}: shared with {shares}")
+    return 0
+
+
+def cmd_unshare(args: argparse.Namespace) -> int:
+    with _signed_in(args) as client:
+        client.unshare(args.vmid, args.guest)
+    print(f"container {args.vmid}: no longer shared with {args.guest}")
     return 0
