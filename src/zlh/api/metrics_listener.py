@@ -21,7 +21,13 @@ logger = logging.getLogger(__name__)
 
 _HEAD_LIMIT: Final = 8192
 _READ_TIMEOUT_S: Final = 10.0
-_REASONS: Final = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+_REASONS: Final = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    500: "Internal Server Error",
+}
 
 
 async def serve_metrics(metrics: Metrics, host: str, port: int) -> asyncio.Server:
@@ -34,6 +40,9 @@ async def serve_metrics(metrics: Metrics, host: str, port: int) -> asyncio.Serve
             pass
         except asyncio.LimitOverrunError:
             writer.write(_error(400, "request head too large"))
+        except Exception as exc:  # a bug or a collector failing: say so, keep serving
+            logger.exception("serving /metrics failed")
+            writer.write(_error(500, "internal error", exc.__class__.__name__))
         finally:
             writer.close()
 
@@ -58,7 +67,7 @@ async def _answer(
     await writer.drain()
 
 
-def _error(status: int, message: str, detail: str | None = None, *, extra: bytes = b"") -> bytes:
+def _error(status: int, message: str, detail: str = "", *, extra: bytes = b"") -> bytes:
     body = ErrorBody(message=message, detail=detail).model_dump_json(exclude_none=True)
     return _response(status, "application/json", body.encode(), extra=extra)
 
