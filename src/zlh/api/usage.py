@@ -3,10 +3,16 @@
 A scrape asks :meth:`UsageCache.snapshot` from a worker thread. Figures younger than
 ``max_age_s`` are returned as they are; older ones start one refresh on the event loop (the
 running containers from the database, then one ``Backend.usage`` call for all of them) and
-the scrape waits for it at most ``wait_s``, else answers with the last figures while the
-refresh finishes for the next scrape. However often Prometheus (or several of them) scrapes,
-the backend is asked at most once per ``max_age_s``, and a slow backend never holds a scrape
+the scrape that started it waits for it at most ``wait_s``, else answers with the last
+figures while the refresh finishes for a later scrape; scrapes meanwhile do not wait at all.
+However often Prometheus (or several of them) scrapes, the backend is asked at most once per
+``max_age_s`` plus the time it takes to answer, and a slow backend never holds a scrape
 longer than ``wait_s``.
+
+Measured with ``bench/metrics_scrape.py`` (Proxmox backend, the test suite's stand-in PVE
+server with 1,000 running CTs on loopback TLS, 2-core machine): the backend took about 8 s for
+the 1,000 ``status/current`` calls; the first scrape returned after 1.0 s without figures, the
+ones during the refresh in about 1 ms, every later one with all 1,000 in 11-43 ms.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ __all__ = ["UsageCache"]
 logger = logging.getLogger(__name__)
 
 MAX_AGE_S: Final = 5.0
-WAIT_S: Final = 2.0
+WAIT_S: Final = 1.0
 
 
 class UsageCache:
@@ -59,12 +65,12 @@ class UsageCache:
         loop = self._loop
         if loop is None or not loop.is_running():
             return self._figures
+        pending = None
         with self._lock:
-            stale = time.monotonic() - self._taken > self._max_age_s
-            if stale and self._refresh is None:
-                self._refresh = asyncio.run_coroutine_threadsafe(self._refreshed(), loop)
-            pending = self._refresh if stale else None
-        if pending is not None:
+            if time.monotonic() - self._taken > self._max_age_s and self._refresh is None:
+                pending = asyncio.run_coroutine_threadsafe(self._refreshed(), loop)
+                self._refresh = pending
+        if pending is not None:  # only the scrape that starts a refresh waits for it
             try:
                 pending.result(timeout=self._wait_s)
             except TimeoutError:
