@@ -34,7 +34,7 @@ from zlh.api.events import EventBus
 from zlh.api.guard import RequestGuard
 from zlh.api.keys import load_or_create_key
 from zlh.api.lifecycle import Lifecycle
-from zlh.api.metrics import ArtifactDownloads, ContainerCounts, Metrics, UsageCollector
+from zlh.api.metrics import Metrics, UsageCollector, artifact_downloads, container_counts
 from zlh.api.poller import Poller
 from zlh.api.provisioning import Provisioning
 from zlh.api.ratelimit import LoginThrottle
@@ -89,7 +89,7 @@ def build_services(
     registry = ContainerRegistry(db, bus, feed)
     metrics = Metrics()
     usage = UsageCache(backend, registry.running_vmids)
-    metrics.register(ContainerCounts(registry.totals), UsageCollector(usage))
+    metrics.register(container_counts(registry.totals), UsageCollector(usage))
     audit_log = AuditLog(db)
     agents = AgentClient(connections=settings.poll_concurrency)
     tailnet = None
@@ -297,7 +297,7 @@ def create_app(
     if store_app is not None:
         app.mount("/artifacts", store_app)
         if isinstance(store_app, ArtifactServer):
-            app.state.services.metrics.register(ArtifactDownloads(store_app))
+            app.state.services.metrics.register(artifact_downloads(store_app))
     mount_portal(app)
     app.add_middleware(RequestGuard, settings=settings)
     return app

@@ -15,7 +15,7 @@ platform's enums and the operator's catalog, and containers are named by vmid on
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -27,11 +27,12 @@ from zlh.proxy.metrics import FrontStats, RouteStats
 
 __all__ = [
     "CONTENT_TYPE",
-    "ArtifactDownloads",
-    "ContainerCounts",
     "FrontCollector",
+    "LabelledCounts",
     "Metrics",
     "UsageCollector",
+    "artifact_downloads",
+    "container_counts",
 ]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -92,25 +93,62 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class ContainerCounts(Collector):
-    """``zlh_containers{state, runtime}``, from ``count()`` (state, runtime) -> n at scrape."""
+class _Families(Collector):
+    """A collector of fixed families: ``_families`` makes them empty (what ``describe``
+    gives the registry), ``collect`` fills them in at scrape time."""
 
-    def __init__(self, count: Callable[[], Mapping[tuple[str, str], int]]) -> None:
-        self._count = count
+    def _families(self) -> Sequence[Metric]:
+        raise NotImplementedError
 
     def describe(self) -> Iterable[Metric]:
-        return [_containers()]
+        return list(self._families())
+
+
+class LabelledCounts(_Families):
+    """One family whose samples ``samples()`` gives at scrape time: (label values, value)."""
+
+    def __init__(
+        self,
+        family: Callable[[], CounterMetricFamily | GaugeMetricFamily],
+        samples: Callable[[], Iterable[tuple[tuple[str, ...], float]]],
+    ) -> None:
+        self._family = family
+        self._samples = samples
+
+    def _families(self) -> Sequence[Metric]:
+        return [self._family()]
 
     def collect(self) -> Iterable[Metric]:
-        family = _containers()
-        for (state, runtime), n in sorted(self._count().items()):
-            family.add_metric([state, runtime], n)
+        family = self._family()
+        for labels, n in sorted(self._samples()):
+            family.add_metric(list(labels), n)
         return [family]
 
 
-def _containers() -> GaugeMetricFamily:
-    return GaugeMetricFamily(
-        "zlh_containers", "Containers by state and runtime", labels=["state", "runtime"]
+def container_counts(count: Callable[[], Mapping[tuple[str, str], int]]) -> LabelledCounts:
+    """``zlh_containers{state, runtime}``, from ``count()`` (state, runtime) -> n."""
+    return LabelledCounts(
+        lambda: GaugeMetricFamily(
+            "zlh_containers", "Containers by state and runtime", labels=["state", "runtime"]
+        ),
+        lambda: count().items(),
+    )
+
+
+class Downloads(Protocol):
+    downloads: dict[str, int]
+
+
+def artifact_downloads(store: Downloads) -> LabelledCounts:
+    """``zlh_artifact_downloads_total{artifact}`` from the built-in store's own counts."""
+    return LabelledCounts(
+        lambda: CounterMetricFamily(
+            "zlh_artifact_downloads",
+            "Downloads started from the built-in artifact store, by catalog artifact "
+            "(kind/name/version; anything else is 'other')",
+            labels=["artifact"],
+        ),
+        lambda: [((artifact,), n) for artifact, n in dict(store.downloads).items()],
     )
 
 
@@ -120,14 +158,11 @@ class Front(Protocol):
     def open_websockets(self, stats: RouteStats) -> int: ...
 
 
-class FrontCollector(Collector):
+class FrontCollector(_Families):
     """The front's counters by route class (``ide``, ``preview``, ``api``)."""
 
     def __init__(self, front: Front) -> None:
         self._front = front
-
-    def describe(self) -> Iterable[Metric]:
-        return list(self._families())
 
     def collect(self) -> Iterable[Metric]:
         families = self._families()
@@ -139,10 +174,9 @@ class FrontCollector(Collector):
             sockets.add_metric([name], self._front.open_websockets(stats))
         return families
 
-    @staticmethod
-    def _families() -> tuple[
-        CounterMetricFamily, CounterMetricFamily, CounterMetricFamily, GaugeMetricFamily
-    ]:
+    def _families(
+        self,
+    ) -> tuple[CounterMetricFamily, CounterMetricFamily, CounterMetricFamily, GaugeMetricFamily]:
         route = ["route"]
         return (
             CounterMetricFamily(
@@ -167,43 +201,11 @@ class FrontCollector(Collector):
         )
 
 
-class Downloads(Protocol):
-    downloads: dict[str, int]
-
-
-class ArtifactDownloads(Collector):
-    """``zlh_artifact_downloads_total{artifact}`` from the built-in store's own counts."""
-
-    def __init__(self, store: Downloads) -> None:
-        self._store = store
-
-    def describe(self) -> Iterable[Metric]:
-        return [_downloads()]
-
-    def collect(self) -> Iterable[Metric]:
-        family = _downloads()
-        for artifact, n in sorted(dict(self._store.downloads).items()):
-            family.add_metric([artifact], n)
-        return [family]
-
-
-def _downloads() -> CounterMetricFamily:
-    return CounterMetricFamily(
-        "zlh_artifact_downloads",
-        "Downloads started from the built-in artifact store, by catalog artifact "
-        "(kind/name/version; anything else is 'other')",
-        labels=["artifact"],
-    )
-
-
-class UsageCollector(Collector):
+class UsageCollector(_Families):
     """Per-container CPU and memory from the backend, through the cache that bounds its cost."""
 
     def __init__(self, cache: UsageCache) -> None:
         self._cache = cache
-
-    def describe(self) -> Iterable[Metric]:
-        return list(self._families())
 
     def collect(self) -> Iterator[Metric]:
         cpu_seconds, cpu_cores, memory = self._families()
@@ -216,8 +218,7 @@ class UsageCollector(Collector):
             memory.add_metric(label, usage.memory_bytes)
         yield from (cpu_seconds, cpu_cores, memory)
 
-    @staticmethod
-    def _families() -> tuple[CounterMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    def _families(self) -> tuple[CounterMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
         vmid = ["vmid"]
         return (
             CounterMetricFamily(
