@@ -9,8 +9,15 @@ the status line and a ``message``; a bad token gets 401; a call through an offli
 may be set, for an unprivileged one only ``nesting`` (403, "only allowed for root@pam"), as PVE
 checks them. ``unprivileged`` defaults to 0 as before PVE 9 (9 defaults to 1), so a request
 that omits it asks for a privileged CT. A clone copies its source's config, ``unprivileged``
-included. Knobs: ``fail_next_task`` (task ends with that exitstatus), ``steal_next_id``
-(another client takes the id ``/cluster/nextid`` just returned).
+included. Volumes are storage objects of their own (``volumes``): ``rootfs`` and ``mpN`` given as
+``STORAGE:SIZE`` (on create, or a new ``mpN`` on ``PUT …/config``) allocate
+``STORAGE:vm-<vmid>-disk-<n>``, which the config then names; destroying a CT frees the volumes
+its config names; ``POST …/move_volume`` with ``target-vmid`` reassigns a mount point to another
+CT on the same node (renamed to the new owner), with PVE's refusals (source running, key in
+use, missing volume, rootfs, another node, a template, no ``VM.Config.Disk``). A volume's
+``files`` stand for its contents. Knobs: ``fail_next_task`` (task ends with that exitstatus;
+``tasks_before_failure`` lets that many tasks pass first), ``steal_next_id`` (another client
+takes the id ``/cluster/nextid`` just returned).
 """
 
 from __future__ import annotations
@@ -58,10 +65,18 @@ class ProxmoxState:
     cts: dict[int, dict[str, Any]] = field(default_factory=dict)
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    volumes: dict[str, dict[str, Any]] = field(default_factory=dict)
     privileges: set[str] = field(
-        default_factory=lambda: {"VM.Allocate", "VM.Clone", "VM.Audit", "Datastore.AllocateSpace"}
+        default_factory=lambda: {
+            "VM.Allocate",
+            "VM.Clone",
+            "VM.Audit",
+            "VM.Config.Disk",
+            "Datastore.AllocateSpace",
+        }
     )
     fail_next_task: str | None = None
+    tasks_before_failure: int = 0  # fail_next_task hits the task after this many more
     steal_next_id: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
     _task_seq: int = 0
@@ -69,12 +84,36 @@ class ProxmoxState:
     def task(self, node: str, kind: str, vmid: int, apply: Any = None) -> str:
         self._task_seq += 1
         upid = f"UPID:{node}:{self._task_seq:08X}:0012D687:65A1B2C3:{kind}:{vmid}:zlh@pve!zlh:"
-        failure, self.fail_next_task = self.fail_next_task, None
+        failure = None
+        if self.fail_next_task and self.tasks_before_failure > 0:
+            self.tasks_before_failure -= 1
+        else:
+            failure, self.fail_next_task = self.fail_next_task, None
         self.tasks[upid] = {"polls": 0, "exitstatus": failure or "OK", "apply": apply}
         return upid
 
     def next_id(self) -> int:
         return max([100, *[v + 1 for v in self.cts]])
+
+    def allocate(self, storage: str, vmid: int, size_gb: str) -> str:
+        """A new volume ``STORAGE:vm-<vmid>-disk-<n>`` (the first free n)."""
+        n = 0
+        while f"{storage}:vm-{vmid}-disk-{n}" in self.volumes:
+            n += 1
+        volid = f"{storage}:vm-{vmid}-disk-{n}"
+        self.volumes[volid] = {"owner": vmid, "size": size_gb, "files": {}}
+        return volid
+
+    def rename(self, volid: str, vmid: int) -> str:
+        """Reassign ``volid`` to ``vmid``: same storage and contents, the new owner's name."""
+        volume = self.volumes.pop(volid)
+        storage = volid.partition(":")[0]
+        n = 0
+        while f"{storage}:vm-{vmid}-disk-{n}" in self.volumes:
+            n += 1
+        new = f"{storage}:vm-{vmid}-disk-{n}"
+        self.volumes[new] = {**volume, "owner": vmid}
+        return new
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -140,13 +179,84 @@ def _ct(state: ProxmoxState, node: str, vmid: int) -> dict[str, Any]:
     return ct
 
 
+_VOLUME_KEY = re.compile(r"rootfs|mp\d+")
+_NEW_VOLUME = re.compile(r"([\w-]+):(\d+)((?:,.*)?)")  # STORAGE:SIZE[,options]
+
+
+def volume_of(value: str) -> str:
+    """The volume id a ``rootfs``/``mpN`` value names (its part before the first comma)."""
+    return value.partition(",")[0]
+
+
+def _allocate_new(state: ProxmoxState, vmid: int, config: dict[str, str]) -> None:
+    """Turn every ``rootfs``/``mpN`` given as ``STORAGE:SIZE`` into an allocated volume."""
+    for key, value in list(config.items()):
+        if _VOLUME_KEY.fullmatch(key) and (m := _NEW_VOLUME.fullmatch(value)):
+            storage, size, options = m.groups()
+            volid = state.allocate(storage, vmid, size)
+            config[key] = f"{volid}{options},size={size}G"
+
+
 def _add_ct(state: ProxmoxState, node: str, vmid: int, config: dict[str, str]) -> None:
+    config = dict(config)
+    _allocate_new(state, vmid, config)
     state.cts[vmid] = {
         "node": node,
         "status": "stopped",
         "name": config["hostname"],
         "config": config,
     }
+
+
+def _destroy_ct(state: ProxmoxState, vmid: int) -> None:
+    ct = state.cts.pop(vmid)
+    for key, value in ct["config"].items():
+        if _VOLUME_KEY.fullmatch(key) or re.fullmatch(r"unused\d+", key):
+            state.volumes.pop(volume_of(value), None)
+
+
+def _move_volume(state: ProxmoxState, node: str, vmid: int, p: dict[str, str]) -> str:
+    """PVE's ``move_volume`` to another CT (reassign), with its checks in its order."""
+    key, target = p.get("volume", ""), p.get("target-vmid")
+    if target and p.get("storage"):
+        raise ApiError(400, "Parameter verification failed.")
+    if not target:
+        raise ApiError(400, "Parameter verification failed.")  # moving to a storage: not ours
+    target_vmid = int(target)
+    target_key = p.get("target-volume") or key
+    if "VM.Config.Disk" not in state.privileges:
+        raise _perm_denied(f"/vms/{target_vmid}, VM.Config.Disk")
+    if "rootfs" in (key, target_key):
+        raise ApiError(500, "Cannot move to/from 'rootfs'")
+    for one in (vmid, target_vmid):
+        if one not in state.cts:
+            raise ApiError(500, f"could not find CT {one}")
+    source, dest = state.cts[vmid], state.cts[target_vmid]
+    if source["node"] != dest["node"]:
+        raise ApiError(
+            500, f"Both containers need to be on the same node ({source['node']} != {dest['node']})"
+        )
+    if source["config"].get("template") or dest["config"].get("template"):
+        raise ApiError(500, "Can't move volumes from or to template CT")
+    if key not in source["config"]:
+        raise ApiError(500, f"volume '{key}' for container '{vmid}' does not exist")
+    if target_key in dest["config"]:
+        raise ApiError(
+            500, f"Target volume key '{target_key}' is already in use for container '{target_vmid}'"
+        )
+    if source["status"] == "running":
+        raise ApiError(
+            500,
+            "Cannot move in-use volume while the source CT is running - detach or shutdown first",
+        )
+
+    def reassign() -> None:
+        value = source["config"].pop(key)
+        volid = volume_of(value)
+        new = state.rename(volid, target_vmid)
+        dest["config"][target_key] = new + value[len(volid) :]
+
+    return state.task(node, "move_volume", vmid, reassign)
 
 
 def _perm_denied(what: str) -> ApiError:
@@ -232,6 +342,10 @@ def route(state: ProxmoxState, method: str, path: str, p: dict[str, str]) -> Any
 
         config = {**source["config"], "hostname": p.get("hostname", f"CT{newid}")}
         config.pop("template", None)
+        for key in [k for k in config if _VOLUME_KEY.fullmatch(k)]:  # a linked clone's own copy
+            volid = volume_of(config[key])
+            size = state.volumes.get(volid, {}).get("size", "8")
+            config[key] = f"{volid.partition(':')[0]}:{size}{config[key][len(volid) :]}"
         return state.task(node, "vzclone", newid, lambda: _add_ct(state, node, newid, config))
     if (m := re.fullmatch(r"lxc/(\d+)/config", rest)) and method in {"GET", "PUT"}:
         ct = _ct(state, node, int(m.group(1)))
@@ -240,7 +354,11 @@ def route(state: ProxmoxState, method: str, path: str, p: dict[str, str]) -> Any
             return {
                 k: int(v) if k in {"unprivileged", "template"} else v for k, v in config.items()
             }
+        added = {k: v for k, v in p.items() if _VOLUME_KEY.fullmatch(k) and k not in ct["config"]}
+        if added and "Datastore.AllocateSpace" not in state.privileges:
+            raise _perm_denied("/storage/local-lvm, Datastore.AllocateSpace")
         ct["config"].update(p)
+        _allocate_new(state, int(m.group(1)), ct["config"])
         return None
     if method == "POST" and (m := re.fullmatch(r"lxc/(\d+)/status/(start|stop|shutdown)", rest)):
         vmid, action = int(m.group(1)), m.group(2)
@@ -269,7 +387,10 @@ def route(state: ProxmoxState, method: str, path: str, p: dict[str, str]) -> Any
         ct = _ct(state, node, vmid)
         if ct["status"] == "running":
             raise ApiError(500, f"CT {vmid} is running - destroy failed")
-        return state.task(node, "vzdestroy", vmid, lambda: state.cts.pop(vmid))
+        return state.task(node, "vzdestroy", vmid, lambda: _destroy_ct(state, vmid))
+    if method == "POST" and (m := re.fullmatch(r"lxc/(\d+)/move_volume", rest)):
+        _ct(state, node, int(m.group(1)))
+        return _move_volume(state, node, int(m.group(1)), p)
     if method == "GET" and (m := re.fullmatch(r"lxc/(\d+)/interfaces", rest)):
         vmid = int(m.group(1))
         ct = _ct(state, node, vmid)

@@ -54,6 +54,8 @@ class FeedRoute:
 
     vmid: int
     owner_id: int
+    # Users the owner shared it with to use (IDE, console, files) -- not those who may only view.
+    guest_ids: frozenset[int] = frozenset()
     state: str  # zlh.api.db.ContainerState value
     address: str | None
     code_server_port: int | None

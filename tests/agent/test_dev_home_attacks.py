@@ -239,6 +239,26 @@ def test_a_clean_home_is_prepared_and_configured_as_dev_and_keeps_user_settings(
     assert (box.home / ".profile").read_text().count("zlh-agent") == 1
 
 
+def test_a_root_owned_home_a_fresh_volume_mounted_there_is_given_to_dev(box: Box) -> None:
+    """A Proxmox CT's home is a mount-point volume: root owns its top, mkfs left lost+found."""
+    os.chown(box.home, 0, 0)
+    (box.home / "lost+found").mkdir(mode=0o700)
+    provision(box)
+    assert (box.home.stat().st_uid, box.home.stat().st_gid) == (DEV_UID, DEV_GID)
+    assert box.env.workspace.lstat().st_uid == DEV_UID
+    assert (box.home / "lost+found").lstat().st_uid == 0  # only the home itself changes owner
+
+
+def test_a_home_that_is_a_link_to_a_root_directory_is_refused_not_given_to_dev(box: Box) -> None:
+    box.home.rmdir()
+    box.home.symlink_to(box.private)
+    before = snapshot(box.outside)
+    with pytest.raises(UnsafeDevHome, match="not a directory"):
+        prepare(box)
+    assert snapshot(box.outside) == before
+    assert box.private.stat().st_uid == 0
+
+
 # -- symlinks ----------------------------------------------------------------------------------
 
 DIRECTORIES = [

@@ -21,7 +21,7 @@ from websockets.sync.client import connect
 from agent_sim import SimBackend
 from api_kit import add_user, login, make_app, running, services, sse_events, wait_for
 from zlh.api import accounts
-from zlh.api.db import ContainerState
+from zlh.api.db import Container, ContainerState
 
 
 @contextmanager
@@ -325,3 +325,20 @@ def test_a_backend_that_cannot_rebuild_leaves_the_container_failed_saying_why(
         client.post(f"/api/dev/{vmid}/rebuild", headers=alice)
         failed = _in_state(client, alice, vmid, "failed")
         assert failed["error"] == "rebuild failed: lxc-copy: no space left on device"
+
+
+def test_a_deleted_containers_activity_is_forgotten_with_it(tmp_path: Path) -> None:
+    """A later container given the same vmid (a backend's choice) starts with no activity."""
+    with _platform(tmp_path) as (_, app, client, alice):
+        vmid = _ready(client, alice)
+        using = _keep_using(app, vmid, 0.05)
+        try:
+            wait_for(
+                lambda: _get(client, alice, vmid)["lastActivity"] is not None,
+                what="the activity to be seen",
+            )
+        finally:
+            using.cancel()
+        assert client.delete(f"/api/dev/{vmid}", headers=alice).status_code == 204
+        successor = Container(vmid=vmid, last_activity_at=None, last_activity_kind=None)
+        assert services(app).lifecycle.last_activity(successor) is None

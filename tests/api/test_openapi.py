@@ -42,8 +42,13 @@ SKIPPED = {
 # is checked by the agent, which refuses hostile or malformed ones (400), missing ones (404),
 # clashes (409) and non-empty
 # directories (409). A new password equal to the current one is refused (422): a rule between
-# two fields that a JSON schema cannot state.
+# two fields that a JSON schema cannot state. A share names a user, who must exist, be enabled
+# and not own the container (422); only an existing share can be taken back (404).
 CONFIG = """
+[[operations]]
+include-path-regex = '^/api/dev/[{]vmid[}]/shares'
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
+
 [[operations]]
 include-name = "POST /api/dev"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "409", "422", "429"]

@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,17 +49,27 @@ def _store(node_store: Path, dest: Path) -> Path:
     return dest
 
 
-@pytest.fixture
-def platform(node_store: Path, tmp_path: Path) -> Iterator[tuple[httpx.Client, Path]]:
+def _prepared(node_store: Path, tmp_path: Path) -> tuple[Path, Path, int]:
+    """A data dir with alice, bob and root, the store of :func:`_store`, a free port."""
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     add_cli_users(data_dir)
-    store = _store(node_store, tmp_path / "store")
-    port = free_port_pair()
+    return data_dir, _store(node_store, tmp_path / "store"), free_port_pair()
+
+
+@contextmanager
+def _served(data_dir: Path, store: Path, port: int) -> Iterator[httpx.Client]:
     with (
         zlh_up(data_dir, store, port),
         httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
     ):
+        yield client
+
+
+@pytest.fixture
+def platform(node_store: Path, tmp_path: Path) -> Iterator[tuple[httpx.Client, Path]]:
+    data_dir, store, port = _prepared(node_store, tmp_path)
+    with _served(data_dir, store, port) as client:
         yield client, data_dir
 
 
@@ -151,6 +163,36 @@ def test_upgrade_switches_current_records_the_version_and_removes_the_old_one(
         ("alice", "runtime-remove", "node 22"),
         ("alice", "runtime-change", "node 22 -> 24"),
     ]
+
+
+def test_an_upgrade_the_platform_did_not_record_before_it_stopped_is_recorded_after_it_starts(
+    node_store: Path, tmp_path: Path
+) -> None:
+    """The agent finished the change, the platform went down before writing it down (its
+    record says 22 again): after ``zlh up`` the container records 24, the version it runs."""
+    data_dir, store, port = _prepared(node_store, tmp_path)
+    with _served(data_dir, store, port) as client:
+        alice = login(client, "alice")
+        vmid = _ready_container(client, alice)
+        answer = client.patch(
+            f"/api/dev/{vmid}", json={"runtime": "node", "version": "24"}, headers=alice
+        )
+        assert answer.status_code == 202, answer.text
+        wait_for(
+            lambda: _container(client, alice, vmid)["version"] == "24",
+            what="the container to record node 24",
+        )
+    with sqlite3.connect(data_dir / "zlh.db") as db:
+        db.execute("UPDATE containers SET version = '22' WHERE vmid = ?", (vmid,))
+
+    with _served(data_dir, store, port) as client:
+        alice = login(client, "alice")
+        record = wait_for(
+            lambda: (r := _container(client, alice, vmid))["version"] == "24" and r,
+            what="the restarted platform to record node 24 again",
+        )
+        assert _installed(record) == {"22": False, "24": True}
+        assert _login_shell_node(data_dir, vmid) == "v24.19.0"
 
 
 def test_a_broken_artifact_leaves_the_old_version_active_and_says_why(

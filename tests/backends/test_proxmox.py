@@ -7,10 +7,18 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from proxmox_server import TEMPLATE, TOKEN, ProxmoxServer, backend_for, self_signed_cert
+from proxmox_server import (
+    TEMPLATE,
+    TOKEN,
+    ProxmoxServer,
+    backend_for,
+    self_signed_cert,
+    volume_of,
+)
 from zlh.backends import (
     BackendError,
     BackendUnavailable,
@@ -48,7 +56,7 @@ def test_create_waits_for_the_task_then_starts_reports_the_address_and_destroys(
     config = server.state.cts[105]["config"]
     assert config["ostemplate"] == TEMPLATE
     assert config["ssh-public-keys"] == "# zlh-agent-token s3cret\n"
-    assert config["rootfs"] == "local-lvm:8" and config["memory"] == "2048"
+    assert config["rootfs"] == "local-lvm:vm-105-disk-0,size=8G" and config["memory"] == "2048"
     polls = [r for r in server.state.requests if "/tasks/" in r[1]]
     assert len(polls) >= 2  # it waited while the task said "running"
 
@@ -64,21 +72,140 @@ def test_create_waits_for_the_task_then_starts_reports_the_address_and_destroys(
     asyncio.run(backend.destroy(105))  # idempotent
 
 
-def test_a_rebuild_is_refused_with_the_reason_and_the_ct_left_as_it_was(
+def _home(server: ProxmoxServer, vmid: int) -> dict[str, Any]:
+    """The volume mounted at /home/dev in CT ``vmid``."""
+    config = server.state.cts[vmid]["config"]
+    assert config["mp0"].split(",")[1] == "mp=/home/dev", config["mp0"]
+    volume: dict[str, Any] = server.state.volumes[volume_of(config["mp0"])]
+    return volume
+
+
+def _holders(server: ProxmoxServer) -> list[int]:
+    return [v for v, ct in server.state.cts.items() if ct["name"].startswith("zlh-home-")]
+
+
+def test_a_container_gets_its_home_on_a_volume_of_its_own(
+    server: ProxmoxServer, cert: tuple[Path, Path]
+) -> None:
+    backend = backend_for(server, cert, home_gb=12)
+    asyncio.run(backend.create(ContainerSpec(vmid=106, agent_secret="s")))
+    config = server.state.cts[106]["config"]
+    assert config["mp0"] == "local-lvm:vm-106-disk-1,mp=/home/dev,backup=1,size=12G"
+    assert volume_of(config["rootfs"]) != volume_of(config["mp0"])
+    asyncio.run(backend.destroy(106))
+    assert server.state.volumes == {}  # the home goes with the container
+
+
+def test_a_rebuild_makes_a_new_system_under_the_same_vmid_and_keeps_the_home_volume(
     server: ProxmoxServer, cert: tuple[Path, Path]
 ) -> None:
     backend = backend_for(server, cert)
-    created = asyncio.run(backend.create(ContainerSpec(vmid=107, agent_secret="s")))
-    assert created.template is None  # the cluster's records do not name it
-    config, asked = dict(server.state.cts[107]["config"]), len(server.state.requests)
+    asyncio.run(backend.create(ContainerSpec(vmid=107, agent_secret="old")))
+    _home(server, 107)["files"]["workspace/notes.md"] = "kept"
+    before = dict(server.state.cts[107]["config"])
+    server.state.volumes[volume_of(before["rootfs"])]["files"]["etc/old-system"] = "old"
+    before["net0"] += ",hwaddr=BC:24:11:AA:BB:CC"  # PVE records the MAC it generated
+    server.state.cts[107]["config"]["net0"] = before["net0"]
 
-    refused = "rebuild is not available on the proxmox backend yet: .* mount-point volume"
-    with pytest.raises(BackendError, match=refused):
-        asyncio.run(backend.rebuild(ContainerSpec(vmid=107, agent_secret="t")))
+    rebuilt = asyncio.run(backend.rebuild(ContainerSpec(vmid=107, agent_secret="new")))
 
-    assert len(server.state.requests) == asked  # nothing was asked of the cluster
-    assert server.state.cts[107]["config"] == config
-    asyncio.run(backend.destroy(107))
+    assert rebuilt.state is RunState.STOPPED and rebuilt.vmid == 107
+    after = server.state.cts[107]["config"]
+    assert server.state.volumes[volume_of(after["rootfs"])]["files"] == {}  # a fresh system
+    assert _home(server, 107)["files"] == {"workspace/notes.md": "kept"}
+    assert after["ssh-public-keys"] == "# zlh-agent-token new\n"
+    assert after["net0"] == before["net0"]  # same MAC: the same DHCP lease
+    assert after["unprivileged"] == "1" and after["tags"] == "zlh"
+    assert _holders(server) == []
+    assert [c.vmid for c in asyncio.run(backend.list())] == [107]
+    assert len(server.state.volumes) == 2  # rootfs and home, nothing left behind
+
+
+# The rebuild's tasks in order: create the holder, home out, destroy the old CT, create the
+# new one, home back, destroy the holder.
+REBUILD_TASKS = 6
+
+
+@pytest.mark.parametrize("failing", range(REBUILD_TASKS))
+def test_a_rebuild_cut_short_at_any_step_loses_nothing_and_finishes_when_asked_again(
+    server: ProxmoxServer, cert: tuple[Path, Path], failing: int
+) -> None:
+    backend = backend_for(server, cert)
+    asyncio.run(backend.create(ContainerSpec(vmid=108, agent_secret="old")))
+    _home(server, 108)["files"]["workspace/notes.md"] = "kept"
+    server.state.fail_next_task, server.state.tasks_before_failure = "ERROR: disk full", failing
+
+    with pytest.raises(BackendError, match="disk full"):
+        asyncio.run(backend.rebuild(ContainerSpec(vmid=108, agent_secret="new")))
+    homes = [v for v in server.state.volumes.values() if v["files"]]
+    assert [h["files"] for h in homes] == [{"workspace/notes.md": "kept"}]  # still there, once
+
+    asyncio.run(backend.rebuild(ContainerSpec(vmid=108, agent_secret="new")))
+    assert _home(server, 108)["files"] == {"workspace/notes.md": "kept"}
+    assert server.state.cts[108]["config"]["ssh-public-keys"] == "# zlh-agent-token new\n"
+    assert sorted(server.state.cts) == [108]
+    assert len(server.state.volumes) == 2
+
+
+def test_deleting_a_container_whose_rebuild_was_cut_short_removes_its_holder_too(
+    server: ProxmoxServer, cert: tuple[Path, Path]
+) -> None:
+    backend = backend_for(server, cert)
+    asyncio.run(backend.create(ContainerSpec(vmid=109, agent_secret="s")))
+    server.state.fail_next_task, server.state.tasks_before_failure = "ERROR: node lost", 2
+    with pytest.raises(BackendError):
+        asyncio.run(backend.rebuild(ContainerSpec(vmid=109, agent_secret="t")))
+    assert _holders(server)
+    assert asyncio.run(backend.list())[0].vmid == 109  # the holder is not a container
+
+    asyncio.run(backend.destroy(109))
+    assert server.state.cts == {} and server.state.volumes == {}
+
+
+def test_a_rebuild_is_refused_for_a_running_ct_and_for_one_without_a_home_volume(
+    server: ProxmoxServer, cert: tuple[Path, Path]
+) -> None:
+    backend = backend_for(server, cert)
+    asyncio.run(backend.create(ContainerSpec(vmid=110, agent_secret="s")))
+    asyncio.run(backend.start(110))
+    with pytest.raises(BackendError, match="container 110 is running: stop it"):
+        asyncio.run(backend.rebuild(ContainerSpec(vmid=110, agent_secret="t")))
+
+    # A CT made before homes had their own volume: its home is on the rootfs.
+    asyncio.run(backend.create(ContainerSpec(vmid=111, agent_secret="s")))
+    server.state.cts[111]["config"].pop("mp0")
+    config, asked = dict(server.state.cts[111]["config"]), len(server.state.requests)
+    with pytest.raises(BackendError, match=r"keeps /home/dev on its rootfs .* unchanged"):
+        asyncio.run(backend.rebuild(ContainerSpec(vmid=111, agent_secret="t")))
+    assert server.state.cts[111]["config"] == config
+    changes = [r for r in server.state.requests[asked:] if r[0] != "GET"]
+    assert changes == []  # nothing was changed on the cluster
+    assert _holders(server) == []
+
+
+def test_the_stand_in_refuses_what_pve_refuses_when_moving_a_volume(
+    server: ProxmoxServer, cert: tuple[Path, Path]
+) -> None:
+    backend = backend_for(server, cert)
+    for vmid in (112, 113):
+        asyncio.run(backend.create(ContainerSpec(vmid=vmid, agent_secret="s")))
+
+    def move(source: int, **params: object) -> None:
+        backend._call("post", f"nodes/pve2/lxc/{source}/move_volume", "moving", **params)
+
+    with pytest.raises(BackendError, match="Target volume key 'mp0' is already in use"):
+        move(112, volume="mp0", **{"target-vmid": 113, "target-volume": "mp0"})
+    with pytest.raises(BackendError, match="Cannot move to/from 'rootfs'"):
+        move(112, volume="rootfs", **{"target-vmid": 113, "target-volume": "mp1"})
+    with pytest.raises(BackendError, match="volume 'mp5' for container '112' does not exist"):
+        move(112, volume="mp5", **{"target-vmid": 113})
+    asyncio.run(backend.start(112))
+    with pytest.raises(BackendError, match="source CT is running"):
+        move(112, volume="mp0", **{"target-vmid": 113, "target-volume": "mp1"})
+    server.state.privileges.discard("VM.Config.Disk")
+    with pytest.raises(BackendError, match=r"HTTP 403.*VM\.Config\.Disk"):
+        move(112, volume="mp0", **{"target-vmid": 113, "target-volume": "mp1"})
+    assert "mp1" not in server.state.cts[113]["config"]
 
 
 def test_a_failing_task_raises_with_its_exitstatus(

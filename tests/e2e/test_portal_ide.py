@@ -14,10 +14,12 @@ from e2e_kit import (
     ALICE,
     BOB,
     PASSWORD,
+    WORKBENCH_TIMEOUT_MS,
     Platform,
     Provisioned,
     Session,
     capture,
+    open_ide,
     open_session,
     sign_in,
 )
@@ -27,43 +29,10 @@ from websockets.sync.client import connect
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-# What code-server 4.x logs on the console with nothing wrong: VS Code's proprietary signing
-# module `vsda` is not shipped in code-server (two 404s; behind the front's nosniff the script's
-# text/plain 404 is also "refused"), and, offline, the GitHub sign-in provider never registers
-# and the built-in extensions' update check cannot reach open-vsx.org.
-# Closing the workbench logs its own shutdown complaints, so the tab is no longer watched then.
-IDE_MISSING_VSDA = "/static/node_modules/vsda/rust/web/vsda"
-IDE_NOISE = [
-    r"^Refused to execute script from '[^']*/static/node_modules/vsda/rust/web/vsda\.js' "
-    r"because its MIME type \('text/plain'\) is not executable",
-    r"Timed out waiting for authentication provider 'github' to register",
-    r"open-vsx\.org",
-]
-WORKBENCH_TIMEOUT_MS = 120_000
 # code-server's file watcher reports a change within a second or two once it runs; it starts
 # some seconds after the Explorer first shows, and a file made before that never appears.
 WATCH_TIMEOUT_MS = 30_000
 PROBE_TIMEOUT_MS = 2_000
-
-
-def _open_ide(session: Session, platform: Platform, vmid: int) -> Page:
-    """Click Open IDE on the container page; returns the new tab once the workbench shows on
-    the IDE origin, its console watched with code-server's known noise allowed."""
-    page = session.page
-    page.goto(f"{platform.base_url}/c/{vmid}")
-    ide = page.locator("#open-ide")
-    assert ide.get_attribute("aria-disabled") == "false"
-    with session.context.expect_page() as opened:
-        ide.click()
-    tab = opened.value
-    session.console.expect_http(404, IDE_MISSING_VSDA)
-    for pattern in IDE_NOISE:
-        session.console.allow(pattern)
-    session.console.attach(tab)
-    tab.set_viewport_size({"width": 1280, "height": 800})
-    tab.locator(".monaco-workbench").wait_for(timeout=WORKBENCH_TIMEOUT_MS)
-    assert tab.url.startswith(platform.ide_url(vmid))
-    return tab
 
 
 def _sign_in_on_the_way_to_the_ide(tab: Page, platform: Platform, vmid: int) -> None:
@@ -84,7 +53,7 @@ def _close_ide(session: Session, tab: Page) -> None:
 def test_open_ide_shows_the_vs_code_workbench_on_our_welcome(
     alice: Session, platform: Platform, provisioned: Provisioned
 ) -> None:
-    tab = _open_ide(alice, platform, provisioned.vmid)
+    tab = open_ide(alice, platform, provisioned.vmid)
     assert tab.locator(".dialog-message-text", has_text="reconnect").count() == 0
     # The workspace's README opens (its preview), not code-server's promotion page.
     editors = tab.locator(".tabs-container [role=tab]")
@@ -122,7 +91,7 @@ def test_an_open_ide_tab_says_the_session_ended_after_sign_out_and_signs_in_agai
 ) -> None:
     vmid = provisioned.vmid
     session = alice
-    tab = _open_ide(session, platform, vmid)
+    tab = open_ide(session, platform, vmid)
     session.console.detach(tab)  # the workbench complains of the lost connection, rightly
     notice = tab.locator("#zlh-session-ended")
     assert notice.count() == 0
@@ -213,7 +182,7 @@ def test_files_made_through_the_file_api_show_in_the_ide_explorer_and_open(
     _mkdir(alice, platform, vmid, folder)
     _put_file(alice, platform, vmid, f"{folder}/{inner}", b"inside\n")
 
-    tab = _open_ide(alice, platform, vmid)
+    tab = open_ide(alice, platform, vmid)
     tab.keyboard.press("Control+Shift+E")  # show the Explorer (does nothing if it is showing)
     expect(_explorer_item(tab, before)).to_be_visible(timeout=WORKBENCH_TIMEOUT_MS)
     _explorer_item(tab, folder).click()
@@ -250,16 +219,18 @@ def test_a_password_change_ends_the_other_sessions_open_ide_websocket_within_5_s
     other.context.on("page", watch)
     try:
         sign_in(other.page, platform.base_url, ALICE)
-        tab = _open_ide(other, platform, vmid)
+        tab = open_ide(other, platform, vmid)
         ide = platform.ide_url(vmid).split("://", 1)[1]
-        open_ide = [ws for ws in sockets if ide in ws.url and not ws.is_closed()]
-        assert open_ide, f"the workbench opened no WebSocket to {ide}: {[s.url for s in sockets]}"
+        ide_sockets = [ws for ws in sockets if ide in ws.url and not ws.is_closed()]
+        assert ide_sockets, (
+            f"the workbench opened no WebSocket to {ide}: {[s.url for s in sockets]}"
+        )
         other.console.detach(tab)  # the workbench complains of the lost connection, rightly
         old_cookies = {c["name"]: c["value"] for c in other.context.cookies(platform.base_url)}
 
         change_password(alice, platform, PASSWORD, NEW_PASSWORD)
         try:
-            for ws in open_ide:
+            for ws in ide_sockets:
                 if not ws.is_closed():
                     ws.wait_for_event("close", timeout=CLOSE_WITHIN_MS)
             api = httpx.get(f"{platform.base_url}/api/dev", cookies=old_cookies)

@@ -276,3 +276,29 @@ def test_frame_tracker_knows_every_boundary_however_reads_are_cut(
 
 def test_close_frame_is_an_unmasked_close_with_code_and_reason() -> None:
     assert close_frame(1008, "session revoked") == b"\x88\x11\x03\xf0session revoked"
+
+
+def test_a_guest_opens_a_shared_ide_and_is_closed_out_when_the_share_is_taken_back(
+    harness: Harness,
+) -> None:
+    vmid = harness.add_route("alice")
+    shared = Route(
+        "alice", "127.0.0.1", harness.upstream_port, ready=True, guests=frozenset({"bob"})
+    )
+    port = harness.front.ide_port
+    assert refused_status(port, f"/dev/{vmid}/ide/ws", user="bob") == 404  # not shared yet
+    harness.call(harness.routes.update, vmid, shared)
+    with (
+        open_ws(port, f"/dev/{vmid}/ide/ws") as owner,
+        open_ws(port, f"/dev/{vmid}/ide/ws", user="bob") as guest,
+    ):
+        for ws in (owner, guest):
+            ws.send("x")
+            assert ws.recv(timeout=5) == "x"
+        taken_back = Route("alice", "127.0.0.1", harness.upstream_port, ready=True)
+        harness.call(harness.routes.update, vmid, taken_back)
+        code, reason, seconds = close_code_within(guest, 5)
+        assert (code, reason) == (1008, "access taken back") and seconds < 5
+        owner.send("still here")
+        assert owner.recv(timeout=5) == "still here"
+    assert refused_status(port, f"/dev/{vmid}/ide/ws", user="bob") == 404

@@ -42,7 +42,9 @@ _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def make_home(home: Path, identity: DevIdentity) -> None:
-    """Create ``home`` if it is missing, owned by ``identity``; an existing one is left as is.
+    """Create ``home`` if it is missing, owned by ``identity``; an existing one is left as is,
+    unless root owns it: that is a fresh volume mounted there (a Proxmox CT's home mount
+    point), which dev gets. Only the home itself changes owner, through its descriptor.
 
     ``home``'s parent must be a directory dev cannot write (``/home``, or the agent's scratch
     root): only the last name is created, and it must be a real directory, not a link.
@@ -58,7 +60,7 @@ def make_home(home: Path, identity: DevIdentity) -> None:
     finally:
         os.close(parent)
     try:
-        if created and not identity.is_current:
+        if not identity.is_current and (created or os.fstat(fd).st_uid == 0):
             os.fchown(fd, identity.uid, identity.gid)
     finally:
         os.close(fd)

@@ -50,10 +50,12 @@ from zlh.api.routes import ide as ide_routes
 from zlh.api.routes import metrics as metrics_routes
 from zlh.api.routes import relays as relay_routes
 from zlh.api.routes import runtimes as runtime_routes
+from zlh.api.routes import shares as share_routes
 from zlh.api.routes import tailnet as tailnet_routes
 from zlh.api.runtime_changes import RuntimeChanges
 from zlh.api.services import Services
 from zlh.api.settings import ApiSettings
+from zlh.api.shares import Shares
 from zlh.api.tailnet.service import KeySealer, Tailnet, TailnetStore
 from zlh.api.usage import UsageCache
 from zlh.artifacts.server import ArtifactServer
@@ -130,6 +132,7 @@ def build_services(
         provisioning=provisioning,
         wake_poller=poller.wake,
     )
+    provisioning.on_deleted = lifecycle.forget
     return Services(
         settings=settings,
         db=db,
@@ -141,6 +144,7 @@ def build_services(
         provisioning=provisioning,
         lifecycle=lifecycle,
         runtime_changes=RuntimeChanges(provisioning),
+        shares=Shares(db, registry, audit_log),
         poller=poller,
         agents=agents,
         catalog=catalog,
@@ -174,6 +178,7 @@ async def _sync_revocations(svc: Services) -> None:
 async def _resume(svc: Services) -> None:
     await svc.provisioning.resume()
     await svc.lifecycle.resume()
+    await svc.runtime_changes.resume()
 
 
 @asynccontextmanager
@@ -292,6 +297,7 @@ def create_app(
         docs_routes,
         ide_routes,
         runtime_routes,
+        share_routes,
     ):
         app.include_router(module.router)
     if store_app is not None:

@@ -39,6 +39,8 @@ class Action(StrEnum):
     ADMIN_IDE_OPEN = "admin-ide-open"  # an admin got a ticket for another user's IDE
     RUNTIME_CHANGE = "runtime-change"  # asked (detail: runtime old -> new), or failed (system)
     RUNTIME_REMOVE = "runtime-remove"  # an inactive runtime version removed (detail: which)
+    SHARE = "share"  # shared with a user, or the role changed (detail: user and role)
+    UNSHARE = "unshare"  # a share taken back, or dropped by its user (detail: the user)
 
 
 class AuditLog:

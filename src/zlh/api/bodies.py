@@ -8,6 +8,7 @@ from datetime import datetime
 from pydantic import Field, field_validator
 
 from zlh.api.accounts import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
+from zlh.api.db import ShareRole
 from zlh.schemas import AgentStatus, Progress, registered_addon
 from zlh.schemas._base import WireModel
 from zlh.schemas.artifact import VERSION_PATTERN, Version
@@ -98,6 +99,22 @@ class RuntimeChangeRequest(WireModel):
     version: Version = Field(pattern=VERSION_PATTERN, examples=["24"])
 
 
+class ShareRequest(WireModel):
+    """``POST /api/dev/{vmid}/shares``: share the container with ``user``."""
+
+    user: str = Field(min_length=1, max_length=64, examples=["bob"])
+    role: ShareRole = Field(
+        description="use: opens the IDE, the console and the files; view: sees the status only",
+        examples=["use"],
+    )
+
+
+class ShareOut(WireModel):
+    user: str
+    role: ShareRole
+    created_at: datetime
+
+
 class ContainerOut(WireModel):
     vmid: int
     name: str | None = Field(default=None, description="the owner's name for it, if any")
@@ -122,6 +139,15 @@ class ContainerOut(WireModel):
         "none when idle_stop_after is 0)",
     )
     error: str | None = None
+    role: ShareRole | None = Field(
+        default=None,
+        description="the caller's share of it when its owner shared it with the caller (use, "
+        "view); none for its owner and admins",
+    )
+    shares: list[ShareOut] = Field(
+        default_factory=list,
+        description="who else may use or view it (shown to its owner and admins)",
+    )
     # The portal's page that opens the IDE: it fetches a ticket (GET /api/dev/{vmid}/ide-url)
     # and sends the browser to the IDE origin with it.
     ide_path: str

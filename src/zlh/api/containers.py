@@ -18,8 +18,17 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from zlh.api.bodies import Activity, ContainerEvent, ContainerOut
-from zlh.api.db import Container, ContainerState, Database, KeyValue, Pins, User
+from zlh.api.bodies import Activity, ContainerEvent, ContainerOut, ShareOut
+from zlh.api.db import (
+    Container,
+    ContainerState,
+    Database,
+    KeyValue,
+    Pins,
+    Share,
+    ShareRole,
+    User,
+)
 from zlh.api.db.models import utcnow
 from zlh.api.errors import Conflict, NotFound, QuotaExceeded
 from zlh.api.events import EventBus
@@ -69,9 +78,12 @@ def container_out(
     admin_ide_access: bool,
     last_activity: Activity | None,
     idle_stop_at: datetime | None,
+    viewer: User | None = None,
 ) -> ContainerOut:
     """The container as the API shows it (zlh.api.lifecycle knows its latest activity, which
-    may be newer than the record's, and when it stops for being idle)."""
+    may be newer than the record's, and when it stops for being idle) to ``viewer``: a user it
+    is shared with sees their role, not who else it is shared with."""
+    role = None if viewer is None else container.role_of(viewer.id)
     return ContainerOut(
         vmid=container.vmid,
         name=container.name,
@@ -86,6 +98,8 @@ def container_out(
         idle_stop_at=idle_stop_at,
         template=container.template,
         error=container.error,
+        role=role,
+        shares=[] if role else [share_out(s) for s in container.shares],
         ide_path=f"/c/{container.vmid}/ide",
         admin_ide_access=admin_ide_access,
         status=container.status,
@@ -98,6 +112,12 @@ def recorded_activity(container: Container) -> Activity | None:
     if container.last_activity_at is None or container.last_activity_kind is None:
         return None
     return Activity(at=container.last_activity_at, kind=container.last_activity_kind)
+
+
+def share_out(share: Share) -> ShareOut:
+    return ShareOut(
+        user=share.user.username, role=ShareRole(share.role), created_at=share.created_at
+    )
 
 
 def container_event(container: Container) -> ContainerEvent:
@@ -118,6 +138,7 @@ def _route(container: Container) -> FeedRoute:
     return FeedRoute(
         vmid=container.vmid,
         owner_id=container.owner_id,
+        guest_ids=frozenset(s.user_id for s in container.shares if s.role == ShareRole.USE),
         state=container.state,
         address=container.address,
         code_server_port=container.code_server_port,
@@ -155,6 +176,17 @@ class ContainerRegistry:
             query = query.join(User, Container.owner_id == User.id).where(
                 User.username == owner_name
             )
+        with self.db.session() as session:
+            return list(session.scalars(query).unique())
+
+    def shared_with(self, user_id: int) -> list[Container]:
+        """The containers other users have shared with ``user_id``."""
+        query = (
+            select(Container)
+            .join(Share, Share.vmid == Container.vmid)
+            .where(Share.user_id == user_id)
+            .order_by(Container.vmid)
+        )
         with self.db.session() as session:
             return list(session.scalars(query).unique())
 
@@ -356,6 +388,14 @@ class ContainerRegistry:
             self.feed.remove_route(vmid)
 
         self.call_on_loop(deliver)
+
+    def republish(self, vmid: int) -> Container | None:
+        """Send ``vmid``'s record to the SSE subscribers and the front again (its shares
+        changed: who may open it did)."""
+        container = self.get(vmid)
+        if container is not None:
+            self._notify(container)
+        return container
 
     # -- notifications ---------------------------------------------------------------------
 

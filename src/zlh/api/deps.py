@@ -1,19 +1,20 @@
 """Request dependencies: the caller (cookie or Bearer) and the one ownership check.
 
-Every ``/api/dev/{vmid}…`` route takes :data:`OwnedContainer`: 401 without a valid session,
-404 when the vmid does not exist *or* belongs to someone else (admins pass), so a
-non-owner cannot tell the two apart.
+Every ``/api/dev/{vmid}…`` route takes :data:`OwnedContainer`, :data:`UsableContainer` or
+:data:`VisibleContainer`: 401 without a valid session, 404 when the vmid does not exist *or*
+the caller may not reach it (admins pass; users it is shared with pass where their role
+allows), so nobody else can tell the two apart.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Final
 
 from fastapi import Depends, Path, Request
 from starlette.datastructures import Headers
 
 from zlh.api.clientaddr import UNKNOWN
-from zlh.api.db import Container, User
+from zlh.api.db import Container, ShareRole, User
 from zlh.api.errors import Forbidden, NotAuthenticated, NotFound
 from zlh.api.services import Services
 from zlh.schemas.payload import MAX_VMID, MIN_VMID
@@ -23,8 +24,11 @@ __all__ = [
     "CurrentUser",
     "OwnedContainer",
     "Svc",
+    "UsableContainer",
+    "VisibleContainer",
     "bearer_token",
     "client_address",
+    "container_for",
     "current_user",
     "owned_container",
 ]
@@ -75,27 +79,54 @@ def admin_user(user: CurrentUser) -> User:
 AdminUser = Annotated[User, Depends(admin_user)]
 
 
-def owned_container(
-    vmid: Annotated[
-        int,
-        Path(
-            ge=MIN_VMID,
-            le=MAX_VMID,
-            description="the container's vmid",
-            # The first container's: generated clients and schemathesis reach a real one.
-            examples=[MIN_VMID],
-        ),
-    ],
-    user: CurrentUser,
-    svc: Svc,
+# Who, besides its owner and admins, may use a container (IDE, console, files, start) and who
+# may see it.
+USERS: Final = frozenset({ShareRole.USE})
+VIEWERS: Final = frozenset({ShareRole.USE, ShareRole.VIEW})
+
+VmidPath = Annotated[
+    int,
+    Path(
+        ge=MIN_VMID,
+        le=MAX_VMID,
+        description="the container's vmid",
+        # The first container's: generated clients and schemathesis reach a real one.
+        examples=[MIN_VMID],
+    ),
+]
+
+
+def container_for(
+    vmid: int, user: User, svc: Services, *, shared: frozenset[ShareRole] = frozenset()
 ) -> Container:
+    """Container ``vmid`` if ``user`` owns it, is an admin, or holds one of the ``shared``
+    roles on it; else NotFound, whether or not it exists."""
     container = svc.registry.get(vmid)
-    if container is None or (container.owner_id != user.id and not user.is_admin):
+    if container is None or not (
+        container.owner_id == user.id or user.is_admin or container.role_of(user.id) in shared
+    ):
         raise NotFound(f"no container {vmid}")
     return container
 
 
+def owned_container(vmid: VmidPath, user: CurrentUser, svc: Svc) -> Container:
+    return container_for(vmid, user, svc)
+
+
+def usable_container(vmid: VmidPath, user: CurrentUser, svc: Svc) -> Container:
+    return container_for(vmid, user, svc, shared=USERS)
+
+
+def visible_container(vmid: VmidPath, user: CurrentUser, svc: Svc) -> Container:
+    return container_for(vmid, user, svc, shared=VIEWERS)
+
+
+# Its owner or an admin: everything that changes it or its shares.
 OwnedContainer = Annotated[Container, Depends(owned_container)]
+# Also a user it is shared with to use: the IDE, the console, the files, a start.
+UsableContainer = Annotated[Container, Depends(usable_container)]
+# Also a user it is shared with to view: its status and events.
+VisibleContainer = Annotated[Container, Depends(visible_container)]
 
 
 def client_address(request: Request) -> str:

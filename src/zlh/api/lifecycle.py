@@ -39,7 +39,7 @@ from typing import Any
 from zlh.api.audit import Action, AuditLog
 from zlh.api.bodies import Activity, ContainerOut
 from zlh.api.containers import ContainerRegistry, container_out, recorded_activity
-from zlh.api.db import Container, ContainerState
+from zlh.api.db import Container, ContainerState, User
 from zlh.api.db.models import utcnow
 from zlh.api.provisioning import Provisioning
 from zlh.api.settings import ApiSettings
@@ -174,14 +174,16 @@ class Lifecycle:
             except ZlhError as exc:
                 logger.warning("stopped container %s still runs: %s", container.vmid, exc)
 
-    def out(self, container: Container) -> ContainerOut:
-        """The container as the API shows it, with its latest activity and idle deadline."""
+    def out(self, container: Container, *, viewer: User | None = None) -> ContainerOut:
+        """The container as ``viewer`` sees it (``container_out``), with its latest activity
+        and idle deadline."""
         activity = self.last_activity(container)
         return container_out(
             container,
             admin_ide_access=self.settings.admin_ide_access,
             last_activity=activity,
             idle_stop_at=self.idle_stop_at(container, activity),
+            viewer=viewer,
         )
 
     # -- idle auto-stop ------------------------------------------------------------------------
@@ -200,6 +202,11 @@ class Lifecycle:
                 self.registry.update, vmid, last_activity_at=now, last_activity_kind=kind
             )
             asyncio.get_running_loop().run_in_executor(None, update)
+
+    def forget(self, vmid: int) -> None:
+        """Container ``vmid`` is gone: a new one given its number starts with no activity."""
+        self._activity.pop(vmid, None)
+        self._written.pop(vmid, None)
 
     def last_activity(self, container: Container) -> Activity | None:
         """The container's latest activity: what this process saw, else its record's."""

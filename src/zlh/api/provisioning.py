@@ -111,6 +111,8 @@ class Provisioning:
         self.tasks = ContainerTasks()
         # Told when a container starts provisioning (the poller's wake-up).
         self.on_provisioning: Callable[[], None] = lambda: None
+        # Told the vmid of every deleted container (whose number a new one may get).
+        self.on_deleted: Callable[[int], None] = lambda vmid: None
 
     def secret(self, container: Container) -> str:
         return agent_secret(self.agent_key, container.vmid, container.agent_nonce)
@@ -169,6 +171,7 @@ class Provisioning:
             except ZlhError as exc:
                 logger.warning("the tailnet keys of container %s stay valid: %s", vmid, exc)
         self.registry.remove(vmid)
+        self.on_deleted(vmid)
         await asyncio.to_thread(self.audit.record, actor, Action.DELETE, vmid)
 
     # -- the background drive -------------------------------------------------------------------

@@ -13,6 +13,9 @@ the download's progress, until the agent reports the change:
   only now (the payload re-sent to an agent that lost it names the new version from here on);
 - ``failed`` (a digest mismatch, say): nothing is recorded, the previous version stays active,
   and the container's ``status.runtimeChange.error`` says why until the next change.
+
+A platform that stops while it follows a change follows it again when it starts (``resume``);
+an agent restarted after the change reports the version as its active one, which counts too.
 """
 
 from __future__ import annotations
@@ -25,9 +28,24 @@ from zlh.api.bodies import DevRequest
 from zlh.api.db import Container, ContainerState, Pins
 from zlh.api.errors import AgentError, Conflict, InvalidRequest
 from zlh.api.provisioning import Provisioning, resolve_request
-from zlh.schemas import RuntimeChange, RuntimeChangeState, RuntimeName, RuntimeSpec
+from zlh.schemas import (
+    AgentState,
+    AgentStatus,
+    RuntimeChange,
+    RuntimeChangeState,
+    RuntimeName,
+    RuntimeSpec,
+)
 
 __all__ = ["RuntimeChanges"]
+
+# The states in which an agent may still be carrying out a change asked for earlier.
+_FOLLOWED = [
+    ContainerState.READY,
+    ContainerState.UNREACHABLE,
+    ContainerState.PROVISIONING,
+    ContainerState.STARTING,
+]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +102,45 @@ class RuntimeChanges:
         self._watch(container.vmid, spec, pinned)
         return updated
 
+    async def resume(self) -> None:
+        """After the platform started: follow again the changes it was following when it stopped.
+
+        A change the agent reports (installing, or active but not yet recorded here) whose
+        version the catalog still pins to the same digest is watched as if just asked for; one
+        the catalog no longer has is left as the agent reports it, with a warning.
+        """
+        catalog = await self.catalog.get()
+        for container in self.registry.in_states(_FOLLOWED):
+            change = container.status.runtime_change if container.status else None
+            if (
+                change is None
+                or change.state is RuntimeChangeState.FAILED
+                or change.name != container.runtime
+                or change.version == container.version
+            ):
+                continue
+            try:
+                version, pins = resolve_request(
+                    catalog, DevRequest(runtime=change.name, version=change.version)
+                )
+            except InvalidRequest:
+                version = ""
+            if version != change.version or pins.runtime.sha256 != change.sha256:
+                logger.warning(
+                    "container %s: its change to %s %s is no longer in the catalog",
+                    container.vmid,
+                    change.name,
+                    change.version,
+                )
+                continue
+            spec = RuntimeSpec(
+                name=RuntimeName(change.name),
+                version=version,
+                artifact=self.provisioning.resolved(pins.runtime),
+            )
+            pinned = container.pins.model_copy(update={"runtime": pins.runtime})
+            self._watch(container.vmid, spec, pinned)
+
     def _ready_agent(self, container: Container, what: str) -> str:
         url = container.agent_url
         if container.state != ContainerState.READY or url is None:
@@ -123,7 +180,13 @@ class RuntimeChanges:
             except AgentError:
                 continue  # the poller counts misses; this only follows progress
             self.registry.update(vmid, status=status)
+            if status.state is not AgentState.READY:
+                continue  # a restarted agent restores its payload first
             change = status.runtime_change
+            if change is None and _runs(status, spec):
+                # The agent restarted after the change: its restored payload names the version.
+                self.registry.update(vmid, version=spec.version, pins=pins)
+                return
             if change is None or not _is(change, spec):
                 return  # another payload or change took over
             if change.state is RuntimeChangeState.ACTIVE:
@@ -163,6 +226,17 @@ class RuntimeChanges:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _runs(status: AgentStatus, spec: RuntimeSpec) -> bool:
+    """The agent reports ``spec``'s version, with ``spec``'s digest, as the active one."""
+    return any(
+        r.active
+        and r.name == spec.name.value
+        and r.version == spec.version
+        and r.sha256 == spec.artifact.sha256
+        for r in status.runtimes
+    )
 
 
 def _is(change: RuntimeChange, spec: RuntimeSpec) -> bool:

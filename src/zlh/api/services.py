@@ -18,6 +18,7 @@ from zlh.api.provisioning import Provisioning
 from zlh.api.ratelimit import LoginThrottle
 from zlh.api.runtime_changes import RuntimeChanges
 from zlh.api.settings import ApiSettings
+from zlh.api.shares import Shares
 from zlh.api.tailnet.service import Tailnet
 from zlh.api.usage import UsageCache
 from zlh.backends import Backend
@@ -36,6 +37,7 @@ class Services:
     provisioning: Provisioning
     lifecycle: Lifecycle
     runtime_changes: RuntimeChanges
+    shares: Shares
     poller: Poller
     agents: AgentClient
     catalog: CatalogSource

@@ -16,10 +16,16 @@ Containers are unprivileged (container root is a subordinate uid on the node): c
 ``unprivileged=1``; a clone inherits the flag from its template, so a privileged template is
 refused unless ``allow_privileged`` is set (then used with a warning).
 
-Rebuild is not available here yet: keeping ``/home/dev`` across a new rootfs needs the home on
-a mount-point volume of its own (``mp0``) that outlives the CT's rootfs when it is destroyed
-and re-cloned, and the backend does not create CTs that way; ``rebuild`` says so. ``template``
-is None: the cluster's records of a CT do not name the template it came from.
+``/home/dev`` is a mount-point volume of its own (``mp0``, ``home_gb`` GiB on the rootfs
+storage), so a rebuild can keep it while the system is made anew under the same vmid. PVE
+cannot give a new rootfs to an existing CT, nor renumber one, so the home is parked on a
+*holder* CT (``zlh-home-<vmid>``, never started) while the old CT is destroyed and a new one is
+made: ``move_volume`` with ``target-vmid`` reassigns ``mp0`` (both CTs stopped, on one node),
+out to the holder and back. Each step is read off the cluster, so an interrupted rebuild goes
+on from where it stopped; a word made for the rebuild, in the ``description`` of the holder
+and of the new CT, tells the new system from the old one. A CT made before homes had their own
+volume has no ``mp0`` and is not rebuilt (its home would be lost). ``template`` is None: the
+cluster's records of a CT do not name the template it came from.
 
 proxmoxer and requests errors are translated into BackendError here, at the boundary.
 """
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -51,6 +58,11 @@ log = logging.getLogger(__name__)
 
 TAG = "zlh"
 NAME_PREFIX = "zlh-"
+# The CT that holds a container's home while a rebuild replaces its system.
+HOLDER_PREFIX = "zlh-home-"
+HOLDER_TAG = "zlh-home"
+HOME_VOLUME = "mp0"
+HOME_PATH = "/home/dev"
 # Unprivileged CTs only; nesting because the template boots systemd (252), whose service
 # sandboxing needs it in an unprivileged CT. For an unprivileged CT a token with VM.Allocate
 # may set nesting (any other feature flag is root@pam only).
@@ -71,7 +83,8 @@ class ProxmoxSettings:
     node: str | None = None  # None: the online node with the lowest load
     ostemplate: str | None = None  # e.g. local:vztmpl/debian-12-zlh_<version>_amd64.tar.zst
     clone_from: int | None = None  # a template CT's vmid, instead of ostemplate
-    storage: str = "local-lvm"  # rootfs storage (create mode)
+    storage: str = "local-lvm"  # rootfs storage (create mode) and the home volume's
+    home_gb: int = 10  # the /home/dev volume (mp0), kept across rebuilds
     bridge: str = "vmbr0"
     ip: str = "dhcp"  # net0 ip= (dhcp, or a CIDR when the operator pins one)
     task_timeout_s: float = 300.0  # per Proxmox task (create, start, stop, destroy)
@@ -99,6 +112,8 @@ class ProxmoxSettings:
             "storage": env.get("ZLH_PROXMOX_STORAGE", "local-lvm"),
             "bridge": env.get("ZLH_PROXMOX_BRIDGE", "vmbr0"),
         }
+        if env.get("ZLH_PROXMOX_HOME_GB"):
+            values["home_gb"] = int(env["ZLH_PROXMOX_HOME_GB"])
         if env.get("ZLH_PROXMOX_CLONE_FROM"):
             values["clone_from"] = int(env["ZLH_PROXMOX_CLONE_FROM"])
         verify = env.get("ZLH_PROXMOX_VERIFY_TLS", "true")
@@ -205,12 +220,20 @@ class ProxmoxBackend(BlockingBackend):
         return None
 
     def _resources(self) -> list[dict[str, Any]]:
+        """Our containers (holders of a home under rebuild are not containers)."""
+        return [i for i in self._all_cts() if not str(i.get("name", "")).startswith(HOLDER_PREFIX)]
+
+    def _all_cts(self) -> list[dict[str, Any]]:
         items = self._call("get", "cluster/resources", "listing containers", type="vm")
         return [
             i
             for i in items
             if i.get("type") == "lxc" and str(i.get("name", "")).startswith(NAME_PREFIX)
         ]
+
+    def _holder(self, vmid: int) -> dict[str, Any] | None:
+        name = f"{HOLDER_PREFIX}{vmid}"
+        return next((i for i in self._all_cts() if i.get("name") == name), None)
 
     def suggest_vmid(self, minimum: int = 100) -> int:
         """A free cluster-wide vmid from ``GET /cluster/nextid``, re-checked and retried."""
@@ -281,6 +304,24 @@ class ProxmoxBackend(BlockingBackend):
     def _create(self, spec: ContainerSpec) -> ContainerInfo:
         if self._find(spec.vmid) is not None:
             raise ContainerExists(f"container {spec.vmid} already exists")
+        node = self._pick_node()
+        self._new_ct(node, spec, hostname=f"{NAME_PREFIX}{spec.vmid}", tags=TAG)
+        what = f"giving container {spec.vmid} its home volume"
+        home = f"{self.settings.storage}:{self.settings.home_gb},mp={HOME_PATH},backup=1"
+        self._call("put", f"nodes/{node}/lxc/{spec.vmid}/config", what, **{HOME_VOLUME: home})
+        return ContainerInfo(vmid=spec.vmid, state=RunState.STOPPED, node=node)
+
+    def _new_ct(
+        self,
+        node: str,
+        spec: ContainerSpec,
+        *,
+        hostname: str,
+        tags: str,
+        net0: str | None = None,
+        description: str | None = None,
+    ) -> None:
+        """A CT ``spec.vmid`` on ``node`` from the template (created or cloned), no home yet."""
         s, r = self.settings, spec.resources
         if spec.tun:
             # /dev/net/tun needs raw lxc.* config, which only root@pam can set (not a token).
@@ -290,8 +331,8 @@ class ProxmoxBackend(BlockingBackend):
                 "userspace networking",
                 spec.vmid,
             )
-        node = self._pick_node()
         what = f"creating container {spec.vmid} on {node}"
+        extra = {"description": description} if description else {}
         if s.clone_from is not None:
             if not s.allow_clone_without_secret:
                 raise BackendError("clone mode cannot deliver the agent secret through the API")
@@ -301,7 +342,7 @@ class ProxmoxBackend(BlockingBackend):
                 f"nodes/{node}/lxc/{s.clone_from}/clone",
                 what,
                 newid=spec.vmid,
-                hostname=f"{NAME_PREFIX}{spec.vmid}",
+                hostname=hostname,
                 full=0,
             )
             self._wait_task(node, upid, what)
@@ -311,7 +352,9 @@ class ProxmoxBackend(BlockingBackend):
                 what,
                 memory=r.memory_mb,
                 cores=r.cores,
-                tags=TAG,
+                tags=tags,
+                **({"net0": net0} if net0 else {}),
+                **extra,
             )
         else:
             upid = self._call(
@@ -320,19 +363,19 @@ class ProxmoxBackend(BlockingBackend):
                 what,
                 vmid=spec.vmid,
                 ostemplate=s.ostemplate,
-                hostname=f"{NAME_PREFIX}{spec.vmid}",
+                hostname=hostname,
                 memory=r.memory_mb,
                 swap=0,
                 cores=r.cores,
                 rootfs=f"{s.storage}:{r.disk_gb}",
-                net0=f"name=eth0,bridge={s.bridge},ip={s.ip},firewall=1",
+                net0=net0 or f"name=eth0,bridge={s.bridge},ip={s.ip},firewall=1",
                 unprivileged=1,
                 features=CT_FEATURES,
-                tags=TAG,
+                tags=tags,
+                **extra,
                 **{"ssh-public-keys": f"# zlh-agent-token {spec.agent_secret}\n"},
             )
             self._wait_task(node, upid, what)
-        return ContainerInfo(vmid=spec.vmid, state=RunState.STOPPED, node=node)
 
     def _check_clone_template(self, node: str, template: int) -> None:
         """Clones inherit ``unprivileged`` from their template (the clone call cannot set it):
@@ -380,22 +423,97 @@ class ProxmoxBackend(BlockingBackend):
             self._lifecycle(vmid, "stop")
 
     def _destroy(self, vmid: int) -> None:
+        """The CT, and the holder of its home if a rebuild of it was cut short."""
+        holder = self._holder(vmid)
+        if holder is not None:
+            self._remove_ct(str(holder["node"]), int(holder["vmid"]))
         item = self._find(vmid)
         if item is None:
             return
         self._stop(vmid, 10.0)
-        node = str(item["node"])
+        self._remove_ct(str(item["node"]), vmid)
+
+    def _rebuild(self, spec: ContainerSpec) -> ContainerInfo:
+        vmid = spec.vmid
+        holder = self._holder(vmid)
+        item = self._find(vmid)
+        if item is None and holder is None:
+            raise BackendError(f"container {vmid} does not exist")
+        node = str((item or holder or {})["node"])
+        config = self._config(node, vmid) if item is not None else {}
+        if item is not None and item.get("status") == "running":
+            raise BackendError(f"container {vmid} is running: stop it before a rebuild")
+        if holder is None:
+            if HOME_VOLUME not in config:
+                raise BackendError(
+                    f"container {vmid} keeps /home/dev on its rootfs (it was made before homes "
+                    "had a volume of their own), so a rebuild would lose it; the container is "
+                    "unchanged"
+                )
+            holder = self._make_holder(node, spec, config)
+        holder_id = int(holder["vmid"])
+        kept = self._config(node, holder_id)
+        word = str(kept.get("description", "")).strip()  # PVE may end it with a newline
+        # (A holder whose description was never set has no word: whatever runs is the old one.)
+        new_system = (
+            item is not None and bool(word) and str(config.get("description", "")).strip() == word
+        )
+        if item is not None and not new_system:
+            if HOME_VOLUME in config:
+                self._move_home(node, vmid, holder_id)
+            self._remove_ct(node, vmid)  # the old system; its home is on the holder
+        if not new_system:
+            self._new_ct(
+                node,
+                spec,
+                hostname=f"{NAME_PREFIX}{vmid}",
+                tags=TAG,
+                net0=kept.get("net0"),
+                description=word,
+            )
+        if not (new_system and HOME_VOLUME in config):
+            self._move_home(node, holder_id, vmid)
+        self._remove_ct(node, holder_id)
+        return ContainerInfo(vmid=vmid, state=RunState.STOPPED, node=node)
+
+    def _make_holder(
+        self, node: str, spec: ContainerSpec, config: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A stopped CT that keeps ``spec.vmid``'s home (and its net0) during the rebuild; its
+        description is the rebuild's word, which the new CT will carry too."""
+        holder_id = self.suggest_vmid(spec.vmid + 1)
+        holder = ContainerSpec(vmid=holder_id, agent_secret="-", resources=spec.resources)
+        self._new_ct(
+            node,
+            holder,
+            hostname=f"{HOLDER_PREFIX}{spec.vmid}",
+            tags=HOLDER_TAG,
+            net0=config.get("net0"),
+            description=f"zlh rebuild {secrets.token_hex(8)}",
+        )
+        return {"vmid": holder_id, "node": node}
+
+    def _move_home(self, node: str, source: int, target: int) -> None:
+        what = f"moving the home volume of {source} to {target}"
+        upid = self._call(
+            "post",
+            f"nodes/{node}/lxc/{source}/move_volume",
+            what,
+            volume=HOME_VOLUME,
+            **{"target-vmid": target, "target-volume": HOME_VOLUME},
+        )
+        self._wait_task(node, upid, what)
+
+    def _config(self, node: str, vmid: int) -> dict[str, Any]:
+        config: dict[str, Any] = self._call(
+            "get", f"nodes/{node}/lxc/{vmid}/config", f"reading the config of {vmid}"
+        )
+        return config
+
+    def _remove_ct(self, node: str, vmid: int) -> None:
         what = f"destroying container {vmid}"
         upid = self._call("delete", f"nodes/{node}/lxc/{vmid}", what, purge=1)
         self._wait_task(node, upid, what)
-
-    def _rebuild(self, spec: ContainerSpec) -> ContainerInfo:
-        raise BackendError(
-            "rebuild is not available on the proxmox backend yet: its CTs keep /home/dev on "
-            "their rootfs, which a rebuild replaces (a home that survives needs its own "
-            "mount-point volume, which this backend does not create); the container is "
-            "unchanged"
-        )
 
     def _list_all(self) -> list[ContainerInfo]:
         return [self._info(int(item["vmid"])) for item in self._resources()]

@@ -22,6 +22,7 @@ def to_route(route: routefeed.FeedRoute) -> Route:
     ready = route.ready and route.code_server_port is not None
     return Route(
         owner_id=str(route.owner_id),
+        guests=frozenset(str(g) for g in route.guest_ids),
         host=route.address or "",
         port=route.code_server_port or 0,
         ready=ready,

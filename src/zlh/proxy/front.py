@@ -469,12 +469,11 @@ class Front:
         return principal
 
     def _may_open(self, principal: Principal, vmid: int, route: Route) -> bool:
-        """Owner, or admin where admins may; an IDE cookie opens only its own container."""
+        """Owner, a user it is shared with to use, or admin where admins may; an IDE cookie
+        opens only its own container."""
         if principal.vmid and principal.vmid != vmid:
             return False
-        return route.owner_id == principal.user_id or (
-            principal.is_admin and self._admin_ide_access
-        )
+        return route.admits(principal.user_id) or (principal.is_admin and self._admin_ide_access)
 
     def _origin_ok(self, req: RequestHead) -> bool:
         if req.origin is None:

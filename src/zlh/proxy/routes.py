@@ -43,8 +43,14 @@ class Route:
     reason: str = ""
     # Stopped (by its owner or for being idle): opening its IDE starts it, in the portal.
     stopped: bool = False
+    # Users its owner shared it with to use (their ids, as owner_id): they open it too.
+    guests: frozenset[str] = frozenset()
     # The pool's key for this route's connections, made once here rather than per request.
     upstream: UpstreamAddress = field(init=False, repr=False, compare=False)
+
+    def admits(self, user_id: str) -> bool:
+        """``user_id`` owns it or may use it (admins are the front's to judge)."""
+        return user_id == self.owner_id or user_id in self.guests
 
     def __post_init__(self) -> None:
         if not self.owner_id:
@@ -86,7 +92,8 @@ class RouteTable:
 
     # ---------------------------------------------------------------- writes (from the API)
     def update(self, vmid: int, route: Route) -> None:
-        """Add or change ``vmid``'s route; a new owner or address closes tunnels losing access."""
+        """Add or change ``vmid``'s route; a new owner or address, or a share taken back, closes
+        the tunnels losing access."""
         old = self._routes.get(vmid)
         self._routes[vmid] = route
         if old is None:
@@ -94,10 +101,16 @@ class RouteTable:
         tunnels = self._tunnels.get(vmid, {})
         if (old.host, old.port) != (route.host, route.port):
             self._close(tunnels, "container moved")
-        elif old.owner_id != route.owner_id:
+        elif old.owner_id != route.owner_id or not old.guests <= route.guests:
             self._close(
-                (t for t, p in tunnels.items() if not p.is_admin and p.user_id != route.owner_id),
-                "container transferred",
+                (
+                    t
+                    for t, p in tunnels.items()
+                    if not p.is_admin
+                    and p.user_id != route.owner_id
+                    and p.user_id not in route.guests
+                ),
+                "access taken back",
             )
 
     def remove(self, vmid: int) -> None:

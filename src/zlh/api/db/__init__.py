@@ -10,6 +10,8 @@ from zlh.api.db.models import (
     KeyValue,
     Pins,
     Session,
+    Share,
+    ShareRole,
     User,
 )
 
@@ -23,5 +25,7 @@ __all__ = [
     "KeyValue",
     "Pins",
     "Session",
+    "Share",
+    "ShareRole",
     "User",
 ]

@@ -213,12 +213,44 @@ class Container(Base):
     # The template its system was made from, as the backend reports it (lxc: a version).
     template: Mapped[str | None] = mapped_column(String(64), default=None)
     owner: Mapped[User] = relationship(lazy="joined")
+    # Who else may see or use it (loaded with it: the route feed and every check need them).
+    shares: Mapped[list[Share]] = relationship(
+        lazy="selectin", order_by="Share.created_at", passive_deletes=True
+    )
+
+    def role_of(self, user_id: int) -> str | None:
+        """``user_id``'s share of this container (``use``, ``view``), None if not shared."""
+        return next((s.role for s in self.shares if s.user_id == user_id), None)
 
     @property
     def agent_url(self) -> str | None:
         if self.address is None or self.agent_port is None:
             return None
         return f"http://{self.address}:{self.agent_port}"
+
+
+class ShareRole(StrEnum):
+    """What a user a container is shared with may do: ``use`` opens the IDE, the console and
+    the files (and starts it when stopped); ``view`` sees its status only."""
+
+    USE = "use"
+    VIEW = "view"
+
+
+class Share(Base):
+    """Container ``vmid`` shared by its owner with ``user``; gone with either."""
+
+    __tablename__ = "shares"
+
+    vmid: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("containers.vmid", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    role: Mapped[str] = mapped_column(String(8))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    user: Mapped[User] = relationship(lazy="joined")
 
 
 class AuditEntry(Base):

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response
 
 from zlh.api.bodies import ContainerOut, DevRequest
 from zlh.api.db import Container, User
-from zlh.api.deps import CurrentUser, OwnedContainer, Svc
+from zlh.api.deps import CurrentUser, OwnedContainer, Svc, UsableContainer, VisibleContainer
 from zlh.api.routes import ERRORS
 
 router = APIRouter(prefix="/api/dev", tags=["dev"], responses=ERRORS)
@@ -32,20 +32,23 @@ def list_dev(
         str | None, Query(max_length=64, description="admins: only this user's containers")
     ] = None,
 ) -> list[ContainerOut]:
-    """The caller's containers; an admin sees everybody's (or ``owner``'s)."""
+    """The caller's containers and those shared with the caller (``role`` set); an admin
+    sees everybody's (or ``owner``'s)."""
     if user.is_admin:
         containers = svc.registry.list_for(None, owner_name=owner)
     else:
         containers = [
-            c for c in svc.registry.list_for(user.id) if owner is None or owner == user.username
+            c
+            for c in [*svc.registry.list_for(user.id), *svc.registry.shared_with(user.id)]
+            if owner is None or owner == c.owner.username
         ]
-    return [svc.lifecycle.out(c) for c in containers]
+    return [svc.lifecycle.out(c, viewer=user) for c in containers]
 
 
 @router.get("/{vmid}")
-def get_dev(container: OwnedContainer, svc: Svc) -> ContainerOut:
+def get_dev(container: VisibleContainer, user: CurrentUser, svc: Svc) -> ContainerOut:
     """One container with the agent's last polled ``/status``."""
-    return svc.lifecycle.out(container)
+    return svc.lifecycle.out(container, viewer=user)
 
 
 @router.delete("/{vmid}", status_code=204)
@@ -57,7 +60,7 @@ async def delete_dev(container: OwnedContainer, user: CurrentUser, svc: Svc) -> 
 
 def _by(user: User, container: Container) -> str:
     """Who did it, as the container's page says it."""
-    role = "admin" if user.is_admin and user.id != container.owner_id else "user"
+    role = "user" if user.id == container.owner_id else "admin" if user.is_admin else "guest"
     return f"{role} {user.username}"
 
 
@@ -73,14 +76,15 @@ async def stop_dev(container: OwnedContainer, user: CurrentUser, svc: Svc) -> Co
 
 
 @router.post("/{vmid}/start", status_code=202)
-async def start_dev(container: OwnedContainer, user: CurrentUser, svc: Svc) -> ContainerOut:
+async def start_dev(container: UsableContainer, user: CurrentUser, svc: Svc) -> ContainerOut:
     """Start a stopped container; it is ready again once its agent has restored its runtime
     and add-ons (follow ``/api/dev/{vmid}/events``). 409 unless stopped; 429 when its owner
-    already runs ``max_running_per_user`` containers."""
+    already runs ``max_running_per_user`` containers. A user it is shared with to use may
+    start it too (opening its IDE does)."""
     starting = await svc.lifecycle.start(
         container.vmid, actor=user.username, reason=f"started by {_by(user, container)}"
     )
-    return svc.lifecycle.out(starting)
+    return svc.lifecycle.out(starting, viewer=user)
 
 
 @router.post("/{vmid}/restart", status_code=202)

@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from zlh.api.containers import container_event
 from zlh.api.db import ContainerState
-from zlh.api.deps import OwnedContainer, Svc
+from zlh.api.deps import Svc, VisibleContainer
 from zlh.api.events import sse
 from zlh.api.routes import ERRORS
 from zlh.api.services import Services
@@ -41,7 +41,7 @@ def _changing(svc: Services, vmid: int) -> bool:
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
-async def events(container: OwnedContainer, svc: Svc) -> StreamingResponse:
+async def events(container: VisibleContainer, svc: Svc) -> StreamingResponse:
     """``event: status`` frames (state, reason, progress, error) from now until ready, failed
     or stopped, and while a runtime version change installs."""
     vmid = container.vmid

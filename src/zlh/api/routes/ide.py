@@ -3,8 +3,9 @@
 The IDE never shares the portal's origin (``zlh.proxy.ideorigin``), so the portal's session
 does not open it; this answers the URL of the IDE origin's ``/_zlh/auth`` with a fresh ticket
 (``zlh.proxy.tickets``: 60 s, single use, bound to the caller, the container and this portal
-session, so ending the session ends the IDE cookie it leads to). Owner only: an admin gets the
-404 of any non-owner unless ``admin_ide_access`` is on, and then each ticket is audited.
+session, so ending the session ends the IDE cookie it leads to). Its owner and users it is
+shared with to use; an admin gets the 404 of anyone else unless ``admin_ide_access`` is on,
+and then each ticket is audited.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from fastapi import APIRouter, Request, Response
 from zlh.api.audit import Action
 from zlh.api.auth import ISSUER
 from zlh.api.bodies import IdeUrl
-from zlh.api.db import Session
-from zlh.api.deps import CurrentUser, OwnedContainer, Svc
+from zlh.api.db import Session, ShareRole
+from zlh.api.deps import CurrentUser, Svc, UsableContainer
 from zlh.api.errors import InvalidRequest, NotAuthenticated, NotFound
 from zlh.api.routes import ERRORS
 from zlh.proxy.tickets import AUTH_PATH, mint_ticket
@@ -25,11 +26,12 @@ router = APIRouter(prefix="/api/dev", tags=["dev"], responses=ERRORS)
 
 @router.get("/{vmid}/ide-url")
 def ide_url(
-    container: OwnedContainer, user: CurrentUser, request: Request, response: Response, svc: Svc
+    container: UsableContainer, user: CurrentUser, request: Request, response: Response, svc: Svc
 ) -> IdeUrl:
     """The IDE origin's URL that opens this container's IDE, with a one-time ticket."""
     settings = svc.settings
-    foreign = container.owner_id != user.id
+    # Not its owner, nor a user it is shared with to use: an admin (if admins may).
+    foreign = container.owner_id != user.id and container.role_of(user.id) != ShareRole.USE
     if foreign and not settings.admin_ide_access:
         raise NotFound(f"no container {container.vmid}")
     sid: str = request.state.sid

@@ -26,8 +26,8 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
 from zlh.api.audit import Action
-from zlh.api.db import Container, ContainerState
-from zlh.api.deps import CurrentUser, OwnedContainer, Svc, owned_container, session_token
+from zlh.api.db import Container, ContainerState, User
+from zlh.api.deps import CurrentUser, Svc, UsableContainer, session_token, usable_container
 from zlh.api.errors import (
     AgentError,
     AgentUnreachable,
@@ -40,7 +40,7 @@ from zlh.api.responses import deny_websocket, error_json
 from zlh.api.routes import FILE_ERRORS
 from zlh.api.services import Services
 from zlh.errors import ZlhError
-from zlh.routefeed import Resync, RouteFeed, RouteRemoved, SessionRevoked
+from zlh.routefeed import FeedRoute, Resync, RouteFeed, RouteRemoved, RouteSet, SessionRevoked
 from zlh.schemas import DirListing, ErrorBody, MkdirRequest, MoveRequest, PathResult
 from zlh.schemas.payload import MAX_VMID, MIN_VMID
 
@@ -149,14 +149,14 @@ def _display(path: str) -> str:
 
 
 @router.get("/{vmid}/files", responses={200: {"model": DirListing}})
-async def list_files(container: OwnedContainer, svc: Svc, path: PathQuery = "") -> Response:
+async def list_files(container: UsableContainer, svc: Svc, path: PathQuery = "") -> Response:
     """List a directory of the workspace (symlinks shown as links, never followed)."""
     return await _call(svc, container, "GET", "/files", params={"path": path})
 
 
 @router.delete("/{vmid}/files", status_code=204)
 async def delete_file(
-    container: OwnedContainer,
+    container: UsableContainer,
     user: CurrentUser,
     svc: Svc,
     path: EntryQuery,
@@ -174,7 +174,7 @@ async def delete_file(
 @router.put("/{vmid}/files/content", status_code=201, responses={201: {"model": PathResult}})
 async def upload_file(
     request: Request,
-    container: OwnedContainer,
+    container: UsableContainer,
     user: CurrentUser,
     svc: Svc,
     path: EntryQuery,
@@ -211,7 +211,7 @@ async def upload_file(
     },
 )
 async def download_file(
-    request: Request, container: OwnedContainer, svc: Svc, path: EntryQuery
+    request: Request, container: UsableContainer, svc: Svc, path: EntryQuery
 ) -> Response:
     """Stream a file; a single ``Range: bytes=…`` gets 206."""
     url, auth = _agent(svc, container)
@@ -259,7 +259,7 @@ class _Download(Response):
 
 @router.post("/{vmid}/files/mkdir", status_code=201, responses={201: {"model": PathResult}})
 async def make_directory(
-    body: MkdirRequest, container: OwnedContainer, user: CurrentUser, svc: Svc
+    body: MkdirRequest, container: UsableContainer, user: CurrentUser, svc: Svc
 ) -> Response:
     """Create a directory (``parents: true`` creates the missing ones, like ``mkdir -p``)."""
     data = body.model_dump_json(by_alias=True).encode()
@@ -273,7 +273,7 @@ async def make_directory(
 
 @router.post("/{vmid}/files/move", responses={200: {"model": PathResult}})
 async def move_file(
-    body: MoveRequest, container: OwnedContainer, user: CurrentUser, svc: Svc
+    body: MoveRequest, container: UsableContainer, user: CurrentUser, svc: Svc
 ) -> Response:
     """Move or rename within the workspace; replaces the destination only with ``overwrite``."""
     data = body.model_dump_json(by_alias=True).encode()
@@ -288,7 +288,7 @@ async def move_file(
 # -- console -------------------------------------------------------------------------------------
 
 
-async def _caller(websocket: WebSocket, svc: Services, vmid: int) -> tuple[str, str, Container]:
+async def _caller(websocket: WebSocket, svc: Services, vmid: int) -> tuple[User, str, Container]:
     """The HTTP routes' checks, for a WebSocket: session (401), then ownership (404)."""
     token = session_token(cast(Request, websocket), svc)
     if token is None:
@@ -296,8 +296,8 @@ async def _caller(websocket: WebSocket, svc: Services, vmid: int) -> tuple[str, 
     user, sid = await asyncio.to_thread(svc.tokens.verify, token)
     if not MIN_VMID <= vmid <= MAX_VMID:
         raise NotFound(f"no container {vmid}")
-    container = await asyncio.to_thread(owned_container, vmid, user, svc)
-    return user.username, sid, container
+    container = await asyncio.to_thread(usable_container, vmid, user, svc)
+    return user, sid, container
 
 
 @router.websocket("/{vmid}/console")
@@ -310,7 +310,8 @@ async def console(
     """The agent's console (a login shell as the dev user), frame for frame."""
     svc: Services = websocket.app.state.services
     try:
-        actor, sid, container = await _caller(websocket, svc, vmid)
+        user, sid, container = await _caller(websocket, svc, vmid)
+        actor = user.username
         url, auth = _agent(svc, container)
     except ZlhError as exc:
         await deny_websocket(websocket, exc)
@@ -337,17 +338,27 @@ async def console(
         async with upstream:
             await websocket.accept()
             await _audit(svc, actor, Action.OPEN, container.vmid, "console")
-            await _splice(websocket, upstream, svc, sid, container.vmid)
+            # A user it is shared with loses the console when the share is taken back.
+            guest = None if container.role_of(user.id) is None else user.id
+            await _splice(websocket, upstream, svc, sid, container.vmid, guest)
 
 
-async def _revoked_or_removed(feed: RouteFeed, sid: str, vmid: int) -> None:
-    """Return once session ``sid`` is revoked (logout, user disabled) or container ``vmid`` gone."""
+async def _revoked_or_removed(feed: RouteFeed, sid: str, vmid: int, guest: int | None) -> None:
+    """Return once session ``sid`` is revoked (logout, user disabled), container ``vmid`` is
+    gone, or (``guest``: the user it is shared with) its share to use it is taken back."""
+
+    def lost(route: FeedRoute | None) -> bool:
+        return route is None or (guest is not None and guest not in route.guest_ids)
+
     while True:
         async with feed.subscribe() as queue:
-            if sid in feed.snapshot().revoked_sessions:
+            snapshot = feed.snapshot()
+            if sid in snapshot.revoked_sessions or lost(snapshot.routes.get(vmid)):
                 return
             while not isinstance(event := await queue.get(), Resync):
                 if event == SessionRevoked(sid) or event == RouteRemoved(vmid):
+                    return
+                if isinstance(event, RouteSet) and event.route.vmid == vmid and lost(event.route):
                     return
 
 
@@ -357,8 +368,10 @@ async def _splice(
     svc: Services,
     sid: str,
     vmid: int,
+    guest: int | None,
 ) -> None:
-    """Copy frames both ways until either side closes or the caller's session is revoked."""
+    """Copy frames both ways until either side closes, the caller's session is revoked or
+    their share taken back."""
 
     async def from_client() -> None:
         with contextlib.suppress(WebSocketDisconnect):
@@ -380,7 +393,7 @@ async def _splice(
                 await websocket.send_text(message.data)
 
     async def revoked() -> None:
-        await _revoked_or_removed(svc.feed, sid, vmid)
+        await _revoked_or_removed(svc.feed, sid, vmid, guest)
 
     tasks = [asyncio.create_task(job()) for job in (from_client, from_agent, revoked)]
     try:
@@ -390,6 +403,6 @@ async def _splice(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await upstream.close()
-        reason = "session revoked" if tasks[2].done() and not tasks[2].cancelled() else ""
+        reason = "access revoked" if tasks[2].done() and not tasks[2].cancelled() else ""
         with contextlib.suppress(RuntimeError, WebSocketDisconnect):
             await websocket.close(code=1008 if reason else 1000, reason=reason)

@@ -4,6 +4,7 @@ import { bytes, confirmDialog, containerLabel, errorBox, h, yesNo } from "../dom
 import { consolePanel } from "./console.js";
 import { filesPanel } from "./files.js";
 import { runtimesSection } from "./runtimes.js";
+import { sharedNotice, sharesSection } from "./shares.js";
 import { SETTLED, stateBadge, stateReason, stateWords } from "./state.js";
 import { tailnetPanel } from "./tailnet.js";
 
@@ -27,12 +28,15 @@ const ACTIONS = {
 const REBUILD_WARNING =
   "Its system is made afresh from the current template and the runtime and add-ons are installed again. /home/dev (the workspace, dotfiles, code-server settings and extensions) is kept; anything installed elsewhere is lost.";
 
-export async function containerView(main, { params, navigate }) {
+export async function containerView(main, { params, me, navigate }) {
   const vmid = Number(params[0]);
-  const tab = params[1] || "overview";
   const [container, catalog] = await Promise.all([api(`/api/dev/${vmid}`), api("/api/catalog").catch(() => null)]);
-  const tabs = ["overview", "files", "console"];
-  if (container.addons.includes("tailscale")) tabs.push("tailnet");
+  // A user it is shared with: "use" opens the IDE, files and console and may start it; "view"
+  // sees its status. Everything else is its owner's (and admins').
+  const guest = container.role;
+  const tabs = guest === "view" ? ["overview"] : ["overview", "files", "console"];
+  if (container.addons.includes("tailscale") && !guest) tabs.push("tailnet");
+  const tab = tabs.includes(params[1]) ? params[1] : "overview";
 
   const ideButton = h("a", { class: "button", href: container.idePath, target: "_blank", rel: "noopener", id: "open-ide" }, "Open IDE");
   const badge = h("span", {}, stateBadge(container.state, container));
@@ -77,8 +81,10 @@ export async function containerView(main, { params, navigate }) {
     return [action, button];
   });
   function showButtons() {
-    for (const [action, button] of buttons) button.hidden = !ACTIONS[action].has(state);
+    for (const [action, button] of buttons) button.hidden = !ACTIONS[action].has(state) || (guest && action !== "start") || guest === "view";
   }
+  ideButton.hidden = guest === "view";
+  deleteButton.hidden = Boolean(guest);
   function show(latest) {
     state = latest.state;
     badge.replaceChildren(stateBadge(latest.state, latest));
@@ -109,7 +115,8 @@ export async function containerView(main, { params, navigate }) {
     // A stream cut before it settled (API restart, proxy): EventSource reconnects by itself.
   }
 
-  if (container.adminIdeAccess) {
+  if (guest) main.append(sharedNotice(container, me, navigate));
+  if (container.adminIdeAccess && !guest) {
     main.append(
       h("p", { class: "notice", id: "admin-ide-access", role: "note" }, "Administrators can open this container's IDE on this platform; each opening is recorded in the audit log."),
     );
@@ -145,10 +152,11 @@ export async function containerView(main, { params, navigate }) {
   if (tab === "files") return chain(filesPanel(panel, vmid), stopFollowing);
   if (tab === "console") return chain(consolePanel(panel, vmid), stopFollowing);
   if (tab === "tailnet") return chain(tailnetPanel(panel, vmid), stopFollowing);
-  const stops = [
-    overview(panel, container, { badge, setIde, toolchain: toolchain(container, catalog), listeners }),
-    runtimesSection(panel, container, catalog),
-  ];
+  const stops = [overview(panel, container, { badge, setIde, toolchain: toolchain(container, catalog), listeners })];
+  if (!guest) {
+    stops.push(runtimesSection(panel, container, catalog));
+    sharesSection(panel, container);
+  }
   return chain(() => stops.forEach((stop) => stop()), stopFollowing);
 }
 

@@ -26,7 +26,12 @@ export async function dashboardView(main, { me }) {
     return h(
       "tr",
       {},
-      h("td", {}, h("a", { href: `/c/${c.vmid}`, "data-link": true }, containerLabel(c))),
+      h(
+        "td",
+        {},
+        h("a", { href: `/c/${c.vmid}`, "data-link": true }, containerLabel(c)),
+        c.role ? h("span", { class: "badge shared", title: `${c.owner} shared it with you (${c.role})` }, `shared by ${c.owner}`) : "",
+      ),
       me.isAdmin ? h("td", {}, c.owner) : null,
       h("td", { class: "nowrap" }, `${c.runtime} ${c.version}`),
       h("td", { class: "nowrap", title: stateReason(c) }, stateBadge(c.state, c)),
@@ -37,7 +42,7 @@ export async function dashboardView(main, { me }) {
       h(
         "td",
         { class: "nowrap" },
-        (c.state === "ready" && s.codeServerRunning) || c.state === "stopped"
+        c.role !== "view" && ((c.state === "ready" && s.codeServerRunning) || c.state === "stopped")
           ? h(
               "a",
               { href: c.idePath, class: "button small", target: "_blank", rel: "noopener", "aria-label": `Open the IDE of ${containerLabel(c)}`, title: c.state === "stopped" ? "Starts the container first" : "" },

@@ -12,6 +12,17 @@ const WAITING = new Set(["requested", "creating", "provisioning", "starting", "s
 export async function ideView(main, { params }) {
   const vmid = Number(params[0]);
   let container = await api(`/api/dev/${vmid}`);
+  if (container.role === "view") {
+    main.append(
+      h(
+        "p",
+        { class: "notice", id: "view-only", role: "note" },
+        `${container.owner} shared #${vmid} with you to see its status only: its IDE does not open for you. `,
+        h("a", { href: `/c/${vmid}`, "data-link": true }, "Back to the container"),
+      ),
+    );
+    return;
+  }
   if (container.state === "stopped" || WAITING.has(container.state)) {
     container = await startAndWait(main, container);
     if (container === null) return;
