@@ -31,7 +31,17 @@ from zlh_build import FLAG, compile_front, require_compiler  # noqa: E402
 
 # Modules on the per-request path, for mypyc (scan is Cython's). Not compiled: settings
 # (pydantic), responses (errors only), feed and serving (start-up and the route feed).
-HOT_PATH = ("auth", "front", "headers", "listener", "pool", "relay", "routes", "websocket")
+HOT_PATH = (
+    "auth",
+    "front",
+    "headers",
+    "listener",
+    "metrics",
+    "pool",
+    "relay",
+    "routes",
+    "websocket",
+)
 
 
 def ext_modules() -> list[object]:

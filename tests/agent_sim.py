@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from aiohttp import web
@@ -23,6 +23,7 @@ from zlh.backends import (
     ContainerInfo,
     ContainerSpec,
     RunState,
+    Usage,
 )
 from zlh.schemas import AgentState, AgentStatus, Progress, ProvisionError, ProvisionPayload
 from zlh.schemas.status import ProvisionStep
@@ -164,6 +165,7 @@ class SimBackend(Backend):
         self.fail_rebuild: str | None = None
         # Called with each new agent, to make it misbehave.
         self.on_agent: Callable[[SimAgent], None] = lambda agent: None
+        self.usage_of = Usage(cpu_seconds=1.5, memory_bytes=64 * 1024 * 1024)
 
     async def create(self, spec: ContainerSpec) -> ContainerInfo:
         if spec.vmid in self.agents:
@@ -228,6 +230,10 @@ class SimBackend(Backend):
 
     async def list(self) -> list[ContainerInfo]:
         return [await self.status(vmid) for vmid in sorted(self.agents)]
+
+    async def usage(self, vmids: Sequence[int]) -> dict[int, Usage]:
+        """Fixed figures per running container (the simulated agents share this process)."""
+        return {v: self.usage_of for v in vmids if v in self.running}
 
     def get_state(self) -> dict[str, Any]:
         return {"vmids": sorted(self.agents)}

@@ -368,6 +368,20 @@ def route(state: ProxmoxState, method: str, path: str, p: dict[str, str]) -> Any
             ct["status"] = "running" if action == "start" else "stopped"
 
         return state.task(node, f"vz{action}", vmid, change)
+    if method == "GET" and (m := re.fullmatch(r"lxc/(\d+)/status/current", rest)):
+        vmid = int(m.group(1))
+        ct = _ct(state, node, vmid)
+        running = ct["status"] == "running"
+        # PVE: cpu is the share of its cores in use now (0..cpus), mem bytes; both 0 stopped.
+        return {
+            "vmid": vmid,
+            "name": ct["name"],
+            "status": ct["status"],
+            "cpus": 1,
+            "cpu": ct.get("cpu", 0.25) if running else 0,
+            "mem": ct.get("mem", 64 * 1024 * 1024) if running else 0,
+            "maxmem": 512 * 1024 * 1024,
+        }
     if method == "DELETE" and (m := re.fullmatch(r"lxc/(\d+)", rest)):
         vmid = int(m.group(1))
         ct = _ct(state, node, vmid)

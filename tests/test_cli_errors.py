@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from support import free_port_pair
 from test_cli import _all_command_paths
 
 CHEAP = {"ZLH_ARGON2_TIME_COST": "1", "ZLH_ARGON2_MEMORY_KIB": "64", "ZLH_ARGON2_PARALLELISM": "1"}
@@ -211,3 +212,20 @@ def test_the_tailnet_policy_of_a_data_dir_never_set_up_is_an_empty_policy(tmp_pa
     result = run(tmp_path, ["tailnet", "policy", "--data-dir", str(tmp_path / "fresh")])
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert '"acls"' in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("address", "named"), [("busy", "metrics_listen"), ("nowhere", "metrics_listen")]
+)
+def test_a_busy_or_malformed_metrics_listen_is_one_line(
+    address: str, named: str, tmp_path: Path, busy_port: int
+) -> None:
+    value = f"127.0.0.1:{busy_port}" if address == "busy" else address
+    config = tmp_path / "api.toml"
+    config.write_text(f'metrics_listen = "{value}"\n')
+    argv = ["up", "--backend", "process", "--data-dir", str(tmp_path / "up"), "--config"]
+    result = run(tmp_path, [*argv, str(config), "--listen", f"127.0.0.1:{free_port_pair()}"])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("zlh")]
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode in (1, 2)
+    assert len(errors) == 1 and named in errors[0], result.stderr

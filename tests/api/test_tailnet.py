@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +34,7 @@ from zlh.api.tailnet.service import (
     TailnetStore,
     headscale_user_name,
 )
-from zlh.backends import Backend, BackendError, ContainerInfo, ContainerSpec, RunState
+from zlh.backends import Backend, BackendError, ContainerInfo, ContainerSpec, RunState, Usage
 from zlh.schemas import (
     ADDONS,
     CODE_SERVER_PORT,
@@ -249,6 +249,9 @@ class NoContainersBackend(Backend):
 
     async def list(self) -> list[ContainerInfo]:
         return []
+
+    async def usage(self, vmids: Sequence[int]) -> dict[int, Usage]:
+        return {}
 
 
 @dataclass

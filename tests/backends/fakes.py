@@ -13,7 +13,7 @@ the others break one thing each, the way real backends do:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from zlh.backends import (
     Backend,
@@ -22,6 +22,7 @@ from zlh.backends import (
     ContainerInfo,
     ContainerSpec,
     RunState,
+    Usage,
 )
 
 __all__ = ["CrashingBackend", "MemoryBackend", "NeverReadyBackend", "SlowBackend"]
@@ -77,6 +78,9 @@ class MemoryBackend(Backend):
 
     async def list(self) -> list[ContainerInfo]:
         return sorted(self.containers.values(), key=lambda info: info.vmid)
+
+    async def usage(self, vmids: Sequence[int]) -> dict[int, Usage]:
+        return {}  # nothing runs
 
 
 class SlowBackend(MemoryBackend):

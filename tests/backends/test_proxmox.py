@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from zlh.backends import (
     ContainerExists,
     ContainerSpec,
     RunState,
+    Usage,
 )
 from zlh.backends.proxmox import ProxmoxBackend, ProxmoxSettings
 
@@ -378,3 +380,68 @@ def test_the_allow_privileged_setting_reaches_the_proxmox_backend(
     monkeypatch.setenv("ZLH_ALLOW_PRIVILEGED", "true")
     allowed = _backend(load_settings(None, data_dir=data_dir, backend="proxmox"), artifacts)
     assert allowed.settings.allow_privileged is True
+
+
+# -- usage: the per-container figures of the metrics ------------------------------------
+
+MIB = 1024 * 1024
+
+
+def _ct(server: ProxmoxServer, vmid: int, node: str, status: str, **fields: object) -> None:
+    server.state.cts[vmid] = {
+        "node": node,
+        "status": status,
+        "name": f"zlh-{vmid}",
+        "config": {},
+        **fields,
+    }
+
+
+def test_proxmox_reports_running_cts_and_leaves_out_the_rest(
+    server: ProxmoxServer, cert: tuple[Path, Path]
+) -> None:
+    _ct(server, 101, "pve1", "running", cpu=0.5, mem=300 * MIB)
+    _ct(server, 102, "pve1", "stopped")
+    _ct(server, 103, "pve3", "running")  # its node does not answer: 595
+    _ct(server, 104, "pve1", "running", cpu=0.0, mem=40 * MIB)
+    server.state.cts[105] = {"node": "pve1", "status": "running", "name": "not-ours", "config": {}}
+    backend = backend_for(server, cert)
+    found = asyncio.run(backend.usage([101, 102, 103, 104, 105, 999]))
+    assert found == {
+        101: Usage(cpu_cores=0.5, memory_bytes=300 * MIB),
+        104: Usage(cpu_cores=0.0, memory_bytes=40 * MIB),
+    }
+    current = [path for method, path, _ in server.state.requests if path.endswith("/current")]
+    assert sorted(current) == [
+        "/nodes/pve1/lxc/101/status/current",
+        "/nodes/pve1/lxc/104/status/current",
+        "/nodes/pve3/lxc/103/status/current",
+    ]
+
+
+def test_proxmox_status_current_errors_of_the_stand_in(
+    server: ProxmoxServer, cert: tuple[Path, Path]
+) -> None:
+    """The stand-in answers like PVE: an unknown CT or one on another node is a 500."""
+    _ct(server, 101, "pve1", "running")
+    backend = backend_for(server, cert)
+    for path in ("nodes/pve1/lxc/777/status/current", "nodes/pve2/lxc/101/status/current"):
+        with pytest.raises(BackendError, match="does not exist"):
+            backend._call("get", path, "reading")
+    with pytest.raises(BackendError, match="node unreachable"):
+        backend._call("get", "nodes/pve3/lxc/101/status/current", "reading")
+
+
+@pytest.mark.slow
+def test_proxmox_usage_of_a_thousand_cts_stays_within_seconds(
+    server: ProxmoxServer, cert: tuple[Path, Path]
+) -> None:
+    for vmid in range(1000, 2000):
+        _ct(server, vmid, "pve1", "running", cpu=0.01, mem=64 * MIB)
+    backend = backend_for(server, cert)
+    started = time.monotonic()
+    found = asyncio.run(backend.usage(range(1000, 2000)))
+    took = time.monotonic() - started
+    assert len(found) == 1000
+    print(f"proxmox usage of 1000 CTs: {took:.2f} s")
+    assert took < 30  # the scrape itself waits at most zlh.api.usage.WAIT_S for it

@@ -22,3 +22,16 @@ def test_the_in_process_front_bench_completes_an_exchange_and_prints_its_ratios(
     assert result.returncode == 0, result.stderr
     assert "client side cold/hot:" in result.stdout
     assert "upstream side cold/hot:" in result.stdout
+
+
+def test_the_scrape_bench_measures_scrapes_over_the_proxmox_stand_in() -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "metrics_scrape.py"), "--containers", "20"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 12 and lines[0].startswith("scrape 0: ")
+    assert lines[-1].endswith("20 containers with figures")  # the refresh ended meanwhile

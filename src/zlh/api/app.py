@@ -34,6 +34,7 @@ from zlh.api.events import EventBus
 from zlh.api.guard import RequestGuard
 from zlh.api.keys import load_or_create_key
 from zlh.api.lifecycle import Lifecycle
+from zlh.api.metrics import Metrics, UsageCollector, artifact_downloads, container_counts
 from zlh.api.poller import Poller
 from zlh.api.provisioning import Provisioning
 from zlh.api.ratelimit import LoginThrottle
@@ -46,6 +47,7 @@ from zlh.api.routes import docs as docs_routes
 from zlh.api.routes import events as events_routes
 from zlh.api.routes import health as health_routes
 from zlh.api.routes import ide as ide_routes
+from zlh.api.routes import metrics as metrics_routes
 from zlh.api.routes import relays as relay_routes
 from zlh.api.routes import runtimes as runtime_routes
 from zlh.api.routes import shares as share_routes
@@ -55,6 +57,8 @@ from zlh.api.services import Services
 from zlh.api.settings import ApiSettings
 from zlh.api.shares import Shares
 from zlh.api.tailnet.service import KeySealer, Tailnet, TailnetStore
+from zlh.api.usage import UsageCache
+from zlh.artifacts.server import ArtifactServer
 from zlh.backends import Backend
 from zlh.errors import ZlhError
 from zlh.portal import mount_portal, not_found_page, wants_page
@@ -85,6 +89,9 @@ def build_services(
     bus = EventBus()
     feed = feed or RouteFeed()
     registry = ContainerRegistry(db, bus, feed)
+    metrics = Metrics()
+    usage = UsageCache(backend, registry.running_vmids)
+    metrics.register(container_counts(registry.totals), UsageCollector(usage))
     audit_log = AuditLog(db)
     agents = AgentClient(connections=settings.poll_concurrency)
     tailnet = None
@@ -100,6 +107,7 @@ def build_services(
         audit=audit_log,
         agent_key=load_or_create_key(settings.agent_key_path),
         artifact_base_url=artifact_base_url,
+        metrics=metrics,
         tailnet=tailnet,
     )
 
@@ -113,6 +121,7 @@ def build_services(
         secret=provisioning.secret,
         resend=resend,
         overdue=provisioning.provision_overdue,
+        metrics=metrics,
     )
     provisioning.on_provisioning = poller.wake
     lifecycle = Lifecycle(
@@ -149,6 +158,8 @@ def build_services(
             max_s=settings.login_backoff_max_s,
             forget_s=settings.login_window_s,
         ),
+        metrics=metrics,
+        usage=usage,
         tailnet=tailnet,
     )
 
@@ -174,6 +185,7 @@ async def _resume(svc: Services) -> None:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     svc: Services = app.state.services
     svc.registry.bind_loop(asyncio.get_running_loop())
+    svc.usage.bind_loop(asyncio.get_running_loop())
     svc.provisioning.load_backend_state()
     tasks = [
         asyncio.create_task(_resume(svc), name="resume"),
@@ -280,6 +292,7 @@ def create_app(
     for module in (
         *routers,
         health_routes,
+        metrics_routes,
         tailnet_routes,
         docs_routes,
         ide_routes,
@@ -289,6 +302,8 @@ def create_app(
         app.include_router(module.router)
     if store_app is not None:
         app.mount("/artifacts", store_app)
+        if isinstance(store_app, ArtifactServer):
+            app.state.services.metrics.register(artifact_downloads(store_app))
     mount_portal(app)
     app.add_middleware(RequestGuard, settings=settings)
     return app

@@ -94,6 +94,8 @@ def require_listeners_free(settings: ApiSettings) -> None:
     require_free(*parse_listen(settings.listen))
     if settings.ide_listen is not None:
         require_free(*settings.ide_listen, what="the IDE origin")
+    if settings.metrics_listen is not None:
+        require_free(*parse_listen(settings.metrics_listen), what="metrics_listen")
 
 
 def container_artifact_url(settings: ApiSettings) -> str:
@@ -252,6 +254,8 @@ def serve(app: Any, settings: ApiSettings) -> None:
 
 async def _serve(app: Any, settings: ApiSettings) -> None:
     from zlh.api.auth import ISSUER
+    from zlh.api.metrics import FrontCollector
+    from zlh.api.metrics_listener import serve_metrics
     from zlh.proxy.auth import JwtAuthenticator, Principal
     from zlh.proxy.feed import follow
     from zlh.proxy.front import Front
@@ -293,6 +297,13 @@ async def _serve(app: Any, settings: ApiSettings) -> None:
         on_ide_open=audit_ide_open,
         on_activity=services.lifecycle.note_activity,
     )
+    services.metrics.register(FrontCollector(front))
+    metrics_servers: list[asyncio.Server] = []
+
+    async def listen_metrics(host: str, port: int) -> asyncio.Server:
+        metrics_servers.append(await serve_metrics(services.metrics, host, port))
+        return metrics_servers[-1]
+
     follower = asyncio.create_task(follow(services.feed, routes))
     api = asyncio.create_task(server.serve(sockets=[unix]))
     try:
@@ -306,6 +317,9 @@ async def _serve(app: Any, settings: ApiSettings) -> None:
         listeners = [(settings.listen, front.start(host, port))]
         if ide is not None:
             listeners.append((f"{ide[0]}:{ide[1]} (the IDE origin)", front.start_ide(*ide)))
+        if settings.metrics_listen is not None:
+            where = f"{settings.metrics_listen} (metrics_listen)"
+            listeners.append((where, listen_metrics(*parse_listen(settings.metrics_listen))))
         for where, listening in listeners:
             try:
                 await listening
@@ -324,6 +338,8 @@ async def _serve(app: Any, settings: ApiSettings) -> None:
         await api
     finally:
         follower.cancel()
+        for metrics_server in metrics_servers:
+            metrics_server.close()
         await front.close()
         if not api.done():
             server.should_exit = True

@@ -198,6 +198,20 @@ class ContainerRegistry:
                 _count(session, owner_id, running=True),
             )
 
+    def totals(self) -> dict[tuple[str, str], int]:
+        """How many containers there are of each (state, runtime): one grouped query."""
+        query = select(Container.state, Container.runtime, func.count()).group_by(
+            Container.state, Container.runtime
+        )
+        with self.db.session() as session:
+            return {(state, runtime): n for state, runtime, n in session.execute(query)}
+
+    def running_vmids(self) -> list[int]:
+        """The vmids of the containers that run (or are starting or stopping)."""
+        query = select(Container.vmid).where(Container.state.in_(_RUNNING)).order_by(Container.vmid)
+        with self.db.session() as session:
+            return list(session.scalars(query))
+
     def in_states(self, states: Iterable[ContainerState]) -> list[Container]:
         wanted = [str(s) for s in states]
         with self.db.session() as session:

@@ -28,7 +28,9 @@ from typing import Any
 from zlh.api.agent_client import AgentClient
 from zlh.api.containers import ContainerRegistry
 from zlh.api.db import Container, ContainerState
+from zlh.api.db.models import utcnow
 from zlh.api.errors import AgentError
+from zlh.api.metrics import Metrics
 from zlh.api.settings import ApiSettings
 from zlh.errors import ZlhError
 from zlh.schemas import AgentState, AgentStatus
@@ -56,6 +58,8 @@ class PollTarget:
     resending: bool = field(default=False)
     since: float = 0.0  # when the poller took this container on
     answered: bool = False  # its agent has answered a poll since
+    step: str | None = None  # the provisioning step its polls last showed, and since when
+    step_since: float = 0.0
 
 
 class Poller:
@@ -69,8 +73,12 @@ class Poller:
         resend: Resend,
         overdue: Overdue,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
+        """``metrics`` gets the cycle times, failures and provisioning times (a fresh
+        :class:`~zlh.api.metrics.Metrics` of its own when not given)."""
         self.settings = settings
+        self.metrics = metrics or Metrics()
         self.registry = registry
         self.agents = agents
         self._secret = secret
@@ -90,7 +98,9 @@ class Poller:
         tick = min(self.settings.poll_interval_provisioning_s, self.settings.poll_interval_s)
         try:
             while True:
-                self._launch_due()
+                polls = self._launch_due()
+                if polls:
+                    self._time_cycle(polls)
                 self._wake.clear()
                 try:
                     async with asyncio.timeout(tick):
@@ -107,6 +117,14 @@ class Poller:
         start = self._clock()
         await asyncio.gather(*self._launch_due())
         return self._clock() - start
+
+    def _time_cycle(self, polls: list[asyncio.Task[None]]) -> None:
+        start = self._clock()
+
+        def ended(_: object) -> None:
+            self.metrics.poll_cycle_seconds.observe(self._clock() - start)
+
+        asyncio.gather(*polls, return_exceptions=True).add_done_callback(ended)
 
     def watched(self) -> set[int]:
         """The vmids it polls now."""
@@ -174,6 +192,7 @@ class Poller:
                 return
             status = self.agents.parse_status(url, body)
         except AgentError as exc:
+            self.metrics.poll_failures.inc()
             self._missed(target, exc)
         except asyncio.CancelledError:
             raise
@@ -229,6 +248,7 @@ class Poller:
 
     async def _observed(self, target: PollTarget, status: AgentStatus) -> None:
         target.misses = 0
+        self._time_step(target, status)
         container = target.container
         changes: dict[str, Any] = {}
         if status != target.last_status:
@@ -262,6 +282,22 @@ class Poller:
         except ZlhError as exc:
             logger.warning("re-sending the payload to %s failed: %s", target.container.vmid, exc)
 
+    def _time_step(self, target: PollTarget, status: AgentStatus) -> None:
+        """A step's time: from the first poll that shows it to the first that shows another
+        step, or the agent ready or failed."""
+        progress = status.progress
+        step = (
+            progress.step.value
+            if progress is not None and status.state is AgentState.PROVISIONING
+            else None
+        )
+        if step == target.step:
+            return
+        now = self._clock()
+        if target.step is not None:
+            self.metrics.provision_step_seconds.labels(target.step).observe(now - target.step_since)
+        target.step, target.step_since = step, now
+
     def _apply(self, target: PollTarget, **changes: Any) -> None:
         container = target.container
         for key in [k for k, v in changes.items() if k != "status" and getattr(container, k) == v]:
@@ -273,6 +309,9 @@ class Poller:
         if updated is None:
             self._targets.pop(container.vmid, None)
             return
+        if updated.state == ContainerState.READY and container.state == ContainerState.PROVISIONING:
+            waited = utcnow() - updated.created_at
+            self.metrics.provision_seconds.observe(waited.total_seconds())
         target.container = updated
         target.last_status = updated.status
         if not ContainerState(updated.state).is_polled:

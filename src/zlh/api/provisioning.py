@@ -29,6 +29,7 @@ from zlh.api.db import AddonPin, Container, ContainerState, KeyValue, Pins, User
 from zlh.api.db.models import utcnow
 from zlh.api.errors import AgentError, AgentUnreachable, InvalidRequest
 from zlh.api.keys import agent_secret
+from zlh.api.metrics import Metrics
 from zlh.api.settings import ApiSettings
 from zlh.api.tailnet.service import Tailnet
 from zlh.api.tasks import ContainerTasks
@@ -59,7 +60,10 @@ from zlh.schemas import (
 )
 from zlh.schemas._base import WireModel
 
-__all__ = ["Provisioning", "resolve_request"]
+__all__ = ["CONTAINER_START", "Provisioning", "resolve_request"]
+
+# The step label of the backend's create and start (zlh.api.metrics), before the agent's own.
+CONTAINER_START = "container-start"
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +95,11 @@ class Provisioning:
         audit: AuditLog,
         agent_key: bytes,
         artifact_base_url: str,
+        metrics: Metrics,
         tailnet: Tailnet | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.tailnet = tailnet
         self.registry = registry
         self.backend = backend
@@ -218,8 +224,11 @@ class Provisioning:
             container = self.registry.get(vmid)
             if container is None or not ContainerState(container.state).is_starting:
                 return
+            started = asyncio.get_running_loop().time()
             async with asyncio.timeout(self.settings.container_start_timeout_s):
                 info = await self._create_and_start(container)
+            took = asyncio.get_running_loop().time() - started
+            self.metrics.provision_step_seconds.labels(CONTAINER_START).observe(took)
             self.record_address(vmid, info)
             container = self.registry.update(vmid, state=ContainerState.PROVISIONING)
             if container is not None:

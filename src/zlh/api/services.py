@@ -12,6 +12,7 @@ from zlh.api.containers import ContainerRegistry
 from zlh.api.db import Database
 from zlh.api.events import EventBus
 from zlh.api.lifecycle import Lifecycle
+from zlh.api.metrics import Metrics
 from zlh.api.poller import Poller
 from zlh.api.provisioning import Provisioning
 from zlh.api.ratelimit import LoginThrottle
@@ -19,6 +20,7 @@ from zlh.api.runtime_changes import RuntimeChanges
 from zlh.api.settings import ApiSettings
 from zlh.api.shares import Shares
 from zlh.api.tailnet.service import Tailnet
+from zlh.api.usage import UsageCache
 from zlh.backends import Backend
 from zlh.routefeed import RouteFeed
 
@@ -43,4 +45,6 @@ class Services:
     bus: EventBus
     feed: RouteFeed
     login_throttle: LoginThrottle
+    metrics: Metrics
+    usage: UsageCache
     tailnet: Tailnet | None = None  # None: no Headscale configured

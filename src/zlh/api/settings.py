@@ -73,6 +73,13 @@ class ApiSettings(BaseSettings):
         description="the API app's own unix socket, which the front relays to (default "
         "<data dir>/run/api.sock). Replaced on start, removed on a clean stop.",
     )
+    metrics_listen: str | None = Field(
+        None,
+        description="HOST:PORT where `zlh up` also serves /metrics (Prometheus text) WITHOUT "
+        "authentication, for a Prometheus on a private network; unset (the default): /metrics "
+        "is served only on the public port, to an admin session. Does not cover the API or "
+        "portal: nothing else is served there.",
+    )
     ide_origin: str | None = Field(
         None,
         description="the origin IDEs are served on, never the portal's: "
@@ -251,10 +258,11 @@ class ApiSettings(BaseSettings):
             },
         )
 
-    @field_validator("listen")
+    @field_validator("listen", "metrics_listen")
     @classmethod
-    def _listen_is_host_port(cls, value: str) -> str:
-        parse_listen(value)
+    def _listen_is_host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen(value)
         return value
 
     @field_validator("trusted_proxies")

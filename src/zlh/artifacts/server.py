@@ -26,7 +26,10 @@ from zlh.artifacts.store import CATALOG_FILE, load_catalog
 from zlh.http_range import UNSATISFIABLE, ByteRange, parse_range
 from zlh.schemas import ArtifactKind, ErrorBody
 
-__all__ = ["ArtifactServer"]
+__all__ = ["OTHER", "ArtifactServer"]
+
+# What ``downloads`` counts a file under that is not an artifact of the catalog.
+OTHER = "other"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -51,6 +54,7 @@ class _Opened:
     size: int
     mtime: float
     etag: str
+    artifact: str  # the catalog's kind/name/version, or OTHER
 
 
 def _etag_matches(header: str, etag: str) -> bool:
@@ -69,7 +73,9 @@ class ArtifactServer:
         self._catalog_file = Path(os.path.realpath(self.root / CATALOG_FILE))
         self.chunk_size = chunk_size
         self._catalog_stamp: tuple[int, int, int] | None = None
-        self._digests: dict[str, tuple[str, int]] = {}
+        self._digests: dict[str, tuple[str, int, str]] = {}
+        # Downloads started (GETs from the first byte), by catalog artifact: zlh.api.metrics.
+        self.downloads: dict[str, int] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -101,8 +107,12 @@ class ArtifactServer:
         except OSError:
             return None
         st = os.fstat(file.fileno())
-        etag = self._artifact_etag(path, st.st_size) or f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
-        return _Opened(path, file, st.st_size, st.st_mtime, etag)
+        entry = self._catalog_entry(path, st.st_size)
+        if entry is None:
+            return _Opened(
+                path, file, st.st_size, st.st_mtime, f'"{st.st_size:x}-{st.st_mtime_ns:x}"', OTHER
+            )
+        return _Opened(path, file, st.st_size, st.st_mtime, f'"{entry[0]}"', entry[1])
 
     async def _respond(self, scope: Scope, receive: Receive, send: Send, opened: _Opened) -> None:
         size, etag = opened.size, opened.etag
@@ -138,6 +148,8 @@ class ArtifactServer:
                     (b"content-range", f"bytes {parsed.start}-{parsed.end}/{size}".encode())
                 )
         headers.append((b"content-length", str(length).encode()))
+        if scope["method"] == "GET" and start == 0 and opened.path != self._catalog_file:
+            self.downloads[opened.artifact] = self.downloads.get(opened.artifact, 0) + 1
         await send({"type": "http.response.start", "status": status, "headers": headers})
         if scope["method"] == "HEAD" or length == 0:
             await send({"type": "http.response.body", "body": b""})
@@ -187,8 +199,8 @@ class ArtifactServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
 
-    def _artifact_etag(self, path: Path, size: int) -> str | None:
-        """The quoted sha256 if ``path`` is a catalog artifact of this size, else None."""
+    def _catalog_entry(self, path: Path, size: int) -> tuple[str, str] | None:
+        """The sha256 and kind/name/version if ``path`` is a catalog artifact of this size."""
         catalog_path = self.root / CATALOG_FILE
         try:
             st = catalog_path.stat()
@@ -201,21 +213,22 @@ class ArtifactServer:
         digest = self._digests.get(str(path))
         if digest is None or digest[1] != size:
             return None
-        return f'"{digest[0]}"'
+        return digest[0], digest[2]
 
-    def _load_digests(self) -> dict[str, tuple[str, int]]:
+    def _load_digests(self) -> dict[str, tuple[str, int, str]]:
         try:
             catalog = load_catalog(self.root / CATALOG_FILE)
         except ArtifactError as exc:
             logger.warning("artifact ETags fall back to size+mtime: %s", exc.message)
             return {}
-        digests: dict[str, tuple[str, int]] = {}
+        digests: dict[str, tuple[str, int, str]] = {}
         for kind in ArtifactKind:
-            for entry in catalog.section(kind).values():
+            for name, entry in catalog.section(kind).items():
                 for item in entry.versions:
                     local = file_in_store(self.root, item.artifact.url)
                     if local is not None:
-                        digests[str(local)] = (item.artifact.sha256, item.artifact.size)
+                        label = f"{kind.value}/{name}/{item.version}"
+                        digests[str(local)] = (item.artifact.sha256, item.artifact.size, label)
         return digests
 
 

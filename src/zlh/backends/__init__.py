@@ -19,6 +19,7 @@ from zlh.backends.base import (
     ContainerSpec,
     Resources,
     RunState,
+    Usage,
 )
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "ContainerSpec",
     "Resources",
     "RunState",
+    "Usage",
     "create_backend",
 ]
 

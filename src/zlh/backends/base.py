@@ -31,6 +31,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -124,6 +125,15 @@ class ContainerInfo:
         return f"http://{self.address}:{self.agent_port}" if self.address else None
 
 
+@dataclass(frozen=True, kw_only=True)
+class Usage:
+    """What a running container uses now, as its host measures it."""
+
+    memory_bytes: int
+    cpu_seconds: float | None = None  # CPU time used since it started (lxc, process)
+    cpu_cores: float | None = None  # cores in use now, where only a rate is known (proxmox)
+
+
 class Backend(abc.ABC):
     """A place where dev containers run. Subclasses must implement every abstract method."""
 
@@ -158,6 +168,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def list(self) -> list[ContainerInfo]:
         """Every container this backend created, found from the host's records."""
+
+    @abc.abstractmethod
+    async def usage(self, vmids: Sequence[int]) -> dict[int, Usage]:
+        """CPU and memory of those of ``vmids`` that run (read at scrape time, cached by
+        zlh.api.usage). A container that is not running or cannot be read is left out, never
+        an error for the others; BackendError only when the host cannot be asked at all."""
 
     def suggest_vmid(self, minimum: int = 100) -> int:
         """A vmid at or above ``minimum`` the backend can use. Local backends take the API's
@@ -223,6 +239,9 @@ class BlockingBackend(Backend):
     @abc.abstractmethod
     def _list_all(self) -> list[ContainerInfo]: ...
 
+    @abc.abstractmethod
+    def _usage(self, vmids: list[int]) -> dict[int, Usage]: ...
+
     async def create(self, spec: ContainerSpec) -> ContainerInfo:
         async with self._lock(spec.vmid):
             return await asyncio.to_thread(self._create, spec)
@@ -248,3 +267,6 @@ class BlockingBackend(Backend):
 
     async def list(self) -> list[ContainerInfo]:
         return await asyncio.to_thread(self._list_all)
+
+    async def usage(self, vmids: Sequence[int]) -> dict[int, Usage]:
+        return await asyncio.to_thread(self._usage, list(vmids))

@@ -32,8 +32,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from zlh.atomic import write_atomically
 from zlh.backends.base import (
@@ -43,6 +44,7 @@ from zlh.backends.base import (
     ContainerInfo,
     ContainerSpec,
     RunState,
+    Usage,
 )
 
 __all__ = ["ProcessBackend"]
@@ -65,23 +67,33 @@ def _free_port(avoid: set[int]) -> int:
 def _alive(pid: int) -> bool:
     """True for a live process; a zombie (exited, not yet reaped) counts as dead."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return _stat_fields(pid)[0] != "Z"
     except (FileNotFoundError, ProcessLookupError):
         return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (the agent starts code-server in a session of its own)."""
+def _stat_fields(pid: int | str) -> list[str]:
+    """``/proc/<pid>/stat`` after the command name: field 3 (state) is index 0."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _children() -> dict[int, list[int]]:
+    """Every process's children, from one walk of /proc."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            ppid = int(_stat_fields(entry.name)[1])
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def _descendants(pid: int, children: dict[int, list[int]] | None = None) -> list[int]:
+    """Every process below ``pid`` (the agent starts code-server in a session of its own)."""
+    children = _children() if children is None else children
     found: list[int] = []
     stack = [pid]
     while stack:
@@ -89,6 +101,26 @@ def _descendants(pid: int) -> list[int]:
             found.append(child)
             stack.append(child)
     return found
+
+
+_TICKS_PER_S: Final = os.sysconf("SC_CLK_TCK")
+_PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE")
+
+
+def _tree_usage(pids: list[int]) -> Usage:
+    """CPU time (user + system, of the processes and their reaped children) and resident
+    memory summed over ``pids``; a process gone meanwhile counts for nothing."""
+    ticks = pages = 0
+    for pid in pids:
+        try:
+            fields = _stat_fields(pid)
+            resident = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        # utime, stime, cutime, cstime: fields 14-17 of proc(5), 11-14 here.
+        ticks += sum(int(f) for f in fields[11:15])
+        pages += resident
+    return Usage(cpu_seconds=ticks / _TICKS_PER_S, memory_bytes=pages * _PAGE_SIZE)
 
 
 def _signal_tree(pids: list[int], sig: signal.Signals) -> None:
@@ -280,6 +312,23 @@ class ProcessBackend(Backend):
     async def list(self) -> list[ContainerInfo]:
         infos = [self._info(vmid) for vmid in self._vmids()]
         return [info for info in infos if info.state.exists]
+
+    async def usage(self, vmids: Sequence[int]) -> dict[int, Usage]:
+        return await asyncio.to_thread(self._usage, vmids)
+
+    def _usage(self, vmids: Sequence[int]) -> dict[int, Usage]:
+        """The agent's process tree of each running container, from one walk of /proc."""
+        children = _children()
+        found: dict[int, Usage] = {}
+        for vmid in vmids:
+            try:
+                state = self._read(vmid)
+            except BackendError:
+                continue
+            pid = self._running_pid(vmid, state) if state is not None else None
+            if pid is not None:
+                found[vmid] = _tree_usage([pid, *_descendants(pid, children)])
+        return found
 
 
 def _is_dir(path: Path) -> bool:

@@ -36,8 +36,9 @@ import logging
 import os
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from zlh.backends.base import (
     AGENT_PORT,
@@ -48,6 +49,7 @@ from zlh.backends.base import (
     ContainerInfo,
     ContainerSpec,
     RunState,
+    Usage,
 )
 
 __all__ = ["ProxmoxBackend", "ProxmoxSettings"]
@@ -65,6 +67,10 @@ HOME_PATH = "/home/dev"
 # sandboxing needs it in an unprivileged CT. For an unprivileged CT a token with VM.Allocate
 # may set nesting (any other feature flag is root@pam only).
 CT_FEATURES = "nesting=1"
+
+
+# status/current calls in flight at once when reading every container's use.
+_USAGE_CALLS: Final = 8
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -258,6 +264,33 @@ class ProxmoxBackend(BlockingBackend):
             address=self._address(node, vmid) if running else None,
             agent_port=AGENT_PORT,
             node=node,
+        )
+
+    def _usage(self, vmids: list[int]) -> dict[int, Usage]:
+        """One ``cluster/resources`` for where each runs, then each running container's
+        ``status/current`` (cpu: cores in use now, mem: bytes), a few at a time."""
+        wanted = set(vmids)
+        running = [
+            (int(item["vmid"]), str(item["node"]))
+            for item in self._resources()
+            if int(item["vmid"]) in wanted and item.get("status") == "running"
+        ]
+        with ThreadPoolExecutor(_USAGE_CALLS, thread_name_prefix="proxmox-usage") as pool:
+            found = pool.map(lambda pair: (pair[0], self._current(*pair)), running)
+            return {vmid: usage for vmid, usage in found if usage is not None}
+
+    def _current(self, vmid: int, node: str) -> Usage | None:
+        try:
+            current = self._call(
+                "get", f"nodes/{node}/lxc/{vmid}/status/current", f"reading the use of {vmid}"
+            )
+        except BackendError as exc:
+            log.info("use of container %s unknown: %s", vmid, exc.message)
+            return None
+        if current.get("status") != "running":
+            return None
+        return Usage(
+            cpu_cores=float(current.get("cpu", 0.0)), memory_bytes=int(current.get("mem", 0))
         )
 
     def _address(self, node: str, vmid: int) -> str | None:

@@ -54,6 +54,7 @@ from zlh.proxy.auth import Authenticator, Principal, SessionCookieSplitter, bear
 from zlh.proxy.headers import PORTAL_RULES, RequestHead, ResponseRules, upstream_request_head
 from zlh.proxy.ideorigin import IdeOrigin
 from zlh.proxy.listener import ClientConnection, Handler
+from zlh.proxy.metrics import FrontStats, RouteStats
 from zlh.proxy.pool import Pool, UpstreamAddress, UpstreamConnection
 from zlh.proxy.relay import Exchange, LocalResponse
 from zlh.proxy.routes import CLOSE_POLICY, Route, RouteTable
@@ -101,6 +102,7 @@ class Front:
         self.pool = Pool(settings)
         self._connections: set[ClientConnection] = set()
         self._tunnels: set[Tunnel] = set()
+        self.stats = FrontStats()  # read by zlh.api.metrics at scrape time
         self._server: asyncio.Server | None = None
         self._ide_server: asyncio.Server | None = None
         names = settings.platform_cookies
@@ -209,6 +211,7 @@ class Front:
 
     def _portal_dev(self, conn: ClientConnection, req: RequestHead) -> Handler:
         """``/dev/...`` on the portal's origin: IDEs live on the IDE origin."""
+        self.stats.api.requests += 1
         parts = req.target.partition(b"?")[0].split(b"/", 4)
         digits = parts[2]
         if (
@@ -227,6 +230,7 @@ class Front:
 
     def _ide_paths(self, conn: ClientConnection, req: RequestHead) -> Handler:
         """The IDE origin's path forms: ``/dev/{vmid}/ide/...`` and the ticket exchange."""
+        self.stats.ide.requests += 1
         target = req.target
         path, sep, query = target.partition(b"?")
         if path == _AUTH_PATH:
@@ -248,6 +252,7 @@ class Front:
 
     def _ide_wildcard(self, conn: ClientConnection, req: RequestHead, label: bytes) -> Handler:
         """``<vmid>.<ide host>``: every path is that container's IDE."""
+        self.stats.ide.requests += 1
         if not _is_vmid(label):
             return self._local(conn, req, 404, "not found")
         vmid = int(label)
@@ -329,6 +334,7 @@ class Front:
             on_upgrade=on_upgrade,
             rules=self._ide_rules,
             tail=tail,
+            stats=self.stats.ide,
         )
         exchange.start()
         return exchange
@@ -425,6 +431,7 @@ class Front:
         return LocalResponse(conn, responses.empty(req.keep_alive), keep_alive=req.keep_alive)
 
     def _to_api(self, conn: ClientConnection, req: RequestHead) -> Handler:
+        self.stats.api.requests += 1
         if req.websocket and not self._origin_ok(req):
             return self._local(conn, req, 403, "WebSocket from a foreign origin refused")
         head = upstream_request_head(
@@ -447,6 +454,7 @@ class Front:
             vmid=0,
             on_upgrade=self._api_tunnel if req.websocket else None,
             rules=PORTAL_RULES,
+            stats=self.stats.api,
         )
         exchange.start()
         return exchange
@@ -572,10 +580,15 @@ class Front:
             live=self._tunnels,
             vmid=vmid,
             principal=principal,
+            stats=self.stats.ide if vmid else self.stats.api,
         )
         tunnel.start(client_rest, upstream_rest)
         if principal is not None and not self._still_allowed(vmid, principal):
             tunnel.terminate(CLOSE_POLICY, "access revoked")  # revoked during the handshake
+
+    def open_websockets(self, stats: RouteStats) -> int:
+        """How many WebSocket tunnels of the route class ``stats`` are open now."""
+        return sum(1 for tunnel in list(self._tunnels) if tunnel.stats is stats)
 
     def _still_allowed(self, vmid: int, principal: Principal) -> bool:
         route = self.routes.get(vmid)

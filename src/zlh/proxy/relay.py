@@ -31,6 +31,7 @@ from zlh.proxy.headers import (
 )
 from zlh.proxy.headers import client_response_head as _client_head
 from zlh.proxy.listener import ClientConnection
+from zlh.proxy.metrics import RouteStats
 from zlh.proxy.pool import Pool, UpstreamAddress, UpstreamConnection
 from zlh.proxy.sessionnotice import is_plain_html
 from zlh.proxy.settings import ProxySettings
@@ -107,6 +108,7 @@ class Exchange:
         "_retried",
         "_rules",
         "_settings",
+        "_stats",
         "_tail",
         "_task",
         "_upgrading",
@@ -128,11 +130,13 @@ class Exchange:
         vmid: int,
         on_upgrade: OnUpgrade | None,
         rules: ResponseRules,
+        stats: RouteStats,
         tail: bytes = b"",
     ) -> None:
         """``vmid`` is the container relayed to, 0 for the API (portal pages); ``rules`` what
-        the response head gets and loses on its way to the client; ``tail`` what is appended
-        to the body of a 200 HTML page sent uncompressed (zlh.proxy.sessionnotice)."""
+        the response head gets and loses on its way to the client; ``stats`` the route class's
+        counters (zlh.proxy.metrics); ``tail`` what is appended to the body of a 200 HTML page
+        sent uncompressed (zlh.proxy.sessionnotice)."""
         self._client = client
         self._request = request
         self._head = head
@@ -141,6 +145,7 @@ class Exchange:
         self._settings = settings
         self._vmid = vmid
         self._rules = rules
+        self._stats = stats
         self._tail = tail
         self._on_upgrade = on_upgrade
         self._loop = client.loop
@@ -205,6 +210,7 @@ class Exchange:
             if self._chunked_body:
                 data += LAST_CHUNK
             self._waiting_since = self._loop.time()
+        self._stats.bytes_in += len(data)
         conn.transport.write(data)
 
     # ---------------------------------------------------------------- client side (Handler)
@@ -215,6 +221,7 @@ class Exchange:
         if self._chunked_body:
             data = chunk(data)
         if self.upstream is not None:
+            self._stats.bytes_in += len(data)
             self.upstream.transport.write(data)
             return
         self._pending.append(data)
@@ -317,7 +324,9 @@ class Exchange:
     def flush(self) -> None:
         out = self._out
         if out:
-            self._client.write(out[0] if len(out) == 1 else b"".join(out))
+            data = out[0] if len(out) == 1 else b"".join(out)
+            self._stats.bytes_out += len(data)
+            self._client.write(data)
             out.clear()
 
     def on_response_complete(self) -> None:

@@ -21,6 +21,7 @@ from enum import Enum
 from typing import Final, cast
 
 from zlh.proxy.auth import Principal
+from zlh.proxy.metrics import RouteStats
 from zlh.proxy.routes import RouteTable
 from zlh.proxy.settings import ProxySettings
 
@@ -98,6 +99,7 @@ class _Side:
     def __init__(self, tunnel: Tunnel, peer: asyncio.Transport) -> None:
         self._tunnel = tunnel
         self._peer = peer
+        self._stats = tunnel.stats
 
     def eof_received(self) -> bool:
         return False
@@ -112,6 +114,7 @@ class _Side:
 class _ClientSide(_Side):
     def data_received(self, data: bytes) -> None:
         if self._tunnel.state is _State.OPEN:
+            self._stats.bytes_in += len(data)
             self._peer.write(data)
         # else: the client's close reply (or anything after our close frame): dropped
 
@@ -124,6 +127,7 @@ class _UpstreamSide(_Side):
         tunnel = self._tunnel
         if tunnel.state is _State.OPEN:
             tunnel.tracker.feed(data)
+            self._stats.bytes_out += len(data)
             self._peer.write(data)
         else:
             tunnel.upstream_data_while_closing(data)
@@ -135,7 +139,8 @@ class _UpstreamSide(_Side):
 class Tunnel:
     """One spliced WebSocket. IDE tunnels (``vmid``/``principal`` set) are registered in the
     route table so that revocations reach them; API tunnels are the API's to police. ``live``
-    holds every tunnel from :meth:`start` until it is done (the front closes them all at exit)."""
+    holds every tunnel from :meth:`start` until it is done (the front closes them all at exit);
+    ``stats`` counts its bytes (zlh.proxy.metrics)."""
 
     def __init__(
         self,
@@ -145,10 +150,12 @@ class Tunnel:
         routes: RouteTable,
         settings: ProxySettings,
         live: set[Tunnel],
+        stats: RouteStats,
         vmid: int = 0,
         principal: Principal | None = None,
     ) -> None:
         self.client = client
+        self.stats = stats
         self.upstream = upstream
         self.vmid = vmid
         self.principal = principal

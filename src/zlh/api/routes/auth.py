@@ -44,6 +44,7 @@ def login(body: LoginRequest, request: Request, response: Response, svc: Svc) ->
     _throttled(svc, body.username, address)
     user = accounts.authenticate(svc.db, body.username, body.password)
     if user is None:
+        svc.metrics.login_failures.inc()
         svc.login_throttle.failed(body.username, address)
         svc.audit.record(body.username, Action.LOGIN_FAILED, detail="wrong password or user name")
         raise NotAuthenticated("invalid user name or password")
@@ -89,6 +90,7 @@ def change_password(body: PasswordChange, user: CurrentUser, request: Request, s
     try:
         revoked = accounts.change_password(svc.db, user.id, body.current, body.new, keep=sid)
     except Forbidden:
+        svc.metrics.login_failures.inc()
         svc.login_throttle.failed(user.username, address)
         raise
     svc.registry.call_on_loop(lambda: svc.feed.revoke(revoked))

@@ -52,7 +52,9 @@ from zlh.backends.base import (
     ContainerSpec,
     Resources,
     RunState,
+    Usage,
 )
+from zlh.backends.lxc.cgroup import cgroup_version, dirs_of_pid, payload_dirs, read_usage
 from zlh.backends.lxc.idmap import IdMap, container_idmap, shift_tree
 from zlh.backends.lxc.net import BRIDGE, Bridge, ensure_bridge, ensure_isolation, file_lock
 from zlh.backends.lxc.slots import NAME_PREFIX, Slot, SlotRegistry, rebuild_dir
@@ -86,14 +88,6 @@ def require_lxc() -> None:
             "the lxc backend creates containers and needs root: run as root, or use "
             "--backend process (no isolation) on this machine"
         )
-
-
-def cgroup_version() -> int:
-    """2 on a unified cgroup host, 1 when the memory controller is on a v1 hierarchy."""
-    root = Path("/sys/fs/cgroup")
-    if (root / "cgroup.controllers").exists():
-        return 2
-    return 1
 
 
 def limit_lines(resources: Resources, version: int) -> list[str]:
@@ -654,6 +648,30 @@ class LxcBackend(BlockingBackend):
 
     def get_state(self) -> dict[str, Any]:
         return {"lxcpath": str(self.lxcpath)}
+
+    def _usage(self, vmids: list[int]) -> dict[int, Usage]:
+        """From the cgroup files; a container not at LXC's default place is found through
+        its init process (one ``lxc-info`` each)."""
+        version = cgroup_version()
+        found: dict[int, Usage] = {}
+        for vmid in vmids:
+            dirs = payload_dirs(self._name(vmid), version) or self._init_dirs(vmid, version)
+            if dirs is None:
+                continue
+            try:
+                found[vmid] = read_usage(dirs, version)
+            except (OSError, ValueError):
+                continue  # stopped meanwhile
+        return found
+
+    def _init_dirs(self, vmid: int, version: int) -> tuple[Path, Path] | None:
+        if not self._config(vmid).is_file():
+            return None
+        try:
+            pid = self._lxc("lxc-info", vmid, "-p", "-H", what=f"lxc-info of {vmid}").strip()
+        except BackendError:
+            return None
+        return dirs_of_pid(int(pid), version) if pid.isdigit() else None
 
     def _cgroup(self, vmid: int, key: str) -> int:
         return int(self._lxc("lxc-cgroup", vmid, key, what=f"reading {key} of {vmid}").strip())
