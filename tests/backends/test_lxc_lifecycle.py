@@ -1,11 +1,13 @@
 """Stop, start and restart through the API on a real LXC container: a stopped container holds
-no memory on the host and gets no polls, and its files are there again once it is started.
+no memory on the host and gets no polls (and shows no usage), and its files are there again
+once it is started.
 
 Needs root and the lxc backend's packages, like the other LXC tests (tests/backends/test_lxc.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,10 +57,15 @@ def test_a_stopped_container_holds_no_memory_and_starts_again_with_its_files(
         assert client.put(content, params=kept, content=b"mine\n", headers=alice).is_success
         running = _charged_bytes(vmid)
         assert running > MEMORY_LEFT_BYTES  # systemd, journald and the agent
+        # What /metrics shows of it: the same cgroup's figures, and the CPU it has used.
+        used = asyncio.run(backend.usage([vmid]))[vmid]
+        assert running / 2 < used.memory_bytes < running * 2
+        assert used.cpu_seconds is not None and used.cpu_seconds > 0
 
         assert client.post(f"/api/dev/{vmid}/stop", headers=alice).status_code == 202
         assert [s.state for s in api.follow(vmid, deadline_s=60)][-1] == "stopped"
         assert _charged_bytes(vmid) < MEMORY_LEFT_BYTES
+        assert asyncio.run(backend.usage([vmid])) == {}  # a stopped container uses nothing
         wait_for(lambda: vmid not in api.polled(), what="the poller to let go of it")
 
         assert client.post(f"/api/dev/{vmid}/start", headers=alice).status_code == 202
