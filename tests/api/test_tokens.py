@@ -4,6 +4,9 @@ refused (from a hostile tenant's seat) whenever they should be."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -481,3 +484,39 @@ def test_every_route_declares_a_scope_or_refuses_tokens(world: World) -> None:
             )
         checked += 1
     assert checked >= 30
+
+
+# -- zlh token ----------------------------------------------------------------------------------
+
+
+def _zlh(world: World, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ZLH_PASSWORD": PASSWORD, "ZLH_URL": str(world.client.base_url)}
+    return subprocess.run(
+        [sys.executable, "-m", "zlh.cli", "token", *argv, "--user", "alice"],
+        capture_output=True,
+        text=True,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        timeout=60,
+    )
+
+
+def test_zlh_token_creates_lists_and_revokes(world: World) -> None:
+    made = _zlh(world, "create", "from-cli", "--scope", "containers:read", "--scope", "files")
+    assert made.returncode == 0, made.stderr
+    secret = made.stdout.strip()
+    assert secret.startswith("zlh_") and "shown only now" in made.stderr
+    assert world.client.get("/api/dev", headers={"Authorization": f"Bearer {secret}"}).is_success
+    listed = _zlh(world, "list")
+    line = next(x for x in listed.stdout.splitlines() if "from-cli" in x)
+    assert "containers:read,files" in line and secret not in listed.stdout
+    token_id = line.split()[0]
+    again = _zlh(world, "create", "from-cli", "--scope", "files")
+    assert again.returncode == 1 and "already have a token named 'from-cli'" in again.stderr
+    assert again.stderr.count("\n") == 1 and "Traceback" not in again.stderr
+    assert _zlh(world, "revoke", token_id).stdout.strip() == f"token {token_id} revoked"
+    refused = world.client.get("/api/dev", headers={"Authorization": f"Bearer {secret}"})
+    assert refused.status_code == 401
+    gone = _zlh(world, "revoke", token_id)
+    assert gone.returncode == 1 and f"no token {token_id}" in gone.stderr

@@ -21,7 +21,7 @@ from zlh.dev.cli import DEFAULT_URL
 from zlh.dev.client import PlatformClient
 from zlh.errors import UsageError, ZlhError
 
-__all__ = ["cmd_action", "cmd_list"]
+__all__ = ["cmd_action", "cmd_list", "signed_in"]
 
 _ADMIN = "admin"
 _PASSWORD_FILE = "admin-password"
@@ -47,7 +47,7 @@ def _password(args: argparse.Namespace, user: str) -> str:
 
 
 @contextmanager
-def _signed_in(args: argparse.Namespace) -> Iterator[PlatformClient]:
+def signed_in(args: argparse.Namespace) -> Iterator[PlatformClient]:
     url = args.url or os.environ.get("ZLH_URL") or DEFAULT_URL
     user = args.user or os.environ.get("ZLH_USER") or _ADMIN
     client = PlatformClient(url)
@@ -65,7 +65,7 @@ def _line(container: ContainerOut) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    with _signed_in(args) as client:
+    with signed_in(args) as client:
         containers = client.containers()
     if not containers:
         print("no containers")
@@ -85,7 +85,7 @@ def _done(action: str, container: ContainerOut) -> bool:
 
 
 def cmd_action(args: argparse.Namespace) -> int:
-    with _signed_in(args) as client:
+    with signed_in(args) as client:
         container = client.act(args.vmid, args.action)
         print(_line(container), flush=True)
         if args.no_wait:
