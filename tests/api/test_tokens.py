@@ -33,7 +33,7 @@ from zlh.api.containers import Quota
 from zlh.api.db import ApiToken, Database, User
 from zlh.api.db.models import utcnow
 from zlh.api.deps import declared_scope
-from zlh.api.errors import NotAuthenticated, NotFound
+from zlh.api.errors import InvalidRequest, NotAuthenticated, NotFound
 
 ALL_USER_SCOPES = ["containers:read", "containers:write", "files", "console"]
 
@@ -388,6 +388,8 @@ def test_tokens_are_stored_as_digests_and_verified(db: Database) -> None:
     assert tokens.revoked_keys() == [f"api-token:{row.id}"]
     again, _ = tokens.create(user, "ci", [Scope.FILES], 30)  # a revoked name is free again
     assert again.id != row.id
+    with pytest.raises(InvalidRequest, match="already have a token named 'ci'"):
+        tokens.create(user, "ci", [Scope.CONSOLE], 30)  # but a live one's is not
     with db.session() as session:
         session.execute(update(User).where(User.id == user.id).values(disabled=True))
     assert sorted(tokens.revoked_keys()) == sorted([f"api-token:{row.id}", f"api-token:{again.id}"])

@@ -72,7 +72,14 @@ def session_token(conn: HTTPConnection, svc: Services) -> str | None:
 
 
 def require_scope(scope: Scope) -> Callable[[Endpoint], Endpoint]:
-    """Declare (below the route decorator) the scope an API token needs for this route."""
+    """Declare (below the route decorator) the scope an API token needs for this route::
+
+        @router.get("/metrics")
+        @require_scope(Scope.METRICS)
+        def metrics(admin: AdminUser, ...) -> ...:  # an admin's session, or a metrics token
+
+    (only admins may make a token with ``admin`` or ``metrics``, and ``AdminUser`` still
+    checks that the token's user is one)."""
 
     def declare(endpoint: Endpoint) -> Endpoint:
         setattr(endpoint, _SCOPE_ATTR, scope)

@@ -51,8 +51,8 @@ function renderAccount() {
   nav.replaceChildren();
   if (!me) return;
   nav.append(
-    h("span", { class: "muted" }, h("span", { class: "wide" }, "Signed in as "), h("strong", {}, me.username), me.isAdmin ? " · operator" : ""),
-    h("a", { href: "/tokens", "data-link": true }, "API tokens"),
+    h("span", { class: "muted" }, h("span", { class: "wide" }, "Signed in as "), h("strong", { title: me.username }, me.username), me.isAdmin ? h("span", { class: "wide" }, " · operator") : ""),
+    h("a", { href: "/tokens", "data-link": true }, h("span", { class: "wide" }, "API "), "tokens"),
     h("a", { href: "/password", "data-link": true }, "Password"),
     h("button", { class: "secondary", type: "button", onclick: signOut }, "Sign out"),
   );
