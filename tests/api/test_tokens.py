@@ -423,6 +423,7 @@ PUBLIC = {
     ("GET", "/"),
     ("GET", "/login"),
     ("GET", "/password"),
+    ("GET", "/tokens"),
     ("GET", "/new"),
     ("GET", "/c/{vmid}"),
     ("GET", "/c/{vmid}/{tab}"),
