@@ -8,7 +8,9 @@ import sys
 import pytest
 
 from zlh import __version__
+from zlh.api.apitokens import Scope
 from zlh.cli import build_parser, main
+from zlh.dev.cli import SCOPES
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -66,3 +68,7 @@ def test_building_the_parser_imports_no_command_code() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_token_commands_offer_exactly_the_apis_scopes() -> None:
+    assert set(SCOPES) == {scope.value for scope in Scope}

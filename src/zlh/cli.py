@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     from zlh.backends.cli import register as register_template
     from zlh.demo.cli import register as register_demo
     from zlh.dev.cli import register as register_dev
+    from zlh.dev.cli import register_tokens
 
     parser = _Parser(prog="zlh", description="ZeroLagHub dev containers")
     parser.add_argument("--version", action="version", version=f"zlh {__version__}")
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     _register_doctor(commands)
     register_demo(commands)
     register_dev(commands)
+    register_tokens(commands)
     return parser
 
 

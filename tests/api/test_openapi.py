@@ -42,8 +42,12 @@ SKIPPED = {
 # is checked by the agent, which refuses hostile or malformed ones (400), missing ones (404),
 # clashes (409) and non-empty
 # directories (409). A new password equal to the current one is refused (422): a rule between
-# two fields that a JSON schema cannot state. A share names a user, who must exist, be enabled
-# and not own the container (422); only an existing share can be taken back (404).
+# two fields that a JSON schema cannot state. An API token's name must be unused among the
+# caller's tokens, its expiry within api_token_max_days (a setting), the admin and metrics
+# scopes are an admin's (403), every user's tokens (all=true) an admin's view (403), and a
+# token id may be unknown or another user's (404). A share names a user, who
+# must exist, be enabled and not own the container (422); only an existing share can be taken
+# back (404).
 CONFIG = """
 [[operations]]
 include-path-regex = '^/api/dev/[{]vmid[}]/shares'
@@ -64,6 +68,10 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
 [[operations]]
 include-name = "POST /api/auth/password"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "422", "429"]
+
+[[operations]]
+include-path-regex = '^/api/tokens'
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "422"]
 
 [[operations]]
 include-path-regex = '^/api/dev/[{]vmid[}]/files'

@@ -44,7 +44,8 @@ def test_dashboard_shows_the_container_with_the_spec_status_fields_in_words(
 
 
 @pytest.mark.parametrize(
-    "path", ["/", "/new", "/password", "/c/{vmid}", "/c/{vmid}/files", "/c/{vmid}/console"]
+    "path",
+    ["/", "/new", "/password", "/tokens", "/c/{vmid}", "/c/{vmid}/files", "/c/{vmid}/console"],
 )
 def test_page_has_labelled_controls_and_fits_a_phone(
     alice: Session, platform: Platform, provisioned: Provisioned, path: str

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp
 
 from zlh.api.accounts import configure_hashing
 from zlh.api.agent_client import AgentClient
+from zlh.api.apitokens import ApiTokens
 from zlh.api.audit import AuditLog
 from zlh.api.auth import TokenService
 from zlh.api.catalog import CatalogSource
@@ -35,6 +36,7 @@ from zlh.api.guard import RequestGuard
 from zlh.api.keys import load_or_create_key
 from zlh.api.lifecycle import Lifecycle
 from zlh.api.metrics import Metrics, UsageCollector, artifact_downloads, container_counts
+from zlh.api.openapi import install_security
 from zlh.api.poller import Poller
 from zlh.api.provisioning import Provisioning
 from zlh.api.ratelimit import LoginThrottle
@@ -52,6 +54,7 @@ from zlh.api.routes import relays as relay_routes
 from zlh.api.routes import runtimes as runtime_routes
 from zlh.api.routes import shares as share_routes
 from zlh.api.routes import tailnet as tailnet_routes
+from zlh.api.routes import tokens as token_routes
 from zlh.api.runtime_changes import RuntimeChanges
 from zlh.api.services import Services
 from zlh.api.settings import ApiSettings
@@ -140,6 +143,7 @@ def build_services(
         tokens=TokenService(
             db, load_or_create_key(settings.jwt_key_path), ttl_s=settings.session_ttl_s
         ),
+        api_tokens=ApiTokens(db, max_days=settings.api_token_max_days),
         registry=registry,
         provisioning=provisioning,
         lifecycle=lifecycle,
@@ -165,11 +169,13 @@ def build_services(
 
 
 async def _sync_revocations(svc: Services) -> None:
-    """Revocations made by other processes (``zlh user disable``) reach the feed in seconds."""
+    """Revocations made by other processes (``zlh user disable``) reach the feed in seconds;
+    API tokens' with them (``apitokens.revocation_key``), so their open WebSockets close too."""
     while True:
         try:
             sids = await asyncio.to_thread(svc.tokens.revoked_since, None)
-            svc.feed.replace_revocations(sids)
+            keys = await asyncio.to_thread(svc.api_tokens.revoked_keys)
+            svc.feed.replace_revocations(sids + keys)
         except ZlhError as exc:
             logger.warning("syncing session revocations failed: %s", exc)
         await asyncio.sleep(REVOCATION_SYNC_S)
@@ -298,8 +304,10 @@ def create_app(
         ide_routes,
         runtime_routes,
         share_routes,
+        token_routes,
     ):
         app.include_router(module.router)
+    install_security(app)
     if store_app is not None:
         app.mount("/artifacts", store_app)
         if isinstance(store_app, ArtifactServer):

@@ -2,11 +2,14 @@
 
 The address is the client's as ``zlh.api.guard`` resolved it for the request being served
 (``request_address``); entries no request caused (the provisioner's own failures after a
-restart) have none.
+restart) have none. ``via`` names the credential when it was an API token (``token <name>``),
+noted on the request's :class:`Credential` once the token is verified.
 """
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+from dataclasses import dataclass
 from enum import StrEnum
 
 from sqlalchemy import select
@@ -14,7 +17,20 @@ from sqlalchemy import select
 from zlh.api.clientaddr import request_address
 from zlh.api.db import AuditEntry, Database
 
-__all__ = ["Action", "AuditLog"]
+__all__ = ["Action", "AuditLog", "Credential", "audit_entry", "request_credential"]
+
+
+@dataclass
+class Credential:
+    """What the request being served authenticated with, beyond the user: set per request by
+    ``zlh.api.guard`` and filled in by the dependency that verifies an API token. Mutable on
+    purpose: sync dependencies run in a copied context, so only a shared object carries the
+    note back to the route and the threads it starts."""
+
+    via: str | None = None
+
+
+request_credential: ContextVar[Credential | None] = ContextVar("request_credential", default=None)
 
 
 class Action(StrEnum):
@@ -41,6 +57,24 @@ class Action(StrEnum):
     RUNTIME_REMOVE = "runtime-remove"  # an inactive runtime version removed (detail: which)
     SHARE = "share"  # shared with a user, or the role changed (detail: user and role)
     UNSHARE = "unshare"  # a share taken back, or dropped by its user (detail: the user)
+    TOKEN_CREATE = "token-create"  # an API token made (detail: name, scopes, expiry)
+    TOKEN_REVOKE = "token-revoke"  # an API token revoked (detail: name, whose)
+    TOKEN_USE = "token-use"  # a request made with an API token (detail: method and path)
+
+
+def audit_entry(
+    actor: str, action: Action, vmid: int | None = None, detail: str = "", *, via: str | None = None
+) -> AuditEntry:
+    """An entry of the request being served (its address and credential), not yet stored."""
+    credential = request_credential.get()
+    return AuditEntry(
+        actor=actor,
+        action=action.value,
+        vmid=vmid,
+        detail=detail,
+        address=request_address.get(),
+        via=via or (credential.via if credential is not None else None),
+    )
 
 
 class AuditLog:
@@ -48,15 +82,8 @@ class AuditLog:
         self.db = db
 
     def record(self, actor: str, action: Action, vmid: int | None = None, detail: str = "") -> None:
-        entry = AuditEntry(
-            actor=actor,
-            action=action.value,
-            vmid=vmid,
-            detail=detail,
-            address=request_address.get(),
-        )
         with self.db.session() as session:
-            session.add(entry)
+            session.add(audit_entry(actor, action, vmid, detail))
 
     def entries(
         self,

@@ -8,6 +8,7 @@ from datetime import datetime
 from pydantic import Field, field_validator
 
 from zlh.api.accounts import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
+from zlh.api.apitokens import MAX_NAME_CHARS, NAME_PATTERN, Scope
 from zlh.api.db import ShareRole
 from zlh.schemas import AgentStatus, Progress, registered_addon
 from zlh.schemas._base import WireModel
@@ -23,6 +24,9 @@ __all__ = [
     "LoginResponse",
     "PasswordChange",
     "RuntimeChangeRequest",
+    "TokenCreate",
+    "TokenCreated",
+    "TokenOut",
     "UserOut",
 ]
 
@@ -193,3 +197,43 @@ class AuditOut(WireModel):
     address: str | None = Field(
         default=None, description="the client's address, if a request caused it"
     )
+    via: str | None = Field(
+        default=None, description="the credential when it was an API token: token <name>"
+    )
+
+
+class TokenCreate(WireModel):
+    """``POST /api/tokens``."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=MAX_NAME_CHARS,
+        pattern=NAME_PATTERN,
+        description="unique among your unrevoked tokens",
+    )
+    scopes: list[Scope] = Field(min_length=1, description="admin and metrics: admins only")
+    expires_in_days: int | None = Field(
+        default=None,
+        ge=1,
+        le=3650,
+        description="at most api_token_max_days (default: that maximum)",
+    )
+
+
+class TokenOut(WireModel):
+    """An API token as listed: never its secret."""
+
+    id: int
+    name: str
+    owner: str
+    scopes: list[Scope]
+    created_at: datetime
+    expires_at: datetime
+    last_used_at: datetime | None
+    expired: bool
+
+
+class TokenCreated(TokenOut):
+    """The answer to ``POST /api/tokens``: the only one that carries the secret."""
+
+    token: str = Field(description="send as Authorization: Bearer; not shown again")

@@ -4,15 +4,25 @@ Every ``/api/dev/{vmid}…`` route takes :data:`OwnedContainer`, :data:`UsableCo
 :data:`VisibleContainer`: 401 without a valid session, 404 when the vmid does not exist *or*
 the caller may not reach it (admins pass; users it is shared with pass where their role
 allows), so nobody else can tell the two apart.
+
+A caller is a session (the portal's cookie, or its JWT as ``Authorization: Bearer``), which
+may do whatever its user may, or an API token (``zlh.api.apitokens``), which may use only the
+routes that declare the scope it needs with :func:`require_scope`, and only with that scope.
+A route that declares none refuses every token (403): new routes fail closed.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Final, TypeVar
 
 from fastapi import Depends, Path, Request
 from starlette.datastructures import Headers
+from starlette.requests import HTTPConnection
 
+from zlh.api.apitokens import Scope, TokenUse, is_api_token
+from zlh.api.audit import request_credential
 from zlh.api.clientaddr import UNKNOWN
 from zlh.api.db import Container, ShareRole, User
 from zlh.api.errors import Forbidden, NotAuthenticated, NotFound
@@ -21,17 +31,24 @@ from zlh.schemas.payload import MAX_VMID, MIN_VMID
 
 __all__ = [
     "AdminUser",
+    "Caller",
     "CurrentUser",
     "OwnedContainer",
     "Svc",
     "UsableContainer",
     "VisibleContainer",
+    "authenticate",
     "bearer_token",
     "client_address",
     "container_for",
     "current_user",
+    "declared_scope",
     "owned_container",
+    "require_scope",
 ]
+
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+_SCOPE_ATTR: Final = "zlh_token_scope"
 
 
 def services(request: Request) -> Services:
@@ -49,22 +66,74 @@ def bearer_token(headers: Headers) -> str | None:
     return None
 
 
-def session_token(request: Request, svc: Services) -> str | None:
+def session_token(conn: HTTPConnection, svc: Services) -> str | None:
     """``Authorization: Bearer``, else the portal's cookie. Never a query parameter.
 
     Bearer first: a request that carries one is judged by it alone, which is what exempts it
     from the Origin check of cookie-authenticated requests (``zlh.api.guard``).
     """
-    return bearer_token(request.headers) or request.cookies.get(svc.settings.session_cookie_name)
+    return bearer_token(conn.headers) or conn.cookies.get(svc.settings.session_cookie_name)
+
+
+def require_scope(scope: Scope) -> Callable[[Endpoint], Endpoint]:
+    """Declare (below the route decorator) the scope an API token needs for this route::
+
+        @router.get("/metrics")
+        @require_scope(Scope.METRICS)
+        def metrics(admin: AdminUser, ...) -> ...:  # an admin's session, or a metrics token
+
+    (only admins may make a token with ``admin`` or ``metrics``, and ``AdminUser`` still
+    checks that the token's user is one)."""
+
+    def declare(endpoint: Endpoint) -> Endpoint:
+        setattr(endpoint, _SCOPE_ATTR, scope)
+        return endpoint
+
+    return declare
+
+
+def declared_scope(route: object) -> Scope | None:
+    """The scope ``route`` (a matched ``scope["route"]``) declared; None: tokens refused."""
+    scope: Scope | None = getattr(getattr(route, "endpoint", None), _SCOPE_ATTR, None)
+    return scope
+
+
+@dataclass(frozen=True)
+class Caller:
+    user: User
+    sid: str | None  # the session's id; None for an API token
+    token: TokenUse | None  # the API token, if that is what it was
+
+
+def authenticate(conn: HTTPConnection, svc: Services) -> Caller:
+    """The session or API token of this request (401 naming what is wrong with it), held to
+    the matched route's declared scope (403 naming it). Blocking: database reads."""
+    credential = session_token(conn, svc)
+    if credential is None:
+        raise NotAuthenticated("not logged in: send the session cookie or a Bearer token")
+    if not is_api_token(credential):
+        user, sid = svc.tokens.verify(credential)
+        return Caller(user, sid, None)
+    method = conn.scope.get("method", "WEBSOCKET")
+    use = svc.api_tokens.verify(credential, f"{method} {conn.url.path}")
+    noted = request_credential.get()
+    if noted is not None:
+        noted.via = use.via
+    scope = declared_scope(conn.scope.get("route"))
+    if scope is None:
+        raise Forbidden(
+            f"API tokens are not accepted for {method} {conn.url.path}: use a signed-in session",
+            reason="token-refused",
+        )
+    if scope not in use.scopes:
+        raise Forbidden(f"this API token lacks the {scope} scope", reason="missing-scope")
+    return Caller(use.user, None, use)
 
 
 def current_user(request: Request, svc: Svc) -> User:
-    token = session_token(request, svc)
-    if token is None:
-        raise NotAuthenticated("not logged in: send the session cookie or a Bearer token")
-    user, sid = svc.tokens.verify(token)
-    request.state.sid = sid
-    return user
+    caller = authenticate(request, svc)
+    request.state.sid = caller.sid
+    return caller.user
 
 
 CurrentUser = Annotated[User, Depends(current_user)]

@@ -2,7 +2,7 @@
 
 1. The client's address (``zlh.api.clientaddr``, trusted proxies honoured) is resolved once and
    kept on the request (``request.state.client_address``) and in ``request_address`` for the
-   audit log.
+   audit log, beside a fresh ``request_credential`` that API-token authentication fills in.
 2. Cross-site request forgery: a state-changing request (any method but GET/HEAD/OPTIONS, and
    every WebSocket upgrade) that carries the portal's session cookie must come from the
    platform's own pages: a same-origin ``Origin``, or without one ``Sec-Fetch-Site:
@@ -25,6 +25,7 @@ from fastapi import WebSocket
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from zlh.api.audit import Credential, request_credential
 from zlh.api.clientaddr import Network, request_address, resolve_client
 from zlh.api.deps import bearer_token
 from zlh.api.errors import Forbidden
@@ -90,6 +91,7 @@ class RequestGuard:
         address = resolve_client(peer, conn.headers.getlist("x-forwarded-for"), self.trusted)
         scope.setdefault("state", {})["client_address"] = address
         token = request_address.set(address)
+        credential = request_credential.set(Credential())
         try:
             problem = cross_site_problem(
                 conn, cookie_name=self.cookie_name, public_origin=self.public_origin
@@ -103,4 +105,5 @@ class RequestGuard:
             else:
                 await error_json(refusal)(scope, receive, send)
         finally:
+            request_credential.reset(credential)
             request_address.reset(token)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from zlh.api.agent_client import AgentClient
+from zlh.api.apitokens import ApiTokens
 from zlh.api.audit import AuditLog
 from zlh.api.auth import TokenService
 from zlh.api.catalog import CatalogSource
@@ -33,6 +34,7 @@ class Services:
     db: Database
     backend: Backend
     tokens: TokenService
+    api_tokens: ApiTokens
     registry: ContainerRegistry
     provisioning: Provisioning
     lifecycle: Lifecycle

@@ -132,6 +132,13 @@ class ApiSettings(BaseSettings):
     session_ttl_s: int = Field(
         8 * 3600, gt=0, description="lifetime of a login session and its token. No sliding renewal."
     )
+    api_token_max_days: int = Field(
+        30,
+        ge=1,
+        le=3650,
+        description="the longest life an API token may be given, in days; every token has "
+        "an expiry. Lowering it does not shorten tokens already made.",
+    )
     cookie_name: str = Field(
         "zlh_session",
         pattern=r"^[A-Za-z0-9_-]{1,64}$",

@@ -1,5 +1,6 @@
 """A client of the platform's public HTTP API: sign in, read and change containers, follow a
-container's events. ``zlh dev`` and the demo speak to the platform only through it."""
+container's events, make, list and revoke API tokens. ``zlh dev``, ``zlh token`` and the demo
+speak to the platform only through it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from urllib.parse import quote
 
 import httpx
 
-from zlh.api.bodies import ContainerEvent, ContainerOut
+from zlh.api.bodies import ContainerEvent, ContainerOut, TokenCreate, TokenCreated, TokenOut
 from zlh.errors import ZlhError
 
 __all__ = ["PlatformClient", "api_error"]
@@ -86,6 +87,27 @@ class PlatformClient:
     def unshare(self, vmid: int, user: str) -> None:
         what = f"taking back the share of container {vmid} with {user}"
         response = self.request("DELETE", f"/api/dev/{vmid}/shares/{quote(user, safe='')}", what)
+        if response.status_code != 204:
+            raise api_error(response, what)
+
+    def create_token(self, body: TokenCreate) -> TokenCreated:
+        what = f"making token {body.name!r}"
+        payload = body.model_dump(mode="json", exclude_none=True)
+        response = self.request("POST", "/api/tokens", what, json=payload)
+        if response.status_code != 201:
+            raise api_error(response, what)
+        return TokenCreated.model_validate(response.json())
+
+    def tokens(self, *, every_user: bool = False) -> list[TokenOut]:
+        params = {"all": "true"} if every_user else {}
+        response = self.request("GET", "/api/tokens", "listing tokens", params=params)
+        if response.status_code != 200:
+            raise api_error(response, "listing tokens")
+        return [TokenOut.model_validate(t) for t in response.json()]
+
+    def revoke_token(self, token_id: int) -> None:
+        what = f"revoking token {token_id}"
+        response = self.request("DELETE", f"/api/tokens/{token_id}", what)
         if response.status_code != 204:
             raise api_error(response, what)
 

@@ -22,7 +22,7 @@ from zlh.dev.cli import DEFAULT_URL
 from zlh.dev.client import PlatformClient
 from zlh.errors import UsageError, ZlhError
 
-__all__ = ["cmd_action", "cmd_list", "cmd_share", "cmd_unshare"]
+__all__ = ["cmd_action", "cmd_list", "cmd_share", "cmd_unshare", "signed_in"]
 
 _ADMIN = "admin"
 _PASSWORD_FILE = "admin-password"
@@ -48,7 +48,7 @@ def _password(args: argparse.Namespace, user: str) -> str:
 
 
 @contextmanager
-def _signed_in(args: argparse.Namespace) -> Iterator[PlatformClient]:
+def signed_in(args: argparse.Namespace) -> Iterator[PlatformClient]:
     url = args.url or os.environ.get("ZLH_URL") or DEFAULT_URL
     user = args.user or os.environ.get("ZLH_USER") or _ADMIN
     client = PlatformClient(url)
@@ -66,7 +66,7 @@ def _line(container: ContainerOut) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    with _signed_in(args) as client:
+    with signed_in(args) as client:
         containers = client.containers()
     if not containers:
         print("no containers")
@@ -86,7 +86,7 @@ def _done(action: str, container: ContainerOut) -> bool:
 
 
 def cmd_action(args: argparse.Namespace) -> int:
-    with _signed_in(args) as client:
+    with signed_in(args) as client:
         container = client.act(args.vmid, args.action)
         print(_line(container), flush=True)
         if args.no_wait:
@@ -109,7 +109,7 @@ def cmd_action(args: argparse.Namespace) -> int:
 
 
 def cmd_share(args: argparse.Namespace) -> int:
-    with _signed_in(args) as client:
+    with signed_in(args) as client:
         container = client.share(args.vmid, args.guest, args.role)
     shares = ", ".join(f"{s.user} ({s.role})" for s in container.shares)
     print(f"container {args.vmid}: shared with {shares}")
@@ -117,7 +117,7 @@ def cmd_share(args: argparse.Namespace) -> int:
 
 
 def cmd_unshare(args: argparse.Namespace) -> int:
-    with _signed_in(args) as client:
+    with signed_in(args) as client:
         client.unshare(args.vmid, args.guest)
     print(f"container {args.vmid}: no longer shared with {args.guest}")
     return 0

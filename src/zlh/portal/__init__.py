@@ -48,7 +48,15 @@ PAGE_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-cache",
 }
-PAGE_PATHS = ["/", "/login", "/password", "/new", "/c/{vmid:int}", "/c/{vmid:int}/{tab}"]
+PAGE_PATHS = [
+    "/",
+    "/login",
+    "/password",
+    "/tokens",
+    "/new",
+    "/c/{vmid:int}",
+    "/c/{vmid:int}/{tab}",
+]
 
 
 def vendor_dirs() -> dict[str, Path]:

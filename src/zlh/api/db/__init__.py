@@ -3,6 +3,7 @@
 from zlh.api.db.engine import Database
 from zlh.api.db.models import (
     AddonPin,
+    ApiToken,
     AuditEntry,
     Base,
     Container,
@@ -17,6 +18,7 @@ from zlh.api.db.models import (
 
 __all__ = [
     "AddonPin",
+    "ApiToken",
     "AuditEntry",
     "Base",
     "Container",

@@ -1,4 +1,5 @@
-"""Tables: users, sessions, containers, audit, and a small key-value table for backend state.
+"""Tables: users, sessions, API tokens, containers, audit, and a small key-value table for
+backend state.
 
 Times are stored as naive UTC and handed back timezone-aware (SQLite keeps no zone).
 """
@@ -15,11 +16,13 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -30,6 +33,7 @@ from zlh.schemas.artifact import Version
 
 __all__ = [
     "AddonPin",
+    "ApiToken",
     "AuditEntry",
     "Base",
     "Container",
@@ -178,6 +182,37 @@ class Session(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+class ApiToken(Base):
+    """A user's API token: only the sha256 of its secret is kept (``zlh.api.apitokens``).
+
+    Revoked rows stay, so a revoked token is told apart from an unknown one; a live (unrevoked)
+    token's name is unique per user, a revoked one's name may be used again.
+    """
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (
+        Index(
+            "uq_api_tokens_live_name",
+            "user_id",
+            "name",
+            unique=True,
+            sqlite_where=text("revoked_at IS NULL"),
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[str]]
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    user: Mapped[User] = relationship(lazy="joined")
+
+
 class Container(Base):
     __tablename__ = "containers"
     # Names are the owner's own: two users may both have an "api"; NULLs never clash.
@@ -264,6 +299,8 @@ class AuditEntry(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
     # The client's address (zlh.api.clientaddr); None for what no request caused.
     address: Mapped[str | None] = mapped_column(String(64), default=None)
+    # The credential when it was not a session: "token <name>" (zlh.api.apitokens).
+    via: Mapped[str | None] = mapped_column(String(80), default=None)
 
 
 class KeyValue(Base):

@@ -6,8 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from zlh.api.apitokens import Scope
 from zlh.api.bodies import AuditOut
-from zlh.api.deps import AdminUser, Svc
+from zlh.api.deps import AdminUser, Svc, require_scope
 from zlh.api.routes import ERRORS
 from zlh.schemas.payload import MAX_VMID, MIN_VMID
 
@@ -15,6 +16,7 @@ router = APIRouter(prefix="/api", tags=["audit"], responses=ERRORS)
 
 
 @router.get("/audit")
+@require_scope(Scope.ADMIN)
 def audit(
     admin: AdminUser,
     svc: Svc,
@@ -35,6 +37,7 @@ def audit(
             vmid=e.vmid,
             detail=e.detail,
             address=e.address,
+            via=e.via,
         )
         for e in entries
     ]

@@ -12,9 +12,10 @@ from typing import Final
 from fastapi import APIRouter, Request, Response
 
 from zlh.api import accounts
+from zlh.api.apitokens import Scope
 from zlh.api.audit import Action
 from zlh.api.bodies import LoginRequest, LoginResponse, MeOut, PasswordChange
-from zlh.api.deps import CurrentUser, Svc, client_address
+from zlh.api.deps import CurrentUser, Svc, client_address, require_scope
 from zlh.api.errors import Forbidden, NotAuthenticated, RateLimited
 from zlh.api.routes import ERRORS
 from zlh.api.services import Services
@@ -99,6 +100,7 @@ def change_password(body: PasswordChange, user: CurrentUser, request: Request, s
 
 
 @router.get("/me")
+@require_scope(Scope.CONTAINERS_READ)
 def me(user: CurrentUser, svc: Svc) -> MeOut:
     """The logged-in user, with the containers they hold and run, and may hold and run."""
     held, running = svc.registry.counts(user.id)

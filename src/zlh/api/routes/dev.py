@@ -7,15 +7,24 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
+from zlh.api.apitokens import Scope
 from zlh.api.bodies import ContainerOut, DevRequest
 from zlh.api.db import Container, User
-from zlh.api.deps import CurrentUser, OwnedContainer, Svc, UsableContainer, VisibleContainer
+from zlh.api.deps import (
+    CurrentUser,
+    OwnedContainer,
+    Svc,
+    UsableContainer,
+    VisibleContainer,
+    require_scope,
+)
 from zlh.api.routes import ERRORS
 
 router = APIRouter(prefix="/api/dev", tags=["dev"], responses=ERRORS)
 
 
 @router.post("", status_code=202)
+@require_scope(Scope.CONTAINERS_WRITE)
 async def request_dev(body: DevRequest, user: CurrentUser, svc: Svc) -> ContainerOut:
     """Ask for a dev container. Checked against the catalog (422 names what is unknown);
     the answer is the recorded container, which then provisions in the background
@@ -25,6 +34,7 @@ async def request_dev(body: DevRequest, user: CurrentUser, svc: Svc) -> Containe
 
 
 @router.get("")
+@require_scope(Scope.CONTAINERS_READ)
 def list_dev(
     user: CurrentUser,
     svc: Svc,
@@ -46,12 +56,14 @@ def list_dev(
 
 
 @router.get("/{vmid}")
+@require_scope(Scope.CONTAINERS_READ)
 def get_dev(container: VisibleContainer, user: CurrentUser, svc: Svc) -> ContainerOut:
     """One container with the agent's last polled ``/status``."""
     return svc.lifecycle.out(container, viewer=user)
 
 
 @router.delete("/{vmid}", status_code=204)
+@require_scope(Scope.CONTAINERS_WRITE)
 async def delete_dev(container: OwnedContainer, user: CurrentUser, svc: Svc) -> Response:
     """Destroy the container and forget it."""
     await svc.provisioning.delete(container.vmid, user.username)
@@ -65,6 +77,7 @@ def _by(user: User, container: Container) -> str:
 
 
 @router.post("/{vmid}/stop", status_code=202)
+@require_scope(Scope.CONTAINERS_WRITE)
 async def stop_dev(container: OwnedContainer, user: CurrentUser, svc: Svc) -> ContainerOut:
     """Stop it: its agent and code-server get SIGTERM, then a bounded wait, then a kill. Its
     disk stays; it uses no memory and is not polled until started. 409 unless it is ready,
@@ -76,6 +89,7 @@ async def stop_dev(container: OwnedContainer, user: CurrentUser, svc: Svc) -> Co
 
 
 @router.post("/{vmid}/start", status_code=202)
+@require_scope(Scope.CONTAINERS_WRITE)
 async def start_dev(container: UsableContainer, user: CurrentUser, svc: Svc) -> ContainerOut:
     """Start a stopped container; it is ready again once its agent has restored its runtime
     and add-ons (follow ``/api/dev/{vmid}/events``). 409 unless stopped; 429 when its owner
@@ -88,6 +102,7 @@ async def start_dev(container: UsableContainer, user: CurrentUser, svc: Svc) -> 
 
 
 @router.post("/{vmid}/restart", status_code=202)
+@require_scope(Scope.CONTAINERS_WRITE)
 async def restart_dev(container: OwnedContainer, user: CurrentUser, svc: Svc) -> ContainerOut:
     """Stop, then start. 409 unless it is ready, unreachable or failed."""
     stopping = await svc.lifecycle.restart(
@@ -97,6 +112,7 @@ async def restart_dev(container: OwnedContainer, user: CurrentUser, svc: Svc) ->
 
 
 @router.post("/{vmid}/rebuild", status_code=202)
+@require_scope(Scope.CONTAINERS_WRITE)
 async def rebuild_dev(container: OwnedContainer, user: CurrentUser, svc: Svc) -> ContainerOut:
     """A fresh system from the current template and catalog pins, same vmid and URL, keeping
     ``/home/dev`` (workspace, dotfiles, code-server settings and extensions): how a container

@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
+from zlh.api.apitokens import Scope
 from zlh.api.containers import container_event
 from zlh.api.db import ContainerState
-from zlh.api.deps import Svc, VisibleContainer
+from zlh.api.deps import Svc, VisibleContainer, require_scope
 from zlh.api.events import sse
 from zlh.api.routes import ERRORS
 from zlh.api.services import Services
@@ -41,6 +42,7 @@ def _changing(svc: Services, vmid: int) -> bool:
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
+@require_scope(Scope.CONTAINERS_READ)
 async def events(container: VisibleContainer, svc: Svc) -> StreamingResponse:
     """``event: status`` frames (state, reason, progress, error) from now until ready, failed
     or stopped, and while a runtime version change installs."""

@@ -18,24 +18,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import aiohttp
 from fastapi import APIRouter, Query, Request, Response, WebSocket
-from starlette.types import Receive, Scope, Send
+from starlette.types import Receive, Send
+from starlette.types import Scope as AsgiScope
 from starlette.websockets import WebSocketDisconnect
 
+from zlh.api.apitokens import Scope, revocation_key
 from zlh.api.audit import Action
-from zlh.api.db import Container, ContainerState, User
-from zlh.api.deps import CurrentUser, Svc, UsableContainer, session_token, usable_container
-from zlh.api.errors import (
-    AgentError,
-    AgentUnreachable,
-    ApiError,
-    NotAuthenticated,
-    NotFound,
-    NotRunning,
+from zlh.api.db import Container, ContainerState
+from zlh.api.deps import (
+    Caller,
+    CurrentUser,
+    Svc,
+    UsableContainer,
+    authenticate,
+    require_scope,
+    usable_container,
 )
+from zlh.api.errors import AgentError, AgentUnreachable, ApiError, NotFound, NotRunning
 from zlh.api.responses import deny_websocket, error_json
 from zlh.api.routes import FILE_ERRORS
 from zlh.api.services import Services
@@ -149,12 +152,14 @@ def _display(path: str) -> str:
 
 
 @router.get("/{vmid}/files", responses={200: {"model": DirListing}})
+@require_scope(Scope.FILES)
 async def list_files(container: UsableContainer, svc: Svc, path: PathQuery = "") -> Response:
     """List a directory of the workspace (symlinks shown as links, never followed)."""
     return await _call(svc, container, "GET", "/files", params={"path": path})
 
 
 @router.delete("/{vmid}/files", status_code=204)
+@require_scope(Scope.FILES)
 async def delete_file(
     container: UsableContainer,
     user: CurrentUser,
@@ -172,6 +177,7 @@ async def delete_file(
 
 
 @router.put("/{vmid}/files/content", status_code=201, responses={201: {"model": PathResult}})
+@require_scope(Scope.FILES)
 async def upload_file(
     request: Request,
     container: UsableContainer,
@@ -210,6 +216,7 @@ async def upload_file(
         416: {"model": ErrorBody},
     },
 )
+@require_scope(Scope.FILES)
 async def download_file(
     request: Request, container: UsableContainer, svc: Svc, path: EntryQuery
 ) -> Response:
@@ -230,7 +237,7 @@ class _Download(Response):
         super().__init__()
         self._target = (url, params, headers, vmid)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         url, params, headers, vmid = self._target
         async with _session() as http:
             try:
@@ -258,6 +265,7 @@ class _Download(Response):
 
 
 @router.post("/{vmid}/files/mkdir", status_code=201, responses={201: {"model": PathResult}})
+@require_scope(Scope.FILES)
 async def make_directory(
     body: MkdirRequest, container: UsableContainer, user: CurrentUser, svc: Svc
 ) -> Response:
@@ -272,6 +280,7 @@ async def make_directory(
 
 
 @router.post("/{vmid}/files/move", responses={200: {"model": PathResult}})
+@require_scope(Scope.FILES)
 async def move_file(
     body: MoveRequest, container: UsableContainer, user: CurrentUser, svc: Svc
 ) -> Response:
@@ -288,19 +297,18 @@ async def move_file(
 # -- console -------------------------------------------------------------------------------------
 
 
-async def _caller(websocket: WebSocket, svc: Services, vmid: int) -> tuple[User, str, Container]:
-    """The HTTP routes' checks, for a WebSocket: session (401), then ownership (404)."""
-    token = session_token(cast(Request, websocket), svc)
-    if token is None:
-        raise NotAuthenticated("not logged in: send the session cookie or a Bearer token")
-    user, sid = await asyncio.to_thread(svc.tokens.verify, token)
+async def _caller(websocket: WebSocket, svc: Services, vmid: int) -> tuple[Caller, Container]:
+    """The HTTP routes' checks, for a WebSocket: credential (401) and scope (403), then
+    ownership (404)."""
+    caller = await asyncio.to_thread(authenticate, websocket, svc)
     if not MIN_VMID <= vmid <= MAX_VMID:
         raise NotFound(f"no container {vmid}")
-    container = await asyncio.to_thread(usable_container, vmid, user, svc)
-    return user, sid, container
+    container = await asyncio.to_thread(usable_container, vmid, caller.user, svc)
+    return caller, container
 
 
 @router.websocket("/{vmid}/console")
+@require_scope(Scope.CONSOLE)
 async def console(
     websocket: WebSocket,
     vmid: int,
@@ -310,8 +318,7 @@ async def console(
     """The agent's console (a login shell as the dev user), frame for frame."""
     svc: Services = websocket.app.state.services
     try:
-        user, sid, container = await _caller(websocket, svc, vmid)
-        actor = user.username
+        caller, container = await _caller(websocket, svc, vmid)
         url, auth = _agent(svc, container)
     except ZlhError as exc:
         await deny_websocket(websocket, exc)
@@ -337,15 +344,25 @@ async def console(
             return
         async with upstream:
             await websocket.accept()
-            await _audit(svc, actor, Action.OPEN, container.vmid, "console")
+            await _audit(svc, caller.user.username, Action.OPEN, container.vmid, "console")
             # A user it is shared with loses the console when the share is taken back.
-            guest = None if container.role_of(user.id) is None else user.id
-            await _splice(websocket, upstream, svc, sid, container.vmid, guest)
+            guest = caller.user.id if container.role_of(caller.user.id) is not None else None
+            key = _revocation_key(caller)
+            await _splice(websocket, upstream, svc, key, container.vmid, guest)
+
+
+def _revocation_key(caller: Caller) -> str:
+    """What the route feed calls the caller's credential when it is revoked."""
+    if caller.token is not None:
+        return revocation_key(caller.token.token_id)
+    assert caller.sid is not None
+    return caller.sid
 
 
 async def _revoked_or_removed(feed: RouteFeed, sid: str, vmid: int, guest: int | None) -> None:
-    """Return once session ``sid`` is revoked (logout, user disabled), container ``vmid`` is
-    gone, or (``guest``: the user it is shared with) its share to use it is taken back."""
+    """Return once ``sid`` (a session's id or an API token's revocation key) is revoked
+    (logout, token revoked, user disabled), container ``vmid`` is gone, or (``guest``: the
+    user it is shared with) its share to use it is taken back."""
 
     def lost(route: FeedRoute | None) -> bool:
         return route is None or (guest is not None and guest not in route.guest_ids)
@@ -370,8 +387,8 @@ async def _splice(
     vmid: int,
     guest: int | None,
 ) -> None:
-    """Copy frames both ways until either side closes, the caller's session is revoked or
-    their share taken back."""
+    """Copy frames both ways until either side closes, the caller's session (or API token) is
+    revoked or their share taken back."""
 
     async def from_client() -> None:
         with contextlib.suppress(WebSocketDisconnect):

@@ -7,8 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 
+from zlh.api.apitokens import Scope
 from zlh.api.bodies import ContainerOut, RuntimeChangeRequest
-from zlh.api.deps import CurrentUser, OwnedContainer, Svc
+from zlh.api.deps import CurrentUser, OwnedContainer, Svc, require_scope
 from zlh.api.routes import ERRORS
 from zlh.schemas import RuntimeName
 from zlh.schemas.artifact import VERSION_PATTERN, Version
@@ -17,6 +18,7 @@ router = APIRouter(prefix="/api/dev", tags=["dev"], responses=ERRORS)
 
 
 @router.patch("/{vmid}", status_code=202)
+@require_scope(Scope.CONTAINERS_WRITE)
 async def change_runtime(
     body: RuntimeChangeRequest, container: OwnedContainer, user: CurrentUser, svc: Svc
 ) -> ContainerOut:
@@ -31,6 +33,7 @@ async def change_runtime(
 
 
 @router.delete("/{vmid}/runtimes/{runtime}/{version}", status_code=204)
+@require_scope(Scope.CONTAINERS_WRITE)
 async def remove_runtime(
     container: OwnedContainer,
     user: CurrentUser,

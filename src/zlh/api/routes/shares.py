@@ -10,9 +10,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 
+from zlh.api.apitokens import Scope
 from zlh.api.bodies import ContainerOut, ShareOut, ShareRequest
 from zlh.api.containers import share_out
-from zlh.api.deps import CurrentUser, OwnedContainer, Svc, VisibleContainer
+from zlh.api.deps import CurrentUser, OwnedContainer, Svc, VisibleContainer, require_scope
 from zlh.api.errors import NotFound
 from zlh.api.routes import ERRORS
 
@@ -22,12 +23,14 @@ UserPath = Annotated[str, Path(min_length=1, max_length=64, description="the use
 
 
 @router.get("/{vmid}/shares")
+@require_scope(Scope.CONTAINERS_READ)
 def list_shares(container: OwnedContainer) -> list[ShareOut]:
     """The users it is shared with, oldest first."""
     return [share_out(s) for s in container.shares]
 
 
 @router.post("/{vmid}/shares", status_code=201)
+@require_scope(Scope.CONTAINERS_WRITE)
 async def share(
     body: ShareRequest, container: OwnedContainer, user: CurrentUser, svc: Svc, response: Response
 ) -> ContainerOut:
@@ -41,6 +44,7 @@ async def share(
 
 
 @router.delete("/{vmid}/shares/{username}", status_code=204)
+@require_scope(Scope.CONTAINERS_WRITE)
 async def unshare(
     username: UserPath, container: VisibleContainer, user: CurrentUser, svc: Svc
 ) -> Response:

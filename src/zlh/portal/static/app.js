@@ -6,6 +6,7 @@ import { dashboardView } from "./views/dashboard.js";
 import { newView } from "./views/new.js";
 import { containerView } from "./views/container.js";
 import { passwordView } from "./views/password.js";
+import { tokensView } from "./views/tokens.js";
 import { ideView } from "./views/ide.js";
 
 const main = document.getElementById("main");
@@ -18,6 +19,7 @@ const routes = [
   [/^\/$/, () => dashboardView],
   [/^\/new$/, () => newView],
   [/^\/password$/, () => passwordView],
+  [/^\/tokens$/, () => tokensView],
   [/^\/c\/(\d+)(?:\/(overview|files|console|tailnet))?$/, () => containerView],
   [/^\/c\/(\d+)\/ide$/, () => ideView],
 ];
@@ -49,7 +51,8 @@ function renderAccount() {
   nav.replaceChildren();
   if (!me) return;
   nav.append(
-    h("span", { class: "muted" }, "Signed in as ", h("strong", {}, me.username), me.isAdmin ? " · operator" : ""),
+    h("span", { class: "muted" }, h("span", { class: "wide" }, "Signed in as "), h("strong", { title: me.username }, me.username), me.isAdmin ? h("span", { class: "wide" }, " · operator") : ""),
+    h("a", { href: "/tokens", "data-link": true }, h("span", { class: "wide" }, "API "), "tokens"),
     h("a", { href: "/password", "data-link": true }, "Password"),
     h("button", { class: "secondary", type: "button", onclick: signOut }, "Sign out"),
   );

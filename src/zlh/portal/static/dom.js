@@ -41,6 +41,31 @@ export function yesNo(value) {
   return value ? "yes" : "no";
 }
 
+// A card that is one radio button or checkbox: the whole card is its label, the title its
+// accessible name and the rest its description.
+export function choiceCard({ type, name, value, id, checked, title, badge, lines }) {
+  const titleId = `${id}-title`;
+  const aboutId = `${id}-about`;
+  const input = h("input", { type, name, value, id, checked, "aria-labelledby": titleId, "aria-describedby": aboutId });
+  return h(
+    "label",
+    { class: "choice", for: id },
+    input,
+    h("span", { class: "choice-head" }, h("span", { class: "choice-title", id: titleId }, title), badge ? h("span", { class: "badge" }, badge) : null),
+    h("span", { class: "choice-about", id: aboutId }, lines.filter(Boolean).map((line) => h("span", {}, line))),
+  );
+}
+
+// A button that copies ``text`` to the clipboard and says so.
+export function copyButton(text, label) {
+  const button = h("button", { type: "button", class: "secondary small" }, label);
+  button.addEventListener("click", async () => {
+    await navigator.clipboard.writeText(text);
+    button.textContent = "Copied";
+  });
+  return button;
+}
+
 export function errorBox(err) {
   const text = err && err.describe ? err.describe() : String(err && err.message ? err.message : err);
   return h("p", { class: "error", role: "alert" }, text);

@@ -1,22 +1,7 @@
 import { api } from "../api.js";
 import { runtimeTitle, versionSummary } from "../catalog.js";
-import { bytes, errorBox, h } from "../dom.js";
+import { bytes, choiceCard, errorBox, h } from "../dom.js";
 import { quotaLine } from "./quota.js";
-
-// A card that is one radio button or checkbox: the whole card is its label, the title its
-// accessible name and the rest its description.
-function choiceCard({ type, name, value, id, checked, title, badge, lines }) {
-  const titleId = `${id}-title`;
-  const aboutId = `${id}-about`;
-  const input = h("input", { type, name, value, id, checked, "aria-labelledby": titleId, "aria-describedby": aboutId });
-  return h(
-    "label",
-    { class: "choice", for: id },
-    input,
-    h("span", { class: "choice-head" }, h("span", { class: "choice-title", id: titleId }, title), badge ? h("span", { class: "badge" }, badge) : null),
-    h("span", { class: "choice-about", id: aboutId }, lines.filter(Boolean).map((line) => h("span", {}, line))),
-  );
-}
 
 export async function newView(main, { navigate }) {
   const [catalog, mine] = await Promise.all([api("/api/catalog"), api("/api/auth/me")]);

@@ -1,18 +1,9 @@
 import { api } from "../api.js";
-import { errorBox, h } from "../dom.js";
+import { copyButton, errorBox, h } from "../dom.js";
 
 export async function tailnetPanel(panel, vmid) {
   const body = h("div");
   panel.append(h("h2", {}, "Tailnet access"), body);
-
-  function copyButton(text, label) {
-    const button = h("button", { type: "button", class: "secondary small" }, label);
-    button.addEventListener("click", async () => {
-      await navigator.clipboard.writeText(text);
-      button.textContent = "Copied";
-    });
-    return button;
-  }
 
   function show(info) {
     const rows = [

@@ -1,7 +1,7 @@
 """Containers shared with other users (``use`` or ``view``).
 
-Revision ID: 0007
-Revises: 0004
+Revision ID: 0006
+Revises: 0005_api_tokens
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from alembic import op
 
 from zlh.api.db.models import UTCDateTime
 
-revision = "0007"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005_api_tokens"
 branch_labels = None
 depends_on = None
 
