@@ -65,6 +65,26 @@ def test_only_an_admin_session_reads_the_metrics(tmp_path: Path) -> None:
         assert "zlh_containers" in client.get("/metrics").text
 
 
+def test_an_admins_metrics_token_reads_the_metrics_and_no_other_token_does(
+    tmp_path: Path,
+) -> None:
+    with platform(tmp_path) as (_, client, root):
+
+        def token(scopes: list[str]) -> dict[str, str]:
+            body = {"name": "-".join(scopes), "scopes": scopes, "expires_in_days": 1}
+            made = client.post("/api/tokens", json=body, headers=root)
+            assert made.status_code == 201, made.text
+            return {"Authorization": f"Bearer {made.json()['token']}"}
+
+        assert "zlh_containers" in client.get("/metrics", headers=token(["metrics"])).text
+        wrong = client.get("/metrics", headers=token(["containers:read"]))
+        assert wrong.status_code == 403
+        assert wrong.json()["message"] == "this API token lacks the metrics scope"
+        alice = login(client, "alice")
+        asked = {"name": "scrape", "scopes": ["metrics"], "expires_in_days": 1}
+        assert client.post("/api/tokens", json=asked, headers=alice).status_code == 403
+
+
 def test_values_move_with_logins_provisioning_and_a_stop(tmp_path: Path) -> None:
     with platform(tmp_path) as (backend, client, root):
         alice = login(client, "alice")

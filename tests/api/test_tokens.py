@@ -443,7 +443,14 @@ def _routes(app: Any) -> list[tuple[str, str, Any]]:
 
 
 def _fill(path: str, vmid: int) -> str:
-    values = {"vmid": vmid, "token_id": 1, "runtime": "node", "version": "20", "tab": "files"}
+    values = {
+        "vmid": vmid,
+        "token_id": 1,
+        "runtime": "node",
+        "version": "20",
+        "tab": "files",
+        "username": "nobody",
+    }
     return path.format(**values)
 
 
