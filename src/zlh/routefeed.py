@@ -58,6 +58,8 @@ class FeedRoute:
     address: str | None
     code_server_port: int | None
     code_server_running: bool
+    # Ports whose preview the owner made public (``PUT /api/dev/{vmid}/previews/{port}/public``).
+    public_ports: frozenset[int] = frozenset()
 
     @property
     def ready(self) -> bool:

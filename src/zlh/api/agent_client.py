@@ -15,7 +15,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from zlh.api.errors import AgentError, AgentUnreachable, ApiError, Conflict, NotFound
-from zlh.schemas import AgentStatus, ErrorBody, ProvisionPayload, RuntimeSpec
+from zlh.schemas import AgentStatus, ErrorBody, ListeningPorts, ProvisionPayload, RuntimeSpec
 
 __all__ = ["AgentClient"]
 
@@ -82,6 +82,17 @@ class AgentClient:
         url = f"{base_url}/runtimes/{name}/{version}"
         body = await self._request("DELETE", url, secret, timeout_s, None, 200, refusals=(404, 409))
         return self.parse_status(base_url, body)
+
+    async def ports(self, base_url: str, secret: str, *, timeout_s: float) -> ListeningPorts:
+        """The TCP ports listening in the container (the platform's own left out)."""
+        body = await self._request("GET", f"{base_url}/ports", secret, timeout_s, None, 200)
+        try:
+            return ListeningPorts.model_validate_json(body)
+        except ValidationError as exc:
+            raise AgentError(
+                f"agent at {base_url} sent an invalid /ports document",
+                reason=str(exc).splitlines()[0],
+            ) from exc
 
     async def _request(
         self,

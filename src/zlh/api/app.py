@@ -46,6 +46,7 @@ from zlh.api.routes import docs as docs_routes
 from zlh.api.routes import events as events_routes
 from zlh.api.routes import health as health_routes
 from zlh.api.routes import ide as ide_routes
+from zlh.api.routes import previews as preview_routes
 from zlh.api.routes import relays as relay_routes
 from zlh.api.routes import runtimes as runtime_routes
 from zlh.api.routes import tailnet as tailnet_routes
@@ -278,6 +279,7 @@ def create_app(
         tailnet_routes,
         docs_routes,
         ide_routes,
+        preview_routes,
         runtime_routes,
     ):
         app.include_router(module.router)

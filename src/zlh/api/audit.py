@@ -39,6 +39,8 @@ class Action(StrEnum):
     ADMIN_IDE_OPEN = "admin-ide-open"  # an admin got a ticket for another user's IDE
     RUNTIME_CHANGE = "runtime-change"  # asked (detail: runtime old -> new), or failed (system)
     RUNTIME_REMOVE = "runtime-remove"  # an inactive runtime version removed (detail: which)
+    PREVIEW_PUBLIC = "preview-public"  # a port's preview served to anyone (detail: the port)
+    PREVIEW_PRIVATE = "preview-private"  # ... its owner's only again (detail: the port)
 
 
 class AuditLog:

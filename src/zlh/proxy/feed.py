@@ -27,6 +27,7 @@ def to_route(route: routefeed.FeedRoute) -> Route:
         ready=ready,
         reason="" if ready else (route.reason or "code-server has no port yet"),
         stopped=route.state == "stopped",
+        public_ports=route.public_ports,
     )
 
 

@@ -43,6 +43,8 @@ class Route:
     reason: str = ""
     # Stopped (by its owner or for being idle): opening its IDE starts it, in the portal.
     stopped: bool = False
+    # Ports whose preview its owner made public: served to anyone, signed in or not.
+    public_ports: frozenset[int] = frozenset()
     # The pool's key for this route's connections, made once here rather than per request.
     upstream: UpstreamAddress = field(init=False, repr=False, compare=False)
 
@@ -86,7 +88,8 @@ class RouteTable:
 
     # ---------------------------------------------------------------- writes (from the API)
     def update(self, vmid: int, route: Route) -> None:
-        """Add or change ``vmid``'s route; a new owner or address closes tunnels losing access."""
+        """Add or change ``vmid``'s route; a new owner or address closes tunnels losing access,
+        a preview made private again closes its signed-out visitors' tunnels."""
         old = self._routes.get(vmid)
         self._routes[vmid] = route
         if old is None:
@@ -98,6 +101,11 @@ class RouteTable:
             self._close(
                 (t for t, p in tunnels.items() if not p.is_admin and p.user_id != route.owner_id),
                 "container transferred",
+            )
+        if old.public_ports - route.public_ports:
+            private = old.public_ports - route.public_ports
+            self._close(
+                (t for t, p in tunnels.items() if p.public_port in private), "preview not public"
             )
 
     def remove(self, vmid: int) -> None:

@@ -36,6 +36,7 @@ __all__ = [
     "ContainerState",
     "KeyValue",
     "Pins",
+    "PublicPreview",
     "Session",
     "User",
     "utcnow",
@@ -213,12 +214,33 @@ class Container(Base):
     # The template its system was made from, as the backend reports it (lxc: a version).
     template: Mapped[str | None] = mapped_column(String(64), default=None)
     owner: Mapped[User] = relationship(lazy="joined")
+    # The ports whose preview its owner made public (none by default), loaded with it: the
+    # route feed carries them to the front.
+    public_previews: Mapped[list[PublicPreview]] = relationship(
+        lazy="selectin", order_by="PublicPreview.port", passive_deletes=True
+    )
+
+    @property
+    def public_ports(self) -> frozenset[int]:
+        return frozenset(p.port for p in self.public_previews)
 
     @property
     def agent_url(self) -> str | None:
         if self.address is None or self.agent_port is None:
             return None
         return f"http://{self.address}:{self.agent_port}"
+
+
+class PublicPreview(Base):
+    """A port of a container whose preview anyone may open, signed in or not."""
+
+    __tablename__ = "public_previews"
+
+    vmid: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("containers.vmid", ondelete="CASCADE"), primary_key=True
+    )
+    port: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    made_public_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class AuditEntry(Base):
