@@ -42,7 +42,8 @@ SKIPPED = {
 # is checked by the agent, which refuses hostile or malformed ones (400), missing ones (404),
 # clashes (409) and non-empty
 # directories (409). A new password equal to the current one is refused (422): a rule between
-# two fields that a JSON schema cannot state.
+# two fields that a JSON schema cannot state. So are a preview's port and the page to land on
+# (together, on this container's previews) and the ports never previewed (the platform's own).
 CONFIG = """
 [[operations]]
 include-name = "POST /api/dev"
@@ -59,6 +60,14 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
 [[operations]]
 include-name = "POST /api/auth/password"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "422", "429"]
+
+[[operations]]
+include-name = "GET /api/dev/{vmid}/ide-url"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
+
+[[operations]]
+include-path-regex = '^/api/dev/[{]vmid[}]/previews/'
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
 
 [[operations]]
 include-path-regex = '^/api/dev/[{]vmid[}]/files'
