@@ -333,3 +333,17 @@ def test_a_public_preview_takes_a_form_post_from_anyone(
     vmid = harness.add_route("alice", public_ports=frozenset({port}))
     with httpx.Client(base_url=f"http://127.0.0.1:{harness.front.ide_port}", timeout=5) as c:
         assert c.post(preview(vmid, port, "form"), content=b"x=1").json()["body_len"] == 3
+
+
+def test_a_running_container_without_code_server_still_serves_its_previews(
+    harness: Harness, app: tuple[int, UpstreamLog]
+) -> None:
+    port, _ = app
+    vmid = harness.add_route("alice", ready=False, reason="code-server is not running")
+    route = harness.call(harness.routes.get, vmid)
+    harness.call(harness.routes.update, vmid, dataclasses.replace(route, running=True))
+    with ide_client(harness.front.ide_port) as client:
+        assert client.get(preview(vmid, port), headers=ide_session("alice", vmid)).is_success
+        assert (
+            client.get(f"/dev/{vmid}/ide/", headers=ide_session("alice", vmid)).status_code == 503
+        )

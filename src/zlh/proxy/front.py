@@ -327,12 +327,17 @@ class Front:
         return exchange
 
     def _admit(
-        self, conn: ClientConnection, req: RequestHead, vmid: int, resume: bytes | None
+        self,
+        conn: ClientConnection,
+        req: RequestHead,
+        vmid: int,
+        resume: bytes | None,
     ) -> tuple[Principal, Route, tuple[bytes, ...]] | Handler:
         """Steps 4 to 6: who is calling, may they open ``vmid``, is it ready; the caller, its
         route and the Cookie headers without the platform's, else the answer that refuses.
         ``resume`` is the query the portal's IDE page gets to come back to a preview; with
-        one, nobody signed in gets the 404 of a preview that is not public."""
+        one (a preview's), nobody signed in gets the 404 of a preview that is not public, and
+        the container must be running, not its code-server."""
         principal, other_cookies = self._caller(req)
         if principal is None:
             if resume is not None:
@@ -344,7 +349,7 @@ class Front:
         start = self._portal_redirect(conn, req, vmid, resume or b"") if route.stopped else None
         if start is not None:
             return start  # the portal's IDE page starts it and comes back when it is ready
-        if not route.ready:
+        if not (route.ready if resume is None else route.running):
             return self._not_ready(conn, req, vmid, route)
         return principal, route, other_cookies
 
@@ -419,7 +424,7 @@ class Front:
         route = self.routes.get(vmid)
         flag, query = take_mode_flag(query)
         if route is not None and port in route.public_ports:
-            if not route.ready:
+            if not route.running:
                 return self._not_ready(conn, req, vmid, route)
             caller, other_cookies = self._caller(req)
             if caller is not None and self._may_open(caller, vmid, route):

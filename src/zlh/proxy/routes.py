@@ -45,6 +45,9 @@ class Route:
     stopped: bool = False
     # Ports whose preview its owner made public: served to anyone, signed in or not.
     public_ports: frozenset[int] = frozenset()
+    # Its system runs and ``host`` reaches it, code-server or not: its ports can be previewed.
+    # None: as ``ready``.
+    running: bool | None = None
     # The pool's key for this route's connections, made once here rather than per request.
     upstream: UpstreamAddress = field(init=False, repr=False, compare=False)
 
@@ -56,6 +59,10 @@ class Route:
         if not (0 < self.port < 65536 or (self.port == 0 and not self.ready)):
             raise ValueError(f"Route.port must be 1..65535, got {self.port}")
         object.__setattr__(self, "upstream", UpstreamAddress(self.host, self.port))
+        if self.running is None:
+            object.__setattr__(self, "running", self.ready)
+        elif self.running and not self.host:
+            raise ValueError("a running Route needs a host")
 
 
 class Tunnel(Protocol):

@@ -3,6 +3,7 @@ import { versionSummary } from "../catalog.js";
 import { bytes, confirmDialog, containerLabel, errorBox, h, yesNo } from "../dom.js";
 import { consolePanel } from "./console.js";
 import { filesPanel } from "./files.js";
+import { previewsSection } from "./previews.js";
 import { runtimesSection } from "./runtimes.js";
 import { SETTLED, stateBadge, stateReason, stateWords } from "./state.js";
 import { tailnetPanel } from "./tailnet.js";
@@ -148,11 +149,12 @@ export async function containerView(main, { params, navigate }) {
   const stops = [
     overview(panel, container, { badge, setIde, toolchain: toolchain(container, catalog), listeners }),
     runtimesSection(panel, container, catalog),
+    previewsSection(panel, vmid),
   ];
   return chain(() => stops.forEach((stop) => stop()), stopFollowing);
 }
 
-const ACTIVITY_WORDS = { ide: "IDE", terminal: "terminal input", console: "console input", files: "file browser" };
+const ACTIVITY_WORDS = { ide: "IDE", terminal: "terminal input", console: "console input", files: "file browser", preview: "port preview" };
 const WARN_MS = 5 * 60 * 1000;
 
 // "Idle for 23 min, stops in 37 min (last activity: terminal input at 14:02)", and a notice
