@@ -40,6 +40,15 @@ On the IDE origin, per request (each step fails closed):
    does not answer. Its responses lose any ``Set-Cookie`` that would shadow a platform cookie and
    get ``frame-ancestors 'self' <portal>``, ``nosniff`` and a ``Referrer-Policy``; the IDE's
    first page gets the session notice's script tag.
+
+Port previews (zlh.proxy.previews) take the same path on the IDE origin: ``/dev/{vmid}/port/
+{port}/...`` (308 without the slash), or every path of the host ``{port}-{vmid}.`` in the
+wildcard form (its ``/_zlh/auth`` included). Ports below 1024 and the platform's own are 403.
+A port the owner made public (``Route.public_ports``) is relayed for anyone, no credentials
+forwarded, WebSockets from any origin, sandboxed on a shared origin; else steps 3 to 6, except
+that nobody signed in gets 404 and the container need only run. The relay goes to that port of
+the container, the prefix stripped unless the ``zlh_prefix`` cookie (set by a page load with
+``?zlh-prefix=keep``) keeps it. A ticket's ``next`` lands on a preview of its container.
 """
 
 from __future__ import annotations
