@@ -301,20 +301,39 @@ class Front:
         principal, route, other_cookies = admitted
         if self._on_ide_open is not None and page and req.method == b"GET":
             self._on_ide_open(principal, vmid)
+        tail = b""
+        if page and req.method == b"GET" and req.wants_html and not req.upgrading:
+            tail = self._notice_tag(req, vmid, wildcard)
+        return self._relay(
+            conn, req, vmid, principal, rest, other_cookies, route.upstream, self._ide_rules, tail
+        )
+
+    def _relay(
+        self,
+        conn: ClientConnection,
+        req: RequestHead,
+        vmid: int,
+        principal: Principal,
+        rest: bytes,
+        cookies: tuple[bytes, ...],
+        address: UpstreamAddress,
+        rules: ResponseRules,
+        tail: bytes = b"",
+    ) -> Handler:
+        """Step 7: relay to ``address`` as ``rest``, a WebSocket as a tunnel of
+        ``principal``'s; ``tail`` (the session notice's tag) goes into the page."""
         head = upstream_request_head(
             req,
             rest,
             client_ip=conn.peer_ip,
             proto=self._proto,
             default_host=self._default_host,
-            cookies=other_cookies,
+            cookies=cookies,
             authorization=False,
         )
-        on_upgrade = None
-        tail = b""
-        if page and req.method == b"GET" and req.wants_html and not req.upgrading:
+        if tail:
             head = sessionnotice.without_accept_encoding(head)
-            tail = self._notice_tag(req, vmid, wildcard)
+        on_upgrade = None
         if req.websocket:
 
             def on_upgrade(client: ClientConnection, up: UpstreamConnection, rest: bytes) -> None:
@@ -324,12 +343,12 @@ class Front:
             conn,
             req,
             head,
-            address=route.upstream,
+            address=address,
             pool=self.pool,
             settings=self.settings,
             vmid=vmid,
             on_upgrade=on_upgrade,
-            rules=self._ide_rules,
+            rules=rules,
             tail=tail,
         )
         exchange.start()
@@ -469,35 +488,11 @@ class Front:
             rest += b"?" + query
         if self._on_activity is not None:
             self._on_activity(vmid, "preview")
-        head = upstream_request_head(
-            req,
-            rest,
-            client_ip=conn.peer_ip,
-            proto=self._proto,
-            default_host=self._default_host,
-            cookies=other_cookies,
-            authorization=False,
-        )
-        on_upgrade = None
-        if req.websocket:
-
-            def on_upgrade(client: ClientConnection, up: UpstreamConnection, rest: bytes) -> None:
-                self._tunnel(client, up, rest, vmid=vmid, principal=principal)
-
+        # Anyone's code on an origin other containers' IDEs share runs sandboxed.
         shared_origin = route.owner_id != principal.user_id and not own_host
-        exchange = Exchange(
-            conn,
-            req,
-            head,
-            address=UpstreamAddress(route.host, port),
-            pool=self.pool,
-            settings=self.settings,
-            vmid=vmid,
-            on_upgrade=on_upgrade,
-            rules=self._sandbox_rules if shared_origin else self._ide_rules,
-        )
-        exchange.start()
-        return exchange
+        rules = self._sandbox_rules if shared_origin else self._ide_rules
+        address = UpstreamAddress(route.host, port)
+        return self._relay(conn, req, vmid, principal, rest, other_cookies, address, rules)
 
     def _choose_mode(
         self,
