@@ -7,8 +7,6 @@ wildcard form serves the app at ``/`` of ``{port}-{vmid}.ide.test`` (``--host-re
 from __future__ import annotations
 
 import re
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,14 +15,18 @@ import pytest
 from e2e_kit import (
     ALICE,
     BOB,
+    STEAL,
     Platform,
     Provisioned,
     Session,
     api_login,
+    hot_reload_works,
     open_ide_terminal,
+    put_dev_server,
     running_platform,
     sign_in,
     wait_for_container,
+    wait_for_file,
 )
 from playwright.sync_api import Browser, Page, expect
 from websockets.sync.client import connect
@@ -32,91 +34,6 @@ from websockets.sync.client import connect
 from support import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-# A dev server as small as can be: the page says which path it was asked for and the text of
-# message.txt, and a hand-written WebSocket (RFC 6455 handshake, text frames) pushes the new
-# text whenever the file changes: a hot reload, without reloading the page.
-DEV_SERVER = r"""
-const http = require("http"), crypto = require("crypto");
-const fs = require("fs"), path = require("path");
-const port = Number(process.argv[2]);
-const file = path.join(__dirname, "message.txt");
-const sockets = new Set();
-const text = () => fs.readFileSync(file, "utf8").trim();
-const escape = (s) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;");
-const page = (url) => `<!doctype html><meta charset=utf-8><title>dev server</title>
-<p id=path>${escape(url)}</p><p id=msg>${escape(text())}</p><p id=ws>connecting</p>
-<script>
-window.loadedAt = Date.now();
-const ws = new WebSocket(new URL("hmr", location.href).href.replace(/^http/, "ws"));
-ws.onopen = () => { document.getElementById("ws").textContent = "open"; };
-ws.onclose = () => { document.getElementById("ws").textContent = "closed"; };
-ws.onmessage = (e) => { document.getElementById("msg").textContent = e.data; };
-</script>`;
-const server = http.createServer((req, res) => {
-  res.writeHead(200, { "Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store" });
-  res.end(page(req.url));
-});
-server.on("upgrade", (req, socket) => {
-  const key = req.headers["sec-websocket-key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-  const accept = crypto.createHash("sha1").update(key).digest("base64");
-  socket.write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n" +
-    "Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + "\r\n\r\n");
-  sockets.add(socket);
-  const forget = () => sockets.delete(socket);
-  socket.on("close", forget);
-  socket.on("error", forget);
-  socket.on("data", (d) => { if ((d[0] & 0x0f) === 8) socket.end(); });
-});
-const frame = (t) => {
-  const b = Buffer.from(t);
-  return Buffer.concat([Buffer.from([0x81, b.length]), b]);  // under 126 bytes here
-};
-fs.watchFile(file, { interval: 100 }, () => { for (const s of sockets) s.write(frame(text())); });
-server.listen(port, "0.0.0.0", () => fs.writeFileSync(path.join(__dirname, "listening"), "yes"));
-"""
-
-# What a page served by a preview tries against the portal with the browser's cookies.
-STEAL = """async (portal) => {
-  try {
-    const r = await fetch(portal + "/api/dev", {credentials: "include"});
-    return "status " + r.status + " " + (await r.text()).slice(0, 80);
-  } catch (e) { return "blocked"; }
-}"""
-
-
-def _write(client: httpx.Client, auth: dict[str, str], vmid: int, path: str, data: str) -> None:
-    put = client.put(
-        f"/api/dev/{vmid}/files/content", params={"path": path}, content=data, headers=auth
-    )
-    assert put.status_code in (200, 201), put.text
-
-
-def _put_dev_server(client: httpx.Client, auth: dict[str, str], vmid: int) -> str:
-    folder = f"preview-{uuid.uuid4().hex[:8]}"
-    assert client.post(
-        f"/api/dev/{vmid}/files/mkdir", json={"path": folder}, headers=auth
-    ).is_success
-    _write(client, auth, vmid, f"{folder}/devserver.js", DEV_SERVER)
-    _write(client, auth, vmid, f"{folder}/message.txt", "first\n")
-    return folder
-
-
-def _wait_for_file(path: Path, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.2)
-
-
-def _hot_reload_works(
-    tab: Page, client: httpx.Client, auth: dict[str, str], vmid: int, folder: str, word: str
-) -> None:
-    expect(tab.locator("#ws")).to_have_text("open", timeout=15_000)
-    loaded_at = tab.evaluate("window.loadedAt")
-    _write(client, auth, vmid, f"{folder}/message.txt", word + "\n")
-    expect(tab.locator("#msg")).to_have_text(word, timeout=15_000)
-    assert tab.evaluate("window.loadedAt") == loaded_at  # the same page: no reload
 
 
 def _open_from_portal(session: Session, row: str, name: str, lands_on: str) -> Page:
@@ -136,14 +53,14 @@ def test_a_dev_server_started_in_the_ide_terminal_previews_in_both_modes_with_ho
     page = alice.page
     with httpx.Client(base_url=platform.base_url, timeout=30) as client:
         auth = api_login(client, ALICE)
-        folder = _put_dev_server(client, auth, vmid)
+        folder = put_dev_server(client, auth, vmid)
         ide = alice.context.new_page()  # code-server's console noise is not the portal's
         ide.set_viewport_size({"width": 1280, "height": 800})
         ide.goto(f"{platform.base_url}/c/{vmid}/ide")
         ide.locator(".monaco-workbench").wait_for(timeout=120_000)
         open_ide_terminal(ide)
         ide.keyboard.type(f"cd ~/workspace/{folder} && node devserver.js {port}\n")
-        _wait_for_file(platform.workspace(vmid) / folder / "listening")
+        wait_for_file(platform.workspace(vmid) / folder / "listening")
 
         page.goto(f"{platform.base_url}/c/{vmid}")
         row = f'#previews tr[data-port="{port}"]'
@@ -153,13 +70,13 @@ def test_a_dev_server_started_in_the_ide_terminal_previews_in_both_modes_with_ho
         preview_base = f"{platform.ide_origin}/dev/{vmid}/port/{port}/"
         stripped = _open_from_portal(alice, row, "Open", preview_base)
         expect(stripped.locator("#path")).to_have_text("/")
-        _hot_reload_works(stripped, client, auth, vmid, folder, "edited once")
+        hot_reload_works(stripped, client, auth, vmid, folder, "edited once")
         # A page of the preview cannot read the portal's API with the portal's cookie.
         assert stripped.evaluate(STEAL, platform.base_url) == "blocked"
 
         kept = _open_from_portal(alice, row, "Open with prefix", preview_base)
         expect(kept.locator("#path")).to_have_text(f"/dev/{vmid}/port/{port}/")
-        _hot_reload_works(kept, client, auth, vmid, folder, "edited twice")
+        hot_reload_works(kept, client, auth, vmid, folder, "edited twice")
 
         # Another user, signed in to the portal: the preview is not there for them.
         bob = browser.new_context()
@@ -213,15 +130,15 @@ def test_the_wildcard_form_serves_a_preview_at_the_root_of_its_own_host(
         # No code-server: a running container's ports are previewed all the same.
         vmid = int(client.post("/api/dev", json={"runtime": "node"}, headers=auth).json()["vmid"])
         wait_for_container(client, auth, vmid, lambda c: c["state"] == "ready")
-        folder = _put_dev_server(client, auth, vmid)
+        folder = put_dev_server(client, auth, vmid)
         console_url = platform.base_url.replace("http", "ws", 1) + f"/api/dev/{vmid}/console"
         with connect(console_url, additional_headers=auth, open_timeout=10) as shell:
             shell.send(f"cd ~/workspace/{folder} && node devserver.js {port}\n".encode())
-            _wait_for_file(platform.workspace(vmid) / folder / "listening")
+            wait_for_file(platform.workspace(vmid) / folder / "listening")
             page = session.page
             sign_in(page, platform.base_url, ALICE)
             page.goto(f"{platform.base_url}/c/{vmid}/ide?port={port}&next=/")
             own = f"http://{port}-{vmid}.ide.test:{platform.base_url.rsplit(':', 1)[1]}/"
             page.wait_for_url(re.compile("^" + re.escape(own) + "$"), timeout=30_000)
             expect(page.locator("#path")).to_have_text("/")
-            _hot_reload_works(page, client, auth, vmid, folder, "wildcard edit")
+            hot_reload_works(page, client, auth, vmid, folder, "wildcard edit")
