@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
+from zlh.agent.ports import listening_ports
 from zlh.backends import (
     Backend,
     BackendError,
@@ -25,7 +26,15 @@ from zlh.backends import (
     RunState,
     Usage,
 )
-from zlh.schemas import AgentState, AgentStatus, Progress, ProvisionError, ProvisionPayload
+from zlh.schemas import (
+    AgentState,
+    AgentStatus,
+    ListeningPort,
+    ListeningPorts,
+    Progress,
+    ProvisionError,
+    ProvisionPayload,
+)
 from zlh.schemas.status import ProvisionStep
 
 STEPS = [
@@ -59,6 +68,7 @@ class SimAgent:
         app = web.Application()
         app.router.add_get("/status", self._status)
         app.router.add_post("/provision", self._provision)
+        app.router.add_get("/ports", self._ports)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0, shutdown_timeout=0.1)
@@ -93,6 +103,16 @@ class SimAgent:
     def _authorised(self, request: web.Request) -> bool:
         expected = f"Bearer {self.secret}".encode()
         return hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected)
+
+    async def _ports(self, request: web.Request) -> web.Response:
+        """The real agent's answer: this host's listening sockets (a sim shares its network)."""
+        if not self._authorised(request):
+            return web.json_response({"message": "unauthorized"}, status=401)
+        found = listening_ports()
+        ports = [
+            ListeningPort(port=p, address=a) for p, a in sorted(found.items()) if p != self.port
+        ]
+        return web.json_response(text=ListeningPorts(ports=ports).model_dump_json())
 
     async def _status(self, request: web.Request) -> web.Response:
         if not self._authorised(request):

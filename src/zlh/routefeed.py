@@ -3,9 +3,10 @@
 It belongs to neither: the API (``zlh.api``) writes it, the front (``zlh.proxy.feed``) reads
 it, and both import it from here, so the front never imports the control plane.
 
-The front needs to know, for every request to ``/dev/<vmid>/ide/…``: who owns ``<vmid>``,
-where its code-server listens, whether it is ready, and whether the caller's session was
-revoked. It keeps that in memory and learns it here:
+The front needs to know, for every request to ``/dev/<vmid>/ide/…`` (and its port previews):
+who owns ``<vmid>``, where its code-server listens, whether it is ready, which ports' previews
+are public, and whether the caller's session was revoked. It keeps that in memory and learns
+it here:
 
 - ``feed.snapshot()`` — every route and every revoked (still unexpired) session id, now;
 - ``async with feed.subscribe() as changes:`` — then ``await changes.get()`` yields
@@ -60,6 +61,8 @@ class FeedRoute:
     address: str | None
     code_server_port: int | None
     code_server_running: bool
+    # Ports whose preview the owner made public (``PUT /api/dev/{vmid}/previews/{port}/public``).
+    public_ports: frozenset[int] = frozenset()
 
     @property
     def ready(self) -> bool:

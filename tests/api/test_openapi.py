@@ -47,7 +47,8 @@ SKIPPED = {
 # scopes are an admin's (403), every user's tokens (all=true) an admin's view (403), and a
 # token id may be unknown or another user's (404). A share names a user, who
 # must exist, be enabled and not own the container (422); only an existing share can be taken
-# back (404).
+# back (404). So are a preview's port and the page to land on (together, on this container's
+# previews) and the ports never previewed (the platform's own).
 CONFIG = """
 [[operations]]
 include-path-regex = '^/api/dev/[{]vmid[}]/shares'
@@ -72,6 +73,14 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "422",
 [[operations]]
 include-path-regex = '^/api/tokens'
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "422"]
+
+[[operations]]
+include-name = "GET /api/dev/{vmid}/ide-url"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
+
+[[operations]]
+include-path-regex = '^/api/dev/[{]vmid[}]/previews/'
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
 
 [[operations]]
 include-path-regex = '^/api/dev/[{]vmid[}]/files'

@@ -13,6 +13,7 @@ import re
 import subprocess
 import tarfile
 import time
+import uuid
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -21,7 +22,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Error, Locator, Page
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Error,
+    Locator,
+    Page,
+    expect,
+)
 
 from support import REPO, ZLH, wait_for_port, zlh
 from zlh.schemas import ArtifactKind, Catalog
@@ -454,3 +463,91 @@ def watch_provisioning(page: Page, *, screenshot: str | None = None) -> list[dic
             screenshot = None
         page.wait_for_timeout(200)
     raise AssertionError(f"not ready within {PROVISION_TIMEOUT_S}s: {snapshots[-1]}")
+
+
+# ---------------------------------------------------------------- port previews
+
+# A dev server as small as can be: the page says which path it was asked for and the text of
+# message.txt, and a hand-written WebSocket (RFC 6455 handshake, text frames) pushes the new
+# text whenever the file changes: a hot reload, without reloading the page.
+DEV_SERVER = r"""
+const http = require("http"), crypto = require("crypto");
+const fs = require("fs"), path = require("path");
+const port = Number(process.argv[2]);
+const file = path.join(__dirname, "message.txt");
+const sockets = new Set();
+const text = () => fs.readFileSync(file, "utf8").trim();
+const escape = (s) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;");
+const page = (url) => `<!doctype html><meta charset=utf-8><title>dev server</title>
+<p id=path>${escape(url)}</p><p id=msg>${escape(text())}</p><p id=ws>connecting</p>
+<script>
+window.loadedAt = Date.now();
+const ws = new WebSocket(new URL("hmr", location.href).href.replace(/^http/, "ws"));
+ws.onopen = () => { document.getElementById("ws").textContent = "open"; };
+ws.onclose = () => { document.getElementById("ws").textContent = "closed"; };
+ws.onmessage = (e) => { document.getElementById("msg").textContent = e.data; };
+</script>`;
+const server = http.createServer((req, res) => {
+  res.writeHead(200, { "Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store" });
+  res.end(page(req.url));
+});
+server.on("upgrade", (req, socket) => {
+  const key = req.headers["sec-websocket-key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+  const accept = crypto.createHash("sha1").update(key).digest("base64");
+  socket.write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n" +
+    "Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + "\r\n\r\n");
+  sockets.add(socket);
+  const forget = () => sockets.delete(socket);
+  socket.on("close", forget);
+  socket.on("error", forget);
+  socket.on("data", (d) => { if ((d[0] & 0x0f) === 8) socket.end(); });
+});
+const frame = (t) => {
+  const b = Buffer.from(t);
+  return Buffer.concat([Buffer.from([0x81, b.length]), b]);  // under 126 bytes here
+};
+fs.watchFile(file, { interval: 100 }, () => { for (const s of sockets) s.write(frame(text())); });
+server.listen(port, "0.0.0.0", () => fs.writeFileSync(path.join(__dirname, "listening"), "yes\n"));
+"""
+
+# What a page served by a preview tries against the portal with the browser's cookies.
+STEAL = """async (portal) => {
+  try {
+    const r = await fetch(portal + "/api/dev", {credentials: "include"});
+    return "status " + r.status + " " + (await r.text()).slice(0, 80);
+  } catch (e) { return "blocked"; }
+}"""
+
+
+def write_file(client: httpx.Client, auth: dict[str, str], vmid: int, path: str, data: str) -> None:
+    put = client.put(
+        f"/api/dev/{vmid}/files/content", params={"path": path}, content=data, headers=auth
+    )
+    assert put.status_code in (200, 201), put.text
+
+
+def put_dev_server(client: httpx.Client, auth: dict[str, str], vmid: int) -> str:
+    folder = f"preview-{uuid.uuid4().hex[:8]}"
+    assert client.post(
+        f"/api/dev/{vmid}/files/mkdir", json={"path": folder}, headers=auth
+    ).is_success
+    write_file(client, auth, vmid, f"{folder}/devserver.js", DEV_SERVER)
+    write_file(client, auth, vmid, f"{folder}/message.txt", "first\n")
+    return folder
+
+
+def wait_for_file(path: Path, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.2)
+
+
+def hot_reload_works(
+    tab: Page, client: httpx.Client, auth: dict[str, str], vmid: int, folder: str, word: str
+) -> None:
+    expect(tab.locator("#ws")).to_have_text("open", timeout=15_000)
+    loaded_at = tab.evaluate("window.loadedAt")
+    write_file(client, auth, vmid, f"{folder}/message.txt", word + "\n")
+    expect(tab.locator("#msg")).to_have_text(word, timeout=15_000)
+    assert tab.evaluate("window.loadedAt") == loaded_at  # the same page: no reload

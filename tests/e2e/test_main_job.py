@@ -26,9 +26,20 @@ from typing import TypeVar
 
 import httpx
 import pytest
-from e2e_kit import FAST_ENV, SHOTS, Session, off_loop, open_ide_terminal
+from e2e_kit import (
+    FAST_ENV,
+    SHOTS,
+    Session,
+    hot_reload_works,
+    off_loop,
+    open_ide_terminal,
+    put_dev_server,
+    sign_in,
+)
+from playwright.sync_api import expect
+from websockets.sync.client import connect
 
-from support import CACHE_DIR, REPO, ZLH, free_port_pair
+from support import CACHE_DIR, REPO, ZLH, free_port, free_port_pair
 from zlh.backends import create_backend
 from zlh.schemas import Catalog
 
@@ -288,6 +299,30 @@ def test_a_restarted_container_opens_its_ide_again_with_its_files(ready: Ready) 
         with httpx.Client(timeout=30) as browser:
             ide = browser.get(url, follow_redirects=True)
         assert ide.status_code == 200 and "workbench" in ide.text
+
+
+def test_a_dev_server_in_the_container_opens_as_a_port_preview_with_hot_reload(
+    backend: str, ready: Ready, session: Session
+) -> None:
+    # In a container of its own a dev server takes the usual port; the process backend's
+    # containers share the host's network.
+    port = 5173 if backend == "lxc" else free_port()
+    vmid, portal = ready.vmid, ready.portal.rstrip("/")
+    with signed_in(ready) as client:
+        same_origin = {"Origin": portal}  # the API's guard for a cookie's writes
+        folder = put_dev_server(client, same_origin, vmid)
+        cookie = "; ".join(f"{name}={value}" for name, value in client.cookies.items())
+        console = portal.replace("http", "ws", 1) + f"/api/dev/{vmid}/console"
+        with connect(console, additional_headers={"Cookie": cookie}, origin=portal) as shell:  # type: ignore[arg-type]
+            shell.send(f"cd ~/workspace/{folder} && node devserver.js {port}\n".encode())
+            _poll_file(client, vmid, f"{folder}/listening", timeout_s=60.0)
+            sign_in(session.page, portal, ready.user, ready.password)
+            page = session.context.new_page()  # the app's page, its console not the portal's
+            page.goto(f"{portal}/c/{vmid}/ide?port={port}&next=/dev/{vmid}/port/{port}/")
+            ide_origin = ready.ide.removesuffix(f"/dev/{vmid}/ide/")
+            page.wait_for_url(f"{ide_origin}/dev/{vmid}/port/{port}/", timeout=60_000)
+            expect(page.locator("#path")).to_have_text("/")
+            hot_reload_works(page, client, same_origin, vmid, folder, f"edited on {backend}")
 
 
 def _poll_file(client: httpx.Client, vmid: int, path: str, timeout_s: float = 30.0) -> str:

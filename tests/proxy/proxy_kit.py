@@ -266,6 +266,24 @@ class Harness:
         port: int = self._runner.addresses[0][1]
         return port
 
+    @contextmanager
+    def other_upstream(self) -> Iterator[tuple[int, UpstreamLog]]:
+        """Another upstream like the default one (a dev server on another port of the
+        container), with a log of its own."""
+        log = UpstreamLog()
+        runner = web.AppRunner(upstream_app(log), handle_signals=False)
+
+        async def start() -> int:
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            port: int = runner.addresses[0][1]
+            return port
+
+        try:
+            yield self.run(start()), log
+        finally:
+            self.run(runner.cleanup())
+
     def start_front(
         self,
         routes: RouteTable,
@@ -311,6 +329,7 @@ class Harness:
         reason: str = "",
         stopped: bool = False,
         routes: RouteTable | None = None,
+        public_ports: frozenset[int] = frozenset(),
     ) -> int:
         vmid = next_vmid()
         route = Route(
@@ -320,6 +339,7 @@ class Harness:
             ready=ready,
             reason=reason,
             stopped=stopped,
+            public_ports=public_ports,
         )
         self.call((self.routes if routes is None else routes).update, vmid, route)
         return vmid

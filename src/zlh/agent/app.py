@@ -21,6 +21,7 @@ from aiohttp import web
 from zlh.agent.config import AgentConfig
 from zlh.agent.console import setup_console_routes
 from zlh.agent.files import setup_files_routes
+from zlh.agent.ports import setup_ports_routes
 from zlh.agent.provisioner import Provisioner
 from zlh.agent.routes import setup_provision_routes
 from zlh.agent.web_errors import bearer_auth, error_envelope
@@ -36,6 +37,7 @@ def create_app(config: AgentConfig, secret: str) -> web.Application:
     app = web.Application(middlewares=[error_envelope, bearer_auth(secret)])
     provisioner = Provisioner(config)
     setup_provision_routes(app, provisioner)
+    setup_ports_routes(app, provisioner)
     limit = config.max_upload_bytes
     setup_files_routes(app, environment=lambda: provisioner.dev, max_upload_bytes=limit)
     setup_console_routes(app, environment=lambda: provisioner.dev, max_consoles=config.max_consoles)

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import TypeVar
 
 import aiohttp
 from pydantic import ValidationError
 
 from zlh.api.errors import AgentError, AgentUnreachable, ApiError, Conflict, NotFound
-from zlh.schemas import AgentStatus, ErrorBody, ProvisionPayload, RuntimeSpec
+from zlh.schemas import AgentStatus, ErrorBody, ListeningPorts, ProvisionPayload, RuntimeSpec
+from zlh.schemas._base import WireModel
 
 __all__ = ["AgentClient"]
+
+ModelT = TypeVar("ModelT", bound=WireModel)
 
 
 class AgentClient:
@@ -50,13 +54,7 @@ class AgentClient:
 
     @staticmethod
     def parse_status(base_url: str, body: bytes) -> AgentStatus:
-        try:
-            return AgentStatus.model_validate_json(body)
-        except ValidationError as exc:
-            raise AgentError(
-                f"agent at {base_url} sent an invalid /status document",
-                reason=str(exc).splitlines()[0],
-            ) from exc
+        return _parsed(AgentStatus, base_url, "/status", body)
 
     async def provision(
         self, base_url: str, secret: str, payload: ProvisionPayload, *, timeout_s: float
@@ -82,6 +80,11 @@ class AgentClient:
         url = f"{base_url}/runtimes/{name}/{version}"
         body = await self._request("DELETE", url, secret, timeout_s, None, 200, refusals=(404, 409))
         return self.parse_status(base_url, body)
+
+    async def ports(self, base_url: str, secret: str, *, timeout_s: float) -> ListeningPorts:
+        """The TCP ports listening in the container (the platform's own left out)."""
+        body = await self._request("GET", f"{base_url}/ports", secret, timeout_s, None, 200)
+        return _parsed(ListeningPorts, base_url, "/ports", body)
 
     async def _request(
         self,
@@ -119,6 +122,17 @@ class AgentClient:
             raise _refusal(status, body)
         detail = body[:500].decode(errors="replace")
         raise AgentError(f"agent at {url} answered {status}", reason=detail, status_code=502)
+
+
+def _parsed(model: type[ModelT], base_url: str, route: str, body: bytes) -> ModelT:
+    """``body`` as ``model``; AgentError naming the agent and its route otherwise."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise AgentError(
+            f"agent at {base_url} sent an invalid {route} document",
+            reason=str(exc).splitlines()[0],
+        ) from exc
 
 
 _REFUSALS: dict[int, type[ApiError]] = {404: NotFound, 409: Conflict}

@@ -50,6 +50,7 @@ from zlh.api.routes import events as events_routes
 from zlh.api.routes import health as health_routes
 from zlh.api.routes import ide as ide_routes
 from zlh.api.routes import metrics as metrics_routes
+from zlh.api.routes import previews as preview_routes
 from zlh.api.routes import relays as relay_routes
 from zlh.api.routes import runtimes as runtime_routes
 from zlh.api.routes import shares as share_routes
@@ -302,6 +303,7 @@ def create_app(
         tailnet_routes,
         docs_routes,
         ide_routes,
+        preview_routes,
         runtime_routes,
         share_routes,
         token_routes,

@@ -60,6 +60,8 @@ class Action(StrEnum):
     TOKEN_CREATE = "token-create"  # an API token made (detail: name, scopes, expiry)
     TOKEN_REVOKE = "token-revoke"  # an API token revoked (detail: name, whose)
     TOKEN_USE = "token-use"  # a request made with an API token (detail: method and path)
+    PREVIEW_PUBLIC = "preview-public"  # a port's preview served to anyone (detail: the port)
+    PREVIEW_PRIVATE = "preview-private"  # ... its owner's only again (detail: the port)
 
 
 def audit_entry(

@@ -175,6 +175,36 @@ class IdeUrl(WireModel):
     )
 
 
+class Preview(WireModel):
+    """A port of the container and its preview on the IDE origin (zlh.proxy.previews)."""
+
+    port: int
+    listening: bool = Field(description="a server listens on it now (false: public, not up)")
+    address: str | None = Field(
+        default=None,
+        description="where it listens; a loopback address is out of the front's reach (start "
+        "the dev server with --host 0.0.0.0)",
+        examples=["0.0.0.0", "127.0.0.1"],
+    )
+    reachable: bool = Field(description="listening on an address the front reaches")
+    public: bool = Field(description="anyone may open it, signed in or not")
+    url: str = Field(
+        description="the preview, prefix stripped: the app sees /",
+        examples=["https://ide.example.com/dev/5001/port/5173/?zlh-prefix=strip"],
+    )
+    url_keep_prefix: str = Field(
+        description="the preview, prefix kept: the app sees /dev/{vmid}/port/{port}/",
+        examples=["https://ide.example.com/dev/5001/port/5173/?zlh-prefix=keep"],
+    )
+
+
+class Previews(WireModel):
+    """``GET /api/dev/{vmid}/ports``: the ports listening in the container, and the public ones."""
+
+    running: bool = Field(description="false: the container is not ready, only public ports")
+    previews: list[Preview]
+
+
 class ContainerEvent(WireModel):
     """One SSE ``status`` event: the container's state and the agent's provisioning progress."""
 

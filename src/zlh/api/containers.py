@@ -29,7 +29,7 @@ from zlh.api.db import (
     ShareRole,
     User,
 )
-from zlh.api.db.models import utcnow
+from zlh.api.db.models import PublicPreview, utcnow
 from zlh.api.errors import Conflict, NotFound, QuotaExceeded
 from zlh.api.events import EventBus
 from zlh.routefeed import FeedRoute, RouteFeed
@@ -143,6 +143,7 @@ def _route(container: Container) -> FeedRoute:
         address=container.address,
         code_server_port=container.code_server_port,
         code_server_running=status.code_server_running if status else False,
+        public_ports=container.public_ports,
     )
 
 
@@ -376,6 +377,26 @@ class ContainerRegistry:
             container.state_reason = reason
             container.state_changed_at = container.updated_at = now
         self._notify(container)
+        return container
+
+    def set_public(self, vmid: int, port: int, public: bool) -> Container | None:
+        """Make the preview of ``vmid``'s ``port`` public or private again (either twice is
+        fine); the front learns it through the route feed. None if the container is gone."""
+        try:
+            with self.db.session() as session:
+                if not public:
+                    session.execute(
+                        delete(PublicPreview).where(
+                            PublicPreview.vmid == vmid, PublicPreview.port == port
+                        )
+                    )
+                elif session.get(PublicPreview, (vmid, port)) is None:
+                    session.add(PublicPreview(vmid=vmid, port=port))
+        except IntegrityError:
+            pass  # made public at the same moment by another request, or the container is gone
+        container = self.get(vmid)
+        if container is not None:
+            self._notify(container)
         return container
 
     def remove(self, vmid: int) -> None:

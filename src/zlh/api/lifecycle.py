@@ -57,6 +57,7 @@ ACTIVITY_KINDS = {
     "terminal": "terminal input",
     "console": "console input",
     "files": "file browser",
+    "preview": "port preview",
 }
 ACTIVITY_WRITE_S = 30.0
 

@@ -74,6 +74,9 @@ class Principal:
     expires_at: float
     issued_at: float = 0.0
     vmid: int = 0  # the one container an IDE cookie opens; 0: a session, not bound to one
+    # A signed-out visitor of container ``vmid``'s public preview on this port (no user, no
+    # session): what the route table closes when the owner makes the preview private again.
+    public_port: int = 0
 
 
 class Authenticator(Protocol):

@@ -28,6 +28,8 @@ def to_route(route: routefeed.FeedRoute) -> Route:
         ready=ready,
         reason="" if ready else (route.reason or "code-server has no port yet"),
         stopped=route.state == "stopped",
+        public_ports=route.public_ports,
+        running=route.state == "ready" and bool(route.address),
     )
 
 

@@ -40,6 +40,15 @@ On the IDE origin, per request (each step fails closed):
    does not answer. Its responses lose any ``Set-Cookie`` that would shadow a platform cookie and
    get ``frame-ancestors 'self' <portal>``, ``nosniff`` and a ``Referrer-Policy``; the IDE's
    first page gets the session notice's script tag.
+
+Port previews (zlh.proxy.previews) take the same path on the IDE origin: ``/dev/{vmid}/port/
+{port}/...`` (308 without the slash), or every path of the host ``{port}-{vmid}.`` in the
+wildcard form (its ``/_zlh/auth`` included). Ports below 1024 and the platform's own are 403.
+A port the owner made public (``Route.public_ports``) is relayed for anyone, no credentials
+forwarded, WebSockets from any origin, sandboxed on a shared origin; else steps 3 to 6, except
+that nobody signed in gets 404 and the container need only run. The relay goes to that port of
+the container, the prefix stripped unless the ``zlh_prefix`` cookie (set by a page load with
+``?zlh-prefix=keep``) keeps it. A ticket's ``next`` lands on a preview of its container.
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from typing import Any, Final, cast
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from zlh.proxy import responses, sessionnotice
 from zlh.proxy.auth import Authenticator, Principal, SessionCookieSplitter, bearer_token
@@ -56,6 +65,7 @@ from zlh.proxy.ideorigin import IdeOrigin
 from zlh.proxy.listener import ClientConnection, Handler
 from zlh.proxy.metrics import FrontStats, RouteStats
 from zlh.proxy.pool import Pool, UpstreamAddress, UpstreamConnection
+from zlh.proxy.previews import MODE_COOKIE, is_previewable, landing, refusal, take_mode_flag
 from zlh.proxy.relay import Exchange, LocalResponse
 from zlh.proxy.routes import CLOSE_POLICY, Route, RouteTable
 from zlh.proxy.settings import ProxySettings
@@ -69,6 +79,14 @@ _NOT_READY_RETRY_S: Final = 5
 _AUTH_PATH: Final = AUTH_PATH.encode()
 _IDE_COOKIE: Final = IDE_COOKIE.encode()
 _SELF_ONLY: Final = b"Content-Security-Policy: frame-ancestors 'self'\r\n"
+_MODE_COOKIE: Final = MODE_COOKIE.encode()
+# A public preview on an origin other containers' IDEs share runs in an opaque origin: its
+# scripts, anyone's code, must not reach a visitor's IDE cookies for other paths.
+_SANDBOX: Final = (
+    b"Content-Security-Policy: sandbox allow-scripts allow-forms allow-popups allow-modals "
+    b"allow-downloads\r\n"
+)
+_FOREVER: Final = 4102444800.0  # 2100-01-01: a public preview's visitor has no session to end
 
 
 class Front:
@@ -108,6 +126,7 @@ class Front:
         names = settings.platform_cookies
         # On the IDE origin: the IDE cookie is read, every platform cookie removed.
         self._ide_cookies = SessionCookieSplitter(_IDE_COOKIE, drop=names)
+        self._mode_cookies = SessionCookieSplitter(_MODE_COOKIE)
         self._proto = settings.forwarded_proto
         origin = settings.public_origin
         self._public_origin = origin.encode() if origin else None
@@ -121,8 +140,10 @@ class Front:
         frames = (
             _SELF_ONLY if origin is None else _SELF_ONLY[:-2] + b" " + origin.encode() + b"\r\n"
         )
-        self._ide_rules = ResponseRules(
-            frames, always=True, cookie_names=frozenset(n.lower() for n in names)
+        cookie_names = frozenset((*(n.lower() for n in names), _MODE_COOKIE))
+        self._ide_rules = ResponseRules(frames, always=True, cookie_names=cookie_names)
+        self._sandbox_rules = ResponseRules(
+            frames + _SANDBOX, always=True, cookie_names=cookie_names
         )
 
     # ---------------------------------------------------------------- lifecycle
@@ -243,6 +264,8 @@ class Front:
         if path == b"/dev/" + parts[2] + sessionnotice.STATE_PATH:
             return self._session_state(conn, req, int(parts[2]), query)
         if parts[3] != b"ide":
+            if parts[3] == b"port" and len(parts) == 5:
+                return self._preview_path(conn, req, int(parts[2]), parts[4], sep, query)
             return self._local(conn, req, 404, "not found")
         if len(parts) == 4:
             location = path + b"/" + (b"?" + query if sep else b"")
@@ -254,7 +277,7 @@ class Front:
         """``<vmid>.<ide host>``: every path is that container's IDE."""
         self.stats.ide.requests += 1
         if not _is_vmid(label):
-            return self._local(conn, req, 404, "not found")
+            return self._preview_host(conn, req, label)
         vmid = int(label)
         target = req.target
         path, _, query = target.partition(b"?")
@@ -277,47 +300,45 @@ class Front:
     ) -> Handler:
         if req.websocket and not _same_origin(req):
             return self._local(conn, req, 403, "WebSocket from a foreign origin refused")
-        token, other_cookies = self._ide_cookies.split(req.cookies)
-        if token and self._tickets is not None:
-            principal = self._checked(self._tickets.authenticator, token)
-        else:
-            principal = self._checked(self.authenticator, bearer_token(req.authorization))
-        if principal is None:
-            return self._unauthenticated(conn, req, vmid)
-        route = self.routes.get(vmid)
-        if route is None or not self._may_open(principal, vmid, route):
-            return self._local(conn, req, 404, f"no container {vmid}")  # the API's very words
-        if route.stopped and (start := self._portal_redirect(conn, req, vmid)) is not None:
-            return start  # the portal's IDE page starts it and comes back when it is ready
-        if not route.ready:
-            # A browser waiting on the page reloads it when the Retry-After is up, so the IDE
-            # opens by itself once provisioning ends or code-server is back.
-            return self._local(
-                conn,
-                req,
-                503,
-                f"container {vmid} is not ready",
-                route.reason or "it is still being provisioned",
-                extra=b"Retry-After: %d\r\n" % _NOT_READY_RETRY_S,
-                refresh_s=_NOT_READY_RETRY_S,
-                vmid=vmid,
-            )
+        admitted = self._admit(conn, req, vmid, None)
+        if not isinstance(admitted, tuple):
+            return admitted
+        principal, route, other_cookies = admitted
         if self._on_ide_open is not None and page and req.method == b"GET":
             self._on_ide_open(principal, vmid)
+        tail = b""
+        if page and req.method == b"GET" and req.wants_html and not req.upgrading:
+            tail = self._notice_tag(req, vmid, wildcard)
+        return self._relay(
+            conn, req, vmid, principal, rest, other_cookies, route.upstream, self._ide_rules, tail
+        )
+
+    def _relay(
+        self,
+        conn: ClientConnection,
+        req: RequestHead,
+        vmid: int,
+        principal: Principal,
+        rest: bytes,
+        cookies: tuple[bytes, ...],
+        address: UpstreamAddress,
+        rules: ResponseRules,
+        tail: bytes = b"",
+    ) -> Handler:
+        """Step 7: relay to ``address`` as ``rest``, a WebSocket as a tunnel of
+        ``principal``'s; ``tail`` (the session notice's tag) goes into the page."""
         head = upstream_request_head(
             req,
             rest,
             client_ip=conn.peer_ip,
             proto=self._proto,
             default_host=self._default_host,
-            cookies=other_cookies,
+            cookies=cookies,
             authorization=False,
         )
-        on_upgrade = None
-        tail = b""
-        if page and req.method == b"GET" and req.wants_html and not req.upgrading:
+        if tail:
             head = sessionnotice.without_accept_encoding(head)
-            tail = self._notice_tag(req, vmid, wildcard)
+        on_upgrade = None
         if req.websocket:
 
             def on_upgrade(client: ClientConnection, up: UpstreamConnection, rest: bytes) -> None:
@@ -327,26 +348,206 @@ class Front:
             conn,
             req,
             head,
-            address=route.upstream,
+            address=address,
             pool=self.pool,
             settings=self.settings,
             vmid=vmid,
             on_upgrade=on_upgrade,
-            rules=self._ide_rules,
+            rules=rules,
             tail=tail,
             stats=self.stats.ide,
         )
         exchange.start()
         return exchange
 
-    def _exchange_ticket(
-        self, conn: ClientConnection, req: RequestHead, query: bytes, host_vmid: int
+    def _admit(
+        self,
+        conn: ClientConnection,
+        req: RequestHead,
+        vmid: int,
+        resume: bytes | None,
+    ) -> tuple[Principal, Route, tuple[bytes, ...]] | Handler:
+        """Steps 4 to 6: who is calling, may they open ``vmid``, is it ready; the caller, its
+        route and the Cookie headers without the platform's, else the answer that refuses.
+        ``resume`` is the query the portal's IDE page gets to come back to a preview; with
+        one (a preview's), nobody signed in gets the 404 of a preview that is not public, and
+        the container must be running, not its code-server."""
+        principal, other_cookies = self._caller(req)
+        if principal is None:
+            if resume is not None:
+                return self._local(conn, req, 404, "not found", "open previews from the portal")
+            return self._unauthenticated(conn, req, vmid)
+        route = self.routes.get(vmid)
+        if route is None or not self._may_open(principal, vmid, route):
+            return self._local(conn, req, 404, f"no container {vmid}")  # the API's very words
+        start = self._portal_redirect(conn, req, vmid, resume or b"") if route.stopped else None
+        if start is not None:
+            return start  # the portal's IDE page starts it and comes back when it is ready
+        if not (route.ready if resume is None else route.running):
+            return self._not_ready(conn, req, vmid, route)
+        return principal, route, other_cookies
+
+    def _caller(self, req: RequestHead) -> tuple[Principal | None, tuple[bytes, ...]]:
+        """Who the IDE cookie (else a Bearer token) proves, unrevoked; and the Cookie headers
+        without the platform's."""
+        token, other_cookies = self._ide_cookies.split(req.cookies)
+        if token and self._tickets is not None:
+            return self._checked(self._tickets.authenticator, token), other_cookies
+        return self._checked(self.authenticator, bearer_token(req.authorization)), other_cookies
+
+    def _not_ready(
+        self, conn: ClientConnection, req: RequestHead, vmid: int, route: Route
     ) -> Handler:
-        """``/_zlh/auth?ticket=...``: the IDE cookie for a good ticket, once (step 1)."""
+        # A browser waiting on the page reloads it when the Retry-After is up, so the IDE
+        # opens by itself once provisioning ends or code-server is back.
+        return self._local(
+            conn,
+            req,
+            503,
+            f"container {vmid} is not ready",
+            route.reason or "it is still being provisioned",
+            extra=b"Retry-After: %d\r\n" % _NOT_READY_RETRY_S,
+            refresh_s=_NOT_READY_RETRY_S,
+            vmid=vmid,
+        )
+
+    # ---------------------------------------------------------------- previews
+    def _preview_path(
+        self,
+        conn: ClientConnection,
+        req: RequestHead,
+        vmid: int,
+        after: bytes,
+        sep: bytes,
+        query: bytes,
+    ) -> Handler:
+        """``/dev/{vmid}/port/{after}``: ``{port}/...``; without the slash, 308 to it."""
+        digits, slash, tail = after.partition(b"/")
+        if not _is_vmid(digits) or len(digits) > 5:
+            return self._local(conn, req, 404, "not found")
+        if not slash:
+            location = b"/dev/%d/port/%s/" % (vmid, digits) + (b"?" + query if sep else b"")
+            return LocalResponse(conn, responses.redirect(308, location), keep_alive=True)
+        return self._to_preview(conn, req, vmid, int(digits), b"/" + tail, query, False)
+
+    def _preview_host(self, conn: ClientConnection, req: RequestHead, label: bytes) -> Handler:
+        """``{port}-{vmid}.<ide host>``: every path is that preview's, the app at ``/``."""
+        digits, dash, vmid_digits = label.partition(b"-")
+        if not dash or not _is_vmid(digits) or len(digits) > 5 or not _is_vmid(vmid_digits):
+            return self._local(conn, req, 404, "not found")
+        vmid, port = int(vmid_digits), int(digits)
+        path, _, query = req.target.partition(b"?")
+        if path == _AUTH_PATH:
+            return self._exchange_ticket(conn, req, query, vmid, port)
+        return self._to_preview(conn, req, vmid, port, path, query, True)
+
+    def _to_preview(
+        self,
+        conn: ClientConnection,
+        req: RequestHead,
+        vmid: int,
+        port: int,
+        path: bytes,
+        query: bytes,
+        own_host: bool,
+    ) -> Handler:
+        """The IDE's checks, then the container's ``port``. A public preview skips them and
+        carries nobody's credentials (so its WebSockets may come from any origin)."""
+        if not is_previewable(port):
+            return self._local(conn, req, 403, "not previewable", refusal(port), vmid=vmid)
+        route = self.routes.get(vmid)
+        flag, query = take_mode_flag(query)
+        if route is not None and port in route.public_ports:
+            if not route.running:
+                return self._not_ready(conn, req, vmid, route)
+            caller, other_cookies = self._caller(req)
+            if caller is not None and self._may_open(caller, vmid, route):
+                principal = caller  # its owner: making it private again leaves it open
+            else:
+                principal = Principal("", "", False, _FOREVER, vmid=vmid, public_port=port)
+        else:
+            if req.websocket and not _same_origin(req):
+                return self._local(conn, req, 403, "WebSocket from a foreign origin refused")
+            target = path + (b"?" + query if query else b"")
+            base = b"" if own_host else b"/dev/%d/port/%d" % (vmid, port)
+            if flag is not None:
+                target += (b"&" if query else b"?") + b"zlh-prefix=" + flag
+            resume = b"?port=%d&next=%s" % (port, quote(base + target, safe="/").encode())
+            admitted = self._admit(conn, req, vmid, resume)
+            if not isinstance(admitted, tuple):
+                return admitted
+            principal, route, other_cookies = admitted
+        if port == route.port:
+            return self._local(conn, req, 403, "not previewable", refusal(port), vmid=vmid)
+        mode, other_cookies = self._mode_cookies.split(other_cookies)
+        if flag is not None:
+            if not flag:
+                return self._local(
+                    conn, req, 400, "zlh-prefix must be keep or strip", "e.g. ?zlh-prefix=keep"
+                )
+            if req.method in (b"GET", b"HEAD") and not req.upgrading:
+                return self._choose_mode(conn, req, vmid, port, path, query, flag, own_host)
+            mode = flag
+        keep = mode == b"keep" and not own_host
+        rest = (b"/dev/%d/port/%d" % (vmid, port) if keep else b"") + path
+        if query:
+            rest += b"?" + query
+        if self._on_activity is not None:
+            self._on_activity(vmid, "preview")
+        # Anyone's code on an origin other containers' IDEs share runs sandboxed.
+        shared_origin = route.owner_id != principal.user_id and not own_host
+        rules = self._sandbox_rules if shared_origin else self._ide_rules
+        address = UpstreamAddress(route.host, port)
+        return self._relay(conn, req, vmid, principal, rest, other_cookies, address, rules)
+
+    def _choose_mode(
+        self,
+        conn: ClientConnection,
+        req: RequestHead,
+        vmid: int,
+        port: int,
+        path: bytes,
+        query: bytes,
+        mode: bytes,
+        own_host: bool,
+    ) -> Handler:
+        """A page load with ``?zlh-prefix=``: 303 to the same page without the flag, and the
+        mode cookie for this preview's path (none on a preview's own host: always ``/``)."""
+        base = b"" if own_host else b"/dev/%d/port/%d" % (vmid, port)
+        location = base + path + (b"?" + query if query else b"")
+        cookie = b""
+        if not own_host:
+            cookie = b"Set-Cookie: %s=%s; Path=%s/; %sHttpOnly; SameSite=Lax%s\r\n" % (
+                _MODE_COOKIE,
+                mode,
+                base,
+                b"Max-Age=0; " if mode == b"strip" else b"",
+                b"; Secure" if self._secure else b"",
+            )
+        keep_alive = req.keep_alive
+        return LocalResponse(
+            conn,
+            responses.redirect(303, location, keep_alive=keep_alive, extra=cookie),
+            keep_alive=keep_alive,
+        )
+
+    # ---------------------------------------------------------------- tickets
+    def _exchange_ticket(
+        self,
+        conn: ClientConnection,
+        req: RequestHead,
+        query: bytes,
+        host_vmid: int,
+        host_port: int = 0,
+    ) -> Handler:
+        """``/_zlh/auth?ticket=...``: the IDE cookie for a good ticket, once (step 1). With
+        ``next``, one of the container's previews' paths, the browser lands there instead
+        (``host_port``: the preview whose own host this is)."""
         tickets = self._tickets
         if tickets is None or req.method not in (b"GET", b"HEAD") or req.upgrading:
             return self._local(conn, req, 404, "not found")
-        given = parse_qs(query.decode("latin-1")).get("ticket", [""])[0]
+        fields = parse_qs(query.decode("latin-1"))
+        given = fields.get("ticket", [""])[0]
         ticket = tickets.redeem(given) if given else None
         if ticket is None:
             return self._local(
@@ -372,6 +573,12 @@ class Front:
             return self._local(conn, req, 404, f"no container {host_vmid or vmid}")
         if not self._may_open(principal, vmid, route):
             return self._local(conn, req, 404, f"no container {vmid}")
+        location = _landing(vmid, host_vmid != 0)
+        if "next" in fields:
+            found = landing(fields["next"][0], vmid, own_host=host_port != 0)
+            if found is None:
+                return self._local(conn, req, 400, "next is not a preview of this container")
+            location = found.encode("latin-1")
         value, max_age = tickets.cookie_value(ticket)
         wildcard = host_vmid != 0
         path = b"/" if wildcard else b"/dev/%d/" % vmid
@@ -382,7 +589,6 @@ class Front:
             max_age,
             b"; Secure" if self._secure else b"",
         )
-        location = _landing(vmid, wildcard)
         keep_alive = req.keep_alive
         return LocalResponse(
             conn,
@@ -492,10 +698,11 @@ class Front:
             return b"%s://%s:%d" % (self._proto, _hostname(req.host), self.port)
         return None
 
-    def _portal_page(self, req: RequestHead, vmid: int) -> bytes | None:
-        """The portal's ``/c/{vmid}/ide`` as an absolute URL, or None (``_portal_origin``)."""
+    def _portal_page(self, req: RequestHead, vmid: int, resume: bytes = b"") -> bytes | None:
+        """The portal's ``/c/{vmid}/ide`` (plus ``resume``, its query) as an absolute URL, or
+        None (``_portal_origin``)."""
         origin = self._portal_origin(req)
-        return None if origin is None else origin + b"/c/%d/ide" % vmid
+        return None if origin is None else origin + b"/c/%d/ide" % vmid + resume
 
     # ---------------------------------------------------------------- local answers
     def _local(
@@ -534,11 +741,11 @@ class Front:
         return LocalResponse(conn, data, keep_alive=keep_alive)
 
     def _portal_redirect(
-        self, conn: ClientConnection, req: RequestHead, vmid: int
+        self, conn: ClientConnection, req: RequestHead, vmid: int, resume: bytes = b""
     ) -> Handler | None:
         """A browser's page load goes (303) to the portal's IDE page of ``vmid``, if known."""
         if req.wants_html and req.method in (b"GET", b"HEAD") and not req.upgrading:
-            location = self._portal_page(req, vmid)
+            location = self._portal_page(req, vmid, resume)
             if location is not None:
                 keep_alive = req.keep_alive
                 return LocalResponse(
@@ -592,6 +799,8 @@ class Front:
 
     def _still_allowed(self, vmid: int, principal: Principal) -> bool:
         route = self.routes.get(vmid)
+        if principal.public_port:
+            return route is not None and principal.public_port in route.public_ports
         return (
             route is not None
             and not self.routes.is_revoked(principal)

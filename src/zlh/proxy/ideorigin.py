@@ -81,6 +81,22 @@ class IdeOrigin:
         netloc = f"{vmid}.{self.netloc}" if self.wildcard else self.netloc
         return f"{self.scheme}://{netloc}"
 
+    def preview_base_url(self, vmid: int, port: int) -> str:
+        """The origin a preview is served on: its own host ``{port}-{vmid}.`` for the wildcard
+        form, else the IDE's (zlh.proxy.previews)."""
+        if self.wildcard:
+            return f"{self.scheme}://{port}-{vmid}.{self.netloc}"
+        return self.base_url(vmid)
+
+    def preview_urls(self, vmid: int, port: int) -> tuple[str, str]:
+        """The preview of ``port``: prefix stripped (the app sees ``/``), prefix kept (it sees
+        ``/dev/{vmid}/port/{port}/``). On a preview's own host the path reaches the app as it
+        is, so both are paths there; elsewhere the ``zlh-prefix`` flag picks the mode."""
+        base, path = self.preview_base_url(vmid, port), f"/dev/{vmid}/port/{port}/"
+        if self.wildcard:
+            return f"{base}/", f"{base}{path}"
+        return f"{base}{path}?zlh-prefix=strip", f"{base}{path}?zlh-prefix=keep"
+
     def landing_path(self, vmid: int) -> str:
         """Where the browser goes once the ticket is exchanged: the IDE's first page."""
         return "/" if self.wildcard else f"/dev/{vmid}/ide/"

@@ -45,6 +45,11 @@ class Route:
     stopped: bool = False
     # Users its owner shared it with to use (their ids, as owner_id): they open it too.
     guests: frozenset[str] = frozenset()
+    # Ports whose preview its owner made public: served to anyone, signed in or not.
+    public_ports: frozenset[int] = frozenset()
+    # Its system runs and ``host`` reaches it, code-server or not: its ports can be previewed.
+    # None: as ``ready``.
+    running: bool | None = None
     # The pool's key for this route's connections, made once here rather than per request.
     upstream: UpstreamAddress = field(init=False, repr=False, compare=False)
 
@@ -60,6 +65,10 @@ class Route:
         if not (0 < self.port < 65536 or (self.port == 0 and not self.ready)):
             raise ValueError(f"Route.port must be 1..65535, got {self.port}")
         object.__setattr__(self, "upstream", UpstreamAddress(self.host, self.port))
+        if self.running is None:
+            object.__setattr__(self, "running", self.ready)
+        elif self.running and not self.host:
+            raise ValueError("a running Route needs a host")
 
 
 class Tunnel(Protocol):
@@ -93,7 +102,8 @@ class RouteTable:
     # ---------------------------------------------------------------- writes (from the API)
     def update(self, vmid: int, route: Route) -> None:
         """Add or change ``vmid``'s route; a new owner or address, or a share taken back, closes
-        the tunnels losing access."""
+        the tunnels losing access; a preview made private again closes its signed-out visitors'
+        tunnels."""
         old = self._routes.get(vmid)
         self._routes[vmid] = route
         if old is None:
@@ -103,14 +113,13 @@ class RouteTable:
             self._close(tunnels, "container moved")
         elif old.owner_id != route.owner_id or not old.guests <= route.guests:
             self._close(
-                (
-                    t
-                    for t, p in tunnels.items()
-                    if not p.is_admin
-                    and p.user_id != route.owner_id
-                    and p.user_id not in route.guests
-                ),
+                (t for t, p in tunnels.items() if not p.is_admin and not route.admits(p.user_id)),
                 "access taken back",
+            )
+        if old.public_ports - route.public_ports:
+            private = old.public_ports - route.public_ports
+            self._close(
+                (t for t, p in tunnels.items() if p.public_port in private), "preview not public"
             )
 
     def remove(self, vmid: int) -> None:

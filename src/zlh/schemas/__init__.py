@@ -35,6 +35,7 @@ from zlh.schemas.files import (
     MoveRequest,
     PathResult,
 )
+from zlh.schemas.listening import ListeningPort, ListeningPorts
 from zlh.schemas.payload import DevUser, ProvisionPayload, RuntimeSpec, ide_base_path
 from zlh.schemas.status import (
     AddonHealth,
@@ -75,6 +76,8 @@ __all__ = [
     "FieldProblem",
     "FileEntry",
     "InstalledRuntime",
+    "ListeningPort",
+    "ListeningPorts",
     "MkdirRequest",
     "MoveRequest",
     "PathResult",

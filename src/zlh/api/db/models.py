@@ -40,7 +40,10 @@ __all__ = [
     "ContainerState",
     "KeyValue",
     "Pins",
+    "PublicPreview",
     "Session",
+    "Share",
+    "ShareRole",
     "User",
     "utcnow",
 ]
@@ -253,9 +256,19 @@ class Container(Base):
         lazy="selectin", order_by="Share.created_at", passive_deletes=True
     )
 
+    # The ports whose preview its owner made public (none by default), loaded with it: the
+    # route feed carries them to the front.
+    public_previews: Mapped[list[PublicPreview]] = relationship(
+        lazy="selectin", order_by="PublicPreview.port", passive_deletes=True
+    )
+
     def role_of(self, user_id: int) -> str | None:
         """``user_id``'s share of this container (``use``, ``view``), None if not shared."""
         return next((s.role for s in self.shares if s.user_id == user_id), None)
+
+    @property
+    def public_ports(self) -> frozenset[int]:
+        return frozenset(p.port for p in self.public_previews)
 
     @property
     def agent_url(self) -> str | None:
@@ -286,6 +299,18 @@ class Share(Base):
     role: Mapped[str] = mapped_column(String(8))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     user: Mapped[User] = relationship(lazy="joined")
+
+
+class PublicPreview(Base):
+    """A port of a container whose preview anyone may open, signed in or not."""
+
+    __tablename__ = "public_previews"
+
+    vmid: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("containers.vmid", ondelete="CASCADE"), primary_key=True
+    )
+    port: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    made_public_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class AuditEntry(Base):

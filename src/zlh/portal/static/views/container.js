@@ -3,6 +3,7 @@ import { versionSummary } from "../catalog.js";
 import { bytes, confirmDialog, containerLabel, errorBox, h, yesNo } from "../dom.js";
 import { consolePanel } from "./console.js";
 import { filesPanel } from "./files.js";
+import { previewsSection } from "./previews.js";
 import { runtimesSection } from "./runtimes.js";
 import { sharedNotice, sharesSection } from "./shares.js";
 import { SETTLED, stateBadge, stateReason, stateWords } from "./state.js";
@@ -153,14 +154,13 @@ export async function containerView(main, { params, me, navigate }) {
   if (tab === "console") return chain(consolePanel(panel, vmid), stopFollowing);
   if (tab === "tailnet") return chain(tailnetPanel(panel, vmid), stopFollowing);
   const stops = [overview(panel, container, { badge, setIde, toolchain: toolchain(container, catalog), listeners })];
-  if (!guest) {
-    stops.push(runtimesSection(panel, container, catalog));
-    sharesSection(panel, container);
-  }
+  if (!guest) stops.push(runtimesSection(panel, container, catalog));
+  if (guest !== "view") stops.push(previewsSection(panel, vmid, { owner: !guest }));
+  if (!guest) sharesSection(panel, container);
   return chain(() => stops.forEach((stop) => stop()), stopFollowing);
 }
 
-const ACTIVITY_WORDS = { ide: "IDE", terminal: "terminal input", console: "console input", files: "file browser" };
+const ACTIVITY_WORDS = { ide: "IDE", terminal: "terminal input", console: "console input", files: "file browser", preview: "port preview" };
 const WARN_MS = 5 * 60 * 1000;
 
 // "Idle for 23 min, stops in 37 min (last activity: terminal input at 14:02)", and a notice

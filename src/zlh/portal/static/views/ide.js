@@ -3,6 +3,8 @@
 // sets its own cookie. Signed out, the router sends this page to sign-in and back first.
 // A stopped container is started here first (the IDE origin sends a stopped container's page
 // loads here): the page shows its progress and goes on into the IDE once it is ready.
+// With ?port=&next= it opens that page of one of the container's port previews instead (the
+// portal's Open links, and the IDE origin's way back for a stopped container's preview).
 import { api } from "../api.js";
 import { errorBox, h } from "../dom.js";
 import { SETTLED, stateWords } from "./state.js";
@@ -27,8 +29,11 @@ export async function ideView(main, { params }) {
     container = await startAndWait(main, container);
     if (container === null) return;
   }
-  main.append(h("p", { class: "muted", id: "opening-ide" }, `Opening the IDE of #${vmid}…`));
-  const { url } = await api(`/api/dev/${vmid}/ide-url`);
+  const wanted = new URLSearchParams(location.search);
+  const preview = wanted.has("port") && wanted.has("next") ? new URLSearchParams({ port: wanted.get("port"), next: wanted.get("next") }) : null;
+  const what = preview ? `port ${preview.get("port")} of #${vmid}` : `the IDE of #${vmid}`;
+  main.append(h("p", { class: "muted", id: "opening-ide" }, `Opening ${what}…`));
+  const { url } = await api(`/api/dev/${vmid}/ide-url${preview ? `?${preview}` : ""}`);
   location.replace(url);
 }
 
