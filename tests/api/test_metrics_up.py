@@ -34,7 +34,10 @@ def listening_ports(pid: int) -> set[int]:
     """The TCP ports process ``pid`` listens on, from /proc (its sockets' inodes)."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd)
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:
+            continue  # closed since the listing: not a listening socket
         if target.startswith("socket:["):
             inodes.add(target[len("socket:[") : -1])
     ports = set()

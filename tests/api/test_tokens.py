@@ -450,6 +450,7 @@ def _fill(path: str, vmid: int) -> str:
         "version": "20",
         "tab": "files",
         "username": "nobody",
+        "port": 3000,
     }
     return path.format(**values)
 
