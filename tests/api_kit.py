@@ -22,11 +22,11 @@ import uvicorn
 from fastapi import FastAPI
 
 from agent_sim import SimBackend
-from support import ZLH, wait_for_port, zlh
+from support import ZLH, serve_agent_app, wait_for_port, zlh
 from zlh.api import accounts
 from zlh.api.app import create_app
 from zlh.api.catalog import StoreCatalog
-from zlh.api.db import Pins
+from zlh.api.db import Container, Pins
 from zlh.api.services import Services
 from zlh.api.settings import ApiSettings
 from zlh.backends import Backend
@@ -204,3 +204,28 @@ def add_cli_users(data_dir: Path) -> None:
     for name, admin in (("alice", False), ("bob", False), ("root", True)):
         args = ["user", "add", name, "--password-stdin", "--data-dir", str(data_dir)]
         zlh(*args, *(["--admin"] if admin else []), input=PASSWORD + "\n", env=up_env(data_dir))
+
+
+@contextmanager
+def ready_on_a_real_agent(
+    app: FastAPI, container: Container, home: Path, *, max_upload_bytes: int = 1 << 20
+) -> Iterator[None]:
+    """``container`` made ready on a real agent's files and console routes (serving
+    ``home``/workspace as the current user), reached over HTTP with its own secret."""
+    from zlh.agent.console import setup_console_routes
+    from zlh.agent.devuser import DevEnvironment
+    from zlh.agent.files import setup_files_routes
+    from zlh.agent.runas import DevIdentity
+
+    svc = services(app)
+    dev = DevEnvironment("dev", DevIdentity.current(home=home), home, home / "workspace")
+
+    def setup(agent_app: Any) -> None:
+        setup_files_routes(agent_app, environment=lambda: dev, max_upload_bytes=max_upload_bytes)
+        setup_console_routes(agent_app, environment=lambda: dev)
+
+    with serve_agent_app(setup, token=svc.provisioning.secret(container)) as agent:
+        svc.registry.update(
+            container.vmid, state="ready", address="127.0.0.1", agent_port=agent.port
+        )
+        yield

@@ -17,12 +17,17 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from agent_sim import SimBackend
-from api_kit import PASSWORD, PINS, login, make_app, running, services, wait_for
-from support import ConsoleClient, pid_gone, serve_agent_app
-from zlh.agent.console import setup_console_routes
-from zlh.agent.devuser import DevEnvironment
-from zlh.agent.files import setup_files_routes
-from zlh.agent.runas import DevIdentity
+from api_kit import (
+    PASSWORD,
+    PINS,
+    login,
+    make_app,
+    ready_on_a_real_agent,
+    running,
+    services,
+    wait_for,
+)
+from support import ConsoleClient, pid_gone
 from zlh.api import accounts
 from zlh.api.containers import Quota
 
@@ -63,27 +68,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     outside.mkdir()
     (outside / "canary").write_text("canary")
     (workspace / "out").symlink_to(outside)
-    dev = DevEnvironment("dev", DevIdentity.current(home=base), base, workspace)
-
-    def setup(agent_app: Any) -> None:
-        setup_files_routes(agent_app, environment=lambda: dev, max_upload_bytes=LIMIT)
-        setup_console_routes(agent_app, environment=lambda: dev)
-
-    secret = svc.provisioning.secret(container)
-    with serve_agent_app(setup, token=secret) as agent:
-        svc.registry.update(
-            container.vmid, state="ready", address="127.0.0.1", agent_port=agent.port
+    with (
+        ready_on_a_real_agent(app, container, base, max_upload_bytes=LIMIT),
+        running(app) as client,
+    ):
+        yield World(
+            client=client,
+            vmid=container.vmid,
+            workspace=workspace,
+            outside=outside,
+            alice=login(client, "alice"),
+            bob=login(client, "bob"),
+            app=app,
         )
-        with running(app) as client:
-            yield World(
-                client=client,
-                vmid=container.vmid,
-                workspace=workspace,
-                outside=outside,
-                alice=login(client, "alice"),
-                bob=login(client, "bob"),
-                app=app,
-            )
 
 
 def test_owner_uploads_lists_downloads_moves_and_deletes(world: World) -> None:

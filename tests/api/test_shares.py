@@ -17,12 +17,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from agent_sim import SimBackend
-from api_kit import PASSWORD, PINS, login, make_app, running, services
-from support import ConsoleClient, serve_agent_app
-from zlh.agent.console import setup_console_routes
-from zlh.agent.devuser import DevEnvironment
-from zlh.agent.files import setup_files_routes
-from zlh.agent.runas import DevIdentity
+from api_kit import PASSWORD, PINS, login, make_app, ready_on_a_real_agent, running, services
+from support import ConsoleClient
 from zlh.api import accounts
 from zlh.api.containers import Quota
 
@@ -67,19 +63,9 @@ def world(tmp_path: Path) -> Iterator[World]:
     workspace = tmp_path / "workspace"
     workspace.mkdir()
     (workspace / "alice.txt").write_text("hers")
-    dev = DevEnvironment("dev", DevIdentity.current(home=tmp_path), tmp_path, workspace)
-
-    def setup(agent_app: Any) -> None:
-        setup_files_routes(agent_app, environment=lambda: dev, max_upload_bytes=1 << 20)
-        setup_console_routes(agent_app, environment=lambda: dev)
-
-    with serve_agent_app(setup, token=svc.provisioning.secret(container)) as agent:
-        svc.registry.update(
-            container.vmid, state="ready", address="127.0.0.1", agent_port=agent.port
-        )
-        with running(app) as client:
-            heads = {n: login(client, n) for n in ("alice", "bob", "carol", "root")}
-            yield World(client=client, vmid=container.vmid, app=app, heads=heads)
+    with ready_on_a_real_agent(app, container, tmp_path), running(app) as client:
+        heads = {n: login(client, n) for n in ("alice", "bob", "carol", "root")}
+        yield World(client=client, vmid=container.vmid, app=app, heads=heads)
 
 
 def _reach(world: World, who: str) -> dict[str, int]:

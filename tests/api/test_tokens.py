@@ -21,12 +21,17 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from agent_sim import SimBackend
-from api_kit import PASSWORD, PINS, login, make_app, running, services, wait_for
-from support import ConsoleClient, pid_gone, serve_agent_app
-from zlh.agent.console import setup_console_routes
-from zlh.agent.devuser import DevEnvironment
-from zlh.agent.files import setup_files_routes
-from zlh.agent.runas import DevIdentity
+from api_kit import (
+    PASSWORD,
+    PINS,
+    login,
+    make_app,
+    ready_on_a_real_agent,
+    running,
+    services,
+    wait_for,
+)
+from support import ConsoleClient, pid_gone
 from zlh.api import accounts
 from zlh.api.apitokens import ApiTokens, Scope
 from zlh.api.containers import Quota
@@ -81,26 +86,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     )
     workspace = base / "workspace"
     workspace.mkdir()
-    dev = DevEnvironment("dev", DevIdentity.current(home=base), base, workspace)
-
-    def setup(agent_app: Any) -> None:
-        setup_files_routes(agent_app, environment=lambda: dev, max_upload_bytes=1 << 20)
-        setup_console_routes(agent_app, environment=lambda: dev)
-
-    with serve_agent_app(setup, token=svc.provisioning.secret(container)) as agent:
-        svc.registry.update(
-            container.vmid, state="ready", address="127.0.0.1", agent_port=agent.port
+    with ready_on_a_real_agent(app, container, base), running(app) as client:
+        yield World(
+            client=client,
+            app=app,
+            vmid=container.vmid,
+            bob_vmid=bobs.vmid,
+            alice=login(client, "alice"),
+            bob=login(client, "bob"),
+            root=login(client, "root"),
         )
-        with running(app) as client:
-            yield World(
-                client=client,
-                app=app,
-                vmid=container.vmid,
-                bob_vmid=bobs.vmid,
-                alice=login(client, "alice"),
-                bob=login(client, "bob"),
-                root=login(client, "root"),
-            )
 
 
 def test_a_token_is_shown_once_listed_without_its_secret_and_works_as_bearer(
