@@ -54,6 +54,7 @@ the container, the prefix stripped unless the ``zlh_prefix`` cookie (set by a pa
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any, Final, cast
 from urllib.parse import parse_qs, quote
@@ -76,6 +77,8 @@ __all__ = ["Front"]
 
 # Seconds a client is told to wait before trying a container that is not ready again.
 _NOT_READY_RETRY_S: Final = 5
+# A preview's requests count as use of its container (idle auto-stop), told at most this often.
+_PREVIEW_NOTE_S: Final = 1.0
 _AUTH_PATH: Final = AUTH_PATH.encode()
 _IDE_COOKIE: Final = IDE_COOKIE.encode()
 _SELF_ONLY: Final = b"Content-Security-Policy: frame-ancestors 'self'\r\n"
@@ -109,6 +112,8 @@ class Front:
         self.settings = settings
         self._on_ide_open = on_ide_open
         self._on_activity = on_activity
+        # When each container's preview use was last reported (at most every _PREVIEW_NOTE_S).
+        self._preview_noted: dict[int, float] = {}
         self.routes = routes
         self.authenticator = authenticator
         self._tickets = tickets
@@ -365,25 +370,30 @@ class Front:
         conn: ClientConnection,
         req: RequestHead,
         vmid: int,
-        resume: bytes | None,
+        preview: tuple[int, bytes] | None,
     ) -> tuple[Principal, Route, tuple[bytes, ...]] | Handler:
         """Steps 4 to 6: who is calling, may they open ``vmid``, is it ready; the caller, its
         route and the Cookie headers without the platform's, else the answer that refuses.
-        ``resume`` is the query the portal's IDE page gets to come back to a preview; with
-        one (a preview's), nobody signed in gets the 404 of a preview that is not public, and
-        the container must be running, not its code-server."""
+        ``preview`` is a preview's port and the page asked for (the portal's IDE page comes
+        back to it); with one, nobody signed in gets the 404 of a preview that is not public,
+        and the container must be running, not its code-server."""
         principal, other_cookies = self._caller(req)
         if principal is None:
-            if resume is not None:
+            if preview is not None:
                 return self._local(conn, req, 404, "not found", "open previews from the portal")
             return self._unauthenticated(conn, req, vmid)
         route = self.routes.get(vmid)
         if route is None or not self._may_open(principal, vmid, route):
             return self._local(conn, req, 404, f"no container {vmid}")  # the API's very words
-        start = self._portal_redirect(conn, req, vmid, resume or b"") if route.stopped else None
-        if start is not None:
-            return start  # the portal's IDE page starts it and comes back when it is ready
-        if not (route.ready if resume is None else route.running):
+        if route.stopped:
+            resume = b""
+            if preview is not None:
+                port, page = preview
+                resume = b"?port=%d&next=%s" % (port, quote(page, safe="/").encode())
+            start = self._portal_redirect(conn, req, vmid, resume)
+            if start is not None:
+                return start  # the portal's IDE page starts it and comes back when it is ready
+        if not (route.ready if preview is None else route.running):
             return self._not_ready(conn, req, vmid, route)
         return principal, route, other_cookies
 
@@ -469,11 +479,11 @@ class Front:
             if req.websocket and not _same_origin(req):
                 return self._local(conn, req, 403, "WebSocket from a foreign origin refused")
             target = path + (b"?" + query if query else b"")
-            base = b"" if own_host else b"/dev/%d/port/%d" % (vmid, port)
+            if not own_host:
+                target = b"/dev/%d/port/%d" % (vmid, port) + target
             if flag is not None:
                 target += (b"&" if query else b"?") + b"zlh-prefix=" + flag
-            resume = b"?port=%d&next=%s" % (port, quote(base + target, safe="/").encode())
-            admitted = self._admit(conn, req, vmid, resume)
+            admitted = self._admit(conn, req, vmid, (port, target))
             if not isinstance(admitted, tuple):
                 return admitted
             principal, route, other_cookies = admitted
@@ -493,7 +503,10 @@ class Front:
         if query:
             rest += b"?" + query
         if self._on_activity is not None:
-            self._on_activity(vmid, "preview")
+            now = time.monotonic()
+            if now - self._preview_noted.get(vmid, 0.0) >= _PREVIEW_NOTE_S:
+                self._preview_noted[vmid] = now
+                self._on_activity(vmid, "preview")
         # Anyone's code on an origin other containers' IDEs share runs sandboxed.
         shared_origin = route.owner_id != principal.user_id and not own_host
         rules = self._sandbox_rules if shared_origin else self._ide_rules
