@@ -3,6 +3,7 @@ refused (from a hostile tenant's seat) whenever they should be."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -115,10 +116,15 @@ def test_a_token_is_shown_once_listed_without_its_secret_and_works_as_bearer(
     assert [c["vmid"] for c in containers.json()] == [world.vmid]
     listed = world.client.get("/api/tokens", headers=world.alice).json()
     assert next(t for t in listed if t["id"] == made["id"])["lastUsedAt"] is not None
-    # Only a digest is stored.
+    # Only a digest is stored: the secret is nowhere in the database's files.
     with services(world.app).db.session() as session:
         row = session.get(ApiToken, made["id"])
-        assert row is not None and made["token"] not in row.secret_sha256
+        assert row is not None
+        assert row.secret_sha256 == hashlib.sha256(made["token"].encode()).hexdigest()
+    db_files = list(services(world.app).settings.data_dir.glob("zlh.db*"))
+    assert db_files
+    for db_file in db_files:
+        assert made["token"].encode() not in db_file.read_bytes(), db_file
 
 
 @pytest.mark.parametrize(
