@@ -27,12 +27,17 @@ export function previewsSection(panel, vmid, { owner = true } = {}) {
       return;
     }
     const rows = previews.map((p) => row(p));
+    // A narrow screen scrolls the table, not the page.
     list.replaceChildren(
       h(
-        "table",
-        { class: "previews" },
-        h("thead", {}, h("tr", {}, h("th", {}, "Port"), h("th", {}, "Listening on"), h("th", {}, "Open"), h("th", {}, "Public"))),
-        h("tbody", {}, rows),
+        "div",
+        { class: "table-wrap" },
+        h(
+          "table",
+          { class: "previews" },
+          h("thead", {}, h("tr", {}, h("th", {}, "Port"), h("th", {}, "Listening on"), h("th", {}, "Open"), h("th", {}, "Public"))),
+          h("tbody", {}, rows),
+        ),
       ),
     );
   }
