@@ -35,10 +35,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from support import ZLH, free_port, wait_for_port  # noqa: E402
-from zlh.agent.download import RetryPolicy  # noqa: E402
-from zlh.agent.install import Installer, InstallRequest  # noqa: E402
-from zlh.agent.progress import ProgressTracker  # noqa: E402
 from zlh.artifacts.store import ArtifactStore  # noqa: E402
+from zlh.install.download import RetryPolicy  # noqa: E402
+from zlh.install.installer import Installer, InstallRequest  # noqa: E402
+from zlh.install.progress import ProgressTracker  # noqa: E402
 from zlh.schemas import Artifact, ArtifactKind  # noqa: E402
 
 TOKEN = "bench-secret"

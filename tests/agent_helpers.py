@@ -375,7 +375,7 @@ class InProcessAgent(AgentClient):
 @contextmanager
 def in_process_agent(root: Path, **config: Any) -> Iterator[InProcessAgent]:
     from zlh.agent.config import AgentConfig
-    from zlh.agent.download import RetryPolicy
+    from zlh.install.download import RetryPolicy
 
     config.setdefault("retry", RetryPolicy(attempts=3, backoff_s=0.01, read_timeout_s=10))
     agent = InProcessAgent(AgentConfig(root=root, bind_host="127.0.0.1", **config))

@@ -49,6 +49,7 @@ SHARED_BOTTOM = {
     "zlh.listen": "HOST:PORT parsed one way and checked free before start: every server command",
     "zlh.cliargs": "--data-dir and handler helpers every package's arguments module uses",
     "zlh.ports": "the ports inside every container: the payload, the backends and the front",
+    "zlh.install": "the verified installer: the agent's installs and the host's shared layers",
 }
 AGENT = "zlh.agent"
 CONTROL_PLANE = ("zlh.api", "zlh.proxy")

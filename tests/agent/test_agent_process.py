@@ -22,7 +22,7 @@ from agent_helpers import (
     settled,
     tarball,
 )
-from zlh.agent.installed import read_marker
+from zlh.install.installed import read_marker
 
 
 def start(agents: list[AgentProcess], root: Path) -> AgentProcess:

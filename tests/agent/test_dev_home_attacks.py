@@ -28,12 +28,12 @@ from zlh.agent.addons.base import AddonContext
 from zlh.agent.addons.code_server import DEFAULT_SETTINGS, USER_SETTINGS, CodeServer
 from zlh.agent.config import AgentConfig
 from zlh.agent.devuser import DevEnvironment, prepare_dev_home
-from zlh.agent.download import RetryPolicy
 from zlh.agent.errors import UnsafeDevHome
-from zlh.agent.install import Installer
 from zlh.agent.paths import Layout
 from zlh.agent.runas import DevIdentity
 from zlh.agent.supervise import ProcessSpec, Supervisor
+from zlh.install.download import RetryPolicy
+from zlh.install.installer import Installer
 from zlh.schemas import CodeServerAddon
 
 pytestmark = pytest.mark.root

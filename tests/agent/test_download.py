@@ -9,8 +9,8 @@ import aiohttp
 import pytest
 
 from agent_helpers import artifact_server, sha256
-from zlh.agent.download import RetryPolicy, fetch
 from zlh.agent.errors import DownloadError
+from zlh.install.download import RetryPolicy, fetch
 
 FAST = RetryPolicy(attempts=3, backoff_s=0.01)
 

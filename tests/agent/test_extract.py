@@ -11,7 +11,7 @@ import pytest
 
 from agent_helpers import directory, file, runtime_members, symlink, tarball
 from zlh.agent.errors import ArchiveError, UnsafeArchive
-from zlh.agent.extract import MemberGuard, StreamExtractor
+from zlh.install.extract import MemberGuard, StreamExtractor
 from zlh.schemas import ArtifactFormat
 
 

@@ -13,10 +13,10 @@ from zlh.agent.addons.code_server import CodeServer
 from zlh.agent.addons.tailscale import Tailscale
 from zlh.agent.config import AgentConfig
 from zlh.agent.devuser import DevEnvironment
-from zlh.agent.download import RetryPolicy
-from zlh.agent.install import Installer
 from zlh.agent.paths import Layout
 from zlh.agent.runas import DevIdentity
+from zlh.install.download import RetryPolicy
+from zlh.install.installer import Installer
 from zlh.schemas import ADDONS, AddonSpec, Artifact, ArtifactFormat, UnknownAddon
 
 ARTIFACT = Artifact(url="a.tar.gz", sha256="0" * 64, size=1, format=ArtifactFormat.TAR_GZ)

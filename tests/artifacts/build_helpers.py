@@ -6,8 +6,8 @@ import tarfile
 from pathlib import Path
 
 from support import CACHE_DIR, zlh
-from zlh.agent.extract import MemberGuard
 from zlh.artifacts.store import ArtifactStore
+from zlh.install.extract import MemberGuard
 from zlh.schemas import Artifact, ArtifactKind
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zlh.agent.download import RetryPolicy
+from zlh.install.download import RetryPolicy
 
 __all__ = ["AgentConfig"]
 

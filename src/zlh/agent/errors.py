@@ -16,12 +16,22 @@
           ├── NotFound              404
           └── Conflict              409
 
-aiohttp, OSError and tarfile errors are translated where they happen (``raise ... from exc``).
+The installing errors (download, archive, install) live with the installer in
+:mod:`zlh.install.errors`, whose base is ``AgentError``. aiohttp, OSError and tarfile errors
+are translated where they happen (``raise ... from exc``).
 """
 
 from __future__ import annotations
 
-from zlh.errors import ZlhError
+from zlh.install.errors import (
+    ArchiveError,
+    DigestMismatch,
+    DownloadError,
+    InstallError,
+    SizeMismatch,
+    UnsafeArchive,
+)
+from zlh.install.errors import InstallFailure as AgentError
 
 __all__ = [
     "AddonError",
@@ -37,36 +47,6 @@ __all__ = [
     "UnsafeArchive",
     "UnsafeDevHome",
 ]
-
-
-class AgentError(ZlhError):
-    code = "internal-error"
-
-
-class DownloadError(AgentError):
-    status_code = 502
-    code = "download-failed"
-
-
-class SizeMismatch(DownloadError):
-    code = "size-mismatch"
-
-
-class DigestMismatch(DownloadError):
-    code = "digest-mismatch"
-
-
-class ArchiveError(AgentError):
-    status_code = 422
-    code = "bad-archive"
-
-
-class UnsafeArchive(ArchiveError):
-    code = "unsafe-archive"
-
-
-class InstallError(AgentError):
-    code = "install-failed"
 
 
 class DevUserError(AgentError):

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from zlh.install import RUNTIMES_DIR, SERVICES_DIR
+
 __all__ = ["Layout"]
 
 
@@ -36,7 +38,7 @@ class Layout:
 
     @property
     def runtimes(self) -> Path:
-        return self.path("/opt/zlh/runtimes")
+        return self.path(RUNTIMES_DIR)
 
     def runtime(self, name: str, version: str) -> Path:
         return self.runtimes / name / version
@@ -47,7 +49,7 @@ class Layout:
 
     @property
     def services(self) -> Path:
-        return self.path("/opt/zlh/services")
+        return self.path(SERVICES_DIR)
 
     def service(self, addon: str) -> Path:
         return self.services / addon

@@ -29,11 +29,11 @@ from pydantic import ValidationError
 
 from zlh.agent.config import AgentConfig
 from zlh.agent.errors import AgentError, Conflict
-from zlh.agent.installed import sweep_all
 from zlh.agent.paths import Layout
-from zlh.agent.progress import ProgressTracker
 from zlh.agent.runtimes import Runtimes
 from zlh.atomic import write_atomically
+from zlh.install.installed import sweep_all
+from zlh.install.progress import ProgressTracker
 from zlh.schemas import (
     AgentState,
     ArtifactKind,
@@ -48,7 +48,7 @@ from zlh.schemas import (
 if TYPE_CHECKING:
     from zlh.agent.addons.base import Addon
     from zlh.agent.devuser import DevEnvironment
-    from zlh.agent.install import Installer
+    from zlh.install.installer import Installer
 
 __all__ = ["Provisioner"]
 
@@ -76,7 +76,7 @@ class Provisioner:
         """The installing machinery (HTTP client, tar, threads), loaded on first use: an agent
         with nothing to install keeps none of it in memory."""
         if self._installer is None:
-            from zlh.agent.install import Installer
+            from zlh.install.installer import Installer
 
             config = self.config
             self._installer = Installer(
@@ -249,7 +249,7 @@ class Provisioner:
         return AgentState.READY, None
 
     async def _install_runtime(self, runtime: RuntimeSpec) -> None:
-        from zlh.agent.install import InstallRequest
+        from zlh.install.installer import InstallRequest
 
         name = runtime.name.value
         request = InstallRequest(

@@ -14,9 +14,9 @@ import shlex
 from pathlib import Path
 
 from zlh.agent.errors import Conflict, NotFound
-from zlh.agent.installed import Marker, read_marker, retire
 from zlh.agent.paths import Layout
 from zlh.atomic import write_atomically
+from zlh.install.installed import Marker, read_marker, retire
 from zlh.schemas import InstalledRuntime, RuntimeName
 
 __all__ = ["Runtimes"]

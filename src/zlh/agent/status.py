@@ -9,8 +9,8 @@ in a container, the same paths beneath ``--root`` elsewhere.
 from __future__ import annotations
 
 from zlh import __version__
-from zlh.agent.installed import read_marker
 from zlh.agent.provisioner import Provisioner
+from zlh.install.installed import read_marker
 from zlh.schemas import AddonHealth, AgentStatus, DevUser, addon_type
 
 __all__ = ["build_status"]

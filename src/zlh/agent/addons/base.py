@@ -22,11 +22,11 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from zlh.agent.config import AgentConfig
 from zlh.agent.devuser import DevEnvironment
-from zlh.agent.install import Installer, InstallRequest
-from zlh.agent.installed import read_marker
 from zlh.agent.paths import Layout
-from zlh.agent.progress import ProgressTracker
 from zlh.agent.supervise import ProcessSpec, Supervisor
+from zlh.install.installed import read_marker
+from zlh.install.installer import Installer, InstallRequest
+from zlh.install.progress import ProgressTracker
 from zlh.schemas import AddonHealth, AddonSpecBase, ArtifactKind, addon_type
 
 __all__ = ["Addon", "AddonContext"]

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from zlh.agent.errors import ArchiveError, UnsafeArchive
+from zlh.install.errors import ArchiveError, UnsafeArchive
 from zlh.schemas import ArtifactFormat
 
 __all__ = ["MemberGuard", "StreamExtractor"]
@@ -235,7 +235,7 @@ class _TarFile(tarfile.TarFile):
 
 
 class StreamExtractor:
-    """A :class:`~zlh.agent.download.Sink` that extracts what it is fed into ``dest``.
+    """A :class:`~zlh.install.download.Sink` that extracts what it is fed into ``dest``.
 
     Use: ``start()``, ``await write(chunk)`` for every chunk, then ``await finish()`` (or
     ``await abort()`` on any failure, which stops the worker). ``dest`` must be empty.

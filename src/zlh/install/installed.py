@@ -1,7 +1,7 @@
 """What is installed: completion markers, and the leftovers a crash can leave beside a target.
 
 Reading this needs none of the installing machinery (HTTP client, tar, threads), so ``/status``
-and the runtime routes import only this module; :mod:`zlh.agent.install` writes the markers.
+and the runtime routes import only this module; :mod:`zlh.install.installer` writes the markers.
 """
 
 from __future__ import annotations

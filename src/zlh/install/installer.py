@@ -24,11 +24,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from zlh.agent.download import RetryPolicy, fetch
-from zlh.agent.errors import DownloadError, InstallError
-from zlh.agent.extract import StreamExtractor
-from zlh.agent.installed import MARKER_NAME, Marker, leftover_name, read_marker, sweep
-from zlh.agent.progress import ProgressTracker
+from zlh.install.download import RetryPolicy, fetch
+from zlh.install.errors import DownloadError, InstallError
+from zlh.install.extract import StreamExtractor
+from zlh.install.installed import MARKER_NAME, Marker, leftover_name, read_marker, sweep
+from zlh.install.progress import ProgressTracker
 from zlh.schemas import Artifact, ArtifactKind, ProvisionStep
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from typing import Protocol
 
 import aiohttp
 
-from zlh.agent.errors import DigestMismatch, DownloadError, SizeMismatch
+from zlh.install.errors import DigestMismatch, DownloadError, SizeMismatch
 
 __all__ = ["RetryPolicy", "Sink", "fetch"]
 
