@@ -65,6 +65,7 @@ from zlh.api.usage import UsageCache
 from zlh.artifacts.server import ArtifactServer
 from zlh.backends import Backend
 from zlh.errors import ZlhError
+from zlh.layers import LayerStore
 from zlh.portal import mount_portal, not_found_page, wants_page
 from zlh.routefeed import REVOCATION_SYNC_S, RouteFeed
 from zlh.schemas import ErrorBody, FieldProblem
@@ -113,6 +114,7 @@ def build_services(
         artifact_base_url=artifact_base_url,
         metrics=metrics,
         tailnet=tailnet,
+        layers=LayerStore(settings.data_dir / "layers"),
     )
 
     async def resend(container: Any) -> None:

@@ -137,7 +137,7 @@ class Lifecycle:
         try:
             pins = await self.provisioning.repin(container)
             await self.backend.stop(vmid, timeout_s=self.settings.container_stop_timeout_s)
-            info = await self.backend.rebuild(self.provisioning.spec(container))
+            info = await self.backend.rebuild(await self.provisioning.spec(container, pins))
         except ZlhError as exc:
             logger.warning("rebuilding container %s failed: %s", vmid, exc)
             self._settle(vmid, ContainerState.REBUILDING, ContainerState.FAILED, "rebuild", exc)

@@ -29,6 +29,7 @@ from zlh.api.db import AddonPin, Container, ContainerState, KeyValue, Pins, User
 from zlh.api.db.models import utcnow
 from zlh.api.errors import AgentError, AgentUnreachable, InvalidRequest
 from zlh.api.keys import agent_secret
+from zlh.api.layers import collect_garbage, mounts_for
 from zlh.api.metrics import Metrics
 from zlh.api.settings import ApiSettings
 from zlh.api.tailnet.service import Tailnet
@@ -39,10 +40,12 @@ from zlh.backends import (
     ContainerExists,
     ContainerInfo,
     ContainerSpec,
+    LayerMount,
     Resources,
     RunState,
 )
 from zlh.errors import ZlhError
+from zlh.layers import LayerStore
 from zlh.schemas import (
     AddonType,
     Artifact,
@@ -97,8 +100,11 @@ class Provisioning:
         artifact_base_url: str,
         metrics: Metrics,
         tailnet: Tailnet | None = None,
+        layers: LayerStore | None = None,
     ) -> None:
         self.settings = settings
+        # Shared layers, where the backend mounts them and the settings want them.
+        self.layers = layers if backend.mounts_layers and settings.layers else None
         self.metrics = metrics
         self.tailnet = tailnet
         self.registry = registry
@@ -173,6 +179,8 @@ class Provisioning:
         self.registry.remove(vmid)
         self.on_deleted(vmid)
         await asyncio.to_thread(self.audit.record, actor, Action.DELETE, vmid)
+        if self.layers is not None:
+            await collect_garbage(self.layers, self.backend, self.catalog)
 
     # -- the background drive -------------------------------------------------------------------
 
@@ -254,7 +262,7 @@ class Provisioning:
         if info.state is RunState.ABSENT:
             self.registry.update(vmid, state=ContainerState.CREATING)
             try:
-                await self.backend.create(self.spec(container))
+                await self.backend.create(await self.spec(container))
             except ContainerExists:
                 # Someone else's container holds this vmid on the backend: never touch it.
                 raise BackendError(
@@ -285,8 +293,18 @@ class Provisioning:
             return container.pins
         return pins
 
-    def spec(self, container: Container) -> ContainerSpec:
-        """What the backend makes (or remakes) the container with."""
+    async def spec(self, container: Container, pins: Pins | None = None) -> ContainerSpec:
+        """What the backend makes (or remakes) the container with, for ``pins`` (default: its
+        own); where layers are mounted, theirs are built first (once per artifact)."""
+        layers: tuple[LayerMount, ...] = ()
+        if self.layers is not None:
+            layers = await mounts_for(
+                self.layers,
+                container.runtime,
+                container.version,
+                pins or container.pins,
+                base_url=self.artifact_base_url,
+            )
         return ContainerSpec(
             vmid=container.vmid,
             agent_secret=self.secret(container),
@@ -294,6 +312,7 @@ class Provisioning:
                 memory_mb=self.settings.container_memory_mb, cores=self.settings.container_cores
             ),
             tun=any(addon_type(name).needs_tun for name in container.addons),
+            layers=layers,
         )
 
     def record_address(self, vmid: int, info: ContainerInfo) -> None:
@@ -400,3 +419,5 @@ class Provisioning:
 
     async def close(self) -> None:
         await self.tasks.close()
+        if self.layers is not None:
+            await self.layers.close()

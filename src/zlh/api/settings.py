@@ -198,6 +198,12 @@ class ApiSettings(BaseSettings):
         description="containers one user may run at once; stopped ones do not count.",
     )
     container_memory_mb: int = Field(2048, gt=0, description="memory limit of each container.")
+    layers: bool = Field(
+        True,
+        description="on backends that can (lxc), extract each runtime and add-on artifact once "
+        "on the host (data dir layers/, verified, read-only) and mount it into the containers "
+        "that use it, instead of every container downloading its own copy.",
+    )
     container_cores: int = Field(2, gt=0, description="CPU cores of each container.")
     idle_stop_after: int = Field(
         3600,

@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import builtins
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, ClassVar
 
 from zlh.errors import ZlhError
@@ -48,6 +50,7 @@ __all__ = [
     "ContainerExists",
     "ContainerInfo",
     "ContainerSpec",
+    "LayerMount",
     "Resources",
     "RunState",
 ]
@@ -97,6 +100,20 @@ class Resources:
                 raise ValueError(f"{name} must be positive")
 
 
+@dataclass(frozen=True)
+class LayerMount:
+    """A host directory (a shared layer, zlh.layers) shown read-only at ``target`` inside."""
+
+    source: Path
+    target: str  # an absolute container path: /opt/zlh/runtimes/<rt>/<ver>, /opt/zlh/services/…
+
+    def __post_init__(self) -> None:
+        if not self.source.is_absolute() or not self.target.startswith("/"):
+            raise ValueError(f"a layer mount needs absolute paths: {self.source} -> {self.target}")
+        if any(part in {"", ".", ".."} for part in self.target.strip("/").split("/")):
+            raise ValueError(f"{self.target!r} is not a plain container path")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ContainerSpec:
     vmid: int
@@ -104,6 +121,8 @@ class ContainerSpec:
     resources: Resources = field(default_factory=Resources)
     # Give the container /dev/net/tun (the tailscale addon wants kernel networking).
     tun: bool = False
+    # Shared layers to mount read-only (only where ``Backend.mounts_layers``).
+    layers: tuple[LayerMount, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,6 +157,8 @@ class Backend(abc.ABC):
     """A place where dev containers run. Subclasses must implement every abstract method."""
 
     name: ClassVar[str]
+    # Whether ``create`` and ``rebuild`` mount ``ContainerSpec.layers`` (host bind mounts).
+    mounts_layers: ClassVar[bool] = False
 
     @abc.abstractmethod
     async def create(self, spec: ContainerSpec) -> ContainerInfo:
@@ -180,6 +201,11 @@ class Backend(abc.ABC):
         choice; Proxmox asks the cluster (vmids are cluster-wide there). ``create`` still
         raises ContainerExists if another client takes it first: ask again and retry."""
         return minimum
+
+    def mounted_layers(self) -> dict[int, builtins.list[Path]]:
+        """The layer directories each container's configuration mounts, from the host's
+        records (what ``zlh layers gc`` keeps); empty where layers are not mounted."""
+        return {}
 
     def _lock(self, vmid: int) -> asyncio.Lock:
         """The lock that serialises every operation on one container."""

@@ -248,6 +248,7 @@ class StreamExtractor:
         inflater = _Inflater(fmt, self._chunks)
         self._reader = _Reader(inflater.plain)
         self._error: BaseException | None = None
+        self._dirs: set[str] = set()  # directories made so far, relative to dest
         self._done = threading.Event()
         self._threads = (
             threading.Thread(target=inflater.run, name="zlh-inflate", daemon=True),
@@ -265,12 +266,33 @@ class StreamExtractor:
                 for member in tar:
                     checked = self.guard(member, str(self.dest))
                     if checked is not None:
+                        self._parents(checked.name)
                         tar.extract(checked, self.dest, **_NO_FURTHER_FILTER)
+                        if checked.isdir():
+                            self._dirs.add(checked.name)
         except BaseException as exc:
             self._error = exc
         finally:
             self._reader.drain()
             self._done.set()
+
+    def _parents(self, name: str) -> None:
+        """The directories above ``name`` that the archive has no entry for, made 0755 like
+        the ones it has: whatever the process umask is (the host builds layers under the
+        platform's 077), the tree comes out the same."""
+        parent = name.rpartition("/")[0]
+        missing = []
+        while parent and parent not in self._dirs:
+            missing.append(parent)
+            parent = parent.rpartition("/")[0]
+        for rel in reversed(missing):
+            path = self.dest / rel
+            try:
+                os.mkdir(path, 0o755)
+                os.chmod(path, 0o755)
+            except FileExistsError:
+                pass
+            self._dirs.add(rel)
 
     def _raise_error(self) -> None:
         exc = self._error

@@ -50,6 +50,7 @@ from zlh.backends.base import (
     ContainerExists,
     ContainerInfo,
     ContainerSpec,
+    LayerMount,
     Resources,
     RunState,
     Usage,
@@ -76,6 +77,7 @@ _VETH = re.compile(r"^zlh(\d+)$")
 _REBUILD = re.compile(rf"^\.{NAME_PREFIX}(\d+)\.rebuild$")
 _SHIFTED = re.compile(r"-u\d+$")  # a privileged template's shifted copy (migration)
 CPU_PERIOD_US = 100_000
+LAYER_MOUNT_OPTIONS = "ro,bind,nodev,nosuid,create=dir"
 INSTALL_HINT = "apt-get install lxc debootstrap nftables"
 
 
@@ -113,6 +115,36 @@ def tun_lines(version: int) -> list[str]:
         f"{prefix}.devices.allow = c 10:200 rwm",
         "lxc.mount.entry = /dev/net/tun dev/net/tun none bind,create=file 0 0",
     ]
+
+
+def layer_lines(layers: Iterable[LayerMount]) -> list[str]:
+    """Bind mounts of shared layers: read-only, no devices, no set-uid; LXC makes the mount
+    point in the container's own layer. The files belong to host root, which an unprivileged
+    container does not map: its root cannot write them even after remounting read-write."""
+    lines = []
+    for layer in layers:
+        if any(ch.isspace() for ch in str(layer.source)):
+            raise BackendError(
+                f"the layer {layer.source} has white space in its path, which an LXC mount "
+                "entry cannot hold: use a data dir whose path has none"
+            )
+        target = layer.target.lstrip("/")
+        lines.append(f"lxc.mount.entry = {layer.source} {target} none {LAYER_MOUNT_OPTIONS} 0 0")
+    return lines
+
+
+def _config_values(config: Path, key: str) -> list[str]:
+    """Every value of a multi-valued key (``lxc.mount.entry``), in order."""
+    try:
+        text = config.read_text()
+    except FileNotFoundError:
+        return []
+    values = []
+    for line in text.splitlines():
+        name, sep, rest = line.partition("=")
+        if sep and name.strip() == key:
+            values.append(rest.strip())
+    return values
 
 
 def _config_value(config: Path, key: str) -> str | None:
@@ -163,6 +195,7 @@ class LxcBackend(BlockingBackend):
     """
 
     name = "lxc"
+    mounts_layers = True
 
     def __init__(
         self,
@@ -445,6 +478,7 @@ class LxcBackend(BlockingBackend):
         ]
         if spec.tun:
             lines += tun_lines(version)
+        lines += layer_lines(spec.layers)
         config = self._config(spec.vmid)
         with config.open("a") as handle:
             handle.write("\n" + "\n".join(lines) + "\n")
@@ -648,6 +682,15 @@ class LxcBackend(BlockingBackend):
 
     def get_state(self) -> dict[str, Any]:
         return {"lxcpath": str(self.lxcpath)}
+
+    def mounted_layers(self) -> dict[int, list[Path]]:
+        found: dict[int, list[Path]] = {}
+        for vmid in self._vmids():
+            for entry in _config_values(self._config(vmid), "lxc.mount.entry"):
+                source, _, rest = entry.partition(" ")
+                if rest.endswith(f" none {LAYER_MOUNT_OPTIONS} 0 0"):
+                    found.setdefault(vmid, []).append(Path(source))
+        return found
 
     def _usage(self, vmids: list[int]) -> dict[int, Usage]:
         """From the cgroup files; a container not at LXC's default place is found through
