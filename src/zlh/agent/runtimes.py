@@ -95,6 +95,11 @@ class Runtimes:
             raise Conflict(
                 f"runtime {name} {version} is the active version; activate another one first"
             )
+        if os.path.ismount(target):
+            raise Conflict(
+                f"runtime {name} {version} is a shared layer the host mounts read-only: it "
+                "cannot be removed from inside the container"
+            )
         retire(target)
 
     def write_profile(self) -> None:
