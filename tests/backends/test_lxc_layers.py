@@ -20,11 +20,12 @@ from lxc_api_kit import LxcApi, lxc_api
 from lxc_kit import attach, lxc_backend
 
 from agent_helpers import HELLO
-from zlh.artifacts.store import ArtifactStore
+from support import zlh
+from zlh.artifacts.store import CATALOG_FILE, ArtifactStore
 from zlh.backends.lxc import LxcBackend
 from zlh.install.installed import MARKER_NAME
 from zlh.layers import LayerStore
-from zlh.schemas import ArtifactKind
+from zlh.schemas import ArtifactKind, Catalog
 from zlh.schemas.payload import MIN_VMID
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -109,6 +110,7 @@ def _root_tries(backend: LxcBackend, vmid: int, command: str) -> subprocess.Comp
 class Layered:
     api: LxcApi
     vmid: int
+    store: Path
     without_layers: dict[str, str]  # the runtime tree of a container made without layers
 
 
@@ -129,7 +131,7 @@ def layered(backend: LxcBackend, tmp_path_factory: pytest.TempPathFactory) -> It
         tree = _tree(backend, vmid)
         assert plain.client.delete(f"/api/dev/{vmid}", headers=plain.headers).status_code == 204
     with lxc_api(backend, tmp / "api", store) as api:
-        yield Layered(api, _ready(api), tree)
+        yield Layered(api, _ready(api), store, tree)
 
 
 def test_a_layered_container_has_the_runtime_tree_the_agent_installs(
@@ -189,3 +191,32 @@ def test_deleting_the_last_container_of_a_layer_keeps_it_while_the_catalog_pins_
     assert api.client.delete(f"/api/dev/{layered.vmid}", headers=api.headers).status_code == 204
     assert layered.vmid not in backend.mounted_layers()
     assert LayerStore(backend.layers_dir()).check(source.name) is None
+
+
+def test_zlh_layers_lists_verifies_and_collects_them(
+    backend: LxcBackend, layered: Layered, tmp_path: Path
+) -> None:
+    (sha,) = [v.artifact.sha256 for v in _catalog(layered.store).runtimes["node"].versions]  # type: ignore[index]
+    where = ["--data-dir", str(backend.data_dir), "--backend", "lxc", "--store"]
+    listed = zlh("layers", "list", *where, str(layered.store)).stdout
+    (row,) = [line for line in listed.splitlines() if line.startswith(sha[:12])]
+    assert "runtime node 22" in row and " ok " in row and "catalog node 22" in row
+    assert zlh("layers", "verify", *where, str(layered.store)).returncode == 0
+    # Changed on the host: verify finds it, sets it aside, and gc removes it once nothing uses it.
+    layer = LayerStore(backend.layers_dir()).path(sha)
+    with (layer / "share" / "doc" / "README").open("ab") as handle:
+        handle.write(b"changed\n")
+    verified = zlh("layers", "verify", *where, str(layered.store), check=False)
+    assert verified.returncode == 1
+    assert (
+        f"{sha[:12]}  changed on disk (share/doc/README was changed): set aside" in verified.stdout
+    )
+    assert not layer.exists()
+    nothing_pinned = tmp_path / "empty-store"
+    collected = zlh("layers", "gc", *where, str(nothing_pinned)).stdout
+    assert f"removed .bad~{sha}~" in collected
+    assert not any(p.name.startswith(f".bad~{sha}") for p in backend.layers_dir().iterdir())
+
+
+def _catalog(store: Path) -> Catalog:
+    return Catalog.model_validate_json((store / CATALOG_FILE).read_bytes())
