@@ -33,8 +33,11 @@ class HeapTrimmer:
     """Trims the heap each time the work ``idle`` waits for has ended (one waiter at a time:
     work that starts while one waits is waited for by it)."""
 
-    def __init__(self, idle: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self, idle: Callable[[], Awaitable[None]], trim: Callable[[], object] = trim_heap
+    ) -> None:
         self._idle = idle
+        self._trim = trim
         self._waiter: asyncio.Task[None] | None = None
 
     def after_work(self) -> None:
@@ -43,7 +46,7 @@ class HeapTrimmer:
 
     async def _trim_when_idle(self) -> None:
         await self._idle()
-        trim_heap()
+        self._trim()
 
     async def close(self) -> None:
         if self._waiter is not None:
