@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 from collections.abc import Awaitable, Callable
 
 __all__ = ["HeapTrimmer", "trim_heap"]
 
 
 def trim_heap() -> bool:
-    """Collect garbage and give free heap pages back; False where libc has no malloc_trim."""
+    """Give free heap pages back to the system; False where libc has no malloc_trim."""
     import ctypes
 
-    gc.collect()
     trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only (not musl)
     if trim is None:
         return False
