@@ -143,7 +143,8 @@ def runtime_payload(artifact: Artifact, url: str) -> dict[str, Any]:
 def provision(http: httpx.Client, body: dict[str, Any]) -> float:
     """POST /provision and poll /status until ready: seconds taken."""
     start = time.perf_counter()
-    assert http.post("/provision", json=body).status_code == 202
+    accepted = http.post("/provision", json=body)  # no side effect inside an assert (-OO)
+    assert accepted.status_code == 202, accepted.text
     while (state := http.get("/status").json()["state"]) == "provisioning":
         time.sleep(0.002)
     assert state == "ready", http.get("/status").json()

@@ -12,12 +12,15 @@
 4. Where the idle agent's memory goes: the RSS each step of its import path adds (CLI, aiohttp,
    pydantic, the wire schemas, the agent's modules), in one interpreter; with ``--imports``, also
    the 15 modules whose own code adds most.
+5. With ``--parsers``: what the pure-Python aio-libs cost in time, on an aiohttp server like the
+   agent's: a 256 MB upload (``curl -T``), a 256 MB download and 200 small GETs (one curl,
+   one connection), with and without the switches, alternating, medians of 3.
 
 Every process runs from compiled bytecode, as the agent does in a container (pip compiles
 it at install): a cache in a temporary ``PYTHONPYCACHEPREFIX``, warmed by one start that is not
 counted. Compiling the sources at every start instead adds ~2.7 MB of RSS.
 
-    .venv/bin/python bench/agent_rss.py [--runs 5] [--artifact-mb 105] [--imports]
+    .venv/bin/python bench/agent_rss.py [--runs 5] [--artifact-mb 105] [--imports] [--parsers]
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from agent_install import (
     start_agent,
     synthetic_tarball,
 )
+from zlh.agent.main import PURE_PYTHON_SWITCHES
 from zlh.schemas import Artifact
 
 BIN = Path(sys.executable).parent
@@ -108,6 +112,55 @@ for name, mb in sorted(own.items(), key=lambda kv: -kv[1])[:15]:
 """
 
 
+# Run in a child with and without the switches: upload, download, small GETs through curl.
+PARSERS = """
+import asyncio, sys, time
+from aiohttp import web
+SIZE = 256 * 2**20
+async def upload(request):
+    n = 0
+    async for chunk in request.content.iter_chunked(256 * 1024):
+        n += len(chunk)
+    assert n == SIZE
+    return web.Response(text="ok")
+async def download(request):
+    resp = web.StreamResponse()
+    resp.content_length = SIZE
+    await resp.prepare(request)
+    block = bytes(256 * 1024)
+    for _ in range(SIZE // len(block)):
+        await resp.write(block)
+    await resp.write_eof()
+    return resp
+async def small(request):
+    return web.json_response({"state": "idle"})
+async def timed(*args):
+    start = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec("curl", "-sf", "-o", "/dev/null", *args)
+    code = await proc.wait()
+    assert code == 0
+    return time.perf_counter() - start
+async def main():
+    app = web.Application()
+    app.router.add_put("/u", upload)
+    app.router.add_get("/d", download)
+    app.router.add_get("/s", small)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    with open(sys.argv[2], "w") as config:
+        config.write(f"url = {url}/s\\noutput = /dev/null\\n" * 200)
+    up = await timed("-T", sys.argv[1], url + "/u")
+    down = await timed(url + "/d")
+    gets = await timed("-K", sys.argv[2])
+    print(up, down, gets / 200)
+    await runner.cleanup()
+asyncio.run(main())
+"""
+
+
 def pss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
         if line.startswith("Pss:"):
@@ -125,7 +178,8 @@ def idle_agent(root: Path, env: Mapping[str, str], body: dict[str, object] | Non
     """[RSS, Pss] of a fresh agent after /status and a second idle, then after provisioning."""
     proc, http = start_agent(root, command=ZLH_SCRIPT, env=env)
     try:
-        assert http.get("/status").status_code == 200
+        status = http.get("/status")  # outside the assert: the bench also runs under -OO
+        assert status.status_code == 200, status.text
         time.sleep(1.0)
         numbers = [rss_mb(proc.pid), pss_mb(proc.pid)]
         if body is not None:
@@ -148,7 +202,9 @@ def baseline(code: str, env: Mapping[str, str]) -> float:
         env=env,
     )
     try:
-        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line == b"ready\n", line
         return rss_mb(proc.pid)
     finally:
         proc.kill()
@@ -161,16 +217,22 @@ def median_of(runs: int, measure: Callable[[int], list[float]]) -> list[float]:
 
 
 def child(code: str, env: Mapping[str, str]) -> str:
+    return child_argv([code], env)
+
+
+def child_argv(argv: list[str], env: Mapping[str, str]) -> str:
+    """stdout of ``python -c argv[0] argv[1:]``."""
     return subprocess.run(
-        [sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True
+        [sys.executable, "-c", *argv], env=env, check=True, capture_output=True, text=True
     ).stdout
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="Agent memory benchmark (docs/performance.md)")
     parser.add_argument("--runs", type=int, default=5, help="fresh agents per figure")
     parser.add_argument("--artifact-mb", type=int, default=105, help="size of the runtime")
     parser.add_argument("--imports", action="store_true", help="list the costliest modules")
+    parser.add_argument("--parsers", action="store_true", help="time the pure-Python aio-libs")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="zlh-bench-rss-"))
     try:
@@ -194,6 +256,8 @@ def main() -> None:
         if args.imports:
             print("the modules whose own code adds most RSS:")
             print(child(OWN, env), end="")
+        if args.parsers:
+            parsers(work, env)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -213,6 +277,23 @@ def report(
           f" RSS {provisioned[0]:.1f} MB  Pss {provisioned[1]:.1f} MB")  # fmt: skip
     for name, rss in bases.items():
         print(f"  baseline {name}: RSS {rss:.1f} MB; idle agent / baseline {idle[0] / rss:.2f}x")
+
+
+def parsers(work: Path, env: Mapping[str, str]) -> None:
+    blob = work / "blob"
+    with blob.open("wb") as f:
+        f.truncate(256 * 2**20)
+    pure = dict(env) | dict.fromkeys(PURE_PYTHON_SWITCHES, "1")
+    kinds = {"C extensions": dict(env), "pure Python": pure}
+    times: dict[str, list[list[float]]] = {kind: [] for kind in kinds}
+    for _ in range(3):  # alternating, so load on the machine hits both alike
+        for kind, kind_env in kinds.items():
+            out = child_argv([PARSERS, str(blob), str(work / "curl.cfg")], kind_env)
+            times[kind].append([float(x) for x in out.split()])
+    print("aiohttp server, medians of 3 (256 MB up, 256 MB down, a small GET):")
+    for kind, rows in times.items():
+        up, down, get = (statistics.median(col) for col in zip(*rows, strict=True))
+        print(f"  {kind:13} upload {up:.2f} s  download {down:.2f} s  GET {get * 1e6:.0f} us")
 
 
 if __name__ == "__main__":
