@@ -2,10 +2,10 @@
 
 An idle agent answers ``/status`` and nothing else until someone opens the file browser or a
 terminal; the code behind those routes (workspace confinement, the dev user's fs threads,
-ctypes, PTY handling) is not imported before then, which keeps it out of the idle agent's memory
-(docs/performance.md). The route table is fixed here at start, so unknown paths
-and wrong methods answer as before, and the bearer middleware runs before anything loads: a
-request without the secret never gets as far as importing these modules.
+ctypes, PTY handling) is not imported before then, which keeps it out of the idle agent's
+memory (docs/performance.md). The route table is fixed here at start, so unknown paths and
+wrong methods answer as before, and the bearer middleware runs before anything loads: a request
+without the secret never gets as far as importing these modules.
 
 Each group's handlers are the methods of one object (``FileRoutes``, ``ConsoleRoutes``),
 built by :class:`Deferred` on the group's first request.

@@ -2,9 +2,10 @@
 
 An install runs on threads (download and hashing, inflating, writing: ``zlh.install``), and
 glibc gives each thread its own malloc arena, which keeps the pages its thread freed: without
-``malloc_trim(0)`` the agent stays 3.5 MB larger after a provisioning than it needs to be
-(docs/performance.md). The agent trims once the provisioning jobs have all ended, not at start:
-a fresh agent has nothing freed to give back, and ctypes alone would cost it 0.5 MB.
+``malloc_trim(0)`` the agent stays up to 4.7 MB larger after a provisioning than it needs to be,
+depending on the install (docs/performance.md). The agent trims once the provisioning jobs have
+all ended, not at start: a fresh agent has little freed to give back, less than the ctypes
+module that calls ``malloc_trim`` costs it.
 """
 
 from __future__ import annotations
