@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator
 from typing import TypeVar
@@ -12,10 +13,12 @@ from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
 from zlh.agent.errors import Conflict
+from zlh.agent.memory import HeapTrimmer
 from zlh.agent.provisioner import Provisioner
 from zlh.agent.status import build_status
 from zlh.agent.web_errors import InvalidRequest
 from zlh.schemas import (
+    AgentState,
     FieldProblem,
     ProvisionPayload,
     RuntimeName,
@@ -28,7 +31,7 @@ from zlh.schemas.artifact import Version
 __all__ = ["PROVISIONER", "setup_provision_routes"]
 
 PROVISIONER = web.AppKey("provisioner", Provisioner)
-_VERSION: TypeAdapter[str] = TypeAdapter(Version)
+TRIMMER = web.AppKey("trimmer", HeapTrimmer)
 BodyT = TypeVar("BodyT", bound=WireModel)
 
 
@@ -58,6 +61,7 @@ async def provision(request: web.Request) -> web.Response:
     prov = request.app[PROVISIONER]
     payload = await _body(request, ProvisionPayload, "provisioning payload")
     joined = prov.submit(payload)
+    request.app[TRIMMER].after_work()
     return _status(prov, 202, {"X-Zlh-Joined": "true" if joined else "false"})
 
 
@@ -69,7 +73,14 @@ async def change_runtime(request: web.Request) -> web.Response:
     """Install a runtime version beside the active one and switch to it (202 at once)."""
     prov = request.app[PROVISIONER]
     prov.change_runtime(await _body(request, RuntimeSpec, "runtime"))
+    request.app[TRIMMER].after_work()
     return _status(prov, 202)
+
+
+@functools.cache
+def _version() -> TypeAdapter[str]:
+    """Built on the first runtime route, not at start: an idle agent keeps no spare validator."""
+    return TypeAdapter(Version)
 
 
 def _runtime(request: web.Request) -> tuple[str, str]:
@@ -79,7 +90,7 @@ def _runtime(request: web.Request) -> tuple[str, str]:
         known = ", ".join(n.value for n in RuntimeName)
         problems.append(FieldProblem(field="name", detail=f"unknown runtime (known: {known})"))
     try:
-        _VERSION.validate_python(version)
+        _version().validate_python(version)
     except ValidationError as exc:
         detail = exc.errors(include_url=False)[0]["msg"]
         problems.append(FieldProblem(field="version", detail=detail))
@@ -108,6 +119,7 @@ async def remove(request: web.Request) -> web.Response:
 
 def setup_provision_routes(app: web.Application, provisioner: Provisioner) -> None:
     app[PROVISIONER] = provisioner
+    trimmer = app[TRIMMER] = HeapTrimmer(provisioner.wait_idle)
     app.router.add_post("/provision", provision)
     app.router.add_get("/status", status)
     app.router.add_post("/runtime", change_runtime)
@@ -116,7 +128,10 @@ def setup_provision_routes(app: web.Application, provisioner: Provisioner) -> No
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await provisioner.restore()
+        if provisioner.state is AgentState.PROVISIONING:  # the persisted payload, again
+            trimmer.after_work()
         yield
+        await trimmer.close()
         await provisioner.close()
 
     app.cleanup_ctx.append(lifecycle)
