@@ -1,7 +1,7 @@
 """Agent memory benchmark: prints numbers, asserts nothing.
 
-1. The idle agent: a fresh ``zlh agent`` (the installed console script beside this
-   interpreter) after one authenticated ``GET /status`` and a second of idling: ``VmRSS`` and
+1. The idle agent: a fresh ``python -OO -m zlh.cli agent`` (as the LXC template's unit runs
+   it) after one authenticated ``GET /status`` and a second of idling: ``VmRSS`` and
    ``Pss`` (``/proc/PID/smaps_rollup``), median of N fresh agents (goal <= 45 MB RSS).
 2. The same after one provisioning: a runtime-shaped artifact served by
    ``zlh artifacts serve`` (bench/agent_install.py builds and serves it), installed through
@@ -47,8 +47,8 @@ from agent_install import (
 from zlh.agent.main import PURE_PYTHON_SWITCHES
 from zlh.schemas import Artifact
 
-BIN = Path(sys.executable).parent
-ZLH_SCRIPT = [str(BIN / "zlh")]
+# As the LXC template's unit runs it (src/zlh/backends/lxc/template.py, AGENT_UNIT).
+ZLH_SCRIPT = [sys.executable, "-OO", "-m", "zlh.cli"]
 GOAL_MB = 45.0
 
 BASELINES = {
