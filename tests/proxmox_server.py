@@ -31,7 +31,7 @@ task). A CT created from an ostemplate that is not there fails its task with PVE
 
 Timings model (``timings``, all 0 by default): a task stays ``running`` for a modelled time:
 create ``create_s`` + the template's size / ``extract_bytes_per_s``, upload its size /
-``upload_bytes_per_s``, start ``start_s``.
+``upload_bytes_per_s`` (counting the real transfer's time as part of it), start ``start_s``.
 """
 
 from __future__ import annotations
@@ -241,6 +241,7 @@ def _multipart(rfile: Any, length: int, boundary: bytes, spool: Path) -> dict[st
     """A multipart body's fields; its file goes to ``/var/tmp/pveupload-…``'s stand-in under
     ``spool``: ``tmpfilename`` names it, ``filename`` is its name, as PVE's HTTP server does."""
     spool.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
     body = tempfile.NamedTemporaryFile(dir=spool, prefix="body-", delete=False)  # noqa: SIM115
     with body:
         left = length
@@ -250,7 +251,7 @@ def _multipart(rfile: Any, length: int, boundary: bytes, spool: Path) -> dict[st
                 break
             body.write(chunk)
             left -= len(chunk)
-    fields: dict[str, str] = {}
+    fields = {"_received_s": str(time.monotonic() - started)}  # the real transfer's time
     try:
         with open(body.name, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
             delimiter = b"--" + boundary
@@ -317,6 +318,8 @@ def _upload(state: ProxmoxState, node: str, storage: str, p: dict[str, str]) -> 
         if got != p.get("checksum", "").lower():
             failure = f"checksum mismatch: got '{got}' != expect '{p.get('checksum')}'"
     volid = f"{storage}:vztmpl/{filename}"
+    # The modelled transfer, less what the real one over loopback took already.
+    received_s = float(p.get("_received_s", 0))
     kept = state.upload_dir / node / storage / filename
 
     def copy() -> None:
@@ -332,7 +335,7 @@ def _upload(state: ProxmoxState, node: str, storage: str, p: dict[str, str]) -> 
         "imgcopy",
         "",
         copy,
-        duration_s=size / state.timings.upload_bytes_per_s,
+        duration_s=max(0.0, size / state.timings.upload_bytes_per_s - received_s),
         failure=failure,
     )
 

@@ -297,7 +297,7 @@ def test_gc_removes_the_templates_of_unused_layer_sets_and_keeps_the_used_ones(
     assert sorted(p.name for p in local.glob("*.tar.zst")) == [keep_volid.split("/")[1]]
 
     # A set whose template a create is using right now stays, whatever gc is told.
-    baker = backend._baker
+    baker = backend.baker
     assert baker is not None
     with baker.using(baker.read(baker.digest(kept))):  # type: ignore[arg-type]
         assert backend.collect_baked_templates(set()) == []
@@ -330,19 +330,24 @@ def test_the_timings_model_keeps_a_task_running_for_its_modelled_time(
     assert time.monotonic() - started >= 0.35
 
 
-def test_an_upload_whose_checksum_does_not_match_fails_and_stores_nothing(
+def test_a_baked_template_changed_on_the_host_is_never_uploaded_and_is_baked_again(
     server: ProxmoxServer, cert: tuple[Path, Path], base: Path, layers: dict[str, LayerMount]
 ) -> None:
-    """A template changed on the API host after it was baked (its record names the sha256
-    it was baked with): PVE refuses the upload, the CT is not made."""
+    """Someone on the API host appends to a baked template (its record names the sha256 it
+    was baked with): the create fails without uploading it, and the next one bakes it anew."""
     backend = _backend(server, cert, base)
-    baker = backend._baker
+    baker = backend.baker
     assert baker is not None
     baked = baker.bake((layers["node22"],))
     with baker.path(baked.name).open("ab") as f:
         f.write(b"tampered")
     spec = ContainerSpec(vmid=135, agent_secret="s", layers=(layers["node22"],))
-    with pytest.raises(BackendError, match="checksum mismatch"):
+    with pytest.raises(BackendError, match="changed on this host since it was baked"):
         asyncio.run(backend.create(spec))
     assert server.state.cts == {} and list(server.state.templates) == [(None, TEMPLATE)]
-    assert hashlib.sha256(baker.path(baked.name).read_bytes()).hexdigest() != baked.sha256
+    assert _uploads(server) == []
+
+    asyncio.run(backend.create(spec))
+    members = _members(_uploaded(server, server.state.cts[135]["config"]["ostemplate"]))
+    assert f"{RUNTIME.lstrip('/')}/{MARKER_NAME}" in members
+    assert hashlib.sha256(baker.path(baked.name).read_bytes()).hexdigest() == baked.sha256

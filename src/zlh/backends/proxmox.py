@@ -194,7 +194,8 @@ class ProxmoxBackend(BlockingBackend):
             service="PVE",
         )
         self._data_dir = data_dir
-        self._baker = (
+        # The baked CT templates (None without template_file: nothing is baked).
+        self.baker = (
             TemplateBaker(settings.template_file, data_dir / "proxmox-templates")
             if settings.template_file is not None and data_dir is not None
             else None
@@ -417,7 +418,7 @@ class ProxmoxBackend(BlockingBackend):
 
     def layers_dir(self) -> Path | None:
         """The API host's layers, to bake from: only where a base template is configured."""
-        if self._baker is None or self._data_dir is None:
+        if self.baker is None or self._data_dir is None:
             return None
         return self._data_dir / "layers"
 
@@ -425,7 +426,7 @@ class ProxmoxBackend(BlockingBackend):
         """The layers baked into the template each CT was made from (its ``zlh-layers-`` tag),
         as the API host's layer directories: what ``zlh layers gc`` keeps."""
         root = self.layers_dir()
-        if self._baker is None or root is None:
+        if self.baker is None or root is None:
             return {}
         found: dict[int, builtins.list[Path]] = {}
         for item in self._resources():
@@ -433,7 +434,7 @@ class ProxmoxBackend(BlockingBackend):
             digest = next(
                 (t.removeprefix(LAYERS_TAG) for t in tags if t.startswith(LAYERS_TAG)), ""
             )
-            baked = self._baker.read(digest) if digest else None
+            baked = self.baker.read(digest) if digest else None
             if baked is not None:
                 found[int(item["vmid"])] = [root / sha for sha, _ in baked.layers]
         return found
@@ -444,7 +445,7 @@ class ProxmoxBackend(BlockingBackend):
     ) -> Iterator[tuple[str, str | None]]:
         """The ostemplate volid for ``layers`` on ``node`` (baked and uploaded first where
         needed) and the layer set's digest; held while the CT is made from it."""
-        s, baker = self.settings, self._baker
+        s, baker = self.settings, self.baker
         if not layers and s.ostemplate:
             yield s.ostemplate, None
             return
@@ -480,6 +481,12 @@ class ProxmoxBackend(BlockingBackend):
             if volid in self._templates_on(node):
                 return volid
             what = f"uploading CT template {path.name} to {storage} on {node}"
+            if baked is not None and self.baker is not None and not self.baker.intact(baked):
+                self.baker.remove_local(baked)
+                raise BackendError(
+                    f"{what}: it changed on this host since it was baked; removed, the next "
+                    "container made from these layers bakes it again"
+                )
             checksum = {"checksum": baked.sha256, "checksum-algorithm": "sha256"} if baked else {}
             try:
                 data = path.open("rb")
@@ -504,7 +511,7 @@ class ProxmoxBackend(BlockingBackend):
         """Remove baked templates (on every online node's template storage and on this host)
         whose layers are not all ``in_use``, or that were baked from another base; one being
         used for a create right now is left alone. Returns the names removed."""
-        baker = self._baker
+        baker = self.baker
         if baker is None:
             return []
         known = baker.index()

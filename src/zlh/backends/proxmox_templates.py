@@ -208,6 +208,14 @@ class TemplateBaker:
         with self._flock(f".{digest}.use.lock", wait=False) as locked:
             yield locked
 
+    def intact(self, baked: BakedTemplate) -> bool:
+        """Whether the local tarball still has the sha256 it was baked with (read in full:
+        checked before each upload, which is as rare)."""
+        try:
+            return _sha256(self.path(baked.name)) == (baked.sha256, baked.size)
+        except OSError:
+            return False
+
     def remove_local(self, baked: BakedTemplate) -> None:
         """The local tarball and its record (call inside :meth:`removing`)."""
         self.path(baked.name).unlink(missing_ok=True)
