@@ -661,6 +661,19 @@ class ProxmoxServer(ThreadingHTTPServer):
         shutil.rmtree(self.state.upload_dir, ignore_errors=True)
 
 
+def connection(server: ProxmoxServer, cert: tuple[Path, Path]) -> dict[str, str]:
+    """The settings that reach ``server``: its token, TLS verified against ``cert``."""
+    user, _, rest = TOKEN.partition("!")
+    token_name, _, token_value = rest.partition("=")
+    return {
+        "host": server.host,
+        "user": user,
+        "token_name": token_name,
+        "token_value": token_value,
+        "verify_tls": str(cert[0]),
+    }
+
+
 def backend_for(
     server: ProxmoxServer,
     cert: tuple[Path, Path],
@@ -668,18 +681,8 @@ def backend_for(
     data_dir: Path = Path("/nonexistent"),
     **overrides: object,
 ) -> ProxmoxBackend:
-    """The proxmox backend talking to ``server`` (its token, TLS verified against ``cert``)."""
-    user, _, rest = TOKEN.partition("!")
-    token_name, _, token_value = rest.partition("=")
-    settings = {
-        "host": server.host,
-        "user": user,
-        "token_name": token_name,
-        "token_value": token_value,
-        "verify_tls": str(cert[0]),
-        "ostemplate": TEMPLATE,
-        **overrides,
-    }
+    """The proxmox backend talking to ``server`` (create mode from ``TEMPLATE`` by default)."""
+    settings = {**connection(server, cert), "ostemplate": TEMPLATE, **overrides}
     backend = create_backend("proxmox", data_dir=data_dir, **settings)
     assert isinstance(backend, ProxmoxBackend)
     return backend

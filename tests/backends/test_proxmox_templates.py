@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import json
 import logging
 import os
 import stat
@@ -19,8 +20,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from proxmox_server import TEMPLATE, ProxmoxServer, backend_for
-from support import serve_store
+from proxmox_server import TEMPLATE, ProxmoxServer, backend_for, connection
+from support import serve_store, zlh
 from zlh.artifacts.store import ArtifactStore
 from zlh.backends import BackendError, ContainerSpec, LayerMount
 from zlh.backends.proxmox import ProxmoxBackend
@@ -271,16 +272,24 @@ def test_a_symlink_in_a_layer_that_points_outside_is_baked_as_the_link_never_fol
     assert b"host only" not in contents and b"host dir file" not in contents
 
 
+def _two_sets(
+    server: ProxmoxServer, backend: ProxmoxBackend, layers: dict[str, LayerMount], vmid: int
+) -> tuple[tuple[LayerMount, ...], str, str]:
+    """CTs ``vmid`` (node 22 + code-server) and ``vmid + 1`` (node 24 + code-server): the
+    first set, and both templates' volids."""
+    first = (layers["node22"], layers["code-server4.0.0"])
+    second = (layers["node24"], layers["code-server4.0.0"])
+    for one, chosen in ((vmid, first), (vmid + 1, second)):
+        asyncio.run(backend.create(ContainerSpec(vmid=one, agent_secret="s", layers=chosen)))
+    cts = server.state.cts
+    return first, cts[vmid]["config"]["ostemplate"], cts[vmid + 1]["config"]["ostemplate"]
+
+
 def test_gc_removes_the_templates_of_unused_layer_sets_and_keeps_the_used_ones(
     server: ProxmoxServer, cert: tuple[Path, Path], base: Path, layers: dict[str, LayerMount]
 ) -> None:
     backend = _backend(server, cert, base)
-    kept = (layers["node22"], layers["code-server4.0.0"])
-    dropped = (layers["node24"], layers["code-server4.0.0"])
-    asyncio.run(backend.create(ContainerSpec(vmid=131, agent_secret="s", layers=kept)))
-    asyncio.run(backend.create(ContainerSpec(vmid=132, agent_secret="s", layers=dropped)))
-    keep_volid = server.state.cts[131]["config"]["ostemplate"]
-    drop_volid = server.state.cts[132]["config"]["ostemplate"]
+    kept, keep_volid, drop_volid = _two_sets(server, backend, layers, 131)
     used = {m.source.name for m in kept}
     local = base.parent / "data" / "proxmox-templates"
 
@@ -351,3 +360,33 @@ def test_a_baked_template_changed_on_the_host_is_never_uploaded_and_is_baked_aga
     members = _members(_uploaded(server, server.state.cts[135]["config"]["ostemplate"]))
     assert f"{RUNTIME.lstrip('/')}/{MARKER_NAME}" in members
     assert hashlib.sha256(baker.path(baked.name).read_bytes()).hexdigest() == baked.sha256
+
+
+def test_zlh_layers_gc_keeps_a_set_a_container_uses_and_removes_it_once_none_does(
+    server: ProxmoxServer, cert: tuple[Path, Path], base: Path, layers: dict[str, LayerMount]
+) -> None:
+    """The operator's command, against the cluster: a catalog that no longer pins node 24
+    (a new catalog), one container still made from node 24's set, then none."""
+    backend = _backend(server, cert, base)
+    _, kept_volid, old_volid = _two_sets(server, backend, layers, 140)
+    store = base.parent / "store"  # the catalog of today: node 22 and code-server
+    store.mkdir()
+    catalog = ArtifactStore(layers["node22"].source.parents[2] / "store").catalog()
+    data = json.loads(catalog.model_dump_json())
+    node = data["runtimes"]["node"]
+    node["default"], node["versions"] = "22", [v for v in node["versions"] if v["version"] == "22"]
+    (store / "catalog.json").write_text(json.dumps(data))
+    env = {f"ZLH_PROXMOX_{k.upper()}": v for k, v in connection(server, cert).items()}
+    env = {**os.environ, **env, "ZLH_PROXMOX_TEMPLATE_FILE": str(base)}
+    args = ("layers", "gc", "--backend", "proxmox", "--data-dir", str(base.parent / "data"))
+    args += ("--store", str(store))
+
+    first = zlh(*args, env=env)
+    assert "CT template" not in first.stdout  # container 141 was made from it
+    assert server.state.template("pve2", old_volid) is not None
+
+    asyncio.run(backend.destroy(141))
+    second = zlh(*args, env=env)
+    assert f"removed CT template {old_volid.split('/')[1]}" in second.stdout, second.stdout
+    assert server.state.template("pve2", old_volid) is None
+    assert server.state.template("pve2", kept_volid) is not None
