@@ -390,3 +390,26 @@ def test_zlh_layers_gc_keeps_a_set_a_container_uses_and_removes_it_once_none_doe
     assert f"removed CT template {old_volid.split('/')[1]}" in second.stdout, second.stdout
     assert server.state.template("pve2", old_volid) is None
     assert server.state.template("pve2", kept_volid) is not None
+
+
+def test_the_stand_in_fails_an_upload_whose_sha256_differs_and_keeps_nothing(
+    server: ProxmoxServer, cert: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """PVE checks the checksum the backend sends (a transfer that changed the bytes)."""
+    backend = backend_for(server, cert)
+    upload = tmp_path / "debian-12-zlh_v1-000000000000_amd64.tar.zst"
+    upload.write_bytes(b"not what was baked")
+    with upload.open("rb") as data:
+        upid = backend._call(
+            "post",
+            "nodes/pve2/storage/local/upload",
+            "uploading",
+            content="vztmpl",
+            filename=data,
+            checksum="0" * 64,
+            **{"checksum-algorithm": "sha256"},
+        )
+    with pytest.raises(BackendError, match=r"checksum mismatch: got '[0-9a-f]{64}' != expect"):
+        backend._wait_task("pve2", upid, "uploading")
+    assert list(server.state.templates) == [(None, TEMPLATE)]
+    assert [p for p in server.state.upload_dir.rglob("*") if p.is_file()] == []
