@@ -18,15 +18,34 @@ use, missing volume, rootfs, another node, a template, no ``VM.Config.Disk``). A
 ``files`` stand for its contents. Knobs: ``fail_next_task`` (task ends with that exitstatus;
 ``tasks_before_failure`` lets that many tasks pass first), ``steal_next_id`` (another client
 takes the id ``/cluster/nextid`` just returned).
+
+Storages (``storages``: type, content types, shared) hold CT templates (``templates``, by
+``(node, volid)``; node None: present on every node, as the operator's template is): listed by
+``GET …/storage/{storage}/content`` (``Datastore.Audit`` or ``Datastore.AllocateSpace``),
+uploaded by a multipart ``POST …/storage/{storage}/upload`` (``Datastore.AllocateTemplate``;
+a storage without a path or without ``vztmpl`` content, a wrong extension and a checksum
+mismatch refused as pve-storage does; the copy is an ``imgcopy`` task, the file kept under
+``upload_dir``), removed by ``DELETE …/content/{volid}`` (``Datastore.Allocate``, an ``imgdel``
+task). A CT created from an ostemplate that is not there fails its task with PVE's
+``can't find file``.
+
+Timings model (``timings``, all 0 by default): a task stays ``running`` for a modelled time:
+create ``create_s`` + the template's size / ``extract_bytes_per_s``, upload its size /
+``upload_bytes_per_s`` (counting the real transfer's time as part of it), start ``start_s``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import mmap
 import re
+import shutil
 import ssl
 import subprocess
+import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -60,6 +79,20 @@ class ApiError(Exception):
 
 
 @dataclass
+class Timings:
+    """How long tasks take (seconds, bytes per second); 0 and inf: at once."""
+
+    create_s: float = 0.0
+    extract_bytes_per_s: float = float("inf")
+    upload_bytes_per_s: float = float("inf")
+    start_s: float = 0.0
+
+
+TEMPLATE_NAME = "debian-12-zlh_0123456789abcdef_amd64.tar.zst"
+TEMPLATE = f"local:vztmpl/{TEMPLATE_NAME}"
+
+
+@dataclass
 class ProxmoxState:
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     cts: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -73,24 +106,61 @@ class ProxmoxState:
             "VM.Audit",
             "VM.Config.Disk",
             "Datastore.AllocateSpace",
+            "Datastore.AllocateTemplate",
+            "Datastore.Allocate",
+            "Datastore.Audit",
         }
     )
+    storages: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {
+            "local": {"type": "dir", "content": {"vztmpl", "iso", "backup"}, "shared": False},
+            "local-lvm": {"type": "lvmthin", "content": {"images", "rootdir"}, "shared": False},
+        }
+    )
+    # (node or None for every node, volid) -> {"size", "ctime", "path" (None: no bytes kept)}
+    templates: dict[tuple[str | None, str], dict[str, Any]] = field(
+        default_factory=lambda: {(None, TEMPLATE): {"size": 0, "ctime": 0, "path": None}}
+    )
+    timings: Timings = field(default_factory=Timings)
+    upload_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pve-store-")))
     fail_next_task: str | None = None
     tasks_before_failure: int = 0  # fail_next_task hits the task after this many more
     steal_next_id: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
     _task_seq: int = 0
 
-    def task(self, node: str, kind: str, vmid: int, apply: Any = None) -> str:
+    def task(
+        self,
+        node: str,
+        kind: str,
+        vmid: int | str,
+        apply: Any = None,
+        *,
+        duration_s: float = 0.0,
+        failure: str | None = None,
+    ) -> str:
         self._task_seq += 1
         upid = f"UPID:{node}:{self._task_seq:08X}:0012D687:65A1B2C3:{kind}:{vmid}:zlh@pve!zlh:"
-        failure = None
         if self.fail_next_task and self.tasks_before_failure > 0:
             self.tasks_before_failure -= 1
-        else:
+        elif self.fail_next_task:
             failure, self.fail_next_task = self.fail_next_task, None
-        self.tasks[upid] = {"polls": 0, "exitstatus": failure or "OK", "apply": apply}
+        self.tasks[upid] = {
+            "polls": 0,
+            "exitstatus": failure or "OK",
+            "apply": apply,
+            "done_at": time.monotonic() + duration_s,
+        }
         return upid
+
+    def template(self, node: str, volid: str) -> dict[str, Any] | None:
+        """The CT template ``volid`` as ``node`` sees it (a shared storage: any node's)."""
+        storage = volid.partition(":")[0]
+        shared = self.storages.get(storage, {}).get("shared", False)
+        for (where, name), info in self.templates.items():
+            if name == volid and (where in (None, node) or shared):
+                return info
+        return None
 
     def next_id(self) -> int:
         return max([100, *[v + 1 for v in self.cts]])
@@ -126,9 +196,13 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         params = dict(parse_qsl(url.query))
         length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            params.update(parse_qsl(self.rfile.read(length).decode()))
         state = self.server.state
+        kind = self.headers.get("Content-Type", "")
+        if length and kind.startswith("multipart/form-data"):
+            boundary = kind.partition("boundary=")[2].strip('"').encode()
+            params.update(_multipart(self.rfile, length, boundary, state.upload_dir))
+        elif length:
+            params.update(parse_qsl(self.rfile.read(length).decode()))
         try:
             if self.headers.get("Authorization") != f"PVEAPIToken={TOKEN}":
                 raise ApiError(401, "invalid token value!")
@@ -161,6 +235,147 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:
         self._handle("DELETE")
+
+
+def _multipart(rfile: Any, length: int, boundary: bytes, spool: Path) -> dict[str, str]:
+    """A multipart body's fields; its file goes to ``/var/tmp/pveupload-…``'s stand-in under
+    ``spool``: ``tmpfilename`` names it, ``filename`` is its name, as PVE's HTTP server does."""
+    spool.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    body = tempfile.NamedTemporaryFile(dir=spool, prefix="body-", delete=False)  # noqa: SIM115
+    with body:
+        left = length
+        while left:
+            chunk = rfile.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            body.write(chunk)
+            left -= len(chunk)
+    fields = {"_received_s": str(time.monotonic() - started)}  # the real transfer's time
+    try:
+        with open(body.name, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            delimiter = b"--" + boundary
+            start = m.find(delimiter) + len(delimiter) + 2
+            while True:
+                end = m.find(b"\r\n" + delimiter, start)
+                if end < 0:
+                    break
+                head_end = m.find(b"\r\n\r\n", start, end)
+                head = m[start:head_end].decode()
+                name = re.search(r'name="([^"]*)"', head)
+                filename = re.search(r'filename="([^"]*)"', head)
+                if name and filename:
+                    target = spool / f"pveupload-{time.monotonic_ns():x}"
+                    with target.open("wb") as out:
+                        for at in range(head_end + 4, end, 1 << 20):
+                            out.write(m[at : min(at + (1 << 20), end)])
+                    fields[name.group(1)] = filename.group(1)
+                    fields["tmpfilename"] = str(target)
+                elif name:
+                    fields[name.group(1)] = m[head_end + 4 : end].decode()
+                start = end + 2 + len(delimiter) + 2
+    finally:
+        Path(body.name).unlink()
+    return fields
+
+
+_VZTMPL_EXT = re.compile(r"[^/]+\.(?:tar|tar\.(?:gz|xz|zst|bz2))", re.IGNORECASE)
+
+
+def _storage(state: ProxmoxState, storage: str) -> dict[str, Any]:
+    config = state.storages.get(storage)
+    if config is None:
+        raise ApiError(500, f"storage '{storage}' does not exist")
+    return config
+
+
+def _upload(state: ProxmoxState, node: str, storage: str, p: dict[str, str]) -> str:
+    """pve-storage's upload: checks in its order, then the copy as an ``imgcopy`` task."""
+    tmp = Path(p.get("tmpfilename", ""))
+    try:
+        if "Datastore.AllocateTemplate" not in state.privileges:
+            raise _perm_denied(f"/storage/{storage}, Datastore.AllocateTemplate")
+        config = _storage(state, storage)
+        if config["type"] not in {"dir", "nfs", "cifs", "cephfs"}:
+            raise ApiError(500, f"can't upload to storage type '{config['type']}'")
+        if not tmp.is_file():
+            raise ApiError(500, "missing temporary file name")
+        filename, content = p.get("filename", ""), p.get("content")
+        if content != "vztmpl":
+            raise ApiError(400, "Parameter verification failed.")  # iso/import: not ours
+        if not _VZTMPL_EXT.fullmatch(filename):
+            raise ApiError(400, "Parameter verification failed.")  # filename: wrong extension
+        if "vztmpl" not in config["content"]:
+            raise ApiError(500, f"storage '{storage}' does not support 'vztmpl' content")
+    except ApiError:
+        tmp.unlink(missing_ok=True)
+        raise
+    size = tmp.stat().st_size
+    failure = None
+    if p.get("checksum-algorithm") == "sha256":
+        with tmp.open("rb") as f:
+            got = hashlib.file_digest(f, "sha256").hexdigest()
+        if got != p.get("checksum", "").lower():
+            failure = f"checksum mismatch: got '{got}' != expect '{p.get('checksum')}'"
+    volid = f"{storage}:vztmpl/{filename}"
+    # The modelled transfer, less what the real one over loopback took already.
+    received_s = float(p.get("_received_s", 0))
+    kept = state.upload_dir / node / storage / filename
+
+    def copy() -> None:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(tmp, kept)
+        where = None if config["shared"] else node
+        state.templates[(where, volid)] = {"size": size, "ctime": int(time.time()), "path": kept}
+
+    if failure:
+        tmp.unlink(missing_ok=True)
+    return state.task(
+        node,
+        "imgcopy",
+        "",
+        copy,
+        duration_s=max(0.0, size / state.timings.upload_bytes_per_s - received_s),
+        failure=failure,
+    )
+
+
+def _storage_content(state: ProxmoxState, node: str, storage: str, p: dict[str, str]) -> Any:
+    if not {"Datastore.Audit", "Datastore.AllocateSpace"} & state.privileges:
+        raise _perm_denied(f"/storage/{storage}, Datastore.Audit|Datastore.AllocateSpace")
+    _storage(state, storage)
+    if p.get("content") not in (None, "vztmpl"):
+        return []
+    prefix = f"{storage}:vztmpl/"
+    volids = sorted(
+        {v for (_, v) in state.templates if v.startswith(prefix) and state.template(node, v)}
+    )
+    return [
+        {"volid": v, "content": "vztmpl", "format": "tzst", **_listed(state.template(node, v))}
+        for v in volids
+    ]
+
+
+def _listed(info: dict[str, Any] | None) -> dict[str, int]:
+    return {"size": int((info or {}).get("size", 0)), "ctime": int((info or {}).get("ctime", 0))}
+
+
+def _delete_volume(state: ProxmoxState, node: str, storage: str, volume: str) -> str:
+    volid = volume if ":" in volume else f"{storage}:{volume}"
+    if volid.partition(":")[0] != storage:
+        raise ApiError(400, "Parameter verification failed.")  # storage ID mismatch
+    if "Datastore.Allocate" not in state.privileges:
+        raise _perm_denied(f"/storage/{storage}, Datastore.Allocate")
+    info = state.template(node, volid)
+    failure = None if info else f"volume '{volid}' does not exist"
+
+    def free() -> None:
+        key = next(k for k, v in state.templates.items() if k[1] == volid and v is info)
+        path = state.templates.pop(key)["path"]
+        if path is not None:
+            Path(path).unlink(missing_ok=True)
+
+    return state.task(node, "imgdel", storage, None if failure else free, failure=failure)
 
 
 def _online(state: ProxmoxState, node: str) -> None:
@@ -297,7 +512,7 @@ def route(state: ProxmoxState, method: str, path: str, p: dict[str, str]) -> Any
     if (method, path) == ("GET", "/cluster/resources"):
         return [
             {"id": f"lxc/{v}", "type": "lxc", "vmid": v, "node": c["node"], "status": c["status"],
-             "name": c["name"]}
+             "name": c["name"], "tags": c["config"].get("tags", "")}
             for v, c in state.cts.items()
         ]  # fmt: skip
     match = re.fullmatch(r"/nodes/([^/]+)/(.*)", path)
@@ -310,7 +525,7 @@ def route(state: ProxmoxState, method: str, path: str, p: dict[str, str]) -> Any
         if task is None:
             raise ApiError(400, "no such task")
         task["polls"] += 1
-        if task["polls"] < 2:
+        if task["polls"] < 2 or time.monotonic() < task["done_at"]:
             return {"upid": m.group(1), "node": node, "status": "running"}
         if task["apply"] is not None and task["exitstatus"] == "OK":
             task.pop("apply")()
@@ -332,8 +547,19 @@ def route(state: ProxmoxState, method: str, path: str, p: dict[str, str]) -> Any
         if not p.get("ostemplate"):
             raise ApiError(400, "Parameter verification failed.")
         _check_create_perms(state, p)
-
-        return state.task(node, "vzcreate", vmid, lambda: _add_ct(state, node, vmid, p))
+        template = state.template(node, p["ostemplate"])
+        if template is None:  # pve-container's restore_archive, in the worker
+            return state.task(
+                node, "vzcreate", vmid, failure=f"can't find file '{p['ostemplate']}'"
+            )
+        t = state.timings
+        return state.task(
+            node,
+            "vzcreate",
+            vmid,
+            lambda: _add_ct(state, node, vmid, p),
+            duration_s=t.create_s + template["size"] / t.extract_bytes_per_s,
+        )
     if method == "POST" and (m := re.fullmatch(r"lxc/(\d+)/clone", rest)):
         source = _ct(state, node, int(m.group(1)))
         newid = int(p["newid"])
@@ -367,7 +593,8 @@ def route(state: ProxmoxState, method: str, path: str, p: dict[str, str]) -> Any
         def change() -> None:
             ct["status"] = "running" if action == "start" else "stopped"
 
-        return state.task(node, f"vz{action}", vmid, change)
+        duration = state.timings.start_s if action == "start" else 0.0
+        return state.task(node, f"vz{action}", vmid, change, duration_s=duration)
     if method == "GET" and (m := re.fullmatch(r"lxc/(\d+)/status/current", rest)):
         vmid = int(m.group(1))
         ct = _ct(state, node, vmid)
@@ -388,6 +615,12 @@ def route(state: ProxmoxState, method: str, path: str, p: dict[str, str]) -> Any
         if ct["status"] == "running":
             raise ApiError(500, f"CT {vmid} is running - destroy failed")
         return state.task(node, "vzdestroy", vmid, lambda: _destroy_ct(state, vmid))
+    if method == "GET" and (m := re.fullmatch(r"storage/([^/]+)/content", rest)):
+        return _storage_content(state, node, m.group(1), p)
+    if method == "POST" and (m := re.fullmatch(r"storage/([^/]+)/upload", rest)):
+        return _upload(state, node, m.group(1), p)
+    if method == "DELETE" and (m := re.fullmatch(r"storage/([^/]+)/content/(.+)", rest)):
+        return _delete_volume(state, node, m.group(1), m.group(2))
     if method == "POST" and (m := re.fullmatch(r"lxc/(\d+)/move_volume", rest)):
         _ct(state, node, int(m.group(1)))
         return _move_volume(state, node, int(m.group(1)), p)
@@ -425,26 +658,31 @@ class ProxmoxServer(ThreadingHTTPServer):
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
         self.server_close()
+        shutil.rmtree(self.state.upload_dir, ignore_errors=True)
 
 
-TEMPLATE = "local:vztmpl/debian-12-zlh_0123456789abcdef_amd64.tar.zst"
-
-
-def backend_for(
-    server: ProxmoxServer, cert: tuple[Path, Path], **overrides: object
-) -> ProxmoxBackend:
-    """The proxmox backend talking to ``server`` (its token, TLS verified against ``cert``)."""
+def connection(server: ProxmoxServer, cert: tuple[Path, Path]) -> dict[str, str]:
+    """The settings that reach ``server``: its token, TLS verified against ``cert``."""
     user, _, rest = TOKEN.partition("!")
     token_name, _, token_value = rest.partition("=")
-    settings = {
+    return {
         "host": server.host,
         "user": user,
         "token_name": token_name,
         "token_value": token_value,
         "verify_tls": str(cert[0]),
-        "ostemplate": TEMPLATE,
-        **overrides,
     }
-    backend = create_backend("proxmox", data_dir=Path("/nonexistent"), **settings)
+
+
+def backend_for(
+    server: ProxmoxServer,
+    cert: tuple[Path, Path],
+    *,
+    data_dir: Path = Path("/nonexistent"),
+    **overrides: object,
+) -> ProxmoxBackend:
+    """The proxmox backend talking to ``server`` (create mode from ``TEMPLATE`` by default)."""
+    settings = {**connection(server, cert), "ostemplate": TEMPLATE, **overrides}
+    backend = create_backend("proxmox", data_dir=data_dir, **settings)
     assert isinstance(backend, ProxmoxBackend)
     return backend

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ from proxmox_server import (
     TOKEN,
     ProxmoxServer,
     backend_for,
-    self_signed_cert,
     volume_of,
 )
 from zlh.backends import (
@@ -28,22 +26,6 @@ from zlh.backends import (
     Usage,
 )
 from zlh.backends.proxmox import ProxmoxBackend, ProxmoxSettings
-
-
-@pytest.fixture(scope="module")
-def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return self_signed_cert(tmp_path_factory.mktemp("pve-tls"))
-
-
-@pytest.fixture
-def server(cert: tuple[Path, Path]) -> Iterator[ProxmoxServer]:
-    with ProxmoxServer(*cert) as pve:
-        pve.state.nodes = {
-            "pve1": {"status": "online", "cpu": 0.70, "mem": 6e9, "maxmem": 8e9},
-            "pve2": {"status": "online", "cpu": 0.05, "mem": 1e9, "maxmem": 8e9},
-            "pve3": {"status": "offline"},
-        }
-        yield pve
 
 
 def test_create_waits_for_the_task_then_starts_reports_the_address_and_destroys(
@@ -246,12 +228,21 @@ def test_a_refused_token_says_so(server: ProxmoxServer, cert: tuple[Path, Path])
         asyncio.run(backend.create(ContainerSpec(vmid=130, agent_secret="s")))
 
 
-def test_an_offline_node_is_reported_unreachable(
-    server: ProxmoxServer, cert: tuple[Path, Path]
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"node": "pve3"}, r"node unreachable \(HTTP 595"),  # an offline node
+        # an ostemplate missing in its storage fails the create task, as pve-container does
+        ({"ostemplate": "local:vztmpl/gone.tar.zst"}, r"can't find file 'local:vztmpl/gone\.tar"),
+    ],
+)
+def test_a_create_the_cluster_cannot_do_says_why_and_makes_nothing(
+    server: ProxmoxServer, cert: tuple[Path, Path], overrides: dict[str, str], reason: str
 ) -> None:
-    backend = backend_for(server, cert, node="pve3")
-    with pytest.raises(BackendError, match=r"node unreachable \(HTTP 595"):
+    backend = backend_for(server, cert, **overrides)
+    with pytest.raises(BackendError, match=reason):
         asyncio.run(backend.create(ContainerSpec(vmid=140, agent_secret="s")))
+    assert server.state.cts == {} and server.state.volumes == {}
 
 
 def test_tls_is_verified_by_default(server: ProxmoxServer, cert: tuple[Path, Path]) -> None:

@@ -143,7 +143,7 @@ def _register_layers(commands: Any) -> None:
     for name, help_text in (
         ("list", "each layer: size, what it holds, whether it is intact, who uses it"),
         ("verify", "read every byte of every layer; set aside the ones that changed"),
-        ("gc", "remove the layers no container and no catalog entry uses"),
+        ("gc", "remove the layers (and baked CT templates) no container and no catalog entry uses"),
     ):
         parser = sub.add_parser(name, help=help_text)
         add_data_dir(parser)

@@ -99,9 +99,12 @@ def cmd_layers_verify(args: argparse.Namespace) -> int:
 
 def cmd_layers_gc(args: argparse.Namespace) -> int:
     store, backend, catalog = _context(args)
-    removed = store.gc(in_use(backend, catalog), dry_run=args.dry_run)
+    used = in_use(backend, catalog)
+    removed = store.gc(used, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for name in removed:
         print(f"{verb} {name}")
+    for name in backend.collect_baked_templates(used, dry_run=args.dry_run):
+        print(f"{verb} CT template {name}")
     print(f"{verb} {len(removed)} layer(s); {len(store.shas())} left under {store.root}")
     return 0

@@ -63,8 +63,11 @@ async def collect_garbage(store: LayerStore, backend: Backend, catalog: CatalogS
     try:
         used = await asyncio.to_thread(in_use, backend, await catalog.get())
         removed = await asyncio.to_thread(store.gc, used)
+        templates = await asyncio.to_thread(backend.collect_baked_templates, used)
     except (ZlhError, OSError) as exc:
         log.warning("shared layers were not collected: %s", exc)
         return
     for name in removed:
         log.info("removed layer %s: no container and no catalog entry uses it", name)
+    for name in templates:
+        log.info("removed CT template %s: no container and no catalog entry uses its layers", name)

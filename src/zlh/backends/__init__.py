@@ -65,5 +65,5 @@ def create_backend(name: str, *, data_dir: Path, **settings: Any) -> Backend:
         from zlh.backends.proxmox import ProxmoxBackend, ProxmoxSettings
 
         config = settings.pop("config", None) or ProxmoxSettings.from_env(**settings)
-        return ProxmoxBackend(config)
+        return ProxmoxBackend(config, data_dir=data_dir)
     raise ValueError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")

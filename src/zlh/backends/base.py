@@ -211,6 +211,13 @@ class Backend(abc.ABC):
         records (what ``zlh layers gc`` keeps); empty where layers are not mounted."""
         return {}
 
+    def collect_baked_templates(
+        self, in_use: set[str], *, dry_run: bool = False
+    ) -> builtins.list[str]:
+        """Remove what this backend made from shared layers that it cannot mount (Proxmox's
+        baked CT templates) whose layers are not all ``in_use``; returns their names."""
+        return []
+
     def _lock(self, vmid: int) -> asyncio.Lock:
         """The lock that serialises every operation on one container."""
         locks: dict[int, asyncio.Lock] = self.__dict__.setdefault("_vmid_locks", {})

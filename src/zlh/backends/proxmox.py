@@ -27,17 +27,29 @@ and of the new CT, tells the new system from the old one. A CT made before homes
 volume has no ``mp0`` and is not rebuilt (its home would be lost). ``template`` is None: the
 cluster's records of a CT do not name the template it came from.
 
+Shared layers: a token may not bind-mount host directories, so with ``template_file`` (the
+base tarball on the API host) the layers a spec names are baked into a CT template made for
+exactly that set (:mod:`zlh.backends.proxmox_templates`), uploaded once per node to
+``template_storage`` and created from; the CT is tagged ``zlh-layers-<digest>`` so ``gc`` can
+tell which sets are in use. Without ``template_file`` no layers are asked for, and the agent
+installs everything itself.
+
 proxmoxer and requests errors are translated into BackendError here, at the boundary.
 """
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import logging
 import os
 import secrets
+import threading
 import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from zlh.backends.base import (
@@ -48,9 +60,11 @@ from zlh.backends.base import (
     ContainerExists,
     ContainerInfo,
     ContainerSpec,
+    LayerMount,
     RunState,
     Usage,
 )
+from zlh.backends.proxmox_templates import BakedTemplate, TemplateBaker
 
 __all__ = ["ProxmoxBackend", "ProxmoxSettings"]
 
@@ -67,6 +81,8 @@ HOME_PATH = "/home/dev"
 # sandboxing needs it in an unprivileged CT. For an unprivileged CT a token with VM.Allocate
 # may set nesting (any other feature flag is root@pam only).
 CT_FEATURES = "nesting=1"
+# The tag naming the baked template's layer set a CT was made from (zlh-layers-<digest>).
+LAYERS_TAG = "zlh-layers-"
 
 
 # status/current calls in flight at once when reading every container's use.
@@ -93,9 +109,17 @@ class ProxmoxSettings:
     # Accept a clone template that is not unprivileged (its clones would be privileged too);
     # ApiSettings.allow_privileged (ZLH_ALLOW_PRIVILEGED). Created CTs are always unprivileged.
     allow_privileged: bool = False
+    # The base CT template tarball on the API host (`zlh template export`): containers get
+    # their shared layers baked into a template made from it (uploaded to template_storage).
+    # Not in clone mode. Without it (and ostemplate) the base is uploaded for layerless CTs.
+    template_file: Path | None = None
+    template_storage: str = "local"  # a storage with vztmpl content, for baked templates
 
     def __post_init__(self) -> None:
-        if (self.ostemplate is None) == (self.clone_from is None):
+        if self.template_file is not None:
+            if self.clone_from is not None:
+                raise ValueError("template_file bakes CT templates: it needs create mode")
+        elif (self.ostemplate is None) == (self.clone_from is None):
             raise ValueError("set exactly one of ostemplate (create) or clone_from (clone)")
 
     @classmethod
@@ -111,7 +135,10 @@ class ProxmoxSettings:
             "ostemplate": env.get("ZLH_PROXMOX_OSTEMPLATE"),
             "storage": env.get("ZLH_PROXMOX_STORAGE", "local-lvm"),
             "bridge": env.get("ZLH_PROXMOX_BRIDGE", "vmbr0"),
+            "template_storage": env.get("ZLH_PROXMOX_TEMPLATE_STORAGE", "local"),
         }
+        if env.get("ZLH_PROXMOX_TEMPLATE_FILE"):
+            values["template_file"] = Path(env["ZLH_PROXMOX_TEMPLATE_FILE"])
         if env.get("ZLH_PROXMOX_HOME_GB"):
             values["home_gb"] = int(env["ZLH_PROXMOX_HOME_GB"])
         if env.get("ZLH_PROXMOX_CLONE_FROM"):
@@ -147,7 +174,7 @@ class ProxmoxBackend(BlockingBackend):
 
     name = "proxmox"
 
-    def __init__(self, settings: ProxmoxSettings) -> None:
+    def __init__(self, settings: ProxmoxSettings, *, data_dir: Path | None = None) -> None:
         try:
             from proxmoxer import ProxmoxAPI
         except ImportError as exc:  # pragma: no cover - an api-extra dependency
@@ -166,6 +193,15 @@ class ProxmoxBackend(BlockingBackend):
             timeout=settings.request_timeout_s,
             service="PVE",
         )
+        self._data_dir = data_dir
+        # The baked CT templates (None without template_file: nothing is baked).
+        self.baker = (
+            TemplateBaker(settings.template_file, data_dir / "proxmox-templates")
+            if settings.template_file is not None and data_dir is not None
+            else None
+        )
+        self._uploads: dict[tuple[str, str], threading.Lock] = {}
+        self._uploads_lock = threading.Lock()
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -357,24 +393,164 @@ class ProxmoxBackend(BlockingBackend):
                 **extra,
             )
         else:
-            upid = self._call(
-                "post",
-                f"nodes/{node}/lxc",
-                what,
-                vmid=spec.vmid,
-                ostemplate=s.ostemplate,
-                hostname=hostname,
-                memory=r.memory_mb,
-                swap=0,
-                cores=r.cores,
-                rootfs=f"{s.storage}:{r.disk_gb}",
-                net0=net0 or f"name=eth0,bridge={s.bridge},ip={s.ip},firewall=1",
-                unprivileged=1,
-                features=CT_FEATURES,
-                tags=tags,
-                **extra,
-                **{"ssh-public-keys": f"# zlh-agent-token {spec.agent_secret}\n"},
+            with self._ostemplate(node, spec.layers) as (ostemplate, digest):
+                upid = self._call(
+                    "post",
+                    f"nodes/{node}/lxc",
+                    what,
+                    vmid=spec.vmid,
+                    ostemplate=ostemplate,
+                    hostname=hostname,
+                    memory=r.memory_mb,
+                    swap=0,
+                    cores=r.cores,
+                    rootfs=f"{s.storage}:{r.disk_gb}",
+                    net0=net0 or f"name=eth0,bridge={s.bridge},ip={s.ip},firewall=1",
+                    unprivileged=1,
+                    features=CT_FEATURES,
+                    tags=f"{tags};{LAYERS_TAG}{digest}" if digest else tags,
+                    **extra,
+                    **{"ssh-public-keys": f"# zlh-agent-token {spec.agent_secret}\n"},
+                )
+                self._wait_task(node, upid, what)
+
+    # -- baked templates (shared layers) -----------------------------------------------------
+
+    def layers_dir(self) -> Path | None:
+        """The API host's layers, to bake from: only where a base template is configured."""
+        if self.baker is None or self._data_dir is None:
+            return None
+        return self._data_dir / "layers"
+
+    def mounted_layers(self) -> dict[int, builtins.list[Path]]:
+        """The layers baked into the template each CT was made from (its ``zlh-layers-`` tag),
+        as the API host's layer directories: what ``zlh layers gc`` keeps."""
+        root = self.layers_dir()
+        if self.baker is None or root is None:
+            return {}
+        found: dict[int, builtins.list[Path]] = {}
+        for item in self._resources():
+            tags = str(item.get("tags", "")).replace(",", ";").split(";")
+            digest = next(
+                (t.removeprefix(LAYERS_TAG) for t in tags if t.startswith(LAYERS_TAG)), ""
             )
+            baked = self.baker.read(digest) if digest else None
+            if baked is not None:
+                found[int(item["vmid"])] = [root / sha for sha, _ in baked.layers]
+        return found
+
+    @contextlib.contextmanager
+    def _ostemplate(
+        self, node: str, layers: Sequence[LayerMount]
+    ) -> Iterator[tuple[str, str | None]]:
+        """The ostemplate volid for ``layers`` on ``node`` (baked and uploaded first where
+        needed) and the layer set's digest; held while the CT is made from it."""
+        s, baker = self.settings, self.baker
+        if not layers and s.ostemplate:
+            yield s.ostemplate, None
+            return
+        if baker is None:
+            raise BackendError("baking CT templates needs template_file and the data dir")
+        if not layers:
+            yield self._ensure_uploaded(node, baker.base, None), None
+            return
+        baked = baker.bake(layers)
+        with baker.using(baked):
+            yield self._ensure_uploaded(node, baker.path(baked.name), baked), baked.digest
+
+    def _template_volid(self, name: str) -> str:
+        return f"{self.settings.template_storage}:vztmpl/{name}"
+
+    def _templates_on(self, node: str) -> set[str]:
+        storage = self.settings.template_storage
+        items = self._call(
+            "get",
+            f"nodes/{node}/storage/{storage}/content",
+            f"listing the CT templates on {storage} of {node}",
+            content="vztmpl",
+        )
+        return {str(item.get("volid")) for item in items or []}
+
+    def _ensure_uploaded(self, node: str, path: Path, baked: BakedTemplate | None) -> str:
+        """``path``'s volid on the template storage of ``node``, uploaded once (one upload
+        per node and template at a time; with its sha256 checked by PVE where known)."""
+        storage, volid = self.settings.template_storage, self._template_volid(path.name)
+        with self._uploads_lock:
+            lock = self._uploads.setdefault((node, volid), threading.Lock())
+        with lock:
+            if volid in self._templates_on(node):
+                return volid
+            what = f"uploading CT template {path.name} to {storage} on {node}"
+            if baked is not None and self.baker is not None and not self.baker.intact(baked):
+                self.baker.remove_local(baked)
+                raise BackendError(
+                    f"{what}: it changed on this host since it was baked; removed, the next "
+                    "container made from these layers bakes it again"
+                )
+            checksum = {"checksum": baked.sha256, "checksum-algorithm": "sha256"} if baked else {}
+            try:
+                data = path.open("rb")
+            except OSError as exc:
+                raise BackendError(f"{what}: {exc}") from exc
+            with data:
+                upid = self._call(
+                    "post",
+                    f"nodes/{node}/storage/{storage}/upload",
+                    what,
+                    content="vztmpl",
+                    filename=data,
+                    **checksum,
+                )
+            self._wait_task(node, upid, what)
+            log.info("uploaded CT template %s to %s on %s", path.name, storage, node)
+            return volid
+
+    def collect_baked_templates(
+        self, in_use: set[str], *, dry_run: bool = False
+    ) -> builtins.list[str]:
+        """Remove baked templates (on every online node's template storage and on this host)
+        whose layers are not all ``in_use``, or that were baked from another base; one being
+        used for a create right now is left alone. Returns the names removed."""
+        baker = self.baker
+        if baker is None:
+            return []
+        known = baker.index()
+        nodes = [
+            str(n["node"])
+            for n in self._call("get", "nodes", "listing nodes")
+            if n.get("status") == "online"
+        ]
+        stored = {node: self._templates_on(node) for node in nodes}
+        prefix = self._template_volid("")
+        names = set(known) | {
+            v.removeprefix(prefix)
+            for volids in stored.values()
+            for v in volids
+            if v.startswith(prefix) and baker.baked(v.removeprefix(prefix))
+        }
+        removed = []
+        for name in sorted(names):
+            baked = known.get(name)
+            if baked is not None and baked.base == baker.base.name and baked.shas <= in_use:
+                continue
+            digest = baked.digest if baked else name.removeprefix(f"{baker.prefix}-")[:12]
+            with baker.removing(digest) as free:
+                if not free:
+                    continue
+                if not dry_run:
+                    self._delete_template(nodes, name)
+                    if baked is not None:
+                        baker.remove_local(baked)
+                removed.append(name)
+        return removed
+
+    def _delete_template(self, nodes: builtins.list[str], name: str) -> None:
+        storage, volid = self.settings.template_storage, self._template_volid(name)
+        for node in nodes:
+            if volid not in self._templates_on(node):  # a shared storage: gone already
+                continue
+            what = f"removing CT template {name} from {storage} on {node}"
+            upid = self._call("delete", f"nodes/{node}/storage/{storage}/content/{volid}", what)
             self._wait_task(node, upid, what)
 
     def _check_clone_template(self, node: str, template: int) -> None:

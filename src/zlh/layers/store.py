@@ -32,6 +32,7 @@ from zlh.install.installed import Marker, read_marker
 from zlh.install.installer import Installer, InstallRequest
 from zlh.install.progress import ProgressTracker
 from zlh.layers.manifest import Manifest, full_check, quick_check, read_manifest, scan
+from zlh.locks import flocked
 from zlh.schemas import Artifact, ArtifactKind
 
 __all__ = ["LayerInfo", "LayerStore"]
@@ -240,16 +241,8 @@ class LayerStore:
     @contextlib.contextmanager
     def _flock_now(self, sha256: str, *, wait: bool) -> Iterator[bool]:
         self._make_root()
-        fd = os.open(self._lock_path(sha256), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            yield True
-        finally:
-            os.close(fd)
+        with flocked(self._lock_path(sha256), wait=wait) as locked:
+            yield locked
 
 
 def _du(path: Path) -> int:
