@@ -13,6 +13,10 @@ from support import CACHE_DIR, serve_store, zlh
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
+# Platforms made by tests keep no warm pool unless a test asks for one (tests/api/test_pool.py):
+# the suite counts containers and vmids. Child processes (`zlh up`) inherit it.
+os.environ.setdefault("ZLH_WARM_POOL", "0")
+
 
 @pytest.fixture(scope="session")
 def node_store(tmp_path_factory: pytest.TempPathFactory) -> Path:

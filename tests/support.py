@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import web
 from websockets.sync.client import ClientConnection
 
+from zlh.agent.token import AgentToken
 from zlh.agent.web_errors import bearer_auth, error_envelope
 
 REPO = Path(__file__).resolve().parent.parent
@@ -113,7 +114,7 @@ def serve_agent_app(setup: Callable[[web.Application], None], *, token: str) -> 
     loop = asyncio.new_event_loop()
 
     async def start() -> web.AppRunner:
-        app = web.Application(middlewares=[error_envelope, bearer_auth(token)])
+        app = web.Application(middlewares=[error_envelope, bearer_auth(AgentToken(token))])
         setup(app)
         runner = web.AppRunner(app)
         await runner.setup()

@@ -158,6 +158,10 @@ class ContainerOut(WireModel):
     # Admins may open this container's IDE (the setting admin_ide_access): each opening is
     # audited, and the portal says so on the container's page.
     admin_ide_access: bool = False
+    pool: bool = Field(
+        default=False,
+        description="a warm-pool container, provisioned ahead of demand (admins' listing only)",
+    )
     # The agent's last /status document, the contract's fields verbatim; ``runtimes`` lists
     # the installed versions (``active`` marks the one in use), ``runtimeChange`` the last
     # version change and, if it failed, why.
