@@ -26,9 +26,11 @@ import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from zlh.api.audit import Action, AuditLog
 from zlh.api.bodies import DevRequest
@@ -42,7 +44,7 @@ from zlh.api.settings import ApiSettings
 from zlh.errors import ZlhError
 from zlh.schemas import Catalog
 
-__all__ = ["POOL_ADDONS", "PoolSummary", "WarmPool", "wanted_sizes"]
+__all__ = ["POOL_ADDONS", "PoolSummary", "WarmPool", "read_summary", "wanted_sizes"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,12 +99,41 @@ def summarize(
 
 def pool_containers(registry: ContainerRegistry) -> list[Container]:
     with registry.db.session() as session:
-        query = select(Container).where(Container.pool.is_(True)).order_by(Container.vmid)
-        return list(session.scalars(query).unique())
+        return _pool_rows(session)
+
+
+def _pool_rows(session: Session) -> list[Container]:
+    query = select(Container).where(Container.pool.is_(True)).order_by(Container.vmid)
+    return list(session.scalars(query).unique())
 
 
 def _same_addons(a: Iterable[str], b: Iterable[str]) -> bool:
     return sorted(a) == sorted(b)
+
+
+def read_summary(data_dir: Path, store: Path) -> PoolSummary | None:
+    """The pool of the platform whose data dir this is, read from its database (``zlh
+    doctor``); None when it has no database yet. ZlhError when it cannot be read."""
+    from zlh.api.db.engine import Database, DatabaseError
+    from zlh.api.settings import load_settings
+    from zlh.artifacts.store import ArtifactStore
+
+    settings = load_settings(data_dir=data_dir)
+    if settings.database_url is None and not (data_dir / "zlh.db").exists():
+        return None
+    catalog = ArtifactStore(store).catalog()
+    db = Database(settings.db_url)
+    try:
+        with db.session() as session:
+            containers = _pool_rows(session)
+    except SQLAlchemyError as exc:
+        raise DatabaseError(
+            f"cannot read the warm pool from {db.url}: {str(exc).splitlines()[0]}"
+        ) from exc
+    finally:
+        db.dispose()
+    wanted = wanted_sizes(settings.warm_pool, catalog)
+    return summarize(containers, wanted, settings.container_memory_mb)
 
 
 class WarmPool:
