@@ -81,6 +81,9 @@ def test_the_pool_is_built_ahead_taken_once_without_a_trace_and_refilled(
             "node",
             ["code-server"],
         )
+        summary = client.get("/api/pool", headers=root).json()
+        assert summary == {"wanted": 1, "ready": 1, "building": 0, "memoryMb": 2048}
+        assert client.get("/api/pool", headers=bob).status_code == 403
         # Nobody's: not listed to users, not openable by anyone (admins included).
         assert client.get("/api/dev", headers=bob).json() == []
         for method, path in [

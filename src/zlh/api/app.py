@@ -51,6 +51,7 @@ from zlh.api.routes import events as events_routes
 from zlh.api.routes import health as health_routes
 from zlh.api.routes import ide as ide_routes
 from zlh.api.routes import metrics as metrics_routes
+from zlh.api.routes import pool as pool_routes
 from zlh.api.routes import previews as preview_routes
 from zlh.api.routes import relays as relay_routes
 from zlh.api.routes import runtimes as runtime_routes
@@ -320,6 +321,7 @@ def create_app(
         runtime_routes,
         share_routes,
         token_routes,
+        pool_routes,
     ):
         app.include_router(module.router)
     install_security(app)

@@ -23,6 +23,7 @@ __all__ = [
     "LoginRequest",
     "LoginResponse",
     "PasswordChange",
+    "PoolOut",
     "RuntimeChangeRequest",
     "TokenCreate",
     "TokenCreated",
@@ -219,6 +220,15 @@ class ContainerEvent(WireModel):
     error: str | None = None
     runtime_installed: bool = False
     code_server_running: bool = False
+
+
+class PoolOut(WireModel):
+    """The warm pool: containers provisioned ahead of demand (``warm_pool``)."""
+
+    wanted: int = Field(description="ready containers the platform keeps, over all runtimes")
+    ready: int = Field(description="ready to be handed out now")
+    building: int = Field(description="being built or replaced")
+    memory_mb: int = Field(description="the memory they may use: their limits, added up")
 
 
 class AuditOut(WireModel):
