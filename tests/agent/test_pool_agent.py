@@ -4,6 +4,7 @@ installs without a dev home or a running add-on, and ``PUT /token`` rotates the 
 
 from __future__ import annotations
 
+import json
 import stat
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,14 @@ def _bearer(secret: str) -> dict[str, str]:
 
 def _pool_payload(server: ArtifactServer) -> dict[str, Any]:
     runtime = tarball(runtime_members())
+    # Its lib/node answers --help as code-server 4.99 does (the pool asks it ahead).
+    help_text = b"#!/bin/sh\necho '  --base-path <path>   Base path'\n"
     addon = tarball(
-        [directory("code-server-4.99.0"), file("code-server-4.99.0/bin/code-server", b"#!")]
+        [
+            directory("code-server-4.99.0"),
+            file("code-server-4.99.0/bin/code-server", b"#!"),
+            file("code-server-4.99.0/lib/node", help_text, mode=0o755),
+        ]
     )
     spec = {
         "name": "code-server",
@@ -67,6 +74,9 @@ def test_a_pool_payload_installs_the_runtime_and_addons_but_makes_no_home_and_st
     assert read_marker(root / "opt/zlh/services/code-server") is not None
     assert not (root / "home").exists()  # no home for dev, nothing personal
     assert not (root / "var/lib/zlh-agent/run/code-server.pid").exists()
+    # What the hand-out would otherwise ask code-server first is known already.
+    flags = json.loads((root / "var/lib/zlh-agent/code-server-help.json").read_text())
+    assert list(flags.values()) == [["--base-path"]]
 
 
 def test_put_token_rotates_the_secret_in_memory_and_on_disk_for_good(

@@ -11,10 +11,15 @@ is missing, and ``0`` deletes it.
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import os
+import shutil
+import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +27,7 @@ import httpx
 import pytest
 
 from api_kit import add_cli_users, login, sse_events, wait_for, zlh_up
-from support import free_port_pair
+from support import free_port_pair, zlh
 
 pytestmark = pytest.mark.slow
 
@@ -106,6 +111,12 @@ def test_the_pool_is_built_ahead_taken_once_without_a_trace_and_refilled(
         pool_auth = {"Authorization": f"Bearer {pool_secret}"}
         assert httpx.get(f"{agent}/status", headers=pool_auth).json()["pool"] is True
 
+        # Only the pool's own request matches: without code-server, one is built as usual.
+        plain = client.post("/api/dev", json={"runtime": "node"}, headers=root)
+        assert plain.status_code == 202 and plain.json()["vmid"] != vmid, plain.text
+        assert [(c["vmid"], c["state"]) for c in _pool(client, root)] == [(vmid, "ready")]
+        assert client.delete(f"/api/dev/{plain.json()['vmid']}", headers=root).status_code == 204
+
         handed_out_after, since_boot = time.time(), time.clock_gettime(time.CLOCK_BOOTTIME)
         answers = _request_at_once(client, alice, bob)
         assert [a.status_code for a in answers] == [202, 202], [a.text for a in answers]
@@ -158,6 +169,67 @@ def test_the_pool_is_built_ahead_taken_once_without_a_trace_and_refilled(
     # 0 turns it off: the pool's containers are deleted.
     monkeypatch.setenv("ZLH_WARM_POOL", "0")
     with zlh_up(tmp_path, ide_store, port), httpx.Client(base_url=base_url, timeout=30) as client:
+        root = login(client, "root")
+        wait_for(lambda: _pool(client, root) == [], timeout_s=60, what="the pool deleted")
+        assert list((tmp_path / "process").iterdir()) == []
+
+
+def _pool_creates(client: httpx.Client, admin: Auth, version: str) -> list[datetime]:
+    """When the pool started building containers of node ``version``, oldest first."""
+    entries = client.get("/api/audit", params={"actor": "system"}, headers=admin).json()
+    mark = f"warm pool: node {version} "
+    return sorted(
+        datetime.fromisoformat(e["at"])
+        for e in entries
+        if e["action"] == "create" and e["detail"].startswith(mark)
+    )
+
+
+def test_a_new_default_version_replaces_the_pool_and_failing_builds_back_off(
+    ide_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(ide_store, store)
+    monkeypatch.setenv("ZLH_WARM_POOL", '{"node": 1}')
+    add_cli_users(tmp_path)
+    port = free_port_pair()
+    with (
+        zlh_up(tmp_path, store, port),
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
+    ):
+        root = login(client, "root")
+        [old] = _ready_pool(client, root, 1)
+        assert old["version"] == "22"
+        # A new default version whose artifact cannot install (no bin dir): the 22 goes, and
+        # every 23 the pool builds fails.
+        broken = tmp_path / "node-23.tar.gz"
+        with tarfile.open(broken, "w:gz") as tar:
+            info = tarfile.TarInfo("node-23/README")
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"x\n"))
+        zlh(
+            *("artifacts", "add", "runtime", "node", "23", "--file", str(broken)),
+            *("--store", str(store), "--default", "--bin", "bin", "--strip-components", "1"),
+        )
+        creates = wait_for(
+            lambda: (found := _pool_creates(client, root, "23")) and len(found) >= 4 and found,
+            timeout_s=60,
+            what="four builds of 23",
+        )
+        assert old["vmid"] not in [c["vmid"] for c in client.get("/api/dev", headers=root).json()]
+        gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(creates)]
+        # poll_interval_s 0.5: waits of at least 1, 2 and 4 s after the failures in a row
+        # (each gap also holds the build until it failed).
+        assert all(gap >= 0.5 * 2 ** (i + 1) for i, gap in enumerate(gaps[:3])), gaps
+        assert gaps[2] > gaps[0] + 2.0, gaps
+        pool = _pool(client, root)
+        assert len(pool) <= 1 and all(c["version"] == "23" for c in pool)
+        monkeypatch.setenv("ZLH_WARM_POOL", "0")
+    # Restarted without a pool: nothing of it is left.
+    with (
+        zlh_up(tmp_path, store, port),
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
+    ):
         root = login(client, "root")
         wait_for(lambda: _pool(client, root) == [], timeout_s=60, what="the pool deleted")
         assert list((tmp_path / "process").iterdir()) == []

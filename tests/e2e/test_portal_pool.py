@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from e2e_kit import (
 )
 from playwright.sync_api import Browser
 
+from api_kit import wait_for
 from support import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -63,10 +63,7 @@ def _ready_pool_vmid(client: httpx.Client, admin: dict[str, str]) -> int:
         pool = [c for c in client.get("/api/dev", headers=admin).json() if c["pool"]]
         return pool[0]["vmid"] if pool and pool[0]["state"] == "ready" else None
 
-    deadline = time.monotonic() + BUILD_S
-    while (vmid := ready()) is None:
-        assert time.monotonic() < deadline, "no ready pool container"
-        time.sleep(0.5)
+    vmid: int = wait_for(ready, timeout_s=BUILD_S, what="a ready pool container")
     return vmid
 
 

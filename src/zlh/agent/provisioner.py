@@ -269,11 +269,14 @@ class Provisioner:
         await asyncio.to_thread(self.runtimes.activate, name, runtime.version)
 
     async def _install_addons(self, payload: ProvisionPayload) -> None:
-        """The add-ons' artifacts only (a warm-pool payload): nothing configured or started."""
+        """The add-ons' artifacts only (a warm-pool payload), and what each does ahead of its
+        user: nothing configured or started."""
+        from zlh.agent.addons import addon_class
         from zlh.agent.addons.base import install_request
 
         for spec in payload.addons:
             await self.installer.ensure(install_request(spec, self.layout), self.tracker)
+            await addon_class(spec.name).warm(spec, self.layout)
 
     def _runtime_path(self, runtime: RuntimeSpec) -> tuple[str, ...]:
         name = runtime.name.value

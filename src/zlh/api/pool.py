@@ -15,7 +15,8 @@ poller marks it ready as any other. Nothing of this is built while a request wai
 
 :meth:`WarmPool.run` keeps the pool at its wanted size (``warm_pool``) in the background: at
 start, after every take, and every ``poll_interval_s`` (which catches pool containers that
-failed: they are deleted and built again). Pool containers of a version or add-on pin the
+failed: they are deleted and built again, after a wait that doubles with each failure in a row
+of that runtime). Pool containers of a version or add-on pin the
 catalog no longer defaults to are replaced; runtimes no longer wanted, and a surplus after
 ``warm_pool`` was lowered, are deleted. A restart adopts the pool as it stands.
 """
@@ -52,6 +53,8 @@ logger = logging.getLogger(__name__)
 POOL_ADDONS = ("code-server",)
 # Pool containers in these states are not counted (they are on their way out).
 _LEAVING = {ContainerState.FAILED.value, ContainerState.DELETING.value}
+# The longest wait before building again for a runtime whose pool containers keep failing.
+_MAX_BACKOFF_S = 600.0
 
 
 def default_runtime(catalog: Catalog) -> str | None:
@@ -153,6 +156,10 @@ class WarmPool:
         self.audit = audit
         self._wake = asyncio.Event()
         self._user: User | None = None
+        # Per runtime: pool builds that failed in a row, and when the next one may start
+        # (a broken artifact must not have the pool rebuild it every few seconds).
+        self._failures: dict[str, int] = {}
+        self._retry_at: dict[str, float] = {}
 
     # -- who owns it ----------------------------------------------------------------------------
 
@@ -252,6 +259,7 @@ class WarmPool:
                 continue
             if container.state == ContainerState.FAILED:
                 drop.append((container, f"failed: {container.error}"))
+                self._failed(container.runtime)
             elif target is None:
                 drop.append((container, "its runtime is no longer in warm_pool"))
             elif (container.version, container.pins) != target or not _same_addons(
@@ -260,6 +268,8 @@ class WarmPool:
                 drop.append((container, f"replaced by {container.runtime} {target[0]}"))
             else:
                 keep[container.runtime].append(container)
+                if container.state == ContainerState.READY:
+                    self._failures.pop(container.runtime, None)
         for runtime, containers in keep.items():
             # The surplus after warm_pool was lowered: the ones still building go first.
             containers.sort(key=lambda c: (c.state == ContainerState.READY, -c.vmid))
@@ -267,9 +277,25 @@ class WarmPool:
             drop += [(c, "warm_pool lowered") for c in containers[: max(surplus, 0)]]
         for container, why in drop:
             await self._delete(container, why)
+        now = asyncio.get_running_loop().time()
         for runtime, containers in keep.items():
+            if now < self._retry_at.get(runtime, 0.0):
+                continue
             for _ in range(wanted[runtime] - len(containers)):
                 await self._build(runtime, *targets[runtime])
+
+    def _failed(self, runtime: str) -> None:
+        """Back off the next build for ``runtime``: the poll interval, doubling per failure
+        in a row, at most ``_MAX_BACKOFF_S``."""
+        failures = self._failures[runtime] = self._failures.get(runtime, 0) + 1
+        delay = min(self.settings.poll_interval_s * 2**failures, _MAX_BACKOFF_S)
+        self._retry_at[runtime] = asyncio.get_running_loop().time() + delay
+        logger.warning(
+            "a warm-pool container of %s failed (%d in a row): the next is built in %.0f s",
+            runtime,
+            failures,
+            delay,
+        )
 
     @staticmethod
     def _request(runtime: str) -> DevRequest:

@@ -89,6 +89,11 @@ class Addon(ABC, Generic[SpecT]):
             fast_exit_s=config.fast_exit_s,
         )
 
+    @classmethod
+    async def warm(cls, spec: SpecT, layout: Layout) -> None:
+        """Work a warm-pool container does ahead of its user, with nobody's home yet (its
+        artifact is installed); nothing by default."""
+
     @abstractmethod
     async def configure(self) -> None: ...
 
