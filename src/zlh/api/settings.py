@@ -211,7 +211,7 @@ class ApiSettings(BaseSettings):
         'runtime, e.g. {"node": 2} (TOML: [warm_pool] node = 2; a number: that many of the '
         "default runtime); unset: 1 of the default runtime (node, else the catalog's first); "
         "0 or {} turns the pool off. A request for a runtime's catalog-default version with "
-        "just code-server takes a ready one (IDE in about a second); others are built as "
+        "just code-server takes a ready one (no install to wait for); others are built as "
         "usual. Pool containers count against no quota and are never idle-stopped.",
     )
     idle_stop_after: int = Field(
