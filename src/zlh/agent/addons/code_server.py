@@ -54,6 +54,9 @@ USER_SETTINGS: dict[str, object] = {
     "workbench.enableExperiments": False,
 }
 _PROBE_TIMEOUT_S = 3.0
+# Between probes while code-server starts: a warm-pool hand-out waits on nothing else, and a
+# probe of a port nobody listens on yet costs a refused connect.
+_START_PROBE_S = 0.05
 _HELP_TIMEOUT_S = 60.0
 # Passed when --help lists them (argv() says where).
 OPTIONAL_FLAGS = ("--base-path", "--disable-getting-started-override")
@@ -200,7 +203,7 @@ class CodeServer(Addon[CodeServerAddon]):
                 )
             await self._check()
             if not self._running():
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(_START_PROBE_S)
 
     def _running(self) -> bool:
         pid = self.supervisor.running_pid() if self.supervisor else None
