@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from pydantic import ValidationError
 
 from agent_helpers import AgentProcess
 from agent_sim import SimBackend
@@ -22,6 +23,7 @@ from zlh.api.db import Container, ContainerState
 from zlh.api.errors import AgentError
 from zlh.api.keys import agent_secret
 from zlh.api.pool import wanted_sizes
+from zlh.api.settings import ApiSettings
 from zlh.schemas import Artifact, ArtifactFormat, ArtifactKind, Catalog
 
 NEXT = "f" * 32
@@ -140,3 +142,15 @@ def test_warm_pool_sizes(
     setting: dict[str, int] | int | None, runtimes: tuple[str, ...], wanted: dict[str, int]
 ) -> None:
     assert wanted_sizes(setting, _catalog(*runtimes)) == wanted
+
+
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [({"nodee": 1}, "unknown runtime 'nodee'"), ({"node": -1}, "0 or more"), (-2, "0 or more")],
+)
+def test_a_bad_warm_pool_setting_is_refused_naming_it(
+    setting: dict[str, int] | int, says: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ValidationError, match="warm_pool") as raised:
+        ApiSettings(data_dir=tmp_path, warm_pool=setting)
+    assert says in str(raised.value)

@@ -159,6 +159,8 @@ class WarmPool:
         # Per runtime: pool builds that failed in a row, and when the next one may start
         # (a broken artifact must not have the pool rebuild it every few seconds).
         self._failures: dict[str, int] = {}
+        # Why a wanted runtime has no pool (not in the catalog), as already logged.
+        self._told: set[tuple[str, str]] = set()
         self._retry_at: dict[str, float] = {}
 
     # -- who owns it ----------------------------------------------------------------------------
@@ -250,7 +252,9 @@ class WarmPool:
             try:
                 targets[runtime] = resolve_request(catalog, self._request(runtime))
             except InvalidRequest as exc:
-                logger.warning("no warm pool for %s: %s", runtime, exc.message)
+                if (runtime, exc.message) not in self._told:  # once, not every pass
+                    self._told.add((runtime, exc.message))
+                    logger.warning("no warm pool for %s: %s", runtime, exc.message)
         keep: dict[str, list[Container]] = {runtime: [] for runtime in targets}
         drop: list[tuple[Container, str]] = []
         for container in await asyncio.to_thread(pool_containers, self.registry):

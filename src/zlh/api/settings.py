@@ -28,6 +28,7 @@ from zlh.listen import parse_listen
 from zlh.proxy.ideorigin import IdeOrigin
 from zlh.proxy.settings import ProxySettings
 from zlh.retired_settings import drop_retired
+from zlh.schemas import RuntimeName
 
 __all__ = ["ApiSettings", "load_settings", "url_port"]
 
@@ -286,6 +287,10 @@ class ApiSettings(BaseSettings):
         sizes = value.values() if isinstance(value, dict) else [value or 0]
         if any(size < 0 for size in sizes):
             raise ValueError("warm pool sizes are 0 or more")
+        known = {name.value for name in RuntimeName}
+        unknown = sorted(set(value) - known) if isinstance(value, dict) else []
+        if unknown:
+            raise ValueError(f"unknown runtime {unknown[0]!r} (known: {', '.join(sorted(known))})")
         return value
 
     @field_validator("listen", "metrics_listen")
