@@ -14,12 +14,19 @@ import pytest
 from fastapi import FastAPI
 from pydantic import ValidationError
 
-from agent_helpers import AgentProcess
+from agent_helpers import (
+    AgentProcess,
+    artifact,
+    artifact_server,
+    payload,
+    runtime_members,
+    tarball,
+)
 from agent_sim import SimBackend
-from api_kit import PINS, add_user, make_app, running, services
+from api_kit import PINS, add_user, make_app, running, services, wait_for
 from zlh.api.accounts import get_user
 from zlh.api.containers import Quota
-from zlh.api.db import Container, ContainerState
+from zlh.api.db import Container, ContainerState, Pins
 from zlh.api.errors import AgentError
 from zlh.api.keys import agent_secret
 from zlh.api.pool import wanted_sizes
@@ -154,3 +161,44 @@ def test_a_bad_warm_pool_setting_is_refused_naming_it(
     with pytest.raises(ValidationError, match="warm_pool") as raised:
         ApiSettings(data_dir=tmp_path, warm_pool=setting)
     assert says in str(raised.value)
+
+
+def test_a_handed_out_container_whose_agent_still_holds_the_pool_payload_gets_its_own(
+    hand_out: HandOut,
+) -> None:
+    """A crash after the rotation but before the real payload: the poller sees the agent's
+    pool payload on a container that is no longer the pool's and sends the real one."""
+    runtime = tarball(runtime_members())
+    with artifact_server() as server:
+        art = artifact(server.add("node.tar.gz", runtime), runtime)
+        svc = services(hand_out.app)
+        _start_with(hand_out, NEXT)
+        vmid = hand_out.container.vmid
+        pool_payload = payload(art, vmid=vmid, pool=True)
+        agent_auth = {"Authorization": f"Bearer {hand_out.secret(NEXT)}"}
+        sent = httpx.post(f"{hand_out.agent.url}/provision", json=pool_payload, headers=agent_auth)
+        assert sent.status_code == 202
+        home = hand_out.agent.root / "home" / "dev"
+
+        def agent_status() -> dict[str, object]:
+            answer = httpx.get(f"{hand_out.agent.url}/status", headers=agent_auth)
+            body: dict[str, object] = answer.json()
+            return body
+
+        wait_for(lambda: agent_status()["state"] == "ready", what="the pool payload")
+        assert agent_status()["pool"] is True and not home.exists()
+        pins = Pins(runtime=Artifact.model_validate(art))
+        svc.registry.update(
+            vmid,
+            agent_nonce=NEXT,
+            next_nonce=None,
+            pins=pins,
+            state=ContainerState.PROVISIONING,
+        )
+        svc.poller.wake()
+        wait_for(
+            lambda: (c := hand_out.record()).state == "ready" and c.status and not c.status.pool,
+            what="the container's own payload",
+        )
+        assert agent_status()["pool"] is False
+        assert (home / "workspace" / "README.md").is_file()
