@@ -27,7 +27,10 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -108,44 +111,75 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def agent_numbers(
-    artifact: Artifact, url: str, work: Path, runs: int
-) -> tuple[float, float, float]:
-    root = work / "agent-root"
-    token = work / "token"
+def start_agent(
+    root: Path, *, command: Sequence[str] = ZLH, env: Mapping[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], httpx.Client]:
+    """A real ``zlh agent`` on a free port over ``root``, and a client holding its secret."""
+    token = root.parent / f"{root.name}.token"
     token.write_text(TOKEN)
     port = free_port()
     proc = subprocess.Popen(
-        [*ZLH, "agent", "--listen", f"127.0.0.1:{port}", "--token-file", str(token),
+        [*command, "agent", "--listen", f"127.0.0.1:{port}", "--token-file", str(token),
          "--root", str(root), "--bind-host", "127.0.0.1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
     )  # fmt: skip
+    wait_for_port("127.0.0.1", port, proc=proc)
+    http = httpx.Client(
+        base_url=f"http://127.0.0.1:{port}",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=600,
+    )
+    return proc, http
+
+
+def runtime_payload(artifact: Artifact, url: str) -> dict[str, Any]:
+    return {
+        "vmid": 101,
+        "runtime": {"name": "node", "version": "bench",
+                    "artifact": artifact.model_dump(mode="json") | {"url": url}},
+    }  # fmt: skip
+
+
+def provision(http: httpx.Client, body: dict[str, Any]) -> float:
+    """POST /provision and poll /status until ready: seconds taken."""
+    start = time.perf_counter()
+    accepted = http.post("/provision", json=body)  # no side effect inside an assert (-OO)
+    assert accepted.status_code == 202, accepted.text
+    while (state := http.get("/status").json()["state"]) == "provisioning":
+        time.sleep(0.002)
+    assert state == "ready", http.get("/status").json()
+    return time.perf_counter() - start
+
+
+@contextmanager
+def served_artifact(tarball: Path, work: Path) -> Iterator[tuple[Artifact, str]]:
+    """``tarball`` added to a store under ``work`` and served: its artifact and URL."""
+    store = work / "store"
+    subprocess.run(
+        [*ZLH, "artifacts", "add", "runtime", "node", "bench", "--file", str(tarball),
+         "--store", str(store)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    artifact = ArtifactStore(store).catalog().resolve(ArtifactKind.RUNTIME, "node", "bench")[1]
+    server, base = serve(store)
     try:
-        wait_for_port("127.0.0.1", port, proc=proc)
-        http = httpx.Client(
-            base_url=f"http://127.0.0.1:{port}",
-            headers={"Authorization": f"Bearer {TOKEN}"},
-            timeout=600,
-        )
+        yield artifact, artifact.resolved_url(base)
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def agent_numbers(
+    artifact: Artifact, url: str, work: Path, runs: int
+) -> tuple[float, float, float]:
+    proc, http = start_agent(work / "agent-root")
+    try:
         http.get("/status")
         time.sleep(1.0)
         idle = rss_mb(proc.pid)
-        body = {
-            "vmid": 101,
-            "runtime": {"name": "node", "version": "bench",
-                        "artifact": artifact.model_dump(mode="json") | {"url": url}},
-        }  # fmt: skip
-
-        def provision() -> float:
-            start = time.perf_counter()
-            assert http.post("/provision", json=body).status_code == 202
-            while (state := http.get("/status").json()["state"]) == "provisioning":
-                time.sleep(0.002)
-            assert state == "ready", http.get("/status").json()
-            return time.perf_counter() - start
-
-        provision()  # the real install
-        guarded = statistics.median(provision() for _ in range(max(runs, 5)))
+        body = runtime_payload(artifact, url)
+        provision(http, body)  # the real install
+        guarded = statistics.median(provision(http, body) for _ in range(max(runs, 5)))
         after = rss_mb(proc.pid)
         http.close()
         return idle, guarded * 1000, after
@@ -164,16 +198,7 @@ def main() -> None:
         tarball = args.tarball or work / "rt.tar.gz"
         if args.tarball is None:
             synthetic_tarball(tarball)
-        store = work / "store"
-        subprocess.run(
-            [*ZLH, "artifacts", "add", "runtime", "node", "bench", "--file", str(tarball),
-             "--store", str(store)],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        artifact = ArtifactStore(store).catalog().resolve(ArtifactKind.RUNTIME, "node", "bench")[1]
-        server, base = serve(store)
-        url = artifact.resolved_url(base)
-        try:
+        with served_artifact(tarball, work) as (artifact, url):
             agent_s, curl_s = [], []
             for i in range(args.runs):  # interleaved, so load on the machine hits both alike
                 subprocess.run(["sync"], check=True)
@@ -184,9 +209,6 @@ def main() -> None:
                 curl_s.append(time_curl_tar(url, work / f"c{i}"))
                 shutil.rmtree(work / f"c{i}")
             idle, guarded_ms, after = agent_numbers(artifact, url, work, args.runs)
-        finally:
-            server.terminate()
-            server.wait(10)
         with tarfile.open(tarball) as tar:
             files = sum(1 for _ in tar)
         agent_med, curl_med = statistics.median(agent_s), statistics.median(curl_s)

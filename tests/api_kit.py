@@ -212,9 +212,8 @@ def ready_on_a_real_agent(
 ) -> Iterator[None]:
     """``container`` made ready on a real agent's files and console routes (serving
     ``home``/workspace as the current user), reached over HTTP with its own secret."""
-    from zlh.agent.console import setup_console_routes
     from zlh.agent.devuser import DevEnvironment
-    from zlh.agent.files import setup_files_routes
+    from zlh.agent.lazy_routes import setup_console_routes, setup_files_routes
     from zlh.agent.runas import DevIdentity
 
     svc = services(app)

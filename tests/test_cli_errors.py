@@ -177,6 +177,15 @@ def cases(tmp: Path, port: int) -> dict[str, list[str]]:
             file,
         ],
         "dev share: not a role": ["dev", "share", "101", "bob", "--role", "admin"],
+        "layers list: no data dir": ["layers", "list", "--data-dir", missing],
+        "layers verify: a backend without layers": [
+            "layers",
+            "verify",
+            *process,
+            "--data-dir",
+            str(tmp),
+        ],
+        "layers gc: data dir is a file": ["layers", "gc", "--data-dir", file],
         "dev unshare: no platform there": [
             "dev",
             "unshare",

@@ -1,5 +1,6 @@
 """The data dir is tightened in place: others lose every bit, the group its read and write
-bits, a group traverse bit stays; ``lxc/`` is left alone and big trees only lose their top."""
+bits, a group traverse bit stays; ``lxc/`` and ``layers/`` are left alone and big trees only
+lose their top."""
 
 from __future__ import annotations
 
@@ -82,11 +83,12 @@ def test_the_group_traverse_grant_on_the_data_dir_is_kept_and_its_group_not_chan
     assert data_dir.stat().st_gid == 165_536
 
 
-def test_lxc_is_left_alone_and_big_trees_are_tightened_only_at_the_top(tmp_path: Path) -> None:
+def test_lxc_and_layers_are_left_alone_and_big_trees_are_tightened_only_at_the_top(
+    tmp_path: Path,
+) -> None:
     data_dir = old_install(tmp_path / "data")
-    inner = {
-        name: data_dir / name / "deep" / "file" for name in ("lxc", "artifacts", "cache", "process")
-    }
+    names = ("lxc", "layers", "artifacts", "cache", "process")
+    inner = {name: data_dir / name / "deep" / "file" for name in names}
     for path in inner.values():
         path.parent.mkdir(parents=True)
         path.parent.parent.chmod(0o755)
@@ -94,6 +96,7 @@ def test_lxc_is_left_alone_and_big_trees_are_tightened_only_at_the_top(tmp_path:
         path.chmod(0o644)
     tighten(data_dir)
     assert mode(data_dir / "lxc") == 0o755
+    assert mode(data_dir / "layers") == 0o755  # containers read them; their modes are checked
     for name, path in inner.items():
         assert mode(path) == 0o644, name  # not walked
         assert mode(path.parent) == 0o755, name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import os
@@ -13,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from agent_helpers import artifact_server, runtime_members, sha256, tarball
 from support import zlh
 from zlh.doctor import Check, Host, Outcome, run_checks
+from zlh.layers import LayerStore
+from zlh.schemas import Artifact, ArtifactKind
 
 
 def _path_without_lxc(tmp_path: Path) -> str:
@@ -254,6 +258,41 @@ def test_doctor_names_the_lsm_and_a_missing_seccomp_profile(tmp_path: Path) -> N
     assert "AppArmor: containers get LXC's generated profile" in checks["apparmor"].detail
     assert checks["seccomp"].outcome is Outcome.WARN
     assert "without a seccomp filter" in checks["seccomp"].detail
+
+
+def test_doctor_reports_the_shared_layers_and_warns_of_one_changed_on_disk(tmp_path: Path) -> None:
+    with artifact_server() as server:
+        data = tarball(runtime_members())
+        url = server.add("node.tar.gz", data)
+        artifact = Artifact.model_validate(
+            {
+                "url": url,
+                "sha256": sha256(data),
+                "size": len(data),
+                "format": "tar.gz",
+                "stripComponents": 1,
+                "bin": ["bin"],
+            }
+        )
+        store = LayerStore(tmp_path / "layers")
+
+        async def build() -> Path:
+            try:
+                return await store.ensure(ArtifactKind.RUNTIME, "node", "22", artifact)
+            finally:
+                await store.close()
+
+        layer = asyncio.run(build())
+    host = Host(
+        data_dir=tmp_path, store=tmp_path / "artifacts", listen="127.0.0.1:0", backend="lxc"
+    )
+    (check,) = [c for c in run_checks(host) if c.name == "layers"]
+    assert check.outcome is Outcome.OK and check.detail.startswith("1 shared layer(s)")
+    (layer / "bin" / "hello").write_text("#!/bin/sh\necho changed\n")
+    (check,) = [c for c in run_checks(host) if c.name == "layers"]
+    assert check.outcome is Outcome.WARN
+    assert f"{artifact.sha256[:12]} (runtime node 22) changed on disk (bin/hello" in check.detail
+    assert check.fix == f"zlh layers verify --data-dir {tmp_path}"
 
 
 def _warm_pool_line(data_dir: Path, store: Path) -> str:

@@ -11,7 +11,8 @@ the containers' mapped root group (0710), which must reach the container root fi
 Nothing is chowned.
 
 Only the data dir's own files are walked. ``lxc/`` (container root filesystems) is the
-backend's and left alone; ``artifacts/``, ``cache/`` and ``process/`` can be large trees, so
+backend's and ``layers/`` (shared artifact trees, zlh.layers) the layer store's: both are left
+alone; ``artifacts/``, ``cache/`` and ``process/`` can be large trees, so
 only their top directory is tightened, which already keeps others out of everything below.
 """
 
@@ -38,7 +39,9 @@ log = logging.getLogger(__name__)
 PRIVATE_UMASK = 0o077
 DIR_STRIP = 0o067  # others' bits, group read and write; a group traverse bit stays
 FILE_STRIP = 0o077  # group's and others' bits
-LEFT_ALONE = frozenset({"lxc"})  # the lxc backend's: container root filesystems
+# The lxc backend's container root filesystems, and the shared layers (zlh.layers): artifact
+# trees containers read through mounts, nothing secret, whose every mode and ctime is checked.
+LEFT_ALONE = frozenset({"lxc", "layers"})
 TOP_ONLY = frozenset({"artifacts", "cache", "process"})  # big trees: their top dir only
 
 

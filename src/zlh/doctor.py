@@ -315,6 +315,29 @@ def _disk(host: Host) -> Iterator[Check]:
         yield Check("disk", Outcome.OK, f"{free_gb:.1f} GB free under {probe}")
 
 
+def _layers(host: Host) -> Iterator[Check]:
+    """The shared layers (lxc): how much they hold, and whether any changed on disk."""
+    from zlh.layers import LayerStore
+
+    root = host.data_dir / "layers"
+    if host.backend != "lxc" or not root.is_dir():
+        return
+    infos = LayerStore(root).infos()
+    size_mb = sum(info.size for info in infos) / 1e6
+    bad = [info for info in infos if info.problem is not None]
+    if not bad:
+        yield Check("layers", Outcome.OK, f"{len(infos)} shared layer(s), {size_mb:.0f} MB, intact")
+        return
+    named = "; ".join(f"{info.sha256[:12]} ({info.label}) {info.problem}" for info in bad)
+    yield Check(
+        "layers",
+        Outcome.WARN,
+        f"{len(bad)} of {len(infos)} shared layer(s) changed on disk: {named}; the platform "
+        "rebuilds them before mounting them again",
+        f"zlh layers verify --data-dir {host.data_dir}",
+    )
+
+
 def _port(host: Host) -> Iterator[Check]:
     address, _, port_text = host.listen.rpartition(":")
     try:
@@ -513,6 +536,7 @@ CHECKS: tuple[Callable[[Host], Iterator[Check]], ...] = (
     _data_dir,
     _cgroup,
     _disk,
+    _layers,
     _port,
     _front,
     _artifacts,

@@ -20,8 +20,8 @@ from websockets.sync.client import connect
 
 from support import MARK, ConsoleClient, pid_gone, serve_agent_app
 from support import LiveAgent as Live
-from zlh.agent.console import setup_console_routes
 from zlh.agent.devuser import DevEnvironment
+from zlh.agent.lazy_routes import setup_console_routes
 from zlh.agent.runas import DevIdentity
 
 TOKEN = "test-container-secret"

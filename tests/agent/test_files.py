@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from support import LiveAgent as Live
 from support import serve_agent_app
 from zlh.agent.devuser import DevEnvironment
-from zlh.agent.files import setup_files_routes
+from zlh.agent.lazy_routes import setup_files_routes
 from zlh.agent.runas import DevIdentity
 from zlh.agent.workspace import BadPath, parse_client_path
 

@@ -4,6 +4,7 @@ numbers themselves are docs/performance.md's, from full runs)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -35,3 +36,20 @@ def test_the_scrape_bench_measures_scrapes_over_the_proxmox_stand_in() -> None:
     lines = result.stdout.splitlines()
     assert len(lines) == 12 and lines[0].startswith("scrape 0: ")
     assert lines[-1].endswith("20 containers with figures")  # the refresh ended meanwhile
+
+
+def test_the_agent_memory_bench_measures_idle_and_provisioned_agents_and_baselines() -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "agent_rss.py"), "--runs", "1", "--artifact-mb", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    idle = re.search(r"idle: +RSS ([\d.]+) MB +Pss ([\d.]+) MB", out)
+    provisioned = re.search(r"after provisioning a \d+ MB runtime: RSS ([\d.]+) MB", out)
+    assert idle and provisioned, out
+    assert 15 < float(idle[1]) < float(provisioned[1]) < 200, out
+    assert "baseline python + aiohttp.web: RSS" in out
+    assert "  zlh.agent.app " in out  # the import steps ran to the end

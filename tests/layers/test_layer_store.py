@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from agent_helpers import (
 )
 from agent_helpers import sha256 as digest
 from zlh.install.download import RetryPolicy
+from zlh.install.errors import InstallError
 from zlh.install.installed import MARKER_NAME
 from zlh.install.installer import Installer, InstallRequest
 from zlh.install.progress import ProgressTracker
@@ -118,6 +120,7 @@ def test_a_layer_built_under_a_private_umask_is_readable_by_every_user(
     for directory_path in (layer, layer / "bin", layer / "share"):
         assert directory_path.stat().st_mode & 0o777 == 0o755, directory_path
     assert (layer / "share" / "a").stat().st_mode & 0o777 == 0o644
+    assert (layer / MARKER_NAME).stat().st_mode & 0o777 == 0o644  # what the agent's guard reads
     assert (tmp_path / "layers").stat().st_mode & 0o777 == 0o711
 
 
@@ -232,3 +235,33 @@ def test_a_layer_path_is_only_ever_a_sha256(tmp_path: Path) -> None:
     for bad in ("../etc", "a" * 63, "A" * 64, "a" * 64 + "/x"):
         with pytest.raises(ValueError, match="is not a sha256"):
             store.path(bad)
+
+
+@pytest.mark.root
+def test_the_agent_never_installs_over_a_mounted_layer_of_another_artifact(
+    tmp_path: Path, server: ArtifactServer
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("bind mounts need root")
+    (layer,) = _ensure(LayerStore(tmp_path / "layers"), _artifact(server))
+    other = _artifact(server, tarball(runtime_members("node-v23")), "node23.tar.gz")
+    target = tmp_path / "container" / "opt/zlh/runtimes/node/22"
+    target.mkdir(parents=True)
+    subprocess.run(["mount", "--bind", "-o", "ro", str(layer), str(target)], check=True)
+    try:
+        request = InstallRequest(ArtifactKind.RUNTIME, "node", "22", other, target)
+
+        async def install() -> None:
+            installer = Installer(policy=RetryPolicy())
+            try:
+                await installer.ensure(request, ProgressTracker())
+            finally:
+                await installer.close()
+
+        with pytest.raises(
+            InstallError, match="is a read-only layer the host mounted, with sha256"
+        ):
+            asyncio.run(install())
+        assert server.gets("node23.tar.gz") == []
+    finally:
+        subprocess.run(["umount", str(target)], check=True)

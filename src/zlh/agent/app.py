@@ -4,7 +4,8 @@ aiohttp (server and client) rather than the API's FastAPI stack: one agent runs 
 container, and a one-route aiohttp service idles at ~46 MB with pydantic vs ~52 MB for FastAPI
 on uvicorn (docs/architecture.md, "Why aiohttp"); the agent needs no OpenAPI. It imports only
 ``zlh.schemas``, ``zlh.errors``, ``zlh.agent.*``, the standard library, aiohttp and pydantic;
-installers and addons load what they need when a payload asks for it.
+installers and addons load what they need when a payload asks for it, the file browser and the
+console on their first request (``zlh.agent.lazy_routes``).
 
 Each route module adds its routes and lifecycle to the app; this module only composes them
 behind the two middlewares (bearer secret, error envelope).
@@ -19,8 +20,7 @@ from pathlib import Path
 from aiohttp import web
 
 from zlh.agent.config import AgentConfig
-from zlh.agent.console import setup_console_routes
-from zlh.agent.files import setup_files_routes
+from zlh.agent.lazy_routes import setup_console_routes, setup_files_routes
 from zlh.agent.ports import setup_ports_routes
 from zlh.agent.provisioner import Provisioner
 from zlh.agent.routes import setup_provision_routes
@@ -29,7 +29,7 @@ from zlh.agent.web_errors import bearer_auth, error_envelope
 from zlh.errors import UsageError
 from zlh.listen import parse_listen, require_free
 
-__all__ = ["cmd_agent", "create_app", "read_token"]
+__all__ = ["create_app", "read_token", "serve"]
 
 
 def create_app(config: AgentConfig, secret: str, token_file: Path | None = None) -> web.Application:
@@ -62,7 +62,8 @@ def read_token(path: Path) -> str:
     return token
 
 
-def cmd_agent(args: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace) -> int:
+    """Run the agent until it is stopped (``zlh agent``, through ``zlh.agent.main``)."""
     host, port = _listen(args.listen)
     secret = read_token(args.token_file)
     require_free(host, port)

@@ -1,4 +1,4 @@
-"""Arguments of ``zlh agent``. The handler lives in ``zlh.agent.app``."""
+"""Arguments of ``zlh agent``. The handler lives in ``zlh.agent.main``."""
 
 from __future__ import annotations
 
@@ -35,4 +35,4 @@ def register(commands: Any) -> None:
         metavar="URL",
         help="artifact server that relative artifact urls in payloads are joined onto",
     )
-    handler(agent, "zlh.agent.app:cmd_agent")
+    handler(agent, "zlh.agent.main:cmd_agent")

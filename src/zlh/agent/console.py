@@ -28,7 +28,6 @@ import errno
 import fcntl
 import json
 import os
-import shutil
 import signal
 import struct
 import termios
@@ -41,7 +40,7 @@ from zlh.agent.files import NotProvisioned
 from zlh.agent.runas import DevEnvironmentSource, DevIdentity, start_in_as_child
 from zlh.errors import ZlhError
 
-__all__ = ["Console", "ConsoleRoutes", "setup_console_routes"]
+__all__ = ["Console", "ConsoleRoutes"]
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 READ_BYTES = 64 * 1024
@@ -275,14 +274,16 @@ async def _hang_up(pidfds: list[int], grace_s: float) -> None:
 
 
 class ConsoleRoutes:
+    """``GET /console``'s handler and the open sessions; ``zlh.agent.lazy_routes`` mounts it."""
+
     def __init__(
-        self, *, environment: DevEnvironmentSource, max_consoles: int, env: Mapping[str, str]
+        self,
+        *,
+        environment: DevEnvironmentSource,
+        max_consoles: int,
+        env: Mapping[str, str],
+        setsid: str,
     ) -> None:
-        setsid = shutil.which("setsid")
-        if setsid is None:
-            raise ValueError("the console needs util-linux's setsid, which is not on PATH")
-        if max_consoles < 1:
-            raise ValueError(f"max_consoles must be at least 1, got {max_consoles}")
         self.environment = environment
         self.max_consoles = max_consoles
         self.setsid = setsid
@@ -343,23 +344,3 @@ class ConsoleRoutes:
     async def shutdown(self, _app: web.Application) -> None:
         for ws in list(self.sessions.values()):
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"agent shutting down")
-
-
-def setup_console_routes(
-    app: web.Application,
-    *,
-    environment: DevEnvironmentSource,
-    max_consoles: int = 8,
-    env: Mapping[str, str] | None = None,
-) -> None:
-    """Add ``GET /console`` to the agent's app (its auth middleware covers it).
-
-    ``environment`` returns the dev environment (workspace and identity), or None before the
-    first provisioning created it (the route then answers 503).
-
-    ``env`` adds to or overrides the shell's environment (HOME, USER, LOGNAME, SHELL, TERM,
-    LANG, PATH); a login shell's ``/etc/profile`` may still reset PATH.
-    """
-    routes = ConsoleRoutes(environment=environment, max_consoles=max_consoles, env=env or {})
-    app.router.add_get("/console", routes.open)
-    app.on_shutdown.append(routes.shutdown)

@@ -23,7 +23,7 @@ from zlh.http_range import UNSATISFIABLE, ByteRange, parse_range
 from zlh.schemas.errors import validation_problems
 from zlh.schemas.files import MkdirRequest, MoveRequest, PathResult
 
-__all__ = ["NotProvisioned", "setup_files_routes"]
+__all__ = ["FileRoutes", "NotProvisioned"]
 
 CHUNK_BYTES = 256 * 1024
 
@@ -91,6 +91,8 @@ class _Targets:
 
 
 class FileRoutes:
+    """The ``/files`` handlers; ``zlh.agent.lazy_routes`` mounts them."""
+
     def __init__(self, environment: DevEnvironmentSource, max_upload_bytes: int) -> None:
         self.targets = _Targets(environment)
         self.max_upload_bytes = max_upload_bytes
@@ -181,21 +183,3 @@ class FileRoutes:
 
     async def close(self, _app: web.Application) -> None:
         self.targets.close()
-
-
-def setup_files_routes(
-    app: web.Application, *, environment: DevEnvironmentSource, max_upload_bytes: int
-) -> None:
-    """Add the ``/files`` routes to the agent's app (its auth middleware covers them).
-
-    ``environment`` returns the dev environment (workspace and identity), or None before the
-    first provisioning created it (the routes then answer 503).
-    """
-    routes = FileRoutes(environment, max_upload_bytes)
-    app.router.add_get("/files", routes.list)
-    app.router.add_delete("/files", routes.delete)
-    app.router.add_get("/files/content", routes.read, allow_head=False)
-    app.router.add_put("/files/content", routes.write)
-    app.router.add_post("/files/mkdir", routes.mkdir)
-    app.router.add_post("/files/move", routes.move)
-    app.on_cleanup.append(routes.close)

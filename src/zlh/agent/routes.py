@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
@@ -13,11 +14,13 @@ from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
 from zlh.agent.errors import Conflict
+from zlh.agent.memory import HeapTrimmer
 from zlh.agent.provisioner import Provisioner
 from zlh.agent.status import build_status
 from zlh.agent.token import AgentToken
 from zlh.agent.web_errors import InvalidRequest
 from zlh.schemas import (
+    AgentState,
     FieldProblem,
     ProvisionPayload,
     RuntimeName,
@@ -31,7 +34,7 @@ from zlh.schemas.artifact import Version
 __all__ = ["PROVISIONER", "setup_provision_routes"]
 
 PROVISIONER = web.AppKey("provisioner", Provisioner)
-_VERSION: TypeAdapter[str] = TypeAdapter(Version)
+TRIMMER = web.AppKey("trimmer", HeapTrimmer)
 BodyT = TypeVar("BodyT", bound=WireModel)
 
 
@@ -61,6 +64,7 @@ async def provision(request: web.Request) -> web.Response:
     prov = request.app[PROVISIONER]
     payload = await _body(request, ProvisionPayload, "provisioning payload")
     joined = prov.submit(payload)
+    request.app[TRIMMER].after_work()
     return _status(prov, 202, {"X-Zlh-Joined": "true" if joined else "false"})
 
 
@@ -72,7 +76,14 @@ async def change_runtime(request: web.Request) -> web.Response:
     """Install a runtime version beside the active one and switch to it (202 at once)."""
     prov = request.app[PROVISIONER]
     prov.change_runtime(await _body(request, RuntimeSpec, "runtime"))
+    request.app[TRIMMER].after_work()
     return _status(prov, 202)
+
+
+@functools.cache
+def _version() -> TypeAdapter[str]:
+    """Built on the first runtime route, not at start: an idle agent keeps no spare validator."""
+    return TypeAdapter(Version)
 
 
 def _runtime(request: web.Request) -> tuple[str, str]:
@@ -82,7 +93,7 @@ def _runtime(request: web.Request) -> tuple[str, str]:
         known = ", ".join(n.value for n in RuntimeName)
         problems.append(FieldProblem(field="name", detail=f"unknown runtime (known: {known})"))
     try:
-        _VERSION.validate_python(version)
+        _version().validate_python(version)
     except ValidationError as exc:
         detail = exc.errors(include_url=False)[0]["msg"]
         problems.append(FieldProblem(field="version", detail=detail))
@@ -123,6 +134,7 @@ def setup_provision_routes(
     app: web.Application, provisioner: Provisioner, token: AgentToken
 ) -> None:
     app[PROVISIONER] = provisioner
+    trimmer = app[TRIMMER] = HeapTrimmer(provisioner.wait_idle)
     app.router.add_put("/token", token_route(token))
     app.router.add_post("/provision", provision)
     app.router.add_get("/status", status)
@@ -132,7 +144,10 @@ def setup_provision_routes(
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await provisioner.restore()
+        if provisioner.state is AgentState.PROVISIONING:  # the persisted payload, again
+            trimmer.after_work()
         yield
+        await trimmer.close()
         await provisioner.close()
 
     app.cleanup_ctx.append(lifecycle)

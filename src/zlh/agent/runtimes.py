@@ -16,7 +16,7 @@ from pathlib import Path
 from zlh.agent.errors import Conflict, NotFound
 from zlh.agent.paths import Layout
 from zlh.atomic import write_atomically
-from zlh.install.installed import Marker, read_marker, retire
+from zlh.install.installed import Marker, is_mount_point, read_marker, retire
 from zlh.schemas import InstalledRuntime, RuntimeName
 
 __all__ = ["Runtimes"]
@@ -94,6 +94,11 @@ class Runtimes:
         if self.active_version(name) == version:
             raise Conflict(
                 f"runtime {name} {version} is the active version; activate another one first"
+            )
+        if is_mount_point(target):
+            raise Conflict(
+                f"runtime {name} {version} is a shared layer the host mounts read-only: it "
+                "cannot be removed from inside the container"
             )
         retire(target)
 

@@ -116,7 +116,7 @@ def build_services(
         artifact_base_url=artifact_base_url,
         metrics=metrics,
         tailnet=tailnet,
-        layers=LayerStore(settings.data_dir / "layers"),
+        layers=LayerStore(root) if (root := backend.layers_dir()) else None,
     )
 
     async def resend(container: Any) -> None:

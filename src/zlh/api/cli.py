@@ -126,7 +126,36 @@ def register(commands: Any) -> None:
     add_data_dir(idle)
     handler(idle, f"{_COMMANDS}:cmd_user_idle")
 
+    _register_layers(commands)
+
     disable = sub.add_parser("disable", help="disable a user and end its sessions at once")
     disable.add_argument("name")
     add_data_dir(disable)
     handler(disable, f"{_COMMANDS}:cmd_user_disable")
+
+
+def _register_layers(commands: Any) -> None:
+    group = commands.add_parser(
+        "layers", help="the host's shared, read-only layers of runtimes and add-ons"
+    )
+    group.set_defaults(_group_parser=group)
+    sub = group.add_subparsers(title="layers commands", metavar="COMMAND")
+    for name, help_text in (
+        ("list", "each layer: size, what it holds, whether it is intact, who uses it"),
+        ("verify", "read every byte of every layer; set aside the ones that changed"),
+        ("gc", "remove the layers no container and no catalog entry uses"),
+    ):
+        parser = sub.add_parser(name, help=help_text)
+        add_data_dir(parser)
+        parser.add_argument(
+            "--backend", choices=BACKENDS, default=None, help="as `zlh up` (env ZLH_BACKEND)"
+        )
+        parser.add_argument(
+            "--store", type=Path, default=None, help="as `zlh up` (default <data dir>/artifacts)"
+        )
+        parser.add_argument("--config", type=Path, default=None, help="as `zlh up`")
+        if name == "gc":
+            parser.add_argument(
+                "--dry-run", action="store_true", help="say what would go, remove nothing"
+            )
+        handler(parser, f"zlh.api.layer_commands:cmd_layers_{name}")

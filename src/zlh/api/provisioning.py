@@ -107,7 +107,7 @@ class Provisioning:
     ) -> None:
         self.settings = settings
         # Shared layers, where the backend mounts them and the settings want them.
-        self.layers = layers if backend.mounts_layers and settings.layers else None
+        self.layers = layers if settings.layers else None
         self.metrics = metrics
         self.tailnet = tailnet
         self.registry = registry

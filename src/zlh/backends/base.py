@@ -121,7 +121,7 @@ class ContainerSpec:
     resources: Resources = field(default_factory=Resources)
     # Give the container /dev/net/tun (the tailscale addon wants kernel networking).
     tun: bool = False
-    # Shared layers to mount read-only (only where ``Backend.mounts_layers``).
+    # Shared layers to mount read-only (only where ``Backend.layers_dir`` is not None).
     layers: tuple[LayerMount, ...] = ()
 
 
@@ -157,8 +157,6 @@ class Backend(abc.ABC):
     """A place where dev containers run. Subclasses must implement every abstract method."""
 
     name: ClassVar[str]
-    # Whether ``create`` and ``rebuild`` mount ``ContainerSpec.layers`` (host bind mounts).
-    mounts_layers: ClassVar[bool] = False
 
     @abc.abstractmethod
     async def create(self, spec: ContainerSpec) -> ContainerInfo:
@@ -201,6 +199,12 @@ class Backend(abc.ABC):
         choice; Proxmox asks the cluster (vmids are cluster-wide there). ``create`` still
         raises ContainerExists if another client takes it first: ask again and retry."""
         return minimum
+
+    def layers_dir(self) -> Path | None:
+        """Where shared layers must live for ``create`` and ``rebuild`` to mount
+        ``ContainerSpec.layers`` (somewhere the containers' root can reach); None where this
+        backend mounts no host directories."""
+        return None
 
     def mounted_layers(self) -> dict[int, builtins.list[Path]]:
         """The layer directories each container's configuration mounts, from the host's

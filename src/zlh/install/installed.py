@@ -16,7 +16,15 @@ from pydantic import ValidationError
 from zlh.schemas import ArtifactFormat, ArtifactKind, ArtifactMetadata
 from zlh.schemas._base import WireModel
 
-__all__ = ["MARKER_NAME", "Marker", "read_marker", "retire", "sweep", "sweep_all"]
+__all__ = [
+    "MARKER_NAME",
+    "Marker",
+    "is_mount_point",
+    "read_marker",
+    "retire",
+    "sweep",
+    "sweep_all",
+]
 
 MARKER_NAME = ".zlh-install.json"
 # '~' cannot appear in a version, so '.staging~22~*' never matches version 22-1's staging dir.
@@ -51,6 +59,29 @@ def read_marker(target: Path) -> Marker | None:
         return Marker.model_validate_json((target / MARKER_NAME).read_bytes())
     except (OSError, ValidationError):
         return None
+
+
+def is_mount_point(path: Path) -> bool:
+    """Whether something is mounted at ``path`` (a host layer, zlh.layers), read from
+    ``/proc/self/mountinfo``: ``os.path.ismount`` misses a bind mount from the same file
+    system, where device numbers are equal."""
+    where = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as info:
+            for line in info:
+                fields = line.split(" ", 5)
+                if len(fields) > 4 and _unescape(fields[4]) == where:
+                    return True
+    except OSError:
+        return os.path.ismount(path)
+    return False
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes."""
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field
 
 
 def leftover_name(prefix: str, target: Path) -> str:

@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING
 from zlh.install.download import RetryPolicy, fetch
 from zlh.install.errors import DownloadError, InstallError
 from zlh.install.extract import StreamExtractor
-from zlh.install.installed import MARKER_NAME, Marker, leftover_name, read_marker, sweep
+from zlh.install.installed import (
+    MARKER_NAME,
+    Marker,
+    is_mount_point,
+    leftover_name,
+    read_marker,
+    sweep,
+)
 from zlh.install.progress import ProgressTracker
 from zlh.schemas import Artifact, ArtifactKind, ProvisionStep
 
@@ -106,6 +113,12 @@ class Installer:
             marker = read_marker(req.target)
             if marker is not None and marker.sha256 == req.artifact.sha256:
                 return marker, False
+            if await asyncio.to_thread(is_mount_point, req.target):
+                found = f"sha256 {marker.sha256}" if marker else "no readable marker"
+                raise InstallError(
+                    f"{req.label}: {req.target} is a read-only layer the host mounted, with "
+                    f"{found}, not the payload's {req.artifact.sha256}: rebuild the container"
+                )
             url = self._url(req.artifact)
             await asyncio.to_thread(sweep, req.target)
             req.target.parent.mkdir(parents=True, exist_ok=True)
@@ -163,5 +176,8 @@ class Installer:
             metadata=artifact.metadata,
             installed_at=datetime.now(UTC),
         )
-        (staging / MARKER_NAME).write_text(marker.model_dump_json(indent=2) + "\n")
+        marker_file = staging / MARKER_NAME
+        marker_file.write_text(marker.model_dump_json(indent=2) + "\n")
+        # Readable by every user whatever the umask: the host builds layers under 077.
+        os.chmod(marker_file, 0o644)
         return marker

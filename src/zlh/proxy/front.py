@@ -79,6 +79,7 @@ __all__ = ["Front"]
 _NOT_READY_RETRY_S: Final = 5
 # A preview's requests count as use of its container (idle auto-stop), told at most this often.
 _PREVIEW_NOTE_S: Final = 1.0
+_PREVIEW_NOTED_MAX: Final = 256  # containers whose last preview note is remembered
 _AUTH_PATH: Final = AUTH_PATH.encode()
 _IDE_COOKIE: Final = IDE_COOKIE.encode()
 _SELF_ONLY: Final = b"Content-Security-Policy: frame-ancestors 'self'\r\n"
@@ -505,6 +506,13 @@ class Front:
         if self._on_activity is not None:
             now = time.monotonic()
             if now - self._preview_noted.get(vmid, 0.0) >= _PREVIEW_NOTE_S:
+                if len(self._preview_noted) >= _PREVIEW_NOTED_MAX:
+                    # A note older than the interval tells nothing: forget those (deleted
+                    # containers' too), so the map holds only the last second's.
+                    noted = self._preview_noted
+                    self._preview_noted = {
+                        v: t for v, t in noted.items() if now - t < _PREVIEW_NOTE_S
+                    }
                 self._preview_noted[vmid] = now
                 self._on_activity(vmid, "preview")
         # Anyone's code on an origin other containers' IDEs share runs sandboxed.

@@ -195,7 +195,6 @@ class LxcBackend(BlockingBackend):
     """
 
     name = "lxc"
-    mounts_layers = True
 
     def __init__(
         self,
@@ -682,6 +681,9 @@ class LxcBackend(BlockingBackend):
 
     def get_state(self) -> dict[str, Any]:
         return {"lxcpath": str(self.lxcpath)}
+
+    def layers_dir(self) -> Path:
+        return self.data_dir / "layers"
 
     def mounted_layers(self) -> dict[int, list[Path]]:
         found: dict[int, list[Path]] = {}

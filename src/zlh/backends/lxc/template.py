@@ -106,7 +106,9 @@ StartLimitIntervalSec=0
 
 [Service]
 ExecStartPre=/opt/zlh/bin/zlh-token-from-ssh-keys
-ExecStart={AGENT_VENV}/bin/zlh agent --listen 0.0.0.0:{AGENT_PORT} \\
+# -OO: no docstrings in memory (the agent runs in every container: docs/performance.md). A
+# flag, not PYTHONOPTIMIZE: the shells and add-ons the agent starts must not inherit it.
+ExecStart={AGENT_VENV}/bin/python -OO -m zlh.cli agent --listen 0.0.0.0:{AGENT_PORT} \\
     --token-file {TOKEN_PATH} --root /
 Restart=always
 RestartSec=1
@@ -288,6 +290,26 @@ def _customise(rootfs: Path, wheelhouse: Path) -> None:
                 "zlh[agent]",
             ],
             "installing zlh[agent] into the template",
+            env=env,
+        )
+        # The bytecode -OO reads (*.opt-2.pyc) of the agent and the standard library, made
+        # once here: else every new container's agent would compile it at its first start,
+        # into the container's own layer.
+        _run(
+            [
+                "chroot",
+                str(rootfs),
+                f"{AGENT_VENV}/bin/python",
+                "-OO",
+                "-m",
+                "compileall",
+                "-q",
+                "-x",
+                "/tests?/",  # test data with deliberate syntax errors (lib2to3)
+                AGENT_VENV,
+                "/usr/lib/python{}.{}".format(*TEMPLATE_PYTHON),
+            ],
+            "compiling the agent's bytecode",
             env=env,
         )
     finally:
