@@ -9,9 +9,14 @@ from pathlib import Path
 import pytest
 
 # Helpers importable from any test directory (``from support import zlh, free_port, …``).
-from support import CACHE_DIR, serve_store, zlh
+from support import CACHE_DIR, copy_catalog_entry, serve_store, zlh
+from zlh.schemas import ArtifactKind
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+
+# Platforms made by tests keep no warm pool unless a test asks for one (tests/api/test_pool.py):
+# the suite counts containers and vmids. Child processes (`zlh up`) inherit it.
+os.environ.setdefault("ZLH_WARM_POOL", "0")
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +44,18 @@ def code_server_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("code-server-store")
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     zlh("artifacts", "build", "code-server", "--store", str(store), "--cache-dir", str(CACHE_DIR))
+    return store
+
+
+@pytest.fixture(scope="session")
+def ide_store(
+    node_store: Path, code_server_store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """One store with real Node 22 (the default) and code-server: the portal's default
+    request, what a warm pool holds."""
+    store = tmp_path_factory.mktemp("ide-store")
+    copy_catalog_entry(node_store, store, ArtifactKind.RUNTIME, "node")
+    copy_catalog_entry(code_server_store, store, ArtifactKind.ADDON, "code-server")
     return store
 
 

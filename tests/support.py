@@ -25,7 +25,9 @@ from typing import Any
 from aiohttp import web
 from websockets.sync.client import ClientConnection
 
+from zlh.agent.token import AgentToken
 from zlh.agent.web_errors import bearer_auth, error_envelope
+from zlh.schemas import ArtifactKind, Catalog
 
 REPO = Path(__file__).resolve().parent.parent
 # Registry downloads (wheels, npm tarballs) are cached here across runs; CI starts empty.
@@ -113,7 +115,7 @@ def serve_agent_app(setup: Callable[[web.Application], None], *, token: str) -> 
     loop = asyncio.new_event_loop()
 
     async def start() -> web.AppRunner:
-        app = web.Application(middlewares=[error_envelope, bearer_auth(token)])
+        app = web.Application(middlewares=[error_envelope, bearer_auth(AgentToken(token))])
         setup(app)
         runner = web.AppRunner(app)
         await runner.setup()
@@ -230,3 +232,28 @@ def outside_env(**extra: str) -> dict[str, str]:
     build compile the front (``make test`` sets ZLH_COMPILE_FRONT), plus ``extra``."""
     dropped = {"PYTHONPATH", "VIRTUAL_ENV", "ZLH_COMPILE_FRONT"}
     return {**{k: v for k, v in os.environ.items() if k not in dropped}, **extra}
+
+
+def copy_catalog_entry(
+    source: Path, target: Path, kind: ArtifactKind, name: str, version_name: str | None = None
+) -> None:
+    """Add ``source``'s ``kind``/``name`` artifact to ``target`` with ``zlh artifacts add``,
+    carrying every field of its catalog entry (format, strip, bin dirs, metadata, labels): the
+    default version, made the default in ``target`` too, or ``version_name``."""
+    catalog = Catalog.model_validate_json((source / "catalog.json").read_text())
+    entries = catalog.runtimes if kind is ArtifactKind.RUNTIME else catalog.addons
+    entry = next(e for n, e in entries.items() if n == name)
+    version = next(v for v in entry.versions if v.version == (version_name or entry.default))
+    art = version.artifact
+    meta = art.metadata
+    args = [
+        *("artifacts", "add", kind.value, name, version.version),
+        *("--file", str(source / art.url), "--store", str(target)),
+        *(("--default",) if version_name is None else ()),
+        *("--format", art.format.value, "--strip-components", str(art.strip_components)),
+        *(a for d in art.bin for a in ("--bin", d)),
+        *(("--upstream-version", meta.upstream_version) if meta.upstream_version else ()),
+        *(("--source", meta.source) if meta.source else ()),
+        *(a for k, v in meta.labels.items() for a in ("--label", f"{k}={v}")),
+    ]
+    zlh(*args)

@@ -12,6 +12,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from agent_helpers import artifact_server, runtime_members, sha256, tarball
 from support import zlh
 from zlh.doctor import Check, Host, Outcome, run_checks
@@ -291,3 +293,50 @@ def test_doctor_reports_the_shared_layers_and_warns_of_one_changed_on_disk(tmp_p
     assert check.outcome is Outcome.WARN
     assert f"{artifact.sha256[:12]} (runtime node 22) changed on disk (bin/hello" in check.detail
     assert check.fix == f"zlh layers verify --data-dir {tmp_path}"
+
+
+def _warm_pool_line(data_dir: Path, store: Path) -> str:
+    host = Host(data_dir=data_dir, store=store, listen="127.0.0.1:0", backend="process")
+    [check] = [c for c in run_checks(host) if c.name == "warm pool"]
+    assert check.outcome is Outcome.OK, check
+    return check.detail
+
+
+def test_doctor_shows_the_warm_pool_ready_of_wanted_and_its_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api_kit import PINS, write_catalog
+    from zlh.api.db import Container, Database, User
+    from zlh.api.db.models import POOL_USER
+
+    monkeypatch.delenv("ZLH_WARM_POOL")  # the default: one of node, the catalog's first choice
+    store = tmp_path / "artifacts"
+    write_catalog(store)
+    assert _warm_pool_line(tmp_path, store) == "no database yet (zlh up makes it)"
+    assert not (tmp_path / "zlh.db").exists()  # the check made none
+
+    db = Database(f"sqlite:///{tmp_path / 'zlh.db'}")
+    db.migrate()
+    with db.session() as session:
+        owner = User(username=POOL_USER, password_hash="!", disabled=True)
+        session.add(owner)
+        session.flush()
+        for vmid, state in ((100, "ready"), (101, "provisioning"), (102, "failed")):
+            session.add(
+                Container(
+                    vmid=vmid,
+                    owner_id=owner.id,
+                    runtime="node",
+                    version="22",
+                    addons=["code-server"],
+                    pins=PINS,
+                    state=state,
+                    agent_nonce="n",
+                    pool=True,
+                )
+            )
+    db.dispose()
+    line = _warm_pool_line(tmp_path, store)
+    assert line == "1 ready of 1 wanted, 1 being built, 4096 MB"  # the failed one is not counted
+    monkeypatch.setenv("ZLH_WARM_POOL", '{"node": 3}')
+    assert _warm_pool_line(tmp_path, store).startswith("1 ready of 3 wanted")

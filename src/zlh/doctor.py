@@ -508,6 +508,24 @@ except Exception as exc:
 """
 
 
+def _warm_pool(host: Host) -> Iterator[Check]:
+    """The containers this data dir's platform keeps ready ahead of demand, and their cost."""
+    from zlh.api.pool import read_summary
+    from zlh.errors import ZlhError
+
+    try:
+        summary = read_summary(host.data_dir, host.store)
+    except (ValueError, OSError, ZlhError) as exc:
+        yield Check("warm pool", Outcome.WARN, f"cannot tell: {exc}", "zlh up says what is wrong")
+        return
+    if summary is None:
+        yield Check("warm pool", Outcome.OK, "no database yet (zlh up makes it)")
+    elif summary.wanted == 0 and summary.ready + summary.building == 0:
+        yield Check("warm pool", Outcome.OK, "off (warm_pool = 0)")
+    else:
+        yield Check("warm pool", Outcome.OK, summary.line())
+
+
 CHECKS: tuple[Callable[[Host], Iterator[Check]], ...] = (
     _root,
     _lxc,
@@ -523,6 +541,7 @@ CHECKS: tuple[Callable[[Host], Iterator[Check]], ...] = (
     _front,
     _artifacts,
     _container_reach,
+    _warm_pool,
 )
 
 

@@ -227,3 +227,38 @@ def test_audit_lists_newest_first_with_filters(db: Database) -> None:
     assert [e.vmid for e in log.entries(actor="bob")] == [101]
     assert [e.action for e in log.entries(before_id=entries[0].id, limit=1)] == ["create"]
     assert entries[0].at.tzinfo is UTC
+
+
+def test_a_pool_container_is_taken_once_whoever_races_for_it(db: Database) -> None:
+    """One conditional UPDATE decides: registries of their own (as separate processes have)
+    race for one ready pool container; one request gets it, the rest get None, and once taken
+    it can no longer be deleted as the pool's."""
+    pool_owner = accounts.create_user(db, "pool-stand-in", "password-1")
+    users = [accounts.create_user(db, f"racer{i}", "password-1") for i in range(8)]
+    reg = registry(db)
+    pooled = reg.allocate(
+        owner=pool_owner,
+        runtime="node",
+        version="22",
+        addons=["code-server"],
+        pins=PINS,
+        quota=Quota(0, 0),  # not checked for the pool
+        pool=True,
+    )
+    reg.update(pooled.vmid, state=ContainerState.READY)
+
+    def take(user: User) -> int | None:
+        taken = registry(db).take_from_pool(
+            pooled.vmid, owner=user, quota=Quota(3, 3), name=None, reason="race"
+        )
+        return None if taken is None else taken.owner_id
+
+    with ThreadPoolExecutor(8) as pool:
+        winners = [w for w in pool.map(take, users) if w is not None]
+    assert len(winners) == 1
+    record = reg.get(pooled.vmid)
+    assert record is not None
+    assert (record.owner_id, record.pool, record.state) == (winners[0], False, "creating")
+    assert record.next_nonce is not None and record.next_nonce != record.agent_nonce
+    assert reg.leave_pool(pooled.vmid) is False
+    assert reg.get(pooled.vmid).state == "creating"  # type: ignore[union-attr]

@@ -22,7 +22,6 @@ from e2e_kit import (
     Session,
     add_corrupt_node_versions,
     capture,
-    copy_catalog_entry,
     open_session,
     running_platform,
     sign_in,
@@ -30,7 +29,7 @@ from e2e_kit import (
 )
 from playwright.sync_api import Browser, sync_playwright
 
-from support import free_port
+from support import copy_catalog_entry, free_port
 from zlh.schemas import ArtifactKind
 
 

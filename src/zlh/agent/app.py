@@ -24,6 +24,7 @@ from zlh.agent.lazy_routes import setup_console_routes, setup_files_routes
 from zlh.agent.ports import setup_ports_routes
 from zlh.agent.provisioner import Provisioner
 from zlh.agent.routes import setup_provision_routes
+from zlh.agent.token import AgentToken
 from zlh.agent.web_errors import bearer_auth, error_envelope
 from zlh.errors import UsageError
 from zlh.listen import parse_listen, require_free
@@ -31,12 +32,12 @@ from zlh.listen import parse_listen, require_free
 __all__ = ["create_app", "read_token", "serve"]
 
 
-def create_app(config: AgentConfig, secret: str) -> web.Application:
-    if not secret:
-        raise ValueError("the agent needs a non-empty secret")
-    app = web.Application(middlewares=[error_envelope, bearer_auth(secret)])
+def create_app(config: AgentConfig, secret: str, token_file: Path | None = None) -> web.Application:
+    """The agent's app; ``token_file`` is where ``secret`` came from (a rotation rewrites it)."""
+    token = AgentToken(secret, token_file)
+    app = web.Application(middlewares=[error_envelope, bearer_auth(token)])
     provisioner = Provisioner(config)
-    setup_provision_routes(app, provisioner)
+    setup_provision_routes(app, provisioner, token)
     setup_ports_routes(app, provisioner)
     limit = config.max_upload_bytes
     setup_files_routes(app, environment=lambda: provisioner.dev, max_upload_bytes=limit)
@@ -72,5 +73,11 @@ def serve(args: argparse.Namespace) -> int:
         artifact_base_url=args.artifact_base_url,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    web.run_app(create_app(config, secret), host=host, port=port, print=None, access_log=None)
+    web.run_app(
+        create_app(config, secret, args.token_file),
+        host=host,
+        port=port,
+        print=None,
+        access_log=None,
+    )
     return 0

@@ -230,6 +230,11 @@ class Provisioner:
 
         tracker = self.tracker
         try:
+            if payload.pool:
+                await self._install_runtime(payload.runtime)
+                await self._install_addons(payload)
+                tracker.enter(ProvisionStep.READY, "ready for the warm pool")
+                return AgentState.READY, None
             tracker.enter(ProvisionStep.DEV_USER, f"preparing the dev user {payload.dev_user.name}")
             self.dev = await ensure_dev_environment(self.layout, payload.dev_user)
             await self._install_runtime(payload.runtime)
@@ -262,6 +267,16 @@ class Provisioner:
         await self.installer.ensure(request, self.tracker)
         self.tracker.enter(ProvisionStep.RUNTIME_ACTIVATE, f"activating {name} {runtime.version}")
         await asyncio.to_thread(self.runtimes.activate, name, runtime.version)
+
+    async def _install_addons(self, payload: ProvisionPayload) -> None:
+        """The add-ons' artifacts only (a warm-pool payload), and what each does ahead of its
+        user: nothing configured or started."""
+        from zlh.agent.addons import addon_class
+        from zlh.agent.addons.base import install_request
+
+        for spec in payload.addons:
+            await self.installer.ensure(install_request(spec, self.layout), self.tracker)
+            await addon_class(spec.name).warm(spec, self.layout)
 
     def _runtime_path(self, runtime: RuntimeSpec) -> tuple[str, ...]:
         name = runtime.name.value

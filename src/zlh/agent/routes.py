@@ -1,12 +1,13 @@
-"""Provisioning routes: ``POST /provision``, ``GET /status``, and the runtime versions: change
-(``POST /runtime``), activation and removal."""
+"""Provisioning routes: ``POST /provision``, ``GET /status``, the runtime versions: change
+(``POST /runtime``), activation and removal, and the container secret's rotation
+(``PUT /token``)."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from aiohttp import web
@@ -16,6 +17,7 @@ from zlh.agent.errors import Conflict
 from zlh.agent.memory import HeapTrimmer
 from zlh.agent.provisioner import Provisioner
 from zlh.agent.status import build_status
+from zlh.agent.token import AgentToken
 from zlh.agent.web_errors import InvalidRequest
 from zlh.schemas import (
     AgentState,
@@ -23,6 +25,7 @@ from zlh.schemas import (
     ProvisionPayload,
     RuntimeName,
     RuntimeSpec,
+    TokenChange,
     validation_problems,
 )
 from zlh.schemas._base import WireModel
@@ -117,9 +120,22 @@ async def remove(request: web.Request) -> web.Response:
     return _status(prov)
 
 
-def setup_provision_routes(app: web.Application, provisioner: Provisioner) -> None:
+def token_route(token: AgentToken) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def change_token(request: web.Request) -> web.Response:
+        """Accept the body's secret from now on; the current one is refused after the answer."""
+        body = await _body(request, TokenChange, "token change")
+        await asyncio.to_thread(token.replace, body.token)
+        return web.Response(status=204)
+
+    return change_token
+
+
+def setup_provision_routes(
+    app: web.Application, provisioner: Provisioner, token: AgentToken
+) -> None:
     app[PROVISIONER] = provisioner
     trimmer = app[TRIMMER] = HeapTrimmer(provisioner.wait_idle)
+    app.router.add_put("/token", token_route(token))
     app.router.add_post("/provision", provision)
     app.router.add_get("/status", status)
     app.router.add_post("/runtime", change_runtime)

@@ -64,4 +64,5 @@ def build_status(prov: Provisioner) -> AgentStatus:
         tailscale_running=bool(tailscale and tailscale.running),
         tailscale_ip=_tailscale_ip(prov),
         agent_version=__version__,
+        pool=bool(payload and payload.pool),
     )

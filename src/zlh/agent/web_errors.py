@@ -8,13 +8,13 @@ Every request, on every route (including unknown ones), must carry ``Authorizati
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from zlh.agent.token import AgentToken
 from zlh.errors import ZlhError
 from zlh.schemas import ErrorBody, FieldProblem
 
@@ -47,13 +47,10 @@ def error_json(
     return web.json_response(payload, status=status, headers=headers)
 
 
-def bearer_auth(secret: str) -> Middleware:
-    expected = f"Bearer {secret}".encode()
-
+def bearer_auth(token: AgentToken) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        sent = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(sent, expected):
+        if not token.accepts(request.headers.get("Authorization", "").encode()):
             raise Unauthorized("missing or wrong bearer token")
         return await handler(request)
 

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
 
 from zlh.api.db import Database, Session, User
-from zlh.api.db.models import utcnow
+from zlh.api.db.models import POOL_USER, utcnow
 from zlh.api.errors import Conflict, Forbidden, InvalidRequest, NotFound
 
 __all__ = [
@@ -106,7 +106,8 @@ def get_user(db: Database, username: str) -> User:
 
 def list_users(db: Database) -> list[User]:
     with db.session() as session:
-        return list(session.scalars(select(User).order_by(User.username)))
+        query = select(User).where(User.username != POOL_USER).order_by(User.username)
+        return list(session.scalars(query))
 
 
 def set_password(db: Database, username: str, password: str) -> list[str]:

@@ -1,5 +1,6 @@
-"""HTTP client for the agents: ``GET /status``, ``POST /provision`` and the runtime versions
-(``POST /runtime``, ``DELETE /runtimes/<name>/<version>``), with the container secret.
+"""HTTP client for the agents: ``GET /status``, ``POST /provision``, the runtime versions
+(``POST /runtime``, ``DELETE /runtimes/<name>/<version>``) and the secret's rotation
+(``PUT /token``), with the container secret.
 
 aiohttp rather than httpx: the poller talks to every agent every few seconds, and aiohttp's
 pooled client costs a fraction of httpx's CPU per request (see bench/poller.py). Errors are
@@ -16,7 +17,14 @@ import aiohttp
 from pydantic import ValidationError
 
 from zlh.api.errors import AgentError, AgentUnreachable, ApiError, Conflict, NotFound
-from zlh.schemas import AgentStatus, ErrorBody, ListeningPorts, ProvisionPayload, RuntimeSpec
+from zlh.schemas import (
+    AgentStatus,
+    ErrorBody,
+    ListeningPorts,
+    ProvisionPayload,
+    RuntimeSpec,
+    TokenChange,
+)
 from zlh.schemas._base import WireModel
 
 __all__ = ["AgentClient"]
@@ -80,6 +88,13 @@ class AgentClient:
         url = f"{base_url}/runtimes/{name}/{version}"
         body = await self._request("DELETE", url, secret, timeout_s, None, 200, refusals=(404, 409))
         return self.parse_status(base_url, body)
+
+    async def change_token(
+        self, base_url: str, secret: str, new_secret: str, *, timeout_s: float
+    ) -> None:
+        """Have the agent accept ``new_secret`` instead of ``secret`` (``PUT /token``)."""
+        data = TokenChange(token=new_secret).model_dump_json().encode()
+        await self._request("PUT", f"{base_url}/token", secret, timeout_s, data, 204)
 
     async def ports(self, base_url: str, secret: str, *, timeout_s: float) -> ListeningPorts:
         """The TCP ports listening in the container (the platform's own left out)."""

@@ -38,6 +38,7 @@ from zlh.api.lifecycle import Lifecycle
 from zlh.api.metrics import Metrics, UsageCollector, artifact_downloads, container_counts
 from zlh.api.openapi import install_security
 from zlh.api.poller import Poller
+from zlh.api.pool import WarmPool
 from zlh.api.provisioning import Provisioning
 from zlh.api.ratelimit import LoginThrottle
 from zlh.api.responses import error_json
@@ -50,6 +51,7 @@ from zlh.api.routes import events as events_routes
 from zlh.api.routes import health as health_routes
 from zlh.api.routes import ide as ide_routes
 from zlh.api.routes import metrics as metrics_routes
+from zlh.api.routes import pool as pool_routes
 from zlh.api.routes import previews as preview_routes
 from zlh.api.routes import relays as relay_routes
 from zlh.api.routes import runtimes as runtime_routes
@@ -139,6 +141,14 @@ def build_services(
         wake_poller=poller.wake,
     )
     provisioning.on_deleted = lifecycle.forget
+    pool = WarmPool(
+        settings=settings,
+        registry=registry,
+        provisioning=provisioning,
+        catalog=catalog,
+        audit=audit_log,
+    )
+    provisioning.pool = pool
     return Services(
         settings=settings,
         db=db,
@@ -167,6 +177,7 @@ def build_services(
         ),
         metrics=metrics,
         usage=usage,
+        pool=pool,
         tailnet=tailnet,
     )
 
@@ -188,6 +199,7 @@ async def _resume(svc: Services) -> None:
     await svc.provisioning.resume()
     await svc.lifecycle.resume()
     await svc.runtime_changes.resume()
+    await svc.pool.run()  # the pool as it stands adopted, then kept filled
 
 
 @asynccontextmanager
@@ -309,6 +321,7 @@ def create_app(
         runtime_routes,
         share_routes,
         token_routes,
+        pool_routes,
     ):
         app.include_router(module.router)
     install_security(app)

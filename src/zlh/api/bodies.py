@@ -23,6 +23,7 @@ __all__ = [
     "LoginRequest",
     "LoginResponse",
     "PasswordChange",
+    "PoolOut",
     "RuntimeChangeRequest",
     "TokenCreate",
     "TokenCreated",
@@ -158,6 +159,10 @@ class ContainerOut(WireModel):
     # Admins may open this container's IDE (the setting admin_ide_access): each opening is
     # audited, and the portal says so on the container's page.
     admin_ide_access: bool = False
+    pool: bool = Field(
+        default=False,
+        description="a warm-pool container, provisioned ahead of demand (admins' listing only)",
+    )
     # The agent's last /status document, the contract's fields verbatim; ``runtimes`` lists
     # the installed versions (``active`` marks the one in use), ``runtimeChange`` the last
     # version change and, if it failed, why.
@@ -215,6 +220,15 @@ class ContainerEvent(WireModel):
     error: str | None = None
     runtime_installed: bool = False
     code_server_running: bool = False
+
+
+class PoolOut(WireModel):
+    """The warm pool: containers provisioned ahead of demand (``warm_pool``)."""
+
+    wanted: int = Field(description="ready containers the platform keeps, over all runtimes")
+    ready: int = Field(description="ready to be handed out now")
+    building: int = Field(description="being built or replaced")
+    memory_mb: int = Field(description="the memory they may use: their limits, added up")
 
 
 class AuditOut(WireModel):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -72,6 +72,21 @@ def _check_running(session: Session, owner: User, limit: int, *, starting: int |
         )
 
 
+def _check_new(session: Session, owner: User, quota: Quota, name: str | None) -> None:
+    """QuotaExceeded or Conflict (the name) unless ``owner`` may have one more container."""
+    held = _count(session, owner.id, running=False)
+    if held >= quota.containers:
+        raise QuotaExceeded(
+            f"container quota reached: {owner.username} holds {held} of "
+            f"{quota.containers} (max_containers_per_user); delete one to make another"
+        )
+    _check_running(session, owner, quota.running, starting=None)
+    if name is not None and session.scalar(
+        select(Container.vmid).where(Container.owner_id == owner.id, Container.name == name)
+    ):
+        raise Conflict(f"you already have a container named {name!r}")
+
+
 def container_out(
     container: Container,
     *,
@@ -102,6 +117,7 @@ def container_out(
         shares=[] if role else [share_out(s) for s in container.shares],
         ide_path=f"/c/{container.vmid}/ide",
         admin_ide_access=admin_ide_access,
+        pool=container.pool,
         status=container.status,
         created_at=container.created_at,
         updated_at=container.updated_at,
@@ -233,6 +249,7 @@ class ContainerRegistry:
         reason: str | None = None,
         name: str | None = None,
         suggest_vmid: Callable[[int], int] = lambda floor: floor,
+        pool: bool = False,
     ) -> Container:
         """Record a new container in state ``requested`` under the next free vmid.
 
@@ -240,12 +257,13 @@ class ContainerRegistry:
         afterwards, the vmid is known and a restart resumes it instead of creating another.
         ``suggest_vmid(floor)`` is the backend's choice at or above the platform's own next
         vmid (``Backend.suggest_vmid``: on a Proxmox cluster other tools create CTs too).
+        ``pool``: a warm-pool container (``owner`` is the pool's user; no quota applies).
         """
         # One allocation at a time in this process; other processes are caught by the
         # primary key and retried.
         with self._allocating:
             return self._allocate(
-                owner, runtime, version, addons, pins, quota, reason, name, suggest_vmid
+                owner, runtime, version, addons, pins, quota, reason, name, suggest_vmid, pool
             )
 
     def _allocate(
@@ -259,24 +277,13 @@ class ContainerRegistry:
         reason: str | None,
         name: str | None,
         suggest_vmid: Callable[[int], int],
+        pool: bool,
     ) -> Container:
         for _ in range(_ALLOCATE_TRIES):
             try:
                 with self.db.session() as session:
-                    held = _count(session, owner.id, running=False)
-                    if held >= quota.containers:
-                        raise QuotaExceeded(
-                            f"container quota reached: {owner.username} holds {held} of "
-                            f"{quota.containers} (max_containers_per_user); delete one to make "
-                            "another"
-                        )
-                    _check_running(session, owner, quota.running, starting=None)
-                    if name is not None and session.scalar(
-                        select(Container.vmid).where(
-                            Container.owner_id == owner.id, Container.name == name
-                        )
-                    ):
-                        raise Conflict(f"you already have a container named {name!r}")
+                    if not pool:
+                        _check_new(session, owner, quota, name)
                     vmid = self._next_vmid(session, suggest_vmid)
                     now = utcnow()
                     container = Container(
@@ -291,6 +298,7 @@ class ContainerRegistry:
                         state_reason=reason,
                         state_changed_at=now,
                         agent_nonce=secrets.token_hex(16),
+                        pool=pool,
                         created_at=now,
                         updated_at=now,
                     )
@@ -302,6 +310,73 @@ class ContainerRegistry:
             self._notify(container)
             return container
         raise Conflict("could not allocate a vmid; try again")
+
+    def take_from_pool(
+        self, vmid: int, *, owner: User, quota: Quota, name: str | None, reason: str
+    ) -> Container | None:
+        """Hand the ready pool container ``vmid`` to ``owner`` (checked against ``quota`` as a
+        new container is), in state ``creating`` with a fresh ``next_nonce`` for its agent.
+
+        One conditional UPDATE: of two requests racing for the same container, only one
+        changes the row; the other gets None (and builds its own). Once taken, ``pool`` is
+        false for good.
+        """
+        with self._allocating, self.db.session() as session:
+            _check_new(session, owner, quota, name)
+            now = utcnow()
+            container = self._pool_update(
+                session,
+                vmid,
+                [ContainerState.READY],
+                pool=False,
+                owner_id=owner.id,
+                name=name,
+                next_nonce=secrets.token_hex(16),
+                state=ContainerState.CREATING.value,
+                state_reason=reason,
+                state_changed_at=now,
+                created_at=now,
+                updated_at=now,
+            )
+        if container is not None:
+            self._notify(container)
+        return container
+
+    def leave_pool(self, vmid: int) -> bool:
+        """Mark the pool container ``vmid`` ``deleting`` if it is still in the pool (not taken
+        meanwhile, whatever its state); whether it was."""
+        with self.db.session() as session:
+            now = utcnow()
+            container = self._pool_update(
+                session,
+                vmid,
+                [s for s in ContainerState if s is not ContainerState.DELETING],
+                state=ContainerState.DELETING.value,
+                state_changed_at=now,
+                updated_at=now,
+            )
+        if container is not None:
+            self._notify(container)
+        return container is not None
+
+    def _pool_update(
+        self, session: Session, vmid: int, states: Iterable[ContainerState], **values: Any
+    ) -> Container | None:
+        """One conditional UPDATE of ``vmid`` while it is a pool container in one of
+        ``states``: of two racing callers only one changes it. The row after, or None."""
+        changed = session.execute(
+            update(Container)
+            .where(
+                Container.vmid == vmid,
+                Container.pool.is_(True),
+                Container.state.in_([s.value for s in states]),
+            )
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if changed.rowcount != 1:  # type: ignore[attr-defined]
+            return None
+        return session.get(Container, vmid, populate_existing=True)
 
     @staticmethod
     def _next_vmid(session: Session, suggest_vmid: Callable[[int], int]) -> int:

@@ -169,10 +169,15 @@ def container_for(
     vmid: int, user: User, svc: Services, *, shared: frozenset[ShareRole] = frozenset()
 ) -> Container:
     """Container ``vmid`` if ``user`` owns it, is an admin, or holds one of the ``shared``
-    roles on it; else NotFound, whether or not it exists."""
+    roles on it; else NotFound, whether or not it exists. A warm-pool container is nobody's
+    (admins see it in their listing only)."""
     container = svc.registry.get(vmid)
-    if container is None or not (
-        container.owner_id == user.id or user.is_admin or container.role_of(user.id) in shared
+    if (
+        container is None
+        or container.pool
+        or not (
+            container.owner_id == user.id or user.is_admin or container.role_of(user.id) in shared
+        )
     ):
         raise NotFound(f"no container {vmid}")
     return container

@@ -224,9 +224,9 @@ class Lifecycle:
 
     def idle_stop_at(self, container: Container, activity: Activity | None) -> datetime | None:
         """When a ready container stops if nobody uses it before (``activity``: its
-        :meth:`last_activity`); None if it never will."""
+        :meth:`last_activity`); None if it never will (a warm-pool container never does)."""
         limit = self.idle_limit(container)
-        if container.state != ContainerState.READY or limit == 0:
+        if container.state != ContainerState.READY or limit == 0 or container.pool:
             return None
         since = [t for t in (container.state_changed_at, container.created_at) if t is not None]
         if activity is not None:

@@ -253,7 +253,11 @@ class Poller:
         changes: dict[str, Any] = {}
         if status != target.last_status:
             changes["status"] = status
-        if status.state is AgentState.READY:
+        if status.pool and not container.pool:
+            # A pool container just handed out whose real payload has not landed yet.
+            changes.update(state=ContainerState.PROVISIONING)
+            await self._resend_payload(target)
+        elif status.state is AgentState.READY:
             changes.update(state=ContainerState.READY, error=None)
         elif status.state is AgentState.FAILED:
             error = status.error

@@ -18,7 +18,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zlh.api.agent_client import AgentClient
 from zlh.api.audit import Action, AuditLog
@@ -62,6 +62,9 @@ from zlh.schemas import (
     tailnet_addon,
 )
 from zlh.schemas._base import WireModel
+
+if TYPE_CHECKING:
+    from zlh.api.pool import WarmPool
 
 __all__ = ["CONTAINER_START", "Provisioning", "resolve_request"]
 
@@ -115,6 +118,8 @@ class Provisioning:
         self.agent_key = agent_key
         self.artifact_base_url = artifact_base_url.rstrip("/")
         self.tasks = ContainerTasks()
+        # Ready containers provisioned ahead of demand (None: no warm pool).
+        self.pool: WarmPool | None = None
         # Told when a container starts provisioning (the poller's wake-up).
         self.on_provisioning: Callable[[], None] = lambda: None
         # Told the vmid of every deleted container (whose number a new one may get).
@@ -122,6 +127,27 @@ class Provisioning:
 
     def secret(self, container: Container) -> str:
         return agent_secret(self.agent_key, container.vmid, container.agent_nonce)
+
+    async def rotate_secret(self, vmid: int) -> None:
+        """Move the agent from ``agent_nonce``'s secret to ``next_nonce``'s, then record that.
+
+        The record changes only once the agent took the new one; an agent that already refuses
+        the old secret but takes the new one had swapped before a crash: recorded too.
+        """
+        container = self.registry.get(vmid)
+        if container is None or container.next_nonce is None or container.agent_url is None:
+            return
+        new = agent_secret(self.agent_key, vmid, container.next_nonce)
+        timeout_s = self.settings.agent_request_timeout_s
+        try:
+            await self.agents.change_token(
+                container.agent_url, self.secret(container), new, timeout_s=timeout_s
+            )
+        except AgentUnreachable:
+            raise
+        except AgentError:
+            await self.agents.change_token(container.agent_url, new, new, timeout_s=timeout_s)
+        self.registry.update(vmid, agent_nonce=container.next_nonce, next_nonce=None)
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -135,30 +161,38 @@ class Provisioning:
                 field="addons",
             )
         version, pins = resolve_request(await self.catalog.get(), request)
-        container = await asyncio.to_thread(
-            self.registry.allocate,
-            owner=user,
-            runtime=request.runtime,
-            version=version,
-            addons=list(request.addons),
-            pins=pins,
-            quota=Quota(
-                containers=self.settings.max_containers_per_user,
-                running=self.settings.max_running_per_user,
-            ),
-            reason=f"requested by user {user.username}",
-            name=request.name,
-            suggest_vmid=self.backend.suggest_vmid,
+        quota = Quota(
+            containers=self.settings.max_containers_per_user,
+            running=self.settings.max_running_per_user,
         )
+        container = None
+        if self.pool is not None:
+            container = await self.pool.take(user, request, version, pins, quota)
+        taken = container is not None
+        if container is None:
+            container = await asyncio.to_thread(
+                self.registry.allocate,
+                owner=user,
+                runtime=request.runtime,
+                version=version,
+                addons=list(request.addons),
+                pins=pins,
+                quota=quota,
+                reason=f"requested by user {user.username}",
+                name=request.name,
+                suggest_vmid=self.backend.suggest_vmid,
+            )
+        # A pool container already runs: its drive goes straight to its agent.
+        self.spawn_drive(container.vmid, running=taken)
         await asyncio.to_thread(
             self.audit.record,
             user.username,
             Action.CREATE,
             container.vmid,
             f"{request.runtime} {version} addons={','.join(request.addons) or '-'}"
-            + (f" name={request.name!r}" if request.name else ""),
+            + (f" name={request.name!r}" if request.name else "")
+            + (" (from the warm pool)" if taken else ""),
         )
-        self._spawn(container.vmid)
         return container
 
     async def delete(self, vmid: int, actor: str) -> None:
@@ -188,7 +222,7 @@ class Provisioning:
         """After a start: drive unfinished containers, re-find running ones, finish deletes."""
         starting = [ContainerState.REQUESTED, ContainerState.CREATING]
         for container in self.registry.in_states(starting):
-            self._spawn(container.vmid)
+            self.spawn_drive(container.vmid)
         polled = self.registry.in_states(
             [ContainerState.PROVISIONING, ContainerState.READY, ContainerState.UNREACHABLE]
         )
@@ -221,23 +255,29 @@ class Provisioning:
         except ZlhError as exc:
             logger.warning("container %s could not be reattached: %s", container.vmid, exc)
 
-    def _spawn(self, vmid: int) -> None:
+    def spawn_drive(self, vmid: int, *, running: bool = False) -> None:
+        """Drive ``vmid`` as its task (see :meth:`drive`), unless a task of it is under way."""
         if not self.tasks.busy(vmid):
-            self.tasks.spawn(vmid, lambda: self.drive(vmid), f"provision-{vmid}")
+            self.tasks.spawn(vmid, lambda: self.drive(vmid, running=running), f"provision-{vmid}")
 
-    async def drive(self, vmid: int) -> None:
+    async def drive(self, vmid: int, *, running: bool = False) -> None:
         """Take a ``requested`` or ``creating`` container to ``provisioning`` (the poller does
-        the rest); failures end it ``failed`` with the reason. Runs as the container's task."""
+        the rest); failures end it ``failed`` with the reason. Runs as the container's task.
+        ``running``: a pool container just taken (it runs at its recorded address: no backend
+        call), whose agent secret is rotated first."""
         try:
             container = self.registry.get(vmid)
             if container is None or not ContainerState(container.state).is_starting:
                 return
-            started = asyncio.get_running_loop().time()
-            async with asyncio.timeout(self.settings.container_start_timeout_s):
-                info = await self._create_and_start(container)
-            took = asyncio.get_running_loop().time() - started
-            self.metrics.provision_step_seconds.labels(CONTAINER_START).observe(took)
-            self.record_address(vmid, info)
+            if not running:
+                started = asyncio.get_running_loop().time()
+                async with asyncio.timeout(self.settings.container_start_timeout_s):
+                    info = await self._create_and_start(container)
+                took = asyncio.get_running_loop().time() - started
+                self.metrics.provision_step_seconds.labels(CONTAINER_START).observe(took)
+                self.record_address(vmid, info)
+            if container.next_nonce is not None:
+                await self.rotate_secret(vmid)
             container = self.registry.update(vmid, state=ContainerState.PROVISIONING)
             if container is not None:
                 await self.ensure_tailnet(container)
@@ -365,7 +405,9 @@ class Provisioning:
             version=container.version,
             artifact=self.resolved(pins.runtime),
         )
-        return ProvisionPayload(vmid=container.vmid, runtime=runtime, addons=addons)
+        return ProvisionPayload(
+            vmid=container.vmid, runtime=runtime, addons=addons, pool=container.pool
+        )
 
     def resolved(self, artifact: Artifact) -> Artifact:
         """The pinned artifact with its url made absolute against the artifact server."""

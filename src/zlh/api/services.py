@@ -15,6 +15,7 @@ from zlh.api.events import EventBus
 from zlh.api.lifecycle import Lifecycle
 from zlh.api.metrics import Metrics
 from zlh.api.poller import Poller
+from zlh.api.pool import WarmPool
 from zlh.api.provisioning import Provisioning
 from zlh.api.ratelimit import LoginThrottle
 from zlh.api.runtime_changes import RuntimeChanges
@@ -49,4 +50,5 @@ class Services:
     login_throttle: LoginThrottle
     metrics: Metrics
     usage: UsageCache
+    pool: WarmPool
     tailnet: Tailnet | None = None  # None: no Headscale configured

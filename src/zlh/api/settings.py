@@ -28,6 +28,7 @@ from zlh.listen import parse_listen
 from zlh.proxy.ideorigin import IdeOrigin
 from zlh.proxy.settings import ProxySettings
 from zlh.retired_settings import drop_retired
+from zlh.schemas import RuntimeName
 
 __all__ = ["ApiSettings", "load_settings", "url_port"]
 
@@ -205,6 +206,15 @@ class ApiSettings(BaseSettings):
         "that use it, instead of every container downloading its own copy.",
     )
     container_cores: int = Field(2, gt=0, description="CPU cores of each container.")
+    warm_pool: dict[str, int] | int | None = Field(
+        None,
+        description="containers kept created, started and provisioned ahead of demand, per "
+        'runtime, e.g. {"node": 2} (TOML: [warm_pool] node = 2; a number: that many of the '
+        "default runtime); unset: 1 of the default runtime (node, else the catalog's first); "
+        "0 or {} turns the pool off. A request for a runtime's catalog-default version with "
+        "just code-server takes a ready one (no install to wait for); others are built as "
+        "usual. Pool containers count against no quota and are never idle-stopped.",
+    )
     idle_stop_after: int = Field(
         3600,
         ge=0,
@@ -270,6 +280,18 @@ class ApiSettings(BaseSettings):
                 "(login_free_failures, login_backoff_base_s) and never lock an account",
             },
         )
+
+    @field_validator("warm_pool")
+    @classmethod
+    def _pool_sizes(cls, value: dict[str, int] | int | None) -> dict[str, int] | int | None:
+        sizes = value.values() if isinstance(value, dict) else [value or 0]
+        if any(size < 0 for size in sizes):
+            raise ValueError("warm pool sizes are 0 or more")
+        known = {name.value for name in RuntimeName}
+        unknown = sorted(set(value) - known) if isinstance(value, dict) else []
+        if unknown:
+            raise ValueError(f"unknown runtime {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        return value
 
     @field_validator("listen", "metrics_listen")
     @classmethod

@@ -36,7 +36,13 @@ from zlh.schemas.files import (
     PathResult,
 )
 from zlh.schemas.listening import ListeningPort, ListeningPorts
-from zlh.schemas.payload import DevUser, ProvisionPayload, RuntimeSpec, ide_base_path
+from zlh.schemas.payload import (
+    DevUser,
+    ProvisionPayload,
+    RuntimeSpec,
+    TokenChange,
+    ide_base_path,
+)
 from zlh.schemas.status import (
     AddonHealth,
     AgentState,
@@ -91,6 +97,7 @@ __all__ = [
     "RuntimeSpec",
     "TailscaleAddon",
     "TailscaleOptions",
+    "TokenChange",
     "UnknownAddon",
     "VersionEntry",
     "addon_type",

@@ -18,6 +18,7 @@ __all__ = [
     "DevUser",
     "ProvisionPayload",
     "RuntimeSpec",
+    "TokenChange",
     "ide_base_path",
 ]
 
@@ -59,6 +60,10 @@ class ProvisionPayload(WireModel):
     runtime: RuntimeSpec
     addons: list[AddonSpec] = Field(default_factory=list)
     dev_user: DevUser = Field(default_factory=DevUser)
+    # A warm-pool container's payload: the runtime installed and activated and the add-ons'
+    # artifacts installed, but no home for the dev user and no add-on configured or started
+    # (nothing personal: the container's real payload follows when a user takes it).
+    pool: bool = False
 
     def json_with_secrets(self, *, indent: int | None = None) -> str:
         """The payload with its secrets in clear: only for the agent, in the request body the
@@ -67,3 +72,10 @@ class ProvisionPayload(WireModel):
 
     def addon(self, name: str) -> AddonSpec | None:
         return next((a for a in self.addons if a.name == name), None)
+
+
+class TokenChange(WireModel):
+    """The body of the agent's ``PUT /token``: the container secret it accepts from now on
+    (the request itself is authenticated with the current one)."""
+
+    token: str = Field(min_length=32, max_length=256, pattern=r"^[A-Za-z0-9_-]+$")

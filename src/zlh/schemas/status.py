@@ -124,3 +124,5 @@ class AgentStatus(WireModel):
     tailscale_running: bool = False
     tailscale_ip: str | None = None
     agent_version: str
+    # Provisioned for the warm pool (ProvisionPayload.pool): ready to be handed out, not used.
+    pool: bool = False

@@ -29,9 +29,20 @@ from zlh.install.installer import Installer, InstallRequest
 from zlh.install.progress import ProgressTracker
 from zlh.schemas import AddonHealth, AddonSpecBase, ArtifactKind, addon_type
 
-__all__ = ["Addon", "AddonContext"]
+__all__ = ["Addon", "AddonContext", "install_request"]
 
 SpecT = TypeVar("SpecT", bound=AddonSpecBase[Any])
+
+
+def install_request(spec: AddonSpecBase[Any], layout: Layout) -> InstallRequest:
+    """The verified install of ``spec``'s artifact into its service dir."""
+    return InstallRequest(
+        kind=ArtifactKind.ADDON,
+        name=spec.name,
+        version=spec.version,
+        artifact=spec.artifact,
+        target=layout.service(addon_type(spec.name).service_dir),
+    )
 
 
 @dataclass(frozen=True)
@@ -63,13 +74,7 @@ class Addon(ABC, Generic[SpecT]):
         return marker is not None and marker.sha256 == self.spec.artifact.sha256
 
     async def install(self, tracker: ProgressTracker) -> bool:
-        request = InstallRequest(
-            kind=ArtifactKind.ADDON,
-            name=self.name,
-            version=self.spec.version,
-            artifact=self.spec.artifact,
-            target=self.target,
-        )
+        request = install_request(self.spec, self.ctx.layout)
         _marker, installed_now = await self.ctx.installer.ensure(request, tracker)
         return installed_now
 
@@ -83,6 +88,11 @@ class Addon(ABC, Generic[SpecT]):
             max_fast_exits=config.max_fast_exits,
             fast_exit_s=config.fast_exit_s,
         )
+
+    @classmethod
+    async def warm(cls, spec: SpecT, layout: Layout) -> None:
+        """Work a warm-pool container does ahead of its user, with nobody's home yet (its
+        artifact is installed); nothing by default."""
 
     @abstractmethod
     async def configure(self) -> None: ...

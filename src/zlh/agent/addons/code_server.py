@@ -23,13 +23,16 @@ import contextlib
 import json
 import os
 import time
+from pathlib import Path
 from urllib.parse import quote
 
 from zlh.agent.addons.base import Addon, AddonContext
 from zlh.agent.devhome import DevHome, as_dev
 from zlh.agent.errors import AddonError
+from zlh.agent.paths import Layout
+from zlh.agent.runas import DevIdentity
 from zlh.agent.supervise import ProcessSpec, Supervisor, run_once
-from zlh.schemas import AddonHealth, CodeServerAddon
+from zlh.schemas import AddonHealth, CodeServerAddon, addon_type
 
 __all__ = ["DEFAULT_SETTINGS", "USER_SETTINGS", "CodeServer"]
 
@@ -51,6 +54,9 @@ USER_SETTINGS: dict[str, object] = {
     "workbench.enableExperiments": False,
 }
 _PROBE_TIMEOUT_S = 3.0
+# Between probes while code-server starts: a warm-pool hand-out waits on nothing else, and a
+# probe of a port nobody listens on yet costs a refused connect.
+_START_PROBE_S = 0.05
 _HELP_TIMEOUT_S = 60.0
 # Passed when --help lists them (argv() says where).
 OPTIONAL_FLAGS = ("--base-path", "--disable-getting-started-override")
@@ -114,28 +120,24 @@ class CodeServer(Addon[CodeServerAddon]):
 
     async def _supported_flags(self) -> frozenset[str]:
         """Which of OPTIONAL_FLAGS ``--help`` lists; remembered per installed digest."""
-        cache = self.ctx.layout.state / "code-server-help.json"
-        digest = self.spec.artifact.sha256
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            remembered = json.loads(cache.read_text())[digest]
-            if isinstance(remembered, list):
-                return frozenset(remembered)
-        argv = [*self._node_argv(), "--help"]
-        try:
-            code, out = await run_once(
-                argv, timeout_s=_HELP_TIMEOUT_S, env=self._env(), user=self.ctx.dev.identity
-            )
-        except TimeoutError as exc:
-            raise AddonError(f"code-server --help did not finish in {_HELP_TIMEOUT_S:g}s") from exc
-        if code != 0:
-            raise AddonError(f"code-server --help failed ({code}): {out[-500:]}")
-        listed = frozenset(flag for flag in OPTIONAL_FLAGS if f"{flag} " in out)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({digest: sorted(listed)}))
-        return listed
+        return await _probe_flags(
+            self.ctx.layout, self.spec, self.target, self._env(), self.ctx.dev.identity
+        )
+
+    @classmethod
+    async def warm(cls, spec: CodeServerAddon, layout: Layout) -> None:
+        """A pool container learns what ``--help`` lists before its user comes (as the agent's
+        own user: nobody's home exists yet), so the hand-out skips that run."""
+        target = layout.service(addon_type(cls.name).service_dir)
+        env = {
+            "HOME": str(layout.state),
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+        }
+        await _probe_flags(layout, spec, target, env, None)
 
     def _node_argv(self) -> list[str]:
-        return [str(self.target / "lib" / "node"), str(self.target)]
+        return _node_argv(self.target)
 
     def _env(self) -> dict[str, str]:
         dev = self.ctx.dev
@@ -201,7 +203,7 @@ class CodeServer(Addon[CodeServerAddon]):
                 )
             await self._check()
             if not self._running():
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(_START_PROBE_S)
 
     def _running(self) -> bool:
         pid = self.supervisor.running_pid() if self.supervisor else None
@@ -259,3 +261,35 @@ class CodeServer(Addon[CodeServerAddon]):
             restarts=supervisor.restarts if supervisor else 0,
             message=message,
         )
+
+
+def _node_argv(target: Path) -> list[str]:
+    return [str(target / "lib" / "node"), str(target)]
+
+
+async def _probe_flags(
+    layout: Layout,
+    spec: CodeServerAddon,
+    target: Path,
+    env: dict[str, str],
+    user: DevIdentity | None,
+) -> frozenset[str]:
+    """Which of OPTIONAL_FLAGS ``--help`` of the code-server in ``target`` lists; remembered
+    per installed digest."""
+    cache = layout.state / "code-server-help.json"
+    digest = spec.artifact.sha256
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        remembered = json.loads(cache.read_text())[digest]
+        if isinstance(remembered, list):
+            return frozenset(remembered)
+    argv = [*_node_argv(target), "--help"]
+    try:
+        code, out = await run_once(argv, timeout_s=_HELP_TIMEOUT_S, env=env, user=user)
+    except TimeoutError as exc:
+        raise AddonError(f"code-server --help did not finish in {_HELP_TIMEOUT_S:g}s") from exc
+    if code != 0:
+        raise AddonError(f"code-server --help failed ({code}): {out[-500:]}")
+    listed = frozenset(flag for flag in OPTIONAL_FLAGS if f"{flag} " in out)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({digest: sorted(listed)}))
+    return listed

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -32,6 +33,7 @@ from zlh.schemas._base import WireModel
 from zlh.schemas.artifact import Version
 
 __all__ = [
+    "POOL_USER",
     "AddonPin",
     "ApiToken",
     "AuditEntry",
@@ -160,6 +162,11 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[str]: JSON}
 
 
+# The platform's own user row that owns the warm pool's containers: a name no account can
+# have (zlh.api.accounts refuses it), disabled, and a password hash nothing verifies against.
+POOL_USER = "(pool)"
+
+
 class User(Base):
     __tablename__ = "users"
 
@@ -231,6 +238,11 @@ class Container(Base):
     state: Mapped[str] = mapped_column(String(16), index=True)
     # The agent secret is HMAC(agent key, vmid:nonce); only the nonce is stored.
     agent_nonce: Mapped[str] = mapped_column(String(64))
+    # The nonce a warm-pool hand-out rotates the agent to; agent_nonce until the agent took it.
+    next_nonce: Mapped[str | None] = mapped_column(String(64), default=None)
+    # Provisioned ahead of demand, owned by the platform's POOL_USER until a request takes it
+    # (then never again: a handed-out container does not go back to the pool).
+    pool: Mapped[bool] = mapped_column(default=False, server_default=false(), index=True)
     address: Mapped[str | None] = mapped_column(String(255), default=None)
     agent_port: Mapped[int | None] = mapped_column(default=None)
     code_server_port: Mapped[int | None] = mapped_column(default=None)

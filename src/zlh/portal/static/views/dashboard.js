@@ -4,7 +4,11 @@ import { quotaLine } from "./quota.js";
 import { stateBadge, stateReason } from "./state.js";
 
 export async function dashboardView(main, { me }) {
-  const [containers, mine] = await Promise.all([api("/api/dev"), api("/api/auth/me")]);
+  const [containers, mine, pool] = await Promise.all([
+    api("/api/dev"),
+    api("/api/auth/me"),
+    me.isAdmin ? api("/api/pool") : null,
+  ]);
   main.append(
     h(
       "div",
@@ -13,6 +17,7 @@ export async function dashboardView(main, { me }) {
       h("a", { href: "/new", class: "button", "data-link": true }, "New dev container"),
     ),
     quotaLine(mine),
+    pool ? poolLine(pool) : "",
   );
   if (containers.length === 0) {
     main.append(h("p", { class: "muted" }, "No containers yet. Ask for one with “New dev container”."));
@@ -29,7 +34,9 @@ export async function dashboardView(main, { me }) {
       h(
         "td",
         {},
-        h("a", { href: `/c/${c.vmid}`, "data-link": true }, containerLabel(c)),
+        // A warm-pool container is nobody's: no page to open until a request takes it.
+        c.pool ? containerLabel(c) : h("a", { href: `/c/${c.vmid}`, "data-link": true }, containerLabel(c)),
+        c.pool ? h("span", { class: "badge pool", title: "Provisioned ahead of demand; the next matching request takes it" }, "warm pool") : "",
         c.role ? h("span", { class: "badge shared", title: `${c.owner} shared it with you (${c.role})` }, `shared by ${c.owner}`) : "",
       ),
       me.isAdmin ? h("td", {}, c.owner) : null,
@@ -42,7 +49,7 @@ export async function dashboardView(main, { me }) {
       h(
         "td",
         { class: "nowrap" },
-        c.role !== "view" && ((c.state === "ready" && s.codeServerRunning) || c.state === "stopped")
+        !c.pool && c.role !== "view" && ((c.state === "ready" && s.codeServerRunning) || c.state === "stopped")
           ? h(
               "a",
               { href: c.idePath, class: "button small", target: "_blank", rel: "noopener", "aria-label": `Open the IDE of ${containerLabel(c)}`, title: c.state === "stopped" ? "Starts the container first" : "" },
@@ -58,5 +65,18 @@ export async function dashboardView(main, { me }) {
       { class: "table-wrap" },
       h("table", { class: "containers" }, h("thead", {}, h("tr", {}, head.map(([t, cls]) => h("th", { scope: "col", class: cls }, t)))), h("tbody", {}, rows)),
     ),
+  );
+}
+
+// Admins: the containers kept ready ahead of demand, and what they cost.
+function poolLine(pool) {
+  if (pool.wanted === 0 && pool.ready + pool.building === 0) {
+    return h("p", { class: "muted", "data-pool": "" }, "Warm pool: off.");
+  }
+  const building = pool.building ? `, ${pool.building} being built` : "";
+  return h(
+    "p",
+    { class: "muted", "data-pool": "" },
+    `Warm pool: ${pool.ready} ready of ${pool.wanted} wanted${building}, ${pool.memoryMb} MB of memory.`,
   );
 }
