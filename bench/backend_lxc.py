@@ -513,16 +513,23 @@ def fmt(value: float | None, unit: str) -> str:
     return f"{value:.2f} {unit}" if unit == "s" else f"{value:.1f} {unit}"
 
 
+# Per mode: the goal's words and its test on (this mode's value, off's value).
+Goals = dict[str, tuple[str, Callable[[float, float | None], bool | None]]]
+
+
 @dataclass(frozen=True)
 class Figure:
     name: str
     unit: str
     value: Callable[[ModeResult], float | None]
-    # The goal's words and its test on (this mode's value, off's value).
-    goals: dict[str, tuple[str, Callable[[float, float | None], bool | None]]] = field(
-        default_factory=dict
-    )
+    goals: Goals = field(default_factory=dict)
 
+
+def no_worse(value: float, off: float | None) -> bool | None:
+    return None if off is None else value <= off
+
+
+NO_WORSE_THAN_OFF: Goals = {"on": ("≤ off", no_worse)}
 
 FIGURES = (
     Figure(
@@ -551,7 +558,7 @@ FIGURES = (
         "host memory per idle container (cgroup), median",
         "MB",
         lambda r: median(r.memory_mb),
-        {"on": ("≤ off", lambda v, off: None if off is None else v <= off)},
+        NO_WORSE_THAN_OFF,
     ),
     Figure("  of it page cache (memory.stat file), median", "MB", lambda r: median(r.file_mb)),
     Figure("  of it anonymous (memory.stat anon), median", "MB", lambda r: median(r.anon_mb)),
@@ -559,7 +566,7 @@ FIGURES = (
         "code-server processes' Pss, median",
         "MB",
         lambda r: median(r.pss_mb),
-        {"on": ("≤ off", lambda v, off: None if off is None else v <= off)},
+        NO_WORSE_THAN_OFF,
     ),
     Figure("  of it Pss_File (shared files counted 1/n)", "MB", lambda r: median(r.pss_file_mb)),
 )
@@ -616,6 +623,10 @@ def print_report(results: list[ModeResult]) -> None:
 # ---------------------------------------------------------------- main
 
 
+def print_load(when: str) -> None:
+    print("load average at {}: {:.2f} {:.2f} {:.2f}".format(when, *os.getloadavg()), flush=True)
+
+
 def interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -659,8 +670,7 @@ def main() -> int:
         )
         return 2
     signal.signal(signal.SIGTERM, interrupt)  # cleanup runs on SIGTERM as on Ctrl-C
-    loads = os.getloadavg()
-    print(f"load average at start: {loads[0]:.2f} {loads[1]:.2f} {loads[2]:.2f}", flush=True)
+    print_load("start")
     results: list[ModeResult] = []
     problems: list[str] = []
     try:
@@ -674,8 +684,7 @@ def main() -> int:
                 problems.append(f"{mode}: {problem}")
     except BenchError as exc:
         problems.append(str(exc))
-    loads = os.getloadavg()
-    print(f"load average at end: {loads[0]:.2f} {loads[1]:.2f} {loads[2]:.2f}")
+    print_load("end")
     print_report(results)
     for problem in problems:
         print(f"FAILED: {problem}", file=sys.stderr)
