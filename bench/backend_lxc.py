@@ -292,10 +292,16 @@ def twin(client: PlatformClient) -> PlatformClient:
     return other
 
 
-def wait_ready(client: PlatformClient, vmid: int, deadline: float) -> None:
-    """Follow the container's events until it is ready."""
+def wait_ready(client: PlatformClient, vmid: int, started: float, timeline: list[str]) -> None:
+    """Follow the container's events until it is ready; each new state and step goes into
+    ``timeline`` with the seconds since ``started``."""
+    deadline = started + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         for event in client.events(vmid):
+            step = f" {event.progress.step.value}" if event.progress else ""
+            entry = f"{event.state}{step}"
+            if not timeline or not timeline[-1].startswith(entry + " "):
+                timeline.append(f"{entry} {time.monotonic() - started:.2f}")
             if event.state == "ready":
                 return
             if event.state == "failed":
@@ -324,6 +330,7 @@ class Request:
     vmid: int
     state_s: float  # until the container's state was ready
     ide_s: float  # until the front served the workbench
+    timeline: list[str]  # each state and step the events said, with its second
 
 
 def request_ide(client: PlatformClient) -> Request:
@@ -334,10 +341,11 @@ def request_ide(client: PlatformClient) -> Request:
     if response.status_code != 202:
         raise BenchError(str(api_error(response, "POST /api/dev")))
     vmid = int(response.json()["vmid"])
-    wait_ready(client, vmid, deadline)
+    timeline = [f"answered {time.monotonic() - started:.2f}"]
+    wait_ready(client, vmid, started, timeline)
     state_s = time.monotonic() - started
     open_workbench(client, vmid, deadline)
-    return Request(vmid, state_s, time.monotonic() - started)
+    return Request(vmid, state_s, time.monotonic() - started, timeline)
 
 
 def delete(client: PlatformClient, vmid: int) -> None:
@@ -395,7 +403,8 @@ def sequential_phase(
         result.disk_mb.append(disk_mb(data_dir, request.vmid))
         print(
             f"  {result.mode} #{index + 1}: {request.vmid} state ready in {request.state_s:.2f} s,"
-            f" IDE in {request.ide_s:.2f} s, disk {result.disk_mb[-1]:.1f} MB",
+            f" IDE in {request.ide_s:.2f} s, disk {result.disk_mb[-1]:.1f} MB\n"
+            f"    {', '.join(request.timeline)}",
             flush=True,
         )
         if index < count - keep:
