@@ -38,12 +38,15 @@ class ScriptedAgent:
 
     parse_status = staticmethod(AgentClient.parse_status)
 
-    def __init__(self) -> None:
+    def __init__(self, advance: Callable[[float], None]) -> None:
         self.answer: AgentStatus | Exception = REFUSED
         self.polls = 0
+        self.advance = advance  # moves the rig's clock
+        self.takes_s = 0.0  # how long each answer takes
 
     async def status_body(self, url: str, secret: str, *, timeout_s: float) -> bytes:
         self.polls += 1
+        self.advance(self.takes_s)
         if isinstance(self.answer, Exception):
             raise self.answer
         return self.answer.model_dump_json(by_alias=True).encode()
@@ -55,8 +58,8 @@ class Rig:
     def __init__(self, registry: ContainerRegistry, vmid: int, settings: ApiSettings) -> None:
         self.registry = registry
         self.vmid = vmid
-        self.agent = ScriptedAgent()
         self.now = 1000.0
+        self.agent = ScriptedAgent(self._advance)
         self.states: list[str] = []  # every state the registry was told, in order
 
         async def resend(_container: Container) -> None:
@@ -79,6 +82,9 @@ class Rig:
             return update(vmid, **changes)
 
         registry.update = recording_update  # type: ignore[method-assign]
+
+    def _advance(self, seconds: float) -> None:
+        self.now += seconds
 
     @property
     def state(self) -> str:
@@ -139,6 +145,29 @@ def test_a_provisioning_container_whose_agent_still_boots_is_neither_backed_off_
         await rig.poll()
         assert rig.state == ContainerState.READY
         assert ContainerState.UNREACHABLE not in rig.states
+
+    run_rig(tmp_path, ContainerState.PROVISIONING, body)
+
+
+def test_an_answered_poll_is_due_again_one_interval_after_it_started_however_long_it_took(
+    tmp_path: Path,
+) -> None:
+    """The poller ticks every provisioning interval from the tick that launched a poll: a next
+    poll due after the last one ended would miss its tick and wait a whole interval more."""
+
+    async def body(rig: Rig) -> None:
+        rig.agent.answer = PROVISIONING
+        rig.agent.takes_s = 0.05
+        started = rig.now
+        await rig.poll()
+        assert rig.poller._targets[rig.vmid].due == started + 0.5
+        rig.agent.answer = READY
+        started = rig.now = rig.poller._targets[rig.vmid].due
+        await rig.poll()
+        assert rig.state == ContainerState.READY
+        started = rig.now = rig.poller._targets[rig.vmid].due
+        await rig.poll()  # the same document again: the steady state
+        assert rig.poller._targets[rig.vmid].due == started + 5.0
 
     run_rig(tmp_path, ContainerState.PROVISIONING, body)
 

@@ -52,6 +52,7 @@ class PollTarget:
     secret: str
     misses: int = 0
     due: float = 0.0
+    launched: float = 0.0  # when its last poll started
     last_status: AgentStatus | None = None
     last_body: bytes = b""
     in_flight: bool = False
@@ -145,6 +146,7 @@ class Poller:
             if target.in_flight or target.due > now:
                 continue
             target.in_flight = True
+            target.launched = now
             task = asyncio.get_running_loop().create_task(self._poll(target))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -188,7 +190,7 @@ class Poller:
             if body == target.last_body and target.container.state == ContainerState.READY:
                 # The steady state of most containers: same document, nothing to parse or write.
                 target.misses = 0
-                target.due = self._clock() + self.settings.poll_interval_s
+                target.due = target.launched + self.settings.poll_interval_s
                 return
             status = self.agents.parse_status(url, body)
         except AgentError as exc:
@@ -278,7 +280,9 @@ class Poller:
             changes.update(state=ContainerState.PROVISIONING)
             await self._resend_payload(target)
         self._apply(target, **changes)
-        target.due = self._clock() + self._interval(target.container.state)
+        # From the poll's start, as the ticks are: from its end, every poll would miss the tick
+        # it is due at by its own duration and wait for the next (twice the interval).
+        target.due = target.launched + self._interval(target.container.state)
 
     async def _resend_payload(self, target: PollTarget) -> None:
         try:

@@ -37,6 +37,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,8 @@ _SHIFTED = re.compile(r"-u\d+$")  # a privileged template's shifted copy (migrat
 CPU_PERIOD_US = 100_000
 LAYER_MOUNT_OPTIONS = "ro,bind,nodev,nosuid,create=dir"
 INSTALL_HINT = "apt-get install lxc debootstrap nftables"
+# Held from a clone's copy of the template until it is configured and holds its slot.
+CREATE_LOCK = ".zlh-create.lock"
 
 
 def require_lxc() -> None:
@@ -214,6 +217,7 @@ class LxcBackend(BlockingBackend):
         if host_ports is not None:
             self.slots.serve(self.lxcpath, host_ports)
         self._bridge: Bridge | None = None
+        self._network_lock = threading.Lock()  # the first operations may come at once
         self._host = socket.gethostname()
         if self.idmap is not None:
             for vmid in self._vmids():
@@ -346,13 +350,17 @@ class LxcBackend(BlockingBackend):
     def _network(self) -> Bridge:
         """Bridge up, this data dir's containers in the slot registry, isolation rules loaded
         for every container on the host; once per backend object (idempotent)."""
-        if self._bridge is None:
-            bridge = ensure_bridge(self.bridge_name)
-            for vmid in self._vmids():
-                self._slot(vmid, bridge)
-            self.slots.sync()
-            self._bridge = bridge
-        return self._bridge
+        with self._network_lock:
+            if self._bridge is None:
+                bridge = ensure_bridge(self.bridge_name)
+                # Under the create lock: a clone that a create has copied but not yet
+                # configured is that create's to register, not a container to adopt.
+                with file_lock(self.lxcpath / CREATE_LOCK):
+                    for vmid in self._vmids():
+                        self._slot(vmid, bridge)
+                self.slots.sync()
+                self._bridge = bridge
+            return self._bridge
 
     def _slot(self, vmid: int, bridge: Bridge) -> Slot:
         """``vmid``'s slot; a container from before the registry is adopted with the names
@@ -434,7 +442,7 @@ class LxcBackend(BlockingBackend):
         template = self._template()
         bridge = self._network()
         name = self._name(spec.vmid)
-        with file_lock(self.lxcpath / ".zlh-create.lock"):
+        with file_lock(self.lxcpath / CREATE_LOCK):
             if (self.lxcpath / name).exists() or self._rebuild_dir(spec.vmid).exists():
                 raise ContainerExists(f"container {spec.vmid} already exists ({name})")
             try:
@@ -558,7 +566,7 @@ class LxcBackend(BlockingBackend):
                 os.rename(upper / "home" / "dev", home)
                 fsync_dir(kept)
             self._lxc("lxc-destroy", vmid, what=f"removing the old system of container {vmid}")
-        with file_lock(self.lxcpath / ".zlh-create.lock"):
+        with file_lock(self.lxcpath / CREATE_LOCK):
             try:
                 slot = self._clone(spec, template, bridge)
             except BaseException:
