@@ -25,8 +25,7 @@ when the mode ends, fails or is interrupted; the platform's log is kept as
   its code-server processes (``/proc/PID/smaps_rollup``: a page shared by n processes counts
   1/n in each, so one shared copy of code-server's files shows as a smaller Pss_File).
 - ``pool``: ``zlh up`` with layers and ``warm_pool`` 1: sequential requests only, each made
-  once the pool is full again (the admin listing holds a ready pool container). It needs a
-  build with the ``warm_pool`` setting and says so otherwise.
+  once the pool is full again (the admin listing holds a ready pool container).
 
 Request → IDE ready: from ``POST /api/dev`` (node with code-server) until the front answers
 the workbench HTML: the container's events until ``ready``, then ``GET ide-url`` and that URL
@@ -59,7 +58,7 @@ from types import FrameType
 import httpx
 
 from zlh.api.commands import prepare_private
-from zlh.api.settings import ApiSettings, load_settings
+from zlh.api.settings import load_settings
 from zlh.artifacts.builders import build
 from zlh.artifacts.store import ArtifactStore
 from zlh.backends import ContainerInfo, ContainerSpec, create_backend
@@ -227,9 +226,8 @@ def settings_toml(mode: str, count: int) -> str:
         f"max_containers_per_user = {count + 1}",
         f"max_running_per_user = {count + 1}",
         "idle_stop_after = 0",
+        f"warm_pool = {1 if mode == 'pool' else 0}",  # off and on must not take from a pool
     ]
-    if "warm_pool" in ApiSettings.model_fields:  # off and on must not take from a pool
-        lines.append(f"warm_pool = {1 if mode == 'pool' else 0}")
     return "\n".join(lines) + "\n"
 
 
@@ -672,11 +670,6 @@ def main() -> int:
     args = parse_args()
     if os.geteuid() != 0:
         print("bench/backend_lxc.py runs as root (LXC, the template build)", file=sys.stderr)
-        return 2
-    if "pool" in args.modes and "warm_pool" not in ApiSettings.model_fields:
-        print(
-            "mode pool needs the warm_pool setting, which this build does not have", file=sys.stderr
-        )
         return 2
     signal.signal(signal.SIGTERM, interrupt)  # cleanup runs on SIGTERM as on Ctrl-C
     print_load("start")
