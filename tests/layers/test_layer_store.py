@@ -66,6 +66,20 @@ def _ensure(
     return asyncio.run(run())
 
 
+def _agent_installs(artifact: Artifact, target: Path) -> None:
+    """``artifact`` installed at ``target`` as the agent installs a runtime."""
+    request = InstallRequest(ArtifactKind.RUNTIME, "node", "22", artifact, target)
+
+    async def install() -> None:
+        installer = Installer(policy=RetryPolicy())
+        try:
+            await installer.ensure(request, ProgressTracker())
+        finally:
+            await installer.close()
+
+    asyncio.run(install())
+
+
 def _tree(top: Path) -> dict[str, str]:
     """Every entry but the marker: path -> kind, mode and content digest or link target."""
     return {
@@ -92,16 +106,7 @@ def test_a_layer_is_the_tree_the_agent_installs(tmp_path: Path, server: Artifact
     artifact = _artifact(server)
     (layer,) = _ensure(LayerStore(tmp_path / "layers"), artifact)
     agent_target = tmp_path / "container" / "opt/zlh/runtimes/node/22"
-    request = InstallRequest(ArtifactKind.RUNTIME, "node", "22", artifact, agent_target)
-
-    async def install() -> None:
-        installer = Installer(policy=RetryPolicy())
-        try:
-            await installer.ensure(request, ProgressTracker())
-        finally:
-            await installer.close()
-
-    asyncio.run(install())
+    _agent_installs(artifact, agent_target)
     assert _tree(layer) == _tree(agent_target)
     assert len(_tree(layer)) > 4
 
@@ -249,19 +254,10 @@ def test_the_agent_never_installs_over_a_mounted_layer_of_another_artifact(
     target.mkdir(parents=True)
     subprocess.run(["mount", "--bind", "-o", "ro", str(layer), str(target)], check=True)
     try:
-        request = InstallRequest(ArtifactKind.RUNTIME, "node", "22", other, target)
-
-        async def install() -> None:
-            installer = Installer(policy=RetryPolicy())
-            try:
-                await installer.ensure(request, ProgressTracker())
-            finally:
-                await installer.close()
-
         with pytest.raises(
             InstallError, match="is a read-only layer the host mounted, with sha256"
         ):
-            asyncio.run(install())
+            _agent_installs(other, target)
         assert server.gets("node23.tar.gz") == []
     finally:
         subprocess.run(["umount", str(target)], check=True)
