@@ -250,7 +250,11 @@ class ApiSettings(BaseSettings):
         5.0, gt=0, description="how often each ready container's agent /status is read."
     )
     poll_interval_provisioning_s: float = Field(
-        0.5, gt=0, description="the same while a container provisions, for live progress."
+        0.1,
+        gt=0,
+        description="the same while a container provisions, for live progress: also how late "
+        "a container is seen ready (a warm-pool hand-out takes about half a second). ~0.7 ms "
+        "of CPU per poll, only while containers provision.",
     )
     poll_timeout_s: float = Field(
         2.0, gt=0, description="one /status request; a slower agent counts as a miss."
