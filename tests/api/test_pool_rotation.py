@@ -125,6 +125,30 @@ def test_an_agent_holding_neither_secret_is_not_recorded_as_rotated(hand_out: Ha
     assert not hand_out.accepts(NEXT)
 
 
+def test_a_hand_out_is_driven_even_while_the_pool_builds_drive_is_still_finishing(
+    hand_out: HandOut,
+) -> None:
+    # The pool build's drive can still be ending (its last record update) when the agent
+    # already reports ready and a request takes the container: the hand-out must not be lost.
+    _start_with(hand_out, hand_out.container.agent_nonce)
+    svc = services(hand_out.app)
+    loop = svc.registry._loop
+    assert loop is not None
+    vmid = hand_out.container.vmid
+
+    async def finishing_build() -> asyncio.Event:
+        release = asyncio.Event()
+        svc.provisioning.tasks.spawn(vmid, release.wait, f"build-{vmid}")
+        svc.provisioning.spawn_drive(vmid, running=True)
+        return release
+
+    release = asyncio.run_coroutine_threadsafe(finishing_build(), loop).result(timeout=10)
+    assert hand_out.record().next_nonce == NEXT  # queued behind the build, not run yet
+    loop.call_soon_threadsafe(release.set)
+    wait_for(lambda: hand_out.record().next_nonce is None, what="the hand-out's rotation")
+    assert hand_out.accepts(NEXT)
+
+
 def _catalog(*runtimes: str) -> Catalog:
     catalog = Catalog()
     art = Artifact(url="x.tar.gz", sha256="a" * 64, size=1, format=ArtifactFormat.TAR_GZ)

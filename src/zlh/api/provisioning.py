@@ -256,8 +256,12 @@ class Provisioning:
             logger.warning("container %s could not be reattached: %s", container.vmid, exc)
 
     def spawn_drive(self, vmid: int, *, running: bool = False) -> None:
-        """Drive ``vmid`` as its task (see :meth:`drive`), unless a task of it is under way."""
-        if not self.tasks.busy(vmid):
+        """Drive ``vmid`` as its task (see :meth:`drive`), unless a task of it is under way.
+
+        A hand-out (``running``) is always driven, after whatever task the container still has:
+        the pool build's own drive can still be finishing when its agent already reports ready
+        and a request takes it."""
+        if running or not self.tasks.busy(vmid):
             self.tasks.spawn(vmid, lambda: self.drive(vmid, running=running), f"provision-{vmid}")
 
     async def drive(self, vmid: int, *, running: bool = False) -> None:
