@@ -42,7 +42,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -69,6 +68,11 @@ from zlh.backends.lxc.template import build_template
 from zlh.demo.admin import ensure_admin
 from zlh.demo.platform import UP_LOG, Platform, running_platform
 from zlh.dev.client import PlatformClient, api_error
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from support import free_port_pair  # noqa: E402
 
 FIRST_VMID = 9201  # the backend mode's containers
 ARTIFACTS = ("node", "code-server")
@@ -203,20 +207,6 @@ def check_layer_builds(lines: list[str], *, layers: bool) -> str | None:
 
 
 # ---------------------------------------------------------------- the platform side
-
-
-def free_port_pair() -> int:
-    """A free port whose next port is free too: ``zlh up`` serves IDEs on listen port + 1."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("0.0.0.0", 0))
-            port = int(sock.getsockname()[1])
-        with socket.socket() as sock:
-            try:
-                sock.bind(("0.0.0.0", port + 1))
-            except OSError:
-                continue
-        return port
 
 
 def settings_toml(mode: str, count: int) -> str:
@@ -430,7 +420,7 @@ def platform_mode(mode: str, args: argparse.Namespace) -> tuple[ModeResult, str 
     """One platform mode on a fresh data dir; its figures and what failed its check."""
     result = ModeResult(mode)
     problem: str | None = None
-    port = free_port_pair()
+    port = free_port_pair("0.0.0.0")  # zlh up listens on every address for the bridge
     listen = f"0.0.0.0:{port}"
     with data_dir_for(args.bench_dir, mode) as data_dir:
         print(f"== {mode}: preparing {data_dir}", flush=True)

@@ -43,19 +43,19 @@ def zlh(*args: str, check: bool = True, **kwargs: object) -> subprocess.Complete
     return result  # type: ignore[no-any-return]
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
-def free_port_pair() -> int:
+def free_port_pair(host: str = "127.0.0.1") -> int:
     """A free port whose next port is free too: `zlh up` serves IDEs on listen port + 1."""
     while True:
-        port = free_port()
+        port = free_port(host)
         with socket.socket() as sock:
             try:
-                sock.bind(("127.0.0.1", port + 1))
+                sock.bind((host, port + 1))
             except OSError:
                 continue
         return port
