@@ -140,6 +140,8 @@ class LayerStore:
 
     @contextlib.asynccontextmanager
     async def _flock(self, sha256: str) -> AsyncIterator[None]:
+        """The layer's lock, waited for in a thread. Not ``flocked``: a cancelled wait must
+        still release what the thread takes later, and closing this descriptor does."""
         fd = os.open(self._lock_path(sha256), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)

@@ -36,7 +36,6 @@ routed, not delivered to the host, and these rules leave it alone.
 
 from __future__ import annotations
 
-import fcntl
 import ipaddress
 import os
 import re
@@ -49,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from zlh.backends.base import BackendError, BackendUnavailable
+from zlh.locks import flocked
 
 if TYPE_CHECKING:
     from zlh.backends.lxc.slots import HostNetwork
@@ -204,14 +204,11 @@ def ensure_isolation(bridge: str, network: HostNetwork) -> None:
 
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock across processes (two API processes on one data dir)."""
+    """An exclusive lock across processes (two API processes on one data dir), its
+    directory made first."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with flocked(path):
         yield
-    finally:
-        os.close(fd)
 
 
 def allocate_address(bridge: Bridge, taken: Iterable[str]) -> str:
