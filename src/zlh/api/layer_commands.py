@@ -11,7 +11,7 @@ import asyncio
 
 from zlh.api.catalog import HttpCatalog, StoreCatalog
 from zlh.api.commands import settings_from
-from zlh.api.layers import in_use
+from zlh.api.layers import in_use, layer_users
 from zlh.backends import Backend, create_backend
 from zlh.errors import UsageError, ZlhError
 from zlh.layers import LayerStore
@@ -45,23 +45,9 @@ def _context(args: argparse.Namespace) -> tuple[LayerStore, Backend, Catalog]:
     return LayerStore(root), backend, catalog
 
 
-def _users(backend: Backend, catalog: Catalog) -> dict[str, list[str]]:
-    users: dict[str, list[str]] = {}
-    for vmid, paths in sorted(backend.mounted_layers().items()):
-        for path in paths:
-            users.setdefault(path.name, []).append(str(vmid))
-    for section in (catalog.runtimes, catalog.addons):
-        for name, entry in section.items():
-            for version in entry.versions:
-                users.setdefault(version.artifact.sha256, []).append(
-                    f"catalog {name} {version.version}"
-                )
-    return users
-
-
 def cmd_layers_list(args: argparse.Namespace) -> int:
     store, backend, catalog = _context(args)
-    users = _users(backend, catalog)
+    users = layer_users(backend, catalog)
     infos = store.infos()
     if not infos:
         print(f"no layers under {store.root}")

@@ -17,7 +17,7 @@ from zlh.install import runtime_dir, service_dir
 from zlh.layers import LayerStore
 from zlh.schemas import Artifact, ArtifactKind, Catalog, addon_type
 
-__all__ = ["collect_garbage", "in_use", "mounts_for"]
+__all__ = ["collect_garbage", "in_use", "layer_users", "mounts_for"]
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +49,24 @@ async def mounts_for(
     )
 
 
+def layer_users(backend: Backend, catalog: Catalog) -> dict[str, list[str]]:
+    """Who uses each layer, by sha256: the vmids whose configuration mounts it, then
+    ``catalog <name> <version>`` for each catalog entry that pins its artifact."""
+    users: dict[str, list[str]] = {}
+    for vmid, paths in sorted(backend.mounted_layers().items()):
+        for path in paths:
+            users.setdefault(path.name, []).append(str(vmid))
+    for section in (catalog.runtimes, catalog.addons):
+        for name, entry in section.items():
+            for version in entry.versions:
+                label = f"catalog {name} {version.version}"
+                users.setdefault(version.artifact.sha256, []).append(label)
+    return users
+
+
 def in_use(backend: Backend, catalog: Catalog) -> set[str]:
     """The sha256 of every layer a container mounts or the catalog pins."""
-    used = {path.name for paths in backend.mounted_layers().values() for path in paths}
-    for section in (catalog.runtimes, catalog.addons):
-        for entry in section.values():
-            used.update(version.artifact.sha256 for version in entry.versions)
-    return used
+    return set(layer_users(backend, catalog))
 
 
 async def collect_garbage(store: LayerStore, backend: Backend, catalog: CatalogSource) -> None:
