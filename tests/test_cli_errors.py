@@ -111,6 +111,8 @@ def cases(tmp: Path, port: int) -> dict[str, list[str]]:
             "http://127.0.0.1:9",
         ],
         "api: no artifact server": ["api", *process, "--data-dir", str(tmp / "api2")],
+        "up: replica on SQLite": ["up", *process, "--data-dir", str(tmp / "up3"), "--replica", "a"],
+        "up: bad replica name": ["up", *process, "--data-dir", str(tmp / "u4"), "--replica", "a b"],
         "user add: no terminal": ["user", "add", "bob", "--data-dir", str(tmp / "users")],
         "user add: data dir is a file": ["user", "add", "bob", "--data-dir", file],
         "user list: data dir is a file": ["user", "list", "--data-dir", file],

@@ -51,6 +51,13 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
         "refusing (container root = host root; env ZLH_ALLOW_PRIVILEGED)",
     )
     parser.add_argument(
+        "--replica",
+        default=None,
+        metavar="NAME",
+        help="run as one of several replicas sharing the PostgreSQL database_url, under this "
+        "name (env ZLH_REPLICA, default <hostname>:<listen port>)",
+    )
+    parser.add_argument(
         "--config",
         type=Path,
         default=None,

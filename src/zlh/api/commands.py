@@ -57,15 +57,22 @@ def settings_from(args: argparse.Namespace, **explicit: Any) -> ApiSettings:
 
 
 def _server_settings(args: argparse.Namespace, **explicit: Any) -> ApiSettings:
-    return settings_from(
+    settings = settings_from(
         args,
         backend=args.backend,
         listen=args.listen,
         unix_socket=args.unix_socket,
         allow_privileged=args.allow_privileged,
         ide_origin=args.ide_origin,
+        replica=args.replica,
         **explicit,
     )
+    if settings.replica is not None and settings.db_url.startswith("sqlite"):
+        raise UsageError(
+            "replicas share one PostgreSQL database: set database_url (env ZLH_DATABASE_URL) "
+            "to postgresql+psycopg://…, or drop --replica to run a single node on SQLite"
+        )
+    return settings
 
 
 def private_files(settings: ApiSettings) -> list[Path]:

@@ -9,6 +9,7 @@ environment ``ZLH_<NAME>``, the config file (``--config``, ``ZLH_CONFIG`` or
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -53,6 +54,13 @@ class ApiSettings(BaseSettings):
         None,
         description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; default a SQLite "
         "file <data dir>/zlh.db. Migrations run on start; the database itself must exist.",
+    )
+    replica: str | None = Field(
+        None,
+        description="this API process's name among the replicas that share one PostgreSQL "
+        "database (letters, digits, '.', '_', '-', ':'; default <hostname>:<listen port>). Leases "
+        "on provisioning jobs and poller shares are held in this name.",
+        pattern=r"^[A-Za-z0-9._:-]{1,100}$",
     )
     backend: BackendName = Field(
         "lxc", description="container backend. Its own settings (Proxmox URL, token) are its own."
@@ -344,6 +352,10 @@ class ApiSettings(BaseSettings):
             scheme, _, portal_host = origin.partition("://")
         hostname = IdeOrigin.parse(f"{scheme}://{portal_host}").host
         return IdeOrigin(scheme, hostname, parse_listen(self.listen)[1] + 1, wildcard=False)
+
+    @property
+    def replica_name(self) -> str:
+        return self.replica or f"{socket.gethostname()}:{parse_listen(self.listen)[1]}"
 
     @property
     def db_url(self) -> str:
