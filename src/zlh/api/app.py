@@ -34,7 +34,7 @@ from zlh.api.containers import ContainerRegistry
 from zlh.api.db import Database
 from zlh.api.errors import NotAuthenticated, RateLimited
 from zlh.api.events import EventBus
-from zlh.api.follower import Follower
+from zlh.api.follower import Follower, to_thread_to_the_end
 from zlh.api.guard import RequestGuard
 from zlh.api.keys import load_or_create_key
 from zlh.api.lifecycle import Lifecycle
@@ -199,8 +199,8 @@ async def _sync_revocations(svc: Services, wake: asyncio.Event) -> None:
     while True:
         wake.clear()
         try:
-            sids = await asyncio.to_thread(svc.tokens.revoked_since, None)
-            keys = await asyncio.to_thread(svc.api_tokens.revoked_keys)
+            sids = await to_thread_to_the_end(svc.tokens.revoked_since, None)
+            keys = await to_thread_to_the_end(svc.api_tokens.revoked_keys)
             svc.feed.replace_revocations(sids + keys)
         except ZlhError as exc:
             logger.warning("syncing session revocations failed: %s", exc)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Final
+from typing import Final, ParamSpec, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -25,7 +25,7 @@ from zlh.api.containers import ContainerRegistry
 from zlh.api.notify import CHANNELS, CONTAINERS, REVOCATIONS, announced_vmid
 from zlh.errors import ZlhError
 
-__all__ = ["Follower", "libpq_url"]
+__all__ = ["Follower", "libpq_url", "to_thread_to_the_end"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,24 @@ _KEEPALIVES: Final = {
     "keepalives_interval": 5,
     "keepalives_count": 3,
 }
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+async def to_thread_to_the_end(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """``asyncio.to_thread``, except that a cancelled caller still waits for the thread (it
+    cannot be stopped): the app's shutdown disposes of the database only once no read is
+    under way on it."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # seen: the caller is gone, nobody else would look at it
+        raise
 
 
 def libpq_url(sqlalchemy_url: str) -> str:
@@ -94,7 +112,7 @@ class Follower:
             for channel in CHANNELS:
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
             # Listening first, then the snapshot: a change after it is announced to us.
-            await asyncio.to_thread(self._registry.resync)
+            await to_thread_to_the_end(self._registry.resync)
             self._revocations_changed()
             self.connects += 1
             async for note in conn.notifies():
@@ -113,7 +131,7 @@ class Follower:
             self._kick.clear()
             vmids, self._pending = self._pending, set()
             try:
-                await asyncio.to_thread(self._registry.refresh, vmids)
+                await to_thread_to_the_end(self._registry.refresh, vmids)
             except (SQLAlchemyError, ZlhError) as exc:
                 logger.warning("re-reading containers %s failed: %s", sorted(vmids)[:5], exc)
                 self._pending |= vmids
