@@ -29,9 +29,14 @@ from agent_sim import SimBackend
 from api_kit import PINS, add_user, login, make_app, running, services, sse_events, wait_for
 from zlh.api import accounts
 from zlh.api import app as app_module
-from zlh.api.containers import Quota
+from zlh.api.audit import AuditLog
+from zlh.api.containers import ContainerRegistry, Quota
+from zlh.api.db import ContainerState, Database, ShareRole, User
+from zlh.api.errors import Conflict
+from zlh.api.events import EventBus
 from zlh.api.follower import Follower, libpq_url
-from zlh.routefeed import FeedRoute
+from zlh.api.shares import Shares
+from zlh.routefeed import FeedRoute, RouteFeed
 
 T = TypeVar("T")
 
@@ -264,3 +269,85 @@ def _throttled_across(on_a: httpx.Client, on_b: httpx.Client) -> None:
     assert 55 <= int(refused.headers["Retry-After"]) <= 60
     assert "too many failed logins" in refused.json()["message"]
     login(on_b, "bob")  # another user from the same address is not slowed
+
+
+def test_every_container_write_announces_its_vmid_on_commit_and_nothing_else_does(
+    pg_url: str,
+) -> None:
+    """Each writer path of the registry (and of shares) sends ``zlh_containers`` with the
+    vmid; a write that changes nothing, or is refused and rolled back, sends nothing."""
+    db = Database(pg_url)
+    db.migrate()
+    try:
+        _every_write_announces(db, pg_url)
+    finally:
+        db.dispose()
+
+
+def _every_write_announces(db: Database, pg_url: str) -> None:
+    registry = ContainerRegistry(db, EventBus(), RouteFeed())
+    shares = Shares(db, registry, AuditLog(db))
+    alice = accounts.create_user(db, "alice", "password-1")
+    accounts.create_user(db, "bob", "password-1")
+    pool_owner = accounts.create_user(db, "pool-stand-in", "password-1")
+
+    def allocate(owner: User, *, pool: bool = False) -> int:
+        return registry.allocate(
+            owner=owner,
+            runtime="node",
+            version="22",
+            addons=[],
+            pins=PINS,
+            quota=Quota(99, 99),
+            pool=pool,
+        ).vmid
+
+    with psycopg.connect(libpq_url(pg_url), autocommit=True) as listener:
+        listener.execute("LISTEN zlh_containers")
+
+        def announced(action: Callable[[], object]) -> list[int]:
+            """The vmids announced while ``action`` ran, up to the marker written after it."""
+            action()
+            marker = allocate(alice)  # a new container: announced once, after the action's
+            seen = []
+            for note in listener.notifies(timeout=5):
+                if int(note.payload) == marker:
+                    return seen
+                seen.append(int(note.payload))
+            raise AssertionError(f"no marker after {seen}")
+
+        vmid = 0
+
+        def first() -> None:
+            nonlocal vmid
+            vmid = allocate(alice)
+
+        assert announced(first) == [vmid]
+        assert announced(lambda: registry.update(vmid, address="10.0.0.9")) == [vmid]
+        assert announced(lambda: registry.update(vmid, address="10.0.0.9")) == []  # no change
+        stop = {"to": ContainerState.STOPPED, "reason": "test", "action": "stop"}
+        with pytest.raises(Conflict):  # refused: rolled back, nothing sent
+            registry.transition(vmid, allowed=[ContainerState.READY], **stop)  # type: ignore[arg-type]
+        assert announced(lambda: None) == []
+        assert announced(
+            lambda: registry.transition(vmid, allowed=[ContainerState.REQUESTED], **stop)  # type: ignore[arg-type]
+        ) == [vmid]
+        assert announced(lambda: registry.set_public(vmid, 3000, True)) == [vmid]
+        owned = registry.get(vmid)
+        assert owned is not None
+        assert announced(lambda: asyncio.run(shares.grant(owned, alice, "bob", ShareRole.USE))) == [
+            vmid
+        ]
+        assert announced(lambda: asyncio.run(shares.revoke(owned, alice, "bob"))) == [vmid]
+        pooled = allocate(pool_owner, pool=True)
+        registry.update(pooled, state=ContainerState.READY)
+        assert set(announced(lambda: None)) == {pooled}  # made, then made ready
+        taken = lambda: registry.take_from_pool(  # noqa: E731
+            pooled, owner=alice, quota=Quota(99, 99), name=None, reason="test"
+        )
+        assert announced(taken) == [pooled]
+        assert announced(lambda: registry.leave_pool(pooled)) == []  # taken: not the pool's
+        spare = allocate(pool_owner, pool=True)
+        assert announced(lambda: None) == [spare]
+        assert announced(lambda: registry.leave_pool(spare)) == [spare]
+        assert announced(lambda: registry.remove(vmid)) == [vmid]
