@@ -15,8 +15,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from api_kit import PASSWORD, up_env
-from support import ZLH, free_port_pair, wait_for_port
+from api_kit import PASSWORD, up_env, zlh_up
+from support import free_port_pair
 from zlh.api import accounts
 from zlh.api.db import Database
 
@@ -62,18 +62,11 @@ def replica_up(
     (SIGTERM) at the end unless it is gone already."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port_pair()
-    log = (data_dir / "up.log").open("ab")
-    argv = [*ZLH, "up", "--backend", "process", "--store", str(store)]
-    argv += ["--listen", f"127.0.0.1:{port}", "--replica", name]
-    proc = subprocess.Popen(argv, env=replica_env(data_dir, db_url), stdout=log, stderr=log)
-    try:
-        wait_for_port("127.0.0.1", port, proc=proc, timeout_s=60)
+    env = replica_env(data_dir, db_url)
+    with zlh_up(
+        data_dir, store, port, extra_args=["--replica", name], env=env, timeout_s=60
+    ) as proc:
         yield Replica(name, data_dir, port, proc)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=30)
-        log.close()
 
 
 def share_keys(source: Path, dest: Path) -> None:

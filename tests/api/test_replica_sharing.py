@@ -116,6 +116,18 @@ def replicas(tmp_path: Path, pg_url: str) -> Iterator[Pair]:
         yield pair
 
 
+def allocated_on(a: FastAPI, *, seen_by: FastAPI) -> int:
+    """Alice's new container recorded on ``a``, once ``seen_by`` has its route."""
+    owner = accounts.get_user(services(a).db, "alice")
+    registry = services(a).registry
+    container = registry.allocate(
+        owner=owner, runtime="node", version="22", addons=[], pins=PINS, quota=Quota(9, 9)
+    )
+    vmid = container.vmid
+    wait_for(lambda: route_on(seen_by, vmid) is not None, what="the route on the other replica")
+    return vmid
+
+
 def test_sse_progress_and_the_route_of_a_container_provisioned_on_a_reach_b(
     replicas: Pair,
 ) -> None:
@@ -193,11 +205,7 @@ def test_the_follower_survives_its_connection_killed_and_its_snapshot_catches_up
 ) -> None:
     a, _on_a, b, _on_b = replicas
     registry = services(a).registry
-    owner = accounts.get_user(services(a).db, "alice")
-    vmid = registry.allocate(
-        owner=owner, runtime="node", version="22", addons=[], pins=PINS, quota=Quota(9, 9)
-    ).vmid
-    wait_for(lambda: route_on(b, vmid) is not None, what="b's route")
+    vmid = allocated_on(a, seen_by=b)
     name = follower_of(b).application_name
     for port in range(3000, 3005):
         (pid,) = listeners(pg_url, name)
@@ -225,11 +233,7 @@ def test_notifications_are_not_trusted_for_content(
 ) -> None:
     a, _on_a, b, _on_b = replicas
     registry = services(a).registry
-    owner = accounts.get_user(services(a).db, "alice")
-    vmid = registry.allocate(
-        owner=owner, runtime="node", version="22", addons=[], pins=PINS, quota=Quota(9, 9)
-    ).vmid
-    wait_for(lambda: route_on(b, vmid) is not None, what="b's route")
+    vmid = allocated_on(a, seen_by=b)
     caplog.set_level(logging.WARNING, logger="zlh.api.notify")
     # Another role on the database sends what it likes: junk, a vmid that does not exist, a
     # real vmid with a forged "state" -- nothing but a re-read of the row follows.
