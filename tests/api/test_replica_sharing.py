@@ -355,3 +355,28 @@ def _every_write_announces(db: Database, pg_url: str) -> None:
         assert announced(lambda: None) == [spare]
         assert announced(lambda: registry.leave_pool(spare)) == [spare]
         assert announced(lambda: registry.remove(vmid)) == [vmid]
+
+
+def test_a_single_node_on_sqlite_listens_to_nothing_and_still_delivers_in_process(
+    tmp_path: Path,
+) -> None:
+    app = make_app(tmp_path, SimBackend())
+    add_user(app, "alice")
+    with running(app) as client:
+        assert not hasattr(app.state, "follower")
+        headers = login(client, "alice")
+        assert client.post("/api/auth/logout", headers=headers).status_code == 204
+        assert sid_of(headers) in revoked_on(app)  # at once: the route handler fed it
+        vmid = (
+            services(app)
+            .registry.allocate(
+                owner=accounts.get_user(services(app).db, "alice"),
+                runtime="node",
+                version="22",
+                addons=[],
+                pins=PINS,
+                quota=Quota(9, 9),
+            )
+            .vmid
+        )
+        assert route_on(app, vmid) is not None
