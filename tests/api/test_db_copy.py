@@ -21,7 +21,7 @@ from sqlalchemy import select
 from agent_sim import SimBackend
 from api_kit import PASSWORD, add_cli_users, add_user, login, make_app, running, services, wait_for
 from api_kit import zlh_up as zlh_up_process
-from support import free_port_pair, zlh
+from support import free_port, free_port_pair, zlh
 from zlh.api import accounts
 from zlh.api.db import Base, ContainerState, Database
 from zlh.api.db.models import POOL_USER
@@ -217,3 +217,13 @@ def test_the_copy_is_refused_while_the_node_runs(tmp_path: Path, pg_url: str) ->
     assert "the platform is running" in refused.stderr, refused.stderr
     # Once it stopped, the same copy goes through.
     assert copy(data, pg_url).returncode == 0
+
+
+def test_an_unreachable_target_is_one_line_and_the_source_is_untouched(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    add_cli_users(data)
+    before = dump(f"sqlite:///{data / 'zlh.db'}")
+    refused = copy(data, f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/zlh", check=False)
+    assert refused.returncode == 1
+    assert refused.stderr.count("\n") == 1 and "cannot connect to" in refused.stderr
+    assert dump(f"sqlite:///{data / 'zlh.db'}") == before
