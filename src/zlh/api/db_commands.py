@@ -68,6 +68,19 @@ def _source(settings: ApiSettings) -> str:
     return settings.db_url
 
 
+def _key_files(settings: ApiSettings) -> list[Path]:
+    """What every replica must hold byte for byte: the session key, the agent key (their
+    secrets are derived from it, only nonces are in the database), and with a tailnet its
+    sealing key and Headscale's API key."""
+    keys = [settings.jwt_key_path, settings.agent_key_path]
+    tailnet = settings.data_dir / "tailnet.key"
+    if tailnet.is_file() or settings.headscale.enabled:
+        keys.append(tailnet)
+    if settings.headscale.api_key_file is not None:
+        keys.append(settings.headscale.api_key_file)
+    return keys
+
+
 def cmd_db_copy(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     target = _target(args.to)
@@ -87,8 +100,8 @@ def cmd_db_copy(args: argparse.Namespace) -> int:
     if report.dry_run:
         print("dry run: rolled back, nothing written to the target")
         return 0
-    keys = [settings.jwt_key_path, settings.agent_key_path]
-    missing = [str(k) for k in keys if not k.is_file()]
+    keys = _key_files(settings)
+    missing = [str(k) for k in keys[:2] if not k.is_file()]
     print(
         "copy these key files to every replica, same content, mode 0600 (their paths, or "
         "jwt_key_file/agent_key_file): " + " ".join(str(k) for k in keys)
