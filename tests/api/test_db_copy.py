@@ -140,6 +140,16 @@ def test_a_node_copied_to_postgresql_keeps_users_tokens_and_containers_and_inser
         wait_for(lambda: state_of(client, vmids["shared"], alice) == "failed", what="failed")
         error = client.get(f"/api/dev/{vmids['shared']}", headers=alice).json()["error"]
         assert "disappeared from the backend" in error
+        # A stopped one stays so; starting it goes back to stopped, with the backend's reason.
+        assert client.post(f"/api/dev/{vmids['stopped']}/start", headers=alice).status_code == 202
+        wait_for(
+            lambda: (
+                "no container"
+                in str(client.get(f"/api/dev/{vmids['stopped']}", headers=alice).json())
+            ),
+            what="the start's failure",
+        )
+        assert state_of(client, vmids["stopped"], alice) == "stopped"
 
         # New rows on every serial key, and a new container above every vmid ever used.
         dave = accounts.create_user(svc.db, "dave", PASSWORD)
