@@ -13,13 +13,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pg_cluster
 import psycopg
 import pytest
 from sqlalchemy import select
 
 from agent_sim import SimBackend
-from api_kit import PASSWORD, add_cli_users, add_user, login, make_app, running, services, wait_for
+from api_kit import (
+    PASSWORD,
+    add_cli_users,
+    add_user,
+    login,
+    make_app,
+    running,
+    services,
+    sse_events,
+    wait_for,
+)
 from api_kit import zlh_up as zlh_up_process
 from support import free_port, free_port_pair, zlh
 from zlh.api import accounts
@@ -237,3 +248,40 @@ def test_an_unreachable_target_is_one_line_and_the_source_is_untouched(tmp_path:
     assert refused.returncode == 1
     assert refused.stderr.count("\n") == 1 and "cannot connect to" in refused.stderr
     assert dump(f"sqlite:///{data / 'zlh.db'}") == before
+
+
+@pytest.mark.slow
+def test_one_host_moved_onto_postgresql_keeps_its_running_container(
+    node_store: Path, tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`zlh up` (process backend, a real agent with a real Node runtime), stopped, copied, and
+    started again with database_url: the same backend holds the container, so it is found
+    (not failed), its agent answers the API with the secret derived from the copied nonce and
+    the data dir's agent key, and what the API writes now goes to PostgreSQL."""
+    add_cli_users(tmp_path)
+    port = free_port_pair()
+    with (
+        zlh_up_process(tmp_path, node_store, port),
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
+    ):
+        alice = login(client, "alice")
+        created = client.post("/api/dev", json={"runtime": "node"}, headers=alice)
+        assert created.status_code == 202, created.text
+        vmid = created.json()["vmid"]
+        assert sse_events(client, f"/api/dev/{vmid}/events", alice)[-1]["state"] == "ready"
+    copy(tmp_path, pg_url)
+    monkeypatch.setenv("ZLH_DATABASE_URL", pg_url)
+    with (
+        zlh_up_process(tmp_path, node_store, port),
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
+    ):
+        alice = login(client, "alice")
+        wait_for(lambda: state_of(client, vmid, alice) == "ready", what="ready on PostgreSQL")
+        record = client.get(f"/api/dev/{vmid}", headers=alice).json()
+        assert record["status"]["runtimeInstalled"] is True
+        files = client.get(f"/api/dev/{vmid}/files", headers=alice)  # relayed to its agent
+        assert files.status_code == 200, files.text
+        assert client.delete(f"/api/dev/{vmid}", headers=alice).status_code == 204
+    with psycopg.connect(pg_url.replace("+psycopg", "")) as conn:
+        actions = conn.execute("SELECT action FROM audit WHERE vmid = %s", (vmid,)).fetchall()
+    assert ("delete",) in actions
