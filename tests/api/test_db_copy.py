@@ -285,3 +285,23 @@ def test_one_host_moved_onto_postgresql_keeps_its_running_container(
     with psycopg.connect(pg_url.replace("+psycopg", "")) as conn:
         actions = conn.execute("SELECT action FROM audit WHERE vmid = %s", (vmid,)).fetchall()
     assert ("delete",) in actions
+
+
+def test_a_node_on_a_database_url_is_copied_from_there(
+    tmp_path: Path, postgres_server: str, pg_url: str
+) -> None:
+    """The source is the settings' database_url when there is one (here another PostgreSQL
+    database, read in one repeatable-read snapshot), not the data dir's SQLite file."""
+    data = tmp_path / "data"
+    data.mkdir()
+    source_url = pg_cluster.fresh_database(postgres_server)
+    (data / "api.toml").write_text(f'database_url = "{source_url}"\n')
+    source = Database(source_url)
+    source.migrate()
+    for name in ("alice", "bob"):
+        accounts.create_user(source, name, PASSWORD)
+    source.dispose()
+    done = copy(data, pg_url)
+    assert summary(done.stdout)["users"] == 2, done.stdout
+    assert not (data / "zlh.db").exists()
+    assert dump(pg_url) == dump(source_url)
