@@ -240,13 +240,18 @@ def test_the_copy_is_refused_while_the_node_runs(tmp_path: Path, pg_url: str) ->
     assert copy(data, pg_url).returncode == 0
 
 
-def test_an_unreachable_target_is_one_line_and_the_source_is_untouched(tmp_path: Path) -> None:
+def test_an_unreachable_target_or_a_missing_driver_is_one_line_and_the_source_is_untouched(
+    tmp_path: Path,
+) -> None:
     data = tmp_path / "data"
     add_cli_users(data)
     before = dump(f"sqlite:///{data / 'zlh.db'}")
     refused = copy(data, f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/zlh", check=False)
     assert refused.returncode == 1
     assert refused.stderr.count("\n") == 1 and "cannot connect to" in refused.stderr
+    no_driver = copy(data, "postgresql+asyncpg://nobody@127.0.0.1/zlh", check=False)
+    assert no_driver.returncode == 1 and no_driver.stderr.count("\n") == 1
+    assert "postgresql+psycopg://" in no_driver.stderr, no_driver.stderr
     assert dump(f"sqlite:///{data / 'zlh.db'}") == before
 
 

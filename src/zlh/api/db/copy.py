@@ -72,8 +72,13 @@ def copy_database(source_url: str, target_url: str, *, dry_run: bool = False) ->
     """
     started = time.monotonic()
     head = head_revision()
-    source = create_engine(source_url)
-    target = create_engine(target_url)
+    try:
+        source, target = create_engine(source_url), create_engine(target_url)
+    except (SQLAlchemyError, ImportError) as exc:  # e.g. a driver that is not installed
+        raise ZlhError(
+            f"cannot use the database URL: {_first_line(exc)} (the driver installed with zlh "
+            "is psycopg: postgresql+psycopg://…)"
+        ) from exc
     try:
         with _snapshot(source) as reading, _connected(target) as writing:
             _require_revision(reading, head, source_url)
