@@ -17,7 +17,7 @@ import httpx
 import pg_cluster
 import psycopg
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from agent_sim import SimBackend
 from api_kit import (
@@ -34,7 +34,7 @@ from api_kit import (
 from api_kit import zlh_up as zlh_up_process
 from support import free_port, free_port_pair, zlh
 from zlh.api import accounts
-from zlh.api.db import Base, ContainerState, Database
+from zlh.api.db import AuditEntry, Base, ContainerState, Database, User
 from zlh.api.db.models import POOL_USER
 
 
@@ -310,3 +310,23 @@ def test_a_node_on_a_database_url_is_copied_from_there(
     assert summary(done.stdout)["users"] == 2, done.stdout
     assert not (data / "zlh.db").exists()
     assert dump(pg_url) == dump(source_url)
+
+
+def test_a_row_postgresql_rejects_rolls_back_every_table_and_the_schema(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """SQLite checks no string length; PostgreSQL does. The copy stops at that row, names its
+    table, and leaves the target as it was: not even the migrations stay."""
+    data = tmp_path / "data"
+    add_cli_users(data)
+    source = Database(f"sqlite:///{data / 'zlh.db'}")
+    with source.session() as session:
+        session.add(AuditEntry(actor="root", action="login"))  # audit is copied before users
+        session.execute(update(User).where(User.username == "bob").values(username="b" * 80))
+    source.dispose()
+    failed = copy(data, pg_url, check=False)
+    assert failed.returncode == 1 and failed.stderr.count("\n") == 1, failed.stderr
+    assert "nothing written: users" in failed.stderr and "too long" in failed.stderr
+    with psycopg.connect(pg_url.replace("+psycopg", "")) as conn:
+        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+        assert tables.fetchone() == (0,)

@@ -5,6 +5,7 @@ needs first (the node is stopped, the source exists) and what to do next (the ke
 from __future__ import annotations
 
 import argparse
+import logging
 import socket
 from pathlib import Path
 
@@ -82,6 +83,8 @@ def _key_files(settings: ApiSettings) -> list[Path]:
 
 
 def cmd_db_copy(args: argparse.Namespace) -> int:
+    # psycopg warns on stderr as it ends a batch a rejected row aborted; the error says it once.
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
     settings = settings_from(args)
     target = _target(args.to)
     source = _source(settings)

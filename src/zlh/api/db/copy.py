@@ -192,7 +192,13 @@ def _copy_table(reading: Connection, writing: Connection, table: Table) -> int:
     copied = 0
     result = reading.execution_options(yield_per=BATCH_ROWS).execute(select(table))
     for batch in result.partitions():
-        writing.execute(insert(table), [dict(row._mapping) for row in batch])
+        try:
+            writing.execute(insert(table), [dict(row._mapping) for row in batch])
+        except SQLAlchemyError as exc:  # e.g. a value SQLite let through (it checks no length)
+            raise ZlhError(
+                f"copy failed, nothing written: {table.name}, rows {copied + 1}-"
+                f"{copied + len(batch)}: {_first_line(exc)}"
+            ) from exc
         copied += len(batch)
     return copied
 
