@@ -10,6 +10,7 @@ inserts new users, tokens, audit rows and containers without a key collision.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -236,7 +237,11 @@ def test_the_copy_is_refused_while_the_node_runs(tmp_path: Path, pg_url: str) ->
         refused = copy(data, pg_url, check=False)
     assert refused.returncode == 2
     assert "the platform is running" in refused.stderr, refused.stderr
-    # Once it stopped, the same copy goes through.
+    # Once it stopped, the same copy goes through, even past a socket a killed one left.
+    stale = data / "run" / "api.sock"
+    with socket.socket(socket.AF_UNIX) as dead:
+        dead.bind(str(stale))
+    assert stale.exists()
     assert copy(data, pg_url).returncode == 0
 
 
