@@ -188,6 +188,18 @@ def cases(tmp: Path, port: int) -> dict[str, list[str]]:
             str(tmp),
         ],
         "layers gc: data dir is a file": ["layers", "gc", "--data-dir", file],
+        "db copy: no data dir": ["db", "copy", "--data-dir", missing, "--to", "postgresql://a@b/c"],
+        "db copy: not a database URL": ["db", "copy", "--data-dir", str(tmp), "--to", "nonsense"],
+        "db copy: not PostgreSQL": ["db", "copy", "--data-dir", str(tmp), "--to", "sqlite:///x.db"],
+        "db copy: no database in the data dir": [
+            "db",
+            "copy",
+            "--data-dir",
+            str(tmp),
+            "--to",
+            "postgresql+psycopg://nobody@127.0.0.1:9/zlh",
+        ],
+        "db copy: data dir is a file": ["db", "copy", "--data-dir", file, "--to", "postgresql://x"],
         "dev unshare: no platform there": [
             "dev",
             "unshare",

@@ -5,8 +5,8 @@ nobody's: no user lists or opens it, its agent holds no home and runs no code-se
 request at the same moment: one gets the pool container, the other one built fresh. The one
 handed out holds no trace of the pool (the pool-time secret refused, the home and code-server
 made after the hand-out), counts against its new owner's quota, and never goes back: the pool
-builds another. A restart adopts the pool as it stands; a bigger ``warm_pool`` builds only what
-is missing, and ``0`` deletes it.
+builds another, once the hand-out is ready. A restart adopts the pool as it stands; a bigger
+``warm_pool`` builds only what is missing, and ``0`` deletes it.
 """
 
 from __future__ import annotations
@@ -130,6 +130,7 @@ def test_the_pool_is_built_ahead_taken_once_without_a_trace_and_refilled(
         record = client.get(f"/api/dev/{vmid}", headers=taker).json()
         assert record["pool"] is False and record["status"]["codeServerRunning"] is True
         assert record["owner"] == ("alice" if taker is alice else "bob")
+        ready_at = datetime.fromisoformat(record["stateChangedAt"])
         # The pool-time secret is refused; the container's file holds the new one.
         assert httpx.get(f"{agent}/status", headers=pool_auth).status_code == 401
         new_secret = (container_dir / "agent-token").read_text()
@@ -153,6 +154,8 @@ def test_the_pool_is_built_ahead_taken_once_without_a_trace_and_refilled(
         # Never back to the pool: another is built in its place.
         [refill] = _ready_pool(client, root, 1)
         assert refill["vmid"] not in (vmid, fresh)
+        # Built once the hand-out was ready, not beside it (the customer's wait comes first).
+        assert _pool_creates(client, root, pooled["version"])[-1] >= ready_at
         assert sse_events(client, f"/api/dev/{fresh}/events", other)[-1]["state"] == "ready"
         for auth, own in ((taker, vmid), (other, fresh)):
             assert client.delete(f"/api/dev/{own}", headers=auth).status_code == 204

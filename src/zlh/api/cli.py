@@ -134,6 +134,7 @@ def register(commands: Any) -> None:
     handler(idle, f"{_COMMANDS}:cmd_user_idle")
 
     _register_layers(commands)
+    _register_db(commands)
 
     disable = sub.add_parser("disable", help="disable a user and end its sessions at once")
     disable.add_argument("name")
@@ -166,3 +167,26 @@ def _register_layers(commands: Any) -> None:
                 "--dry-run", action="store_true", help="say what would go, remove nothing"
             )
         handler(parser, f"zlh.api.layer_commands:cmd_layers_{name}")
+
+
+def _register_db(commands: Any) -> None:
+    group = commands.add_parser("db", help="the control plane's database")
+    group.set_defaults(_group_parser=group)
+    sub = group.add_subparsers(title="db commands", metavar="COMMAND")
+    copy = sub.add_parser(
+        "copy",
+        help="copy every table of the node's database (stopped) into an empty PostgreSQL "
+        "database, in one transaction, counts verified",
+    )
+    add_data_dir(copy)
+    copy.add_argument("--config", type=Path, default=None, help="as `zlh up`")
+    copy.add_argument(
+        "--to",
+        required=True,
+        metavar="URL",
+        help="the empty target database: postgresql+psycopg://USER@HOST/DB (migrated here)",
+    )
+    copy.add_argument(
+        "--dry-run", action="store_true", help="copy and verify, then roll back: nothing written"
+    )
+    handler(copy, "zlh.api.db_commands:cmd_db_copy")

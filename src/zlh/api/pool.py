@@ -14,7 +14,8 @@ the agent's secret, sends the container's real payload (dev's home, a new code-s
 poller marks it ready as any other. Nothing of this is built while a request waits.
 
 :meth:`WarmPool.run` keeps the pool at its wanted size (``warm_pool``) in the background: at
-start, after every take, and every ``poll_interval_s`` (which catches pool containers that
+start, once a taken container is ready (its replacement is not built beside the hand-out a
+customer waits on), and every ``poll_interval_s`` (which catches pool containers that
 failed: they are deleted and built again, after a wait that doubles with each failure in a row
 of that runtime). Pool containers of a version or add-on pin the
 catalog no longer defaults to are replaced; runtimes no longer wanted, and a surplus after
@@ -55,6 +56,14 @@ POOL_ADDONS = ("code-server",)
 _LEAVING = {ContainerState.FAILED.value, ContainerState.DELETING.value}
 # The longest wait before building again for a runtime whose pool containers keep failing.
 _MAX_BACKOFF_S = 600.0
+# The longest a refill waits for the hand-out it replaces to be ready (see WarmPool.take).
+HANDOUT_GRACE_S = 15.0
+# The states in which a hand-out is still on its way to ready.
+_HANDING_OUT = {
+    ContainerState.REQUESTED.value,
+    ContainerState.CREATING.value,
+    ContainerState.PROVISIONING.value,
+}
 
 
 def default_runtime(catalog: Catalog) -> str | None:
@@ -162,6 +171,9 @@ class WarmPool:
         # Why a wanted runtime has no pool (not in the catalog), as already logged.
         self._told: set[tuple[str, str]] = set()
         self._retry_at: dict[str, float] = {}
+        # Taken containers not ready yet, and the tasks that wait for them.
+        self._handouts: set[int] = set()
+        self._waiters: set[asyncio.Task[None]] = set()
 
     # -- who owns it ----------------------------------------------------------------------------
 
@@ -209,9 +221,35 @@ class WarmPool:
                 reason=reason,
             )
             if taken is not None:
-                self.wake()
+                self._refill_after(taken.vmid)
                 return taken
         return None
+
+    def _refill_after(self, vmid: int) -> None:
+        """Build the replacement once the hand-out ``vmid`` is ready or failed (or after
+        ``HANDOUT_GRACE_S``), not beside it: a container start and its layers' check would take
+        the host's CPU (and the API's GIL) from the request a customer is waiting on."""
+        self._handouts.add(vmid)
+
+        async def wait() -> None:
+            try:
+                async with asyncio.timeout(HANDOUT_GRACE_S):
+                    async with self.registry.bus.subscribe(vmid) as events:
+                        while self._handing_out(vmid):
+                            await events.get()
+            except TimeoutError:
+                pass
+            finally:
+                self._handouts.discard(vmid)
+                self.wake()
+
+        task = asyncio.get_running_loop().create_task(wait(), name=f"pool-handout-{vmid}")
+        self._waiters.add(task)
+        task.add_done_callback(self._waiters.discard)
+
+    def _handing_out(self, vmid: int) -> bool:
+        container = self.registry.get(vmid)
+        return container is not None and container.state in _HANDING_OUT
 
     # -- keeping it filled ------------------------------------------------------------------------
 
@@ -221,19 +259,24 @@ class WarmPool:
 
     async def run(self) -> None:
         """Keep the pool filled until cancelled: now, when woken, every ``poll_interval_s``."""
-        while True:
-            self._wake.clear()
-            try:
-                await self.fill()
-            except ZlhError as exc:
-                logger.warning("filling the warm pool failed: %s", exc)
-            except Exception:  # a bug must not end the pool for good
-                logger.exception("filling the warm pool failed")
-            try:
-                async with asyncio.timeout(self.settings.poll_interval_s):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    await self.fill()
+                except ZlhError as exc:
+                    logger.warning("filling the warm pool failed: %s", exc)
+                except Exception:  # a bug must not end the pool for good
+                    logger.exception("filling the warm pool failed")
+                try:
+                    async with asyncio.timeout(self.settings.poll_interval_s):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            for task in self._waiters:
+                task.cancel()
+            await asyncio.gather(*self._waiters, return_exceptions=True)
 
     async def wanted(self) -> dict[str, int]:
         return wanted_sizes(self.settings.warm_pool, await self.catalog.get())
@@ -281,6 +324,8 @@ class WarmPool:
             drop += [(c, "warm_pool lowered") for c in containers[: max(surplus, 0)]]
         for container, why in drop:
             await self._delete(container, why)
+        if self._handouts:
+            return  # built once they are ready (_refill_after)
         now = asyncio.get_running_loop().time()
         for runtime, containers in keep.items():
             if now < self._retry_at.get(runtime, 0.0):

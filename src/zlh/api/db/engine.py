@@ -9,20 +9,43 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from zlh.errors import ZlhError
 
-__all__ = ["Database", "DatabaseError"]
+__all__ = ["Database", "DatabaseError", "head_revision", "upgrade"]
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 class DatabaseError(ZlhError):
     status_code = 503
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def head_revision() -> str:
+    """The newest migration this code knows (what ``migrate`` brings a database to)."""
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    if head is None:  # pragma: no cover - the package ships its migrations
+        raise DatabaseError("no migrations found")
+    return head
+
+
+def upgrade(connection: Connection) -> None:
+    """Run the migrations up to the head inside ``connection``'s transaction (PostgreSQL
+    rolls the DDL back with it)."""
+    config = _alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -54,12 +77,9 @@ class Database:
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision (idempotent)."""
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
         try:
             with self.engine.begin() as connection:
-                config.attributes["connection"] = connection
-                command.upgrade(config, "head")
+                upgrade(connection)
         except SQLAlchemyError as exc:
             raise DatabaseError(
                 f"cannot migrate the database {self.engine.url!r}: {exc.__class__.__name__}: "
