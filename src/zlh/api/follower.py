@@ -11,6 +11,7 @@ with a growing back-off; the periodic revocation sync keeps running meanwhile.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Final, ParamSpec, TypeVar
@@ -29,6 +30,9 @@ __all__ = ["Follower", "libpq_url", "to_thread_to_the_end"]
 
 logger = logging.getLogger(__name__)
 
+# Announced vmids re-read in one query at most: a burst, or a flood some other database role
+# sends, is read in rounds of bounded statements (70,000 vmids: 0.5 s here, 2.8 s in one).
+REFRESH_BATCH: Final = 1000
 MIN_BACKOFF_S: Final = 0.5
 MAX_BACKOFF_S: Final = 30.0
 # A dead peer (host gone, no RST) is noticed by TCP keep-alives within about 25 s.
@@ -129,7 +133,10 @@ class Follower:
         while True:
             await self._kick.wait()
             self._kick.clear()
-            vmids, self._pending = self._pending, set()
+            vmids = set(itertools.islice(self._pending, REFRESH_BATCH))
+            self._pending -= vmids
+            if self._pending:
+                self._kick.set()  # the rest in the next round
             try:
                 await to_thread_to_the_end(self._registry.refresh, vmids)
             except (SQLAlchemyError, ZlhError) as exc:
