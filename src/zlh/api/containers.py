@@ -510,10 +510,14 @@ class ContainerRegistry:
             rows = {c.vmid: (container_event(c), _route(c)) for c in found.unique()}
 
         def deliver() -> None:
+            known: set[int] | None = None  # taken once, and only if a row is gone
             for vmid in wanted:
                 if vmid in rows:
                     self._deliver_changed(*rows[vmid])
-                elif vmid in self._delivered or vmid in self.feed.snapshot().routes:
+                    continue
+                if known is None:
+                    known = set(self.feed.snapshot().routes) | set(self._delivered)
+                if vmid in known:
                     self._deliver_removal(vmid)
 
         self.call_on_loop(deliver)
