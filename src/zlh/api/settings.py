@@ -187,7 +187,8 @@ class ApiSettings(BaseSettings):
         900.0,
         gt=0,
         description="failures are forgotten this long after the back-off they caused ended "
-        "without a new failure. Kept in memory only (a restart forgets them).",
+        "without a new failure. Kept in memory on SQLite (a restart forgets them), in the "
+        "database on PostgreSQL (replicas count together).",
     )
     argon2_time_cost: int = Field(
         3, ge=1, description="argon2id passes per password hash. Existing hashes keep theirs."

@@ -15,6 +15,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -41,6 +42,7 @@ __all__ = [
     "Container",
     "ContainerState",
     "KeyValue",
+    "LoginFailures",
     "Pins",
     "PublicPreview",
     "Session",
@@ -347,3 +349,21 @@ class KeyValue(Base):
 
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     value: Mapped[dict[str, Any]]
+
+
+class LoginFailures(Base):
+    """Failed logins of one key (``zlh.api.ratelimit``), shared by replicas on PostgreSQL.
+
+    ``key`` is the sha256 of what is counted (a user name and address, or an address), so
+    its length is fixed whatever a client sends. Times are the replicas' wall clock in epoch
+    seconds; a row is stale from ``forget_at`` and swept away.
+    """
+
+    __tablename__ = "login_failures"
+
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+    last_s: Mapped[float] = mapped_column(Float)
+    wait_s: Mapped[float] = mapped_column(Float)
+    forget_at: Mapped[float] = mapped_column(Float, index=True)
