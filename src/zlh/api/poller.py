@@ -12,8 +12,11 @@ before it fails the container). Results are compared with the last one in memory
 database is written (and SSE/route-feed subscribers told) only when something changed.
 
 The set of containers to poll is reloaded from the database every ``poll_interval_s`` and on
-:meth:`Poller.wake` (a container just entered ``provisioning`` or was started). Stopped and
-stopping containers are not polled at all.
+:meth:`Poller.wake` (a container just entered ``provisioning`` or was started, or the live
+replicas changed). Stopped and stopping containers are not polled at all. With several replicas
+on one database, each polls only its share (``share``: zlh.api.replicas); a container another
+replica drives (provisions, starts) is still polled by its share's owner only, so two pollers
+never race on one container's state.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ _POLLED = [s for s in ContainerState if s.is_polled]  # stopped ones cost no pol
 Resend = Callable[[Container], Awaitable[None]]
 Overdue = Callable[[Container], bool]
 Secret = Callable[[Container], str]
+Share = Callable[[int], bool]
 
 
 @dataclass
@@ -75,14 +79,17 @@ class Poller:
         overdue: Overdue,
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
+        share: Share = lambda _vmid: True,
     ) -> None:
         """``metrics`` gets the cycle times, failures and provisioning times (a fresh
-        :class:`~zlh.api.metrics.Metrics` of its own when not given)."""
+        :class:`~zlh.api.metrics.Metrics` of its own when not given); ``share`` says whether a
+        vmid is this replica's to poll (default: every one, a single node)."""
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.registry = registry
         self.agents = agents
         self._secret = secret
+        self._share = share
         self._resend = resend
         self._overdue = overdue
         self._clock = clock
@@ -154,7 +161,11 @@ class Poller:
         return launched
 
     def _reload(self) -> None:
-        fresh = {c.vmid: c for c in self.registry.in_states(_POLLED) if c.agent_url}
+        fresh = {
+            c.vmid: c
+            for c in self.registry.in_states(_POLLED)
+            if c.agent_url and self._share(c.vmid)
+        }
         for vmid in list(self._targets):
             if vmid not in fresh:
                 del self._targets[vmid]
@@ -176,6 +187,7 @@ class Poller:
                 )
             elif not target.in_flight:
                 target.container = container
+        self.metrics.poller_share.set(len(self._targets))
 
     # -- one poll ------------------------------------------------------------------------------
 

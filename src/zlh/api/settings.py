@@ -62,6 +62,19 @@ class ApiSettings(BaseSettings):
         "on provisioning jobs and poller shares are held in this name.",
         pattern=r"^[A-Za-z0-9._:-]{1,100}$",
     )
+    replica_heartbeat_s: float = Field(
+        2.0,
+        gt=0,
+        description="PostgreSQL only: how often this API process refreshes its row in the "
+        "replicas table and re-reads which replicas are alive (SQLite: one node, no heartbeat).",
+    )
+    replica_lease_s: float = Field(
+        6.0,
+        gt=0,
+        description="a replica whose heartbeat is older than this is dead: its poller share "
+        "goes to the live ones. More than replica_heartbeat_s (default 3x); does not cover "
+        "provisioning jobs' leases.",
+    )
     backend: BackendName = Field(
         "lxc", description="container backend. Its own settings (Proxmox URL, token) are its own."
     )
@@ -292,6 +305,15 @@ class ApiSettings(BaseSettings):
                 "(login_free_failures, login_backoff_base_s) and never lock an account",
             },
         )
+
+    @model_validator(mode="after")
+    def _lease_outlives_heartbeat(self) -> ApiSettings:
+        if self.replica_lease_s <= self.replica_heartbeat_s:
+            raise ValueError(
+                f"replica_lease_s ({self.replica_lease_s:g}) must be longer than "
+                f"replica_heartbeat_s ({self.replica_heartbeat_s:g})"
+            )
+        return self
 
     @field_validator("warm_pool")
     @classmethod

@@ -43,6 +43,7 @@ __all__ = [
     "KeyValue",
     "Pins",
     "PublicPreview",
+    "Replica",
     "Session",
     "Share",
     "ShareRole",
@@ -347,3 +348,15 @@ class KeyValue(Base):
 
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     value: Mapped[dict[str, Any]]
+
+
+class Replica(Base):
+    """An API process among those sharing this database (zlh.api.replicas): alive while its
+    heartbeat is younger than the lease. ``holder`` tells two processes under one name apart."""
+
+    __tablename__ = "replicas"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime]
+    started_at: Mapped[datetime]
