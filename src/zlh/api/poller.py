@@ -28,6 +28,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import select
+
 from zlh.api.agent_client import AgentClient
 from zlh.api.containers import ContainerRegistry
 from zlh.api.db import Container, ContainerState
@@ -43,6 +45,7 @@ __all__ = ["PollTarget", "Poller"]
 logger = logging.getLogger(__name__)
 
 _POLLED = [s for s in ContainerState if s.is_polled]  # stopped ones cost no poll traffic
+_LOAD_CHUNK = 500  # rows loaded whole per query (an IN list PostgreSQL and SQLite both take)
 
 Resend = Callable[[Container], Awaitable[None]]
 Overdue = Callable[[Container], bool]
@@ -161,33 +164,58 @@ class Poller:
         return launched
 
     def _reload(self) -> None:
-        fresh = {
-            c.vmid: c
-            for c in self.registry.in_states(_POLLED)
-            if c.agent_url and self._share(c.vmid)
-        }
-        for vmid in list(self._targets):
-            if vmid not in fresh:
-                del self._targets[vmid]
-        for vmid, container in fresh.items():
-            target = self._targets.get(vmid)
-            if target is not None and (
-                target.container.agent_nonce != container.agent_nonce
-                or target.container.agent_url != container.agent_url
-            ):
-                if target.in_flight:
-                    continue  # replaced on the next reload, after this poll lands
-                target = None  # another container (or address) now: start afresh
-            if target is None:
-                self._targets[vmid] = PollTarget(
-                    container,
-                    self._secret(container),
-                    last_status=container.status,
-                    since=self._clock(),
+        """Re-read which containers to poll. Only rows that changed since their target was
+        loaded (``updated_at``, bumped by every registry write) are loaded whole: at 10,000
+        containers, loading and parsing every row each interval would cost more than the
+        polls (bench/scale.py)."""
+        with self.registry.db.session() as session:
+            rows = session.execute(
+                select(Container.vmid, Container.updated_at).where(
+                    Container.state.in_([str(s) for s in _POLLED]),
+                    Container.address.is_not(None),
+                    Container.agent_port.is_not(None),
                 )
-            elif not target.in_flight:
-                target.container = container
+            ).all()
+        current = {vmid: updated for vmid, updated in rows if self._share(vmid)}
+        for vmid in list(self._targets):
+            if vmid not in current:
+                del self._targets[vmid]
+        stale = [
+            vmid
+            for vmid, updated in current.items()
+            if (target := self._targets.get(vmid)) is None or target.container.updated_at != updated
+        ]
+        for start in range(0, len(stale), _LOAD_CHUNK):
+            for container in self._load(stale[start : start + _LOAD_CHUNK]):
+                self._refresh(container)
         self.metrics.poller_share.set(len(self._targets))
+
+    def _load(self, vmids: list[int]) -> list[Container]:
+        query = select(Container).where(
+            Container.vmid.in_(vmids), Container.state.in_([str(s) for s in _POLLED])
+        )
+        with self.registry.db.session() as session:
+            return list(session.scalars(query).unique())
+
+    def _refresh(self, container: Container) -> None:
+        """Take ``container`` (as just loaded) on, or update its target with it."""
+        target = self._targets.get(container.vmid)
+        if target is not None and (
+            target.container.agent_nonce != container.agent_nonce
+            or target.container.agent_url != container.agent_url
+        ):
+            if target.in_flight:
+                return  # replaced on the next reload, after this poll lands
+            target = None  # another container (or address) now: start afresh
+        if target is None:
+            self._targets[container.vmid] = PollTarget(
+                container,
+                self._secret(container),
+                last_status=container.status,
+                since=self._clock(),
+            )
+        elif not target.in_flight:
+            target.container = container
 
     # -- one poll ------------------------------------------------------------------------------
 
