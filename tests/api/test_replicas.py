@@ -91,8 +91,16 @@ def seed(db: Database, count: int) -> None:
 class Node:
     """One replica on the test's loop: its membership heartbeating and its poller running."""
 
-    def __init__(self, db: Database, name: str, *, lease_s: float = LEASE_S) -> None:
-        settings = ApiSettings(data_dir=Path("/nonexistent"), poll_interval_s=0.2)
+    def __init__(
+        self,
+        db: Database,
+        name: str,
+        *,
+        lease_s: float = LEASE_S,
+        poll_interval_s: float = 0.2,
+        follow_changes_s: float | None = None,
+    ) -> None:
+        settings = ApiSettings(data_dir=Path("/nonexistent"), poll_interval_s=poll_interval_s)
         self.agents = Agents()
         self.membership = Membership(db, name=name, heartbeat_s=HEARTBEAT_S, lease_s=lease_s)
         registry = ContainerRegistry(db, EventBus(), RouteFeed())
@@ -109,6 +117,7 @@ class Node:
             resend=resend,
             overdue=lambda _c: False,
             share=self.membership.owns,
+            follow_changes_s=follow_changes_s,
         )
         self.membership.on_change = self.poller.wake
         self.tasks: list[asyncio.Task[None]] = []
@@ -213,6 +222,31 @@ def test_a_joining_replica_takes_about_its_share_and_the_other_lets_it_go(
             await until(lambda: a.poller.watched() | b.poller.watched() == ALL, what="c's back")
             # Minimal movement: a keeps what it had and gains only some of c's.
             assert {v for v in ALL if owner(v, names) == "a"} <= a.poller.watched()
+        finally:
+            await a.crash()
+            await b.crash()
+
+    run(database, body)
+
+
+def test_a_container_another_replica_changes_is_followed_by_its_owner_before_a_full_reload(
+    database: Database,
+) -> None:
+    async def body(db: Database) -> None:
+        # Full reloads 30 s apart: only following changes can explain what b sees in time.
+        a, b = (Node(db, n, poll_interval_s=30, follow_changes_s=0.1) for n in ("a", "b"))
+        await a.start()
+        await b.start()
+        try:
+            await until(lambda: a.poller.watched() | b.poller.watched() == ALL, what="split")
+            vmid = min(v for v in ALL if owner(v, ["a", "b"]) == "b")
+            # Replica a moves b's container (as a start there re-records its address).
+            mover = ContainerRegistry(db, EventBus(), RouteFeed())
+            mover.bind_loop(asyncio.get_running_loop())
+            mover.update(vmid, agent_port=10000 + vmid + COUNT)
+            took = await until(lambda: vmid + COUNT in b.agents.polls, what="b follows")
+            assert took < 3.0
+            assert vmid + COUNT not in a.agents.polls
         finally:
             await a.crash()
             await b.crash()

@@ -77,6 +77,10 @@ __all__ = ["build_services", "create_app"]
 
 logger = logging.getLogger(__name__)
 
+# With replicas: how often a poller looks for its containers changed by another replica (a
+# dev request, a start, a warm-pool hand-out there): how late it sees them at most.
+FOLLOW_CHANGES_S = 0.5
+
 
 def build_services(
     settings: ApiSettings,
@@ -141,6 +145,7 @@ def build_services(
         overdue=provisioning.provision_overdue,
         metrics=metrics,
         share=replicas.owns if replicas is not None else lambda _vmid: True,
+        follow_changes_s=FOLLOW_CHANGES_S if replicas is not None else None,
     )
     if replicas is not None:
         replicas.on_change = poller.wake

@@ -26,9 +26,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 
 from zlh.api.agent_client import AgentClient
 from zlh.api.containers import ContainerRegistry
@@ -83,10 +84,13 @@ class Poller:
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
         share: Share = lambda _vmid: True,
+        follow_changes_s: float | None = None,
     ) -> None:
         """``metrics`` gets the cycle times, failures and provisioning times (a fresh
         :class:`~zlh.api.metrics.Metrics` of its own when not given); ``share`` says whether a
-        vmid is this replica's to poll (default: every one, a single node)."""
+        vmid is this replica's to poll (default: every one, a single node). ``follow_changes_s``:
+        also look this often for rows of its share changed lately (a replica: another one may
+        have started provisioning or starting a container this one polls, and cannot wake it)."""
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.registry = registry
@@ -99,6 +103,8 @@ class Poller:
         self._sem = asyncio.Semaphore(settings.poll_concurrency)
         self._targets: dict[int, PollTarget] = {}
         self._reload_at = 0.0
+        self._follow_changes_s = follow_changes_s
+        self._changes_at = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
 
@@ -151,6 +157,10 @@ class Poller:
         if now >= self._reload_at:
             self._reload()
             self._reload_at = now + self.settings.poll_interval_s
+            self._changes_at = now + (self._follow_changes_s or 0.0)
+        elif self._follow_changes_s is not None and now >= self._changes_at:
+            self._reload_changed(since=utcnow() - timedelta(seconds=self.settings.poll_interval_s))
+            self._changes_at = now + self._follow_changes_s
         launched = []
         for target in self._targets.values():
             if target.in_flight or target.due > now:
@@ -168,21 +178,34 @@ class Poller:
         loaded (``updated_at``, bumped by every registry write) are loaded whole: at 10,000
         containers, loading and parsing every row each interval would cost more than the
         polls (bench/scale.py)."""
-        with self.registry.db.session() as session:
-            rows = session.execute(
-                select(Container.vmid, Container.updated_at).where(
-                    Container.state.in_([str(s) for s in _POLLED]),
-                    Container.address.is_not(None),
-                    Container.agent_port.is_not(None),
-                )
-            ).all()
-        current = {vmid: updated for vmid, updated in rows if self._share(vmid)}
+        current = self._polled_rows()
         for vmid in list(self._targets):
             if vmid not in current:
                 del self._targets[vmid]
+        self._take_on(current)
+
+    def _reload_changed(self, *, since: datetime) -> None:
+        """Take on the rows of its share written since ``since`` (a window as long as the
+        full reload's interval: replicas' clocks may differ by less than that)."""
+        self._take_on(self._polled_rows(Container.updated_at >= since))
+
+    def _polled_rows(self, *where: ColumnElement[bool]) -> dict[int, datetime]:
+        """vmid → ``updated_at`` of the polled containers of its share (and ``where``)."""
+        query = select(Container.vmid, Container.updated_at).where(
+            Container.state.in_([str(s) for s in _POLLED]),
+            Container.address.is_not(None),
+            Container.agent_port.is_not(None),
+            *where,
+        )
+        with self.registry.db.session() as session:
+            rows = session.execute(query).all()
+        return {vmid: updated for vmid, updated in rows if self._share(vmid)}
+
+    def _take_on(self, rows: dict[int, datetime]) -> None:
+        """Load whole the rows that are new or changed since their target's copy."""
         stale = [
             vmid
-            for vmid, updated in current.items()
+            for vmid, updated in rows.items()
             if (target := self._targets.get(vmid)) is None or target.container.updated_at != updated
         ]
         for start in range(0, len(stale), _LOAD_CHUNK):
