@@ -19,7 +19,7 @@ import pg_cluster
 import pytest
 
 from agent_sim import SimBackend
-from api_kit import make_app, services
+from api_kit import make_app, running, services
 from zlh.api import accounts
 from zlh.api.agent_client import AgentClient
 from zlh.api.containers import ContainerRegistry
@@ -323,6 +323,29 @@ def test_a_replica_whose_name_was_taken_over_polls_nothing(database: Database) -
             await usurper.crash()
 
     run(database, body)
+
+
+def test_an_api_on_postgresql_joins_as_a_replica_and_leaves_on_a_clean_stop(
+    tmp_path: Path, postgres_server: str
+) -> None:
+    app = make_app(
+        tmp_path,
+        SimBackend(),
+        database_url=pg_cluster.fresh_database(postgres_server),
+        replica="r1",
+    )
+    svc = services(app)
+    assert svc.replicas is not None
+
+    def rows() -> list[str]:
+        with svc.db.session() as session:
+            return [r.name for r in session.query(Replica)]
+
+    with running(app):
+        assert svc.replicas.live == ("r1",)
+        assert rows() == ["r1"]
+    assert rows() == []  # the others take its share at once
+    svc.db.dispose()
 
 
 def test_a_single_sqlite_node_keeps_no_membership_and_polls_everything(tmp_path: Path) -> None:
