@@ -428,6 +428,11 @@ def measure(
     killed = time.time()
     b.process.send_signal(signal.SIGKILL)
     b.process.wait()
+    declared_dead = wait_until(
+        lambda: a.last["live"] == ["a"] and a.last["t"] >= killed,
+        timeout_s=args.lease * 4 + 60,
+        what="the survivor to see b dead",
+    )
     took_share = wait_until(
         lambda: a.last["share"] == total and a.last["t"] >= killed,
         timeout_s=args.lease * 4 + 60,
@@ -438,9 +443,11 @@ def measure(
         timeout_s=args.lease * 4 + 120,
         what="every agent polled after the kill",
     )
-    share_s, all_s = took_share - killed, polled_all - killed
+    dead_s, share_s, all_s = declared_dead - killed, took_share - killed, polled_all - killed
     print(
-        f"after SIGKILL of b: a's share is all {total} after {share_s:.2f}s "
+        f"after SIGKILL of b: a sees b dead after {dead_s:.2f}s "
+        f"({dead_s / args.lease:.2f} of the {args.lease:g}s lease), "
+        f"a's share is all {total} after {share_s:.2f}s "
         f"({share_s / args.lease:.2f} of the {args.lease:g}s lease); every agent polled again "
         f"after {all_s:.2f}s ({all_s / args.lease:.2f} of the lease)"
     )
