@@ -15,8 +15,10 @@ The set of containers to poll is reloaded from the database every ``poll_interva
 :meth:`Poller.wake` (a container just entered ``provisioning`` or was started, or the live
 replicas changed). Stopped and stopping containers are not polled at all. With several replicas
 on one database, each polls only its share (``share``: zlh.api.replicas); a container another
-replica drives (provisions, starts) is still polled by its share's owner only, so two pollers
-never race on one container's state.
+replica drives (provisions, starts, hands out from the warm pool) is still polled by its share's
+owner only, so two pollers never race on one container's state. That replica cannot wake the
+owner's poller, so with replicas a poller also looks for its share's rows changed lately every
+``follow_changes_s``.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -306,14 +306,13 @@ class ApiSettings(BaseSettings):
             },
         )
 
-    @model_validator(mode="after")
-    def _lease_outlives_heartbeat(self) -> ApiSettings:
-        if self.replica_lease_s <= self.replica_heartbeat_s:
-            raise ValueError(
-                f"replica_lease_s ({self.replica_lease_s:g}) must be longer than "
-                f"replica_heartbeat_s ({self.replica_heartbeat_s:g})"
-            )
-        return self
+    @field_validator("replica_lease_s")
+    @classmethod
+    def _lease_outlives_heartbeat(cls, value: float, info: ValidationInfo) -> float:
+        heartbeat = info.data.get("replica_heartbeat_s")
+        if heartbeat is not None and value <= heartbeat:
+            raise ValueError(f"must be longer than replica_heartbeat_s ({heartbeat:g})")
+        return value
 
     @field_validator("warm_pool")
     @classmethod
