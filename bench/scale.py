@@ -303,9 +303,9 @@ class Replica:
                 found += [took for polls, took in line["cycles"] if polls >= line["share"] // 10]
         return found
 
-    def polls_at(self, since: float) -> int:
-        """Polls launched by the first line at or after ``since``."""
-        return next((line["polls"] for line in self.lines if line["t"] >= since), 0)
+    def polls_at(self, moment: float) -> int:
+        """Polls launched as of the last line printed at or before ``moment``."""
+        return max((line["polls"] for line in self.lines if line["t"] <= moment), default=0)
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> float:
