@@ -44,6 +44,7 @@ from zlh.api.poller import Poller
 from zlh.api.pool import WarmPool
 from zlh.api.provisioning import Provisioning
 from zlh.api.ratelimit import LoginThrottle
+from zlh.api.replicas import Membership
 from zlh.api.responses import error_json
 from zlh.api.routes import audit as audit_routes
 from zlh.api.routes import auth as auth_routes
@@ -78,6 +79,10 @@ from zlh.schemas import ErrorBody, FieldProblem
 __all__ = ["build_services", "create_app"]
 
 logger = logging.getLogger(__name__)
+
+# With replicas: how often a poller looks for its containers changed by another replica (a
+# dev request, a start, a warm-pool hand-out there): how late it sees them at most.
+FOLLOW_CHANGES_S = 0.5
 
 
 def build_services(
@@ -125,6 +130,15 @@ def build_services(
     async def resend(container: Any) -> None:
         await provisioning.send_payload(container, wait_s=settings.agent_request_timeout_s)
 
+    replicas = None
+    if not settings.db_url.startswith("sqlite"):
+        replicas = Membership(
+            db,
+            name=settings.replica_name,
+            heartbeat_s=settings.replica_heartbeat_s,
+            lease_s=settings.replica_lease_s,
+            metrics=metrics,
+        )
     poller = Poller(
         settings=settings,
         registry=registry,
@@ -133,7 +147,11 @@ def build_services(
         resend=resend,
         overdue=provisioning.provision_overdue,
         metrics=metrics,
+        share=replicas.owns if replicas is not None else lambda _vmid: True,
+        follow_changes_s=FOLLOW_CHANGES_S if replicas is not None else None,
     )
+    if replicas is not None:
+        replicas.on_change = poller.wake
     provisioning.on_provisioning = poller.wake
     lifecycle = Lifecycle(
         settings=settings,
@@ -184,6 +202,7 @@ def build_services(
         usage=usage,
         pool=pool,
         tailnet=tailnet,
+        replicas=replicas,
     )
 
 
@@ -223,6 +242,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     svc.usage.bind_loop(asyncio.get_running_loop())
     svc.provisioning.load_backend_state()
     revoked = asyncio.Event()
+    if svc.replicas is not None:
+        await svc.replicas.join()  # before polling: the share follows the live replicas
     tasks = [
         asyncio.create_task(_resume(svc), name="resume"),
         asyncio.create_task(svc.poller.run(), name="poller"),
@@ -238,12 +259,16 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         app.state.follower = follower
         tasks.append(asyncio.create_task(follower.run(), name="follow"))
+    if svc.replicas is not None:
+        tasks.append(asyncio.create_task(svc.replicas.run(), name="replica-heartbeat"))
     try:
         yield
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if svc.replicas is not None:
+            await svc.replicas.leave()
         await svc.provisioning.close()
         await svc.runtime_changes.close()
         await svc.agents.close()

@@ -45,6 +45,7 @@ __all__ = [
     "LoginFailures",
     "Pins",
     "PublicPreview",
+    "Replica",
     "Session",
     "Share",
     "ShareRole",
@@ -367,3 +368,15 @@ class LoginFailures(Base):
     last_s: Mapped[float] = mapped_column(Float)
     wait_s: Mapped[float] = mapped_column(Float)
     forget_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class Replica(Base):
+    """An API process among those sharing this database (zlh.api.replicas): alive while its
+    heartbeat is younger than the lease. ``holder`` tells two processes under one name apart."""
+
+    __tablename__ = "replicas"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime]
+    started_at: Mapped[datetime]
