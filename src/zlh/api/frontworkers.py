@@ -59,7 +59,7 @@ class WorkerConfig:
     api_upstream: str
     settings: dict[str, Any]  # the front's ProxySettings, as JSON
     key: bytes
-    issuer: str
+    issuer: str | None
     run_dir: Path  # where the feed socket goes
     ledger: Path  # the tickets taken (zlh.proxy.tickets), an existing private directory
     drain_timeout_s: float
