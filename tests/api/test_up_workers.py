@@ -30,7 +30,7 @@ def worker_requests(metrics_port: int) -> dict[str, float]:
         s.labels["worker"]: s.value
         for family in text_string_to_metric_families(text)
         for s in family.samples
-        if s.name == "zlh_front_worker_requests"
+        if s.name == "zlh_front_worker_requests_total"
     }
 
 
@@ -90,9 +90,7 @@ def test_no_front_worker_outlives_a_sigkilled_api(tmp_path: Path) -> None:
         )
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-        wait_for(
-            lambda: not any(alive(pid) for pid in children), timeout_s=10, what="workers gone"
-        )
+        wait_for(lambda: not any(alive(pid) for pid in children), timeout_s=10, what="workers gone")
 
 
 def test_sigterm_drains_readiness_says_so_and_an_open_websocket_runs_to_its_end(
@@ -119,7 +117,10 @@ def test_sigterm_drains_readiness_says_so_and_an_open_websocket_runs_to_its_end(
             )
             assert ready.json() == {"ready": False, "reason": "draining"}
             for _ in range(4):  # whichever worker takes it, a new WebSocket is refused
-                with pytest.raises(InvalidStatus) as refused, connect(url, additional_headers=alice):
+                with (
+                    pytest.raises(InvalidStatus) as refused,
+                    connect(url, additional_headers=alice),
+                ):
                     pass
                 assert refused.value.response.status_code == 503
                 assert json.loads(refused.value.response.body or b"{}")["message"] == "draining"

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from proxy_kit import KEY, Harness, ide_cookie, next_vmid, wait_until
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from proxy_kit import KEY, Harness, ide_cookie, next_vmid, wait_until
 from support import free_port_pair
 from zlh.api.frontworkers import FrontWorkers, WorkerConfig
 from zlh.proxy import ProxySettings

@@ -96,6 +96,7 @@ class FrontWorkers:
         self._supervisors: list[asyncio.Task[None]] = []
         self._connections: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._all_serving = asyncio.Event()
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -141,6 +142,10 @@ class FrontWorkers:
             self._server.close()
         self.socket_path.unlink(missing_ok=True)
 
+    async def serving(self) -> None:
+        """Until every worker listens (benchmarks wait for it before they start)."""
+        await self._all_serving.wait()
+
     def stopping(self) -> bool:
         """Whether the workers are being stopped (no more restarts)."""
         return self._stopping
@@ -165,6 +170,7 @@ class FrontWorkers:
         while not self._stopping:
             started = loop.time()
             worker.serving = False
+            self._all_serving.clear()
             worker.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "zlh.proxy.worker", stdin=asyncio.subprocess.PIPE
             )
@@ -249,6 +255,8 @@ class FrontWorkers:
                 self._on_activity(vmid, activity)
         elif kind == "hello":
             worker.serving = True
+            if all(w.serving for w in self.workers):
+                self._all_serving.set()
             log.info("front worker %d serving (pid %s)", worker.index, message.get("pid"))
         else:
             raise feedwire.WireError(f"unknown message {kind!r}")

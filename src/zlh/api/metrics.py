@@ -176,9 +176,10 @@ class FrontCollector(_Families):
         families = self._families()
         requests, bytes_in, bytes_out, sockets = families
         others = self._workers.totals() if self._workers is not None else {}
-        by_worker = GaugeMetricFamily(
+        by_worker = CounterMetricFamily(
             "zlh_front_worker_requests",
-            "Requests each front worker routed (0: the one in the API's process), since it started",
+            "Requests each front worker routed (0: the one in the API's process; a worker "
+            "started again counts from 0)",
             labels=["worker"],
         )
         own = 0
