@@ -43,7 +43,10 @@ if TYPE_CHECKING:
     from zlh.api.frontworkers import FrontWorkers
 
 REPO = Path(__file__).resolve().parent.parent
-HARNESS = REPO.parent / "shared" / "bench" / "proxy" / "run.sh"
+# PROXY_HARNESS: run.sh elsewhere (a git worktree's parent is not the checkout's).
+HARNESS = Path(
+    os.environ.get("PROXY_HARNESS", REPO.parent / "shared" / "bench" / "proxy" / "run.sh")
+)
 BENCH_DIR = Path(os.environ.get("BENCH_DIR", "/tmp/zlh-proxy-bench"))  # noqa: S108 - run.sh's default
 BASE_PORT = int(os.environ.get("BASE_PORT", "18000"))
 USER = "7"  # the bench user's id (the route feed names users by number)
