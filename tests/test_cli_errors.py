@@ -113,6 +113,8 @@ def cases(tmp: Path, port: int) -> dict[str, list[str]]:
         "api: no artifact server": ["api", *process, "--data-dir", str(tmp / "api2")],
         "up: replica on SQLite": ["up", *process, "--data-dir", str(tmp / "up3"), "--replica", "a"],
         "up: bad replica name": ["up", *process, "--data-dir", str(tmp / "u4"), "--replica", "a b"],
+        "up: no front workers": ["up", *process, "--data-dir", str(tmp / "u5"), "--workers", "0"],
+        "api: too many workers": ["api", "--data-dir", str(tmp / "u6"), "--workers", "65"],
         "user add: no terminal": ["user", "add", "bob", "--data-dir", str(tmp / "users")],
         "user add: data dir is a file": ["user", "add", "bob", "--data-dir", file],
         "user list: data dir is a file": ["user", "list", "--data-dir", file],

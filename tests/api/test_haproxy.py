@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pg_cluster
 import pytest
 
-import pg_cluster
 from api_kit import PASSWORD, add_cli_users, login, wait_for, zlh_up
 from support import free_port_pair, wait_for_port
 
@@ -141,4 +141,3 @@ def test_haproxy_moves_clients_off_a_draining_replica_without_an_error(
                 f"{base}/api/auth/login", json={"username": "bob", "password": PASSWORD}
             )
             assert response.status_code == 200
-

@@ -16,6 +16,7 @@ Workers die with this process (``PR_SET_PDEATHSIG``, and the feed socket closing
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -226,7 +227,7 @@ class FrontWorkers:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
-        sender = asyncio.create_task(feedwire.send_feed(self._feed, writer))
+        sender = asyncio.create_task(_send_feed(self._feed, writer))
         try:
             while line := await reader.readline():
                 self._received(worker, feedwire.decode(line))
@@ -260,3 +261,9 @@ class FrontWorkers:
             log.info("front worker %d serving (pid %s)", worker.index, message.get("pid"))
         else:
             raise feedwire.WireError(f"unknown message {kind!r}")
+
+
+async def _send_feed(feed: RouteFeed, writer: asyncio.StreamWriter) -> None:
+    """The feed to one worker until it is gone (the reading side then ends the connection)."""
+    with contextlib.suppress(OSError):
+        await feedwire.send_feed(feed, writer)
