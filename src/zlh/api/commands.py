@@ -359,6 +359,9 @@ async def _serve(app: Any, settings: ApiSettings) -> None:
         await drain_front(front, settings.drain_timeout_s)
         if workers is not None:
             await workers.wait_drained(deadline - loop.time())
+            await workers.close()
+        # The fronts go before the API: none may answer 502 for an API that stopped.
+        await front.close()
         server.should_exit = True
 
     draining: list[asyncio.Task[None]] = []
