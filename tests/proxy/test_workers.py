@@ -7,13 +7,14 @@ that knows routes and revocations only through the feed socket.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,13 @@ def wait_routed(h: Harness, w: Workers, vmid: int, sid: str) -> ClientConnection
     return open_ws(w.ide_port, vmid, sid)
 
 
+def served_route(h: Harness, w: Workers) -> int:
+    """A new route, once the worker serves it."""
+    vmid = add_route(h, w)
+    with wait_routed(h, w, vmid, "sid-first"):
+        return vmid
+
+
 def child_pid(w: Workers) -> int:
     process = w.workers.workers[0].process
     assert process is not None
@@ -133,25 +141,22 @@ def workers(harness: Harness) -> Iterator[Workers]:
         yield found
 
 
-def test_a_revoked_session_closes_its_ide_websocket_on_a_child_worker(
-    harness: Harness, workers: Workers
+def _revoke(feed: RouteFeed, vmid: int) -> None:
+    feed.revoke([f"sid-{vmid}"])
+
+
+def _remove(feed: RouteFeed, vmid: int) -> None:
+    feed.remove_route(vmid)
+
+
+@pytest.mark.parametrize("lose_access", [_revoke, _remove])
+def test_a_revoked_session_or_removed_route_closes_the_ide_websocket_on_a_child_worker(
+    harness: Harness, workers: Workers, lose_access: Callable[[RouteFeed, int], None]
 ) -> None:
     vmid = add_route(harness, workers)
     with wait_routed(harness, workers, vmid, f"sid-{vmid}") as ws:
         assert echoes(ws, "before")
-        harness.call(workers.feed.revoke, [f"sid-{vmid}"])
-        with pytest.raises(ConnectionClosed) as closed:
-            ws.recv(timeout=10)
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
-
-
-def test_a_removed_route_closes_its_ide_websocket_on_a_child_worker(
-    harness: Harness, workers: Workers
-) -> None:
-    vmid = add_route(harness, workers)
-    with wait_routed(harness, workers, vmid, f"sid-{vmid}") as ws:
-        assert echoes(ws, "before")
-        harness.call(workers.feed.remove_route, vmid)
+        harness.call(lose_access, workers.feed, vmid)
         with pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=10)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
@@ -160,9 +165,7 @@ def test_a_removed_route_closes_its_ide_websocket_on_a_child_worker(
 def test_ide_page_loads_and_counters_of_a_child_worker_reach_the_api(
     harness: Harness, workers: Workers
 ) -> None:
-    vmid = add_route(harness, workers)
-    with wait_routed(harness, workers, vmid, "sid-page"):
-        pass
+    vmid = served_route(harness, workers)
     cookie = ide_cookie(str(OWNER), vmid, sid="sid-page")
     page = httpx.get(
         f"http://127.0.0.1:{workers.ide_port}/dev/{vmid}/ide/",
@@ -180,9 +183,7 @@ def test_ide_page_loads_and_counters_of_a_child_worker_reach_the_api(
 def test_a_killed_child_worker_is_started_again_and_serves(
     harness: Harness, workers: Workers
 ) -> None:
-    vmid = add_route(harness, workers)
-    with wait_routed(harness, workers, vmid, "sid-a"):
-        pass
+    vmid = served_route(harness, workers)
     first = child_pid(workers)
     os.kill(first, signal.SIGKILL)
     wait_until(
@@ -195,24 +196,30 @@ def test_a_killed_child_worker_is_started_again_and_serves(
     assert workers.workers.workers[0].restarts == 1
 
 
+def forge(path: Path, message: dict[str, object]) -> bytes:
+    """Connect to the feed socket as a process of the same user that is not a worker, send
+    ``message``, and return what the API sends back before it closes."""
+    with socket.socket(socket.AF_UNIX) as other:
+        other.connect(str(path))
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # closed already
+            other.sendall(json.dumps(message).encode() + b"\n")
+        other.settimeout(10)
+        try:
+            return other.recv(65536)
+        except ConnectionResetError:
+            return b""
+
+
 def test_the_feed_socket_is_private_and_serves_no_other_process(
     harness: Harness, workers: Workers
 ) -> None:
     vmid = add_route(harness, workers)
     path = workers.workers.socket_path
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    with socket.socket(socket.AF_UNIX) as other:  # same user, but not a worker
-        other.connect(str(path))
-        forged = {"t": "ide_open", "user_id": "1", "vmid": vmid}
-        other.sendall(json.dumps(forged).encode() + b"\n")
-        other.settimeout(10)
-        assert other.recv(65536) == b""  # closed: no snapshot, no routes
+    forged_open = {"t": "ide_open", "user_id": "1", "vmid": vmid}
     forged_stats = {"t": "stats", "classes": {"ide": [10**9, 0, 0, 0]}}
-    with socket.socket(socket.AF_UNIX) as other:
-        other.connect(str(path))
-        other.sendall(json.dumps(forged_stats).encode() + b"\n")
-        other.settimeout(10)
-        assert other.recv(65536) == b""
+    for forged in (forged_open, forged_stats):
+        assert forge(path, forged) == b""  # closed: no snapshot, no routes
     assert workers.opened == []
     assert workers.workers.totals()["ide"][0] < 10**9
 
