@@ -15,6 +15,11 @@ The harness is not part of this repository: it is the shared proxy benchmark at
 ``../shared/bench/proxy/`` beside the checkout (``run.sh`` copies itself to ``$BENCH_DIR``,
 default /tmp/zlh-proxy-bench, and needs node, nginx and wrk: scripts/bootstrap.sh installs them).
 This bench needs it there and uses nothing else outside the repository.
+
+``WORKERS=N`` runs the front as ``zlh up --workers N`` does: this process plus N-1 front workers
+(zlh.api.frontworkers) on the same ports, which learn the route over the feed socket. The
+harness's nginx runs 2 workers (``worker_processes 2``), so ``WORKERS=2`` compares like with
+like on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -27,16 +32,25 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from zlh.proxy.tickets import IDE_COOKIE, Ticket, TicketDesk
 
+if TYPE_CHECKING:
+    from zlh.api.frontworkers import FrontWorkers
+
 REPO = Path(__file__).resolve().parent.parent
-HARNESS = REPO.parent / "shared" / "bench" / "proxy" / "run.sh"
+# PROXY_HARNESS: run.sh elsewhere (a git worktree's parent is not the checkout's).
+HARNESS = Path(
+    os.environ.get("PROXY_HARNESS", REPO.parent / "shared" / "bench" / "proxy" / "run.sh")
+)
 BENCH_DIR = Path(os.environ.get("BENCH_DIR", "/tmp/zlh-proxy-bench"))  # noqa: S108 - run.sh's default
 BASE_PORT = int(os.environ.get("BASE_PORT", "18000"))
-USER = "bench-user"
+USER = "7"  # the bench user's id (the route feed names users by number)
+WORKERS = int(os.environ.get("WORKERS", "1"))
 
 
 def serve(port: int, key: bytes) -> None:
@@ -58,15 +72,58 @@ def serve(port: int, key: bytes) -> None:
             JwtAuthenticator(key),
             "unix:/nonexistent.sock",
             tickets=TicketDesk(key),
+            reuse_port=WORKERS > 1,
         )
-        await front.start("127.0.0.1", 0)
+        portal_port = free_port()
+        workers = start_workers(key, portal_port, port) if WORKERS > 1 else None
+        if workers is not None:  # all of them serve before the harness sees the port
+            await workers.start()
+            await workers.serving()
+        await front.start("127.0.0.1", portal_port)
         await front.start_ide("127.0.0.1", port)
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
+        if workers is not None:
+            await workers.close()
         await front.close()
 
     run(main())
+
+
+def start_workers(key: bytes, portal_port: int, ide_port: int) -> FrontWorkers:
+    """WORKERS-1 front workers on the same ports, fed the bench route."""
+    from zlh.api.frontworkers import FrontWorkers, WorkerConfig
+    from zlh.proxy import ProxySettings
+    from zlh.routefeed import FeedRoute, RouteFeed
+
+    feed = RouteFeed()
+    feed.set_route(
+        FeedRoute(
+            vmid=100,
+            owner_id=int(USER),
+            state="ready",
+            address="127.0.0.1",
+            code_server_port=BASE_PORT,
+            code_server_running=True,
+        )
+    )
+    run_dir = Path(tempfile.mkdtemp(prefix="zlh-bench-run-"))
+    (run_dir / "tickets").mkdir(mode=0o700)
+    config = WorkerConfig(
+        listen=("127.0.0.1", portal_port),
+        ide_listen=("127.0.0.1", ide_port),
+        api_upstream="unix:/nonexistent.sock",
+        settings=ProxySettings().model_dump(mode="json"),
+        key=key,
+        issuer=None,
+        run_dir=run_dir,
+        ledger=run_dir / "tickets",
+        drain_timeout_s=0,
+    )
+    return FrontWorkers(
+        WORKERS - 1, config, feed, on_ide_open=lambda *_: None, on_activity=lambda *_: None
+    )
 
 
 def free_port() -> int:

@@ -13,6 +13,7 @@ APT_PACKAGES=(
   postgresql                                # API storage tests (they run their own cluster)
   chromium fonts-dejavu-core                # browser tests (Playwright drives Debian's chromium)
   nginx-light wrk                           # bench/proxy.py (../shared/bench/proxy: anchors, load)
+  haproxy                                   # deploy/haproxy-zlh.cfg (its tests run it)
   lxc dnsmasq-base debootstrap nftables     # lxc backend (lxc-net needs dnsmasq) + template
   openssl                                   # proxmox backend tests (self-signed TLS)
 )

@@ -116,6 +116,8 @@ def cases(tmp: Path, port: int) -> dict[str, list[str]]:
         "up: replica lease not longer than its heartbeat": [
             *("up", *process, "--data-dir", str(tmp / "u5"), "--config", str(tmp / "lease.toml")),
         ],
+        "up: no front workers": ["up", *process, "--data-dir", str(tmp / "u7"), "--workers", "0"],
+        "api: too many workers": ["api", "--data-dir", str(tmp / "u6"), "--workers", "65"],
         "user add: no terminal": ["user", "add", "bob", "--data-dir", str(tmp / "users")],
         "user add: data dir is a file": ["user", "add", "bob", "--data-dir", file],
         "user list: data dir is a file": ["user", "list", "--data-dir", file],

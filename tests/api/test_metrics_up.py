@@ -54,7 +54,11 @@ def test_metrics_through_the_front_follow_a_real_container(
 ) -> None:
     add_cli_users(tmp_path)
     port, metrics_port = free_port_pair(), free_port()
-    (tmp_path / "api.toml").write_text(f'metrics_listen = "127.0.0.1:{metrics_port}"\n')
+    # One front process: the counts below are exact at once, where a child front worker's
+    # reach /metrics within a second (tests/api/test_up_workers.py sums them).
+    (tmp_path / "api.toml").write_text(
+        f'metrics_listen = "127.0.0.1:{metrics_port}"\nfront_workers = 1\n'
+    )
     with (
         zlh_up(tmp_path, node_store, port) as proc,
         httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,

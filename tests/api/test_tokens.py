@@ -421,6 +421,7 @@ def test_revoked_tokens_surface_in_the_feed_sync_set(tmp_path: Path) -> None:
 PUBLIC = {
     ("POST", "/api/auth/login"),
     ("GET", "/api/health"),
+    ("GET", "/api/health/ready"),
     ("GET", "/"),
     ("GET", "/login"),
     ("GET", "/password"),

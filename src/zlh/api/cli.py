@@ -58,6 +58,14 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
         "name (env ZLH_REPLICA, default <hostname>:<listen port>)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="front processes sharing the public port (env ZLH_FRONT_WORKERS, default the "
+        "number of cores, at most 8; 1: the front in the API's process only)",
+    )
+    parser.add_argument(
         "--config",
         type=Path,
         default=None,

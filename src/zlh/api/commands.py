@@ -11,7 +11,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ def _server_settings(args: argparse.Namespace, **explicit: Any) -> ApiSettings:
         allow_privileged=args.allow_privileged,
         ide_origin=args.ide_origin,
         replica=args.replica,
+        front_workers=args.workers,
         **explicit,
     )
     if settings.replica is not None and settings.db_url.startswith("sqlite"):
@@ -192,17 +193,27 @@ class _Server(uvicorn.Server):
     during the shutdown forces it, as with uvicorn.
     """
 
+    # What SIGTERM starts instead of the shutdown, once (set by _serve): the drain.
+    drain: Callable[[], None] | None = None
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         loop = asyncio.get_running_loop()
         for sig in _STOP_SIGNALS:
-            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+            loop.add_signal_handler(sig, self._stop_signal, sig)
         try:
             yield
         finally:
             for sig in _STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
             self._captured_signals.clear()
+
+    def _stop_signal(self, sig: int) -> None:
+        drain, self.drain = self.drain, None
+        if sig == signal.SIGTERM and drain is not None:
+            drain()
+        else:
+            self.handle_exit(sig, None)
 
 
 def _private_backend(settings: ApiSettings, artifact_url: str) -> Any:
@@ -261,6 +272,7 @@ def serve(app: Any, settings: ApiSettings) -> None:
 
 async def _serve(app: Any, settings: ApiSettings) -> None:
     from zlh.api.auth import ISSUER
+    from zlh.api.frontworkers import FrontWorkers, WorkerConfig, default_workers
     from zlh.api.metrics import FrontCollector
     from zlh.api.metrics_listener import serve_metrics
     from zlh.proxy.auth import JwtAuthenticator, Principal
@@ -268,6 +280,7 @@ async def _serve(app: Any, settings: ApiSettings) -> None:
     from zlh.proxy.front import Front
     from zlh.proxy.routes import RouteTable
     from zlh.proxy.tickets import TicketDesk
+    from zlh.proxy.worker import drain as drain_front
 
     services = app.state.services
     unix_path = settings.unix_socket or settings.data_dir / "run" / "api.sock"
@@ -285,9 +298,12 @@ async def _serve(app: Any, settings: ApiSettings) -> None:
     routes = RouteTable()
     loop = asyncio.get_running_loop()
 
-    def audit_ide_open(principal: Principal, vmid: int) -> None:
+    def ide_opened(user_id: str, vmid: int) -> None:
         services.lifecycle.note_activity(vmid, "ide")  # opening it is using it
-        loop.run_in_executor(None, _record_ide_open, services, principal.user_id, vmid)
+        loop.run_in_executor(None, _record_ide_open, services, user_id, vmid)
+
+    def audit_ide_open(principal: Principal, vmid: int) -> None:
+        ide_opened(principal.user_id, vmid)
 
     front_settings = settings.front_settings.model_copy(
         update={
@@ -295,16 +311,61 @@ async def _serve(app: Any, settings: ApiSettings) -> None:
             "admin_ide_access": settings.admin_ide_access,
         }
     )
+    workers_count = settings.front_workers or default_workers()
+    # Tickets are taken once among all front workers: a ledger they share (zlh.proxy.tickets).
+    ledger = settings.data_dir / "run" / "tickets" if workers_count > 1 else None
+    if ledger is not None:
+        ledger.mkdir(mode=0o700, parents=True, exist_ok=True)
     front = Front(
         front_settings,
         routes,
         JwtAuthenticator(services.tokens.key, issuer=ISSUER),
         f"unix:{unix_path}",
-        tickets=TicketDesk(services.tokens.key, issuer=ISSUER),
+        tickets=TicketDesk(services.tokens.key, issuer=ISSUER, ledger=ledger),
         on_ide_open=audit_ide_open,
         on_activity=services.lifecycle.note_activity,
+        reuse_port=workers_count > 1,
     )
-    services.metrics.register(FrontCollector(front))
+    workers = None
+    if ledger is not None:
+        workers = FrontWorkers(
+            workers_count - 1,
+            WorkerConfig(
+                listen=parse_listen(settings.listen),
+                ide_listen=settings.ide_listen,
+                api_upstream=f"unix:{unix_path}",
+                settings=front_settings.model_dump(mode="json"),
+                key=services.tokens.key,
+                issuer=ISSUER,
+                run_dir=settings.data_dir / "run",
+                ledger=ledger,
+                drain_timeout_s=settings.drain_timeout_s,
+            ),
+            services.feed,
+            on_ide_open=ide_opened,
+            on_activity=services.lifecycle.note_activity,
+        )
+    services.metrics.register(FrontCollector(front, workers))
+    app.state.draining = False
+
+    async def drain() -> None:
+        """Stop taking WebSockets (and say so on /api/health/ready), let the open ones run
+        up to drain_timeout_s, then shut down."""
+        logger.info("draining: open WebSockets have %s s", settings.drain_timeout_s)
+        app.state.draining = True
+        deadline = loop.time() + settings.drain_timeout_s
+        if workers is not None:
+            workers.drain()
+        await drain_front(front, settings.drain_timeout_s)
+        if workers is not None:
+            await workers.wait_drained(deadline - loop.time())
+            await workers.close()
+        # The fronts go before the API: none may answer 502 for an API that stopped.
+        await front.close()
+        server.should_exit = True
+
+    draining: list[asyncio.Task[None]] = []
+    server.drain = lambda: draining.append(asyncio.create_task(drain()))
     metrics_servers: list[asyncio.Server] = []
 
     async def listen_metrics(host: str, port: int) -> asyncio.Server:
@@ -335,16 +396,21 @@ async def _serve(app: Any, settings: ApiSettings) -> None:
                 for _, waiting in listeners:
                     waiting.close()
                 raise ZlhError(f"cannot listen on {where}: {exc.strerror}") from exc
+        if workers is not None:
+            await workers.start()
         logger.info(
-            "serving on http://%s, IDEs on %s (API on unix:%s, backend %s)",
+            "serving on http://%s, IDEs on %s (API on unix:%s, backend %s, %d front workers)",
             settings.listen,
             f"port {ide[1]}" if ide else settings.ide_origin,
             unix_path,
             settings.backend,
+            workers_count,
         )
         await api
     finally:
         follower.cancel()
+        if workers is not None:
+            await workers.close()
         for metrics_server in metrics_servers:
             metrics_server.close()
         await front.close()

@@ -170,21 +170,43 @@ class Front(Protocol):
     def open_websockets(self, stats: RouteStats) -> int: ...
 
 
-class FrontCollector(_Families):
-    """The front's counters by route class (``ide``, ``preview``, ``api``)."""
+class Workers(Protocol):
+    def totals(self) -> dict[str, list[int]]: ...
+    def requests_by_worker(self) -> dict[int, int]: ...
 
-    def __init__(self, front: Front) -> None:
+
+class FrontCollector(_Families):
+    """The front's counters by route class (``ide``, ``preview``, ``api``): the front in this
+    process plus, with ``workers``, the front workers' last reports (at most
+    zlh.feedwire.STATS_S old), and the requests each worker routed."""
+
+    def __init__(self, front: Front, workers: Workers | None = None) -> None:
         self._front = front
+        self._workers = workers
 
     def collect(self) -> Iterable[Metric]:
         families = self._families()
         requests, bytes_in, bytes_out, sockets = families
+        others = self._workers.totals() if self._workers is not None else {}
+        by_worker = CounterMetricFamily(
+            "zlh_front_worker_requests",
+            "Requests each front worker routed (0: the one in the API's process; a worker "
+            "started again counts from 0)",
+            labels=["worker"],
+        )
+        own = 0
         for name, stats in self._front.stats.by_class():
-            requests.add_metric([name], stats.requests)
-            bytes_in.add_metric([name], stats.bytes_in)
-            bytes_out.add_metric([name], stats.bytes_out)
-            sockets.add_metric([name], self._front.open_websockets(stats))
-        return families
+            more = others.get(name, [0, 0, 0, 0])
+            requests.add_metric([name], stats.requests + more[0])
+            bytes_in.add_metric([name], stats.bytes_in + more[1])
+            bytes_out.add_metric([name], stats.bytes_out + more[2])
+            sockets.add_metric([name], self._front.open_websockets(stats) + more[3])
+            own += stats.requests
+        by_worker.add_metric(["0"], own)
+        if self._workers is not None:
+            for index, count in self._workers.requests_by_worker().items():
+                by_worker.add_metric([str(index)], count)
+        return (*families, by_worker)
 
     def _families(
         self,

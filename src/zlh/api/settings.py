@@ -95,6 +95,21 @@ class ApiSettings(BaseSettings):
         description="the API app's own unix socket, which the front relays to (default "
         "<data dir>/run/api.sock). Replaced on start, removed on a clean stop.",
     )
+    front_workers: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="processes the public front runs on, sharing its ports (SO_REUSEPORT): one "
+        "in the API's process, the others its children, restarted if they die. Default: the "
+        "number of cores, at most 8. 1: the front in the API's process only.",
+    )
+    drain_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        le=86400,
+        description="on SIGTERM, how long open WebSockets may run on while the process drains "
+        "(new ones get 503 and /api/health/ready says draining) before it stops.",
+    )
     metrics_listen: str | None = Field(
         None,
         description="HOST:PORT where `zlh up` also serves /metrics (Prometheus text) WITHOUT "

@@ -8,12 +8,14 @@ says it fell behind (``Resync``). Run it as a task next to the front for as long
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 
-from zlh import routefeed
+from zlh import feedwire, routefeed
 from zlh.proxy.routes import Route, RouteTable
 
-__all__ = ["follow", "to_route"]
+__all__ = ["follow", "follow_socket", "to_route"]
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +40,46 @@ async def follow(feed: routefeed.RouteFeed, routes: RouteTable) -> None:
     while True:
         async with feed.subscribe() as changes:
             snapshot = feed.snapshot()
-            routes.replace_all(
-                {vmid: to_route(r) for vmid, r in snapshot.routes.items()},
-                snapshot.revoked_sessions,
-            )
-            while True:
-                event = await changes.get()
-                if isinstance(event, routefeed.RouteSet):
-                    routes.update(event.route.vmid, to_route(event.route))
-                elif isinstance(event, routefeed.RouteRemoved):
-                    routes.remove(event.vmid)
-                elif isinstance(event, routefeed.SessionRevoked):
-                    routes.revoke_session(event.sid)
-                else:
-                    log.warning("route feed: fell behind, taking a new snapshot")
-                    break
+            _apply_snapshot(snapshot, routes)
+            while _apply(await changes.get(), routes):
+                pass
+            log.warning("route feed: fell behind, taking a new snapshot")
+
+
+async def follow_socket(
+    reader: asyncio.StreamReader,
+    routes: RouteTable,
+    *,
+    on_snapshot: Callable[[], None],
+    on_drain: Callable[[], None],
+) -> None:
+    """Apply the feed a front worker reads from the API's feed socket (zlh.feedwire) to
+    ``routes`` until the API closes it; ``on_snapshot`` after each snapshot (the first one
+    means the worker knows every route), ``on_drain`` when the API asks it to drain."""
+    async for received in feedwire.read_feed(reader):
+        if isinstance(received, routefeed.FeedSnapshot):
+            _apply_snapshot(received, routes)
+            on_snapshot()
+        elif received == feedwire.DRAIN:
+            on_drain()
+        elif not isinstance(received, str):
+            _apply(received, routes)
+
+
+def _apply_snapshot(snapshot: routefeed.FeedSnapshot, routes: RouteTable) -> None:
+    routes.replace_all(
+        {vmid: to_route(r) for vmid, r in snapshot.routes.items()}, snapshot.revoked_sessions
+    )
+
+
+def _apply(event: routefeed.FeedEvent, routes: RouteTable) -> bool:
+    """Apply one change; False for a Resync (take a new snapshot)."""
+    if isinstance(event, routefeed.RouteSet):
+        routes.update(event.route.vmid, to_route(event.route))
+    elif isinstance(event, routefeed.RouteRemoved):
+        routes.remove(event.vmid)
+    elif isinstance(event, routefeed.SessionRevoked):
+        routes.revoke_session(event.sid)
+    else:
+        return False
+    return True

@@ -104,13 +104,18 @@ class Front:
         tickets: TicketDesk | None = None,
         on_ide_open: Callable[[Principal, int], None] | None = None,
         on_activity: Callable[[int, str], None] | None = None,
+        reuse_port: bool = False,
     ) -> None:
         """``tickets`` takes ``/_zlh/auth`` tickets and verifies IDE cookies (without it the
         IDE origin takes Bearer tokens only). ``on_ide_open(principal, vmid)`` is told of each
         page load of an IDE (the workbench document, not its assets or sockets), for the audit
         log; ``on_activity(vmid, kind)`` of each use of an IDE its page reports (idle
-        auto-stop). Neither may block."""
+        auto-stop). Neither may block. ``reuse_port``: listen with ``SO_REUSEPORT``, so that
+        front workers in other processes share the ports (zlh.proxy.worker)."""
         self.settings = settings
+        self._reuse_port = reuse_port
+        # Set when the process drains: new WebSockets get 503, open ones run on.
+        self.draining = False
         self._on_ide_open = on_ide_open
         self._on_activity = on_activity
         # When each container's preview use was last reported (at most every _PREVIEW_NOTE_S).
@@ -176,6 +181,7 @@ class Front:
             host,
             port,
             reuse_address=True,
+            reuse_port=self._reuse_port or None,
             backlog=2048,
         )
 
@@ -234,6 +240,15 @@ class Front:
             )
         if req.upgrading and (not req.websocket or req.method != b"GET"):
             return self._local(conn, req, 400, "only WebSocket upgrades (GET) are supported")
+        if req.upgrading and self.draining:
+            return self._local(
+                conn,
+                req,
+                503,
+                "draining",
+                "this server is shutting down and takes no new WebSockets; connect again",
+                extra=b"Retry-After: 1\r\n",
+            )
         return None
 
     def _portal_dev(self, conn: ClientConnection, req: RequestHead) -> Handler:
@@ -813,6 +828,10 @@ class Front:
         tunnel.start(client_rest, upstream_rest)
         if principal is not None and not self._still_allowed(vmid, principal):
             tunnel.terminate(CLOSE_POLICY, "access revoked")  # revoked during the handshake
+
+    def open_tunnels(self) -> int:
+        """How many WebSocket tunnels are open now, of every route class."""
+        return len(self._tunnels)
 
     def open_websockets(self, stats: RouteStats) -> int:
         """How many WebSocket tunnels of the route class ``stats`` are open now."""

@@ -22,10 +22,13 @@ accepted as a session by the API or the portal's side of the front, and a sessio
 
 from __future__ import annotations
 
+import hashlib
+import os
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 import jwt
@@ -96,13 +99,21 @@ class TicketDesk:
     """The front's side: takes each ticket once, writes IDE cookies, verifies them.
 
     ``clock`` (epoch seconds) decides ticket expiry and how long used ``jti`` are kept; tests
-    move it instead of sleeping.
+    move it instead of sleeping. ``ledger``: a private directory that front workers in several
+    processes share, so that a ticket is taken once among all of them (a file per used
+    ticket, created with ``O_EXCL``, named after its expiry and removed after it).
     """
 
     def __init__(
-        self, key: bytes, *, issuer: str | None = None, clock: Callable[[], float] = time.time
+        self,
+        key: bytes,
+        *,
+        issuer: str | None = None,
+        clock: Callable[[], float] = time.time,
+        ledger: Path | None = None,
     ) -> None:
         self._key = key
+        self._ledger = ledger
         self._issuer = issuer
         self._clock = clock
         self._used: dict[str, float] = {}  # jti -> the ticket's exp
@@ -137,6 +148,8 @@ class TicketDesk:
         ):
             return None
         self._used[jti] = float(exp)
+        if self._ledger is not None and not _claim(self._ledger, jti, exp):
+            return None
         return Ticket(
             user_id=str(claims["sub"]),
             sid=str(claims["sid"]),
@@ -168,3 +181,19 @@ class TicketDesk:
         self._next_prune = now + _PRUNE_EVERY_S
         for jti in [j for j, exp in self._used.items() if exp <= now]:
             del self._used[jti]
+        if self._ledger is not None:
+            with os.scandir(self._ledger) as entries:
+                for entry in entries:
+                    exp, _, _ = entry.name.partition("-")
+                    if exp.isdigit() and int(exp) <= now:
+                        Path(entry.path).unlink(missing_ok=True)
+
+
+def _claim(ledger: Path, jti: str, exp: int) -> bool:
+    """Mark ``jti`` used in ``ledger``; False when another process did first."""
+    name = f"{exp}-{hashlib.sha256(jti.encode()).hexdigest()[:32]}"
+    try:
+        os.close(os.open(ledger / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return False
+    return True
