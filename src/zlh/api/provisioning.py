@@ -7,9 +7,13 @@ and then driven in the background:
 ``requested`` → (``creating``: backend create + start) → (``provisioning``: payload sent to the
 agent) → the poller takes over until ``ready`` or ``failed``.
 
-The row is written before the backend is called and ``creating`` before ``create``: after a
-crash, :meth:`Provisioning.resume` drives every unfinished container from where it stood, and a
-container the backend already has under a vmid in ``creating`` is ours (never created twice).
+The row is written before the backend is called and ``creating`` before ``create``, and
+with the row its provisioning job (``zlh.api.jobs``), held by this replica while it drives:
+if this replica dies, another (or this one, restarted) takes the job once its lease ran out
+and drives the container again from where it stood. Driving again converges: a container the
+backend already has under a vmid in ``creating`` (or later) is ours and adopted, never created
+twice; the payload is sent again, and the agent joins or skips what it has done. The job ends
+when the container is ``ready`` or ``failed`` (the poller's verdict) or deleted.
 """
 
 from __future__ import annotations
@@ -18,16 +22,20 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from zlh.api.agent_client import AgentClient
 from zlh.api.audit import Action, AuditLog
 from zlh.api.bodies import DevRequest
 from zlh.api.catalog import CatalogSource
-from zlh.api.containers import ContainerRegistry, Quota
+from zlh.api.containers import ContainerRegistry, Quota, Within
 from zlh.api.db import AddonPin, Container, ContainerState, KeyValue, Pins, User
 from zlh.api.db.models import utcnow
 from zlh.api.errors import AgentError, AgentUnreachable, InvalidRequest
+from zlh.api.jobs import Claim, Jobs
 from zlh.api.keys import agent_secret
 from zlh.api.layers import collect_garbage, mounts_for
 from zlh.api.metrics import Metrics
@@ -118,6 +126,12 @@ class Provisioning:
         self.agent_key = agent_key
         self.artifact_base_url = artifact_base_url.rstrip("/")
         self.tasks = ContainerTasks()
+        self.jobs = Jobs(
+            registry.db,
+            holder=settings.replica_name,
+            lease_s=settings.job_lease_s,
+            max_attempts=settings.job_max_attempts,
+        )
         # Ready containers provisioned ahead of demand (None: no warm pool).
         self.pool: WarmPool | None = None
         # Told when a container starts provisioning (the poller's wake-up).
@@ -166,12 +180,14 @@ class Provisioning:
             running=self.settings.max_running_per_user,
         )
         container = None
+        held: list[str] = []
         if self.pool is not None:
-            container = await self.pool.take(user, request, version, pins, quota)
+            container = await self.pool.take(
+                user, request, version, pins, quota, within=self._hold_into(held)
+            )
         taken = container is not None
         if container is None:
-            container = await asyncio.to_thread(
-                self.registry.allocate,
+            container, token = await self.allocate(
                 owner=user,
                 runtime=request.runtime,
                 version=version,
@@ -180,10 +196,10 @@ class Provisioning:
                 quota=quota,
                 reason=f"requested by user {user.username}",
                 name=request.name,
-                suggest_vmid=self.backend.suggest_vmid,
             )
+            held.append(token)
         # A pool container already runs: its drive goes straight to its agent.
-        self.spawn_drive(container.vmid, running=taken)
+        self.spawn_held(container.vmid, held[0], running=taken)
         await asyncio.to_thread(
             self.audit.record,
             user.username,
@@ -195,9 +211,30 @@ class Provisioning:
         )
         return container
 
+    async def allocate(self, **fields: Any) -> tuple[Container, str]:
+        """``ContainerRegistry.allocate`` (vmids the backend suggests) with the new container's
+        provisioning job held by this replica, in one transaction; the row and the job's token."""
+        held: list[str] = []
+        container = await asyncio.to_thread(
+            self.registry.allocate,
+            suggest_vmid=self.backend.suggest_vmid,
+            within=self._hold_into(held),
+            **fields,
+        )
+        return container, held[0]
+
+    def _hold_into(self, held: list[str]) -> Within:
+        def hold(session: Any, vmid: int) -> None:
+            held.append(self.jobs.hold(session, vmid))
+
+        return hold
+
     async def delete(self, vmid: int, actor: str) -> None:
-        """Destroy the container and forget it. Raises BackendError (state stays deleting)."""
+        """Destroy the container and forget it. Raises BackendError (state stays deleting).
+
+        Its job goes first: a replica driving it elsewhere stops at its next lease renewal."""
         await self.tasks.cancel(vmid)
+        await asyncio.to_thread(self.jobs.drop, vmid)
         self.registry.update(vmid, state=ContainerState.DELETING)
         try:
             await self.backend.destroy(vmid)
@@ -219,14 +256,13 @@ class Provisioning:
     # -- the background drive -------------------------------------------------------------------
 
     async def resume(self) -> None:
-        """After a start: drive unfinished containers, re-find running ones, finish deletes."""
-        starting = [ContainerState.REQUESTED, ContainerState.CREATING]
-        for container in self.registry.in_states(starting):
-            self.spawn_drive(container.vmid)
+        """After a start: re-find running containers, finish deletes. Unfinished provisioning
+        is the jobs' (:meth:`run_jobs`): a container a job drives is left to it here."""
+        driven = await asyncio.to_thread(self.jobs.vmids)
         polled = self.registry.in_states(
             [ContainerState.PROVISIONING, ContainerState.READY, ContainerState.UNREACHABLE]
         )
-        await asyncio.gather(*(self._reattach(c) for c in polled))
+        await asyncio.gather(*(self._reattach(c) for c in polled if c.vmid not in driven))
         for container in self.registry.in_states([ContainerState.DELETING]):
             try:
                 await self.delete(container.vmid, "system")
@@ -255,23 +291,118 @@ class Provisioning:
         except ZlhError as exc:
             logger.warning("container %s could not be reattached: %s", container.vmid, exc)
 
-    def spawn_drive(self, vmid: int, *, running: bool = False) -> None:
-        """Drive ``vmid`` as its task (see :meth:`drive`), unless a task of it is under way.
+    # -- jobs ------------------------------------------------------------------------------------
 
-        A hand-out (``running``) is always driven, after whatever task the container still has:
-        the pool build's own drive can still be finishing when its agent already reports ready
-        and a request takes it."""
+    async def run_jobs(self) -> None:
+        """Take and drive jobs until cancelled: at once those this replica's previous run left
+        (and containers left without a job), then every third of a lease those whose holder
+        stopped renewing them."""
+        own = True
+        while True:
+            try:
+                if own:
+                    adopted = await asyncio.to_thread(self.jobs.adopt_orphans)
+                    if adopted:
+                        logger.info("unfinished containers given a job: %s", adopted)
+                await self.take_jobs(own=own)
+                own = False
+            except (ZlhError, SQLAlchemyError) as exc:
+                logger.warning("looking for provisioning jobs failed: %s", exc)
+            await asyncio.sleep(self.jobs.renew_every_s)
+
+    async def take_jobs(self, *, own: bool = False) -> list[Claim]:
+        """Claim every job free to take now and drive each; the claims."""
+        claims: list[Claim] = []
+        while True:
+            taken = [c.vmid for c in claims]
+            claim = await asyncio.to_thread(self.jobs.claim_next, own=own, skip=taken)
+            if claim is None:
+                return claims
+            claims.append(claim)
+            if claim.exhausted:
+                limit = self.jobs.max_attempts
+                self._fail(
+                    claim.vmid,
+                    f"provisioning was begun {claim.attempts} times and each time the replica "
+                    f"driving it stopped before the end (job_max_attempts={limit}): given up",
+                )
+            else:
+                logger.info(
+                    "container %s: provisioning job taken (attempt %s)", claim.vmid, claim.attempts
+                )
+                self.spawn_held(claim.vmid, claim.token)
+
+    def spawn_drive(self, vmid: int, *, running: bool = False) -> None:
+        """Hold ``vmid``'s job and drive it (:meth:`spawn_held`), unless a task of it is under
+        way. A hand-out (``running``) is always driven, after whatever task the container still
+        has: the pool build's own drive can still be finishing when its agent already reports
+        ready and a request takes it."""
         if running or not self.tasks.busy(vmid):
-            self.tasks.spawn(vmid, lambda: self.drive(vmid, running=running), f"provision-{vmid}")
+            self.spawn_held(vmid, self.jobs.hold_now(vmid), running=running)
+
+    def spawn_held(self, vmid: int, token: str, *, running: bool = False) -> None:
+        """Drive ``vmid`` as its task, holding its job ``token`` (see :meth:`drive_held`)."""
+        work = partial(self.drive_held, vmid, token, running=running)
+        self.tasks.spawn(vmid, work, f"provision-{vmid}")
+
+    async def drive_held(
+        self, vmid: int, token: str | None = None, *, running: bool = False
+    ) -> None:
+        """:meth:`drive` while holding the job (``token``; None: hold it now), renewing its
+        lease every third of it until the container is no longer provisioning; then the job
+        ends. A job found gone or taken at a renewal stops the drive; if the container itself
+        is gone (deleted on another replica), whatever the drive made of it is destroyed."""
+        if token is None:
+            token = await asyncio.to_thread(self.jobs.hold_now, vmid)
+        drive = asyncio.create_task(self.drive(vmid, running=running), name=f"drive-{vmid}")
+        try:
+            kept = await self._keep_lease(vmid, token, drive)
+        finally:
+            drive.cancel()
+            await asyncio.gather(drive, return_exceptions=True)
+        if kept:
+            await asyncio.to_thread(self.jobs.finish, vmid, token)
+            return
+        logger.info("container %s: its job was cancelled or taken over; stopped driving", vmid)
+        if await asyncio.to_thread(self.registry.get, vmid) is None:
+            try:
+                await self.backend.destroy(vmid)
+            except ZlhError as exc:
+                logger.warning("deleted container %s may remain on the backend: %s", vmid, exc)
+
+    async def _keep_lease(self, vmid: int, token: str, drive: asyncio.Task[None]) -> bool:
+        """Renew the lease until ``drive`` is done and the container no longer provisions
+        (True), or until a renewal finds the job no longer ours (False)."""
+        every = self.jobs.renew_every_s
+        while True:
+            if drive.done():
+                if not await asyncio.to_thread(self._in_flight, vmid):
+                    return True
+                await asyncio.sleep(every)
+            else:
+                await asyncio.wait({drive}, timeout=every)
+                if drive.done():
+                    continue
+            if not await asyncio.to_thread(self.jobs.renew, vmid, token):
+                return False
+
+    def _in_flight(self, vmid: int) -> bool:
+        """Still on its way to ``ready`` or ``failed`` (the poller moves it on from
+        ``provisioning``)."""
+        container = self.registry.get(vmid)
+        return container is not None and ContainerState(container.state).is_provisioning
+
+    # -- the background drive -------------------------------------------------------------------
 
     async def drive(self, vmid: int, *, running: bool = False) -> None:
-        """Take a ``requested`` or ``creating`` container to ``provisioning`` (the poller does
-        the rest); failures end it ``failed`` with the reason. Runs as the container's task.
-        ``running``: a pool container just taken (it runs at its recorded address: no backend
-        call), whose agent secret is rotated first."""
+        """Take a ``requested``, ``creating`` or ``provisioning`` container to ``provisioning``
+        with its payload accepted (the poller does the rest); failures end it ``failed`` with
+        the reason. ``running``: a pool container just taken (it runs at its recorded address:
+        no backend call), whose agent secret is rotated first. A ``provisioning`` one (its job
+        taken over) is made to run again if it does not, and gets its payload again."""
         try:
             container = self.registry.get(vmid)
-            if container is None or not ContainerState(container.state).is_starting:
+            if container is None or not ContainerState(container.state).is_provisioning:
                 return
             if not running:
                 started = asyncio.get_running_loop().time()
@@ -465,5 +596,9 @@ class Provisioning:
 
     async def close(self) -> None:
         await self.tasks.close()
+        try:
+            await asyncio.to_thread(self.jobs.release)
+        except SQLAlchemyError as exc:
+            logger.warning("the jobs this replica held wait for their lease to end: %s", exc)
         if self.layers is not None:
             await self.layers.close()
