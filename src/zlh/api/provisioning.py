@@ -437,7 +437,7 @@ class Provisioning:
         if info.state is RunState.ABSENT:
             self.registry.update(vmid, state=ContainerState.CREATING)
             try:
-                await self.backend.create(await self.spec(container))
+                await self._create(await self.spec(container))
             except ContainerExists:
                 # Someone else's container holds this vmid on the backend: never touch it.
                 raise BackendError(
@@ -454,6 +454,17 @@ class Provisioning:
         return await self.backend.wait_running(
             vmid, timeout_s=self.settings.container_start_timeout_s
         )
+
+    async def _create(self, spec: ContainerSpec) -> None:
+        """``backend.create``, waited out even by a cancelled drive: a create cannot be taken
+        back halfway (a blocking backend's runs on in its thread), and what it made must exist
+        by the time the drive ends, for a drive stopped by a delete elsewhere to destroy it."""
+        create = asyncio.ensure_future(self.backend.create(spec))
+        try:
+            await asyncio.shield(create)
+        except asyncio.CancelledError:
+            await asyncio.wait({create})
+            raise
 
     async def repin(self, container: Container) -> Pins:
         """The container's runtime version and add-ons as the catalog pins them now (a rebuild
