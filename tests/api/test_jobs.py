@@ -169,6 +169,7 @@ def test_a_replica_killed_mid_provisioning_is_finished_by_another_with_one_conta
                 what="b to take the job",
             )
             assert taken.attempts == 2
+            assert (await b.svc.provisioning.take_jobs()) == []  # b holds it now: nothing free
             assert taken.lease_expires_at >= left.lease_expires_at  # not before a's ran out
             await until(
                 lambda: b.svc.registry.get(vmid).state == "ready",  # type: ignore[union-attr]
@@ -290,9 +291,11 @@ def test_a_job_whose_drivers_keep_dying_ends_failed_after_the_attempt_limit(
             user = _user(group[0].svc.db, "alice")
             vmid = (await group[0].svc.provisioning.request(user, DevRequest(runtime="node"))).vmid
             await group[0].crash()  # attempt 1
-            for replica in group[1:]:  # attempts 2 and 3, each holder dying in turn
+            for attempt, replica in enumerate(group[1:], start=2):  # each holder dies in turn
                 claims = await until(replica.svc.provisioning.take_jobs, what="a takeover")
-                assert [(c.vmid, c.exhausted) for c in claims] == [(vmid, False)]
+                assert [(c.vmid, c.attempts, c.exhausted) for c in claims] == [
+                    (vmid, attempt, False)
+                ]
                 await until(lambda r=replica: r.svc.provisioning.tasks.busy(vmid), what="drive")
                 await replica.crash()
             last = group[0].svc.provisioning

@@ -141,12 +141,13 @@ class Jobs:
             job = session.scalars(query).first()
             if job is None:
                 return None
-            mine = Job.vmid == job.vmid, Job.token == job.token
-            if job.attempts >= self.max_attempts:
+            vmid, attempts = job.vmid, job.attempts
+            mine = Job.vmid == vmid, Job.token == job.token
+            if attempts >= self.max_attempts:
                 gone = session.execute(delete(Job).where(*mine))
                 if gone.rowcount != 1:  # type: ignore[attr-defined]
                     return None  # SQLite: another connection changed it meanwhile
-                return Claim(vmid=job.vmid, token=job.token, attempts=job.attempts, exhausted=True)
+                return Claim(vmid=vmid, token=job.token, attempts=attempts, exhausted=True)
             token = secrets.token_hex(16)
             taken = session.execute(
                 update(Job)
@@ -157,10 +158,11 @@ class Jobs:
                     lease_expires_at=now + self.lease,
                     attempts=Job.attempts + 1,
                 )
+                .execution_options(synchronize_session=False)
             )
             if taken.rowcount != 1:  # type: ignore[attr-defined]
                 return None
-            return Claim(vmid=job.vmid, token=token, attempts=job.attempts + 1)
+            return Claim(vmid=vmid, token=token, attempts=attempts + 1)
 
     def adopt_orphans(self) -> list[int]:
         """Give a free job (lease already out) to every container in ``requested`` or
