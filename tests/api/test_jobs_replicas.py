@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -95,6 +96,7 @@ def test_kill_9_of_a_replica_mid_provisioning_and_the_other_finishes_it_once(
 
         wait_for(provisioning, timeout_s=60, what="provisioning to begin on a")
         a.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
         a.wait(timeout=10)
 
         db = Database(database_url)
@@ -102,6 +104,17 @@ def test_kill_9_of_a_replica_mid_provisioning_and_the_other_finishes_it_once(
             with db.session() as session:
                 job = session.get(Job, vmid)
                 assert job is not None and job.lease_holder == "a"  # left behind by the kill
+
+            def taken_by_b() -> bool:
+                with db.session() as session:
+                    job = session.get(Job, vmid)
+                    return job is None or job.lease_holder == "b"
+
+            wait_for(taken_by_b, timeout_s=60, what="b to take the job")
+            # At most a lease after a's last renewal, plus b's scan interval (a third of it).
+            took = time.monotonic() - killed
+            print(f"job taken over {took:.1f} s after the kill (job_lease_s={LEASE_S})")
+            assert took < 2 * float(LEASE_S), took
             alice_b = login(on_b, "alice")
             wait_for(
                 lambda: on_b.get(f"/api/dev/{vmid}", headers=alice_b).json()["state"] == "ready",
