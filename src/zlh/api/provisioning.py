@@ -257,12 +257,16 @@ class Provisioning:
 
     async def resume(self) -> None:
         """After a start: re-find running containers, finish deletes. Unfinished provisioning
-        is the jobs' (:meth:`run_jobs`): a container a job drives is left to it here."""
+        is the jobs' (:meth:`run_jobs`): a provisioning container with a job is left to it."""
         driven = await asyncio.to_thread(self.jobs.vmids)
-        polled = self.registry.in_states(
-            [ContainerState.PROVISIONING, ContainerState.READY, ContainerState.UNREACHABLE]
-        )
-        await asyncio.gather(*(self._reattach(c) for c in polled if c.vmid not in driven))
+        polled = [
+            c
+            for c in self.registry.in_states(
+                [ContainerState.PROVISIONING, ContainerState.READY, ContainerState.UNREACHABLE]
+            )
+            if c.state != ContainerState.PROVISIONING or c.vmid not in driven
+        ]
+        await asyncio.gather(*(self._reattach(c) for c in polled))
         for container in self.registry.in_states([ContainerState.DELETING]):
             try:
                 await self.delete(container.vmid, "system")
