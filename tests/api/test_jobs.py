@@ -123,6 +123,18 @@ def _user(db: Database, name: str) -> User:
         return accounts.create_user(db, name, PASSWORD)
 
 
+def _bare_row(registry: ContainerRegistry, owner: User) -> Container:
+    """A container row as a dev request writes it, but without its job."""
+    return registry.allocate(
+        owner=owner,
+        runtime="node",
+        version="22",
+        addons=[],
+        pins=PINS,
+        quota=Quota(containers=100, running=100),
+    )
+
+
 def _job(svc: Services, vmid: int) -> Job | None:
     return svc.provisioning.jobs.get(vmid)
 
@@ -212,11 +224,8 @@ def test_two_replicas_scanning_at_once_never_both_take_one_job(pg_url: str) -> N
     db.migrate()
     registry = ContainerRegistry(db, EventBus(), RouteFeed())
     owner = accounts.create_user(db, "alice", PASSWORD)
-    quota = Quota(containers=100, running=100)
     for _ in range(40):
-        registry.allocate(
-            owner=owner, runtime="node", version="22", addons=[], pins=PINS, quota=quota
-        )
+        _bare_row(registry, owner)
     sides = [Jobs(Database(pg_url), holder=n, lease_s=60, max_attempts=3) for n in ("a", "b")]
     assert len(sides[0].adopt_orphans()) == 40  # free jobs, their leases already out
     start = threading.Barrier(2)
@@ -258,15 +267,7 @@ def test_two_replicas_allocating_at_once_get_distinct_vmids(pg_url: str) -> None
         start.wait()
         try:
             for _ in range(15):
-                container = registry.allocate(
-                    owner=owner,
-                    runtime="node",
-                    version="22",
-                    addons=[],
-                    pins=PINS,
-                    quota=Quota(containers=100, running=100),
-                )
-                made.append(container.vmid)
+                made.append(_bare_row(registry, owner).vmid)
         except BaseException as exc:  # reported below, with what was made
             errors.append(exc)
 
@@ -358,15 +359,7 @@ def test_a_container_left_without_a_job_is_given_one_at_start(tmp_path: Path) ->
     app = make_app(tmp_path, backend)
     add_user(app, "alice")
     svc = services(app)
-    owner = accounts.get_user(svc.db, "alice")
-    container = svc.registry.allocate(
-        owner=owner,
-        runtime="node",
-        version="22",
-        addons=[],
-        pins=PINS,
-        quota=Quota(containers=5, running=5),
-    )
+    container = _bare_row(svc.registry, accounts.get_user(svc.db, "alice"))
     with svc.db.session() as session:
         assert session.get(Job, container.vmid) is None
         assert session.get(Container, container.vmid) is not None
