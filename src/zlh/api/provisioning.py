@@ -19,6 +19,7 @@ when the container is ``ready`` or ``failed`` (the poller's verdict) or deleted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import timedelta
@@ -29,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from zlh.api.agent_client import AgentClient
 from zlh.api.audit import Action, AuditLog
-from zlh.api.bodies import DevRequest
+from zlh.api.bodies import ContainerEvent, DevRequest
 from zlh.api.catalog import CatalogSource
 from zlh.api.containers import ContainerRegistry, Quota, Within
 from zlh.api.db import AddonPin, Container, ContainerState, KeyValue, Pins, User
@@ -78,6 +79,8 @@ __all__ = ["CONTAINER_START", "Provisioning", "resolve_request"]
 
 # The step label of the backend's create and start (zlh.api.metrics), before the agent's own.
 CONTAINER_START = "container-start"
+# The states a provisioning job carries a container through.
+_PROVISIONING = {s.value for s in ContainerState if s.is_provisioning}
 
 logger = logging.getLogger(__name__)
 
@@ -336,16 +339,10 @@ class Provisioning:
                 )
                 self.spawn_held(claim.vmid, claim.token)
 
-    def spawn_drive(self, vmid: int, *, running: bool = False) -> None:
-        """Hold ``vmid``'s job and drive it (:meth:`spawn_held`), unless a task of it is under
-        way. A hand-out (``running``) is always driven, after whatever task the container still
-        has: the pool build's own drive can still be finishing when its agent already reports
-        ready and a request takes it."""
-        if running or not self.tasks.busy(vmid):
-            self.spawn_held(vmid, self.jobs.hold_now(vmid), running=running)
-
     def spawn_held(self, vmid: int, token: str, *, running: bool = False) -> None:
-        """Drive ``vmid`` as its task, holding its job ``token`` (see :meth:`drive_held`)."""
+        """Drive ``vmid`` as its task, holding its job ``token`` (see :meth:`drive_held`),
+        after whatever task the container still has: a pool build's drive can still be ending
+        when its agent already reports ready and a request takes it (``running``)."""
         work = partial(self.drive_held, vmid, token, running=running)
         self.tasks.spawn(vmid, work, f"provision-{vmid}")
 
@@ -375,20 +372,26 @@ class Provisioning:
                 logger.warning("deleted container %s may remain on the backend: %s", vmid, exc)
 
     async def _keep_lease(self, vmid: int, token: str, drive: asyncio.Task[None]) -> bool:
-        """Renew the lease until ``drive`` is done and the container no longer provisions
-        (True), or until a renewal finds the job no longer ours (False)."""
+        """Renew the lease every third of it until ``drive`` is done and the container no
+        longer provisions (True: told at once by this replica's own updates, e.g. its poller's
+        ``ready``; at the next renewal otherwise), or until a renewal finds the job no longer
+        ours (False)."""
+        loop = asyncio.get_running_loop()
         every = self.jobs.renew_every_s
-        while True:
-            if drive.done():
-                if not await asyncio.to_thread(self._in_flight, vmid):
+        renew_at = loop.time() + every
+        async with self.registry.bus.subscribe(vmid) as changes:
+            while True:
+                left = max(renew_at - loop.time(), 0.0)
+                if not drive.done():
+                    await asyncio.wait({drive}, timeout=left)
+                elif not await asyncio.to_thread(self._in_flight, vmid):
                     return True
-                await asyncio.sleep(every)
-            else:
-                await asyncio.wait({drive}, timeout=every)
-                if drive.done():
-                    continue
-            if not await asyncio.to_thread(self.jobs.renew, vmid, token):
-                return False
+                else:
+                    await _changed(changes, timeout_s=left)
+                if loop.time() >= renew_at:
+                    if not await asyncio.to_thread(self.jobs.renew, vmid, token):
+                        return False
+                    renew_at = loop.time() + every
 
     def _in_flight(self, vmid: int) -> bool:
         """Still on its way to ``ready`` or ``failed`` (the poller moves it on from
@@ -617,3 +620,14 @@ class Provisioning:
             logger.warning("the jobs this replica held wait for their lease to end: %s", exc)
         if self.layers is not None:
             await self.layers.close()
+
+
+async def _changed(changes: asyncio.Queue[ContainerEvent], *, timeout_s: float) -> None:
+    """Until the container's state leaves provisioning (or it is deleted), or ``timeout_s``:
+    its progress updates alone do not end the wait."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            while True:
+                event = await changes.get()
+                if event.state not in _PROVISIONING:
+                    return
