@@ -315,6 +315,8 @@ class Provisioning:
                 own = False
             except (ZlhError, SQLAlchemyError) as exc:
                 logger.warning("looking for provisioning jobs failed: %s", exc)
+            except Exception:  # a bug must not end the search for good
+                logger.exception("looking for provisioning jobs failed")
             await asyncio.sleep(self.jobs.renew_every_s)
 
     async def take_jobs(self, *, own: bool = False) -> list[Claim]:
@@ -375,23 +377,30 @@ class Provisioning:
         """Renew the lease every third of it until ``drive`` is done and the container no
         longer provisions (True: told at once by this replica's own updates, e.g. its poller's
         ``ready``; at the next renewal otherwise), or until a renewal finds the job no longer
-        ours (False)."""
+        ours (False). A database that does not answer is tried again at the next renewal, until
+        the lease has run out: then another replica may have the job, and this one stops."""
         loop = asyncio.get_running_loop()
-        every = self.jobs.renew_every_s
-        renew_at = loop.time() + every
+        every, lease = self.jobs.renew_every_s, self.settings.job_lease_s
+        renewed = loop.time()
         async with self.registry.bus.subscribe(vmid) as changes:
             while True:
-                left = max(renew_at - loop.time(), 0.0)
-                if not drive.done():
-                    await asyncio.wait({drive}, timeout=left)
-                elif not await asyncio.to_thread(self._in_flight, vmid):
-                    return True
-                else:
-                    await _changed(changes, timeout_s=left)
-                if loop.time() >= renew_at:
-                    if not await asyncio.to_thread(self.jobs.renew, vmid, token):
+                left = max(renewed + every - loop.time(), 0.0)
+                try:
+                    if not drive.done():
+                        await asyncio.wait({drive}, timeout=left)
+                    elif not await asyncio.to_thread(self._in_flight, vmid):
+                        return True
+                    else:
+                        await _changed(changes, timeout_s=left)
+                    if loop.time() >= renewed + every:
+                        if not await asyncio.to_thread(self.jobs.renew, vmid, token):
+                            return False
+                        renewed = loop.time()
+                except SQLAlchemyError as exc:
+                    if loop.time() - renewed >= lease:
                         return False
-                    renew_at = loop.time() + every
+                    logger.warning("container %s: its job's lease was not renewed: %s", vmid, exc)
+                    await asyncio.sleep(min(every, 1.0))
 
     def _in_flight(self, vmid: int) -> bool:
         """Still on its way to ``ready`` or ``failed`` (the poller moves it on from
