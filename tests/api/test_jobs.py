@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ class Replica:
 
     def __init__(self, svc: Services) -> None:
         self.svc = svc
+        self.crashed = False
         loop = asyncio.get_running_loop()
         svc.registry.bind_loop(loop)
         self._tasks = [
@@ -66,6 +68,7 @@ class Replica:
 
     async def crash(self) -> None:
         """Gone as by kill -9: every task ends where it stands, nothing is handed back."""
+        self.crashed = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -75,24 +78,33 @@ class Replica:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.svc.provisioning.close()
+        if not self.crashed:
+            await self.svc.provisioning.close()
         await self.svc.agents.close()
 
 
 @asynccontextmanager
 async def replicas(
-    db_url: str, data_dir: Path, backend: SimBackend, *names: str, scan: bool = True
+    db_url: str,
+    data_dir: Path,
+    backend: SimBackend,
+    *names: str,
+    scan: bool = True,
+    lease_s: float = LEASE_S,
+    stop_containers: bool = True,
 ) -> AsyncIterator[list[Replica]]:
     store = data_dir / "artifacts"
     write_catalog(store)
     started: list[Replica] = []
+    threads = ThreadPoolExecutor()
+    asyncio.get_running_loop().set_default_executor(threads)
     try:
         for name in names:
             settings = ApiSettings(
                 data_dir=data_dir,
                 database_url=db_url,
                 replica=name,
-                job_lease_s=LEASE_S,
+                job_lease_s=lease_s,
                 **FAST,
             )
             svc = build_services(
@@ -109,9 +121,10 @@ async def replicas(
     finally:
         for replica in started:
             await replica.close()
-        await backend.aclose()
+        if stop_containers:
+            await backend.aclose()
         # A crash leaves database calls running in threads: they end before the pools close.
-        await asyncio.get_running_loop().shutdown_default_executor()
+        threads.shutdown(wait=True)
         for replica in started:
             replica.svc.db.dispose()
 
@@ -370,3 +383,29 @@ def test_a_container_left_without_a_job_is_given_one_at_start(tmp_path: Path) ->
         wait_for(lambda: svc.registry.get(container.vmid).state == "ready", what="ready")  # type: ignore[union-attr]
         wait_for(lambda: svc.provisioning.jobs.get(container.vmid) is None, what="job ended")
     assert backend.creates == 1
+
+
+def test_a_single_node_restarted_after_a_crash_takes_its_own_job_at_once(tmp_path: Path) -> None:
+    """SQLite, one node killed mid-provisioning: started again under the same name, it drives
+    the job its previous run held without waiting for that lease (a minute here) to run out."""
+    backend = SimBackend(create_delay_s=0.1, step_s=0.2)
+    url = f"sqlite:///{tmp_path / 'zlh.db'}"
+
+    async def scenario() -> None:
+        # The API dies, its containers run on.
+        async with replicas(url, tmp_path, backend, "node", lease_s=60, stop_containers=False) as (
+            first,
+        ):
+            user = _user(first.svc.db, "alice")
+            vmid = (await first.svc.provisioning.request(user, DevRequest(runtime="node"))).vmid
+            await until(lambda: backend.creates == 1, what="the container created")
+            await first.crash()
+        async with replicas(url, tmp_path, backend, "node", lease_s=60) as (again,):
+            await until(
+                lambda: again.svc.registry.get(vmid).state == "ready",  # type: ignore[union-attr]
+                what="ready well within the lease",
+            )
+            await until(lambda: _job(again.svc, vmid) is None, what="the job to end")
+            assert backend.creates == 1 and list(backend.agents) == [vmid]
+
+    asyncio.run(scenario())
