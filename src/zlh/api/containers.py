@@ -407,9 +407,13 @@ class ContainerRegistry:
     @staticmethod
     def _next_vmid(session: Session, suggest_vmid: Callable[[int], int]) -> int:
         """Above every vmid ever handed out: a deleted container's vmid is never reused (the
-        front, the audit log and a late poll must never mistake one for the other)."""
+        front, the audit log and a late poll must never mistake one for the other).
+
+        The mark's row is locked first (PostgreSQL; SQLite has one writer at a time anyway):
+        replicas allocating at once take turns, each reading the vmids the one before it
+        committed, instead of picking the same one and retrying until one gives up."""
+        mark = session.get(KeyValue, _VMID_MARK, with_for_update=True)
         top = session.scalar(select(func.max(Container.vmid))) or 0
-        mark = session.get(KeyValue, _VMID_MARK)
         floor = max(MIN_VMID, top + 1, int(mark.value["last"]) + 1 if mark else 0)
         vmid = suggest_vmid(floor)
         if mark is None:
