@@ -12,7 +12,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -171,8 +171,17 @@ def up_env(data_dir: Path) -> dict[str, str]:
 
 
 @contextmanager
-def zlh_up(data_dir: Path, store: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """``zlh up --backend process`` over ``store`` on ``port``: real agents, real HTTP."""
+def zlh_up(
+    data_dir: Path,
+    store: Path,
+    port: int,
+    *,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = 30.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``zlh up --backend process`` over ``store`` on ``port``: real agents, real HTTP.
+    ``env``: the environment instead of ``up_env(data_dir)``."""
     log = (data_dir / "up.log").open("ab")
     proc = subprocess.Popen(
         [
@@ -184,13 +193,14 @@ def zlh_up(data_dir: Path, store: Path, port: int) -> Iterator[subprocess.Popen[
             str(store),
             "--listen",
             f"127.0.0.1:{port}",
+            *extra_args,
         ],
-        env=up_env(data_dir),
+        env=dict(env) if env is not None else up_env(data_dir),
         stdout=log,
         stderr=log,
     )
     try:
-        wait_for_port("127.0.0.1", port, proc=proc)
+        wait_for_port("127.0.0.1", port, proc=proc, timeout_s=timeout_s)
         yield proc
     finally:
         if proc.poll() is None:

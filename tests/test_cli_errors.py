@@ -113,6 +113,9 @@ def cases(tmp: Path, port: int) -> dict[str, list[str]]:
         "api: no artifact server": ["api", *process, "--data-dir", str(tmp / "api2")],
         "up: replica on SQLite": ["up", *process, "--data-dir", str(tmp / "up3"), "--replica", "a"],
         "up: bad replica name": ["up", *process, "--data-dir", str(tmp / "u4"), "--replica", "a b"],
+        "up: replica lease not longer than its heartbeat": [
+            *("up", *process, "--data-dir", str(tmp / "u5"), "--config", str(tmp / "lease.toml")),
+        ],
         "user add: no terminal": ["user", "add", "bob", "--data-dir", str(tmp / "users")],
         "user add: data dir is a file": ["user", "add", "bob", "--data-dir", file],
         "user list: data dir is a file": ["user", "list", "--data-dir", file],
@@ -243,6 +246,7 @@ def test_a_bad_situation_is_one_line_and_exit_1_or_2(
     case: str, tmp_path: Path, busy_port: int
 ) -> None:
     (tmp_path / "file").write_text("not a directory\n")
+    (tmp_path / "lease.toml").write_text("replica_heartbeat_s = 2\nreplica_lease_s = 1\n")
     result = run(tmp_path, cases(tmp_path, busy_port)[case])
     errors = [line for line in result.stderr.splitlines() if line.startswith("zlh")]
     assert "Traceback" not in result.stdout + result.stderr, result.stderr

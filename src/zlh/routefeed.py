@@ -17,8 +17,9 @@ Token checks stay on the front's side: ``zlh.api.auth.decode_token(key, token)``
 session token with the key file the API uses (``ApiSettings.jwt_key_path``); a session id in
 the revoked set, or revoked later, is refused. Disabling a user revokes its sessions, and a
 deleted container's route is removed, so both reach the front as events. Revocations made by
-another process (``zlh user disable`` on the command line) are picked up by
-:meth:`RouteFeed.sync_revocations`, which the API runs every ``REVOCATION_SYNC_S``.
+another process (``zlh user disable`` on the command line, another replica) are picked up by
+the API's revocation sync every ``REVOCATION_SYNC_S``, and at once on PostgreSQL, where the
+revoking transaction sends a NOTIFY (``zlh.api.notify``, ``zlh.api.follower``).
 
 A subscriber that cannot keep up (its queue of ``QUEUE_SIZE`` fills) is closed: it gets a
 :class:`Resync` and must take a new snapshot. The feed lives in the API's process; the front

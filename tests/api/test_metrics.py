@@ -112,6 +112,8 @@ def test_values_move_with_logins_provisioning_and_a_stop(tmp_path: Path) -> None
         ]
         assert agent_steps, "no agent step was timed"
         assert value(ready, "zlh_poll_cycle_seconds_count") > 0
+        assert value(ready, "zlh_poller_share_containers") >= 1  # one node polls every one
+        assert value(ready, "zlh_replicas_live") == 0  # SQLite: no membership
         # The backend's figures are at most 5 s old (zlh.api.usage): this one comes soon.
         memory = backend.usage_of.memory_bytes
         wait_for(

@@ -53,3 +53,30 @@ def test_the_agent_memory_bench_measures_idle_and_provisioned_agents_and_baselin
     assert 15 < float(idle[1]) < float(provisioned[1]) < 200, out
     assert "baseline python + aiohttp.web: RSS" in out
     assert "  zlh.agent.app " in out  # the import steps ran to the end
+
+
+def test_the_scale_bench_splits_200_agents_over_two_replicas_and_rebalances_after_a_kill() -> None:
+    args = ["--agents", "200", "--interval", "1", "--heartbeat", "0.3", "--lease", "1.5"]
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "scale.py"), *args, "--window", "3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    shares = re.findall(r"replica ([ab]): share (\d+) .* p99 ([\d.]+)s .* CPU ([\d.]+) cores", out)
+    assert [name for name, *_ in shares] == ["a", "b"], out
+    assert sum(int(share) for _, share, _, _ in shares) == 200, out
+    assert all(0 < int(share) < 200 for _, share, _, _ in shares), out
+    rebalance = re.search(
+        r"a sees b dead after ([\d.]+)s .*a's share is all 200 after ([\d.]+)s "
+        r".*every agent polled again after ([\d.]+)s",
+        out,
+    )
+    assert rebalance, out
+    dead_s, share_s, polled_s = (float(rebalance[n]) for n in (1, 2, 3))
+    # Seen dead within one lease of the kill (b's last heartbeat came before it; the bench
+    # reads the survivor's state every 0.2 s), its share polled right after.
+    assert dead_s <= 1.5 + 0.3, out
+    assert dead_s <= share_s <= polled_s <= dead_s + 3, out

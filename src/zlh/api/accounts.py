@@ -4,7 +4,7 @@ Whatever changes what a session may do -- a new password, the admin flag granted
 disabling -- revokes that user's sessions (all of them, or all but the caller's own when users
 change their own password), so no token outlives the facts it was issued on. Callers pass the
 returned session ids to the route feed; another process's revocations reach it by the API's
-periodic sync.
+periodic sync, and at once on PostgreSQL (``zlh.api.notify``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session as DbSession
 from zlh.api.db import Database, Session, User
 from zlh.api.db.models import POOL_USER, utcnow
 from zlh.api.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from zlh.api.notify import REVOCATIONS, announce
 
 __all__ = [
     "MIN_PASSWORD_LENGTH",
@@ -75,6 +76,8 @@ def _revoke_sessions(session: DbSession, user_id: int, *, keep: str | None = Non
         query = query.where(Session.id != keep)
     sids = list(session.scalars(query))
     session.execute(update(Session).where(Session.id.in_(sids)).values(revoked_at=utcnow()))
+    if sids:
+        announce(session, REVOCATIONS)
     return sids
 
 
@@ -161,6 +164,7 @@ def disable_user(db: Database, username: str) -> list[str]:
     with db.session() as session:
         user = _user_row(session, username)
         user.disabled = True
+        announce(session, REVOCATIONS)  # its API tokens stop working too
         return _revoke_sessions(session, user.id)
 
 

@@ -32,6 +32,7 @@ from zlh.api.audit import Action, audit_entry
 from zlh.api.db import ApiToken, Database, User
 from zlh.api.db.models import utcnow
 from zlh.api.errors import Forbidden, InvalidRequest, NotAuthenticated, NotFound
+from zlh.api.notify import REVOCATIONS, announce
 
 __all__ = [
     "MAX_NAME_CHARS",
@@ -162,6 +163,7 @@ class ApiTokens:
             ):
                 raise NotFound(f"no token {token_id}")
             row.revoked_at = utcnow()
+            announce(session, REVOCATIONS)
             return row
 
     def verify(self, secret: str, use: str) -> TokenUse:

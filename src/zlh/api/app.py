@@ -2,13 +2,15 @@
 
 Builds the services once (database migrated, keys loaded), mounts the built-in artifact
 store when one is given, and in its lifespan resumes unfinished work, runs the status poller
-and keeps the route feed's revocations in sync. Every error leaves through one handler as
+and keeps the route feed's revocations in sync. On PostgreSQL it also follows the other
+replicas' changes (``zlh.api.follower``). Every error leaves through one handler as
 ``ErrorBody`` JSON ``{message, detail, validations}``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,6 +34,7 @@ from zlh.api.containers import ContainerRegistry
 from zlh.api.db import Database
 from zlh.api.errors import NotAuthenticated, RateLimited
 from zlh.api.events import EventBus
+from zlh.api.follower import Follower, to_thread_to_the_end
 from zlh.api.guard import RequestGuard
 from zlh.api.keys import load_or_create_key
 from zlh.api.lifecycle import Lifecycle
@@ -41,6 +44,7 @@ from zlh.api.poller import Poller
 from zlh.api.pool import WarmPool
 from zlh.api.provisioning import Provisioning
 from zlh.api.ratelimit import LoginThrottle
+from zlh.api.replicas import Membership
 from zlh.api.responses import error_json
 from zlh.api.routes import audit as audit_routes
 from zlh.api.routes import auth as auth_routes
@@ -75,6 +79,10 @@ from zlh.schemas import ErrorBody, FieldProblem
 __all__ = ["build_services", "create_app"]
 
 logger = logging.getLogger(__name__)
+
+# With replicas: how often a poller looks for its containers changed by another replica (a
+# dev request, a start, a warm-pool hand-out there): how late it sees them at most.
+FOLLOW_CHANGES_S = 0.5
 
 
 def build_services(
@@ -122,6 +130,15 @@ def build_services(
     async def resend(container: Any) -> None:
         await provisioning.send_payload(container, wait_s=settings.agent_request_timeout_s)
 
+    replicas = None
+    if not settings.db_url.startswith("sqlite"):
+        replicas = Membership(
+            db,
+            name=settings.replica_name,
+            heartbeat_s=settings.replica_heartbeat_s,
+            lease_s=settings.replica_lease_s,
+            metrics=metrics,
+        )
     poller = Poller(
         settings=settings,
         registry=registry,
@@ -130,7 +147,11 @@ def build_services(
         resend=resend,
         overdue=provisioning.provision_overdue,
         metrics=metrics,
+        share=replicas.owns if replicas is not None else lambda _vmid: True,
+        follow_changes_s=FOLLOW_CHANGES_S if replicas is not None else None,
     )
+    if replicas is not None:
+        replicas.on_change = poller.wake
     provisioning.on_provisioning = poller.wake
     lifecycle = Lifecycle(
         settings=settings,
@@ -174,25 +195,37 @@ def build_services(
             base_s=settings.login_backoff_base_s,
             max_s=settings.login_backoff_max_s,
             forget_s=settings.login_window_s,
+            # Replicas share PostgreSQL: a failure on one counts on all of them.
+            shared=db if _shared(db) else None,
         ),
         metrics=metrics,
         usage=usage,
         pool=pool,
         tailnet=tailnet,
+        replicas=replicas,
     )
 
 
-async def _sync_revocations(svc: Services) -> None:
-    """Revocations made by other processes (``zlh user disable``) reach the feed in seconds;
+def _shared(db: Database) -> bool:
+    """Whether other replicas may share this database (only PostgreSQL can be shared)."""
+    return db.engine.dialect.name == "postgresql"
+
+
+async def _sync_revocations(svc: Services, wake: asyncio.Event) -> None:
+    """Revocations made by other processes (``zlh user disable``, another replica) reach the
+    feed every ``REVOCATION_SYNC_S``, and at once when ``wake`` is set (a replica's NOTIFY);
     API tokens' with them (``apitokens.revocation_key``), so their open WebSockets close too."""
     while True:
+        wake.clear()
         try:
-            sids = await asyncio.to_thread(svc.tokens.revoked_since, None)
-            keys = await asyncio.to_thread(svc.api_tokens.revoked_keys)
+            sids = await to_thread_to_the_end(svc.tokens.revoked_since, None)
+            keys = await to_thread_to_the_end(svc.api_tokens.revoked_keys)
             svc.feed.replace_revocations(sids + keys)
         except ZlhError as exc:
             logger.warning("syncing session revocations failed: %s", exc)
-        await asyncio.sleep(REVOCATION_SYNC_S)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(REVOCATION_SYNC_S):
+                await wake.wait()
 
 
 async def _resume(svc: Services) -> None:
@@ -208,19 +241,35 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     svc.registry.bind_loop(asyncio.get_running_loop())
     svc.usage.bind_loop(asyncio.get_running_loop())
     svc.provisioning.load_backend_state()
+    revoked = asyncio.Event()
+    if svc.replicas is not None:
+        await svc.replicas.join()  # before polling: the share follows the live replicas
     tasks = [
         asyncio.create_task(_resume(svc), name="resume"),
         asyncio.create_task(svc.poller.run(), name="poller"),
         asyncio.create_task(svc.provisioning.run_jobs(), name="jobs"),
-        asyncio.create_task(_sync_revocations(svc), name="revocations"),
+        asyncio.create_task(_sync_revocations(svc, revoked), name="revocations"),
         asyncio.create_task(svc.lifecycle.run_idle_stop(), name="idle-stop"),
     ]
+    if _shared(svc.db):
+        follower = Follower(
+            svc.settings.db_url,
+            replica=svc.settings.replica_name,
+            registry=svc.registry,
+            revocations_changed=revoked.set,
+        )
+        app.state.follower = follower
+        tasks.append(asyncio.create_task(follower.run(), name="follow"))
+    if svc.replicas is not None:
+        tasks.append(asyncio.create_task(svc.replicas.run(), name="replica-heartbeat"))
     try:
         yield
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if svc.replicas is not None:
+            await svc.replicas.leave()
         await svc.provisioning.close()
         await svc.runtime_changes.close()
         await svc.agents.close()

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from zlh.api.db import Database, Session, User
 from zlh.api.db.models import utcnow
 from zlh.api.errors import NotAuthenticated
+from zlh.api.notify import REVOCATIONS, announce
 from zlh.proxy.auth import ALGORITHM, SESSION_CLAIMS, verify_jwt
 
 __all__ = ["ALGORITHM", "Claims", "Issued", "TokenService", "decode_token"]
@@ -101,6 +102,7 @@ class TokenService:
             sess = session.get(Session, sid)
             if sess is not None and sess.revoked_at is None:
                 sess.revoked_at = utcnow()
+                announce(session, REVOCATIONS)
 
     def revoked_since(self, since: datetime | None) -> list[str]:
         """Sessions revoked after ``since`` (all unexpired revoked ones for None)."""

@@ -2,6 +2,8 @@
 
 Every change goes through :meth:`ContainerRegistry.update`, which writes only when a field
 really changes and then tells the SSE subscribers (``EventBus``) and the front's route feed.
+Each write also announces the vmid (``zlh.api.notify``, on PostgreSQL): other replicas re-read
+the row (:meth:`ContainerRegistry.refresh`) and tell their own subscribers.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from zlh.api.db import (
 from zlh.api.db.models import PublicPreview, utcnow
 from zlh.api.errors import Conflict, NotFound, QuotaExceeded
 from zlh.api.events import EventBus
+from zlh.api.notify import CONTAINERS, announce
 from zlh.routefeed import FeedRoute, RouteFeed
 from zlh.schemas.payload import MIN_VMID
 
@@ -173,6 +176,9 @@ class ContainerRegistry:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._allocating = threading.Lock()
+        # The last event delivered per vmid (on the loop's thread): a re-read that finds what
+        # was already delivered (the echo of this replica's own announcement) sends nothing.
+        self._delivered: dict[int, ContainerEvent] = {}
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Notifications run on ``loop``; changes made from worker threads are handed over."""
@@ -322,6 +328,7 @@ class ContainerRegistry:
                     if within is not None:
                         within(session, vmid)
                     session.refresh(container)
+                    _announce(session, vmid)
             except IntegrityError:
                 continue  # another request took that vmid (or name) at the same moment
             self._notify(container)
@@ -402,6 +409,7 @@ class ContainerRegistry:
         )
         if changed.rowcount != 1:  # type: ignore[attr-defined]
             return None
+        _announce(session, vmid)
         return session.get(Container, vmid, populate_existing=True)
 
     @staticmethod
@@ -447,6 +455,7 @@ class ContainerRegistry:
             container.updated_at = utcnow()
             if "state" in changed:
                 container.state_changed_at = container.updated_at
+            _announce(session, vmid)
         self._notify(container)
         return container
 
@@ -481,6 +490,7 @@ class ContainerRegistry:
             container.state = to.value
             container.state_reason = reason
             container.state_changed_at = container.updated_at = now
+            _announce(session, vmid)
         self._notify(container)
         return container
 
@@ -497,6 +507,7 @@ class ContainerRegistry:
                     )
                 elif session.get(PublicPreview, (vmid, port)) is None:
                     session.add(PublicPreview(vmid=vmid, port=port))
+                _announce(session, vmid)
         except IntegrityError:
             pass  # made public at the same moment by another request, or the container is gone
         container = self.get(vmid)
@@ -507,21 +518,55 @@ class ContainerRegistry:
     def remove(self, vmid: int) -> None:
         with self.db.session() as session:
             session.execute(delete(Container).where(Container.vmid == vmid))
-        gone = ContainerEvent(vmid=vmid, state="deleted")
-
-        def deliver() -> None:
-            self.bus.publish(gone)
-            self.feed.remove_route(vmid)
-
-        self.call_on_loop(deliver)
+            _announce(session, vmid)
+        self.call_on_loop(lambda: self._deliver_removal(vmid))
 
     def republish(self, vmid: int) -> Container | None:
         """Send ``vmid``'s record to the SSE subscribers and the front again (its shares
-        changed: who may open it did)."""
+        changed: who may open it did). The caller announced its change in its transaction."""
         container = self.get(vmid)
         if container is not None:
             self._notify(container)
         return container
+
+    # -- what other replicas changed -------------------------------------------------------
+
+    def refresh(self, vmids: Iterable[int]) -> None:
+        """Re-read ``vmids`` (announced by some replica) and deliver what changed here: the
+        row as it is now, or its removal. Never announces. Call from a worker thread."""
+        wanted = sorted(set(vmids))
+        with self.db.session() as session:
+            found = session.scalars(select(Container).where(Container.vmid.in_(wanted)))
+            rows = {c.vmid: (container_event(c), _route(c)) for c in found.unique()}
+
+        def deliver() -> None:
+            known: set[int] | None = None  # taken once, and only if a row is gone
+            for vmid in wanted:
+                if vmid in rows:
+                    self._deliver_changed(*rows[vmid])
+                    continue
+                if known is None:
+                    known = set(self.feed.snapshot().routes) | set(self._delivered)
+                if vmid in known:
+                    self._deliver_removal(vmid)
+
+        self.call_on_loop(deliver)
+
+    def resync(self) -> None:
+        """Deliver every container as the database has it, and the removal of every route
+        whose row is gone: what a replica missed while it did not listen. Call from a worker
+        thread."""
+        rows = [(container_event(c), _route(c)) for c in self.list_for(None)]
+
+        def deliver() -> None:
+            for event, route in rows:
+                self._deliver_changed(event, route)
+            present = {event.vmid for event, _ in rows}
+            for vmid in set(self.feed.snapshot().routes) | set(self._delivered):
+                if vmid not in present:
+                    self._deliver_removal(vmid)
+
+        self.call_on_loop(deliver)
 
     # -- notifications ---------------------------------------------------------------------
 
@@ -530,10 +575,22 @@ class ContainerRegistry:
         route = _route(container)
 
         def deliver() -> None:
+            self._delivered[event.vmid] = event
             self.bus.publish(event)
             self.feed.set_route(route)
 
         self.call_on_loop(deliver)
+
+    def _deliver_changed(self, event: ContainerEvent, route: FeedRoute) -> None:
+        if self._delivered.get(event.vmid) != event:
+            self._delivered[event.vmid] = event
+            self.bus.publish(event)
+        self.feed.set_route(route)  # sends nothing when the route is as it was
+
+    def _deliver_removal(self, vmid: int) -> None:
+        self._delivered.pop(vmid, None)
+        self.bus.publish(ContainerEvent(vmid=vmid, state="deleted"))
+        self.feed.remove_route(vmid)
 
     def call_on_loop(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the event loop's thread (now, if this is it)."""
@@ -541,3 +598,8 @@ class ContainerRegistry:
             fn()
         else:
             self._loop.call_soon_threadsafe(fn)
+
+
+def _announce(session: Session, vmid: int) -> None:
+    """Tell the other replicas ``vmid`` changed, when ``session`` commits."""
+    announce(session, CONTAINERS, str(vmid))

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Final, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -75,6 +75,18 @@ class Metrics:
             "zlh_poll_failures",
             "Agent status polls that failed (no answer, an error, a bad document), including "
             "those of agents still booting",
+            registry=registry,
+        )
+        self.poller_share = Gauge(
+            "zlh_poller_share_containers",
+            "Containers this API process polls: all polled ones on a single node, its share "
+            "of them among live replicas (as of its last reload)",
+            registry=registry,
+        )
+        self.replicas_live = Gauge(
+            "zlh_replicas_live",
+            "API replicas with a live heartbeat in the database, as this one last read them "
+            "(0 on a single SQLite node, which keeps no membership)",
             registry=registry,
         )
         self.login_failures = Counter(

@@ -12,8 +12,13 @@ before it fails the container). Results are compared with the last one in memory
 database is written (and SSE/route-feed subscribers told) only when something changed.
 
 The set of containers to poll is reloaded from the database every ``poll_interval_s`` and on
-:meth:`Poller.wake` (a container just entered ``provisioning`` or was started). Stopped and
-stopping containers are not polled at all.
+:meth:`Poller.wake` (a container just entered ``provisioning`` or was started, or the live
+replicas changed). Stopped and stopping containers are not polled at all. With several replicas
+on one database, each polls only its share (``share``: zlh.api.replicas); a container another
+replica drives (provisions, starts, hands out from the warm pool) is still polled by its share's
+owner only, so two pollers never race on one container's state. That replica cannot wake the
+owner's poller, so with replicas a poller also looks for its share's rows changed lately every
+``follow_changes_s``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
+
+from sqlalchemy import ColumnElement, select
 
 from zlh.api.agent_client import AgentClient
 from zlh.api.containers import ContainerRegistry
@@ -40,10 +48,12 @@ __all__ = ["PollTarget", "Poller"]
 logger = logging.getLogger(__name__)
 
 _POLLED = [s for s in ContainerState if s.is_polled]  # stopped ones cost no poll traffic
+_LOAD_CHUNK = 500  # rows loaded whole per query (an IN list PostgreSQL and SQLite both take)
 
 Resend = Callable[[Container], Awaitable[None]]
 Overdue = Callable[[Container], bool]
 Secret = Callable[[Container], str]
+Share = Callable[[int], bool]
 
 
 @dataclass
@@ -75,20 +85,28 @@ class Poller:
         overdue: Overdue,
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
+        share: Share = lambda _vmid: True,
+        follow_changes_s: float | None = None,
     ) -> None:
         """``metrics`` gets the cycle times, failures and provisioning times (a fresh
-        :class:`~zlh.api.metrics.Metrics` of its own when not given)."""
+        :class:`~zlh.api.metrics.Metrics` of its own when not given); ``share`` says whether a
+        vmid is this replica's to poll (default: every one, a single node). ``follow_changes_s``:
+        also look this often for rows of its share changed lately (a replica: another one may
+        have started provisioning or starting a container this one polls, and cannot wake it)."""
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.registry = registry
         self.agents = agents
         self._secret = secret
+        self._share = share
         self._resend = resend
         self._overdue = overdue
         self._clock = clock
         self._sem = asyncio.Semaphore(settings.poll_concurrency)
         self._targets: dict[int, PollTarget] = {}
         self._reload_at = 0.0
+        self._follow_changes_s = follow_changes_s
+        self._changes_at = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
 
@@ -141,6 +159,10 @@ class Poller:
         if now >= self._reload_at:
             self._reload()
             self._reload_at = now + self.settings.poll_interval_s
+            self._changes_at = now + (self._follow_changes_s or 0.0)
+        elif self._follow_changes_s is not None and now >= self._changes_at:
+            self._reload_changed(since=utcnow() - timedelta(seconds=self.settings.poll_interval_s))
+            self._changes_at = now + self._follow_changes_s
         launched = []
         for target in self._targets.values():
             if target.in_flight or target.due > now:
@@ -154,28 +176,71 @@ class Poller:
         return launched
 
     def _reload(self) -> None:
-        fresh = {c.vmid: c for c in self.registry.in_states(_POLLED) if c.agent_url}
+        """Re-read which containers to poll. Only rows that changed since their target was
+        loaded (``updated_at``, bumped by every registry write) are loaded whole: at 10,000
+        containers, loading and parsing every row each interval would cost more than the
+        polls (bench/scale.py)."""
+        current = self._polled_rows()
         for vmid in list(self._targets):
-            if vmid not in fresh:
+            if vmid not in current:
                 del self._targets[vmid]
-        for vmid, container in fresh.items():
-            target = self._targets.get(vmid)
-            if target is not None and (
-                target.container.agent_nonce != container.agent_nonce
-                or target.container.agent_url != container.agent_url
-            ):
-                if target.in_flight:
-                    continue  # replaced on the next reload, after this poll lands
-                target = None  # another container (or address) now: start afresh
-            if target is None:
-                self._targets[vmid] = PollTarget(
-                    container,
-                    self._secret(container),
-                    last_status=container.status,
-                    since=self._clock(),
-                )
-            elif not target.in_flight:
-                target.container = container
+        self._take_on(current)
+
+    def _reload_changed(self, *, since: datetime) -> None:
+        """Take on the rows of its share written since ``since`` (a window as long as the
+        full reload's interval: replicas' clocks may differ by less than that)."""
+        self._take_on(self._polled_rows(Container.updated_at >= since))
+
+    def _polled_rows(self, *where: ColumnElement[bool]) -> dict[int, datetime]:
+        """vmid → ``updated_at`` of the polled containers of its share (and ``where``)."""
+        query = select(Container.vmid, Container.updated_at).where(
+            Container.state.in_([str(s) for s in _POLLED]),
+            Container.address.is_not(None),
+            Container.agent_port.is_not(None),
+            *where,
+        )
+        with self.registry.db.session() as session:
+            rows = session.execute(query).all()
+        return {vmid: updated for vmid, updated in rows if self._share(vmid)}
+
+    def _take_on(self, rows: dict[int, datetime]) -> None:
+        """Load whole the rows that are new or changed since their target's copy."""
+        stale = [
+            vmid
+            for vmid, updated in rows.items()
+            if (target := self._targets.get(vmid)) is None or target.container.updated_at != updated
+        ]
+        for start in range(0, len(stale), _LOAD_CHUNK):
+            for container in self._load(stale[start : start + _LOAD_CHUNK]):
+                self._refresh(container)
+        self.metrics.poller_share.set(len(self._targets))
+
+    def _load(self, vmids: list[int]) -> list[Container]:
+        query = select(Container).where(
+            Container.vmid.in_(vmids), Container.state.in_([str(s) for s in _POLLED])
+        )
+        with self.registry.db.session() as session:
+            return list(session.scalars(query).unique())
+
+    def _refresh(self, container: Container) -> None:
+        """Take ``container`` (as just loaded) on, or update its target with it."""
+        target = self._targets.get(container.vmid)
+        if target is not None and (
+            target.container.agent_nonce != container.agent_nonce
+            or target.container.agent_url != container.agent_url
+        ):
+            if target.in_flight:
+                return  # replaced on the next reload, after this poll lands
+            target = None  # another container (or address) now: start afresh
+        if target is None:
+            self._targets[container.vmid] = PollTarget(
+                container,
+                self._secret(container),
+                last_status=container.status,
+                since=self._clock(),
+            )
+        elif not target.in_flight:
+            target.container = container
 
     # -- one poll ------------------------------------------------------------------------------
 

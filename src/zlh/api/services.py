@@ -18,6 +18,7 @@ from zlh.api.poller import Poller
 from zlh.api.pool import WarmPool
 from zlh.api.provisioning import Provisioning
 from zlh.api.ratelimit import LoginThrottle
+from zlh.api.replicas import Membership
 from zlh.api.runtime_changes import RuntimeChanges
 from zlh.api.settings import ApiSettings
 from zlh.api.shares import Shares
@@ -52,3 +53,4 @@ class Services:
     usage: UsageCache
     pool: WarmPool
     tailnet: Tailnet | None = None  # None: no Headscale configured
+    replicas: Membership | None = None  # None: a single node on SQLite

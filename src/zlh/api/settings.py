@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -61,6 +61,19 @@ class ApiSettings(BaseSettings):
         "database (letters, digits, '.', '_', '-', ':'; default <hostname>:<listen port>). Leases "
         "on provisioning jobs and poller shares are held in this name.",
         pattern=r"^[A-Za-z0-9._:-]{1,100}$",
+    )
+    replica_heartbeat_s: float = Field(
+        2.0,
+        gt=0,
+        description="PostgreSQL only: how often this API process refreshes its row in the "
+        "replicas table and re-reads which replicas are alive (SQLite: one node, no heartbeat).",
+    )
+    replica_lease_s: float = Field(
+        6.0,
+        gt=0,
+        description="a replica whose heartbeat is older than this is dead: its poller share "
+        "goes to the live ones. More than replica_heartbeat_s (default 3x); does not cover "
+        "provisioning jobs' leases.",
     )
     backend: BackendName = Field(
         "lxc", description="container backend. Its own settings (Proxmox URL, token) are its own."
@@ -187,7 +200,8 @@ class ApiSettings(BaseSettings):
         900.0,
         gt=0,
         description="failures are forgotten this long after the back-off they caused ended "
-        "without a new failure. Kept in memory only (a restart forgets them).",
+        "without a new failure. Kept in memory on SQLite (a restart forgets them), in the "
+        "database on PostgreSQL (replicas count together).",
     )
     argon2_time_cost: int = Field(
         3, ge=1, description="argon2id passes per password hash. Existing hashes keep theirs."
@@ -307,6 +321,14 @@ class ApiSettings(BaseSettings):
                 "(login_free_failures, login_backoff_base_s) and never lock an account",
             },
         )
+
+    @field_validator("replica_lease_s")
+    @classmethod
+    def _lease_outlives_heartbeat(cls, value: float, info: ValidationInfo) -> float:
+        heartbeat = info.data.get("replica_heartbeat_s")
+        if heartbeat is not None and value <= heartbeat:
+            raise ValueError(f"must be longer than replica_heartbeat_s ({heartbeat:g})")
+        return value
 
     @field_validator("warm_pool")
     @classmethod

@@ -19,6 +19,7 @@ from zlh.api.audit import Action, AuditLog
 from zlh.api.containers import ContainerRegistry
 from zlh.api.db import Container, Database, Share, ShareRole, User
 from zlh.api.errors import InvalidRequest, NotFound
+from zlh.api.notify import CONTAINERS, announce
 
 __all__ = ["Shares"]
 
@@ -53,6 +54,7 @@ class Shares:
         if guest.disabled:
             raise InvalidRequest(f"user {username} is disabled", field="user")
         with self.db.session() as session:
+            announce(session, CONTAINERS, str(container.vmid))
             share = session.get(Share, (container.vmid, guest.id))
             if share is not None:
                 share.role = role.value
@@ -76,3 +78,4 @@ class Shares:
             )
             if user_id is None or not removed.rowcount:  # type: ignore[attr-defined]
                 raise NotFound(f"container {container.vmid} is not shared with {username!r}")
+            announce(session, CONTAINERS, str(container.vmid))

@@ -15,6 +15,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -42,8 +43,10 @@ __all__ = [
     "ContainerState",
     "Job",
     "KeyValue",
+    "LoginFailures",
     "Pins",
     "PublicPreview",
+    "Replica",
     "Session",
     "Share",
     "ShareRole",
@@ -373,3 +376,33 @@ class Job(Base):
     # How many times a replica began driving it (the first drive counts).
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LoginFailures(Base):
+    """Failed logins of one key (``zlh.api.ratelimit``), shared by replicas on PostgreSQL.
+
+    ``key`` is the sha256 of what is counted (a user name and address, or an address), so
+    its length is fixed whatever a client sends. Times are the replicas' wall clock in epoch
+    seconds; a row is stale from ``forget_at`` and swept away.
+    """
+
+    __tablename__ = "login_failures"
+
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+    last_s: Mapped[float] = mapped_column(Float)
+    wait_s: Mapped[float] = mapped_column(Float)
+    forget_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class Replica(Base):
+    """An API process among those sharing this database (zlh.api.replicas): alive while its
+    heartbeat is younger than the lease. ``holder`` tells two processes under one name apart."""
+
+    __tablename__ = "replicas"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime]
+    started_at: Mapped[datetime]

@@ -1,8 +1,8 @@
 """Jobs: a container's background work with a lease, so another replica finishes it when the
 one driving it dies (``zlh.api.jobs``).
 
-Revision ID: 0009_jobs
-Revises: 0008_pool
+Revision ID: 0011_jobs
+Revises: 0010_replicas
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from alembic import op
 
 from zlh.api.db.models import UTCDateTime
 
-revision = "0009_jobs"
-down_revision = "0008_pool"
+revision = "0011_jobs"
+down_revision = "0010_replicas"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,364 @@
+"""Replicas over one PostgreSQL database: the poller's share follows the live heartbeats.
+
+Real PostgreSQL, real Membership heartbeats and real Pollers on one event loop; the agents are
+a counting stand-in for ``AgentClient.status_body`` (every agent answers ready), as in
+test_poller. bench/scale.py runs the same over real HTTP and real processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pg_cluster
+import pytest
+
+from agent_sim import SimBackend
+from api_kit import make_app, running, services
+from zlh.api import accounts
+from zlh.api.agent_client import AgentClient
+from zlh.api.containers import ContainerRegistry
+from zlh.api.db import Container, ContainerState, Database, Pins, Replica
+from zlh.api.db.models import utcnow
+from zlh.api.events import EventBus
+from zlh.api.poller import Poller
+from zlh.api.replicas import Membership, ReplicaNameTaken, owner
+from zlh.api.settings import ApiSettings
+from zlh.routefeed import RouteFeed
+from zlh.schemas import AgentState, AgentStatus, Artifact, ArtifactFormat
+
+HEARTBEAT_S, LEASE_S = 0.2, 0.6
+COUNT = 300
+READY = AgentStatus(
+    workspace_root="/home/dev/workspace", state=AgentState.READY, agent_version="test"
+)
+PINS = Pins(
+    runtime=Artifact(url="node.tar.gz", sha256="0" * 64, size=1, format=ArtifactFormat.TAR_GZ)
+)
+
+
+class Agents:
+    """Every agent answers ready; ``polls`` counts the polls per vmid (from the URL's port)."""
+
+    parse_status = staticmethod(AgentClient.parse_status)
+
+    def __init__(self) -> None:
+        self.polls: Counter[int] = Counter()
+
+    async def status_body(self, url: str, secret: str, *, timeout_s: float) -> bytes:
+        self.polls[int(url.rsplit(":", 1)[1]) - 10000] += 1
+        return READY.model_dump_json(by_alias=True).encode()
+
+
+@pytest.fixture
+def database(postgres_server: str) -> Iterator[Database]:
+    """A migrated PostgreSQL database holding COUNT ready containers."""
+    db = Database(pg_cluster.fresh_database(postgres_server))
+    db.migrate()
+    seed(db, COUNT)
+    yield db
+    db.dispose()
+
+
+def seed(db: Database, count: int) -> None:
+    """``count`` ready containers, vmids from 100, each agent at its own (closed) port."""
+    user = accounts.create_user(db, "alice", "correct horse battery")
+    with db.session() as session:
+        for vmid in range(100, 100 + count):
+            session.add(
+                Container(
+                    vmid=vmid,
+                    owner_id=user.id,
+                    runtime="node",
+                    version="22",
+                    addons=[],
+                    pins=PINS,
+                    state=ContainerState.READY.value,
+                    agent_nonce="n",
+                    address="127.0.0.1",
+                    agent_port=10000 + vmid,
+                    code_server_port=6000,
+                    status=READY,
+                )
+            )
+
+
+class Node:
+    """One replica on the test's loop: its membership heartbeating and its poller running."""
+
+    def __init__(
+        self,
+        db: Database,
+        name: str,
+        *,
+        lease_s: float = LEASE_S,
+        poll_interval_s: float = 0.2,
+        follow_changes_s: float | None = None,
+    ) -> None:
+        settings = ApiSettings(data_dir=Path("/nonexistent"), poll_interval_s=poll_interval_s)
+        self.agents = Agents()
+        self.membership = Membership(db, name=name, heartbeat_s=HEARTBEAT_S, lease_s=lease_s)
+        registry = ContainerRegistry(db, EventBus(), RouteFeed())
+        registry.bind_loop(asyncio.get_running_loop())
+
+        async def resend(_container: Container) -> None:
+            raise AssertionError("every agent here is ready")
+
+        self.poller = Poller(
+            settings=settings,
+            registry=registry,
+            agents=self.agents,  # type: ignore[arg-type]
+            secret=lambda _c: "secret",
+            resend=resend,
+            overdue=lambda _c: False,
+            share=self.membership.owns,
+            follow_changes_s=follow_changes_s,
+        )
+        self.membership.on_change = self.poller.wake
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self.membership.join()
+        loop = asyncio.get_running_loop()
+        self.tasks = [loop.create_task(self.membership.run()), loop.create_task(self.poller.run())]
+
+    async def crash(self) -> None:
+        """Stop heartbeating and polling, leaving the row behind (as kill -9 would)."""
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+ALL = set(range(100, 100 + COUNT))
+
+
+async def until(predicate: Callable[[], bool], *, timeout_s: float = 10.0, what: str) -> float:
+    """Seconds until ``predicate`` holds, checked every 10 ms; fails after ``timeout_s``."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout_s:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+    return time.monotonic() - start
+
+
+def run(db: Database, body: Callable[[Database], Awaitable[None]]) -> None:
+    asyncio.run(body(db))
+
+
+def test_two_replicas_split_the_containers_with_no_overlap_and_no_gap(database: Database) -> None:
+    async def body(db: Database) -> None:
+        a, b = Node(db, "a"), Node(db, "b")
+        await a.start()
+        await b.start()
+        try:
+            await until(lambda: a.membership.live == b.membership.live == ("a", "b"), what="both")
+            await until(lambda: a.poller.watched() | b.poller.watched() == ALL, what="all polled")
+            await until(lambda: not a.poller.watched() & b.poller.watched(), what="no overlap")
+            assert a.poller.watched() == {v for v in ALL if owner(v, ["a", "b"]) == "a"}
+            assert 0.35 * COUNT < len(a.poller.watched()) < 0.65 * COUNT
+            # Polled is polled: each agent's polls come from its owner only, from here on.
+            a.agents.polls.clear()
+            b.agents.polls.clear()
+            await until(lambda: set(a.agents.polls) | set(b.agents.polls) == ALL, what="polls")
+            assert not set(a.agents.polls) & set(b.agents.polls)
+        finally:
+            await a.crash()
+            await b.crash()
+
+    run(database, body)
+
+
+def test_a_replica_that_stops_heartbeating_has_its_share_taken_over_within_one_lease(
+    database: Database,
+) -> None:
+    async def body(db: Database) -> None:
+        a, b = Node(db, "a"), Node(db, "b")
+        await a.start()
+        await b.start()
+        try:
+            await until(lambda: a.poller.watched() | b.poller.watched() == ALL, what="split")
+            await until(lambda: len(a.poller.watched()) < COUNT, what="a gives up b's share")
+            await b.crash()
+            crashed = time.monotonic()
+            took = await until(lambda: a.poller.watched() == ALL, what="a takes b's share")
+            orphans = ALL - {v for v in ALL if owner(v, ["a", "b"]) == "a"}
+            a.agents.polls.clear()
+            await until(lambda: orphans <= set(a.agents.polls), what="b's agents polled by a")
+            assert took <= LEASE_S + HEARTBEAT_S, took  # a lease from b's last beat (+ slack)
+            assert time.monotonic() - crashed <= LEASE_S + 0.6
+        finally:
+            await a.crash()
+
+    run(database, body)
+
+
+def test_a_joining_replica_takes_about_its_share_and_the_other_lets_it_go(
+    database: Database,
+) -> None:
+    async def body(db: Database) -> None:
+        a = Node(db, "a")
+        await a.start()
+        await until(lambda: a.poller.watched() == ALL, what="a alone polls all")
+        b, c = Node(db, "b"), Node(db, "c")
+        await b.start()
+        await c.start()
+        try:
+            names = ["a", "b", "c"]
+            await until(
+                lambda: all(r.membership.live == tuple(names) for r in (a, b, c)), what="three"
+            )
+            for replica, name in ((a, "a"), (b, "b"), (c, "c")):
+                mine = {v for v in ALL if owner(v, names) == name}
+                await until(lambda r=replica, m=mine: r.poller.watched() == m, what=name)
+                assert 0.2 * COUNT < len(mine) < 0.47 * COUNT
+            await c.membership.leave()  # a clean stop: the others take its share at once
+            await c.crash()
+            await until(lambda: a.poller.watched() | b.poller.watched() == ALL, what="c's back")
+            # Minimal movement: a keeps what it had and gains only some of c's.
+            assert {v for v in ALL if owner(v, names) == "a"} <= a.poller.watched()
+        finally:
+            await a.crash()
+            await b.crash()
+
+    run(database, body)
+
+
+def test_a_container_another_replica_changes_is_followed_by_its_owner_before_a_full_reload(
+    database: Database,
+) -> None:
+    async def body(db: Database) -> None:
+        # Full reloads 30 s apart: only following changes can explain what b sees in time.
+        a, b = (Node(db, n, poll_interval_s=30, follow_changes_s=0.1) for n in ("a", "b"))
+        await a.start()
+        await b.start()
+        try:
+            await until(lambda: a.poller.watched() | b.poller.watched() == ALL, what="split")
+            vmid = min(v for v in ALL if owner(v, ["a", "b"]) == "b")
+            # Replica a moves b's container (as a start there re-records its address).
+            mover = ContainerRegistry(db, EventBus(), RouteFeed())
+            mover.bind_loop(asyncio.get_running_loop())
+            mover.update(vmid, agent_port=10000 + vmid + COUNT)
+            took = await until(lambda: vmid + COUNT in b.agents.polls, what="b follows")
+            assert took < 3.0
+            assert vmid + COUNT not in a.agents.polls
+        finally:
+            await a.crash()
+            await b.crash()
+
+    run(database, body)
+
+
+def test_a_second_live_process_under_the_same_name_is_refused(database: Database) -> None:
+    async def body(db: Database) -> None:
+        lease_s = 5.0  # long: a loaded machine's late heartbeat must not look like a death
+        first = Node(db, "a", lease_s=lease_s)
+        await first.start()
+        try:
+            second = Membership(db, name="a", heartbeat_s=HEARTBEAT_S, lease_s=lease_s)
+            started = time.monotonic()
+            with pytest.raises(ReplicaNameTaken, match="held by a live process"):
+                await second.join()
+            assert time.monotonic() - started < lease_s / 2  # told after a heartbeat, not a lease
+            assert first.membership.owns(100) and not second.owns(100)
+        finally:
+            await first.crash()
+
+    run(database, body)
+
+
+def test_a_crashed_holder_of_the_name_is_replaced_after_its_lease(database: Database) -> None:
+    async def body(db: Database) -> None:
+        first = Node(db, "a")
+        await first.start()
+        await first.crash()
+        second = Node(db, "a")
+        started = time.monotonic()
+        await second.start()
+        try:
+            assert time.monotonic() - started <= LEASE_S + 0.2
+            await until(lambda: second.poller.watched() == ALL, what="the new holder polls")
+        finally:
+            await second.crash()
+
+    run(database, body)
+
+
+def test_a_name_held_by_a_dead_process_of_this_host_is_taken_at_once(database: Database) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    with database.session() as session:
+        now = utcnow()
+        holder = f"{socket.gethostname()}:{gone.pid}:dead"
+        session.add(Replica(name="a", holder=holder, heartbeat_at=now, started_at=now))
+
+    async def body(db: Database) -> None:
+        membership = Membership(db, name="a", heartbeat_s=HEARTBEAT_S, lease_s=60.0)
+        await asyncio.wait_for(membership.join(), timeout=HEARTBEAT_S)
+        assert membership.live == ("a",) and membership.owns(100)
+
+    run(database, body)
+
+
+def test_a_replica_whose_name_was_taken_over_polls_nothing(database: Database) -> None:
+    async def body(db: Database) -> None:
+        stalled = Node(db, "a")
+        await stalled.start()
+        await stalled.crash()  # stalls past its lease ...
+        usurper = Node(db, "a")
+        await usurper.start()
+        try:
+            # ... and wakes up to find its name held by another live process.
+            stalled.tasks = [asyncio.get_running_loop().create_task(stalled.membership.run())]
+            await until(lambda: stalled.membership.lost, what="the stalled one notices")
+            assert not any(stalled.membership.owns(v) for v in ALL)
+            await until(lambda: usurper.poller.watched() == ALL, what="the usurper polls all")
+        finally:
+            await stalled.crash()
+            await usurper.crash()
+
+    run(database, body)
+
+
+def test_an_api_on_postgresql_joins_as_a_replica_and_leaves_on_a_clean_stop(
+    tmp_path: Path, postgres_server: str
+) -> None:
+    app = make_app(
+        tmp_path,
+        SimBackend(),
+        database_url=pg_cluster.fresh_database(postgres_server),
+        replica="r1",
+    )
+    svc = services(app)
+    assert svc.replicas is not None
+
+    def rows() -> list[str]:
+        with svc.db.session() as session:
+            return [r.name for r in session.query(Replica)]
+
+    with running(app):
+        assert svc.replicas.live == ("r1",)
+        assert rows() == ["r1"]
+    assert rows() == []  # the others take its share at once
+    svc.db.dispose()
+
+
+def test_a_single_sqlite_node_keeps_no_membership_and_polls_everything(tmp_path: Path) -> None:
+    app = make_app(tmp_path, SimBackend())
+    svc = services(app)
+    assert svc.replicas is None
+    seed(svc.db, 20)
+
+    async def body() -> None:
+        svc.registry.bind_loop(asyncio.get_running_loop())
+        await svc.poller.poll_once()  # nothing listens at those ports: misses, still polled
+        await svc.agents.close()
+
+    asyncio.run(body())
+    assert svc.poller.watched() == set(range(100, 120))
+    svc.db.dispose()
