@@ -50,17 +50,23 @@ LEASE_S = 0.6
 
 
 class Replica:
-    """One API replica's provisioning, poller and job scanner on the test's loop."""
+    """One API replica's provisioning, poller, job scanner and (PostgreSQL) membership
+    heartbeat on the test's loop, as the app's lifespan runs them."""
 
     def __init__(self, svc: Services) -> None:
         self.svc = svc
         self.crashed = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, *, scan: bool) -> None:
         loop = asyncio.get_running_loop()
-        svc.registry.bind_loop(loop)
-        self._tasks = [
-            loop.create_task(svc.poller.run()),
-            loop.create_task(svc.provisioning.run_jobs()),
-        ]
+        self.svc.registry.bind_loop(loop)
+        if self.svc.replicas is not None:
+            await self.svc.replicas.join()  # before polling: its share follows the live ones
+            self._tasks.append(loop.create_task(self.svc.replicas.run()))
+        self._tasks.append(loop.create_task(self.svc.poller.run()))
+        if scan:
+            self._tasks.append(loop.create_task(self.svc.provisioning.run_jobs()))
 
     @property
     def name(self) -> str:
@@ -105,6 +111,8 @@ async def replicas(
                 database_url=db_url,
                 replica=name,
                 job_lease_s=lease_s,
+                replica_heartbeat_s=0.2,
+                replica_lease_s=0.6,
                 **FAST,
             )
             svc = build_services(
@@ -114,8 +122,7 @@ async def replicas(
                 artifact_base_url="http://127.0.0.1:9/artifacts",
             )
             replica = Replica(svc)
-            if not scan:
-                replica._tasks[1].cancel()
+            await replica.start(scan=scan)
             started.append(replica)
         yield started
     finally:
