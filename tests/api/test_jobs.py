@@ -40,6 +40,7 @@ from zlh.api.bodies import DevRequest
 from zlh.api.catalog import StoreCatalog
 from zlh.api.containers import ContainerRegistry, Quota
 from zlh.api.db import Container, Database, Job, User
+from zlh.api.errors import NotFound
 from zlh.api.events import EventBus
 from zlh.api.jobs import Jobs
 from zlh.api.services import Services
@@ -139,7 +140,7 @@ async def replicas(
 def _user(db: Database, name: str) -> User:
     try:
         return accounts.get_user(db, name)
-    except Exception:
+    except NotFound:
         return accounts.create_user(db, name, PASSWORD)
 
 
