@@ -139,7 +139,7 @@ def test_a_hand_out_is_driven_even_while_the_pool_builds_drive_is_still_finishin
     async def finishing_build() -> asyncio.Event:
         release = asyncio.Event()
         svc.provisioning.tasks.spawn(vmid, release.wait, f"build-{vmid}")
-        svc.provisioning.spawn_drive(vmid, running=True)
+        svc.provisioning.spawn_held(vmid, svc.provisioning.jobs.hold_now(vmid), running=True)
         return release
 
     release = asyncio.run_coroutine_threadsafe(finishing_build(), loop).result(timeout=10)

@@ -247,6 +247,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     tasks = [
         asyncio.create_task(_resume(svc), name="resume"),
         asyncio.create_task(svc.poller.run(), name="poller"),
+        asyncio.create_task(svc.provisioning.run_jobs(), name="jobs"),
         asyncio.create_task(_sync_revocations(svc, revoked), name="revocations"),
         asyncio.create_task(svc.lifecycle.run_idle_stop(), name="idle-stop"),
     ]

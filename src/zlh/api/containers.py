@@ -41,6 +41,8 @@ from zlh.schemas.payload import MIN_VMID
 __all__ = ["ContainerRegistry", "Quota", "container_out"]
 
 _ALLOCATE_TRIES = 8
+# More to write in a new container's own transaction (its provisioning job), given its vmid.
+Within = Callable[[Session, int], object]
 _VMID_MARK = "vmid:last-allocated"
 
 
@@ -256,6 +258,7 @@ class ContainerRegistry:
         name: str | None = None,
         suggest_vmid: Callable[[int], int] = lambda floor: floor,
         pool: bool = False,
+        within: Within | None = None,
     ) -> Container:
         """Record a new container in state ``requested`` under the next free vmid.
 
@@ -264,12 +267,23 @@ class ContainerRegistry:
         ``suggest_vmid(floor)`` is the backend's choice at or above the platform's own next
         vmid (``Backend.suggest_vmid``: on a Proxmox cluster other tools create CTs too).
         ``pool``: a warm-pool container (``owner`` is the pool's user; no quota applies).
+        ``within(session, vmid)`` runs in the row's own transaction (its provisioning job).
         """
         # One allocation at a time in this process; other processes are caught by the
         # primary key and retried.
         with self._allocating:
             return self._allocate(
-                owner, runtime, version, addons, pins, quota, reason, name, suggest_vmid, pool
+                owner,
+                runtime,
+                version,
+                addons,
+                pins,
+                quota,
+                reason,
+                name,
+                suggest_vmid,
+                pool,
+                within,
             )
 
     def _allocate(
@@ -284,6 +298,7 @@ class ContainerRegistry:
         name: str | None,
         suggest_vmid: Callable[[int], int],
         pool: bool,
+        within: Within | None,
     ) -> Container:
         for _ in range(_ALLOCATE_TRIES):
             try:
@@ -310,6 +325,8 @@ class ContainerRegistry:
                     )
                     session.add(container)
                     session.flush()
+                    if within is not None:
+                        within(session, vmid)
                     session.refresh(container)
                     _announce(session, vmid)
             except IntegrityError:
@@ -319,14 +336,21 @@ class ContainerRegistry:
         raise Conflict("could not allocate a vmid; try again")
 
     def take_from_pool(
-        self, vmid: int, *, owner: User, quota: Quota, name: str | None, reason: str
+        self,
+        vmid: int,
+        *,
+        owner: User,
+        quota: Quota,
+        name: str | None,
+        reason: str,
+        within: Within | None = None,
     ) -> Container | None:
         """Hand the ready pool container ``vmid`` to ``owner`` (checked against ``quota`` as a
         new container is), in state ``creating`` with a fresh ``next_nonce`` for its agent.
 
         One conditional UPDATE: of two requests racing for the same container, only one
         changes the row; the other gets None (and builds its own). Once taken, ``pool`` is
-        false for good.
+        false for good. ``within(session, vmid)`` runs in the same transaction when taken.
         """
         with self._allocating, self.db.session() as session:
             _check_new(session, owner, quota, name)
@@ -345,6 +369,8 @@ class ContainerRegistry:
                 created_at=now,
                 updated_at=now,
             )
+            if container is not None and within is not None:
+                within(session, vmid)
         if container is not None:
             self._notify(container)
         return container
@@ -389,9 +415,13 @@ class ContainerRegistry:
     @staticmethod
     def _next_vmid(session: Session, suggest_vmid: Callable[[int], int]) -> int:
         """Above every vmid ever handed out: a deleted container's vmid is never reused (the
-        front, the audit log and a late poll must never mistake one for the other)."""
+        front, the audit log and a late poll must never mistake one for the other).
+
+        The mark's row is locked first (PostgreSQL; SQLite has one writer at a time anyway):
+        replicas allocating at once take turns, each reading the vmids the one before it
+        committed, instead of picking the same one and retrying until one gives up."""
+        mark = session.get(KeyValue, _VMID_MARK, with_for_update=True)
         top = session.scalar(select(func.max(Container.vmid))) or 0
-        mark = session.get(KeyValue, _VMID_MARK)
         floor = max(MIN_VMID, top + 1, int(mark.value["last"]) + 1 if mark else 0)
         vmid = suggest_vmid(floor)
         if mark is None:

@@ -153,7 +153,7 @@ class Lifecycle:
             error=None,
             provision_started_at=None,
         )
-        await self.provisioning.drive(vmid)
+        await self.provisioning.drive_held(vmid)
 
     async def resume(self) -> None:
         """After the platform started: finish what was under way, keep stopped ones stopped."""

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from zlh.api.audit import Action, AuditLog
 from zlh.api.bodies import DevRequest
 from zlh.api.catalog import CatalogSource
-from zlh.api.containers import ContainerRegistry, Quota
+from zlh.api.containers import ContainerRegistry, Quota, Within
 from zlh.api.db import Container, ContainerState, Pins, User
 from zlh.api.db.models import POOL_USER
 from zlh.api.errors import InvalidRequest
@@ -197,10 +197,18 @@ class WarmPool:
     # -- taking ---------------------------------------------------------------------------------
 
     async def take(
-        self, user: User, request: DevRequest, version: str, pins: Pins, quota: Quota
+        self,
+        user: User,
+        request: DevRequest,
+        version: str,
+        pins: Pins,
+        quota: Quota,
+        *,
+        within: Within | None = None,
     ) -> Container | None:
         """A ready pool container matching the request, now ``user``'s (state ``creating``,
-        rotating its agent secret); None when none matches (or another request took it)."""
+        rotating its agent secret); None when none matches (or another request took it).
+        ``within``: written in the same transaction as the take (its provisioning job)."""
         candidates = [
             c
             for c in await asyncio.to_thread(pool_containers, self.registry)
@@ -219,6 +227,7 @@ class WarmPool:
                 quota=quota,
                 name=request.name,
                 reason=reason,
+                within=within,
             )
             if taken is not None:
                 self._refill_after(taken.vmid)
@@ -351,8 +360,7 @@ class WarmPool:
         return DevRequest(runtime=runtime, addons=list(POOL_ADDONS))
 
     async def _build(self, runtime: str, version: str, pins: Pins) -> None:
-        container = await asyncio.to_thread(
-            self.registry.allocate,
+        container, token = await self.provisioning.allocate(
             owner=self.owner(),
             runtime=runtime,
             version=version,
@@ -360,7 +368,6 @@ class WarmPool:
             pins=pins,
             quota=Quota(containers=0, running=0),  # not checked: pool=True
             reason="built for the warm pool",
-            suggest_vmid=self.provisioning.backend.suggest_vmid,
             pool=True,
         )
         await asyncio.to_thread(
@@ -370,7 +377,7 @@ class WarmPool:
             container.vmid,
             f"warm pool: {runtime} {version} addons={','.join(POOL_ADDONS)}",
         )
-        self.provisioning.spawn_drive(container.vmid)
+        self.provisioning.spawn_held(container.vmid, token)
 
     async def _delete(self, container: Container, why: str) -> None:
         # Only while it is still in the pool: a request may have taken it since it was read.

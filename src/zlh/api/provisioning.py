@@ -7,27 +7,36 @@ and then driven in the background:
 ``requested`` → (``creating``: backend create + start) → (``provisioning``: payload sent to the
 agent) → the poller takes over until ``ready`` or ``failed``.
 
-The row is written before the backend is called and ``creating`` before ``create``: after a
-crash, :meth:`Provisioning.resume` drives every unfinished container from where it stood, and a
-container the backend already has under a vmid in ``creating`` is ours (never created twice).
+The row is written before the backend is called and ``creating`` before ``create``, and
+with the row its provisioning job (``zlh.api.jobs``), held by this replica while it drives:
+if this replica dies, another (or this one, restarted) takes the job once its lease ran out
+and drives the container again from where it stood. Driving again converges: a container the
+backend already has under a vmid in ``creating`` (or later) is ours and adopted, never created
+twice; the payload is sent again, and the agent joins or skips what it has done. The job ends
+when the container is ``ready`` or ``failed`` (the poller's verdict) or deleted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from zlh.api.agent_client import AgentClient
 from zlh.api.audit import Action, AuditLog
-from zlh.api.bodies import DevRequest
+from zlh.api.bodies import ContainerEvent, DevRequest
 from zlh.api.catalog import CatalogSource
-from zlh.api.containers import ContainerRegistry, Quota
+from zlh.api.containers import ContainerRegistry, Quota, Within
 from zlh.api.db import AddonPin, Container, ContainerState, KeyValue, Pins, User
 from zlh.api.db.models import utcnow
 from zlh.api.errors import AgentError, AgentUnreachable, InvalidRequest
+from zlh.api.jobs import Claim, Jobs
 from zlh.api.keys import agent_secret
 from zlh.api.layers import collect_garbage, mounts_for
 from zlh.api.metrics import Metrics
@@ -70,6 +79,8 @@ __all__ = ["CONTAINER_START", "Provisioning", "resolve_request"]
 
 # The step label of the backend's create and start (zlh.api.metrics), before the agent's own.
 CONTAINER_START = "container-start"
+# The states a provisioning job carries a container through.
+_PROVISIONING = {s.value for s in ContainerState if s.is_provisioning}
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +129,12 @@ class Provisioning:
         self.agent_key = agent_key
         self.artifact_base_url = artifact_base_url.rstrip("/")
         self.tasks = ContainerTasks()
+        self.jobs = Jobs(
+            registry.db,
+            holder=settings.replica_name,
+            lease_s=settings.job_lease_s,
+            max_attempts=settings.job_max_attempts,
+        )
         # Ready containers provisioned ahead of demand (None: no warm pool).
         self.pool: WarmPool | None = None
         # Told when a container starts provisioning (the poller's wake-up).
@@ -166,12 +183,14 @@ class Provisioning:
             running=self.settings.max_running_per_user,
         )
         container = None
+        held: list[str] = []
         if self.pool is not None:
-            container = await self.pool.take(user, request, version, pins, quota)
+            container = await self.pool.take(
+                user, request, version, pins, quota, within=self._hold_into(held)
+            )
         taken = container is not None
         if container is None:
-            container = await asyncio.to_thread(
-                self.registry.allocate,
+            container, token = await self.allocate(
                 owner=user,
                 runtime=request.runtime,
                 version=version,
@@ -180,10 +199,10 @@ class Provisioning:
                 quota=quota,
                 reason=f"requested by user {user.username}",
                 name=request.name,
-                suggest_vmid=self.backend.suggest_vmid,
             )
+            held.append(token)
         # A pool container already runs: its drive goes straight to its agent.
-        self.spawn_drive(container.vmid, running=taken)
+        self.spawn_held(container.vmid, held[0], running=taken)
         await asyncio.to_thread(
             self.audit.record,
             user.username,
@@ -195,9 +214,30 @@ class Provisioning:
         )
         return container
 
+    async def allocate(self, **fields: Any) -> tuple[Container, str]:
+        """``ContainerRegistry.allocate`` (vmids the backend suggests) with the new container's
+        provisioning job held by this replica, in one transaction; the row and the job's token."""
+        held: list[str] = []
+        container = await asyncio.to_thread(
+            self.registry.allocate,
+            suggest_vmid=self.backend.suggest_vmid,
+            within=self._hold_into(held),
+            **fields,
+        )
+        return container, held[0]
+
+    def _hold_into(self, held: list[str]) -> Within:
+        def hold(session: Any, vmid: int) -> None:
+            held.append(self.jobs.hold(session, vmid))
+
+        return hold
+
     async def delete(self, vmid: int, actor: str) -> None:
-        """Destroy the container and forget it. Raises BackendError (state stays deleting)."""
+        """Destroy the container and forget it. Raises BackendError (state stays deleting).
+
+        Its job goes first: a replica driving it elsewhere stops at its next lease renewal."""
         await self.tasks.cancel(vmid)
+        await asyncio.to_thread(self.jobs.drop, vmid)
         self.registry.update(vmid, state=ContainerState.DELETING)
         try:
             await self.backend.destroy(vmid)
@@ -219,13 +259,16 @@ class Provisioning:
     # -- the background drive -------------------------------------------------------------------
 
     async def resume(self) -> None:
-        """After a start: drive unfinished containers, re-find running ones, finish deletes."""
-        starting = [ContainerState.REQUESTED, ContainerState.CREATING]
-        for container in self.registry.in_states(starting):
-            self.spawn_drive(container.vmid)
-        polled = self.registry.in_states(
-            [ContainerState.PROVISIONING, ContainerState.READY, ContainerState.UNREACHABLE]
-        )
+        """After a start: re-find running containers, finish deletes. Unfinished provisioning
+        is the jobs' (:meth:`run_jobs`): a provisioning container with a job is left to it."""
+        driven = await asyncio.to_thread(self.jobs.vmids)
+        polled = [
+            c
+            for c in self.registry.in_states(
+                [ContainerState.PROVISIONING, ContainerState.READY, ContainerState.UNREACHABLE]
+            )
+            if c.state != ContainerState.PROVISIONING or c.vmid not in driven
+        ]
         await asyncio.gather(*(self._reattach(c) for c in polled))
         for container in self.registry.in_states([ContainerState.DELETING]):
             try:
@@ -255,23 +298,127 @@ class Provisioning:
         except ZlhError as exc:
             logger.warning("container %s could not be reattached: %s", container.vmid, exc)
 
-    def spawn_drive(self, vmid: int, *, running: bool = False) -> None:
-        """Drive ``vmid`` as its task (see :meth:`drive`), unless a task of it is under way.
+    # -- jobs ------------------------------------------------------------------------------------
 
-        A hand-out (``running``) is always driven, after whatever task the container still has:
-        the pool build's own drive can still be finishing when its agent already reports ready
-        and a request takes it."""
-        if running or not self.tasks.busy(vmid):
-            self.tasks.spawn(vmid, lambda: self.drive(vmid, running=running), f"provision-{vmid}")
+    async def run_jobs(self) -> None:
+        """Take and drive jobs until cancelled: at once those this replica's previous run left
+        (and containers left without a job), then every third of a lease those whose holder
+        stopped renewing them."""
+        own = True
+        while True:
+            try:
+                if own:
+                    adopted = await asyncio.to_thread(self.jobs.adopt_orphans)
+                    if adopted:
+                        logger.info("unfinished containers given a job: %s", adopted)
+                await self.take_jobs(own=own)
+                own = False
+            except (ZlhError, SQLAlchemyError) as exc:
+                logger.warning("looking for provisioning jobs failed: %s", exc)
+            except Exception:  # a bug must not end the search for good
+                logger.exception("looking for provisioning jobs failed")
+            await asyncio.sleep(self.jobs.renew_every_s)
+
+    async def take_jobs(self, *, own: bool = False) -> list[Claim]:
+        """Claim every job free to take now and drive each; the claims."""
+        claims: list[Claim] = []
+        while True:
+            taken = [c.vmid for c in claims]
+            claim = await asyncio.to_thread(self.jobs.claim_next, own=own, skip=taken)
+            if claim is None:
+                return claims
+            claims.append(claim)
+            if claim.exhausted:
+                limit = self.jobs.max_attempts
+                self._fail(
+                    claim.vmid,
+                    f"provisioning was begun {claim.attempts} times and each time the replica "
+                    f"driving it stopped before the end (job_max_attempts={limit}): given up",
+                )
+            else:
+                logger.info(
+                    "container %s: provisioning job taken (attempt %s)", claim.vmid, claim.attempts
+                )
+                self.spawn_held(claim.vmid, claim.token)
+
+    def spawn_held(self, vmid: int, token: str, *, running: bool = False) -> None:
+        """Drive ``vmid`` as its task, holding its job ``token`` (see :meth:`drive_held`),
+        after whatever task the container still has: a pool build's drive can still be ending
+        when its agent already reports ready and a request takes it (``running``)."""
+        work = partial(self.drive_held, vmid, token, running=running)
+        self.tasks.spawn(vmid, work, f"provision-{vmid}")
+
+    async def drive_held(
+        self, vmid: int, token: str | None = None, *, running: bool = False
+    ) -> None:
+        """:meth:`drive` while holding the job (``token``; None: hold it now), renewing its
+        lease every third of it until the container is no longer provisioning; then the job
+        ends. A job found gone or taken at a renewal stops the drive; if the container itself
+        is gone (deleted on another replica), whatever the drive made of it is destroyed."""
+        if token is None:
+            token = await asyncio.to_thread(self.jobs.hold_now, vmid)
+        drive = asyncio.create_task(self.drive(vmid, running=running), name=f"drive-{vmid}")
+        try:
+            kept = await self._keep_lease(vmid, token, drive)
+        finally:
+            drive.cancel()
+            await asyncio.gather(drive, return_exceptions=True)
+        if kept:
+            await asyncio.to_thread(self.jobs.finish, vmid, token)
+            return
+        logger.info("container %s: its job was cancelled or taken over; stopped driving", vmid)
+        if await asyncio.to_thread(self.registry.get, vmid) is None:
+            try:
+                await self.backend.destroy(vmid)
+            except ZlhError as exc:
+                logger.warning("deleted container %s may remain on the backend: %s", vmid, exc)
+
+    async def _keep_lease(self, vmid: int, token: str, drive: asyncio.Task[None]) -> bool:
+        """Renew the lease every third of it until ``drive`` is done and the container no
+        longer provisions (True: told at once by this replica's own updates, e.g. its poller's
+        ``ready``; at the next renewal otherwise), or until a renewal finds the job no longer
+        ours (False). A database that does not answer is tried again at the next renewal, until
+        the lease has run out: then another replica may have the job, and this one stops."""
+        loop = asyncio.get_running_loop()
+        every, lease = self.jobs.renew_every_s, self.settings.job_lease_s
+        renewed = loop.time()
+        async with self.registry.bus.subscribe(vmid) as changes:
+            while True:
+                left = max(renewed + every - loop.time(), 0.0)
+                try:
+                    if not drive.done():
+                        await asyncio.wait({drive}, timeout=left)
+                    elif not await asyncio.to_thread(self._in_flight, vmid):
+                        return True
+                    else:
+                        await _changed(changes, timeout_s=left)
+                    if loop.time() >= renewed + every:
+                        if not await asyncio.to_thread(self.jobs.renew, vmid, token):
+                            return False
+                        renewed = loop.time()
+                except SQLAlchemyError as exc:
+                    if loop.time() - renewed >= lease:
+                        return False
+                    logger.warning("container %s: its job's lease was not renewed: %s", vmid, exc)
+                    await asyncio.sleep(min(every, 1.0))
+
+    def _in_flight(self, vmid: int) -> bool:
+        """Still on its way to ``ready`` or ``failed`` (the poller moves it on from
+        ``provisioning``)."""
+        container = self.registry.get(vmid)
+        return container is not None and ContainerState(container.state).is_provisioning
+
+    # -- the background drive -------------------------------------------------------------------
 
     async def drive(self, vmid: int, *, running: bool = False) -> None:
-        """Take a ``requested`` or ``creating`` container to ``provisioning`` (the poller does
-        the rest); failures end it ``failed`` with the reason. Runs as the container's task.
-        ``running``: a pool container just taken (it runs at its recorded address: no backend
-        call), whose agent secret is rotated first."""
+        """Take a ``requested``, ``creating`` or ``provisioning`` container to ``provisioning``
+        with its payload accepted (the poller does the rest); failures end it ``failed`` with
+        the reason. ``running``: a pool container just taken (it runs at its recorded address:
+        no backend call), whose agent secret is rotated first. A ``provisioning`` one (its job
+        taken over) is made to run again if it does not, and gets its payload again."""
         try:
             container = self.registry.get(vmid)
-            if container is None or not ContainerState(container.state).is_starting:
+            if container is None or not ContainerState(container.state).is_provisioning:
                 return
             if not running:
                 started = asyncio.get_running_loop().time()
@@ -306,7 +453,7 @@ class Provisioning:
         if info.state is RunState.ABSENT:
             self.registry.update(vmid, state=ContainerState.CREATING)
             try:
-                await self.backend.create(await self.spec(container))
+                await self._create(await self.spec(container))
             except ContainerExists:
                 # Someone else's container holds this vmid on the backend: never touch it.
                 raise BackendError(
@@ -323,6 +470,17 @@ class Provisioning:
         return await self.backend.wait_running(
             vmid, timeout_s=self.settings.container_start_timeout_s
         )
+
+    async def _create(self, spec: ContainerSpec) -> None:
+        """``backend.create``, waited out even by a cancelled drive: a create cannot be taken
+        back halfway (a blocking backend's runs on in its thread), and what it made must exist
+        by the time the drive ends, for a drive stopped by a delete elsewhere to destroy it."""
+        create = asyncio.ensure_future(self.backend.create(spec))
+        try:
+            await asyncio.shield(create)
+        except asyncio.CancelledError:
+            await asyncio.wait({create})
+            raise
 
     async def repin(self, container: Container) -> Pins:
         """The container's runtime version and add-ons as the catalog pins them now (a rebuild
@@ -465,5 +623,20 @@ class Provisioning:
 
     async def close(self) -> None:
         await self.tasks.close()
+        try:
+            await asyncio.to_thread(self.jobs.release)
+        except SQLAlchemyError as exc:
+            logger.warning("the jobs this replica held wait for their lease to end: %s", exc)
         if self.layers is not None:
             await self.layers.close()
+
+
+async def _changed(changes: asyncio.Queue[ContainerEvent], *, timeout_s: float) -> None:
+    """Until the container's state leaves provisioning (or it is deleted), or ``timeout_s``:
+    its progress updates alone do not end the wait."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            while True:
+                event = await changes.get()
+                if event.state not in _PROVISIONING:
+                    return

@@ -280,6 +280,21 @@ class ApiSettings(BaseSettings):
         description="payload accepted until ready; then the container is failed. Downloads of "
         "big runtimes count here.",
     )
+    job_lease_s: float = Field(
+        15.0,
+        gt=0,
+        description="a provisioning job's lease: the replica driving it renews it every third of "
+        "this; when it stops renewing (it died), another replica takes the job once the lease "
+        "has run out. Replicas' clocks must agree to well within it (NTP). Not a timeout of "
+        "the work itself (container_start_timeout_s, provision_timeout_s).",
+    )
+    job_max_attempts: int = Field(
+        3,
+        ge=1,
+        description="how many times a provisioning job is begun (the first drive included) "
+        "before a job whose drivers keep dying ends the container failed. Failures the drive "
+        "sees itself end it failed at once.",
+    )
     agent_request_timeout_s: float = Field(
         10.0, gt=0, description="one POST /provision to an agent. Not status polls."
     )

@@ -41,6 +41,7 @@ __all__ = [
     "Base",
     "Container",
     "ContainerState",
+    "Job",
     "KeyValue",
     "LoginFailures",
     "Pins",
@@ -141,6 +142,11 @@ class ContainerState(StrEnum):
     def is_starting(self) -> bool:
         """The provisioner still owns it (resumed after a restart)."""
         return self in {ContainerState.REQUESTED, ContainerState.CREATING}
+
+    @property
+    def is_provisioning(self) -> bool:
+        """A provisioning job carries it (``zlh.api.jobs``) until it is ready or failed."""
+        return self.is_starting or self is ContainerState.PROVISIONING
 
     @property
     def is_polled(self) -> bool:
@@ -350,6 +356,26 @@ class KeyValue(Base):
 
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     value: Mapped[dict[str, Any]]
+
+
+class Job(Base):
+    """Background work on one container, driven by the replica that holds its lease
+    (``zlh.api.jobs``). Gone with its container (a delete cancels the work)."""
+
+    __tablename__ = "jobs"
+
+    vmid: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("containers.vmid", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))
+    # Changed by every claim: a renewal or a finish counts only with the token it was given,
+    # so a holder that lost the job (taken over, handed out again) cannot touch the new one.
+    token: Mapped[str] = mapped_column(String(32))
+    lease_holder: Mapped[str] = mapped_column(String(100))
+    lease_expires_at: Mapped[datetime] = mapped_column(index=True)
+    # How many times a replica began driving it (the first drive counts).
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class LoginFailures(Base):

@@ -1,0 +1,207 @@
+"""Provisioning jobs: a container's drive as a row with a lease, so that no replica's death
+loses it (table ``jobs``, one row per container at most).
+
+A dev request writes its container row and its job, held by the replica that took the
+request, in one transaction (:meth:`Jobs.hold`). The holder renews the lease every third of
+``job_lease_s`` while it drives, and deletes the job when the work has ended: the container
+``ready``, ``failed``, or gone (a delete removes the job with the container, and a holder whose
+renewal finds no row stops). Every replica looks for jobs whose lease ran out (at start-up
+also for its own, left by its previous run) and takes one with a conditional UPDATE, on
+PostgreSQL after ``SELECT … FOR UPDATE SKIP LOCKED`` (two replicas scanning at once never lock
+each other, and never both take one job); SQLite is one node, the conditional UPDATE suffices.
+
+Every claim gives the job a new ``token``; renewing and finishing need it, so a holder that
+lost its job (it stalled past its lease and was taken over) can neither keep nor delete the
+new holder's. A claim counts an attempt; a job begun ``job_max_attempts`` times whose drivers
+all stopped unfinished is not driven again (:class:`Claim` ``exhausted``): the caller ends the
+container failed. Which replica holds a job is the platform's business alone: nothing a
+request carries names a holder or a lease.
+
+Times come from the replicas' clocks (UTC), which must agree to well within a lease.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+
+from sqlalchemy import delete, exists, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from zlh.api.db import Container, ContainerState, Database, Job
+from zlh.api.db.models import utcnow
+
+__all__ = ["Claim", "JobKind", "Jobs"]
+
+# The states whose work a provisioning job carries; a container in one without a job (left by
+# a version without jobs, or a rebuild interrupted between its steps) is given one at start-up.
+_UNDRIVEN = [ContainerState.REQUESTED.value, ContainerState.CREATING.value]
+
+
+class JobKind(StrEnum):
+    # requested/creating → created, started, payload accepted → ready or failed. A rebuild's
+    # second half (creating → ready) is one too.
+    PROVISION = "provision"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job this replica took: drive ``vmid`` holding ``token``; or, ``exhausted``, a job
+    begun ``attempts`` times already, now deleted, whose container must end failed."""
+
+    vmid: int
+    token: str
+    attempts: int
+    exhausted: bool = False
+
+
+class Jobs:
+    def __init__(self, db: Database, *, holder: str, lease_s: float, max_attempts: int) -> None:
+        self.db = db
+        self.holder = holder
+        self.lease = timedelta(seconds=lease_s)
+        self.max_attempts = max_attempts
+
+    @property
+    def renew_every_s(self) -> float:
+        return self.lease.total_seconds() / 3
+
+    def hold(self, session: Session, vmid: int, kind: JobKind = JobKind.PROVISION) -> str:
+        """Make ``vmid``'s job this replica's, fresh (one attempt), in ``session``'s
+        transaction; its token. A job it had (a warm-pool build's) is replaced: its holder's
+        next renewal fails and it stops."""
+        token = secrets.token_hex(16)
+        values = {
+            "kind": kind.value,
+            "token": token,
+            "lease_holder": self.holder,
+            "lease_expires_at": utcnow() + self.lease,
+            "attempts": 1,
+        }
+        job = session.get(Job, vmid, with_for_update=True)
+        if job is None:
+            session.add(Job(vmid=vmid, created_at=utcnow(), **values))
+        else:
+            for key, value in values.items():
+                setattr(job, key, value)
+        session.flush()
+        return token
+
+    def hold_now(self, vmid: int) -> str:
+        """:meth:`hold` in a transaction of its own."""
+        with self.db.session() as session:
+            return self.hold(session, vmid)
+
+    def renew(self, vmid: int, token: str) -> bool:
+        """Push the lease on; False when the job is no longer this holder's (gone or taken)."""
+        with self.db.session() as session:
+            changed = session.execute(
+                update(Job)
+                .where(Job.vmid == vmid, Job.token == token)
+                .values(lease_expires_at=utcnow() + self.lease)
+            )
+        return bool(changed.rowcount == 1)  # type: ignore[attr-defined]
+
+    def finish(self, vmid: int, token: str) -> None:
+        """The work has ended: the job goes (unless another holder has it now)."""
+        with self.db.session() as session:
+            session.execute(delete(Job).where(Job.vmid == vmid, Job.token == token))
+
+    def drop(self, vmid: int) -> None:
+        """Cancel ``vmid``'s job whoever holds it: its holder stops at its next renewal."""
+        with self.db.session() as session:
+            session.execute(delete(Job).where(Job.vmid == vmid))
+
+    def vmids(self) -> set[int]:
+        with self.db.session() as session:
+            return set(session.scalars(select(Job.vmid)))
+
+    def get(self, vmid: int) -> Job | None:
+        with self.db.session() as session:
+            return session.get(Job, vmid)
+
+    def claim_next(self, *, own: bool = False, skip: Iterable[int] = ()) -> Claim | None:
+        """Take the oldest job whose lease ran out (``own``: or that this replica's name holds,
+        at start-up), but none of ``skip``; None when there is none to take."""
+        now = utcnow()
+        free = Job.lease_expires_at < now
+        query = (
+            select(Job)
+            .where(or_(free, Job.lease_holder == self.holder) if own else free)
+            .where(Job.vmid.not_in(list(skip)))
+            .order_by(Job.created_at, Job.vmid)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        with self.db.session() as session:
+            job = session.scalars(query).first()
+            if job is None:
+                return None
+            vmid, attempts = job.vmid, job.attempts
+            mine = Job.vmid == vmid, Job.token == job.token
+            if attempts >= self.max_attempts:
+                gone = session.execute(delete(Job).where(*mine))
+                if gone.rowcount != 1:  # type: ignore[attr-defined]
+                    return None  # SQLite: another connection changed it meanwhile
+                return Claim(vmid=vmid, token=job.token, attempts=attempts, exhausted=True)
+            token = secrets.token_hex(16)
+            taken = session.execute(
+                update(Job)
+                .where(*mine)
+                .values(
+                    token=token,
+                    lease_holder=self.holder,
+                    lease_expires_at=now + self.lease,
+                    attempts=Job.attempts + 1,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if taken.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            return Claim(vmid=vmid, token=token, attempts=attempts + 1)
+
+    def adopt_orphans(self) -> list[int]:
+        """Give a free job (lease already out) to every container in ``requested`` or
+        ``creating`` that has none; their vmids."""
+        lonely = (
+            select(Container.vmid)
+            .where(Container.state.in_(_UNDRIVEN), ~exists().where(Job.vmid == Container.vmid))
+            .order_by(Container.vmid)
+        )
+        with self.db.session() as session:
+            vmids = list(session.scalars(lonely))
+        adopted = []
+        for vmid in vmids:
+            try:
+                with self.db.session() as session:
+                    session.add(
+                        Job(
+                            vmid=vmid,
+                            kind=JobKind.PROVISION.value,
+                            token=secrets.token_hex(16),
+                            lease_holder=self.holder,
+                            lease_expires_at=utcnow() - self.lease,
+                            # Its drive was begun once before the jobs knew of it.
+                            attempts=1,
+                            created_at=utcnow(),
+                        )
+                    )
+            except IntegrityError:
+                continue  # another replica adopted it, or it was deleted meanwhile
+            adopted.append(vmid)
+        return adopted
+
+    def release(self) -> int:
+        """A clean stop hands this replica's jobs back at once (their lease ends now), and
+        takes back the attempt each counted: a stop is not a driver that died."""
+        with self.db.session() as session:
+            changed = session.execute(
+                update(Job)
+                .where(Job.lease_holder == self.holder)
+                .values(lease_expires_at=utcnow(), attempts=Job.attempts - 1)
+            )
+        return int(changed.rowcount)  # type: ignore[attr-defined]
