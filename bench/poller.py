@@ -27,15 +27,18 @@ from pathlib import Path
 
 from aiohttp import web
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from api_kit import ready_container
 from zlh.api import accounts
 from zlh.api.agent_client import AgentClient
 from zlh.api.containers import ContainerRegistry
-from zlh.api.db import Container, ContainerState, Database, Pins
+from zlh.api.db import Container, Database
 from zlh.api.events import EventBus
 from zlh.api.poller import Poller
 from zlh.api.settings import ApiSettings
 from zlh.routefeed import RouteFeed
-from zlh.schemas import AgentState, AgentStatus, Artifact, ArtifactFormat
+from zlh.schemas import AgentState, AgentStatus
 
 STATUS = AgentStatus(
     workspace_root="/home/dev/workspace",
@@ -45,10 +48,6 @@ STATUS = AgentStatus(
     code_server_running=True,
     state=AgentState.READY,
     agent_version="bench",
-)
-
-PINS = Pins(
-    runtime=Artifact(url="node-22.tar.gz", sha256="0" * 64, size=1, format=ArtifactFormat.TAR_GZ)
 )
 
 
@@ -77,18 +76,12 @@ def seed(db: Database, ports: list[int]) -> None:
     with db.session() as session:
         for index, port in enumerate(ports):
             session.add(
-                Container(
-                    vmid=100 + index,
-                    owner_id=owner.id,
-                    runtime="node",
-                    version="22",
-                    addons=[],
-                    pins=PINS,
-                    state=ContainerState.READY.value,
-                    agent_nonce="n",
+                ready_container(
+                    100 + index,
+                    owner.id,
                     address="127.0.0.1",
                     agent_port=port,
-                    code_server_port=6000,
+                    agent_nonce="n",
                     status=STATUS,
                 )
             )

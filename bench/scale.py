@@ -48,10 +48,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "api")
 
 import pg_cluster
 
+from api_kit import ready_container
 from zlh.api import accounts
 from zlh.api.agent_client import AgentClient
 from zlh.api.containers import ContainerRegistry
-from zlh.api.db import Container, ContainerState, Database, Pins
+from zlh.api.db import Container, Database
 from zlh.api.events import EventBus
 from zlh.api.keys import agent_secret, load_or_create_key
 from zlh.api.metrics import Metrics
@@ -59,13 +60,10 @@ from zlh.api.poller import Poller
 from zlh.api.replicas import Membership
 from zlh.api.settings import ApiSettings
 from zlh.routefeed import RouteFeed
-from zlh.schemas import AgentState, AgentStatus, Artifact, ArtifactFormat
+from zlh.schemas import AgentState, AgentStatus
 
 FIRST_VMID = 100
 CONTROL_HOST = "bench-control"
-PINS = Pins(
-    runtime=Artifact(url="node-22.tar.gz", sha256="0" * 64, size=1, format=ArtifactFormat.TAR_GZ)
-)
 
 
 def address(index: int) -> str:
@@ -253,18 +251,12 @@ def seed(db: Database, count: int, port: int) -> None:
         for index in range(count):
             vmid = FIRST_VMID + index
             session.add(
-                Container(
-                    vmid=vmid,
-                    owner_id=owner.id,
-                    runtime="node",
-                    version="22",
-                    addons=[],
-                    pins=PINS,
-                    state=ContainerState.READY.value,
-                    agent_nonce=nonce(vmid),
+                ready_container(
+                    vmid,
+                    owner.id,
                     address=address(index),
                     agent_port=port,
-                    code_server_port=6000,
+                    agent_nonce=nonce(vmid),
                     status=status_of(vmid),
                 )
             )

@@ -26,11 +26,11 @@ from support import ZLH, serve_agent_app, wait_for_port, zlh
 from zlh.api import accounts
 from zlh.api.app import create_app
 from zlh.api.catalog import StoreCatalog
-from zlh.api.db import Container, Pins
+from zlh.api.db import Container, ContainerState, Pins
 from zlh.api.services import Services
 from zlh.api.settings import ApiSettings
 from zlh.backends import Backend
-from zlh.schemas import Artifact, ArtifactFormat, ArtifactKind, Catalog
+from zlh.schemas import AgentStatus, Artifact, ArtifactFormat, ArtifactKind, Catalog
 
 PASSWORD = "correct horse battery"
 FAST = {
@@ -52,6 +52,33 @@ def artifact(name: str) -> Artifact:
 
 # What a container records when nothing in a test looks at its artifacts.
 PINS = Pins(runtime=artifact("node-22"))
+
+
+def ready_container(
+    vmid: int,
+    owner_id: int,
+    *,
+    address: str,
+    agent_port: int,
+    agent_nonce: str,
+    status: AgentStatus,
+) -> Container:
+    """A ``ready`` node 22 container row whose agent is at ``address:agent_port``: what the
+    poller's tests and benches seed by the thousand."""
+    return Container(
+        vmid=vmid,
+        owner_id=owner_id,
+        runtime="node",
+        version="22",
+        addons=[],
+        pins=PINS,
+        state=ContainerState.READY.value,
+        agent_nonce=agent_nonce,
+        address=address,
+        agent_port=agent_port,
+        code_server_port=6000,
+        status=status,
+    )
 
 
 def write_catalog(store: Path) -> None:

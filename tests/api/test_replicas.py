@@ -19,26 +19,23 @@ import pg_cluster
 import pytest
 
 from agent_sim import SimBackend
-from api_kit import make_app, running, services
+from api_kit import make_app, ready_container, running, services
 from zlh.api import accounts
 from zlh.api.agent_client import AgentClient
 from zlh.api.containers import ContainerRegistry
-from zlh.api.db import Container, ContainerState, Database, Pins, Replica
+from zlh.api.db import Container, Database, Replica
 from zlh.api.db.models import utcnow
 from zlh.api.events import EventBus
 from zlh.api.poller import Poller
 from zlh.api.replicas import Membership, ReplicaNameTaken, owner
 from zlh.api.settings import ApiSettings
 from zlh.routefeed import RouteFeed
-from zlh.schemas import AgentState, AgentStatus, Artifact, ArtifactFormat
+from zlh.schemas import AgentState, AgentStatus
 
 HEARTBEAT_S, LEASE_S = 0.2, 0.6
 COUNT = 300
 READY = AgentStatus(
     workspace_root="/home/dev/workspace", state=AgentState.READY, agent_version="test"
-)
-PINS = Pins(
-    runtime=Artifact(url="node.tar.gz", sha256="0" * 64, size=1, format=ArtifactFormat.TAR_GZ)
 )
 
 
@@ -71,18 +68,12 @@ def seed(db: Database, count: int) -> None:
     with db.session() as session:
         for vmid in range(100, 100 + count):
             session.add(
-                Container(
-                    vmid=vmid,
-                    owner_id=user.id,
-                    runtime="node",
-                    version="22",
-                    addons=[],
-                    pins=PINS,
-                    state=ContainerState.READY.value,
-                    agent_nonce="n",
+                ready_container(
+                    vmid,
+                    user.id,
                     address="127.0.0.1",
                     agent_port=10000 + vmid,
-                    code_server_port=6000,
+                    agent_nonce="n",
                     status=READY,
                 )
             )
