@@ -58,7 +58,14 @@ from zlh.backends.base import (
 )
 from zlh.backends.lxc.cgroup import cgroup_version, dirs_of_pid, payload_dirs, read_usage
 from zlh.backends.lxc.idmap import IdMap, container_idmap, shift_tree
-from zlh.backends.lxc.net import BRIDGE, Bridge, ensure_bridge, ensure_isolation, file_lock
+from zlh.backends.lxc.net import (
+    BRIDGE,
+    Bridge,
+    ensure_bridge,
+    ensure_isolation,
+    file_lock,
+    forget_neighbour,
+)
 from zlh.backends.lxc.slots import NAME_PREFIX, Slot, SlotRegistry, rebuild_dir
 from zlh.backends.lxc.template import (
     TEMPLATE_PREFIX,
@@ -469,6 +476,7 @@ class LxcBackend(BlockingBackend):
         )
         # Claimed once the clone's config exists: the registry drops slots without one.
         slot = self.slots.claim(self.lxcpath, spec.vmid, bridge)
+        forget_neighbour(bridge.name, slot.address)  # an earlier container's MAC, if any
         self._configure(spec, bridge, slot)
         return slot
 
@@ -535,7 +543,7 @@ class LxcBackend(BlockingBackend):
             except BackendError:
                 shutil.rmtree(self.lxcpath / self._name(vmid), ignore_errors=True)
         if not keep_slot:
-            self.slots.release(self.lxcpath, vmid)
+            self._release(vmid)
 
     # -- rebuild ---------------------------------------------------------------------------
 
@@ -680,8 +688,14 @@ class LxcBackend(BlockingBackend):
             self._lxc("lxc-destroy", vmid, what=f"destroying container {vmid}")
         if kept.exists():
             shutil.rmtree(kept)  # never follows a link planted in the home
-        self.slots.release(self.lxcpath, vmid)
+        self._release(vmid)
         log.info("destroyed container %s", self._name(vmid))
+
+    def _release(self, vmid: int) -> None:
+        """Give ``vmid``'s slot back, and the host's ARP entry for its address with it."""
+        slot = self.slots.release(self.lxcpath, vmid)
+        if slot is not None:
+            forget_neighbour(slot.bridge, slot.address)
 
     def _list_all(self) -> list[ContainerInfo]:
         infos = (self._info(v) for v in sorted(self._vmids()))

@@ -37,6 +37,7 @@ routed, not delivered to the host, and these rules leave it alone.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 import shutil
@@ -60,7 +61,10 @@ __all__ = [
     "ensure_bridge",
     "ensure_isolation",
     "file_lock",
+    "forget_neighbour",
 ]
+
+log = logging.getLogger(__name__)
 
 BRIDGE = "lxcbr0"
 LXC_NET = Path("/usr/libexec/lxc/lxc-net")
@@ -108,6 +112,18 @@ def _bridge_address(name: str) -> ipaddress.IPv4Interface | None:
         raise BackendUnavailable("iproute2 is not installed: apt-get install iproute2") from exc
     match = re.search(r"inet (\S+)", out.stdout)
     return ipaddress.IPv4Interface(match.group(1)) if match else None
+
+
+def forget_neighbour(bridge: str, address: str) -> None:
+    """Drop the host's ARP entry for ``address`` on ``bridge``: the address goes to a new
+    container with another MAC. An entry the host keeps confirming (the poller's connections
+    to the old container) stays REACHABLE for up to 45 s (``base_reachable_time``), then waits
+    and probes the old MAC, so without this the new container's agent is unreachable for that
+    long. Best effort: a failure only costs that wait."""
+    try:
+        _run(["ip", "neigh", "flush", "to", address, "dev", bridge], f"forgetting {address}")
+    except (BackendError, BackendUnavailable) as exc:
+        log.warning("%s", exc.message)
 
 
 def ensure_bridge(name: str = BRIDGE) -> Bridge:
