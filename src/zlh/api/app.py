@@ -41,7 +41,7 @@ from zlh.api.lifecycle import Lifecycle
 from zlh.api.metrics import Metrics, UsageCollector, artifact_downloads, container_counts
 from zlh.api.openapi import install_security
 from zlh.api.poller import Poller
-from zlh.api.pool import WarmPool
+from zlh.api.pool import FILL_DUTY, WarmPool
 from zlh.api.provisioning import Provisioning
 from zlh.api.ratelimit import LoginThrottle
 from zlh.api.replicas import Membership
@@ -150,8 +150,6 @@ def build_services(
         share=replicas.owns if replicas is not None else lambda _vmid: True,
         follow_changes_s=FOLLOW_CHANGES_S if replicas is not None else None,
     )
-    if replicas is not None:
-        replicas.on_change = poller.wake
     provisioning.on_provisioning = poller.wake
     lifecycle = Lifecycle(
         settings=settings,
@@ -168,7 +166,17 @@ def build_services(
         provisioning=provisioning,
         catalog=catalog,
         audit=audit_log,
+        leads=(lambda: replicas.leads(FILL_DUTY)) if replicas is not None else lambda: True,
     )
+    if replicas is not None:
+        membership = replicas
+
+        def live_changed() -> None:
+            poller.wake()  # its share moved
+            if membership.leads(FILL_DUTY):
+                pool.wake()  # it may fill the pool now
+
+        replicas.on_change = live_changed
     provisioning.pool = pool
     return Services(
         settings=settings,
@@ -257,6 +265,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             replica=svc.settings.replica_name,
             registry=svc.registry,
             revocations_changed=revoked.set,
+            container_announced=svc.pool.announced,
         )
         app.state.follower = follower
         tasks.append(asyncio.create_task(follower.run(), name="follow"))

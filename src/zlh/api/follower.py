@@ -77,6 +77,7 @@ class Follower:
         replica: str,
         registry: ContainerRegistry,
         revocations_changed: Callable[[], None],
+        container_announced: Callable[[int], None] = lambda _vmid: None,
     ) -> None:
         # Seen in pg_stat_activity: an operator (or a test) finds the listener by it.
         self.application_name = f"zlh-follow:{replica}"[:63]
@@ -85,6 +86,7 @@ class Follower:
         )
         self._registry = registry
         self._revocations_changed = revocations_changed
+        self._container_announced = container_announced
         self._pending: set[int] = set()
         self._kick = asyncio.Event()
         self.connects = 0  # (re)connects that got as far as listening
@@ -128,6 +130,7 @@ class Follower:
         elif channel == CONTAINERS and (vmid := announced_vmid(payload)) is not None:
             self._pending.add(vmid)
             self._kick.set()
+            self._container_announced(vmid)
 
     async def _refresh_announced(self) -> None:
         while True:

@@ -20,13 +20,24 @@ failed: they are deleted and built again, after a wait that doubles with each fa
 of that runtime). Pool containers of a version or add-on pin the
 catalog no longer defaults to are replaced; runtimes no longer wanted, and a surplus after
 ``warm_pool`` was lowered, are deleted. A restart adopts the pool as it stands.
+
+Replicas sharing PostgreSQL keep one pool between them: ``warm_pool`` is the platform's size,
+not each replica's. Any replica takes from it (the conditional UPDATE hands a container out
+once), only the one that :meth:`~zlh.api.replicas.Membership.leads` :data:`FILL_DUTY` fills it
+(``leads``). Its count is read from the database and includes the containers still being
+built, whoever began them: a pool container is a provisioning job like any other, so one
+that a replica which died was building is finished by another (``zlh.api.jobs``), and the
+next leader counts it instead of building another. A take on another replica reaches the
+leader as that container's announcement (``zlh.api.follower``): :meth:`WarmPool.announced`.
+While the live set changes, two replicas may each believe they lead for up to one heartbeat
+and both build; the surplus is deleted by the next pass (as after ``warm_pool`` was lowered).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,12 +57,14 @@ from zlh.api.settings import ApiSettings
 from zlh.errors import ZlhError
 from zlh.schemas import Catalog
 
-__all__ = ["POOL_ADDONS", "PoolSummary", "WarmPool", "read_summary", "wanted_sizes"]
+__all__ = ["FILL_DUTY", "POOL_ADDONS", "PoolSummary", "WarmPool", "read_summary", "wanted_sizes"]
 
 logger = logging.getLogger(__name__)
 
 # What a pool container carries besides its runtime: the portal's default request.
 POOL_ADDONS = ("code-server",)
+# The platform-wide duty of filling the pool (zlh.api.replicas.Membership.leads).
+FILL_DUTY = "warm-pool"
 # Pool containers in these states are not counted (they are on their way out).
 _LEAVING = {ContainerState.FAILED.value, ContainerState.DELETING.value}
 # The longest wait before building again for a runtime whose pool containers keep failing.
@@ -157,8 +170,10 @@ class WarmPool:
         provisioning: Provisioning,
         catalog: CatalogSource,
         audit: AuditLog,
+        leads: Callable[[], bool] = lambda: True,
     ) -> None:
         self.settings = settings
+        self.leads = leads  # whether this process fills the pool (every process takes)
         self.registry = registry
         self.provisioning = provisioning
         self.catalog = catalog
@@ -173,6 +188,9 @@ class WarmPool:
         self._retry_at: dict[str, float] = {}
         # Taken containers not ready yet, and the tasks that wait for them.
         self._handouts: set[int] = set()
+        # The pool containers the last pass saw: one announced by another replica may have
+        # been taken there (see announced).
+        self._pooled: set[int] = set()
         self._waiters: set[asyncio.Task[None]] = set()
 
     # -- who owns it ----------------------------------------------------------------------------
@@ -230,6 +248,7 @@ class WarmPool:
                 within=within,
             )
             if taken is not None:
+                self._pooled.discard(taken.vmid)
                 self._refill_after(taken.vmid)
                 return taken
         return None
@@ -258,7 +277,14 @@ class WarmPool:
 
     def _handing_out(self, vmid: int) -> bool:
         container = self.registry.get(vmid)
-        return container is not None and container.state in _HANDING_OUT
+        return container is not None and not container.pool and container.state in _HANDING_OUT
+
+    def announced(self, vmid: int) -> None:
+        """Another replica changed container ``vmid``: if it was in the pool, it may have been
+        taken there, and the filling replica builds its replacement as after its own take."""
+        if vmid in self._pooled and self.leads():
+            self._pooled.discard(vmid)
+            self._refill_after(vmid)
 
     # -- keeping it filled ------------------------------------------------------------------------
 
@@ -296,7 +322,11 @@ class WarmPool:
 
     async def fill(self) -> None:
         """One pass: delete the pool containers that failed, are no longer wanted or are out of
-        date, then build what is missing (never more than wanted per runtime)."""
+        date, then build what is missing (never more than wanted per runtime). Nothing unless
+        this process ``leads``."""
+        if not self.leads():
+            self._pooled.clear()
+            return
         catalog = await self.catalog.get()
         wanted = wanted_sizes(self.settings.warm_pool, catalog)
         targets: dict[str, tuple[str, Pins]] = {}
@@ -309,7 +339,9 @@ class WarmPool:
                     logger.warning("no warm pool for %s: %s", runtime, exc.message)
         keep: dict[str, list[Container]] = {runtime: [] for runtime in targets}
         drop: list[tuple[Container, str]] = []
-        for container in await asyncio.to_thread(pool_containers, self.registry):
+        containers = await asyncio.to_thread(pool_containers, self.registry)
+        self._pooled = {c.vmid for c in containers if c.state != ContainerState.DELETING}
+        for container in containers:
             target = targets.get(container.runtime)
             if container.state == ContainerState.DELETING:
                 continue

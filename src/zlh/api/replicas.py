@@ -58,8 +58,9 @@ class ReplicaNameTaken(ZlhError):
     """Another live process holds this replica name."""
 
 
-def owner(vmid: int, names: Sequence[str]) -> str | None:
-    """The replica among ``names`` that polls ``vmid`` (rendezvous hashing); None if none."""
+def owner(vmid: int | str, names: Sequence[str]) -> str | None:
+    """The replica among ``names`` that polls ``vmid`` (rendezvous hashing); None if none.
+    A string key names a platform-wide duty instead (:meth:`Membership.leads`)."""
     best, best_weight = None, -1
     for name in names:
         digest = hashlib.blake2b(f"{name}/{vmid}".encode(), digest_size=8).digest()
@@ -136,6 +137,11 @@ class Membership:
         if known is None:
             known = self._owned[vmid] = not self.lost and owner(vmid, self.live) == self.name
         return known
+
+    def leads(self, duty: str) -> bool:
+        """Whether this replica does ``duty``, a platform-wide task exactly one live replica
+        does (the warm pool's filling): the one rendezvous hashing of ``duty`` picks."""
+        return not self.lost and owner(duty, self.live) == self.name
 
     # -- driving --------------------------------------------------------------------------------
 
