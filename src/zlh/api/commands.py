@@ -279,7 +279,7 @@ async def _serve(app: Any, settings: ApiSettings) -> None:
     from zlh.proxy.feed import follow
     from zlh.proxy.front import Front
     from zlh.proxy.routes import RouteTable
-    from zlh.proxy.tickets import TicketDesk
+    from zlh.proxy.tickets import DbLedger, FileLedger, Ledger, TicketDesk
     from zlh.proxy.worker import drain as drain_front
 
     services = app.state.services
@@ -312,10 +312,17 @@ async def _serve(app: Any, settings: ApiSettings) -> None:
         }
     )
     workers_count = settings.front_workers or default_workers()
-    # Tickets are taken once among all front workers: a ledger they share (zlh.proxy.tickets).
-    ledger = settings.data_dir / "run" / "tickets" if workers_count > 1 else None
-    if ledger is not None:
-        ledger.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Tickets are taken once among all front workers: a ledger they share (zlh.proxy.tickets);
+    # replicas' on the database they share, so once on the whole platform.
+    ledger_dir = settings.data_dir / "run" / "tickets"
+    ticket_db = None if settings.db_url.startswith("sqlite") else settings.db_url
+    if workers_count > 1:
+        ledger_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ledger: Ledger | None = None
+    if ticket_db is not None:
+        ledger = DbLedger(ticket_db)
+    elif workers_count > 1:
+        ledger = FileLedger(ledger_dir)
     front = Front(
         front_settings,
         routes,
@@ -327,7 +334,7 @@ async def _serve(app: Any, settings: ApiSettings) -> None:
         reuse_port=workers_count > 1,
     )
     workers = None
-    if ledger is not None:
+    if workers_count > 1:
         workers = FrontWorkers(
             workers_count - 1,
             WorkerConfig(
@@ -338,7 +345,8 @@ async def _serve(app: Any, settings: ApiSettings) -> None:
                 key=services.tokens.key,
                 issuer=ISSUER,
                 run_dir=settings.data_dir / "run",
-                ledger=ledger,
+                ledger=ledger_dir,
+                ticket_db=ticket_db,
                 drain_timeout_s=settings.drain_timeout_s,
             ),
             services.feed,

@@ -64,6 +64,7 @@ class WorkerConfig:
     run_dir: Path  # where the feed socket goes
     ledger: Path  # the tickets taken (zlh.proxy.tickets), an existing private directory
     drain_timeout_s: float
+    ticket_db: str | None = None  # the replicas' database, which holds the tickets taken then
 
 
 @dataclass
@@ -202,6 +203,7 @@ class FrontWorkers:
                 "api_upstream": config.api_upstream,
                 "feed_socket": str(self.socket_path),
                 "ledger": str(config.ledger),
+                "ticket_db": config.ticket_db,
                 "settings": config.settings,
                 "key": config.key.hex(),
                 "issuer": config.issuer,

@@ -61,6 +61,7 @@ from urllib.parse import parse_qs, quote
 
 from zlh.proxy import responses, sessionnotice
 from zlh.proxy.auth import Authenticator, Principal, SessionCookieSplitter, bearer_token
+from zlh.proxy.deferred import Deferred
 from zlh.proxy.headers import PORTAL_RULES, RequestHead, ResponseRules, upstream_request_head
 from zlh.proxy.ideorigin import IdeOrigin
 from zlh.proxy.listener import ClientConnection, Handler
@@ -70,7 +71,7 @@ from zlh.proxy.previews import MODE_COOKIE, is_previewable, landing, refusal, ta
 from zlh.proxy.relay import Exchange, LocalResponse
 from zlh.proxy.routes import CLOSE_POLICY, Route, RouteTable
 from zlh.proxy.settings import ProxySettings
-from zlh.proxy.tickets import AUTH_PATH, IDE_COOKIE, TicketDesk
+from zlh.proxy.tickets import AUTH_PATH, IDE_COOKIE, Ticket, TicketDesk
 from zlh.proxy.websocket import Tunnel
 
 __all__ = ["Front"]
@@ -584,7 +585,26 @@ class Front:
             return self._local(conn, req, 404, "not found")
         fields = parse_qs(query.decode("latin-1"))
         given = fields.get("ticket", [""])[0]
-        ticket = tickets.redeem(given) if given else None
+        if not given:
+            return self._ticket_taken(conn, req, fields, None, host_vmid, host_port)
+        # Taking it may write to the database the replicas share: off the event loop.
+        return Deferred(
+            tickets.take(given),
+            lambda ticket: self._ticket_taken(conn, req, fields, ticket, host_vmid, host_port),
+        )
+
+    def _ticket_taken(
+        self,
+        conn: ClientConnection,
+        req: RequestHead,
+        fields: dict[str, list[str]],
+        ticket: Ticket | None,
+        host_vmid: int,
+        host_port: int,
+    ) -> Handler:
+        """The answer to ``/_zlh/auth`` once its ticket was taken (None: refused)."""
+        tickets = self._tickets
+        assert tickets is not None
         if ticket is None:
             return self._local(
                 conn,

@@ -9,7 +9,11 @@ key, told apart from session tokens and from each other by ``aud``:
 * ticket, ``aud`` :data:`TICKET_AUDIENCE`: ``sub``, ``sid`` (the portal session that minted it),
   ``vmid``, ``admin``, ``jti``, ``exp`` at most :data:`TICKET_TTL_S` ahead, ``sexp`` and
   ``siat`` (the session's own expiry and issue time). Single use: :class:`TicketDesk` keeps the
-  ``jti`` of every ticket it took until the ticket would have expired anyway.
+  ``jti`` of every ticket it took until the ticket would have expired anyway, and its ledger
+  keeps them for every process that takes tickets: :class:`FileLedger` (a directory the front
+  workers of one host share), or, when replicas on several hosts share PostgreSQL,
+  :class:`DbLedger` (a table all of them share: a stolen ticket is taken once on the whole
+  platform, not once per host).
 * IDE cookie, ``aud`` :data:`COOKIE_AUDIENCE`: ``sub``, ``sid``, ``vmid``, ``admin``, ``iat`` and
   ``exp`` of the portal session. Carrying the session's ``sid`` and ``iat`` makes every revocation
   of that session (logout, password change, user disabled) reach the IDE cookie through the
@@ -22,16 +26,20 @@ accepted as a session by the API or the portal's side of the front, and a sessio
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import os
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import jwt
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from zlh.proxy.auth import ALGORITHM, TICKET_CLAIMS, JwtAuthenticator, verify_jwt
 
@@ -41,6 +49,9 @@ __all__ = [
     "IDE_COOKIE",
     "TICKET_AUDIENCE",
     "TICKET_TTL_S",
+    "DbLedger",
+    "FileLedger",
+    "Ledger",
     "Ticket",
     "TicketDesk",
     "mint_ticket",
@@ -52,6 +63,10 @@ TICKET_AUDIENCE: Final = "zlh-ide-ticket"
 COOKIE_AUDIENCE: Final = "zlh-ide"
 TICKET_TTL_S: Final = 60
 _PRUNE_EVERY_S: Final = 30.0
+# A database that does not answer within this refuses the ticket (the user asks for another).
+_DB_TIMEOUT_S: Final = 5
+
+log = logging.getLogger(__name__)
 
 
 def mint_ticket(
@@ -99,9 +114,8 @@ class TicketDesk:
     """The front's side: takes each ticket once, writes IDE cookies, verifies them.
 
     ``clock`` (epoch seconds) decides ticket expiry and how long used ``jti`` are kept; tests
-    move it instead of sleeping. ``ledger``: a private directory that front workers in several
-    processes share, so that a ticket is taken once among all of them (a file per used
-    ticket, created with ``O_EXCL``, named after its expiry and removed after it).
+    move it instead of sleeping. ``ledger``: where the processes that take tickets record the
+    ones taken, so that a ticket is taken once among all of them; None: this process alone.
     """
 
     def __init__(
@@ -110,7 +124,7 @@ class TicketDesk:
         *,
         issuer: str | None = None,
         clock: Callable[[], float] = time.time,
-        ledger: Path | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self._key = key
         self._ledger = ledger
@@ -121,7 +135,31 @@ class TicketDesk:
         self.authenticator = JwtAuthenticator(key, issuer=issuer, audience=COOKIE_AUDIENCE)
 
     def redeem(self, token: str) -> Ticket | None:
-        """The ticket ``token`` proves, once; None when it is forged, expired or was used."""
+        """The ticket ``token`` proves, once; None when it is forged, expired or was used.
+        Blocks on the ledger: the front calls :meth:`take`."""
+        found = self._verified(token)
+        if found is None:
+            return None
+        ticket, jti, exp = found
+        if self._ledger is not None and not self._ledger.claim(jti, exp, self._clock()):
+            return None
+        return ticket
+
+    async def take(self, token: str) -> Ticket | None:
+        """:meth:`redeem`, with the ledger's write in a worker thread (off the event loop)."""
+        found = self._verified(token)
+        if found is None:
+            return None
+        ticket, jti, exp = found
+        if self._ledger is not None and not await asyncio.to_thread(
+            self._ledger.claim, jti, exp, self._clock()
+        ):
+            return None
+        return ticket
+
+    def _verified(self, token: str) -> tuple[Ticket, str, int] | None:
+        """The ticket, its ``jti`` and expiry, when ``token`` is a good ticket this process has
+        not taken before (now marked taken here); None otherwise."""
         try:
             claims = verify_jwt(
                 token,
@@ -148,9 +186,7 @@ class TicketDesk:
         ):
             return None
         self._used[jti] = float(exp)
-        if self._ledger is not None and not _claim(self._ledger, jti, exp):
-            return None
-        return Ticket(
+        ticket = Ticket(
             user_id=str(claims["sub"]),
             sid=str(claims["sid"]),
             vmid=vmid,
@@ -158,6 +194,7 @@ class TicketDesk:
             session_issued_at=float(claims["siat"]),
             session_expires_at=float(claims["sexp"]),
         )
+        return ticket, jti, exp
 
     def cookie_value(self, ticket: Ticket) -> tuple[str, int]:
         """The IDE cookie for ``ticket`` and its Max-Age (what is left of the session)."""
@@ -181,19 +218,86 @@ class TicketDesk:
         self._next_prune = now + _PRUNE_EVERY_S
         for jti in [j for j, exp in self._used.items() if exp <= now]:
             del self._used[jti]
-        if self._ledger is not None:
-            with os.scandir(self._ledger) as entries:
-                for entry in entries:
-                    exp, _, _ = entry.name.partition("-")
-                    if exp.isdigit() and int(exp) <= now:
-                        Path(entry.path).unlink(missing_ok=True)
 
 
-def _claim(ledger: Path, jti: str, exp: int) -> bool:
-    """Mark ``jti`` used in ``ledger``; False when another process did first."""
-    name = f"{exp}-{hashlib.sha256(jti.encode()).hexdigest()[:32]}"
-    try:
-        os.close(os.open(ledger / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-    except FileExistsError:
-        return False
-    return True
+class Ledger(Protocol):
+    """The tickets taken, shared by every process that takes them."""
+
+    def claim(self, jti: str, exp: int, now: float) -> bool:
+        """Record ``jti`` (a ticket valid until ``exp``) taken; False when it was already, or
+        cannot be recorded (a ticket is refused rather than taken twice). Blocking."""
+        ...
+
+
+def _jti_hash(jti: str) -> str:
+    return hashlib.sha256(jti.encode()).hexdigest()
+
+
+class FileLedger:
+    """A private directory the front workers of one host share: a file per ticket taken,
+    created with ``O_EXCL``, named after its expiry and removed after it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._next_prune = 0.0
+
+    def claim(self, jti: str, exp: int, now: float) -> bool:
+        self._prune(now)
+        name = f"{exp}-{_jti_hash(jti)[:32]}"
+        try:
+            os.close(os.open(self.path / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            return False
+        return True
+
+    def _prune(self, now: float) -> None:
+        if now < self._next_prune:
+            return
+        self._next_prune = now + _PRUNE_EVERY_S
+        with os.scandir(self.path) as entries:
+            for entry in entries:
+                exp, _, _ = entry.name.partition("-")
+                if exp.isdigit() and int(exp) <= now:
+                    Path(entry.path).unlink(missing_ok=True)
+
+
+class DbLedger:
+    """The ``used_tickets`` table of the PostgreSQL database the replicas share: one row per
+    ticket taken (the sha256 of its ``jti``, its expiry), inserted only if absent; expired rows
+    are deleted now and then. A database error refuses the ticket."""
+
+    def __init__(self, url: str) -> None:
+        self._engine = create_engine(
+            url,
+            pool_size=1,
+            max_overflow=3,
+            pool_pre_ping=True,
+            connect_args={"connect_timeout": _DB_TIMEOUT_S},
+        )
+        self._next_prune = 0.0
+
+    def claim(self, jti: str, exp: int, now: float) -> bool:
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(text(f"SET LOCAL statement_timeout = {_DB_TIMEOUT_S * 1000}"))
+                if now >= self._next_prune:
+                    self._next_prune = now + _PRUNE_EVERY_S
+                    conn.execute(
+                        text("DELETE FROM used_tickets WHERE expires_at <= :now"),
+                        {"now": int(now)},
+                    )
+                inserted = conn.execute(
+                    text(
+                        "INSERT INTO used_tickets (jti_hash, expires_at) VALUES (:hash, :exp) "
+                        "ON CONFLICT DO NOTHING RETURNING jti_hash"
+                    ),
+                    {"hash": _jti_hash(jti), "exp": exp},
+                ).first()
+        except SQLAlchemyError as exc:
+            problem = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+            log.warning("a ticket was refused: its use cannot be recorded: %s", problem)
+            return False
+        return inserted is not None
+
+    def dispose(self) -> None:
+        self._engine.dispose()

@@ -4,7 +4,8 @@
 workers 1..N-1 as children of it (zlh.api.frontworkers), each a whole :class:`Front` on the same
 public port and IDE-origin port (``SO_REUSEPORT``: the kernel spreads new connections across
 them). A worker follows the API's route feed over ``<data dir>/run/feed.sock``
-(zlh.feedwire), takes tickets once among all workers (the ``ledger`` directory), and sends back
+(zlh.feedwire), takes tickets once among all workers (the ``ledger`` directory, or the
+replicas' database: ``ticket_db``), and sends back
 what the API keeps: IDE opens (audit), container use (idle auto-stop) and its counters.
 
 It reads its configuration as one JSON object on stdin (the signing key is in it, so it is
@@ -35,7 +36,7 @@ from zlh.proxy.front import Front
 from zlh.proxy.routes import RouteTable
 from zlh.proxy.serving import run
 from zlh.proxy.settings import ProxySettings
-from zlh.proxy.tickets import TicketDesk
+from zlh.proxy.tickets import DbLedger, FileLedger, Ledger, TicketDesk
 
 __all__ = ["drain", "main"]
 
@@ -53,6 +54,13 @@ def die_with_parent() -> None:
         ctypes.CDLL(name, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent or parent == 1:
         raise SystemExit(0)
+
+
+def _ledger(config: dict[str, Any]) -> Ledger:
+    """The tickets taken: in the replicas' database when there is one, else the host's dir."""
+    if config.get("ticket_db"):
+        return DbLedger(str(config["ticket_db"]))
+    return FileLedger(Path(config["ledger"]))
 
 
 async def _serve(config: dict[str, Any]) -> int:
@@ -78,7 +86,7 @@ async def _serve(config: dict[str, Any]) -> int:
         RouteTable(),
         JwtAuthenticator(key, issuer=issuer),
         config["api_upstream"],
-        tickets=TicketDesk(key, issuer=issuer, ledger=Path(config["ledger"])),
+        tickets=TicketDesk(key, issuer=issuer, ledger=_ledger(config)),
         on_ide_open=ide_opened,
         on_activity=activity,
         reuse_port=True,

@@ -396,6 +396,17 @@ class LoginFailures(Base):
     forget_at: Mapped[float] = mapped_column(Float, index=True)
 
 
+class UsedTicket(Base):
+    """An IDE ticket already taken (``zlh.proxy.tickets.DbLedger``): the sha256 of its ``jti``
+    and its expiry in epoch seconds, after which the row is swept away. Shared by the front
+    processes of every replica, so a ticket is taken once whichever host it is shown to."""
+
+    __tablename__ = "used_tickets"
+
+    jti_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
 class Replica(Base):
     """An API process among those sharing this database (zlh.api.replicas): alive while its
     heartbeat is younger than the lease. ``holder`` tells two processes under one name apart."""
