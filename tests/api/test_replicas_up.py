@@ -2,8 +2,9 @@
 agents and a real code-server: what a user does on replica a shows on replica b.
 
 Alice's request is made on a and its SSE progress read on b up to ready; her IDE is opened on
-b's IDE origin with a ticket a minted, and its WebSocket (to code-server, through b's front)
-closes within 5 s of her signing out on a.
+b's IDE origin with a ticket a minted (the same ticket replayed on a's IDE origin is refused
+and sets no cookie: tickets are taken once on the whole platform, not once per host), and its
+WebSocket (to code-server, through b's front) closes within 5 s of her signing out on a.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from api_kit import login, sse_events
 pytestmark = pytest.mark.slow
 
 
-def test_sign_out_on_a_closes_the_ide_websocket_held_on_b_within_5_s(
+def test_a_ticket_taken_on_b_is_refused_on_a_and_sign_out_on_a_closes_the_ide_on_b_in_5_s(
     ide_store: Path, tmp_path: Path, postgres_server: str
 ) -> None:
     db_url = pg_cluster.fresh_database(postgres_server)
@@ -51,6 +52,12 @@ def test_sign_out_on_a_closes_the_ide_websocket_held_on_b_within_5_s(
         exchanged = httpx.get(ticket_url, follow_redirects=False, timeout=30)
         assert exchanged.status_code == 303, exchanged.text
         cookie = exchanged.headers["set-cookie"].split(";")[0]
+        # Stolen and replayed on a (another host: its own run dir): refused, and no cookie.
+        replayed = httpx.get(
+            ticket_url.replace(b.ide_origin, a.ide_origin), follow_redirects=False, timeout=30
+        )
+        assert replayed.status_code == 401, replayed.text
+        assert "set-cookie" not in replayed.headers
 
         socket_url = b.ide_origin.replace("http", "ws", 1) + f"/dev/{vmid}/ide/"
         socket_url += "?reconnectionToken=replicas&reconnection=false"
