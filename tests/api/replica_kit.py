@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from api_kit import PASSWORD, up_env, zlh_up
 from support import free_port_pair
 from zlh.api import accounts
 from zlh.api.db import Database
+from zlh.api.keys import load_or_create_key
 
 KEY_FILES = ("jwt.key", "agent.key")
 
@@ -90,12 +92,33 @@ def add_users(db_url: str, users: Sequence[tuple[str, bool]]) -> None:
 
 @contextmanager
 def replicas_up(
-    base: Path, store: Path, db_url: str, names: Sequence[str] = ("a", "b")
+    base: Path,
+    store: Path,
+    db_url: str,
+    names: Sequence[str] = ("a", "b"),
+    *,
+    at_once: bool = False,
 ) -> Iterator[list[Replica]]:
     """Replicas ``names`` (data dirs ``base/<name>``), started one after another: the first
-    makes the key files, the others get copies."""
+    makes the key files, the others get copies. ``at_once``: the key files made here first,
+    and every replica started at the same moment (their start-up work races)."""
     with ExitStack() as stack:
         started: list[Replica] = []
+        if at_once:
+            first = base / names[0]
+            first.mkdir(parents=True, exist_ok=True)
+            first.chmod(0o700)
+            for key in KEY_FILES:
+                load_or_create_key(first / key)
+            for name in names[1:]:
+                share_keys(first, base / name)
+            starts = [replica_up(base / name, store, db_url, name) for name in names]
+            with ThreadPoolExecutor(len(starts)) as threads:
+                entered = list(threads.map(lambda start: start.__enter__(), starts))
+            for start in starts:
+                stack.push(start.__exit__)
+            yield entered
+            return
         for name in names:
             data_dir = base / name
             if started:

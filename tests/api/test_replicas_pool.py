@@ -2,7 +2,8 @@
 database, real agents and real pool builds: ``warm_pool`` is the platform's size, not each
 replica's.
 
-Only the replica that leads the fill duty builds; both hand out. Two requests at the same
+Both replicas start at the same moment (their first fills race); only the replica that leads
+the fill duty builds, both hand out. Two requests at the same
 moment, one on each replica, get two different containers (one from the pool); the take on
 the replica that does not fill reaches the one that does, which builds the replacement. At no
 moment does the pool hold more than one container.
@@ -64,7 +65,7 @@ def test_two_replicas_keep_one_pool_hand_it_out_once_and_the_leader_refills_it(
     db = Database(db_url)
     try:
         with (
-            replicas_up(tmp_path, ide_store, db_url) as (a, b),
+            replicas_up(tmp_path, ide_store, db_url, at_once=True) as (a, b),
             httpx.Client(base_url=a.base_url, timeout=30) as on_a,
             httpx.Client(base_url=b.base_url, timeout=30) as on_b,
         ):
