@@ -1,7 +1,9 @@
 """Where the front's CPU per small GET goes: the front as installed (hot path compiled), the same
 front with its one-pass head scanner switched off (every head through llhttp's callbacks), the
 same front as plain Python, and a blind uvloop splice (no HTTP parsing, no auth: the floor any
-uvloop proxy pays in syscalls and the event loop), measured in turns in one run.
+uvloop proxy pays in syscalls and the event loop), the splice both with a new ``bytes`` per read
+and reading into one reused buffer per connection (``asyncio.BufferedProtocol``), measured in
+turns in one run.
 
     .venv/bin/python bench/proxy_floor.py                   # ROUNDS=5 DURATION=5 by default
 
@@ -32,17 +34,19 @@ REPO = Path(__file__).resolve().parent.parent
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 DURATION = int(os.environ.get("DURATION", "5"))
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+READ_SIZE = 256 * 1024  # uvloop's own read size
 
 
-def splice(port: int, upstream_port: int) -> None:
-    """The floor: bytes from each client go to its own upstream connection and back, as read."""
+def splice(port: int, upstream_port: int, *, buffered: bool = False) -> None:
+    """The floor: bytes from each client go to its own upstream connection and back, as read;
+    ``buffered``: read into one reused buffer per connection, not a new ``bytes`` per read."""
     import uvloop
 
     class Upstream(asyncio.Protocol):
         def __init__(self, client: asyncio.Transport) -> None:
             self.client = client
 
-        def data_received(self, data: bytes) -> None:
+        def data_received(self, data: bytes | memoryview) -> None:
             if not self.client.is_closing():
                 self.client.write(data)
 
@@ -56,15 +60,15 @@ def splice(port: int, upstream_port: int) -> None:
         async def connect(self) -> None:
             loop = asyncio.get_running_loop()
             upstream, _ = await loop.create_connection(
-                lambda: Upstream(self.transport), "127.0.0.1", upstream_port
+                lambda: upstream_side(self.transport), "127.0.0.1", upstream_port
             )
             self.upstream = upstream
             for data in self.early:
                 upstream.write(data)
 
-        def data_received(self, data: bytes) -> None:
+        def data_received(self, data: bytes | memoryview) -> None:
             if self.upstream is None:
-                self.early.append(data)
+                self.early.append(bytes(data))
             elif not self.upstream.is_closing():
                 self.upstream.write(data)
 
@@ -72,9 +76,34 @@ def splice(port: int, upstream_port: int) -> None:
             if self.upstream is not None:
                 self.upstream.close()
 
+    class Reused(asyncio.BufferedProtocol):
+        """Reads into one buffer of its own, handed on as a view (written before reused)."""
+
+        view = memoryview(b"")
+
+        def get_buffer(self, sizehint: int) -> memoryview:
+            if not self.view:
+                self.view = memoryview(bytearray(READ_SIZE))
+            return self.view
+
+        def buffer_updated(self, nbytes: int) -> None:
+            self.data_received(self.view[:nbytes])
+
+        def data_received(self, data: bytes | memoryview) -> None:
+            raise NotImplementedError  # the splice side's, before this class in the MRO
+
+    class BufferedUpstream(Upstream, Reused):
+        pass
+
+    class BufferedClient(Client, Reused):
+        pass
+
+    upstream_side = BufferedUpstream if buffered else Upstream
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(Client, "127.0.0.1", port, backlog=2048)
+        client_side = BufferedClient if buffered else Client
+        server = await loop.create_server(client_side, "127.0.0.1", port, backlog=2048)
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
@@ -117,8 +146,8 @@ def pure_python_tree(dest: Path) -> Path:
 
 
 def main() -> int:
-    if len(sys.argv) == 4 and sys.argv[1] == "--splice":
-        splice(int(sys.argv[2]), int(sys.argv[3]))
+    if len(sys.argv) == 4 and sys.argv[1] in ("--splice", "--splice-buffered"):
+        splice(int(sys.argv[2]), int(sys.argv[3]), buffered=sys.argv[1] == "--splice-buffered")
         return 0
     cookie, env = bench_session()
     proxy_py = str(Path(__file__).with_name("proxy.py"))
@@ -126,7 +155,13 @@ def main() -> int:
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="zlh-floor-") as tmp:
         pure = pure_python_tree(Path(tmp))
-        names = ("front", "front (llhttp only)", "front (plain Python)", "splice")
+        names = (
+            "front",
+            "front (llhttp only)",
+            "front (plain Python)",
+            "splice",
+            "splice (reused buffer)",
+        )
         ports = {name: free_port() for name in names}
         commands = {
             "front": ([sys.executable, proxy_py, "--serve", str(ports["front"])], env),
@@ -140,6 +175,16 @@ def main() -> int:
             ),
             "splice": (
                 [sys.executable, __file__, "--splice", str(ports["splice"]), str(upstream_port)],
+                env,
+            ),
+            "splice (reused buffer)": (
+                [
+                    sys.executable,
+                    __file__,
+                    "--splice-buffered",
+                    str(ports["splice (reused buffer)"]),
+                    str(upstream_port),
+                ],
                 env,
             ),
         }
@@ -156,7 +201,7 @@ def main() -> int:
             runs: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
             for round_no in range(1, ROUNDS + 1):
                 for name, pid in pids.items():
-                    prefix = "" if name == "splice" else "/dev/100/ide"
+                    prefix = "" if name.startswith("splice") else "/dev/100/ide"
                     url = f"http://127.0.0.1:{ports[name]}{prefix}/small.json"
                     rate, us = turn(pid, url, cookie)
                     runs[name].append((rate, us))

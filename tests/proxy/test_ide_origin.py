@@ -9,7 +9,16 @@ import time
 
 import httpx
 import pytest
-from proxy_kit import KEY, Harness, ide_client, ide_cookie, ide_session, ticket, token
+from proxy_kit import (
+    KEY,
+    Harness,
+    ide_client,
+    ide_cookie,
+    ide_session,
+    ticket,
+    token,
+    wait_until,
+)
 
 from zlh.api.auth import decode_token
 from zlh.api.errors import NotAuthenticated
@@ -129,6 +138,28 @@ def test_a_ticket_of_a_revoked_session_is_401(harness: Harness) -> None:
     harness.call(harness.routes.revoke_session, "alice-logged-out")
     with ide_client(harness.front.ide_port) as client:
         assert exchange(client, value).status_code == 401
+
+
+def test_a_cached_ide_cookie_is_refused_on_the_next_request_once_revoked(harness: Harness) -> None:
+    vmid = harness.add_route("alice")
+    cookie = ide_session("alice", vmid, sid="alice-cached")
+    with ide_client(harness.front.ide_port) as client:  # one kept-alive connection throughout
+        for _ in range(3):  # the first verifies the cookie; the others are served from memory
+            assert client.get(f"/dev/{vmid}/ide/", headers=cookie).status_code == 200
+        harness.call(harness.routes.revoke_session, "alice-cached")
+        assert client.get(f"/dev/{vmid}/ide/", headers=cookie).status_code == 401
+
+
+def test_a_cached_ide_cookie_is_refused_once_it_expires(harness: Harness) -> None:
+    vmid = harness.add_route("alice")
+    cookie = ide_session("alice", vmid, ttl_s=2)  # exp is whole seconds: 1..2 s from now
+    with ide_client(harness.front.ide_port) as client:
+        for _ in range(2):
+            assert client.get(f"/dev/{vmid}/ide/", headers=cookie).status_code == 200
+        wait_until(
+            lambda: client.get(f"/dev/{vmid}/ide/", headers=cookie).status_code == 401,
+            what="the expired IDE cookie refused",
+        )
 
 
 def test_admins_open_other_users_ides_only_with_admin_ide_access(harness: Harness) -> None:
