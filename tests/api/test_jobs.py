@@ -14,6 +14,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from zlh.api.app import build_services
 from zlh.api.bodies import DevRequest
 from zlh.api.catalog import StoreCatalog
 from zlh.api.containers import ContainerRegistry, Quota
-from zlh.api.db import Container, Database, Job, User
+from zlh.api.db import Container, Database, Job, User, models
 from zlh.api.errors import NotFound
 from zlh.api.events import EventBus
 from zlh.api.jobs import Jobs
@@ -270,6 +271,41 @@ def test_two_replicas_scanning_at_once_never_both_take_one_job(pg_url: str) -> N
     assert all(holders[v] == "b" for v in taken["b"])
     for jobs in sides:
         jobs.db.dispose()
+    db.dispose()
+
+
+def _skew(monkeypatch: pytest.MonkeyPatch, minutes: float) -> None:
+    """This process's clock runs ``minutes`` off."""
+    real = models.utcnow
+
+    def skewed() -> datetime:
+        return real() + timedelta(minutes=minutes)
+
+    monkeypatch.setattr(models, "utcnow", skewed)
+
+
+@pytest.mark.parametrize("minutes", [10, -10])
+def test_a_replica_with_a_skewed_clock_neither_steals_a_live_job_nor_misses_an_expired_one(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch, minutes: float
+) -> None:
+    db = Database(pg_url)
+    db.migrate()
+    registry = ContainerRegistry(db, EventBus(), RouteFeed())
+    owner = accounts.create_user(db, "alice", PASSWORD)
+    live, expired = (_bare_row(registry, owner).vmid for _ in range(2))
+    a, b = (Jobs(Database(pg_url), holder=n, lease_s=60, max_attempts=3) for n in ("a", "b"))
+    token = a.hold_now(live)  # a minute's lease
+    _skew(monkeypatch, -minutes)
+    assert a.renew(live, token)  # renewed by a clock off the other way
+    assert b.adopt_orphans() == [expired]  # its lease ran out a minute ago
+    _skew(monkeypatch, minutes)
+    claim = b.claim_next()
+    assert claim is not None and claim.vmid == expired  # an expired lease is seen expired
+    assert b.claim_next() is None  # and a live one live, whichever way the clocks are off
+    held = a.get(live)
+    assert held is not None and held.token == token
+    for side in (a, b):
+        side.db.dispose()
     db.dispose()
 
 

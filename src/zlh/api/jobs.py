@@ -17,7 +17,9 @@ all stopped unfinished is not driven again (:class:`Claim` ``exhausted``): the c
 container failed. Which replica holds a job is the platform's business alone: nothing a
 request carries names a holder or a lease.
 
-Times come from the replicas' clocks (UTC), which must agree to well within a lease.
+Lease times are the database's clock (:func:`~zlh.api.db.models.db_now`): every expiry is
+written and compared against one clock, so replicas whose hosts' clocks differ still agree on
+which leases are live. SQLite is one node; its process's clock is the only one.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from zlh.api.db import Container, ContainerState, Database, Job
-from zlh.api.db.models import utcnow
+from zlh.api.db.models import db_now
 
 __all__ = ["Claim", "JobKind", "Jobs"]
 
@@ -75,16 +77,17 @@ class Jobs:
         transaction; its token. A job it had (a warm-pool build's) is replaced: its holder's
         next renewal fails and it stops."""
         token = secrets.token_hex(16)
+        now = db_now(session)
         values = {
             "kind": kind.value,
             "token": token,
             "lease_holder": self.holder,
-            "lease_expires_at": utcnow() + self.lease,
+            "lease_expires_at": now + self.lease,
             "attempts": 1,
         }
         job = session.get(Job, vmid, with_for_update=True)
         if job is None:
-            session.add(Job(vmid=vmid, created_at=utcnow(), **values))
+            session.add(Job(vmid=vmid, created_at=now, **values))
         else:
             for key, value in values.items():
                 setattr(job, key, value)
@@ -102,7 +105,7 @@ class Jobs:
             changed = session.execute(
                 update(Job)
                 .where(Job.vmid == vmid, Job.token == token)
-                .values(lease_expires_at=utcnow() + self.lease)
+                .values(lease_expires_at=db_now(session) + self.lease)
             )
         return bool(changed.rowcount == 1)  # type: ignore[attr-defined]
 
@@ -127,17 +130,17 @@ class Jobs:
     def claim_next(self, *, own: bool = False, skip: Iterable[int] = ()) -> Claim | None:
         """Take the oldest job whose lease ran out (``own``: or that this replica's name holds,
         at start-up), but none of ``skip``; None when there is none to take."""
-        now = utcnow()
-        free = Job.lease_expires_at < now
-        query = (
-            select(Job)
-            .where(or_(free, Job.lease_holder == self.holder) if own else free)
-            .where(Job.vmid.not_in(list(skip)))
-            .order_by(Job.created_at, Job.vmid)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        )
         with self.db.session() as session:
+            now = db_now(session)
+            free = Job.lease_expires_at < now
+            query = (
+                select(Job)
+                .where(or_(free, Job.lease_holder == self.holder) if own else free)
+                .where(Job.vmid.not_in(list(skip)))
+                .order_by(Job.created_at, Job.vmid)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
             job = session.scalars(query).first()
             if job is None:
                 return None
@@ -178,16 +181,17 @@ class Jobs:
         for vmid in vmids:
             try:
                 with self.db.session() as session:
+                    now = db_now(session)
                     session.add(
                         Job(
                             vmid=vmid,
                             kind=JobKind.PROVISION.value,
                             token=secrets.token_hex(16),
                             lease_holder=self.holder,
-                            lease_expires_at=utcnow() - self.lease,
+                            lease_expires_at=now - self.lease,
                             # Its drive was begun once before the jobs knew of it.
                             attempts=1,
-                            created_at=utcnow(),
+                            created_at=now,
                         )
                     )
             except IntegrityError:
@@ -202,6 +206,6 @@ class Jobs:
             changed = session.execute(
                 update(Job)
                 .where(Job.lease_holder == self.holder)
-                .values(lease_expires_at=utcnow(), attempts=Job.attempts - 1)
+                .values(lease_expires_at=db_now(session), attempts=Job.attempts - 1)
             )
         return int(changed.rowcount)  # type: ignore[attr-defined]

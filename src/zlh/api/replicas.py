@@ -35,12 +35,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from zlh.api.db import Database, Replica
-from zlh.api.db.models import utcnow
+from zlh.api.db.models import db_now
 from zlh.api.metrics import Metrics
 from zlh.errors import ZlhError
 
@@ -78,15 +77,6 @@ class _Seen:
     wait_s: float
     holder: str | None = None  # the other process holding this name, when not us
     holder_beat: datetime | None = None
-
-
-def _db_now(session: Session) -> datetime:
-    """The database's clock (UTC), one clock for every replica."""
-    if session.get_bind().dialect.name == "postgresql":
-        now = session.scalar(select(func.timezone("UTC", func.statement_timestamp())))
-        assert isinstance(now, datetime)
-        return now.replace(tzinfo=utcnow().tzinfo)
-    return utcnow()
 
 
 def _gone(holder: str) -> bool:
@@ -213,7 +203,7 @@ class Membership:
         lease = timedelta(seconds=self.lease_s)
         try:
             with self.db.session() as session:
-                now = _db_now(session)
+                now = db_now(session)
                 row = session.get(Replica, self.name, with_for_update=True)
                 other: Replica | None = None
                 if row is None:

@@ -24,10 +24,13 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    func,
+    select,
     text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import Session as OrmSession
 
 from zlh.schemas import AddonName, AgentStatus, Artifact
 from zlh.schemas._base import WireModel
@@ -57,6 +60,16 @@ __all__ = [
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def db_now(session: OrmSession) -> datetime:
+    """The database's clock (UTC), one clock for every replica (SQLite is one node: its
+    process's clock is the only one)."""
+    if session.get_bind().dialect.name == "postgresql":
+        now = session.scalar(select(func.timezone("UTC", func.statement_timestamp())))
+        assert isinstance(now, datetime)
+        return now.replace(tzinfo=UTC)
+    return utcnow()
 
 
 class UTCDateTime(TypeDecorator[datetime]):
