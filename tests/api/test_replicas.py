@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -184,6 +185,44 @@ def test_a_replica_that_stops_heartbeating_has_its_share_taken_over_within_one_l
             assert took <= LEASE_S + HEARTBEAT_S, took  # a lease from b's last beat (+ slack)
             assert time.monotonic() - crashed <= LEASE_S + 0.6
         finally:
+            await a.crash()
+
+    run(database, body)
+
+
+def test_a_replica_whose_loop_is_blocked_past_its_lease_keeps_heartbeating_and_its_share(
+    database: Database,
+) -> None:
+    """The heartbeat runs on a thread of its own: thousands of poll tasks hogging a replica's
+    loop must not make the others think it died (nor delay its noticing that one did)."""
+    blocked_s = LEASE_S * 3
+
+    def busy_replica(done: threading.Event) -> None:
+        async def body() -> None:
+            b = Membership(database, name="b", heartbeat_s=HEARTBEAT_S, lease_s=LEASE_S)
+            await b.join()
+            task = asyncio.get_running_loop().create_task(b.run())
+            await asyncio.sleep(0)  # the heartbeat thread starts
+            time.sleep(blocked_s)  # noqa: ASYNC251 - a loop that does not come back for 3 leases
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            done.set()
+
+        asyncio.run(body())
+
+    async def body(db: Database) -> None:
+        a = Node(db, "a")
+        await a.start()
+        done = threading.Event()
+        thread = threading.Thread(target=busy_replica, args=(done,))
+        thread.start()
+        try:
+            await until(lambda: a.membership.live == ("a", "b"), what="a sees b")
+            while not done.is_set():
+                assert a.membership.live == ("a", "b"), "b's blocked loop stopped its heartbeat"
+                await asyncio.sleep(0.01)
+        finally:
+            await asyncio.to_thread(thread.join)
             await a.crash()
 
     run(database, body)

@@ -30,6 +30,7 @@ import logging
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -70,6 +71,15 @@ def owner(vmid: int, names: Sequence[str]) -> str | None:
 
 
 @dataclass(frozen=True)
+class _View:
+    """The live names as last read, and the ownership answers computed from them."""
+
+    live: tuple[str, ...]
+    lost: bool
+    owned: dict[int, bool]
+
+
+@dataclass(frozen=True)
 class _Seen:
     """What one read of the table found: the live names, and when to read it again."""
 
@@ -86,6 +96,12 @@ def _db_now(session: Session) -> datetime:
         assert isinstance(now, datetime)
         return now.replace(tzinfo=utcnow().tzinfo)
     return utcnow()
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    """Mark ``future`` done, unless it was cancelled meanwhile."""
+    if not future.done():
+        future.set_result(None)
 
 
 def _gone(holder: str) -> bool:
@@ -125,16 +141,25 @@ class Membership:
         self.lease_s = lease_s
         self.on_change = on_change
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.live: tuple[str, ...] = ()
-        self.lost = False  # another live process holds our name: we poll nothing
-        self._owned: dict[int, bool] = {}
+        self._view = _View((), False, {})
         self._beat_at = 0.0  # monotonic time of the last heartbeat that went through
+
+    @property
+    def live(self) -> tuple[str, ...]:
+        """The live replicas' names, sorted."""
+        return self._view.live
+
+    @property
+    def lost(self) -> bool:
+        """Another live process holds our name: we poll nothing."""
+        return self._view.lost
 
     def owns(self, vmid: int) -> bool:
         """Whether this replica polls ``vmid`` now."""
-        known = self._owned.get(vmid)
+        view = self._view
+        known = view.owned.get(vmid)
         if known is None:
-            known = self._owned[vmid] = not self.lost and owner(vmid, self.live) == self.name
+            known = view.owned[vmid] = not view.lost and owner(vmid, view.live) == self.name
         return known
 
     # -- driving --------------------------------------------------------------------------------
@@ -147,7 +172,8 @@ class Membership:
             seen = await asyncio.to_thread(self._beat, claim=True)
             if seen.holder is None:
                 self._beat_at = time.monotonic()
-                self._set(seen.live, lost=False)
+                if self._set(seen.live, lost=False):
+                    self.on_change()
                 logger.info("replica %s joined; live replicas: %s", self.name, ", ".join(seen.live))
                 return
             if first is None:
@@ -160,46 +186,72 @@ class Membership:
             await asyncio.sleep(seen.wait_s)
 
     async def run(self) -> None:
-        """Heartbeat until cancelled; a failing database for over a lease leaves it owning
-        nothing (the others have taken its share by then)."""
-        while True:
-            wait_s = self.heartbeat_s
+        """Heartbeat until cancelled, on a thread of its own: a loop busy with thousands of
+        polls (or a saturated default thread pool) must neither delay our heartbeat, which
+        would look like a death to the others, nor our noticing that another one's lease ran
+        out. A failing database for over a lease leaves it owning nothing (the others have
+        taken its share by then)."""
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+        ended: asyncio.Future[None] = loop.create_future()
+
+        def beats() -> None:
             try:
-                seen = await asyncio.to_thread(self._beat, claim=False)
-            except (ZlhError, SQLAlchemyError) as exc:
-                problem = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-                logger.warning("replica %s: heartbeat failed: %s", self.name, problem)
-                if time.monotonic() - self._beat_at > self.lease_s:
-                    self._set((), lost=self.lost)
-            else:
-                self._beat_at = time.monotonic()
-                lost = seen.holder is not None
-                if lost and not self.lost:
-                    logger.error(
-                        "replica name %s was taken over by %s: this process polls nothing until "
-                        "the name is free; restart it under another --replica name",
-                        self.name,
-                        seen.holder,
-                    )
-                self._set(seen.live, lost=lost)
-                wait_s = seen.wait_s
-            await asyncio.sleep(wait_s)
+                while not stop.wait(self._beat_once(loop)):
+                    pass
+            finally:
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(_settle, ended)
+
+        thread = threading.Thread(target=beats, name=f"replica-{self.name}-heartbeat", daemon=True)
+        thread.start()
+        try:
+            await asyncio.shield(ended)
+        finally:
+            stop.set()
+            await ended  # the thread ends after the heartbeat under way
+
+    def _beat_once(self, loop: asyncio.AbstractEventLoop) -> float:
+        """One heartbeat (on the heartbeat thread); the seconds until the next one."""
+        try:
+            seen = self._beat(claim=False)
+        except (ZlhError, SQLAlchemyError) as exc:
+            problem = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+            logger.warning("replica %s: heartbeat failed: %s", self.name, problem)
+            if time.monotonic() - self._beat_at > self.lease_s and self._set((), lost=self.lost):
+                loop.call_soon_threadsafe(self.on_change)
+            return self.heartbeat_s
+        self._beat_at = time.monotonic()
+        lost = seen.holder is not None
+        if lost and not self.lost:
+            logger.error(
+                "replica name %s was taken over by %s: this process polls nothing until "
+                "the name is free; restart it under another --replica name",
+                self.name,
+                seen.holder,
+            )
+        if self._set(seen.live, lost=lost):
+            loop.call_soon_threadsafe(self.on_change)
+        return seen.wait_s
 
     async def leave(self) -> None:
         """Delete this process's row (a clean stop): the others take its share at once."""
         await asyncio.to_thread(self._leave)
-        self._set((), lost=False)
+        if self._set((), lost=False):
+            self.on_change()
 
     # -- the table ------------------------------------------------------------------------------
 
-    def _set(self, live: Sequence[str], *, lost: bool) -> None:
+    def _set(self, live: Sequence[str], *, lost: bool) -> bool:
+        """Take the live names (from any thread); whether they changed (the caller then calls
+        ``on_change`` on the loop)."""
         live = tuple(sorted(live))
         if live == self.live and lost == self.lost:
-            return
-        self.live, self.lost = live, lost
-        self._owned.clear()
+            return False
+        # One assignment: :meth:`owns` on the loop sees the old view or the new one, never a mix.
+        self._view = _View(live, lost, {})
         self.metrics.replicas_live.set(len(live))
-        self.on_change()
+        return True
 
     def _beat(self, *, claim: bool) -> _Seen:
         """One heartbeat in one transaction: refresh (or, with ``claim``, take) our row, then
