@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Connection, delete, func, select, text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -53,6 +53,16 @@ logger = logging.getLogger(__name__)
 _FORGET_AFTER = timedelta(days=1)
 # A heartbeat is never scheduled sooner than this (a lease about to run out is re-read then).
 _MIN_WAIT_S = 0.05
+# Each replica holds the PostgreSQL advisory lock (_LOCK_SPACE, _lock_key(name)) on a connection
+# of its own; PostgreSQL drops a session's locks when its connection closes, a killed process's
+# at once, so a replica seen holding its lock and then not is dead at the next heartbeat, without
+# waiting out its lease (a host that vanishes closes no connection: the lease still applies).
+_LOCK_SPACE = 0x7A6C6801
+_HELD_LOCKS = text(
+    "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND granted"
+    " AND objsubid = 2 AND classid::bigint = :space"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
 
 
 class ReplicaNameTaken(ZlhError):
@@ -87,6 +97,7 @@ class _Seen:
     wait_s: float
     holder: str | None = None  # the other process holding this name, when not us
     holder_beat: datetime | None = None
+    locks: frozenset[int] | None = None  # the replicas' advisory locks held (None: SQLite)
 
 
 def _db_now(session: Session) -> datetime:
@@ -96,6 +107,12 @@ def _db_now(session: Session) -> datetime:
         assert isinstance(now, datetime)
         return now.replace(tzinfo=utcnow().tzinfo)
     return utcnow()
+
+
+def _lock_key(name: str) -> int:
+    """The second half of ``name``'s advisory lock key (31 bits: pg_locks shows it unsigned)."""
+    digest = hashlib.blake2b(f"zlh-replica/{name}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") & 0x7FFFFFFF
 
 
 def _settle(future: asyncio.Future[None]) -> None:
@@ -143,6 +160,8 @@ class Membership:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._view = _View((), False, {})
         self._beat_at = 0.0  # monotonic time of the last heartbeat that went through
+        self._lock: Connection | None = None  # holds our advisory lock (heartbeat thread)
+        self._locked: set[str] = set()  # other replicas seen holding their lock
 
     @property
     def live(self) -> tuple[str, ...]:
@@ -200,6 +219,7 @@ class Membership:
                 while not stop.wait(self._beat_once(loop)):
                     pass
             finally:
+                self._unlock()
                 if not loop.is_closed():
                     loop.call_soon_threadsafe(_settle, ended)
 
@@ -214,6 +234,7 @@ class Membership:
     def _beat_once(self, loop: asyncio.AbstractEventLoop) -> float:
         """One heartbeat (on the heartbeat thread); the seconds until the next one."""
         try:
+            self._hold_lock()
             seen = self._beat(claim=False)
         except (ZlhError, SQLAlchemyError) as exc:
             problem = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
@@ -230,9 +251,50 @@ class Membership:
                 self.name,
                 seen.holder,
             )
-        if self._set(seen.live, lost=lost):
+        if self._set(self._alive(seen), lost=lost):
             loop.call_soon_threadsafe(self.on_change)
         return seen.wait_s
+
+    def _alive(self, seen: _Seen) -> tuple[str, ...]:
+        """The live names less those whose advisory lock went (see ``_LOCK_SPACE``): another
+        replica seen holding its lock, or this one when its lock's connection broke (it polls
+        nothing until it holds the lock again, as the others count it dead meanwhile)."""
+        if seen.locks is None:
+            return seen.live
+        locked = {name for name in seen.live if _lock_key(name) in seen.locks}
+        if self.name not in locked and self._lock is not None:
+            self._unlock()  # taken again at the next heartbeat
+        self._locked = (self._locked & set(seen.live)) | (locked - {self.name})
+        gone = (self._locked - locked) | ({self.name} - locked)
+        return tuple(name for name in seen.live if name not in gone)
+
+    def _hold_lock(self) -> None:
+        """Take this name's advisory lock on a connection of its own, unless held (PostgreSQL)."""
+        if self._lock is not None or self.db.engine.dialect.name != "postgresql":
+            return
+        connection = self.db.engine.connect()
+        try:
+            held = connection.scalar(
+                text("SELECT pg_try_advisory_lock(:space, :key)"),
+                {"space": _LOCK_SPACE, "key": _lock_key(self.name)},
+            )
+            connection.commit()
+        except BaseException:
+            connection.close()
+            raise
+        if held:
+            self._lock = connection
+        else:
+            connection.close()  # another process of this name holds it: _beat says which
+
+    def _unlock(self) -> None:
+        """Release the advisory lock (closing its connection does)."""
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            try:
+                lock.close()
+            except SQLAlchemyError as exc:
+                logger.warning("replica %s: closing its lock's connection: %s", self.name, exc)
 
     async def leave(self) -> None:
         """Delete this process's row (a clean stop): the others take its share at once."""
@@ -285,6 +347,10 @@ class Membership:
                         Replica.heartbeat_at > now - lease
                     )
                 ).all()
+                locks = None
+                if session.get_bind().dialect.name == "postgresql":
+                    found = session.scalars(_HELD_LOCKS, {"space": _LOCK_SPACE})
+                    locks = frozenset(int(key) for key in found)
         except IntegrityError:
             # Another process inserted this name first: it is a holder like any other.
             return self._beat(claim=claim)
@@ -298,7 +364,7 @@ class Membership:
             until_expiry = (other.heartbeat_at + lease - now).total_seconds()
             wait_s = min(self.heartbeat_s * 1.5, until_expiry + _MIN_WAIT_S)
             return _Seen(live, max(wait_s, _MIN_WAIT_S), other.holder, other.heartbeat_at)
-        return _Seen(live, max(wait_s, _MIN_WAIT_S))
+        return _Seen(live, max(wait_s, _MIN_WAIT_S), locks=locks)
 
     def _leave(self) -> None:
         with self.db.session() as session:
