@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -226,6 +227,54 @@ def test_a_replica_whose_loop_is_blocked_past_its_lease_keeps_heartbeating_and_i
             await a.crash()
 
     run(database, body)
+
+
+_KILLABLE = """
+import asyncio, sys
+from zlh.api.db import Database
+from zlh.api.replicas import Membership
+
+async def main() -> None:
+    membership = Membership(Database(sys.argv[1]), name="b", heartbeat_s=0.2, lease_s=30.0)
+    await membership.join()
+    await membership.run()
+
+asyncio.run(main())
+"""
+
+
+def test_a_killed_replica_has_its_share_taken_over_well_within_one_lease(
+    database: Database,
+) -> None:
+    """SIGKILL closes the replica's connections, and PostgreSQL drops its advisory lock with
+    them: the survivor counts it dead at its next heartbeat, not a lease after its last."""
+    lease_s = 30.0
+    url = database.engine.url.render_as_string(hide_password=False)
+
+    async def body(db: Database) -> None:
+        a = Node(db, "a", lease_s=lease_s)
+        await a.start()
+        try:
+            await until(lambda: a.membership.live == ("a", "b"), timeout_s=30, what="a sees b")
+            await until(lambda: "b" in a.membership._locked, timeout_s=30, what="b's lock seen")
+            await until(lambda: len(a.poller.watched()) < COUNT, what="a gives up b's share")
+            b.kill()
+            killed = time.monotonic()
+            orphans = ALL - a.poller.watched()
+            await until(lambda: a.membership.live == ("a",), timeout_s=lease_s, what="b dead")
+            a.agents.polls.clear()
+            await until(lambda: orphans <= set(a.agents.polls), what="b's agents polled by a")
+            took = time.monotonic() - killed
+            assert took < lease_s / 10, took  # a heartbeat and a poll, not the 30 s lease
+        finally:
+            await a.crash()
+
+    b = subprocess.Popen([sys.executable, "-c", _KILLABLE, url])
+    try:
+        run(database, body)
+    finally:
+        b.kill()
+        b.wait()
 
 
 def test_a_joining_replica_takes_about_its_share_and_the_other_lets_it_go(
