@@ -5,7 +5,11 @@ refreshes its ``heartbeat_at`` every ``replica_heartbeat_s``; a replica whose he
 than ``replica_lease_s`` is dead. Times are the database's clock, so replicas on hosts whose
 clocks differ still agree on who is alive. Every heartbeat re-reads the live names, and the next
 one comes no later than the moment the first other replica's lease runs out: a dead replica's
-containers are taken over one lease after its last heartbeat.
+containers are taken over one lease after its last heartbeat at the latest. On PostgreSQL a
+process that dies (killed, crashed) is seen sooner: each replica holds an advisory lock on a
+connection of its own, which PostgreSQL releases the moment the dead process's socket closes,
+and a replica seen holding its lock and then not is dead at the next heartbeat. The heartbeat
+runs on a thread of its own, so a loop busy with thousands of polls delays neither.
 
 A container belongs to the live replica that rendezvous (highest-random-weight) hashing of its
 vmid picks: every replica computes the same owner from the same names, and a replica joining or
