@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pg_cluster
 import pytest
+from sqlalchemy import text
 
 from agent_sim import SimBackend
 from api_kit import make_app, ready_container, running, services
@@ -29,7 +30,7 @@ from zlh.api.db import Container, Database, Replica
 from zlh.api.db.models import utcnow
 from zlh.api.events import EventBus
 from zlh.api.poller import Poller
-from zlh.api.replicas import Membership, ReplicaNameTaken, owner
+from zlh.api.replicas import Membership, ReplicaNameTaken, _lock_key, owner
 from zlh.api.settings import ApiSettings
 from zlh.routefeed import RouteFeed
 from zlh.schemas import AgentState, AgentStatus
@@ -275,6 +276,31 @@ def test_a_killed_replica_has_its_share_taken_over_well_within_one_lease(
     finally:
         b.kill()
         b.wait()
+
+
+def test_a_replica_whose_lock_connection_breaks_polls_nothing_until_it_holds_the_lock_again(
+    database: Database,
+) -> None:
+    """The others count a replica without its lock dead: it must not poll its old share
+    meanwhile (two pollers on one container), and must take the lock back."""
+    terminate = text(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks"
+        " WHERE locktype = 'advisory' AND objid::bigint = :key AND objsubid = 2"
+    )
+
+    async def body(db: Database) -> None:
+        a = Node(db, "a")
+        await a.start()
+        try:
+            await until(lambda: a.poller.watched() == ALL, what="a polls all")
+            with db.session() as session:
+                assert session.scalars(terminate, {"key": _lock_key("a")}).all() == [True]
+            await until(lambda: not a.poller.watched(), what="a gives everything up")
+            await until(lambda: a.poller.watched() == ALL, what="a takes its lock back")
+        finally:
+            await a.crash()
+
+    run(database, body)
 
 
 def test_a_joining_replica_takes_about_its_share_and_the_other_lets_it_go(
