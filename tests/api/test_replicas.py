@@ -154,7 +154,10 @@ def test_two_replicas_split_the_containers_with_no_overlap_and_no_gap(database: 
             await until(lambda: a.membership.live == b.membership.live == ("a", "b"), what="both")
             await until(lambda: a.poller.watched() | b.poller.watched() == ALL, what="all polled")
             await until(lambda: not a.poller.watched() & b.poller.watched(), what="no overlap")
-            assert a.poller.watched() == {v for v in ALL if owner(v, ["a", "b"]) == "a"}
+            mine = {v for v in ALL if owner(v, ["a", "b"]) == "a"}
+            # Each poller reloads once its heartbeat thread has read the other's row.
+            await until(lambda: a.poller.watched() == mine, what="a polls its share")
+            await until(lambda: b.poller.watched() == ALL - mine, what="b polls its share")
             assert 0.35 * COUNT < len(a.poller.watched()) < 0.65 * COUNT
             # Polled is polled: each agent's polls come from its owner only, from here on.
             a.agents.polls.clear()

@@ -292,10 +292,12 @@ class Membership:
             connection.close()  # another process of this name holds it: _beat says which
 
     def _unlock(self) -> None:
-        """Release the advisory lock (closing its connection does)."""
+        """Release the advisory lock: close its database connection for good (one handed back
+        to the pool would keep the lock, for whoever gets it next)."""
         if self._lock is not None:
             lock, self._lock = self._lock, None
             try:
+                lock.invalidate()
                 lock.close()
             except SQLAlchemyError as exc:
                 logger.warning("replica %s: closing its lock's connection: %s", self.name, exc)
