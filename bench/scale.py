@@ -10,13 +10,14 @@ real registry) on uvloop, as ``zlh api`` wires them. The Proxmox stand-in is not
 poller never calls the backend (addresses come from the container rows, as the Proxmox backend
 recorded them).
 
-Reported: per replica its share, its poll cycles' p50/p99 (a tick's polls, from launching them
-until the last ended, for ticks polling at least a tenth of its share: a replica that keeps up
-polls its whole share in one tick every interval), its CPU (user+sys from /proc over the steady
-window / wall), polls/s and CPU per poll; the simulator's CPU; how many agents were polled
-within the last 1.2 intervals (sampled each second: below 100 % the replicas do not keep up);
-then, after SIGKILL of one replica, how long until the other's share is every container and
-until every agent has been polled again, next to the lease.
+Reported: per replica its share, its poll cycle's p50/p99 (for each agent of its share, the
+time between two successive reads of its status, as the simulator saw them), its CPU (user+sys
+from /proc over the steady window / wall), polls/s and CPU per poll; the simulator's CPU; how
+many agents were polled within the last 1.2 intervals (sampled each second: below 100 % the
+replicas do not keep up);
+then, after SIGKILL of one replica, how long until the other sees it dead, until the other's
+share is every container, until the other has read every agent of the dead one's share (the
+takeover) and until every agent has been polled again, next to the lease.
 
     .venv/bin/python bench/scale.py [--agents 10000] [--interval 5] [--heartbeat 2] [--lease 6]
                                     [--window 30]
@@ -57,7 +58,7 @@ from zlh.api.events import EventBus
 from zlh.api.keys import agent_secret, load_or_create_key
 from zlh.api.metrics import Metrics
 from zlh.api.poller import Poller
-from zlh.api.replicas import Membership
+from zlh.api.replicas import Membership, owner
 from zlh.api.settings import ApiSettings
 from zlh.routefeed import RouteFeed
 from zlh.schemas import AgentState, AgentStatus
@@ -111,8 +112,13 @@ class _Agents(asyncio.Protocol):
     poller sends one (request line, headers, no body): the simulator must cost the
     replicas' polls little, so what it costs stays out of their measurement."""
 
-    def __init__(self, agents: dict[bytes, tuple[bytes, bytes, int]], last: list[float]) -> None:
-        self.agents, self.last = agents, last
+    def __init__(
+        self,
+        agents: dict[bytes, tuple[bytes, bytes, int]],
+        last: list[float],
+        gaps: list[tuple[float, int, float]],
+    ) -> None:
+        self.agents, self.last, self.gaps = agents, last, gaps
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
 
@@ -136,19 +142,32 @@ class _Agents(asyncio.Protocol):
             since = float(path.partition(b"=")[2])
             polled = sum(1 for t in self.last if t >= since)
             return _response("200 OK", json.dumps({"polled": polled}).encode())
+        if host == CONTROL_HOST.encode() and path.startswith(b"/unread?since="):
+            since = float(path.partition(b"=")[2])
+            unread = [index for index, t in enumerate(self.last) if t < since]
+            return _response("200 OK", json.dumps({"unread": unread}).encode())
+        if host == CONTROL_HOST.encode() and path.startswith(b"/gaps?since="):
+            since = float(path.partition(b"=")[2])
+            gaps = [[index, gap] for t, index, gap in self.gaps if t >= since]
+            return _response("200 OK", json.dumps({"gaps": gaps}).encode())
         agent = self.agents.get(host)
         if agent is None or path != b"/status":
             return _response("404 Not Found", b'{"message": "no such agent"}')
         auth, body, index = agent
         if fields.get(b"authorization") != auth:
             return _response("401 Unauthorized", b'{"message": "unauthorized"}')
-        self.last[index] = time.time()
+        now = time.time()
+        if self.last[index]:
+            self.gaps.append((now, index, now - self.last[index]))
+        self.last[index] = now
         return body
 
 
 async def serve_agents(count: int, key_file: Path) -> None:
-    """All agents on one listener; prints its port as a JSON line. ``GET /polled?since=T`` with
-    ``Host: bench-control`` answers how many agents were polled at or after epoch T."""
+    """All agents on one listener; prints its port as a JSON line. With ``Host: bench-control``:
+    ``GET /polled?since=T`` answers how many agents were polled at or after epoch T,
+    ``GET /unread?since=T`` which agents (indexes) were not, and ``GET /gaps?since=T`` each
+    read's agent and time since that agent's previous read, for the reads at or after T."""
     key = load_or_create_key(key_file)
     agents: dict[bytes, tuple[bytes, bytes, int]] = {}
     for index in range(count):
@@ -157,8 +176,11 @@ async def serve_agents(count: int, key_file: Path) -> None:
         body = _response("200 OK", status_of(vmid).model_dump_json(by_alias=True).encode())
         agents[address(index).encode()] = (auth, body, index)
     last = [0.0] * count
+    gaps: list[tuple[float, int, float]] = []
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _Agents(agents, last), "0.0.0.0", 0, backlog=1024)
+    server = await loop.create_server(
+        lambda: _Agents(agents, last, gaps), "0.0.0.0", 0, backlog=1024
+    )
     print(json.dumps(server.sockets[0].getsockname()[1]), flush=True)
     await asyncio.Event().wait()
 
@@ -246,14 +268,14 @@ async def replica(name: str, db_url: str, key_file: Path, args: argparse.Namespa
 
 
 def seed(db: Database, count: int, port: int) -> None:
-    owner = accounts.create_user(db, "bench", "bench-password")
+    user = accounts.create_user(db, "bench", "bench-password")
     with db.session() as session:
         for index in range(count):
             vmid = FIRST_VMID + index
             session.add(
                 ready_container(
                     vmid,
-                    owner.id,
+                    user.id,
                     address=address(index),
                     agent_port=port,
                     agent_nonce=nonce(vmid),
@@ -310,14 +332,19 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> fl
     return time.time()
 
 
-def polled_since(port: int, since: float) -> int:
+def ask_simulator(port: int, path: str) -> Any:
+    """The agent simulator's JSON answer to a control request."""
     import http.client
 
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    connection.request("GET", f"/polled?since={since}", headers={"Host": CONTROL_HOST})
+    connection.request("GET", path, headers={"Host": CONTROL_HOST})
     answer = json.loads(connection.getresponse().read())
     connection.close()
-    return int(answer["polled"])
+    return answer
+
+
+def polled_since(port: int, since: float) -> int:
+    return int(ask_simulator(port, f"/polled?since={since}")["polled"])
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -400,23 +427,31 @@ def measure(
         f"heartbeat: {args.heartbeat:g}s, lease: {args.lease:g}s, window: {wall:.0f}s, "
         f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
+    # The poll cycle as an operator sees it: for each agent, the time between two successive
+    # reads of its status, by the replica whose share it is.
+    gaps: dict[str, list[float]] = {r.name: [] for r in replicas}
+    for index, gap in ask_simulator(port, f"/gaps?since={start}")["gaps"]:
+        if (name := owner(FIRST_VMID + index, ["a", "b"])) is not None:
+            gaps[name].append(gap)
     for r in replicas:
         share = r.last["share"]
-        cycles = r.cycles_since(start)
-        if not cycles:
-            raise SystemExit(f"replica {r.name} finished no full cycle in the window")
+        if not gaps[r.name]:
+            raise SystemExit(f"replica {r.name} read no agent twice in the window")
         polls = r.polls_at(end) - r.polls_at(start)
+        cycle = gaps[r.name]
         print(
-            f"replica {r.name}: share {share} ({share / total:.0%}), full cycles {len(cycles)}: "
-            f"p50 {statistics.median(cycles):.3f}s p99 {percentile(cycles, 0.99):.3f}s "
-            f"max {max(cycles):.3f}s, CPU {cpu[r.name] / wall:.3f} cores, "
-            f"{polls / wall:.0f} polls/s, {cpu[r.name] * 1000 / max(polls, 1):.2f} ms CPU per poll"
+            f"replica {r.name}: share {share} ({share / total:.0%}), poll cycle (time between "
+            f"two reads of one agent, {len(cycle)} reads): p50 {statistics.median(cycle):.3f}s "
+            f"p99 {percentile(cycle, 0.99):.3f}s max {max(cycle):.3f}s, "
+            f"CPU {cpu[r.name] / wall:.3f} cores, {polls / wall:.0f} polls/s, "
+            f"{cpu[r.name] * 1000 / max(polls, 1):.2f} ms CPU per poll"
         )
     print(f"agent simulator: CPU {sim_cores:.3f} cores")
     print(
         f"agents polled within the last {1.2 * args.interval:g}s (1.2 intervals), sampled every "
         f"second: min {min(fresh):.1%}, median {statistics.median(fresh):.1%}"
     )
+    orphans = {i for i in range(total) if owner(FIRST_VMID + i, ["a", "b"]) == "b"}
     killed = time.time()
     b.process.send_signal(signal.SIGKILL)
     b.process.wait()
@@ -430,17 +465,25 @@ def measure(
         timeout_s=args.lease * 4 + 60,
         what="the survivor to take the whole share",
     )
+    took_over = wait_until(
+        lambda: not orphans & set(ask_simulator(port, f"/unread?since={killed}")["unread"]),
+        timeout_s=args.lease * 4 + 120,
+        what="the survivor to read every agent of b's share",
+    )
     polled_all = wait_until(
         lambda: polled_since(port, killed) == total,
         timeout_s=args.lease * 4 + 120,
         what="every agent polled after the kill",
     )
     dead_s, share_s, all_s = declared_dead - killed, took_share - killed, polled_all - killed
+    over_s = took_over - killed
     print(
         f"after SIGKILL of b: a sees b dead after {dead_s:.2f}s "
         f"({dead_s / args.lease:.2f} of the {args.lease:g}s lease), "
         f"a's share is all {total} after {share_s:.2f}s "
-        f"({share_s / args.lease:.2f} of the {args.lease:g}s lease); every agent polled again "
+        f"({share_s / args.lease:.2f} of the {args.lease:g}s lease); takeover (a has read every "
+        f"one of b's {len(orphans)} agents) after {over_s:.2f}s "
+        f"({over_s / args.lease:.2f} of the lease); every agent polled again "
         f"after {all_s:.2f}s ({all_s / args.lease:.2f} of the lease)"
     )
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pg_cluster
 import pytest
+from sqlalchemy import text
 
 from agent_sim import SimBackend
 from api_kit import make_app, ready_container, running, services
@@ -27,7 +30,7 @@ from zlh.api.db import Container, Database, Replica
 from zlh.api.db.models import utcnow
 from zlh.api.events import EventBus
 from zlh.api.poller import Poller
-from zlh.api.replicas import Membership, ReplicaNameTaken, owner
+from zlh.api.replicas import Membership, ReplicaNameTaken, _lock_key, owner
 from zlh.api.settings import ApiSettings
 from zlh.routefeed import RouteFeed
 from zlh.schemas import AgentState, AgentStatus
@@ -151,7 +154,10 @@ def test_two_replicas_split_the_containers_with_no_overlap_and_no_gap(database: 
             await until(lambda: a.membership.live == b.membership.live == ("a", "b"), what="both")
             await until(lambda: a.poller.watched() | b.poller.watched() == ALL, what="all polled")
             await until(lambda: not a.poller.watched() & b.poller.watched(), what="no overlap")
-            assert a.poller.watched() == {v for v in ALL if owner(v, ["a", "b"]) == "a"}
+            mine = {v for v in ALL if owner(v, ["a", "b"]) == "a"}
+            # Each poller reloads once its heartbeat thread has read the other's row.
+            await until(lambda: a.poller.watched() == mine, what="a polls its share")
+            await until(lambda: b.poller.watched() == ALL - mine, what="b polls its share")
             assert 0.35 * COUNT < len(a.poller.watched()) < 0.65 * COUNT
             # Polled is polled: each agent's polls come from its owner only, from here on.
             a.agents.polls.clear()
@@ -183,6 +189,117 @@ def test_a_replica_that_stops_heartbeating_has_its_share_taken_over_within_one_l
             await until(lambda: orphans <= set(a.agents.polls), what="b's agents polled by a")
             assert took <= LEASE_S + HEARTBEAT_S, took  # a lease from b's last beat (+ slack)
             assert time.monotonic() - crashed <= LEASE_S + 0.6
+        finally:
+            await a.crash()
+
+    run(database, body)
+
+
+def test_a_replica_whose_loop_is_blocked_past_its_lease_keeps_heartbeating_and_its_share(
+    database: Database,
+) -> None:
+    """The heartbeat runs on a thread of its own: thousands of poll tasks hogging a replica's
+    loop must not make the others think it died (nor delay its noticing that one did)."""
+    blocked_s = LEASE_S * 3
+
+    def busy_replica(done: threading.Event) -> None:
+        async def body() -> None:
+            b = Membership(database, name="b", heartbeat_s=HEARTBEAT_S, lease_s=LEASE_S)
+            await b.join()
+            task = asyncio.get_running_loop().create_task(b.run())
+            await asyncio.sleep(0)  # the heartbeat thread starts
+            time.sleep(blocked_s)  # noqa: ASYNC251 - a loop that does not come back for 3 leases
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            done.set()
+
+        asyncio.run(body())
+
+    async def body(db: Database) -> None:
+        a = Node(db, "a")
+        await a.start()
+        done = threading.Event()
+        thread = threading.Thread(target=busy_replica, args=(done,))
+        thread.start()
+        try:
+            await until(lambda: a.membership.live == ("a", "b"), what="a sees b")
+            while not done.is_set():
+                assert a.membership.live == ("a", "b"), "b's blocked loop stopped its heartbeat"
+                await asyncio.sleep(0.01)
+        finally:
+            await asyncio.to_thread(thread.join)
+            await a.crash()
+
+    run(database, body)
+
+
+_KILLABLE = """
+import asyncio, sys
+from zlh.api.db import Database
+from zlh.api.replicas import Membership
+
+async def main() -> None:
+    membership = Membership(Database(sys.argv[1]), name="b", heartbeat_s=0.2, lease_s=30.0)
+    await membership.join()
+    await membership.run()
+
+asyncio.run(main())
+"""
+
+
+def test_a_killed_replica_has_its_share_taken_over_well_within_one_lease(
+    database: Database,
+) -> None:
+    """SIGKILL closes the replica's connections, and PostgreSQL drops its advisory lock with
+    them: the survivor counts it dead at its next heartbeat, not a lease after its last."""
+    lease_s = 30.0
+    url = database.engine.url.render_as_string(hide_password=False)
+
+    async def body(db: Database) -> None:
+        a = Node(db, "a", lease_s=lease_s)
+        await a.start()
+        try:
+            await until(lambda: a.membership.live == ("a", "b"), timeout_s=30, what="a sees b")
+            await until(lambda: "b" in a.membership._locked, timeout_s=30, what="b's lock seen")
+            await until(lambda: len(a.poller.watched()) < COUNT, what="a gives up b's share")
+            b.kill()
+            killed = time.monotonic()
+            orphans = ALL - a.poller.watched()
+            await until(lambda: a.membership.live == ("a",), timeout_s=lease_s, what="b dead")
+            a.agents.polls.clear()
+            await until(lambda: orphans <= set(a.agents.polls), what="b's agents polled by a")
+            took = time.monotonic() - killed
+            assert took < lease_s / 10, took  # a heartbeat and a poll, not the 30 s lease
+        finally:
+            await a.crash()
+
+    b = subprocess.Popen([sys.executable, "-c", _KILLABLE, url])
+    try:
+        run(database, body)
+    finally:
+        b.kill()
+        b.wait()
+
+
+def test_a_replica_whose_lock_connection_breaks_polls_nothing_until_it_holds_the_lock_again(
+    database: Database,
+) -> None:
+    """The others count a replica without its lock dead: it must not poll its old share
+    meanwhile (two pollers on one container), and must take the lock back."""
+    terminate = text(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks"
+        " WHERE locktype = 'advisory' AND objid::bigint = :key AND objsubid = 2"
+    )
+
+    async def body(db: Database) -> None:
+        a = Node(db, "a")
+        await a.start()
+        try:
+            await until(lambda: a.poller.watched() == ALL, what="a polls all")
+            with db.session() as session:
+                assert session.scalars(terminate, {"key": _lock_key("a")}).all() == [True]
+            await until(lambda: not a.poller.watched(), what="a gives everything up")
+            await until(lambda: a.poller.watched() == ALL, what="a takes its lock back")
         finally:
             await a.crash()
 
