@@ -470,3 +470,31 @@ def test_a_single_sqlite_node_keeps_no_membership_and_polls_everything(tmp_path:
     asyncio.run(body())
     assert svc.poller.watched() == set(range(100, 120))
     svc.db.dispose()
+
+
+def test_replicas_joining_at_the_same_moment_lead_a_duty_only_after_a_heartbeat_and_one_of_them(
+    database: Database,
+) -> None:
+    """Each join may see only itself (the other's row not yet committed): leading a duty then
+    would have both fill the warm pool. Until a heartbeat after the join, neither leads."""
+    duty = "warm-pool"
+
+    async def body(db: Database) -> None:
+        members = [
+            Membership(db, name=name, heartbeat_s=HEARTBEAT_S, lease_s=LEASE_S)
+            for name in ("a", "b")
+        ]
+        await asyncio.gather(*(m.join() for m in members))
+        assert [m.leads(duty) for m in members] == [False, False]
+        tasks = [asyncio.get_running_loop().create_task(m.run()) for m in members]
+        try:
+            await until(lambda: all(m._settled for m in members), what="both heartbeat")
+            assert [m.live for m in members] == [("a", "b"), ("a", "b")]
+            leaders = [m.name for m in members if m.leads(duty)]
+            assert leaders == [owner(duty, ("a", "b"))]
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    run(database, body)

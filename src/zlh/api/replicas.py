@@ -157,6 +157,9 @@ class Membership:
         self._beat_at = 0.0  # monotonic time of the last heartbeat that went through
         self._lock: Connection | None = None  # holds our advisory lock (heartbeat thread)
         self._locked: set[str] = set()  # other replicas seen holding their lock
+        # A heartbeat went through after join: replicas that joined at the same moment (their
+        # rows not yet visible to our join) are seen. Until then this one leads no duty.
+        self._settled = False
 
     @property
     def live(self) -> tuple[str, ...]:
@@ -178,9 +181,11 @@ class Membership:
 
     def leads(self, duty: str) -> bool:
         """Whether this replica does ``duty``, a platform-wide task exactly one live replica
-        does (the warm pool's filling): the one rendezvous hashing of ``duty`` picks."""
+        does (the warm pool's filling): the one rendezvous hashing of ``duty`` picks. None
+        before this replica's first heartbeat after joining: two replicas joining at the same
+        moment each see only themselves at first, and both would lead."""
         view = self._view
-        return not view.lost and owner(duty, view.live) == self.name
+        return self._settled and not view.lost and owner(duty, view.live) == self.name
 
     # -- driving --------------------------------------------------------------------------------
 
@@ -252,7 +257,8 @@ class Membership:
                 self.name,
                 seen.holder,
             )
-        if self._set(self._alive(seen), lost=lost):
+        settling, self._settled = not self._settled, True
+        if self._set(self._alive(seen), lost=lost) or settling:
             loop.call_soon_threadsafe(self.on_change)
         return seen.wait_s
 
