@@ -23,7 +23,8 @@ from zlh.api.containers import ContainerRegistry, Quota
 from zlh.api.db import Container, Database
 from zlh.api.db.models import UsedTicket
 from zlh.api.events import EventBus
-from zlh.proxy.tickets import DbLedger, TicketDesk, mint_ticket
+from zlh.proxy.ticket_db import DbLedger
+from zlh.proxy.tickets import TicketDesk, mint_ticket
 from zlh.routefeed import RouteFeed
 from zlh.schemas import AgentState, AgentStatus
 

@@ -279,7 +279,8 @@ async def _serve(app: Any, settings: ApiSettings) -> None:
     from zlh.proxy.feed import follow
     from zlh.proxy.front import Front
     from zlh.proxy.routes import RouteTable
-    from zlh.proxy.tickets import DbLedger, FileLedger, Ledger, TicketDesk
+    from zlh.proxy.ticket_db import DbLedger
+    from zlh.proxy.tickets import FileLedger, Ledger, TicketDesk
     from zlh.proxy.worker import drain as drain_front
 
     services = app.state.services

@@ -12,8 +12,8 @@ key, told apart from session tokens and from each other by ``aud``:
   ``jti`` of every ticket it took until the ticket would have expired anyway, and its ledger
   keeps them for every process that takes tickets: :class:`FileLedger` (a directory the front
   workers of one host share), or, when replicas on several hosts share PostgreSQL,
-  :class:`DbLedger` (a table all of them share: a stolen ticket is taken once on the whole
-  platform, not once per host).
+  :class:`~zlh.proxy.ticket_db.DbLedger` (a table all of them share: a stolen ticket is taken
+  once on the whole platform, not once per host).
 * IDE cookie, ``aud`` :data:`COOKIE_AUDIENCE`: ``sub``, ``sid``, ``vmid``, ``admin``, ``iat`` and
   ``exp`` of the portal session. Carrying the session's ``sid`` and ``iat`` makes every revocation
   of that session (logout, password change, user disabled) reach the IDE cookie through the
@@ -38,8 +38,6 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 import jwt
-from sqlalchemy import create_engine, text
-from sqlalchemy.exc import SQLAlchemyError
 
 from zlh.proxy.auth import ALGORITHM, TICKET_CLAIMS, JwtAuthenticator, verify_jwt
 
@@ -49,7 +47,6 @@ __all__ = [
     "IDE_COOKIE",
     "TICKET_AUDIENCE",
     "TICKET_TTL_S",
-    "DbLedger",
     "FileLedger",
     "Ledger",
     "Ticket",
@@ -62,9 +59,8 @@ IDE_COOKIE: Final = "zlh_ide"
 TICKET_AUDIENCE: Final = "zlh-ide-ticket"
 COOKIE_AUDIENCE: Final = "zlh-ide"
 TICKET_TTL_S: Final = 60
-_PRUNE_EVERY_S: Final = 30.0
+PRUNE_EVERY_S: Final = 30.0
 # A database that does not answer within this refuses the ticket (the user asks for another).
-_DB_TIMEOUT_S: Final = 5
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +211,7 @@ class TicketDesk:
     def _prune(self, now: float) -> None:
         if now < self._next_prune:
             return
-        self._next_prune = now + _PRUNE_EVERY_S
+        self._next_prune = now + PRUNE_EVERY_S
         for jti in [j for j, exp in self._used.items() if exp <= now]:
             del self._used[jti]
 
@@ -229,7 +225,7 @@ class Ledger(Protocol):
         ...
 
 
-def _jti_hash(jti: str) -> str:
+def jti_hash(jti: str) -> str:
     return hashlib.sha256(jti.encode()).hexdigest()
 
 
@@ -243,7 +239,7 @@ class FileLedger:
 
     def claim(self, jti: str, exp: int, now: float) -> bool:
         self._prune(now)
-        name = f"{exp}-{_jti_hash(jti)[:32]}"
+        name = f"{exp}-{jti_hash(jti)[:32]}"
         try:
             os.close(os.open(self.path / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         except FileExistsError:
@@ -253,51 +249,9 @@ class FileLedger:
     def _prune(self, now: float) -> None:
         if now < self._next_prune:
             return
-        self._next_prune = now + _PRUNE_EVERY_S
+        self._next_prune = now + PRUNE_EVERY_S
         with os.scandir(self.path) as entries:
             for entry in entries:
                 exp, _, _ = entry.name.partition("-")
                 if exp.isdigit() and int(exp) <= now:
                     Path(entry.path).unlink(missing_ok=True)
-
-
-class DbLedger:
-    """The ``used_tickets`` table of the PostgreSQL database the replicas share: one row per
-    ticket taken (the sha256 of its ``jti``, its expiry), inserted only if absent; expired rows
-    are deleted now and then. A database error refuses the ticket."""
-
-    def __init__(self, url: str) -> None:
-        self._engine = create_engine(
-            url,
-            pool_size=1,
-            max_overflow=3,
-            pool_pre_ping=True,
-            connect_args={"connect_timeout": _DB_TIMEOUT_S},
-        )
-        self._next_prune = 0.0
-
-    def claim(self, jti: str, exp: int, now: float) -> bool:
-        try:
-            with self._engine.begin() as conn:
-                conn.execute(text(f"SET LOCAL statement_timeout = {_DB_TIMEOUT_S * 1000}"))
-                if now >= self._next_prune:
-                    self._next_prune = now + _PRUNE_EVERY_S
-                    conn.execute(
-                        text("DELETE FROM used_tickets WHERE expires_at <= :now"),
-                        {"now": int(now)},
-                    )
-                inserted = conn.execute(
-                    text(
-                        "INSERT INTO used_tickets (jti_hash, expires_at) VALUES (:hash, :exp) "
-                        "ON CONFLICT DO NOTHING RETURNING jti_hash"
-                    ),
-                    {"hash": _jti_hash(jti), "exp": exp},
-                ).first()
-        except SQLAlchemyError as exc:
-            problem = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-            log.warning("a ticket was refused: its use cannot be recorded: %s", problem)
-            return False
-        return inserted is not None
-
-    def dispose(self) -> None:
-        self._engine.dispose()

@@ -36,7 +36,8 @@ from zlh.proxy.front import Front
 from zlh.proxy.routes import RouteTable
 from zlh.proxy.serving import run
 from zlh.proxy.settings import ProxySettings
-from zlh.proxy.tickets import DbLedger, FileLedger, Ledger, TicketDesk
+from zlh.proxy.ticket_db import DbLedger
+from zlh.proxy.tickets import FileLedger, Ledger, TicketDesk
 
 __all__ = ["drain", "main"]
 

@@ -410,7 +410,7 @@ class LoginFailures(Base):
 
 
 class UsedTicket(Base):
-    """An IDE ticket already taken (``zlh.proxy.tickets.DbLedger``): the sha256 of its ``jti``
+    """An IDE ticket already taken (``zlh.proxy.ticket_db.DbLedger``): the sha256 of its ``jti``
     and its expiry in epoch seconds, after which the row is swept away. Shared by the front
     processes of every replica, so a ticket is taken once whichever host it is shown to."""
 

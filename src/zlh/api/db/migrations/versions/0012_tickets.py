@@ -1,5 +1,5 @@
 """IDE tickets taken, in the database: a ticket is taken once among the front processes of
-every replica, whatever host they run on (``zlh.proxy.tickets.DbLedger``).
+every replica, whatever host they run on (``zlh.proxy.ticket_db.DbLedger``).
 
 Revision ID: 0012_tickets
 Revises: 0011_jobs
