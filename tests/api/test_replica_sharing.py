@@ -2,8 +2,8 @@
 
 Replica ``a`` provisions (simulated agents over real HTTP); replica ``b`` polls nothing (its
 poll intervals are an hour, so whatever it learns of a's containers came through the
-database's NOTIFY or its snapshot). They share the data dir, hence the key files, as
-replicas must.
+database's NOTIFY or its snapshot), except where a test says otherwise. They share the data
+dir, hence the key files, as replicas must.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from zlh.api.db import ContainerState, Database, ShareRole, User
 from zlh.api.errors import Conflict
 from zlh.api.events import EventBus
 from zlh.api.follower import Follower, libpq_url
+from zlh.api.replicas import Membership
 from zlh.api.shares import Shares
 from zlh.routefeed import FeedRoute, RouteFeed
 
@@ -73,6 +74,12 @@ def follower_of(app: FastAPI) -> Follower:
     return follower
 
 
+def membership(app: FastAPI) -> Membership:
+    replicas = services(app).replicas
+    assert replicas is not None, "a replica on PostgreSQL keeps a membership"
+    return replicas
+
+
 def sid_of(headers: dict[str, str]) -> str:
     payload = headers["Authorization"].removeprefix("Bearer ").split(".")[1]
     claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=="))
@@ -101,7 +108,7 @@ def serving(tmp_path: Path, pg_url: str, **extra: Any) -> Iterator[Pair]:
         replica="a",
         **extra,
     )
-    b = make_app(tmp_path, SimBackend(), database_url=pg_url, replica="b", **QUIET, **extra)
+    b = make_app(tmp_path, SimBackend(), database_url=pg_url, replica="b", **{**QUIET, **extra})
     add_user(a, "alice")
     add_user(a, "bob")
     with running(a) as on_a, running(b) as on_b:
@@ -129,40 +136,57 @@ def allocated_on(a: FastAPI, *, seen_by: FastAPI) -> int:
 
 
 def test_sse_progress_and_the_route_of_a_container_provisioned_on_a_reach_b(
-    replicas: Pair,
+    tmp_path: Path, pg_url: str
 ) -> None:
-    a, on_a, b, on_b = replicas
-    alice = login(on_a, "alice")
-    created = on_a.post(
-        "/api/dev", json={"runtime": "node", "addons": ["code-server"]}, headers=alice
-    )
-    assert created.status_code == 202, created.text
-    vmid = created.json()["vmid"]
+    # Both poll, each its share: the container's progress is read on the replica whose
+    # poller does not poll it, so all it streams came through the database.
+    with serving(tmp_path, pg_url, poll_interval_s=0.2, poll_interval_provisioning_s=0.05) as (
+        a,
+        on_a,
+        b,
+        on_b,
+    ):
+        for replica in (a, b):
+            wait_for(
+                lambda replica=replica: membership(replica).live == ("a", "b"),  # type: ignore[misc]
+                what="each replica seeing both",
+            )
+        alice = login(on_a, "alice")
+        created = on_a.post(
+            "/api/dev", json={"runtime": "node", "addons": ["code-server"]}, headers=alice
+        )
+        assert created.status_code == 202, created.text
+        vmid = created.json()["vmid"]
+        polled_by_a = membership(a).owns(vmid)
+        assert polled_by_a != membership(b).owns(vmid)
+        told, on_told = (b, on_b) if polled_by_a else (a, on_a)
 
-    events = sse_events(on_b, f"/api/dev/{vmid}/events", alice, deadline_s=30)
+        events = sse_events(on_told, f"/api/dev/{vmid}/events", alice, deadline_s=30)
 
-    states = [e["state"] for e in events]
-    assert states[-1] == "ready", events
-    # More than the stream's first frame: b was told of each step as a made it.
-    assert "provisioning" in states, states
-    percents = [e["progress"]["percent"] for e in events if e.get("progress")]
-    assert len(set(percents)) >= 2, events
-    route = wait_for(lambda: (r := route_on(b, vmid)) and r.ready and r, what="b's route ready")
-    assert route.address == "127.0.0.1"
+        states = [e["state"] for e in events]
+        assert states[-1] == "ready", events
+        # More than the stream's first frame: it was told of each step as the other saw it.
+        assert "provisioning" in states, states
+        percents = [e["progress"]["percent"] for e in events if e.get("progress")]
+        assert len(set(percents)) >= 2, events
+        route = wait_for(
+            lambda: (r := route_on(told, vmid)) and r.ready and r, what="the told one's route"
+        )
+        assert route.address == "127.0.0.1"
 
-    # A share made on a lets bob in on b's front; taken back, it is gone there too.
-    shared = on_a.post(
-        f"/api/dev/{vmid}/shares", json={"user": "bob", "role": "use"}, headers=alice
-    )
-    assert shared.status_code == 201, shared.text
-    bob_id = accounts.get_user(services(a).db, "bob").id
-    wait_for(lambda: bob_id in route_on(b, vmid).guest_ids, what="bob's share on b")  # type: ignore[union-attr]
-    assert on_a.delete(f"/api/dev/{vmid}/shares/bob", headers=alice).status_code == 204
-    wait_for(lambda: not route_on(b, vmid).guest_ids, what="the share gone on b")  # type: ignore[union-attr]
+        # A share made on a lets bob in on b's front; taken back, it is gone there too.
+        shared = on_a.post(
+            f"/api/dev/{vmid}/shares", json={"user": "bob", "role": "use"}, headers=alice
+        )
+        assert shared.status_code == 201, shared.text
+        bob_id = accounts.get_user(services(a).db, "bob").id
+        wait_for(lambda: bob_id in route_on(b, vmid).guest_ids, what="bob's share on b")  # type: ignore[union-attr]
+        assert on_a.delete(f"/api/dev/{vmid}/shares/bob", headers=alice).status_code == 204
+        wait_for(lambda: not route_on(b, vmid).guest_ids, what="the share gone on b")  # type: ignore[union-attr]
 
-    # Deleted on a: b's route goes.
-    assert on_a.delete(f"/api/dev/{vmid}", headers=alice).status_code == 204
-    wait_for(lambda: route_on(b, vmid) is None, timeout_s=30, what="b's route removed")
+        # Deleted on a: b's route goes.
+        assert on_a.delete(f"/api/dev/{vmid}", headers=alice).status_code == 204
+        wait_for(lambda: route_on(b, vmid) is None, timeout_s=30, what="b's route removed")
 
 
 def test_a_session_revoked_on_a_reaches_b_within_a_second(
