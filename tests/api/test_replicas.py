@@ -26,9 +26,10 @@ from api_kit import make_app, ready_container, running, services
 from zlh.api import accounts
 from zlh.api.agent_client import AgentClient
 from zlh.api.containers import ContainerRegistry
-from zlh.api.db import Container, Database, Replica
+from zlh.api.db import Container, ContainerState, Database, Replica
 from zlh.api.db.models import utcnow
 from zlh.api.events import EventBus
+from zlh.api.follower import Follower
 from zlh.api.poller import Poller
 from zlh.api.replicas import Membership, ReplicaNameTaken, _lock_key, owner
 from zlh.api.settings import ApiSettings
@@ -92,8 +93,9 @@ class Node:
         *,
         lease_s: float = LEASE_S,
         poll_interval_s: float = 0.2,
-        follow_changes_s: float | None = None,
+        following: bool = False,
     ) -> None:
+        """``following``: it also runs the follower, whose announcements feed the poller."""
         settings = ApiSettings(data_dir=Path("/nonexistent"), poll_interval_s=poll_interval_s)
         self.agents = Agents()
         self.membership = Membership(db, name=name, heartbeat_s=HEARTBEAT_S, lease_s=lease_s)
@@ -111,15 +113,30 @@ class Node:
             resend=resend,
             overdue=lambda _c: False,
             share=self.membership.owns,
-            follow_changes_s=follow_changes_s,
         )
         self.membership.on_change = self.poller.wake
+        self.follower = (
+            Follower(
+                db.url,
+                replica=name,
+                registry=registry,
+                revocations_changed=lambda: None,
+                container_announced=self.poller.announced,
+                resynced=self.poller.wake,
+            )
+            if following
+            else None
+        )
         self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         await self.membership.join()
         loop = asyncio.get_running_loop()
         self.tasks = [loop.create_task(self.membership.run()), loop.create_task(self.poller.run())]
+        if self.follower is not None:
+            follower = self.follower
+            self.tasks.append(loop.create_task(follower.run()))
+            await until(lambda: follower.connects >= 1, what=f"{self.membership.name} listening")
 
     async def crash(self) -> None:
         """Stop heartbeating and polling, leaving the row behind (as kill -9 would)."""
@@ -341,12 +358,18 @@ def test_a_container_another_replica_changes_is_followed_by_its_owner_before_a_f
     database: Database,
 ) -> None:
     async def body(db: Database) -> None:
-        # Full reloads 30 s apart: only following changes can explain what b sees in time.
-        a, b = (Node(db, n, poll_interval_s=30, follow_changes_s=0.1) for n in ("a", "b"))
+        # Full reloads 30 s apart: only the database's announcement can explain what b sees.
+        a, b = (Node(db, n, poll_interval_s=30, following=True) for n in ("a", "b"))
         await a.start()
         await b.start()
         try:
-            await until(lambda: a.poller.watched() | b.poller.watched() == ALL, what="split")
+            await until(
+                lambda: (
+                    a.poller.watched() | b.poller.watched() == ALL
+                    and not a.poller.watched() & b.poller.watched()
+                ),
+                what="split",
+            )
             vmid = min(v for v in ALL if owner(v, ["a", "b"]) == "b")
             # Replica a moves b's container (as a start there re-records its address).
             mover = ContainerRegistry(db, EventBus(), RouteFeed())
@@ -355,6 +378,10 @@ def test_a_container_another_replica_changes_is_followed_by_its_owner_before_a_f
             took = await until(lambda: vmid + COUNT in b.agents.polls, what="b follows")
             assert took < 3.0
             assert vmid + COUNT not in a.agents.polls
+            # Stopped there: b stops polling it, 30 s before its next full reload.
+            mover.update(vmid, state=ContainerState.STOPPED)
+            await until(lambda: vmid not in b.poller.watched(), timeout_s=3, what="b lets go")
+            assert vmid not in a.poller.watched()
         finally:
             await a.crash()
             await b.crash()

@@ -80,10 +80,6 @@ __all__ = ["build_services", "create_app"]
 
 logger = logging.getLogger(__name__)
 
-# With replicas: how often a poller looks for its containers changed by another replica (a
-# dev request, a start, a warm-pool hand-out there): how late it sees them at most.
-FOLLOW_CHANGES_S = 0.5
-
 
 def build_services(
     settings: ApiSettings,
@@ -148,7 +144,6 @@ def build_services(
         overdue=provisioning.provision_overdue,
         metrics=metrics,
         share=replicas.owns if replicas is not None else lambda _vmid: True,
-        follow_changes_s=FOLLOW_CHANGES_S if replicas is not None else None,
     )
     provisioning.on_provisioning = poller.wake
     lifecycle = Lifecycle(
@@ -260,12 +255,18 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         asyncio.create_task(svc.lifecycle.run_idle_stop(), name="idle-stop"),
     ]
     if _shared(svc.db):
+
+        def announced(vmid: int) -> None:
+            svc.poller.announced(vmid)  # its share's container, written by another replica
+            svc.pool.announced(vmid)
+
         follower = Follower(
             svc.settings.db_url,
             replica=svc.settings.replica_name,
             registry=svc.registry,
             revocations_changed=revoked.set,
-            container_announced=svc.pool.announced,
+            container_announced=announced,
+            resynced=svc.poller.wake,  # what it missed while not listening: a full reload
         )
         app.state.follower = follower
         tasks.append(asyncio.create_task(follower.run(), name="follow"))

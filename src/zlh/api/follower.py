@@ -1,8 +1,9 @@
 """A replica follows what the others change: ``LISTEN`` on the channels of ``zlh.api.notify``.
 
 One psycopg connection per replica listens; a container's announcement has the registry
-re-read that row (announcements arriving together are read in one query) and a revocation's
-runs the revocation sync at once. On every (re)connect the replica first takes a snapshot --
+re-read that row (announcements arriving together are read in one query) and is handed to the
+poller (its share's container, driven by another replica) and a revocation's runs the
+revocation sync at once. On every (re)connect the replica first takes a snapshot --
 every container re-read and delivered, vanished routes dropped, revocations synced -- so
 whatever was announced while it did not listen is not lost. A lost connection is retried
 with a growing back-off; the periodic revocation sync keeps running meanwhile.
@@ -78,7 +79,10 @@ class Follower:
         registry: ContainerRegistry,
         revocations_changed: Callable[[], None],
         container_announced: Callable[[int], None] = lambda _vmid: None,
+        resynced: Callable[[], None] = lambda: None,
     ) -> None:
+        """``container_announced`` is told every announced vmid as it arrives, ``resynced``
+        each snapshot (what this replica may have missed meanwhile), both on the loop."""
         # Seen in pg_stat_activity: an operator (or a test) finds the listener by it.
         self.application_name = f"zlh-follow:{replica}"[:63]
         self._conninfo = make_conninfo(
@@ -87,6 +91,7 @@ class Follower:
         self._registry = registry
         self._revocations_changed = revocations_changed
         self._container_announced = container_announced
+        self._resynced = resynced
         self._pending: set[int] = set()
         self._kick = asyncio.Event()
         self.connects = 0  # (re)connects that got as far as listening
@@ -119,6 +124,7 @@ class Follower:
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
             # Listening first, then the snapshot: a change after it is announced to us.
             await to_thread_to_the_end(self._registry.resync)
+            self._resynced()
             self._revocations_changed()
             self.connects += 1
             async for note in conn.notifies():

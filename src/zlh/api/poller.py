@@ -17,8 +17,8 @@ replicas changed). Stopped and stopping containers are not polled at all. With s
 on one database, each polls only its share (``share``: zlh.api.replicas); a container another
 replica drives (provisions, starts, hands out from the warm pool) is still polled by its share's
 owner only, so two pollers never race on one container's state. That replica cannot wake the
-owner's poller, so with replicas a poller also looks for its share's rows changed lately every
-``follow_changes_s``.
+owner's poller; the database's announcement of the write does (:meth:`Poller.announced`, from
+zlh.api.follower): the owner re-reads just those rows.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, select
@@ -86,13 +86,10 @@ class Poller:
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
         share: Share = lambda _vmid: True,
-        follow_changes_s: float | None = None,
     ) -> None:
         """``metrics`` gets the cycle times, failures and provisioning times (a fresh
         :class:`~zlh.api.metrics.Metrics` of its own when not given); ``share`` says whether a
-        vmid is this replica's to poll (default: every one, a single node). ``follow_changes_s``:
-        also look this often for rows of its share changed lately (a replica: another one may
-        have started provisioning or starting a container this one polls, and cannot wake it)."""
+        vmid is this replica's to poll (default: every one, a single node)."""
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.registry = registry
@@ -105,8 +102,7 @@ class Poller:
         self._sem = asyncio.Semaphore(settings.poll_concurrency)
         self._targets: dict[int, PollTarget] = {}
         self._reload_at = 0.0
-        self._follow_changes_s = follow_changes_s
-        self._changes_at = 0.0
+        self._announced: set[int] = set()  # vmids of its share written elsewhere, to re-read
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
 
@@ -154,15 +150,22 @@ class Poller:
         self._reload_at = 0.0
         self._wake.set()
 
+    def announced(self, vmid: int) -> None:
+        """Container ``vmid`` was written, by any replica (its database announcement): if it
+        is this poller's to poll, re-read its row before the next polls."""
+        if self._share(vmid):
+            self._announced.add(vmid)
+            self._wake.set()
+
     def _launch_due(self) -> list[asyncio.Task[None]]:
         now = self._clock()
         if now >= self._reload_at:
+            self._announced.clear()  # read with all the rest
             self._reload()
             self._reload_at = now + self.settings.poll_interval_s
-            self._changes_at = now + (self._follow_changes_s or 0.0)
-        elif self._follow_changes_s is not None and now >= self._changes_at:
-            self._reload_changed(since=utcnow() - timedelta(seconds=self.settings.poll_interval_s))
-            self._changes_at = now + self._follow_changes_s
+        elif self._announced:
+            vmids, self._announced = self._announced, set()
+            self._reread(vmids)
         launched = []
         for target in self._targets.values():
             if target.in_flight or target.due > now:
@@ -186,10 +189,18 @@ class Poller:
                 del self._targets[vmid]
         self._take_on(current)
 
-    def _reload_changed(self, *, since: datetime) -> None:
-        """Take on the rows of its share written since ``since`` (a window as long as the
-        full reload's interval: replicas' clocks may differ by less than that)."""
-        self._take_on(self._polled_rows(Container.updated_at >= since))
+    def _reread(self, vmids: set[int]) -> None:
+        """Take on ``vmids``' rows as they are now; drop those no longer polled (stopped or
+        deleted)."""
+        wanted = sorted(vmids)
+        current: dict[int, datetime] = {}
+        for start in range(0, len(wanted), _LOAD_CHUNK):
+            chunk = wanted[start : start + _LOAD_CHUNK]
+            current |= self._polled_rows(Container.vmid.in_(chunk))
+        for vmid in wanted:
+            if vmid not in current:
+                self._targets.pop(vmid, None)
+        self._take_on(current)
 
     def _polled_rows(self, *where: ColumnElement[bool]) -> dict[int, datetime]:
         """vmid → ``updated_at`` of the polled containers of its share (and ``where``)."""
