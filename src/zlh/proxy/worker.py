@@ -82,12 +82,13 @@ async def _serve(config: dict[str, Any]) -> int:
     def activity(vmid: int, kind: str) -> None:
         send({"t": "activity", "vmid": vmid, "kind": kind})
 
+    ledger = _ledger(config)
     front = Front(
         ProxySettings.model_validate(config["settings"]),
         RouteTable(),
         JwtAuthenticator(key, issuer=issuer),
         config["api_upstream"],
-        tickets=TicketDesk(key, issuer=issuer, ledger=_ledger(config)),
+        tickets=TicketDesk(key, issuer=issuer, ledger=ledger),
         on_ide_open=ide_opened,
         on_activity=activity,
         reuse_port=True,
@@ -126,6 +127,8 @@ async def _serve(config: dict[str, Any]) -> int:
         stats.cancel()
         follower.cancel()
         await front.close()
+        if isinstance(ledger, DbLedger):
+            ledger.dispose()
         writer.close()
 
 
