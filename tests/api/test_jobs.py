@@ -454,3 +454,107 @@ def test_a_single_node_restarted_after_a_crash_takes_its_own_job_at_once(tmp_pat
             assert backend.creates == 1 and list(backend.agents) == [vmid]
 
     asyncio.run(scenario())
+
+
+def _gate_first(backend: SimBackend, method: str) -> tuple[asyncio.Event, list[int]]:
+    """The first call of ``backend.method`` waits forever (its replica dies there); the
+    vmids of every call are listed."""
+    original = getattr(backend, method)
+    entered = asyncio.Event()
+    calls: list[int] = []
+
+    async def gated(first: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(first if isinstance(first, int) else first.vmid)  # a vmid, or a spec
+        if len(calls) == 1:
+            entered.set()
+            await asyncio.Event().wait()  # until cancelled
+        return await original(first, *args, **kwargs)
+
+    setattr(backend, method, gated)
+    return entered, calls
+
+
+@pytest.mark.parametrize(
+    ("action", "cut_in", "then"),
+    [
+        ("stop", "stop", "stopped"),
+        ("start", "start", "ready"),
+        ("restart", "start", "ready"),  # between its halves: stopped, starting
+        ("rebuild", "rebuild", "ready"),
+    ],
+)
+def test_a_replica_killed_mid_lifecycle_action_leaves_a_job_another_replica_finishes(
+    tmp_path: Path, pg_url: str, action: str, cut_in: str, then: str
+) -> None:
+    backend = SimBackend()
+
+    async def scenario() -> None:
+        async with replicas(pg_url, tmp_path, backend, "a", "b") as (a, b):
+
+            def state() -> str | None:
+                container = b.svc.registry.get(vmid)
+                return None if container is None else container.state
+
+            user = _user(a.svc.db, "alice")
+            vmid = (await a.svc.provisioning.request(user, DevRequest(runtime="node"))).vmid
+            await until(lambda: state() == "ready" and _job(a.svc, vmid) is None, what="ready")
+            if action == "start":
+                await a.svc.lifecycle.stop(vmid, actor="alice", reason="stopped by user alice")
+                await until(lambda: state() == "stopped" and not _job(a.svc, vmid), what="stop")
+            backend.template = 2  # what a rebuild takes
+            entered, calls = _gate_first(backend, cut_in)
+            reason = f"{action} asked by user alice"
+            await getattr(a.svc.lifecycle, action)(vmid, actor="alice", reason=reason)
+            await asyncio.wait_for(entered.wait(), timeout=10)
+            left = _job(a.svc, vmid)
+            assert left is not None and (left.kind, left.lease_holder) == (action, "a")
+            await a.crash()
+
+            taken = await until(
+                lambda: (j := _job(b.svc, vmid)) is not None and j.lease_holder == "b" and j,
+                what="b to take the job",
+            )
+            assert (taken.kind, taken.attempts) == (action, 2)
+            await until(lambda: state() == then, what=f"b to finish the {action}")
+            await until(lambda: _job(b.svc, vmid) is None, what="the job to end")
+            assert calls == [vmid, vmid]  # a's cut short, b's went through
+            container = b.svc.registry.get(vmid)
+            assert container is not None and container.error is None
+            assert backend.creates == 1 and list(backend.agents) == [vmid]
+            assert (vmid in backend.running) is (then == "ready")
+            if action == "restart":
+                assert container.state_reason == reason  # the request's, kept by b
+            if action == "rebuild":
+                assert backend.systems[vmid] == 2  # a fresh system, provisioned again
+                assert container.status is not None and container.status.runtime_installed
+
+    asyncio.run(scenario())
+
+
+def test_a_stop_left_without_a_job_is_given_one_at_start_and_finished(tmp_path: Path) -> None:
+    """A container in ``stopping`` with no job (a version without lifecycle jobs stopped
+    there) is stopped at the next start, by the job it is given."""
+    backend = SimBackend()
+    url = f"sqlite:///{tmp_path / 'zlh.db'}"
+
+    async def scenario() -> None:
+        async with replicas(url, tmp_path, backend, "node", stop_containers=False) as (first,):
+            user = _user(first.svc.db, "alice")
+            vmid = (await first.svc.provisioning.request(user, DevRequest(runtime="node"))).vmid
+            registry = first.svc.registry
+            await until(
+                lambda: registry.get(vmid).state == "ready" and _job(first.svc, vmid) is None,  # type: ignore[union-attr]
+                what="ready",
+            )
+            await first.crash()
+            registry.update(vmid, state="stopping", state_reason="stopped by user alice")
+            assert _job(first.svc, vmid) is None
+        async with replicas(url, tmp_path, backend, "node") as (again,):
+            await until(
+                lambda: again.svc.registry.get(vmid).state == "stopped",  # type: ignore[union-attr]
+                what="stopped",
+            )
+            await until(lambda: _job(again.svc, vmid) is None, what="the job to end")
+            assert vmid not in backend.running
+
+    asyncio.run(scenario())

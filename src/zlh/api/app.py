@@ -155,6 +155,7 @@ def build_services(
         wake_poller=poller.wake,
     )
     provisioning.on_deleted = lifecycle.forget
+    provisioning.job_work = lifecycle.work
     pool = WarmPool(
         settings=settings,
         registry=registry,

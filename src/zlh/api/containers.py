@@ -468,12 +468,14 @@ class ContainerRegistry:
         reason: str,
         action: str,
         running_limit: int | None = None,
+        within: Within | None = None,
         **changes: Any,
     ) -> Container:
         """Move to ``to`` if the stored state is one of ``allowed``, in one transaction.
 
         Conflict names the state it is in; with ``running_limit`` (a start) the owner's other
-        running containers are counted in the same transaction (QuotaExceeded).
+        running containers are counted in the same transaction (QuotaExceeded);
+        ``within(session, vmid)`` runs in it too (the job that carries the change).
         """
         allowed_values = {str(s) for s in allowed}
         with self.db.session() as session:
@@ -490,6 +492,8 @@ class ContainerRegistry:
             container.state = to.value
             container.state_reason = reason
             container.state_changed_at = container.updated_at = now
+            if within is not None:
+                within(session, vmid)
             _announce(session, vmid)
         self._notify(container)
         return container

@@ -1,14 +1,17 @@
-"""Provisioning jobs: a container's drive as a row with a lease, so that no replica's death
-loses it (table ``jobs``, one row per container at most).
+"""Jobs: a container's drive -- its provisioning, or a stop, start, restart or rebuild -- as a
+row with a lease, so that no replica's death loses it (table ``jobs``, one row per container at
+most; :class:`JobKind` says which work it carries).
 
-A dev request writes its container row and its job, held by the replica that took the
-request, in one transaction (:meth:`Jobs.hold`). The holder renews the lease every third of
-``job_lease_s`` while it drives, and deletes the job when the work has ended: the container
-``ready``, ``failed``, or gone (a delete removes the job with the container, and a holder whose
-renewal finds no row stops). Every replica looks for jobs whose lease ran out (at start-up
-also for its own, left by its previous run) and takes one with a conditional UPDATE, on
-PostgreSQL after ``SELECT … FOR UPDATE SKIP LOCKED`` (two replicas scanning at once never lock
-each other, and never both take one job); SQLite is one node, the conditional UPDATE suffices.
+A dev request (or a lifecycle action) writes its container's new state and its job, held by
+the replica that took the request, in one transaction (:meth:`Jobs.hold`). The holder renews
+the lease every third of ``job_lease_s`` while it works, and deletes the job when the work has
+ended: the container out of the kind's states (:data:`IN_FLIGHT`: provisioning ends ``ready``
+or ``failed``, a stop ``stopped``), or gone (a delete removes the job with the container, and a
+holder whose renewal finds no row stops). Every replica looks for jobs whose lease ran out (at
+start-up also for its own, left by its previous run) and takes one with a conditional UPDATE,
+on PostgreSQL after ``SELECT … FOR UPDATE SKIP LOCKED`` (two replicas scanning at once never
+lock each other, and never both take one job); SQLite is one node, the conditional UPDATE
+suffices.
 
 Every claim gives the job a new ``token``; renewing and finishing need it, so a holder that
 lost its job (it stalled past its lease and was taken over) can neither keep nor delete the
@@ -37,27 +40,50 @@ from sqlalchemy.orm import Session
 from zlh.api.db import Container, ContainerState, Database, Job
 from zlh.api.db.models import db_now
 
-__all__ = ["Claim", "JobKind", "Jobs"]
-
-# The states whose work a provisioning job carries; a container in one without a job (left by
-# a version without jobs, or a rebuild interrupted between its steps) is given one at start-up.
-_UNDRIVEN = [ContainerState.REQUESTED.value, ContainerState.CREATING.value]
+__all__ = ["IN_FLIGHT", "Claim", "JobKind", "Jobs"]
 
 
 class JobKind(StrEnum):
-    # requested/creating → created, started, payload accepted → ready or failed. A rebuild's
-    # second half (creating → ready) is one too.
-    PROVISION = "provision"
+    """The work a job carries (zlh.api.lifecycle has the lifecycle ones' state diagram)."""
+
+    PROVISION = "provision"  # requested/creating → created, started, payload accepted → ready
+    STOP = "stop"  # stopping → stopped
+    START = "start"  # starting → (address recorded, the poller sees the agent) ready
+    RESTART = "restart"  # stopping → stopped → starting → ready
+    REBUILD = "rebuild"  # rebuilding → creating → provisioning → ready
+
+
+_S = ContainerState
+# The states a job of each kind carries its container through: the job ends once the container
+# is in none of them (or gone). A taker of a job whose holder died continues from the state.
+IN_FLIGHT: dict[JobKind, frozenset[ContainerState]] = {
+    JobKind.PROVISION: frozenset({_S.REQUESTED, _S.CREATING, _S.PROVISIONING}),
+    JobKind.STOP: frozenset({_S.STOPPING}),
+    JobKind.START: frozenset({_S.STARTING}),
+    JobKind.RESTART: frozenset({_S.STOPPING, _S.STOPPED, _S.STARTING}),
+    JobKind.REBUILD: frozenset({_S.REBUILDING, _S.CREATING, _S.PROVISIONING}),
+}
+# The job a container found in one of these states without a job (left by a version without
+# jobs, or work begun outside one) is given at start-up.
+_ORPHANS = {
+    _S.REQUESTED: JobKind.PROVISION,
+    _S.CREATING: JobKind.PROVISION,
+    _S.STOPPING: JobKind.STOP,
+    _S.STARTING: JobKind.START,
+    _S.REBUILDING: JobKind.REBUILD,
+}
 
 
 @dataclass(frozen=True)
 class Claim:
-    """A job this replica took: drive ``vmid`` holding ``token``; or, ``exhausted``, a job
-    begun ``attempts`` times already, now deleted, whose container must end failed."""
+    """A job this replica took: do its ``kind`` of work on ``vmid`` holding ``token``; or,
+    ``exhausted``, a job begun ``attempts`` times already, now deleted, whose container must
+    end failed."""
 
     vmid: int
     token: str
     attempts: int
+    kind: JobKind = JobKind.PROVISION
     exhausted: bool = False
 
 
@@ -94,10 +120,10 @@ class Jobs:
         session.flush()
         return token
 
-    def hold_now(self, vmid: int) -> str:
+    def hold_now(self, vmid: int, kind: JobKind = JobKind.PROVISION) -> str:
         """:meth:`hold` in a transaction of its own."""
         with self.db.session() as session:
-            return self.hold(session, vmid)
+            return self.hold(session, vmid, kind)
 
     def renew(self, vmid: int, token: str) -> bool:
         """Push the lease on; False when the job is no longer this holder's (gone or taken)."""
@@ -144,13 +170,13 @@ class Jobs:
             job = session.scalars(query).first()
             if job is None:
                 return None
-            vmid, attempts = job.vmid, job.attempts
+            vmid, attempts, kind = job.vmid, job.attempts, JobKind(job.kind)
             mine = Job.vmid == vmid, Job.token == job.token
             if attempts >= self.max_attempts:
                 gone = session.execute(delete(Job).where(*mine))
                 if gone.rowcount != 1:  # type: ignore[attr-defined]
                     return None  # SQLite: another connection changed it meanwhile
-                return Claim(vmid=vmid, token=job.token, attempts=attempts, exhausted=True)
+                return Claim(vmid, job.token, attempts, kind, exhausted=True)
             token = secrets.token_hex(16)
             taken = session.execute(
                 update(Job)
@@ -165,27 +191,30 @@ class Jobs:
             )
             if taken.rowcount != 1:  # type: ignore[attr-defined]
                 return None
-            return Claim(vmid=vmid, token=token, attempts=attempts + 1)
+            return Claim(vmid, token, attempts + 1, kind)
 
     def adopt_orphans(self) -> list[int]:
-        """Give a free job (lease already out) to every container in ``requested`` or
-        ``creating`` that has none; their vmids."""
+        """Give a free job (lease already out) to every container under way without one
+        (requested, creating, stopping, starting, rebuilding); their vmids."""
         lonely = (
-            select(Container.vmid)
-            .where(Container.state.in_(_UNDRIVEN), ~exists().where(Job.vmid == Container.vmid))
+            select(Container.vmid, Container.state)
+            .where(
+                Container.state.in_([state.value for state in _ORPHANS]),
+                ~exists().where(Job.vmid == Container.vmid),
+            )
             .order_by(Container.vmid)
         )
         with self.db.session() as session:
-            vmids = list(session.scalars(lonely))
+            found = [(vmid, state) for vmid, state in session.execute(lonely)]
         adopted = []
-        for vmid in vmids:
+        for vmid, state in found:
             try:
                 with self.db.session() as session:
                     now = db_now(session)
                     session.add(
                         Job(
                             vmid=vmid,
-                            kind=JobKind.PROVISION.value,
+                            kind=_ORPHANS[ContainerState(state)].value,
                             token=secrets.token_hex(16),
                             lease_holder=self.holder,
                             lease_expires_at=now - self.lease,

@@ -15,7 +15,11 @@ agent restores what it had (runtime, add-ons, code-server) by itself; the poller
 Each change carries its reason (``stopped by user alice``, ``host restarted``) and its time.
 
 The routes answer at once with the new state (202); the work runs as the container's task
-(``zlh.api.tasks``), so a start asked for while the stop is still finishing runs after it.
+(``zlh.api.tasks``), so a start asked for while the stop is still finishing runs after it. Each
+action is a job (``zlh.api.jobs``) written with its state change: if the replica doing it dies,
+another takes the job once its lease ran out and continues from the state the container is in
+(:meth:`Lifecycle.work`); the backend's start, stop and rebuild of a stopped container may be
+repeated.
 
 Idle auto-stop: activity is what a person does (:data:`ACTIVITY_KINDS`), told by the front (IDE
 input, from the script it adds to the IDE's page) and the relays (console input, file-browser
@@ -31,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -41,6 +45,7 @@ from zlh.api.bodies import Activity, ContainerOut
 from zlh.api.containers import ContainerRegistry, container_out, recorded_activity
 from zlh.api.db import Container, ContainerState, User
 from zlh.api.db.models import utcnow
+from zlh.api.jobs import IN_FLIGHT, JobKind
 from zlh.api.provisioning import Provisioning
 from zlh.api.settings import ApiSettings
 from zlh.backends import Backend, RunState
@@ -91,32 +96,36 @@ class Lifecycle:
     # -- what the routes call --------------------------------------------------------------
 
     async def stop(self, vmid: int, *, actor: str, reason: str) -> Container:
-        container = await self._stop_transition(vmid, reason, "stop")
+        held: list[str] = []
+        container = await self._stop_transition(
+            vmid, reason, "stop", within=self.provisioning.hold_into(held, JobKind.STOP)
+        )
         await self._audit(actor, Action.STOP, vmid, reason)
         self._wake_poller()  # it lets go of the container at once
-        self.tasks.spawn(vmid, lambda: self._stop(vmid), f"stop-{vmid}")
+        self.provisioning.spawn_job(vmid, held[0], JobKind.STOP)
         return container
 
     async def start(self, vmid: int, *, actor: str, reason: str) -> Container:
-        container = await self._begin_start(vmid, reason)
+        held: list[str] = []
+        container = await self._begin_start(
+            vmid, reason, within=self.provisioning.hold_into(held, JobKind.START)
+        )
         await self._audit(actor, Action.START, vmid, reason)
-        self.tasks.spawn(vmid, lambda: self._start(vmid), f"start-{vmid}")
+        self.provisioning.spawn_job(vmid, held[0], JobKind.START)
         return container
 
     async def restart(self, vmid: int, *, actor: str, reason: str) -> Container:
-        container = await self._stop_transition(vmid, reason, "restart")
+        held: list[str] = []
+        container = await self._stop_transition(
+            vmid, reason, "restart", within=self.provisioning.hold_into(held, JobKind.RESTART)
+        )
         await self._audit(actor, Action.RESTART, vmid, reason)
         self._wake_poller()
-
-        async def stop_then_start() -> None:
-            if await self._stop(vmid):
-                await self._begin_start(vmid, reason, running_limit=False)
-                await self._start(vmid)
-
-        self.tasks.spawn(vmid, stop_then_start, f"restart-{vmid}")
+        self.provisioning.spawn_job(vmid, held[0], JobKind.RESTART)
         return container
 
     async def rebuild(self, vmid: int, *, actor: str, reason: str) -> Container:
+        held: list[str] = []
         container = await self._transition(
             vmid,
             allowed=[*STOPPABLE, ContainerState.STOPPED],
@@ -124,16 +133,46 @@ class Lifecycle:
             reason=reason,
             action="rebuild",
             running_limit=self.settings.max_running_per_user,
+            within=self.provisioning.hold_into(held, JobKind.REBUILD),
         )
         await self._audit(actor, Action.REBUILD, vmid, reason)
         self._wake_poller()
-        self.tasks.spawn(vmid, partial(self._rebuild, vmid), f"rebuild-{vmid}")
+        self.provisioning.spawn_job(vmid, held[0], JobKind.REBUILD)
         return container
 
-    async def _rebuild(self, vmid: int) -> None:
+    async def work(self, kind: JobKind, vmid: int) -> None:
+        """A lifecycle job's work, from the state the container is in: what a request just
+        began, or what a replica that died left half done (its job taken over here)."""
+        container = await asyncio.to_thread(self.registry.get, vmid)
+        if container is None or ContainerState(container.state) not in IN_FLIGHT[kind]:
+            return
+        state = ContainerState(container.state)
+        try:
+            if kind is JobKind.STOP:
+                await self._stop(vmid)
+            elif kind is JobKind.START:
+                await self._start(vmid)
+            elif kind is JobKind.RESTART:
+                reason = container.state_reason or "restarted"
+                if state is ContainerState.STOPPING and not await self._stop(vmid):
+                    return
+                if state is not ContainerState.STARTING:
+                    await self._begin_start(vmid, reason, running_limit=False)
+                await self._start(vmid)
+            elif kind is JobKind.REBUILD:
+                if state is ContainerState.REBUILDING and not await self._rebuild(vmid):
+                    return
+                # A fresh system: the agent knows nothing yet, so it is provisioned anew.
+                await self.provisioning.drive(vmid)
+        except ZlhError as exc:  # the state moved on meanwhile (deleted, another action)
+            logger.warning("container %s: %s stopped: %s", vmid, kind, exc)
+
+    async def _rebuild(self, vmid: int) -> bool:
+        """The rebuild's first half: a fresh system, the container ``creating``; False if
+        it failed (the container ``failed``, saying why)."""
         container = self.registry.get(vmid)
         if container is None:
-            return
+            return False
         try:
             pins = await self.provisioning.repin(container)
             await self.backend.stop(vmid, timeout_s=self.settings.container_stop_timeout_s)
@@ -141,9 +180,8 @@ class Lifecycle:
         except ZlhError as exc:
             logger.warning("rebuilding container %s failed: %s", vmid, exc)
             self._settle(vmid, ContainerState.REBUILDING, ContainerState.FAILED, "rebuild", exc)
-            return
+            return False
         self.provisioning.record_address(vmid, info)
-        # A fresh system: the agent knows nothing yet, so it is provisioned as a new one is.
         self.registry.update(
             vmid,
             only_from=[ContainerState.REBUILDING],
@@ -153,20 +191,16 @@ class Lifecycle:
             error=None,
             provision_started_at=None,
         )
-        await self.provisioning.drive_held(vmid)
+        return True
 
     async def resume(self) -> None:
-        """After the platform started: finish what was under way, keep stopped ones stopped."""
-        unfinished: list[tuple[ContainerState, Callable[[int], Awaitable[object]], str]] = [
-            (ContainerState.STOPPING, self._stop, "stop"),
-            (ContainerState.STARTING, self._start, "start"),
-            (ContainerState.REBUILDING, self._rebuild, "rebuild"),
-        ]
-        for state, work, name in unfinished:
-            for container in self.registry.in_states([state]):
-                vmid = container.vmid
-                self.tasks.spawn(vmid, partial(work, vmid), f"{name}-{vmid}")
+        """After the platform started: keep stopped ones stopped. What was under way is the
+        jobs' (``Provisioning.run_jobs``): this replica's own at once, any other's whose
+        holder died once its lease ran out."""
+        driven = await asyncio.to_thread(self.provisioning.jobs.vmids)
         for container in self.registry.in_states([ContainerState.STOPPED]):
+            if container.vmid in driven:
+                continue  # a restart between its halves: its job starts it again
             try:
                 if (await self.backend.status(container.vmid)).state is RunState.RUNNING:
                     await self.backend.stop(
@@ -316,7 +350,7 @@ class Lifecycle:
         )
 
     async def _begin_start(
-        self, vmid: int, reason: str, *, running_limit: bool = True
+        self, vmid: int, reason: str, *, running_limit: bool = True, **extra: Any
     ) -> Container:
         return await self._transition(
             vmid,
@@ -327,11 +361,19 @@ class Lifecycle:
             running_limit=self.settings.max_running_per_user if running_limit else None,
             provision_started_at=utcnow(),
             error=None,
+            **extra,
         )
 
-    async def _stop_transition(self, vmid: int, reason: str, action: str) -> Container:
+    async def _stop_transition(
+        self, vmid: int, reason: str, action: str, **extra: Any
+    ) -> Container:
         return await self._transition(
-            vmid, allowed=STOPPABLE, to=ContainerState.STOPPING, reason=reason, action=action
+            vmid,
+            allowed=STOPPABLE,
+            to=ContainerState.STOPPING,
+            reason=reason,
+            action=action,
+            **extra,
         )
 
     async def _transition(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -36,7 +36,7 @@ from zlh.api.containers import ContainerRegistry, Quota, Within
 from zlh.api.db import AddonPin, Container, ContainerState, KeyValue, Pins, User
 from zlh.api.db.models import utcnow
 from zlh.api.errors import AgentError, AgentUnreachable, InvalidRequest
-from zlh.api.jobs import Claim, Jobs
+from zlh.api.jobs import IN_FLIGHT, Claim, JobKind, Jobs
 from zlh.api.keys import agent_secret
 from zlh.api.layers import collect_garbage, mounts_for
 from zlh.api.metrics import Metrics
@@ -79,8 +79,14 @@ __all__ = ["CONTAINER_START", "Provisioning", "resolve_request"]
 
 # The step label of the backend's create and start (zlh.api.metrics), before the agent's own.
 CONTAINER_START = "container-start"
-# The states a provisioning job carries a container through.
-_PROVISIONING = {s.value for s in ContainerState if s.is_provisioning}
+# What each kind of job does, in the words of a container's error.
+_WORK = {
+    JobKind.PROVISION: "provisioning",
+    JobKind.STOP: "a stop",
+    JobKind.START: "a start",
+    JobKind.RESTART: "a restart",
+    JobKind.REBUILD: "a rebuild",
+}
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +147,9 @@ class Provisioning:
         self.on_provisioning: Callable[[], None] = lambda: None
         # Told the vmid of every deleted container (whose number a new one may get).
         self.on_deleted: Callable[[int], None] = lambda vmid: None
+        # The work of the lifecycle's jobs (zlh.api.lifecycle): a job of that kind on that
+        # container, continued from the container's state (a taken-over job's too).
+        self.job_work: Callable[[JobKind, int], Awaitable[object]] | None = None
 
     def secret(self, container: Container) -> str:
         return agent_secret(self.agent_key, container.vmid, container.agent_nonce)
@@ -186,7 +195,7 @@ class Provisioning:
         held: list[str] = []
         if self.pool is not None:
             container = await self.pool.take(
-                user, request, version, pins, quota, within=self._hold_into(held)
+                user, request, version, pins, quota, within=self.hold_into(held)
             )
         taken = container is not None
         if container is None:
@@ -221,14 +230,17 @@ class Provisioning:
         container = await asyncio.to_thread(
             self.registry.allocate,
             suggest_vmid=self.backend.suggest_vmid,
-            within=self._hold_into(held),
+            within=self.hold_into(held),
             **fields,
         )
         return container, held[0]
 
-    def _hold_into(self, held: list[str]) -> Within:
+    def hold_into(self, held: list[str], kind: JobKind = JobKind.PROVISION) -> Within:
+        """A ``within`` for the registry: hold ``vmid``'s job of ``kind`` in the same
+        transaction as the change it carries; its token is appended to ``held``."""
+
         def hold(session: Any, vmid: int) -> None:
-            held.append(self.jobs.hold(session, vmid))
+            held.append(self.jobs.hold(session, vmid, kind))
 
         return hold
 
@@ -332,34 +344,48 @@ class Provisioning:
                 limit = self.jobs.max_attempts
                 self._fail(
                     claim.vmid,
-                    f"provisioning was begun {claim.attempts} times and each time the replica "
-                    f"driving it stopped before the end (job_max_attempts={limit}): given up",
+                    f"{_WORK[claim.kind]} was begun {claim.attempts} times and each time the "
+                    f"replica driving it stopped before the end (job_max_attempts={limit}): "
+                    "given up",
                 )
             else:
                 logger.info(
-                    "container %s: provisioning job taken (attempt %s)", claim.vmid, claim.attempts
+                    "container %s: %s job taken (attempt %s)",
+                    claim.vmid,
+                    claim.kind,
+                    claim.attempts,
                 )
-                self.spawn_held(claim.vmid, claim.token)
+                self.spawn_job(claim.vmid, claim.token, claim.kind)
 
     def spawn_held(self, vmid: int, token: str, *, running: bool = False) -> None:
-        """Drive ``vmid`` as its task, holding its job ``token`` (see :meth:`drive_held`),
+        """Drive ``vmid`` as its task, holding its job ``token`` (see :meth:`run_held`),
         after whatever task the container still has: a pool build's drive can still be ending
         when its agent already reports ready and a request takes it (``running``)."""
-        work = partial(self.drive_held, vmid, token, running=running)
+        drive = partial(self.drive, vmid, running=running)
+        work = partial(self.run_held, vmid, token, JobKind.PROVISION, drive)
         self.tasks.spawn(vmid, work, f"provision-{vmid}")
 
-    async def drive_held(
-        self, vmid: int, token: str | None = None, *, running: bool = False
+    def spawn_job(self, vmid: int, token: str, kind: JobKind) -> None:
+        """Do ``vmid``'s job of ``kind`` as its task, holding ``token``: a provisioning's drive,
+        or the lifecycle's work (:attr:`job_work`)."""
+        if kind is JobKind.PROVISION:
+            self.spawn_held(vmid, token)
+            return
+        assert self.job_work is not None, "the lifecycle registers its jobs' work"
+        work = partial(self.run_held, vmid, token, kind, partial(self.job_work, kind, vmid))
+        self.tasks.spawn(vmid, work, f"{kind}-{vmid}")
+
+    async def run_held(
+        self, vmid: int, token: str, kind: JobKind, work: Callable[[], Awaitable[object]]
     ) -> None:
-        """:meth:`drive` while holding the job (``token``; None: hold it now), renewing its
-        lease every third of it until the container is no longer provisioning; then the job
-        ends. A job found gone or taken at a renewal stops the drive; if the container itself
-        is gone (deleted on another replica), whatever the drive made of it is destroyed."""
-        if token is None:
-            token = await asyncio.to_thread(self.jobs.hold_now, vmid)
-        drive = asyncio.create_task(self.drive(vmid, running=running), name=f"drive-{vmid}")
+        """``work()`` while holding ``vmid``'s job (``token``), renewing its lease every third
+        of it until the work is done and the container out of the kind's states
+        (:data:`~zlh.api.jobs.IN_FLIGHT`); then the job ends. A job found gone or taken at a
+        renewal stops the work; if the container itself is gone (deleted on another replica),
+        whatever the work made of it is destroyed."""
+        drive = asyncio.create_task(_awaited(work), name=f"{kind}-{vmid}")
         try:
-            kept = await self._keep_lease(vmid, token, drive)
+            kept = await self._keep_lease(vmid, token, kind, drive)
         finally:
             drive.cancel()
             await asyncio.gather(drive, return_exceptions=True)
@@ -373,12 +399,15 @@ class Provisioning:
             except ZlhError as exc:
                 logger.warning("deleted container %s may remain on the backend: %s", vmid, exc)
 
-    async def _keep_lease(self, vmid: int, token: str, drive: asyncio.Task[None]) -> bool:
-        """Renew the lease every third of it until ``drive`` is done and the container no
-        longer provisions (True: told at once by this replica's own updates, e.g. its poller's
-        ``ready``; at the next renewal otherwise), or until a renewal finds the job no longer
-        ours (False). A database that does not answer is tried again at the next renewal, until
-        the lease has run out: then another replica may have the job, and this one stops."""
+    async def _keep_lease(
+        self, vmid: int, token: str, kind: JobKind, drive: asyncio.Task[object]
+    ) -> bool:
+        """Renew the lease every third of it until ``drive`` is done and the container is out
+        of the kind's states (True: told at once by this replica's own updates, e.g. its
+        poller's ``ready``; at the next renewal otherwise), or until a renewal finds the job no
+        longer ours (False). A database that does not answer is tried again at the next
+        renewal, until the lease has run out: then another replica may have the job, and this
+        one stops."""
         loop = asyncio.get_running_loop()
         every, lease = self.jobs.renew_every_s, self.settings.job_lease_s
         renewed = loop.time()
@@ -388,10 +417,10 @@ class Provisioning:
                 try:
                     if not drive.done():
                         await asyncio.wait({drive}, timeout=left)
-                    elif not await asyncio.to_thread(self._in_flight, vmid):
+                    elif not await asyncio.to_thread(self._in_flight, vmid, kind):
                         return True
                     else:
-                        await _changed(changes, timeout_s=left)
+                        await _changed(changes, IN_FLIGHT[kind], timeout_s=left)
                     if loop.time() >= renewed + every:
                         if not await asyncio.to_thread(self.jobs.renew, vmid, token):
                             return False
@@ -402,11 +431,11 @@ class Provisioning:
                     logger.warning("container %s: its job's lease was not renewed: %s", vmid, exc)
                     await asyncio.sleep(min(every, 1.0))
 
-    def _in_flight(self, vmid: int) -> bool:
-        """Still on its way to ``ready`` or ``failed`` (the poller moves it on from
-        ``provisioning``)."""
+    def _in_flight(self, vmid: int, kind: JobKind) -> bool:
+        """Still in one of the states a job of ``kind`` carries it through (the poller moves
+        it on from ``provisioning`` and ``starting``)."""
         container = self.registry.get(vmid)
-        return container is not None and ContainerState(container.state).is_provisioning
+        return container is not None and ContainerState(container.state) in IN_FLIGHT[kind]
 
     # -- the background drive -------------------------------------------------------------------
 
@@ -631,12 +660,22 @@ class Provisioning:
             await self.layers.close()
 
 
-async def _changed(changes: asyncio.Queue[ContainerEvent], *, timeout_s: float) -> None:
-    """Until the container's state leaves provisioning (or it is deleted), or ``timeout_s``:
+async def _changed(
+    changes: asyncio.Queue[ContainerEvent],
+    states: frozenset[ContainerState],
+    *,
+    timeout_s: float,
+) -> None:
+    """Until the container's state leaves ``states`` (or it is deleted), or ``timeout_s``:
     its progress updates alone do not end the wait."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(timeout_s):
             while True:
                 event = await changes.get()
-                if event.state not in _PROVISIONING:
+                if event.state not in states:
                     return
+
+
+async def _awaited(work: Callable[[], Awaitable[object]]) -> object:
+    """``work()`` awaited: a task of a callable returning any awaitable."""
+    return await work()

@@ -283,10 +283,10 @@ class ApiSettings(BaseSettings):
     job_lease_s: float = Field(
         15.0,
         gt=0,
-        description="a provisioning job's lease: the replica driving it renews it every third of "
-        "this; when it stops renewing (it died), another replica takes the job once the lease "
-        "has run out. Replicas' clocks must agree to well within it (NTP). Not a timeout of "
-        "the work itself (container_start_timeout_s, provision_timeout_s).",
+        description="a job's lease (provisioning, stop, start, restart, rebuild): the replica "
+        "driving it renews it every third of this; when it stops renewing (it died), another "
+        "replica takes the job once the lease has run out (on the database's clock). Not a "
+        "timeout of the work itself (container_start_timeout_s, provision_timeout_s).",
     )
     job_max_attempts: int = Field(
         3,
