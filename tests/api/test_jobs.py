@@ -558,3 +558,41 @@ def test_a_stop_left_without_a_job_is_given_one_at_start_and_finished(tmp_path: 
             assert vmid not in backend.running
 
     asyncio.run(scenario())
+
+
+def test_work_that_raises_leaves_its_job_to_run_out_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in a job's work neither holds the job forever nor loses it: the holder stops
+    renewing, logs the error with its traceback, and the job waits for its lease to end."""
+    backend = SimBackend()
+    url = f"sqlite:///{tmp_path / 'zlh.db'}"
+
+    async def scenario() -> None:
+        async with replicas(url, tmp_path, backend, "node", scan=False, lease_s=60) as (node,):
+            svc = node.svc
+            user = _user(svc.db, "alice")
+            vmid = (await svc.provisioning.request(user, DevRequest(runtime="node"))).vmid
+            await until(
+                lambda: svc.registry.get(vmid).state == "ready" and _job(svc, vmid) is None,  # type: ignore[union-attr]
+                what="ready",
+            )
+
+            async def broken(_vmid: int) -> bool:
+                raise RuntimeError("a bug in the stop")
+
+            svc.lifecycle._stop = broken  # type: ignore[method-assign]
+            await svc.lifecycle.stop(vmid, actor="alice", reason="stopped by user alice")
+            held = _job(svc, vmid)
+            assert held is not None and held.kind == "stop"
+            await until(lambda: not svc.provisioning.tasks.busy(vmid), what="the task to end")
+            left = _job(svc, vmid)
+            assert left is not None and left.token == held.token  # neither ended nor renewed
+            assert left.lease_expires_at == held.lease_expires_at
+            assert svc.registry.get(vmid).state == "stopping"  # type: ignore[union-attr]
+
+    with caplog.at_level("ERROR", logger="zlh.api.provisioning"):
+        asyncio.run(scenario())
+    failed = [r for r in caplog.records if "its stop job's work failed" in r.getMessage()]
+    assert failed and failed[0].exc_info is not None
+    assert "a bug in the stop" in str(failed[0].exc_info[1])

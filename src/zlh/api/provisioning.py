@@ -405,9 +405,9 @@ class Provisioning:
         """Renew the lease every third of it until ``drive`` is done and the container is out
         of the kind's states (True: told at once by this replica's own updates, e.g. its
         poller's ``ready``; at the next renewal otherwise), or until a renewal finds the job no
-        longer ours (False). A database that does not answer is tried again at the next
-        renewal, until the lease has run out: then another replica may have the job, and this
-        one stops."""
+        longer ours (False), or the work raised an exception it was not made for (False,
+        logged). A database that does not answer is tried again at the next renewal, until the
+        lease has run out: then another replica may have the job, and this one stops."""
         loop = asyncio.get_running_loop()
         every, lease = self.jobs.renew_every_s, self.settings.job_lease_s
         renewed = loop.time()
@@ -417,6 +417,12 @@ class Provisioning:
                 try:
                     if not drive.done():
                         await asyncio.wait({drive}, timeout=left)
+                    elif not drive.cancelled() and (error := drive.exception()) is not None:
+                        # A bug: the job is left to run out, then taken again (and counted).
+                        logger.error(
+                            "container %s: its %s job's work failed", vmid, kind, exc_info=error
+                        )
+                        return False
                     elif not await asyncio.to_thread(self._in_flight, vmid, kind):
                         return True
                     else:
