@@ -10,11 +10,13 @@ translated here: connect errors and timeouts become AgentUnreachable, refusals A
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from typing import TypeVar
 
 import aiohttp
 from pydantic import ValidationError
+from yarl import URL
 
 from zlh.api.errors import AgentError, AgentUnreachable, ApiError, Conflict, NotFound
 from zlh.schemas import (
@@ -58,7 +60,7 @@ class AgentClient:
 
     async def status_body(self, base_url: str, secret: str, *, timeout_s: float) -> bytes:
         """The raw ``/status`` document (the poller skips parsing when it did not change)."""
-        return await self._request("GET", f"{base_url}/status", secret, timeout_s, None, 200)
+        return await self._request("GET", _status_url(base_url), secret, timeout_s, None, 200)
 
     @staticmethod
     def parse_status(base_url: str, body: bytes) -> AgentStatus:
@@ -104,7 +106,7 @@ class AgentClient:
     async def _request(
         self,
         method: str,
-        url: str,
+        url: str | URL,
         secret: str,
         timeout_s: float,
         data: bytes | None,
@@ -137,6 +139,13 @@ class AgentClient:
             raise _refusal(status, body)
         detail = body[:500].decode(errors="replace")
         raise AgentError(f"agent at {url} answered {status}", reason=detail, status_code=502)
+
+
+@functools.lru_cache(maxsize=65536)
+def _status_url(base_url: str) -> URL:
+    """An agent's ``/status`` URL, parsed once rather than at each of its polls (every few
+    seconds, for every agent)."""
+    return URL(f"{base_url}/status")
 
 
 def _parsed(model: type[ModelT], base_url: str, route: str, body: bytes) -> ModelT:
