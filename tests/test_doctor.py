@@ -11,6 +11,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -19,6 +20,9 @@ from support import zlh
 from zlh.doctor import Check, Host, Outcome, run_checks
 from zlh.layers import LayerStore
 from zlh.schemas import Artifact, ArtifactKind
+
+if TYPE_CHECKING:
+    from zlh.api.db import Database, User
 
 
 def _path_without_lxc(tmp_path: Path) -> str:
@@ -295,6 +299,33 @@ def test_doctor_reports_the_shared_layers_and_warns_of_one_changed_on_disk(tmp_p
     assert check.fix == f"zlh layers verify --data-dir {tmp_path}"
 
 
+def _database_with(data_dir: Path, owner: User, states: dict[int, str], **fields: Any) -> Database:
+    """The data dir's SQLite database, migrated, with ``owner``'s node containers (vmid →
+    state)."""
+    from api_kit import PINS
+    from zlh.api.db import Container, Database
+
+    db = Database(f"sqlite:///{data_dir / 'zlh.db'}")
+    db.migrate()
+    with db.session() as session:
+        session.add(owner)
+        session.flush()
+        for vmid, state in states.items():
+            session.add(
+                Container(
+                    vmid=vmid,
+                    owner_id=owner.id,
+                    runtime="node",
+                    version="22",
+                    pins=PINS,
+                    state=state,
+                    agent_nonce="n",
+                    **{"addons": [], **fields},
+                )
+            )
+    return db
+
+
 def _warm_pool_line(data_dir: Path, store: Path) -> str:
     host = Host(data_dir=data_dir, store=store, listen="127.0.0.1:0", backend="process")
     [check] = [c for c in run_checks(host) if c.name == "warm pool"]
@@ -305,8 +336,8 @@ def _warm_pool_line(data_dir: Path, store: Path) -> str:
 def test_doctor_shows_the_warm_pool_ready_of_wanted_and_its_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from api_kit import PINS, write_catalog
-    from zlh.api.db import Container, Database, User
+    from api_kit import write_catalog
+    from zlh.api.db import User
     from zlh.api.db.models import POOL_USER
 
     monkeypatch.delenv("ZLH_WARM_POOL")  # the default: one of node, the catalog's first choice
@@ -315,28 +346,79 @@ def test_doctor_shows_the_warm_pool_ready_of_wanted_and_its_memory(
     assert _warm_pool_line(tmp_path, store) == "no database yet (zlh up makes it)"
     assert not (tmp_path / "zlh.db").exists()  # the check made none
 
-    db = Database(f"sqlite:///{tmp_path / 'zlh.db'}")
-    db.migrate()
-    with db.session() as session:
-        owner = User(username=POOL_USER, password_hash="!", disabled=True)
-        session.add(owner)
-        session.flush()
-        for vmid, state in ((100, "ready"), (101, "provisioning"), (102, "failed")):
-            session.add(
-                Container(
-                    vmid=vmid,
-                    owner_id=owner.id,
-                    runtime="node",
-                    version="22",
-                    addons=["code-server"],
-                    pins=PINS,
-                    state=state,
-                    agent_nonce="n",
-                    pool=True,
-                )
-            )
+    db = _database_with(
+        tmp_path,
+        User(username=POOL_USER, password_hash="!", disabled=True),
+        {100: "ready", 101: "provisioning", 102: "failed"},
+        addons=["code-server"],
+        pool=True,
+    )
     db.dispose()
     line = _warm_pool_line(tmp_path, store)
     assert line == "1 ready of 1 wanted, 1 being built, 4096 MB"  # the failed one is not counted
     monkeypatch.setenv("ZLH_WARM_POOL", '{"node": 3}')
     assert _warm_pool_line(tmp_path, store).startswith("1 ready of 3 wanted")
+
+
+def _jobs_check(data_dir: Path) -> Check:
+    host = Host(
+        data_dir=data_dir, store=data_dir / "artifacts", listen="127.0.0.1:0", backend="process"
+    )
+    [check] = [c for c in run_checks(host) if c.name == "jobs"]
+    return check
+
+
+def test_doctor_counts_the_jobs_under_way_and_warns_of_those_no_replica_takes_over(
+    tmp_path: Path,
+) -> None:
+    from datetime import timedelta
+
+    from zlh.api.db import Job, User
+    from zlh.api.db.models import utcnow
+
+    check = _jobs_check(tmp_path)
+    assert (check.outcome, check.detail) == (Outcome.OK, "no database yet (zlh up makes it)")
+    assert not (tmp_path / "zlh.db").exists()  # the check made none
+
+    db = _database_with(
+        tmp_path,
+        User(username="alice", password_hash="!"),
+        {100: "creating", 101: "creating", 102: "stopping"},
+    )
+    now = utcnow()
+    with db.session() as session:
+        # Held now, and one whose lease ran out a moment ago (a replica is about to take it).
+        for vmid, expires in (
+            (100, now + timedelta(seconds=10)),
+            (101, now - timedelta(seconds=2)),
+        ):
+            session.add(
+                Job(
+                    vmid=vmid,
+                    kind="provision",
+                    token="t",
+                    lease_holder="a",
+                    lease_expires_at=expires,
+                )
+            )
+    check = _jobs_check(tmp_path)
+    assert (check.outcome, check.detail) == (Outcome.OK, "2 under way (2 provision)")
+
+    with db.session() as session:  # left by a replica that stopped ten minutes ago
+        session.add(
+            Job(
+                vmid=102,
+                kind="stop",
+                token="t",
+                lease_holder="b",
+                lease_expires_at=now - timedelta(minutes=10),
+            )
+        )
+    db.dispose()
+    check = _jobs_check(tmp_path)
+    assert check.outcome is Outcome.WARN
+    assert check.detail == (
+        "3 under way (2 provision, 1 stop); containers 102: their replica stopped over "
+        "job_lease_s (15 s) ago and no replica took them over"
+    )
+    assert check.fix == "start zlh up on this database (a replica takes them at once)"

@@ -526,6 +526,33 @@ def _warm_pool(host: Host) -> Iterator[Check]:
         yield Check("warm pool", Outcome.OK, summary.line())
 
 
+def _jobs(host: Host) -> Iterator[Check]:
+    """Provisioning and lifecycle work under way, and any that no replica takes over."""
+    from zlh.api.jobs import read_jobs
+    from zlh.errors import ZlhError
+
+    try:
+        found = read_jobs(host.data_dir)
+    except (ValueError, OSError, ZlhError) as exc:
+        yield Check("jobs", Outcome.WARN, f"cannot tell: {exc}", "zlh up says what is wrong")
+        return
+    if found is None:
+        yield Check("jobs", Outcome.OK, "no database yet (zlh up makes it)")
+        return
+    summary, lease_s = found
+    if not summary.stranded:
+        yield Check("jobs", Outcome.OK, summary.line())
+        return
+    vmids = ", ".join(map(str, summary.stranded[:10]))
+    yield Check(
+        "jobs",
+        Outcome.WARN,
+        f"{summary.line()}; containers {vmids}: their replica stopped over job_lease_s "
+        f"({lease_s:g} s) ago and no replica took them over",
+        "start zlh up on this database (a replica takes them at once)",
+    )
+
+
 CHECKS: tuple[Callable[[Host], Iterator[Check]], ...] = (
     _root,
     _lxc,
@@ -542,6 +569,7 @@ CHECKS: tuple[Callable[[Host], Iterator[Check]], ...] = (
     _artifacts,
     _container_reach,
     _warm_pool,
+    _jobs,
 )
 
 

@@ -28,10 +28,12 @@ which leases are live. SQLite is one node; its process's clock is the only one.
 from __future__ import annotations
 
 import secrets
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
+from pathlib import Path
 
 from sqlalchemy import delete, exists, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -40,7 +42,7 @@ from sqlalchemy.orm import Session
 from zlh.api.db import Container, ContainerState, Database, Job
 from zlh.api.db.models import db_now
 
-__all__ = ["IN_FLIGHT", "Claim", "JobKind", "Jobs"]
+__all__ = ["IN_FLIGHT", "Claim", "JobKind", "Jobs", "JobsSummary", "read_jobs"]
 
 
 class JobKind(StrEnum):
@@ -85,6 +87,42 @@ class Claim:
     attempts: int
     kind: JobKind = JobKind.PROVISION
     exhausted: bool = False
+
+
+@dataclass(frozen=True)
+class JobsSummary:
+    """The jobs under way (``zlh doctor``): how many of each kind, and the containers whose
+    job's lease ran out over a lease ago: left by a replica that stopped, and taken by none
+    (no replica runs on this database, or none can reach it)."""
+
+    kinds: Counter[str]
+    stranded: list[int]
+
+    def line(self) -> str:
+        if not self.kinds:
+            return "none under way"
+        each = ", ".join(f"{n} {kind}" for kind, n in sorted(self.kinds.items()))
+        return f"{self.kinds.total()} under way ({each})"
+
+
+def read_jobs(data_dir: Path) -> tuple[JobsSummary, float] | None:
+    """The jobs of the platform whose data dir this is and its ``job_lease_s``, read from its
+    database; None when it has no database yet. DatabaseError when it cannot be read."""
+    from zlh.api.db.engine import read_once
+    from zlh.api.settings import load_settings
+
+    settings = load_settings(data_dir=data_dir)
+    if (url := settings.existing_db_url) is None:
+        return None
+    lease = timedelta(seconds=settings.job_lease_s)
+
+    def summary(session: Session) -> JobsSummary:
+        now = db_now(session)
+        rows = session.execute(select(Job.vmid, Job.kind, Job.lease_expires_at)).all()
+        stranded = sorted(vmid for vmid, _, expires in rows if expires < now - lease)
+        return JobsSummary(Counter(kind for _, kind, _ in rows), stranded)
+
+    return read_once(url, summary, what="the jobs"), settings.job_lease_s
 
 
 class Jobs:

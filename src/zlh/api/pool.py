@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from zlh.api.audit import Action, AuditLog
@@ -139,24 +139,15 @@ def _same_addons(a: Iterable[str], b: Iterable[str]) -> bool:
 def read_summary(data_dir: Path, store: Path) -> PoolSummary | None:
     """The pool of the platform whose data dir this is, read from its database (``zlh
     doctor``); None when it has no database yet. ZlhError when it cannot be read."""
-    from zlh.api.db.engine import Database, DatabaseError
+    from zlh.api.db.engine import read_once
     from zlh.api.settings import load_settings
     from zlh.artifacts.store import ArtifactStore
 
     settings = load_settings(data_dir=data_dir)
-    if settings.database_url is None and not (data_dir / "zlh.db").exists():
+    if (url := settings.existing_db_url) is None:
         return None
     catalog = ArtifactStore(store).catalog()
-    db = Database(settings.db_url)
-    try:
-        with db.session() as session:
-            containers = _pool_rows(session)
-    except SQLAlchemyError as exc:
-        raise DatabaseError(
-            f"cannot read the warm pool from {db.url}: {str(exc).splitlines()[0]}"
-        ) from exc
-    finally:
-        db.dispose()
+    containers = read_once(url, _pool_rows, what="the warm pool")
     wanted = wanted_sizes(settings.warm_pool, catalog)
     return summarize(containers, wanted, settings.container_memory_mb)
 

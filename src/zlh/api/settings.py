@@ -414,6 +414,14 @@ class ApiSettings(BaseSettings):
         return self.database_url or f"sqlite:///{self.data_dir / 'zlh.db'}"
 
     @property
+    def existing_db_url(self) -> str | None:
+        """:attr:`db_url`, or None when it is the data dir's SQLite file and that is not made
+        yet (a command that only reads, ``zlh doctor``, must not create it)."""
+        if self.database_url is None and not (self.data_dir / "zlh.db").exists():
+            return None
+        return self.db_url
+
+    @property
     def session_cookie_secure(self) -> bool:
         if self.cookie_secure is not None:
             return self.cookie_secure

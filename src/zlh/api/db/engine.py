@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -17,9 +17,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from zlh.errors import ZlhError
 
-__all__ = ["Database", "DatabaseError", "head_revision", "upgrade"]
+__all__ = ["Database", "DatabaseError", "head_revision", "read_once", "upgrade"]
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+T = TypeVar("T")
 
 
 class DatabaseError(ZlhError):
@@ -46,6 +47,20 @@ def upgrade(connection: Connection) -> None:
     config = _alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
+
+
+def read_once(url: str, read: Callable[[Session], T], *, what: str) -> T:
+    """``read(session)`` on the database at ``url``, opened for just that (``zlh doctor``);
+    DatabaseError naming ``what`` and the database (never its password) when it fails."""
+    db = Database(url)
+    try:
+        with db.session() as session:
+            return read(session)
+    except SQLAlchemyError as exc:
+        where = make_url(url).render_as_string(hide_password=True)
+        raise DatabaseError(f"cannot read {what} from {where}: {str(exc).splitlines()[0]}") from exc
+    finally:
+        db.dispose()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
