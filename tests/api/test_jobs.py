@@ -596,3 +596,45 @@ def test_work_that_raises_leaves_its_job_to_run_out_and_says_so(
     failed = [r for r in caplog.records if "its stop job's work failed" in r.getMessage()]
     assert failed and failed[0].exc_info is not None
     assert "a bug in the stop" in str(failed[0].exc_info[1])
+
+
+def test_at_start_each_replica_takes_up_only_its_share_of_the_containers(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Re-finding the containers on the backend is split like the polls: no container is
+    looked up (or started again) by two replicas, none by neither."""
+    backend = SimBackend()
+
+    async def scenario() -> None:
+        async with replicas(pg_url, tmp_path, backend, "a", "b", scan=False) as (a, b):
+            for replica in (a, b):
+                membership = replica.svc.replicas
+                assert membership is not None
+                await asyncio.wait_for(membership.settled(), timeout=10)
+            await until(
+                lambda: a.svc.replicas.live == b.svc.replicas.live == ("a", "b"),  # type: ignore[union-attr]
+                what="both replicas seeing both",
+            )
+            owner = _user(a.svc.db, "alice")
+            vmids = set()
+            for _ in range(20):
+                vmid = _bare_row(a.svc.registry, owner).vmid
+                a.svc.registry.update(vmid, state="ready", address="127.0.0.1", agent_port=9)
+                vmids.add(vmid)
+            asked: dict[str, set[int]] = {}
+            looked_up: list[int] = []
+            real_status = backend.status
+
+            async def status(vmid: int) -> Any:
+                looked_up.append(vmid)
+                return await real_status(vmid)
+
+            backend.status = status  # type: ignore[method-assign]
+            for replica in (a, b):
+                looked_up.clear()
+                await replica.svc.provisioning.resume(replica.svc.replicas.owns)  # type: ignore[union-attr]
+                asked[replica.name] = set(looked_up)
+            assert asked["a"] and asked["b"]
+            assert asked["a"] | asked["b"] == vmids and not asked["a"] & asked["b"]
+
+    asyncio.run(scenario())

@@ -44,7 +44,7 @@ from zlh.api.poller import Poller
 from zlh.api.pool import FILL_DUTY, WarmPool
 from zlh.api.provisioning import Provisioning
 from zlh.api.ratelimit import LoginThrottle
-from zlh.api.replicas import Membership
+from zlh.api.replicas import Membership, Share, everything
 from zlh.api.responses import error_json
 from zlh.api.routes import audit as audit_routes
 from zlh.api.routes import auth as auth_routes
@@ -143,7 +143,7 @@ def build_services(
         resend=resend,
         overdue=provisioning.provision_overdue,
         metrics=metrics,
-        share=replicas.owns if replicas is not None else lambda _vmid: True,
+        share=replicas.owns if replicas is not None else everything,
     )
     provisioning.on_provisioning = poller.wake
     lifecycle = Lifecycle(
@@ -233,9 +233,15 @@ async def _sync_revocations(svc: Services, wake: asyncio.Event) -> None:
 
 
 async def _resume(svc: Services) -> None:
-    await svc.provisioning.resume()
-    await svc.lifecycle.resume()
-    await svc.runtime_changes.resume()
+    """What a start of this process takes up again. With replicas, each takes up only the
+    containers of its share (the others' are theirs), once it knows who else runs."""
+    share: Share = everything
+    if svc.replicas is not None:
+        await svc.replicas.settled()
+        share = svc.replicas.owns
+    await svc.provisioning.resume(share)
+    await svc.lifecycle.resume(share)
+    await svc.runtime_changes.resume(share)
     await svc.pool.run()  # the pool as it stands adopted, then kept filled
 
 

@@ -47,6 +47,7 @@ from zlh.api.db import Container, ContainerState, User
 from zlh.api.db.models import utcnow
 from zlh.api.jobs import IN_FLIGHT, JobKind
 from zlh.api.provisioning import Provisioning
+from zlh.api.replicas import Share, everything
 from zlh.api.settings import ApiSettings
 from zlh.backends import Backend, RunState
 from zlh.errors import ZlhError
@@ -193,14 +194,14 @@ class Lifecycle:
         )
         return True
 
-    async def resume(self) -> None:
-        """After the platform started: keep stopped ones stopped. What was under way is the
-        jobs' (``Provisioning.run_jobs``): this replica's own at once, any other's whose
-        holder died once its lease ran out."""
+    async def resume(self, share: Share = everything) -> None:
+        """After the platform started: keep the stopped ones of its ``share`` stopped. What
+        was under way is the jobs' (``Provisioning.run_jobs``): this replica's own at once, any
+        other's whose holder died once its lease ran out."""
         driven = await asyncio.to_thread(self.provisioning.jobs.vmids)
         for container in self.registry.in_states([ContainerState.STOPPED]):
-            if container.vmid in driven:
-                continue  # a restart between its halves: its job starts it again
+            if container.vmid in driven or not share(container.vmid):
+                continue  # a restart between its halves (its job starts it), or another's
             try:
                 if (await self.backend.status(container.vmid)).state is RunState.RUNNING:
                     await self.backend.stop(

@@ -39,6 +39,7 @@ from zlh.api.db import Container, ContainerState
 from zlh.api.db.models import utcnow
 from zlh.api.errors import AgentError
 from zlh.api.metrics import Metrics
+from zlh.api.replicas import Share, everything
 from zlh.api.settings import ApiSettings
 from zlh.errors import ZlhError
 from zlh.schemas import AgentState, AgentStatus
@@ -53,7 +54,6 @@ _LOAD_CHUNK = 500  # rows loaded whole per query (an IN list PostgreSQL and SQLi
 Resend = Callable[[Container], Awaitable[None]]
 Overdue = Callable[[Container], bool]
 Secret = Callable[[Container], str]
-Share = Callable[[int], bool]
 
 
 @dataclass
@@ -85,7 +85,7 @@ class Poller:
         overdue: Overdue,
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
-        share: Share = lambda _vmid: True,
+        share: Share = everything,
     ) -> None:
         """``metrics`` gets the cycle times, failures and provisioning times (a fresh
         :class:`~zlh.api.metrics.Metrics` of its own when not given); ``share`` says whether a

@@ -40,6 +40,7 @@ from zlh.api.jobs import IN_FLIGHT, Claim, JobKind, Jobs
 from zlh.api.keys import agent_secret
 from zlh.api.layers import collect_garbage, mounts_for
 from zlh.api.metrics import Metrics
+from zlh.api.replicas import Share, everything
 from zlh.api.settings import ApiSettings
 from zlh.api.tailnet.service import Tailnet
 from zlh.api.tasks import ContainerTasks
@@ -79,6 +80,8 @@ __all__ = ["CONTAINER_START", "Provisioning", "resolve_request"]
 
 # The step label of the backend's create and start (zlh.api.metrics), before the agent's own.
 CONTAINER_START = "container-start"
+# Containers a start re-finds on the backend at once (Provisioning.resume).
+_REATTACH_AT_ONCE = 32
 # What each kind of job does, in the words of a container's error.
 _WORK = {
     JobKind.PROVISION: "provisioning",
@@ -270,19 +273,29 @@ class Provisioning:
 
     # -- the background drive -------------------------------------------------------------------
 
-    async def resume(self) -> None:
-        """After a start: re-find running containers, finish deletes. Unfinished provisioning
-        is the jobs' (:meth:`run_jobs`): a provisioning container with a job is left to it."""
+    async def resume(self, share: Share = everything) -> None:
+        """After a start: re-find the running containers of its ``share``, finish their
+        deletes. Unfinished provisioning is the jobs' (:meth:`run_jobs`): a provisioning
+        container with a job is left to it. At most ``_REATTACH_AT_ONCE`` backend calls are
+        under way at once (10,000 containers must not be 10,000 Proxmox requests at once)."""
         driven = await asyncio.to_thread(self.jobs.vmids)
         polled = [
             c
             for c in self.registry.in_states(
                 [ContainerState.PROVISIONING, ContainerState.READY, ContainerState.UNREACHABLE]
             )
-            if c.state != ContainerState.PROVISIONING or c.vmid not in driven
+            if share(c.vmid) and (c.state != ContainerState.PROVISIONING or c.vmid not in driven)
         ]
-        await asyncio.gather(*(self._reattach(c) for c in polled))
+        at_once = asyncio.Semaphore(_REATTACH_AT_ONCE)
+
+        async def reattach(container: Container) -> None:
+            async with at_once:
+                await self._reattach(container)
+
+        await asyncio.gather(*(reattach(c) for c in polled))
         for container in self.registry.in_states([ContainerState.DELETING]):
+            if not share(container.vmid):
+                continue
             try:
                 await self.delete(container.vmid, "system")
             except ZlhError as exc:

@@ -68,6 +68,15 @@ _HELD_LOCKS = text(
 )
 
 
+# Whether a vmid is this replica's to poll and take up (:meth:`Membership.owns`).
+Share = Callable[[int], bool]
+
+
+def everything(_vmid: int) -> bool:
+    """A single node's share: every container."""
+    return True
+
+
 class ReplicaNameTaken(ZlhError):
     """Another live process holds this replica name."""
 
@@ -160,6 +169,7 @@ class Membership:
         # A heartbeat went through after join: replicas that joined at the same moment (their
         # rows not yet visible to our join) are seen. Until then this one leads no duty.
         self._settled = False
+        self._settled_event = asyncio.Event()  # set on the loop once _settled is
 
     @property
     def live(self) -> tuple[str, ...]:
@@ -186,6 +196,11 @@ class Membership:
         moment each see only themselves at first, and both would lead."""
         view = self._view
         return self._settled and not view.lost and owner(duty, view.live) == self.name
+
+    async def settled(self) -> None:
+        """Return once a heartbeat after :meth:`join` has gone through (see :meth:`leads`):
+        from then on :meth:`owns` counts the replicas that started at the same moment."""
+        await self._settled_event.wait()
 
     # -- driving --------------------------------------------------------------------------------
 
@@ -260,6 +275,8 @@ class Membership:
         settling, self._settled = not self._settled, True
         if self._set(self._alive(seen), lost=lost) or settling:
             loop.call_soon_threadsafe(self.on_change)
+        if settling:
+            loop.call_soon_threadsafe(self._settled_event.set)
         return seen.wait_s
 
     def _alive(self, seen: _Seen) -> tuple[str, ...]:

@@ -28,6 +28,7 @@ from zlh.api.bodies import DevRequest
 from zlh.api.db import Container, ContainerState, Pins
 from zlh.api.errors import AgentError, Conflict, InvalidRequest
 from zlh.api.provisioning import Provisioning, resolve_request
+from zlh.api.replicas import Share, everything
 from zlh.schemas import (
     AgentState,
     AgentStatus,
@@ -102,8 +103,9 @@ class RuntimeChanges:
         self._watch(container.vmid, spec, pinned)
         return updated
 
-    async def resume(self) -> None:
-        """After the platform started: follow again the changes it was following when it stopped.
+    async def resume(self, share: Share = everything) -> None:
+        """After the platform started: follow again the changes of its ``share`` that were
+        followed when it stopped.
 
         A change the agent reports (installing, or active but not yet recorded here) whose
         version the catalog still pins to the same digest is watched as if just asked for; one
@@ -111,6 +113,8 @@ class RuntimeChanges:
         """
         catalog = await self.catalog.get()
         for container in self.registry.in_states(_FOLLOWED):
+            if not share(container.vmid):
+                continue
             change = container.status.runtime_change if container.status else None
             if (
                 change is None
