@@ -88,7 +88,6 @@ class Lifecycle:
         self.backend = backend
         self.audit = audit
         self.provisioning = provisioning
-        self.tasks = provisioning.tasks
         self._wake_poller = wake_poller
         # The latest activity of each container, and when it was last written to its record.
         self._activity: dict[int, tuple[datetime, str]] = {}
