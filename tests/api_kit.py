@@ -208,8 +208,12 @@ def zlh_up(
     timeout_s: float = 30.0,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``zlh up --backend process`` over ``store`` on ``port``: real agents, real HTTP.
-    ``env``: the environment instead of ``up_env(data_dir)``."""
-    log = (data_dir / "up.log").open("ab")
+    ``env``: the environment instead of ``up_env(data_dir)``. Yields once it serves all of it
+    (its log says so): the public port listens first, the IDE origin's and the front workers
+    a moment later."""
+    log_path = data_dir / "up.log"
+    served_before = _serving_lines(log_path)
+    log = log_path.open("ab")
     proc = subprocess.Popen(
         [
             *ZLH,
@@ -228,12 +232,25 @@ def zlh_up(
     )
     try:
         wait_for_port("127.0.0.1", port, proc=proc, timeout_s=timeout_s)
+        wait_for(
+            lambda: proc.poll() is not None or _serving_lines(log_path) > served_before,
+            timeout_s=timeout_s,
+            what="zlh up to serve",
+        )
         yield proc
     finally:
         if proc.poll() is None:
             proc.terminate()
             proc.wait(timeout=30)
         log.close()
+
+
+def _serving_lines(log_path: Path) -> int:
+    """How many times ``zlh up`` logged that it serves (once per start) in ``log_path``."""
+    try:
+        return log_path.read_bytes().count(b" serving on http://")
+    except FileNotFoundError:
+        return 0
 
 
 def add_cli_users(data_dir: Path) -> None:
