@@ -320,9 +320,8 @@ async def _serve(app: Any, settings: ApiSettings) -> None:
     if workers_count > 1:
         ledger_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     ledger: Ledger | None = None
-    db_ledger: DbLedger | None = None
     if ticket_db is not None:
-        ledger = db_ledger = DbLedger(ticket_db)
+        ledger = DbLedger(ticket_db)
     elif workers_count > 1:
         ledger = FileLedger(ledger_dir)
     front = Front(
@@ -427,8 +426,8 @@ async def _serve(app: Any, settings: ApiSettings) -> None:
         if not api.done():
             server.should_exit = True
             await api
-        if db_ledger is not None:
-            db_ledger.dispose()  # its connections end with the front, not at the interpreter's exit
+        if isinstance(ledger, DbLedger):
+            ledger.dispose()  # its connections end with the front, not at the interpreter's exit
         unix.close()
         unix_path.unlink(missing_ok=True)
 

@@ -59,7 +59,7 @@ _S = ContainerState
 # The states a job of each kind carries its container through: the job ends once the container
 # is in none of them (or gone). A taker of a job whose holder died continues from the state.
 IN_FLIGHT: dict[JobKind, frozenset[ContainerState]] = {
-    JobKind.PROVISION: frozenset({_S.REQUESTED, _S.CREATING, _S.PROVISIONING}),
+    JobKind.PROVISION: frozenset(state for state in _S if state.is_provisioning),
     JobKind.STOP: frozenset({_S.STOPPING}),
     JobKind.START: frozenset({_S.STARTING}),
     JobKind.RESTART: frozenset({_S.STOPPING, _S.STOPPED, _S.STARTING}),
@@ -158,10 +158,10 @@ class Jobs:
         session.flush()
         return token
 
-    def hold_now(self, vmid: int, kind: JobKind = JobKind.PROVISION) -> str:
+    def hold_now(self, vmid: int) -> str:
         """:meth:`hold` in a transaction of its own."""
         with self.db.session() as session:
-            return self.hold(session, vmid, kind)
+            return self.hold(session, vmid)
 
     def renew(self, vmid: int, token: str) -> bool:
         """Push the lease on; False when the job is no longer this holder's (gone or taken)."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -165,7 +165,7 @@ class Poller:
             self._reload_at = now + self.settings.poll_interval_s
         elif self._announced:
             vmids, self._announced = self._announced, set()
-            self._reread(vmids)
+            self._reload(vmids)
         launched = []
         for target in self._targets.values():
             if target.in_flight or target.due > now:
@@ -178,26 +178,19 @@ class Poller:
             launched.append(task)
         return launched
 
-    def _reload(self) -> None:
-        """Re-read which containers to poll. Only rows that changed since their target was
-        loaded (``updated_at``, bumped by every registry write) are loaded whole: at 10,000
-        containers, loading and parsing every row each interval would cost more than the
+    def _reload(self, vmids: set[int] | None = None) -> None:
+        """Re-read which containers to poll: every one, or just ``vmids`` (announced); those
+        no longer polled (stopped, deleted) are dropped. Only rows that changed since their
+        target was loaded (``updated_at``, bumped by every registry write) are loaded whole: at
+        10,000 containers, loading and parsing every row each interval would cost more than the
         polls (bench/scale.py)."""
-        current = self._polled_rows()
-        for vmid in list(self._targets):
-            if vmid not in current:
-                del self._targets[vmid]
-        self._take_on(current)
-
-    def _reread(self, vmids: set[int]) -> None:
-        """Take on ``vmids``' rows as they are now; drop those no longer polled (stopped or
-        deleted)."""
-        wanted = sorted(vmids)
-        current: dict[int, datetime] = {}
-        for start in range(0, len(wanted), _LOAD_CHUNK):
-            chunk = wanted[start : start + _LOAD_CHUNK]
-            current |= self._polled_rows(Container.vmid.in_(chunk))
-        for vmid in wanted:
+        if vmids is None:
+            current, considered = self._polled_rows(), list(self._targets)
+        else:
+            current, considered = {}, sorted(vmids)
+            for chunk in _chunks(considered):
+                current |= self._polled_rows(Container.vmid.in_(chunk))
+        for vmid in considered:
             if vmid not in current:
                 self._targets.pop(vmid, None)
         self._take_on(current)
@@ -221,8 +214,8 @@ class Poller:
             for vmid, updated in rows.items()
             if (target := self._targets.get(vmid)) is None or target.container.updated_at != updated
         ]
-        for start in range(0, len(stale), _LOAD_CHUNK):
-            for container in self._load(stale[start : start + _LOAD_CHUNK]):
+        for chunk in _chunks(stale):
+            for container in self._load(chunk):
                 self._refresh(container)
         self.metrics.poller_share.set(len(self._targets))
 
@@ -400,3 +393,9 @@ class Poller:
         target.last_status = updated.status
         if not ContainerState(updated.state).is_polled:
             self._targets.pop(container.vmid, None)
+
+
+def _chunks(vmids: list[int]) -> Iterator[list[int]]:
+    """``vmids`` in lists of at most ``_LOAD_CHUNK`` (one IN list per query)."""
+    for start in range(0, len(vmids), _LOAD_CHUNK):
+        yield vmids[start : start + _LOAD_CHUNK]

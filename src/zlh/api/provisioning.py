@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -152,7 +152,7 @@ class Provisioning:
         self.on_deleted: Callable[[int], None] = lambda vmid: None
         # The work of the lifecycle's jobs (zlh.api.lifecycle): a job of that kind on that
         # container, continued from the container's state (a taken-over job's too).
-        self.job_work: Callable[[JobKind, int], Awaitable[object]] | None = None
+        self.job_work: Callable[[JobKind, int], Coroutine[Any, Any, None]] | None = None
 
     def secret(self, container: Container) -> str:
         return agent_secret(self.agent_key, container.vmid, container.agent_nonce)
@@ -389,14 +389,14 @@ class Provisioning:
         self.tasks.spawn(vmid, work, f"{kind}-{vmid}")
 
     async def run_held(
-        self, vmid: int, token: str, kind: JobKind, work: Callable[[], Awaitable[object]]
+        self, vmid: int, token: str, kind: JobKind, work: Callable[[], Coroutine[Any, Any, None]]
     ) -> None:
         """``work()`` while holding ``vmid``'s job (``token``), renewing its lease every third
         of it until the work is done and the container out of the kind's states
         (:data:`~zlh.api.jobs.IN_FLIGHT`); then the job ends. A job found gone or taken at a
         renewal stops the work; if the container itself is gone (deleted on another replica),
         whatever the work made of it is destroyed."""
-        drive = asyncio.create_task(_awaited(work), name=f"{kind}-{vmid}")
+        drive = asyncio.create_task(work(), name=f"{kind}-{vmid}")
         try:
             kept = await self._keep_lease(vmid, token, kind, drive)
         finally:
@@ -413,7 +413,7 @@ class Provisioning:
                 logger.warning("deleted container %s may remain on the backend: %s", vmid, exc)
 
     async def _keep_lease(
-        self, vmid: int, token: str, kind: JobKind, drive: asyncio.Task[object]
+        self, vmid: int, token: str, kind: JobKind, drive: asyncio.Task[None]
     ) -> bool:
         """Renew the lease every third of it until ``drive`` is done and the container is out
         of the kind's states (True: told at once by this replica's own updates, e.g. its
@@ -693,8 +693,3 @@ async def _changed(
                 event = await changes.get()
                 if event.state not in states:
                     return
-
-
-async def _awaited(work: Callable[[], Awaitable[object]]) -> object:
-    """``work()`` awaited: a task of a callable returning any awaitable."""
-    return await work()
