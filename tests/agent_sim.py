@@ -4,7 +4,9 @@ The agent speaks the real wire protocol (``ProvisionPayload`` in, ``AgentStatus`
 secret checked) and walks through the lifecycle's steps on a timer, so the API's provisioning,
 poller and SSE paths run for real without building runtimes. Knobs make it misbehave:
 ``never_ready`` (stays provisioning), ``fail_with`` (ends failed), ``forget()`` (loses its
-payload like a restarted agent), ``silent`` (/status hangs).
+payload like a restarted agent), ``silent`` (/status hangs). A ready agent changes its runtime
+version (``POST /runtime``) once ``changes_go`` is set, and reports its installed versions as
+the real one does, or ``claimed_runtimes`` instead (a tenant who forged its status).
 """
 
 from __future__ import annotations
@@ -34,8 +36,11 @@ from zlh.schemas import (
     Progress,
     ProvisionError,
     ProvisionPayload,
+    RuntimeChange,
+    RuntimeChangeState,
+    RuntimeSpec,
 )
-from zlh.schemas.status import ProvisionStep
+from zlh.schemas.status import InstalledRuntime, ProvisionStep
 
 STEPS = [
     (ProvisionStep.DEV_USER, 5.0),
@@ -59,6 +64,11 @@ class SimAgent:
         self._speaking = asyncio.Event()
         self._speaking.set()
         self.status_calls = 0
+        self.installed: list[RuntimeSpec] = []  # the last one active
+        self.runtime_change: RuntimeChange | None = None
+        self.changes_go = asyncio.Event()
+        self.changes_go.set()
+        self.claimed_runtimes: list[InstalledRuntime] | None = None
         self._runner: web.AppRunner | None = None
         self._work: asyncio.Task[None] | None = None
         self.port = 0
@@ -68,6 +78,7 @@ class SimAgent:
         app = web.Application()
         app.router.add_get("/status", self._status)
         app.router.add_post("/provision", self._provision)
+        app.router.add_post("/runtime", self._change_runtime)
         app.router.add_get("/ports", self._ports)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -119,6 +130,9 @@ class SimAgent:
             return web.json_response({"message": "unauthorized"}, status=401)
         self.status_calls += 1
         await self._speaking.wait()  # a silent agent hangs here
+        return self._status_response()
+
+    def _status_response(self, code: int = 200) -> web.Response:
         ready = self.state is AgentState.READY
         status = AgentStatus(
             workspace_root="/home/dev/workspace",
@@ -129,10 +143,52 @@ class SimAgent:
             state=self.state,
             progress=self.progress,
             error=self.error,
+            runtime_change=self.runtime_change,
+            runtimes=self._runtimes(),
             agent_version="sim",
         )
         return web.Response(
-            body=status.model_dump_json(by_alias=True), content_type="application/json"
+            body=status.model_dump_json(by_alias=True),
+            content_type="application/json",
+            status=code,
+        )
+
+    def _runtimes(self) -> list[InstalledRuntime]:
+        if self.claimed_runtimes is not None:
+            return self.claimed_runtimes
+        return [
+            InstalledRuntime(
+                name=r.name.value,
+                version=r.version,
+                path=f"/opt/zlh/runtimes/{r.name.value}/{r.version}",
+                sha256=r.artifact.sha256,
+                active=r is self.installed[-1],
+            )
+            for r in self.installed
+        ]
+
+    async def _change_runtime(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return web.json_response({"message": "unauthorized"}, status=401)
+        spec = RuntimeSpec.model_validate_json(await request.read())
+        if self.state is not AgentState.READY:
+            return web.json_response({"message": f"the container is {self.state}"}, status=409)
+        self.runtime_change = RuntimeChange(
+            name=spec.name.value,
+            version=spec.version,
+            sha256=spec.artifact.sha256,
+            state=RuntimeChangeState.INSTALLING,
+        )
+        self._work = asyncio.get_running_loop().create_task(self._install(spec))
+        return self._status_response(202)
+
+    async def _install(self, spec: RuntimeSpec) -> None:
+        await self.changes_go.wait()
+        await asyncio.sleep(self.step_s)
+        self.installed.append(spec)
+        assert self.runtime_change is not None
+        self.runtime_change = self.runtime_change.model_copy(
+            update={"state": RuntimeChangeState.ACTIVE}
         )
 
     def _install_path(self) -> str | None:
@@ -164,6 +220,8 @@ class SimAgent:
         if self.never_ready:
             await asyncio.Event().wait()  # until cancelled
         self.progress = Progress(step=ProvisionStep.READY, percent=100.0, message="ready")
+        if self.payloads[-1].runtime not in self.installed:
+            self.installed.append(self.payloads[-1].runtime)
         self.state = AgentState.READY
 
 

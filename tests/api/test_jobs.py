@@ -1,6 +1,7 @@
 """Provisioning jobs with leases (zlh.api.jobs): a replica that dies mid-provisioning loses
 nothing, a live holder keeps its job, two replicas never both take one, a job whose drivers
-keep dying ends failed, and a delete on one replica stops the work on another.
+keep dying ends failed, and a delete on one replica stops the work on another. A runtime
+change outlives its replica too: the poller of the container's share records it.
 
 Replicas here are two Services over one real PostgreSQL database (different replica names,
 one shared data dir for the keys, one simulated backend) on one event loop; a crash is the
@@ -47,6 +48,7 @@ from zlh.api.jobs import Jobs
 from zlh.api.services import Services
 from zlh.api.settings import ApiSettings
 from zlh.routefeed import RouteFeed
+from zlh.schemas import ArtifactKind, InstalledRuntime
 
 LEASE_S = 0.6
 
@@ -636,5 +638,103 @@ def test_at_start_each_replica_takes_up_only_its_share_of_the_containers(
                 asked[replica.name] = set(looked_up)
             assert asked["a"] and asked["b"]
             assert asked["a"] | asked["b"] == vmids and not asked["a"] & asked["b"]
+
+    asyncio.run(scenario())
+
+
+async def _ready_in_share_of(replica: Replica, user: User, *, of: int = 8) -> int:
+    """A ready node 22 container that ``replica`` polls (requested until one hashes to it)."""
+    replicas = replica.svc.replicas
+    assert replicas is not None
+    await until(lambda: len(replicas.live) == 2, what="both replicas live")
+    registry = replica.svc.registry
+    for _ in range(of):
+        request = DevRequest(runtime="node", version="22")
+        vmid = (await replica.svc.provisioning.request(user, request)).vmid
+        await until(lambda: registry.get(vmid).state == "ready", what="ready")  # type: ignore[union-attr]  # noqa: B023
+        if replicas.owns(vmid):
+            return vmid
+    raise AssertionError(f"none of {of} containers is {replica.name}'s to poll")
+
+
+def test_a_runtime_change_whose_replica_dies_is_recorded_by_the_replica_taking_its_share(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """a takes ``PATCH`` node 22 → 20 for a container it polls and dies while the agent
+    installs; b, polling a's share once a's lease ran out, records 20 and its pin when the
+    agent reports it active."""
+    backend = SimBackend()
+
+    async def scenario() -> None:
+        async with replicas(pg_url, tmp_path, backend, "a", "b") as (a, b):
+            vmid = await _ready_in_share_of(a, _user(a.svc.db, "alice"))
+            agent = backend.agents[vmid]
+            agent.changes_go.clear()  # the install waits until a is gone
+            container = a.svc.registry.get(vmid)
+            assert container is not None
+            changed = await a.svc.runtime_changes.change(container, "alice", "node", "20")
+            assert changed.version == "22"
+            assert changed.status is not None and changed.status.runtime_change is not None
+            assert changed.status.runtime_change.state == "installing"
+            await a.crash()
+
+            def dead(*_args: object, **_changes: object) -> None:
+                raise AssertionError("replica a was killed: nothing of it writes again")
+
+            monkeypatch.setattr(a.svc.registry, "update", dead)
+            agent.changes_go.set()
+
+            def recorded() -> Container | None:
+                row = b.svc.registry.get(vmid)
+                return row if row is not None and row.version == "20" else None
+
+            row = await until(recorded, what="b to record node 20")
+            assert b.svc.poller.watched() >= {vmid}  # b's now: a's share came to it
+            catalog = await b.svc.catalog.get()
+            assert row.pins.runtime == catalog.resolve(ArtifactKind.RUNTIME, "node", "20")[1]
+            assert row.state == "ready"
+            assert row.status is not None and row.status.runtime_change is not None
+            assert row.status.runtime_change.state == "active"
+
+    asyncio.run(scenario())
+
+
+def test_a_forged_agent_status_records_no_version_the_catalog_does_not_pin(
+    tmp_path: Path,
+) -> None:
+    """A tenant root in its container answers the poller's ``/status`` itself, claiming
+    another language, a version the catalog lacks, or a catalog version with other bytes: the
+    record keeps node 22. What the catalog pins with those very bytes is recorded (the
+    agent finished a change): the check is the digest, not a refusal of every change."""
+    backend = SimBackend()
+    url = f"sqlite:///{tmp_path / 'zlh.db'}"
+
+    def claim(name: str, version: str, sha256: str) -> list[InstalledRuntime]:
+        path = f"/opt/zlh/runtimes/{name}/{version}"
+        return [InstalledRuntime(name=name, version=version, path=path, sha256=sha256, active=True)]
+
+    async def scenario() -> None:
+        async with replicas(url, tmp_path, backend, "node") as (node,):
+            registry = node.svc.registry
+            user = _user(node.svc.db, "alice")
+            request = DevRequest(runtime="node", version="22")
+            vmid = (await node.svc.provisioning.request(user, request)).vmid
+            await until(lambda: registry.get(vmid).state == "ready", what="ready")  # type: ignore[union-attr]
+            catalog = await node.svc.catalog.get()
+            node20 = catalog.resolve(ArtifactKind.RUNTIME, "node", "20")[1].sha256
+            python = catalog.resolve(ArtifactKind.RUNTIME, "python", "3.12")[1].sha256
+            agent = backend.agents[vmid]
+            for forged in [
+                claim("python", "3.12", python),  # another language
+                claim("node", "99", node20),  # no such version
+                claim("node", "20", "f" * 64),  # other bytes
+            ]:
+                agent.claimed_runtimes = forged
+                polls = agent.status_calls
+                await until(lambda: agent.status_calls > polls + 1, what="polls of the forgery")  # noqa: B023
+                row = registry.get(vmid)
+                assert row is not None and (row.version, row.state) == ("22", "ready")
+            agent.claimed_runtimes = claim("node", "20", node20)
+            await until(lambda: registry.get(vmid).version == "20", what="node 20")  # type: ignore[union-attr]
 
     asyncio.run(scenario())

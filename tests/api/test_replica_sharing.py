@@ -283,6 +283,32 @@ def test_notifications_are_not_trusted_for_content(
     wait_for(lambda: len(ignored()) == 8, what="8 ignored payloads logged")
 
 
+def test_a_replica_reads_back_the_others_writes_but_not_its_own(
+    replicas: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every write is announced to every listener, its writer's included; the writer, which
+    delivered the change as it committed it, skips its own (told by the sender's pid)."""
+    a, _on_a, b, _on_b = replicas
+    on_a, on_b = allocated_on(a, seen_by=b), allocated_on(a, seen_by=b)
+    read_back: dict[str, list[int]] = {"a": [], "b": []}
+    for name, app in (("a", a), ("b", b)):
+        registry = services(app).registry
+
+        def recording(vmids: set[int], name: str = name, read: Any = registry.refresh) -> None:
+            read_back[name].extend(sorted(vmids))
+            read(vmids)
+
+        monkeypatch.setattr(registry, "refresh", recording)
+    services(a).registry.update(on_a, state="creating")
+    # Committed after a's write, so every listener is told of it after a's.
+    services(b).registry.update(on_b, state="creating")
+    wait_for(
+        lambda: on_b in read_back["a"] and on_a in read_back["b"], what="each read the other's"
+    )
+    assert read_back == {"a": [on_b], "b": [on_a]}
+    assert route_on(a, on_b).state == route_on(b, on_a).state == "creating"  # type: ignore[union-attr]
+
+
 def test_failed_logins_on_a_throttle_the_same_user_and_address_on_b(
     tmp_path: Path, pg_url: str
 ) -> None:

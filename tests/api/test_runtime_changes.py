@@ -219,6 +219,11 @@ def test_a_broken_artifact_leaves_the_old_version_active_and_says_why(
     assert os.readlink(_runtimes_dir(data_dir, vmid) / "current") == "22"
     assert not (_runtimes_dir(data_dir, vmid) / BROKEN).exists()
     assert _login_shell_node(data_dir, vmid) == "v22.20.0"
+    root = login(client, "root")
+    audit = client.get("/api/audit", params={"vmid": vmid}, headers=root).json()
+    failures = [e["detail"] for e in audit if e["actor"] == "system"]
+    assert len(failures) == 1, audit  # once, by the poller that saw it fail
+    assert failures[0].startswith(f"node {BROKEN} not installed: "), failures
     # Still usable: another change goes through.
     upgrade = {"runtime": "node", "version": "24"}
     assert client.patch(f"/api/dev/{vmid}", json=upgrade, headers=alice).status_code == 202

@@ -135,6 +135,7 @@ def build_services(
             lease_s=settings.replica_lease_s,
             metrics=metrics,
         )
+    runtime_changes = RuntimeChanges(provisioning)
     poller = Poller(
         settings=settings,
         registry=registry,
@@ -144,8 +145,10 @@ def build_services(
         overdue=provisioning.provision_overdue,
         metrics=metrics,
         share=replicas.owns if replicas is not None else everything,
+        runtime_seen=runtime_changes.observed,
     )
     provisioning.on_provisioning = poller.wake
+    runtime_changes.on_change = poller.announced
     lifecycle = Lifecycle(
         settings=settings,
         registry=registry,
@@ -185,7 +188,7 @@ def build_services(
         registry=registry,
         provisioning=provisioning,
         lifecycle=lifecycle,
-        runtime_changes=RuntimeChanges(provisioning),
+        runtime_changes=runtime_changes,
         shares=Shares(db, registry, audit_log),
         poller=poller,
         agents=agents,
@@ -241,7 +244,6 @@ async def _resume(svc: Services) -> None:
         share = svc.replicas.owns
     await svc.provisioning.resume(share)
     await svc.lifecycle.resume(share)
-    await svc.runtime_changes.resume(share)
     await svc.pool.run()  # the pool as it stands adopted, then kept filled
 
 
@@ -288,7 +290,6 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         if svc.replicas is not None:
             await svc.replicas.leave()
         await svc.provisioning.close()
-        await svc.runtime_changes.close()
         await svc.agents.close()
         svc.db.dispose()
 

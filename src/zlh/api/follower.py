@@ -3,10 +3,13 @@
 One psycopg connection per replica listens; a container's announcement has the registry
 re-read that row (announcements arriving together are read in one query) and is handed to the
 poller (its share's container, driven by another replica) and a revocation's runs the
-revocation sync at once. On every (re)connect the replica first takes a snapshot --
-every container re-read and delivered, vanished routes dropped, revocations synced -- so
-whatever was announced while it did not listen is not lost. A lost connection is retried
-with a growing back-off; the periodic revocation sync keeps running meanwhile.
+revocation sync at once. A replica's own announcements (sent by one of its own database
+connections, told by the notification's sender pid) are skipped: its registry delivered the
+change as it committed it, and its own components tell each other directly. On every
+(re)connect the replica first takes a snapshot -- every container re-read and delivered,
+vanished routes dropped, revocations synced -- so whatever was announced while it did not
+listen is not lost. A lost connection is retried with a growing back-off; the periodic
+revocation sync keeps running meanwhile.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ class Follower:
             libpq_url(db_url), application_name=self.application_name, **_KEEPALIVES
         )
         self._registry = registry
+        self._own_backends = registry.db.backend_pids
         self._revocations_changed = revocations_changed
         self._container_announced = container_announced
         self._resynced = resynced
@@ -128,11 +132,13 @@ class Follower:
             self._revocations_changed()
             self.connects += 1
             async for note in conn.notifies():
-                self._received(note.channel, note.payload)
+                self._received(note.channel, note.payload, note.pid)
 
-    def _received(self, channel: str, payload: str) -> None:
+    def _received(self, channel: str, payload: str, sender: int) -> None:
         if channel == REVOCATIONS:
             self._revocations_changed()
+        elif sender in self._own_backends:
+            return  # this replica's own write: delivered here as it committed, nothing to read
         elif channel == CONTAINERS and (vmid := announced_vmid(payload)) is not None:
             self._pending.add(vmid)
             self._kick.set()

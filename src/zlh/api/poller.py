@@ -42,7 +42,7 @@ from zlh.api.metrics import Metrics
 from zlh.api.replicas import Share, everything
 from zlh.api.settings import ApiSettings
 from zlh.errors import ZlhError
-from zlh.schemas import AgentState, AgentStatus
+from zlh.schemas import AgentState, AgentStatus, RuntimeChangeState
 
 __all__ = ["PollTarget", "Poller"]
 
@@ -54,6 +54,8 @@ _LOAD_CHUNK = 500  # rows loaded whole per query (an IN list PostgreSQL and SQLi
 Resend = Callable[[Container], Awaitable[None]]
 Overdue = Callable[[Container], bool]
 Secret = Callable[[Container], str]
+# What to record of a ready agent's runtime (zlh.api.runtime_changes: RuntimeChanges.observed).
+RuntimeSeen = Callable[[Container, AgentStatus], Awaitable[dict[str, Any]]]
 
 
 @dataclass
@@ -86,10 +88,12 @@ class Poller:
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
         share: Share = everything,
+        runtime_seen: RuntimeSeen | None = None,
     ) -> None:
         """``metrics`` gets the cycle times, failures and provisioning times (a fresh
         :class:`~zlh.api.metrics.Metrics` of its own when not given); ``share`` says whether a
-        vmid is this replica's to poll (default: every one, a single node)."""
+        vmid is this replica's to poll (default: every one, a single node); ``runtime_seen``
+        says what of a ready agent's runtime (a version change it made) to record."""
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.registry = registry
@@ -98,6 +102,7 @@ class Poller:
         self._share = share
         self._resend = resend
         self._overdue = overdue
+        self._runtime_seen = runtime_seen
         self._clock = clock
         self._sem = asyncio.Semaphore(settings.poll_concurrency)
         self._targets: dict[int, PollTarget] = {}
@@ -245,6 +250,8 @@ class Poller:
             )
         elif not target.in_flight:
             target.container = container
+            if target.misses == 0:  # a runtime change just asked for: its pace from now on
+                target.due = min(target.due, target.launched + self._interval(container))
 
     # -- one poll ------------------------------------------------------------------------------
 
@@ -259,7 +266,7 @@ class Poller:
             if body == target.last_body and target.container.state == ContainerState.READY:
                 # The steady state of most containers: same document, nothing to parse or write.
                 target.misses = 0
-                target.due = target.launched + self.settings.poll_interval_s
+                target.due = target.launched + self._interval(target.container)
                 return
             status = self.agents.parse_status(url, body)
         except AgentError as exc:
@@ -273,8 +280,13 @@ class Poller:
         finally:
             target.in_flight = False
 
-    def _interval(self, state: str) -> float:
-        if state in (ContainerState.PROVISIONING, ContainerState.STARTING):
+    def _interval(self, container: Container) -> float:
+        """The provisioning pace while ``container`` provisions, starts or installs a runtime
+        change (live progress); the ready pace otherwise."""
+        change = container.status.runtime_change if container.status else None
+        if container.state in (ContainerState.PROVISIONING, ContainerState.STARTING) or (
+            change is not None and change.state is RuntimeChangeState.INSTALLING
+        ):
             return self.settings.poll_interval_provisioning_s
         return self.settings.poll_interval_s
 
@@ -291,7 +303,7 @@ class Poller:
         container = target.container
         if container.state == ContainerState.STARTING:
             # Its agent is booting: no back-off, and not unreachable until the start is overdue.
-            target.due = self._clock() + self._interval(container.state)
+            target.due = self._clock() + self._interval(container)
             if self._overdue(container):
                 limit = self.settings.provision_timeout_s
                 self._apply(
@@ -302,10 +314,10 @@ class Poller:
                 )
             return
         if self._booting(target):
-            target.due = self._clock() + self._interval(container.state)
+            target.due = self._clock() + self._interval(container)
             return
         target.misses += 1
-        backoff = self._interval(container.state) * 2 ** min(target.misses, 16)
+        backoff = self._interval(container) * 2 ** min(target.misses, 16)
         target.due = self._clock() + min(backoff, self.settings.poll_max_backoff_s)
         if (
             target.misses >= self.settings.unreachable_after_misses
@@ -330,6 +342,8 @@ class Poller:
             await self._resend_payload(target)
         elif status.state is AgentState.READY:
             changes.update(state=ContainerState.READY, error=None)
+            if self._runtime_seen is not None:
+                changes.update(await self._runtime_seen(container, status))
         elif status.state is AgentState.FAILED:
             error = status.error
             message = f"{error.step}: {error.message} ({error.code})" if error else "agent failed"
@@ -351,7 +365,7 @@ class Poller:
         self._apply(target, **changes)
         # From the poll's start, as the ticks are: from its end, every poll would miss the tick
         # it is due at by its own duration and wait for the next (twice the interval).
-        target.due = target.launched + self._interval(target.container.state)
+        target.due = target.launched + self._interval(target.container)
 
     async def _resend_payload(self, target: PollTarget) -> None:
         try:

@@ -5,48 +5,48 @@ A change is resolved in the catalog exactly like a dev request (``resolve_reques
 the field), must keep the container's language (another language is another container) and
 needs a ``ready`` container (409 naming its state). The agent installs the version with the
 same verified, atomic, per-version-locked install as provisioning, then points ``current`` at
-it (``POST /runtime``); the container stays ready and usable meanwhile. This module then reads
-the agent's ``/status`` at the provisioning poll interval, so the container's SSE stream carries
-the download's progress, until the agent reports the change:
+it (``POST /runtime``); the container stays ready and usable meanwhile.
 
-- ``active``: the container's ``version`` and pinned runtime artifact are recorded now, and
-  only now (the payload re-sent to an agent that lost it names the new version from here on);
+What follows is the poller's (:meth:`RuntimeChanges.observed`), not the requesting process's:
+the container's poller reads the agent at the provisioning pace while the change installs, so
+its SSE stream carries the download's progress, and records how it ended:
+
+- the agent's active version is another than the record's (the change went ``active``, or the
+  agent finished it and restarted): the container's ``version`` and pinned runtime artifact
+  are recorded then, and only then, and only if the catalog pins that version of the
+  container's language to the digest the agent reports (the payload re-sent to an agent that
+  lost it names the new version from here on);
 - ``failed`` (a digest mismatch, say): nothing is recorded, the previous version stays active,
-  and the container's ``status.runtimeChange.error`` says why until the next change.
+  the audit log says why and so does ``status.runtimeChange.error`` until the next change.
 
-A platform that stops while it follows a change follows it again when it starts (``resume``);
-an agent restarted after the change reports the version as its active one, which counts too.
+So a change outlives the replica that took the request, and the platform's own restarts: the
+owner of the container's poll share, whichever replica that is now, sees what the agent did.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from zlh.api.audit import Action
 from zlh.api.bodies import DevRequest
-from zlh.api.db import Container, ContainerState, Pins
-from zlh.api.errors import AgentError, Conflict, InvalidRequest
+from zlh.api.db import Container, ContainerState
+from zlh.api.errors import Conflict, InvalidRequest
 from zlh.api.provisioning import Provisioning, resolve_request
-from zlh.api.replicas import Share, everything
+from zlh.errors import ZlhError
 from zlh.schemas import (
-    AgentState,
     AgentStatus,
-    RuntimeChange,
+    ArtifactKind,
+    CatalogLookupError,
+    InstalledRuntime,
     RuntimeChangeState,
     RuntimeName,
     RuntimeSpec,
 )
 
 __all__ = ["RuntimeChanges"]
-
-# The states in which an agent may still be carrying out a change asked for earlier.
-_FOLLOWED = [
-    ContainerState.READY,
-    ContainerState.UNREACHABLE,
-    ContainerState.PROVISIONING,
-    ContainerState.STARTING,
-]
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,9 @@ class RuntimeChanges:
         self.agents = provisioning.agents
         self.catalog = provisioning.catalog
         self.audit = provisioning.audit
-        self._watches: dict[int, asyncio.Task[None]] = {}
+        # Told the vmid of a container whose change was just asked for: its poller (this
+        # process's, if its share) picks up the pace at once.
+        self.on_change: Callable[[int], None] = lambda _vmid: None
 
     # -- upgrade / switch ----------------------------------------------------------------------
 
@@ -99,51 +101,8 @@ class RuntimeChanges:
             container.vmid,
             f"{runtime} {container.version} -> {version}",
         )
-        pinned = container.pins.model_copy(update={"runtime": pins.runtime})
-        self._watch(container.vmid, spec, pinned)
+        self.on_change(container.vmid)
         return updated
-
-    async def resume(self, share: Share = everything) -> None:
-        """After the platform started: follow again the changes of its ``share`` that were
-        followed when it stopped.
-
-        A change the agent reports (installing, or active but not yet recorded here) whose
-        version the catalog still pins to the same digest is watched as if just asked for; one
-        the catalog no longer has is left as the agent reports it, with a warning.
-        """
-        catalog = await self.catalog.get()
-        for container in self.registry.in_states(_FOLLOWED):
-            if not share(container.vmid):
-                continue
-            change = container.status.runtime_change if container.status else None
-            if (
-                change is None
-                or change.state is RuntimeChangeState.FAILED
-                or change.name != container.runtime
-                or change.version == container.version
-            ):
-                continue
-            try:
-                version, pins = resolve_request(
-                    catalog, DevRequest(runtime=change.name, version=change.version)
-                )
-            except InvalidRequest:
-                version = ""
-            if version != change.version or pins.runtime.sha256 != change.sha256:
-                logger.warning(
-                    "container %s: its change to %s %s is no longer in the catalog",
-                    container.vmid,
-                    change.name,
-                    change.version,
-                )
-                continue
-            spec = RuntimeSpec(
-                name=RuntimeName(change.name),
-                version=version,
-                artifact=self.provisioning.resolved(pins.runtime),
-            )
-            pinned = container.pins.model_copy(update={"runtime": pins.runtime})
-            self._watch(container.vmid, spec, pinned)
 
     def _ready_agent(self, container: Container, what: str) -> str:
         url = container.agent_url
@@ -153,60 +112,35 @@ class RuntimeChanges:
             )
         return url
 
-    def _watch(self, vmid: int, spec: RuntimeSpec, pins: Pins) -> None:
-        old = self._watches.pop(vmid, None)
-        if old is not None:
-            old.cancel()
-        task = asyncio.get_running_loop().create_task(
-            self._follow(vmid, spec, pins), name=f"runtime-change-{vmid}"
+    async def observed(self, container: Container, status: AgentStatus) -> dict[str, Any]:
+        """What the poller records of a ready agent's runtime (``status``, just polled):
+        ``version`` and ``pins`` when the agent's active version is another than the record's
+        and the catalog pins it to the digest the agent reports; nothing otherwise. A change
+        failed since the record's status (the request wrote it ``installing``) is audited."""
+        change = status.runtime_change
+        recorded = container.status.runtime_change if container.status else None
+        if change is not None and change.state is RuntimeChangeState.FAILED and change != recorded:
+            reason = change.error.message if change.error else "no reason given"
+            detail = f"{change.name} {change.version} not installed: {reason}"
+            await asyncio.to_thread(
+                self.audit.record, "system", Action.RUNTIME_CHANGE, container.vmid, detail
+            )
+        active = next(
+            (r for r in status.runtimes if r.active and r.name == container.runtime), None
         )
-        self._watches[vmid] = task
-        task.add_done_callback(
-            lambda t: self._watches.pop(vmid, None) if self._watches.get(vmid) is t else None
-        )
-
-    async def _follow(self, vmid: int, spec: RuntimeSpec, pins: Pins) -> None:
-        """Read the agent's status until it reports this change active or failed."""
-        settings = self.settings
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + settings.provision_timeout_s
-        while loop.time() < deadline:
-            await asyncio.sleep(settings.poll_interval_provisioning_s)
-            container = self.registry.get(vmid)
-            if container is None or container.agent_url is None:
-                return
-            try:
-                status = await self.agents.status(
-                    container.agent_url,
-                    self.provisioning.secret(container),
-                    timeout_s=settings.poll_timeout_s,
-                )
-            except AgentError:
-                continue  # the poller counts misses; this only follows progress
-            self.registry.update(vmid, status=status)
-            if status.state is not AgentState.READY:
-                continue  # a restarted agent restores its payload first
-            change = status.runtime_change
-            if change is None and _runs(status, spec):
-                # The agent restarted after the change: its restored payload names the version.
-                self.registry.update(vmid, version=spec.version, pins=pins)
-                return
-            if change is None or not _is(change, spec):
-                return  # another payload or change took over
-            if change.state is RuntimeChangeState.ACTIVE:
-                self.registry.update(vmid, version=spec.version, pins=pins)
-                return
-            if change.state is RuntimeChangeState.FAILED:
-                reason = change.error.message if change.error else "no reason given"
-                await asyncio.to_thread(
-                    self.audit.record,
-                    "system",
-                    Action.RUNTIME_CHANGE,
-                    vmid,
-                    f"{spec.name.value} {spec.version} not installed: {reason}",
-                )
-                return
-        logger.warning("container %s: the change to %s is still not done", vmid, spec.version)
+        if active is None or active.version == container.version:
+            return {}
+        try:
+            catalog = await self.catalog.get()
+            _, artifact = catalog.resolve(ArtifactKind.RUNTIME, active.name, active.version)
+        except (ZlhError, CatalogLookupError) as exc:
+            return _unrecorded(container, active, exc.message)
+        if artifact.sha256 != active.sha256:
+            return _unrecorded(container, active, f"the catalog pins sha256 {artifact.sha256}")
+        return {
+            "version": active.version,
+            "pins": container.pins.model_copy(update={"runtime": artifact}),
+        }
 
     # -- removal -------------------------------------------------------------------------------
 
@@ -225,27 +159,14 @@ class RuntimeChanges:
             self.audit.record, actor, Action.RUNTIME_REMOVE, container.vmid, f"{runtime} {version}"
         )
 
-    async def close(self) -> None:
-        tasks = list(self._watches.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
-
-def _runs(status: AgentStatus, spec: RuntimeSpec) -> bool:
-    """The agent reports ``spec``'s version, with ``spec``'s digest, as the active one."""
-    return any(
-        r.active
-        and r.name == spec.name.value
-        and r.version == spec.version
-        and r.sha256 == spec.artifact.sha256
-        for r in status.runtimes
+def _unrecorded(container: Container, active: InstalledRuntime, why: str) -> dict[str, Any]:
+    logger.warning(
+        "container %s runs %s %s (sha256 %s), not recorded: %s",
+        container.vmid,
+        active.name,
+        active.version,
+        active.sha256,
+        why,
     )
-
-
-def _is(change: RuntimeChange, spec: RuntimeSpec) -> bool:
-    return (
-        change.name == spec.name.value
-        and change.version == spec.version
-        and change.sha256 == spec.artifact.sha256
-    )
+    return {}

@@ -14,6 +14,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from zlh.errors import ZlhError
 
@@ -86,9 +87,27 @@ class Database:
             kwargs["pool_pre_ping"] = True
         self.url = url
         self.engine: Engine = create_engine(url, **kwargs)
+        # PostgreSQL: the server processes of this engine's open connections, which name this
+        # process as the sender of a notification (zlh.api.follower skips its own).
+        self.backend_pids: set[int] = set()
         if parsed.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            event.listen(self.engine, "connect", self._opened)
+            for gone in ("close", "detach", "invalidate"):
+                event.listen(self.engine, gone, self._closed)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _opened(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        pid = getattr(getattr(dbapi_connection, "info", None), "backend_pid", None)
+        if isinstance(pid, int):
+            record.info["backend_pid"] = pid
+            self.backend_pids.add(pid)
+
+    def _closed(self, _dbapi_connection: Any, record: ConnectionPoolEntry, *_: Any) -> None:
+        pid = record.info.pop("backend_pid", None)
+        if pid is not None:
+            self.backend_pids.discard(pid)
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision (idempotent)."""
