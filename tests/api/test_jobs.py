@@ -41,7 +41,8 @@ from zlh.api.app import build_services
 from zlh.api.bodies import DevRequest
 from zlh.api.catalog import StoreCatalog
 from zlh.api.containers import ContainerRegistry, Quota
-from zlh.api.db import Container, Database, Job, User, models
+from zlh.api.db import Container, ContainerState, Database, Job, User, models
+from zlh.api.db.models import utcnow
 from zlh.api.errors import NotFound
 from zlh.api.events import EventBus
 from zlh.api.jobs import Jobs
@@ -102,6 +103,7 @@ async def replicas(
     scan: bool = True,
     lease_s: float = LEASE_S,
     stop_containers: bool = True,
+    **extra: Any,
 ) -> AsyncIterator[list[Replica]]:
     store = data_dir / "artifacts"
     write_catalog(store)
@@ -117,7 +119,7 @@ async def replicas(
                 job_lease_s=lease_s,
                 replica_heartbeat_s=0.2,
                 replica_lease_s=0.6,
-                **FAST,
+                **{**FAST, **extra},
             )
             svc = build_services(
                 settings,
@@ -736,5 +738,54 @@ def test_a_forged_agent_status_records_no_version_the_catalog_does_not_pin(
                 assert row is not None and (row.version, row.state) == ("22", "ready")
             agent.claimed_runtimes = claim("node", "20", node20)
             await until(lambda: registry.get(vmid).version == "20", what="node 20")  # type: ignore[union-attr]
+
+    asyncio.run(scenario())
+
+
+def test_each_replica_measures_and_idle_stops_the_containers_of_its_share_only(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Per-container use (the metrics) and idle auto-stop are each one replica's work per
+    container: its share's owner asks the backend for its figures and stops it when idle."""
+    backend = SimBackend()
+
+    async def scenario() -> None:
+        async with replicas(
+            pg_url,
+            tmp_path,
+            backend,
+            "a",
+            "b",
+            idle_stop_after=1,
+            max_containers_per_user=6,
+            max_running_per_user=6,
+        ) as pair:
+            for replica in pair:
+                replica.svc.usage.bind_loop(asyncio.get_running_loop())
+                members = replica.svc.replicas
+                assert members is not None
+                await until(lambda m=members: len(m.live) == 2, what="both live")  # type: ignore[misc]
+            a = pair[0]
+            user = _user(a.svc.db, "alice")
+            vmids = set()
+            for _ in range(6):
+                vmids.add((await a.svc.provisioning.request(user, DevRequest(runtime="node"))).vmid)
+            registry = a.svc.registry
+
+            def idle_all() -> bool:
+                ready = registry.in_states([ContainerState.READY])
+                due = [a.svc.lifecycle.idle_stop_at(c, None) for c in ready]
+                idle = all(d is not None and d <= utcnow() for d in due)
+                return len(ready) == len(vmids) and idle
+
+            await until(idle_all, what="every container ready and idle")
+            shares = {r.name: {v for v in vmids if r.svc.replicas.owns(v)} for r in pair}  # type: ignore[union-attr]
+            assert shares["a"] and shares["b"], shares  # six vmids over two replicas
+            assert shares["a"] | shares["b"] == vmids and not shares["a"] & shares["b"]
+            for replica in pair:
+                figures = await asyncio.to_thread(replica.svc.usage.snapshot)
+                assert set(figures) == shares[replica.name]
+            for replica in pair:
+                assert set(await replica.svc.lifecycle.stop_idle()) == shares[replica.name]
 
     asyncio.run(scenario())

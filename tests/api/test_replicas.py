@@ -99,7 +99,10 @@ class Node:
         settings = ApiSettings(data_dir=Path("/nonexistent"), poll_interval_s=poll_interval_s)
         self.agents = Agents()
         self.membership = Membership(db, name=name, heartbeat_s=HEARTBEAT_S, lease_s=lease_s)
-        registry = ContainerRegistry(db, EventBus(), RouteFeed())
+        # A following node stands for a process of its own: its own engine, whose connections
+        # send its announcements (which its own follower skips).
+        self.db = Database(db.url) if following else db
+        self.registry = registry = ContainerRegistry(self.db, EventBus(), RouteFeed())
         registry.bind_loop(asyncio.get_running_loop())
 
         async def resend(_container: Container) -> None:
@@ -143,6 +146,8 @@ class Node:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.follower is not None:
+            self.db.dispose()
 
 
 ALL = set(range(100, 100 + COUNT))
@@ -372,8 +377,7 @@ def test_a_container_another_replica_changes_is_followed_by_its_owner_before_a_f
             )
             vmid = min(v for v in ALL if owner(v, ["a", "b"]) == "b")
             # Replica a moves b's container (as a start there re-records its address).
-            mover = ContainerRegistry(db, EventBus(), RouteFeed())
-            mover.bind_loop(asyncio.get_running_loop())
+            mover = a.registry
             mover.update(vmid, agent_port=10000 + vmid + COUNT)
             took = await until(lambda: vmid + COUNT in b.agents.polls, what="b follows")
             assert took < 3.0

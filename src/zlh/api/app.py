@@ -101,7 +101,17 @@ def build_services(
     feed = feed or RouteFeed()
     registry = ContainerRegistry(db, bus, feed)
     metrics = Metrics()
-    usage = UsageCache(backend, registry.running_vmids)
+    replicas = None
+    if not settings.db_url.startswith("sqlite"):
+        replicas = Membership(
+            db,
+            name=settings.replica_name,
+            heartbeat_s=settings.replica_heartbeat_s,
+            lease_s=settings.replica_lease_s,
+            metrics=metrics,
+        )
+    share = replicas.owns if replicas is not None else everything
+    usage = UsageCache(backend, registry.running_vmids, share=share)
     metrics.register(container_counts(registry.totals), UsageCollector(usage))
     audit_log = AuditLog(db)
     agents = AgentClient(connections=settings.poll_concurrency)
@@ -126,15 +136,6 @@ def build_services(
     async def resend(container: Any) -> None:
         await provisioning.send_payload(container, wait_s=settings.agent_request_timeout_s)
 
-    replicas = None
-    if not settings.db_url.startswith("sqlite"):
-        replicas = Membership(
-            db,
-            name=settings.replica_name,
-            heartbeat_s=settings.replica_heartbeat_s,
-            lease_s=settings.replica_lease_s,
-            metrics=metrics,
-        )
     runtime_changes = RuntimeChanges(provisioning)
     poller = Poller(
         settings=settings,
@@ -144,7 +145,7 @@ def build_services(
         resend=resend,
         overdue=provisioning.provision_overdue,
         metrics=metrics,
-        share=replicas.owns if replicas is not None else everything,
+        share=share,
         runtime_seen=runtime_changes.observed,
     )
     provisioning.on_provisioning = poller.wake
@@ -156,6 +157,7 @@ def build_services(
         audit=audit_log,
         provisioning=provisioning,
         wake_poller=poller.wake,
+        share=share,
     )
     provisioning.on_deleted = lifecycle.forget
     provisioning.job_work = lifecycle.work

@@ -27,7 +27,9 @@ changes); never CPU or background traffic. A ready container with none for ``idl
 seconds (the owner's own limit if an admin set one; counted from when it became ready when it
 had none since) is stopped with a reason that says so and names the last activity. Activity is
 kept in memory as it comes and written to the container's record at most every
-:data:`ACTIVITY_WRITE_S`.
+:data:`ACTIVITY_WRITE_S`. With replicas, the one whose poll share holds a container judges it:
+from the record, for activity another replica's front saw (at most ACTIVITY_WRITE_S old while
+it goes on).
 """
 
 from __future__ import annotations
@@ -82,13 +84,17 @@ class Lifecycle:
         audit: AuditLog,
         provisioning: Provisioning,
         wake_poller: Callable[[], None],
+        share: Share = everything,
     ) -> None:
+        """``share``: the containers whose idle auto-stop is this replica's (every one on a
+        single node)."""
         self.settings = settings
         self.registry = registry
         self.backend = backend
         self.audit = audit
         self.provisioning = provisioning
         self._wake_poller = wake_poller
+        self._share = share
         # The latest activity of each container, and when it was last written to its record.
         self._activity: dict[int, tuple[datetime, str]] = {}
         self._written: dict[int, datetime] = {}
@@ -268,10 +274,13 @@ class Lifecycle:
         return max(since) + timedelta(seconds=limit)
 
     async def stop_idle(self) -> list[int]:
-        """Stop every ready container that has been idle too long; returns their vmids."""
+        """Stop every ready container of its share that has been idle too long; returns their
+        vmids."""
         now = utcnow()
         stopped = []
         for container in self.registry.in_states([ContainerState.READY]):
+            if not self._share(container.vmid):
+                continue  # another replica's to judge
             activity = self.last_activity(container)
             due = self.idle_stop_at(container, activity)
             if due is None or due > now:

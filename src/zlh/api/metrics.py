@@ -16,14 +16,16 @@ platform's enums and the operator's catalog, and containers are named by vmid on
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from zlh.api.usage import UsageCache
 from zlh.proxy.metrics import FrontStats, RouteStats
+
+if TYPE_CHECKING:
+    from zlh.api.usage import UsageCache  # which reads the replicas' shares, which count here
 
 __all__ = [
     "CONTENT_TYPE",

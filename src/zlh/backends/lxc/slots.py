@@ -162,22 +162,30 @@ class SlotRegistry:
             return slot
 
     def release(self, lxcpath: Path, vmid: int) -> Slot | None:
-        """Give up ``vmid``'s slot (the container is destroyed); the released slot, if any."""
-        with self._locked() as network:
+        """Give up ``vmid``'s slot (the container is destroyed); the released slot, if any:
+        also when the lock's clean-up found it no longer in use and dropped it already (the
+        container's config and bridge port gone), as it is once a destroy is done."""
+        dropped: list[Slot] = []
+        with self._locked(dropped=dropped) as network:
             found = _find(network.slots, str(lxcpath), vmid)
             if found is not None:
                 network.slots.remove(found)
-            return found
+            return found or _find(dropped, str(lxcpath), vmid)
 
     @contextmanager
-    def _locked(self, *, notify: bool = False) -> Iterator[HostNetwork]:
-        """The registry under its lock, without what is gone (containers, data dirs); written
-        back (atomically) if that or the caller changed it, and ``on_change`` told then (or
-        always, with ``notify``)."""
+    def _locked(
+        self, *, notify: bool = False, dropped: list[Slot] | None = None
+    ) -> Iterator[HostNetwork]:
+        """The registry under its lock, without what is gone (containers, data dirs: the slots
+        of gone containers are added to ``dropped``); written back (atomically) if that or the
+        caller changed it, and ``on_change`` told then (or always, with ``notify``)."""
         with file_lock(self.path.with_name(self.path.name + ".lock")):
             loaded = self._load()
+            in_use = [s for s in loaded.slots if _in_use(s)]
+            if dropped is not None:
+                dropped.extend(s for s in loaded.slots if s not in in_use)
             network = HostNetwork(
-                [s for s in loaded.slots if _in_use(s)],
+                in_use,
                 {k: v for k, v in loaded.services.items() if Path(k).is_dir()},
             )
             yield network
