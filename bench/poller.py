@@ -95,7 +95,7 @@ async def bench(ports: list[int], interval_s: float, cycles: int, data_dir: Path
     seed(db, ports)
     registry = ContainerRegistry(db, EventBus(), RouteFeed())
     registry.bind_loop(asyncio.get_running_loop())
-    agents = AgentClient(connections=settings.poll_concurrency)
+    agents = AgentClient()
     virtual = [0.0]  # the poller's clock: every cycle makes every agent due
 
     async def never(_container: Container) -> None:

@@ -236,7 +236,7 @@ async def replica(name: str, db_url: str, key_file: Path, args: argparse.Namespa
     poller = _TimedPoller(
         settings=settings,
         registry=registry,
-        agents=AgentClient(connections=settings.poll_concurrency),
+        agents=AgentClient(),
         secret=lambda c: agent_secret(key, c.vmid, c.agent_nonce),
         resend=never,
         overdue=lambda _c: False,

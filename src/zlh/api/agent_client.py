@@ -2,22 +2,21 @@
 (``POST /runtime``, ``DELETE /runtimes/<name>/<version>``) and the secret's rotation
 (``PUT /token``), with the container secret.
 
-aiohttp rather than httpx: the poller talks to every agent every few seconds, and aiohttp's
-pooled client costs a fraction of httpx's CPU per request (see bench/poller.py). Errors are
-translated here: connect errors and timeouts become AgentUnreachable, refusals AgentError.
+The requests go over :class:`~zlh.api.agent_http.AgentHttp` (keep-alive, llhttp, answers
+bounded in size): the poller talks to every agent every few seconds, and a general-purpose
+client's request path was what bounded the agents one replica can poll (bench/poller.py).
+Errors are translated here: connect errors, timeouts and broken HTTP become AgentUnreachable,
+refusals AgentError.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import os
 from typing import TypeVar
 
-import aiohttp
 from pydantic import ValidationError
-from yarl import URL
 
+from zlh.api.agent_http import AgentHttp, AgentHttpError
 from zlh.api.errors import AgentError, AgentUnreachable, ApiError, Conflict, NotFound
 from zlh.schemas import (
     AgentStatus,
@@ -35,24 +34,11 @@ ModelT = TypeVar("ModelT", bound=WireModel)
 
 
 class AgentClient:
-    def __init__(self, *, connections: int = 200) -> None:
-        self._connections = connections
-        self._session: aiohttp.ClientSession | None = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=self._connections, limit_per_host=4, keepalive_timeout=30
-            )
-            # No cookies, no env proxies: agents are reached directly.
-            self._session = aiohttp.ClientSession(
-                connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False
-            )
-        return self._session
+    def __init__(self) -> None:
+        self._http = AgentHttp()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        self._http.close()
 
     async def status(self, base_url: str, secret: str, *, timeout_s: float) -> AgentStatus:
         body = await self.status_body(base_url, secret, timeout_s=timeout_s)
@@ -60,7 +46,7 @@ class AgentClient:
 
     async def status_body(self, base_url: str, secret: str, *, timeout_s: float) -> bytes:
         """The raw ``/status`` document (the poller skips parsing when it did not change)."""
-        return await self._request("GET", _status_url(base_url), secret, timeout_s, None, 200)
+        return await self._request("GET", base_url, "/status", secret, timeout_s, None, 200)
 
     @staticmethod
     def parse_status(base_url: str, body: bytes) -> AgentStatus:
@@ -70,7 +56,7 @@ class AgentClient:
         self, base_url: str, secret: str, payload: ProvisionPayload, *, timeout_s: float
     ) -> None:
         data = payload.json_with_secrets().encode()
-        await self._request("POST", f"{base_url}/provision", secret, timeout_s, data, 202)
+        await self._request("POST", base_url, "/provision", secret, timeout_s, data, 202)
 
     async def change_runtime(
         self, base_url: str, secret: str, runtime: RuntimeSpec, *, timeout_s: float
@@ -78,8 +64,9 @@ class AgentClient:
         """Have the agent install ``runtime`` and switch to it; its ``/status`` at once (202).
         Conflict when the agent is not ready or already changing."""
         data = runtime.model_dump_json().encode()
-        url = f"{base_url}/runtime"
-        body = await self._request("POST", url, secret, timeout_s, data, 202, refusals=(409,))
+        body = await self._request(
+            "POST", base_url, "/runtime", secret, timeout_s, data, 202, refusals=(409,)
+        )
         return self.parse_status(base_url, body)
 
     async def remove_runtime(
@@ -87,8 +74,10 @@ class AgentClient:
     ) -> AgentStatus:
         """Remove an installed, inactive version. NotFound (not installed), Conflict (active or
         being installed)."""
-        url = f"{base_url}/runtimes/{name}/{version}"
-        body = await self._request("DELETE", url, secret, timeout_s, None, 200, refusals=(404, 409))
+        target = f"/runtimes/{name}/{version}"
+        body = await self._request(
+            "DELETE", base_url, target, secret, timeout_s, None, 200, refusals=(404, 409)
+        )
         return self.parse_status(base_url, body)
 
     async def change_token(
@@ -96,17 +85,18 @@ class AgentClient:
     ) -> None:
         """Have the agent accept ``new_secret`` instead of ``secret`` (``PUT /token``)."""
         data = TokenChange(token=new_secret).model_dump_json().encode()
-        await self._request("PUT", f"{base_url}/token", secret, timeout_s, data, 204)
+        await self._request("PUT", base_url, "/token", secret, timeout_s, data, 204)
 
     async def ports(self, base_url: str, secret: str, *, timeout_s: float) -> ListeningPorts:
         """The TCP ports listening in the container (the platform's own left out)."""
-        body = await self._request("GET", f"{base_url}/ports", secret, timeout_s, None, 200)
+        body = await self._request("GET", base_url, "/ports", secret, timeout_s, None, 200)
         return _parsed(ListeningPorts, base_url, "/ports", body)
 
     async def _request(
         self,
         method: str,
-        url: str | URL,
+        base_url: str,
+        target: str,
         secret: str,
         timeout_s: float,
         data: bytes | None,
@@ -114,23 +104,24 @@ class AgentClient:
         *,
         refusals: tuple[int, ...] = (),
     ) -> bytes:
-        headers = {"Authorization": f"Bearer {secret}"}
+        url = base_url + target
+        if "\r" in secret or "\n" in secret:
+            raise ValueError("a container secret is one line")
+        headers = f"Authorization: Bearer {secret}\r\n"
         if data is not None:
-            headers["Content-Type"] = "application/json"
+            headers += "Content-Type: application/json\r\n"
         try:
-            async with asyncio.timeout(timeout_s):
-                async with self._http().request(method, url, data=data, headers=headers) as resp:
-                    body = await resp.read()
-                    status = resp.status
+            status, body = await self._http.request(
+                base_url, method, target, headers, data, timeout_s
+            )
         except TimeoutError as exc:
             raise AgentUnreachable(f"agent at {url} did not answer within {timeout_s:g}s") from exc
-        except aiohttp.ClientConnectorError as exc:
+        except OSError as exc:
             # asyncio's "Connect call failed ('10.0.3.5', 8080)" says less than the errno does.
-            errno = exc.os_error.errno
-            reason = os.strerror(errno).lower() if errno else str(exc.os_error)
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
             raise AgentUnreachable(f"agent at {url} is unreachable: {reason}") from exc
-        except aiohttp.ClientError as exc:
-            raise AgentUnreachable(f"agent at {url} is unreachable: {exc}") from exc
+        except AgentHttpError as exc:
+            raise AgentUnreachable(f"agent at {url} is unreachable: it {exc}") from exc
         if status == expected:
             return body
         if status == 401:
@@ -139,13 +130,6 @@ class AgentClient:
             raise _refusal(status, body)
         detail = body[:500].decode(errors="replace")
         raise AgentError(f"agent at {url} answered {status}", reason=detail, status_code=502)
-
-
-@functools.lru_cache(maxsize=65536)
-def _status_url(base_url: str) -> URL:
-    """An agent's ``/status`` URL, parsed once rather than at each of its polls (every few
-    seconds, for every agent)."""
-    return URL(f"{base_url}/status")
 
 
 def _parsed(model: type[ModelT], base_url: str, route: str, body: bytes) -> ModelT:

@@ -114,7 +114,7 @@ def build_services(
     usage = UsageCache(backend, registry.running_vmids, share=share)
     metrics.register(container_counts(registry.totals), UsageCollector(usage))
     audit_log = AuditLog(db)
-    agents = AgentClient(connections=settings.poll_concurrency)
+    agents = AgentClient()
     tailnet = None
     if settings.headscale.enabled:
         sealer = KeySealer.from_file(settings.data_dir / "tailnet.key")

@@ -13,10 +13,10 @@
           ├── RateLimited        429   carries ``retry_after_s``
           ├── QuotaExceeded      429   a per-user limit is reached (waiting does not help)
           └── AgentError         502   an agent refused or failed a request
-               └── AgentUnreachable    connect error or timeout
+               └── AgentUnreachable    connect error, timeout or broken HTTP
 
 Backend errors (``zlh.backends.BackendError``) and catalog errors are ZlhErrors already and go
-through the same handler. httpx/aiohttp errors are translated in ``agent_client``.
+through the same handler. The agents' connect and HTTP errors are translated in ``agent_client``.
 """
 
 from __future__ import annotations
