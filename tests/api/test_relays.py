@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from api_kit import (
 from support import ConsoleClient, pid_gone
 from zlh.api import accounts
 from zlh.api.containers import Quota
+from zlh.api.routes.relays import ANSWER_MAX_BYTES
 
 LIMIT = 128 * 1024
 
@@ -297,3 +299,50 @@ def test_a_password_change_closes_the_consoles_of_the_other_sessions(world: Worl
     wait_for(lambda: pid_gone(shell), what="the shell of the old session to be killed")
     assert world.client.get("/api/auth/me", headers=old).status_code == 401
     assert world.client.get("/api/auth/me", headers=current).status_code == 200
+
+
+def test_an_agent_streaming_a_listing_without_end_gets_502_not_the_apis_memory(
+    world: World,
+) -> None:
+    """Root in a container can put any server on the agent's port: one that answers a listing
+    with an endless body is cut off at the relay's limit, and the API answers 502."""
+    svc = services(world.app)
+    sent = [0]
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def endless() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100000000000\r\n\r\n"
+            )
+            chunk = b"x" * 65536
+            try:
+                while True:
+                    conn.sendall(chunk)
+                    sent[0] += len(chunk)
+            except OSError:
+                pass  # the API hung up
+
+    server = threading.Thread(target=endless, daemon=True)
+    server.start()
+    own = svc.registry.get(world.vmid)
+    assert own is not None
+    hostile = svc.registry.allocate(
+        owner=own.owner, runtime="node", version="22", addons=[], pins=PINS, quota=Quota(5, 5)
+    )
+    svc.registry.update(
+        hostile.vmid, state="ready", address="127.0.0.1", agent_port=listener.getsockname()[1]
+    )
+    try:
+        answer = world.client.get(f"/api/dev/{hostile.vmid}/files", headers=world.alice)
+        server.join(timeout=30)
+        assert answer.status_code == 502
+        assert f"answered more than {ANSWER_MAX_BYTES} bytes" in answer.json()["message"]
+        assert not server.is_alive()  # the API closed the connection
+        assert sent[0] < 4 * ANSWER_MAX_BYTES
+    finally:
+        listener.close()
+        svc.registry.remove(hostile.vmid)

@@ -6,11 +6,13 @@ agent is called with the container's secret; nothing of the caller's request but
 the declared query parameters, the body and ``Range``/``Content-Length`` reaches it, so the
 portal's cookie and ``Authorization`` header never do. Bodies stream both ways: an upload is
 sent on as it arrives (a client that disconnects halfway cuts the agent's upload too, which
-leaves no file), a download is sent on chunk by chunk, console frames one by one.
+leaves no file), a download is sent on chunk by chunk, console frames one by one. An agent is
+its tenant's (root in the container may answer anything): a small JSON answer read whole is
+refused past ``ANSWER_MAX_BYTES``, so no agent can stream without end into the API's memory.
 
 Uploads, deletions, new directories, moves and console opens go to the audit log. Each relayed
 request opens its own agent connection: file operations are rare, consoles live long, and the
-status poller's pooled client (a few connections per agent) must never wait behind them.
+status poller's kept-alive connections (zlh.api.agent_http) must never wait behind them.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ router = APIRouter(prefix="/api/dev", tags=["files"], responses=FILE_ERRORS)
 
 AGENT_TIMEOUT_S = 30.0
 CHUNK_BYTES = 256 * 1024
+ANSWER_MAX_BYTES = 16 << 20  # a listing of about 100,000 entries
 _PASSED_BACK = (
     "Content-Type",
     "Content-Length",
@@ -122,7 +125,7 @@ async def _call(
                 method, url + path, params=params, data=data, headers={**auth, **(headers or {})}
             ) as upstream,
         ):
-            body = await upstream.read()
+            body = await _read_bounded(upstream, url + path)
             status = upstream.status
             media_type = upstream.headers.get("Content-Type", "application/json")
     except (TimeoutError, aiohttp.ClientError) as exc:
@@ -133,6 +136,17 @@ async def _call(
     if refused is not None:
         raise refused
     return Response(body, status_code=status, media_type=media_type)
+
+
+async def _read_bounded(upstream: aiohttp.ClientResponse, url: str) -> bytes:
+    """The answer's body; AgentError once it passes :data:`ANSWER_MAX_BYTES` (the connection
+    is dropped with the response)."""
+    body = bytearray()
+    async for chunk in upstream.content.iter_chunked(CHUNK_BYTES):
+        body += chunk
+        if len(body) > ANSWER_MAX_BYTES:
+            raise AgentError(f"agent at {url} answered more than {ANSWER_MAX_BYTES} bytes")
+    return bytes(body)
 
 
 async def _audit(svc: Services, actor: str, action: Action, vmid: int, detail: str) -> None:
