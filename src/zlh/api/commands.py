@@ -8,6 +8,7 @@ import contextlib
 import getpass
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -267,7 +268,25 @@ def serve(app: Any, settings: ApiSettings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from zlh.proxy.serving import run
 
+    raise_open_files_limit()
     run(_serve(app, settings))
+
+
+OPEN_FILES_WANTED = 65536  # what deploy/zlh.service sets (LimitNOFILE)
+
+
+def raise_open_files_limit(wanted: int = OPEN_FILES_WANTED) -> None:
+    """Raise this process's soft limit of open files towards ``wanted``, as far as the hard
+    limit allows (its front workers inherit it). A replica keeps a connection to
+    each agent of its share (10,000 on one replica after a takeover) beside the IDEs' sockets,
+    and a shell's default soft limit of 1024 would fail the polls with "too many open files"
+    when ``zlh up`` runs outside the systemd unit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(hard, wanted)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        logging.getLogger(__name__).info("open files limit raised from %d to %d", soft, wanted)
 
 
 async def _serve(app: Any, settings: ApiSettings) -> None:
