@@ -12,7 +12,8 @@ recorded them).
 
 Reported: per replica its share, its poll cycle's p50/p99 (for each agent of its share, the
 time between two successive reads of its status, as the simulator saw them), its CPU (user+sys
-from /proc over the steady window / wall), polls/s and CPU per poll; the simulator's CPU; how
+from /proc over the steady window / wall), polls/s, CPU per poll and the full garbage
+collections it ran (each stops its event loop); the simulator's CPU; how
 many agents were polled within the last 1.2 intervals (sampled each second: below 100 % the
 replicas do not keep up);
 then, after SIGKILL of one replica, how long until the other sees it dead, until the other's
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -60,6 +62,7 @@ from zlh.api.metrics import Metrics
 from zlh.api.poller import Poller
 from zlh.api.replicas import Membership, owner
 from zlh.api.settings import ApiSettings
+from zlh.proxy import serving
 from zlh.routefeed import RouteFeed
 from zlh.schemas import AgentState, AgentStatus
 
@@ -256,6 +259,7 @@ async def replica(name: str, db_url: str, key_file: Path, args: argparse.Namespa
             "share": share,
             "cycles": seen,
             "polls": poller.polls,
+            "full_gcs": gc.get_stats()[2]["collections"],
         }
         print(json.dumps(line), flush=True)
         await asyncio.sleep(0.2)
@@ -317,9 +321,10 @@ class Replica:
                 found += [took for polls, took in line["cycles"] if polls >= line["share"] // 10]
         return found
 
-    def polls_at(self, moment: float) -> int:
-        """Polls launched as of the last line printed at or before ``moment``."""
-        return max((line["polls"] for line in self.lines if line["t"] <= moment), default=0)
+    def count_at(self, key: str, moment: float) -> int:
+        """Counter ``key`` (polls launched, full collections) as of the last line printed at
+        or before ``moment``."""
+        return max((line[key] for line in self.lines if line["t"] <= moment), default=0)
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> float:
@@ -437,14 +442,16 @@ def measure(
         share = r.last["share"]
         if not gaps[r.name]:
             raise SystemExit(f"replica {r.name} read no agent twice in the window")
-        polls = r.polls_at(end) - r.polls_at(start)
+        polls = r.count_at("polls", end) - r.count_at("polls", start)
+        full_gcs = r.count_at("full_gcs", end) - r.count_at("full_gcs", start)
         cycle = gaps[r.name]
         print(
             f"replica {r.name}: share {share} ({share / total:.0%}), poll cycle (time between "
             f"two reads of one agent, {len(cycle)} reads): p50 {statistics.median(cycle):.3f}s "
             f"p99 {percentile(cycle, 0.99):.3f}s max {max(cycle):.3f}s, "
             f"CPU {cpu[r.name] / wall:.3f} cores, {polls / wall:.0f} polls/s, "
-            f"{cpu[r.name] * 1000 / max(polls, 1):.2f} ms CPU per poll"
+            f"{cpu[r.name] * 1000 / max(polls, 1):.2f} ms CPU per poll, "
+            f"{full_gcs} full garbage collections"
         )
     print(f"agent simulator: CPU {sim_cores:.3f} cores")
     print(
@@ -503,7 +510,7 @@ def main() -> None:
     if args.serve_agents:
         run_loop(serve_agents(args.serve_agents, args.key))
     elif args.replica:
-        run_loop(replica(args.replica, args.db, args.key, args))
+        serving.run(replica(args.replica, args.db, args.key, args))  # as zlh api runs
     else:
         # A SIGTERM (timeout, CI) unwinds: the replicas, the simulator and the cluster end too.
         signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit("terminated"))

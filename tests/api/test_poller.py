@@ -204,6 +204,7 @@ def test_a_ready_container_whose_agent_goes_silent_is_backed_off_up_to_the_cap_a
 ) -> None:
     async def body(rig: Rig) -> None:
         rig.agent.answer = READY
+        assert 0.0 <= await rig.poll() < 5.0  # its phase in the interval
         assert await rig.poll() == 5.0
         rig.agent.answer = REFUSED
         gaps = [await rig.poll() for _ in range(2)]
@@ -229,5 +230,73 @@ def test_a_ready_container_found_after_a_restart_is_backed_off_from_its_first_mi
         gaps = [await rig.poll() for _ in range(3)]
         assert gaps == [10.0, 20.0, 40.0]
         assert rig.state == ContainerState.UNREACHABLE
+
+    run_rig(tmp_path, ContainerState.READY, body)
+
+
+def test_an_agent_is_read_at_the_last_tick_before_it_is_due_never_after(tmp_path: Path) -> None:
+    """A tick launches every poll due before the next tick: two reads of an agent are at most
+    its interval apart, however the ticks fall."""
+
+    async def body(rig: Rig) -> None:
+        rig.agent.answer = READY
+        await rig.poll()  # its phase
+        started = rig.now = rig.poller._targets[rig.vmid].due
+        await rig.poll()
+        due = rig.poller._targets[rig.vmid].due
+        assert due == started + 5.0
+        polls = rig.agent.polls
+        rig.now = due - 0.2
+        await rig.poller.poll_once(before=due - 0.1)  # a tick whose next comes before it
+        assert rig.agent.polls == polls
+        rig.now = due - 0.05
+        await rig.poller.poll_once(before=due + 0.05)  # the last tick before it
+        assert rig.agent.polls == polls + 1
+        assert rig.poller._targets[rig.vmid].due == due - 0.05 + 5.0
+
+    run_rig(tmp_path, ContainerState.READY, body)
+
+
+def test_containers_taken_on_together_are_read_again_spread_over_the_interval(
+    tmp_path: Path,
+) -> None:
+    """A start or a takeover reads every container of the share at once; their next reads are
+    spread over the interval (and never later than it), not one burst every interval whose
+    queue would make the last reads late."""
+
+    async def body(rig: Rig) -> None:
+        rig.agent.answer = READY
+        registry = rig.registry
+        owner = accounts.get_user(registry.db, "alice")
+        for _ in range(199):
+            container = registry.allocate(
+                owner=owner,
+                runtime="node",
+                version="22",
+                addons=[],
+                pins=PINS,
+                quota=Quota(1000, 1000),
+            )
+            registry.update(
+                container.vmid,
+                state=ContainerState.READY,
+                address="10.0.3.2",
+                agent_port=7100,
+                code_server_port=6000,
+            )
+        started = rig.now
+        await rig.poller.poll_once()
+        assert rig.agent.polls == 200
+        dues = sorted(t.due for t in rig.poller._targets.values())
+        assert started <= dues[0] and dues[-1] < started + 5.0
+        # Evenly spread: no half second of the interval holds more than a seventh of them.
+        busiest = max(sum(1 for d in dues if t <= d < t + 0.5) for t in dues)
+        assert busiest <= 200 // 7
+        # From the second read on, each is read one interval after the last.
+        for target in sorted(rig.poller._targets.values(), key=lambda t: t.due):
+            rig.now = max(rig.now, target.due)
+            await rig.poller.poll_once()
+        assert rig.agent.polls == 400
+        assert all(t.due == t.launched + 5.0 for t in rig.poller._targets.values())
 
     run_rig(tmp_path, ContainerState.READY, body)

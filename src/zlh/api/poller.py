@@ -49,6 +49,7 @@ __all__ = ["PollTarget", "Poller"]
 logger = logging.getLogger(__name__)
 
 _POLLED = [s for s in ContainerState if s.is_polled]  # stopped ones cost no poll traffic
+_TICK_SLACK = 0.1  # a wake this close (in ticks) before the next tick counts as that tick
 _LOAD_CHUNK = 500  # rows loaded whole per query (an IN list PostgreSQL and SQLite both take)
 
 Resend = Callable[[Container], Awaitable[None]]
@@ -71,6 +72,7 @@ class PollTarget:
     resending: bool = field(default=False)
     since: float = 0.0  # when the poller took this container on
     answered: bool = False  # its agent has answered a poll since
+    phased: bool = False  # its ready-pace polls have their phase in the interval (_next_due)
     step: str | None = None  # the provisioning step its polls last showed, and since when
     step_since: float = 0.0
 
@@ -114,16 +116,22 @@ class Poller:
     # -- driving -------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Tick until cancelled. Ticks are as fine as the provisioning interval."""
+        """Tick until cancelled. Ticks are as fine as the provisioning interval, on a cadence
+        of their own; a wake in between launches what is due before the next tick, as the tick
+        itself would have."""
         tick = min(self.settings.poll_interval_provisioning_s, self.settings.poll_interval_s)
+        next_tick = self._clock()
         try:
             while True:
-                polls = self._launch_due()
+                now = self._clock()
+                if now >= next_tick - tick * _TICK_SLACK:  # a timer may fire a hair early
+                    next_tick = max(next_tick, now) + tick
+                polls = self._launch_due(before=next_tick)
                 if polls:
                     self._time_cycle(polls)
                 self._wake.clear()
                 try:
-                    async with asyncio.timeout(tick):
+                    async with asyncio.timeout(max(0.0, next_tick - self._clock())):
                         await self._wake.wait()
                 except TimeoutError:
                     pass
@@ -132,10 +140,11 @@ class Poller:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def poll_once(self) -> float:
-        """Poll every due container and wait for all of them; returns the cycle's seconds."""
+    async def poll_once(self, before: float | None = None) -> float:
+        """Poll every container due by ``before`` (default: now) and wait for all of them;
+        returns the cycle's seconds."""
         start = self._clock()
-        await asyncio.gather(*self._launch_due())
+        await asyncio.gather(*self._launch_due(start if before is None else before))
         return self._clock() - start
 
     def _time_cycle(self, polls: list[asyncio.Task[None]]) -> None:
@@ -162,7 +171,10 @@ class Poller:
             self._announced.add(vmid)
             self._wake.set()
 
-    def _launch_due(self) -> list[asyncio.Task[None]]:
+    def _launch_due(self, before: float) -> list[asyncio.Task[None]]:
+        """Launch the poll of every target due by ``before``, the next tick: a poll is sent at
+        the last tick before it is due, never after it, so that two reads of an agent are at
+        most its interval apart (give or take the loop's own lateness)."""
         now = self._clock()
         if now >= self._reload_at:
             self._announced.clear()  # read with all the rest
@@ -173,7 +185,7 @@ class Poller:
             self._reload(vmids)
         launched = []
         for target in self._targets.values():
-            if target.in_flight or target.due > now:
+            if target.in_flight or target.due > before:
                 continue
             target.in_flight = True
             target.launched = now
@@ -266,7 +278,7 @@ class Poller:
             if body == target.last_body and target.container.state == ContainerState.READY:
                 # The steady state of most containers: same document, nothing to parse or write.
                 target.misses = 0
-                target.due = target.launched + self._interval(target.container)
+                target.due = self._next_due(target)
                 return
             status = self.agents.parse_status(url, body)
         except AgentError as exc:
@@ -279,6 +291,18 @@ class Poller:
             target.last_body = body
         finally:
             target.in_flight = False
+
+    def _next_due(self, target: PollTarget) -> float:
+        """When an answered target is due again: one interval from its poll's start, as the
+        ticks are (from its end, every poll would miss the tick it is due at by its own
+        duration). The first poll at the ready pace instead sets the target a phase of its own
+        within the interval, by its vmid: containers taken on together (a start, a takeover)
+        would otherwise be polled in one burst every interval, whose queue makes reads late."""
+        interval = self._interval(target.container)
+        if not target.phased and interval == self.settings.poll_interval_s:
+            target.phased = True
+            return target.launched + interval * _phase(target.container.vmid)
+        return target.launched + interval
 
     def _interval(self, container: Container) -> float:
         """The provisioning pace while ``container`` provisions, starts or installs a runtime
@@ -363,9 +387,7 @@ class Poller:
             changes.update(state=ContainerState.PROVISIONING)
             await self._resend_payload(target)
         self._apply(target, **changes)
-        # From the poll's start, as the ticks are: from its end, every poll would miss the tick
-        # it is due at by its own duration and wait for the next (twice the interval).
-        target.due = target.launched + self._interval(target.container)
+        target.due = self._next_due(target)
 
     async def _resend_payload(self, target: PollTarget) -> None:
         try:
@@ -407,6 +429,11 @@ class Poller:
         target.last_status = updated.status
         if not ContainerState(updated.state).is_polled:
             self._targets.pop(container.vmid, None)
+
+
+def _phase(vmid: int) -> float:
+    """A fraction in [0, 1) spread evenly over consecutive vmids (Fibonacci hashing)."""
+    return ((vmid * 0x9E3779B1) & 0xFFFFFFFF) / 2**32
 
 
 def _chunks(vmids: list[int]) -> Iterator[list[int]]:

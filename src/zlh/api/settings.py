@@ -299,7 +299,10 @@ class ApiSettings(BaseSettings):
         10.0, gt=0, description="one POST /provision to an agent. Not status polls."
     )
     poll_interval_s: float = Field(
-        5.0, gt=0, description="how often each ready container's agent /status is read."
+        5.0,
+        gt=0,
+        description="how often each ready container's agent /status is read: at most this "
+        "long between two reads, each container at a phase of its own within it.",
     )
     poll_interval_provisioning_s: float = Field(
         0.1,
