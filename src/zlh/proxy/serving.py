@@ -1,22 +1,22 @@
 """How a process that hosts the front runs: uvloop, glibc's allocator told to keep memory, and
 the cyclic garbage collector's full passes kept rare and short.
 
-Both settings were measured with the proxy benchmark (docs/performance.md), on 500 KB
-responses through the front:
+Each was measured (docs/performance.md):
 
-* Each read from a socket becomes a new ``bytes`` of up to 256 KB (uvloop's read size), which
-  glibc serves from the heap top and hands back on free; once the free top passes the trim
-  threshold (which glibc raises only as far as the largest chunk freed so far) it shrinks the
-  heap with ``brk``, and the next read grows it again, faulting in and zeroing fresh pages.
-  ``strace -c`` counted 1.5 ``brk`` per read; fixing the thresholds removed every one of them
-  and doubled the front's throughput (893 -> 2,061 req/s of 500 KB, same machine, same
-  minute). The cost is at most ``_TRIM_THRESHOLD`` of freed heap kept mapped.
-* The collector: at 10,000 containers a replica's full collections took 0.22-0.35 s, several
-  times a minute, and blocked the event loop (every proxied request, every poll) while they
-  ran; bench/scale.py saw polls read 0.2-0.3 s late. What start-up built (modules, the app:
-  about 200,000 objects) is frozen out of every pass, and the youngest generation is collected
-  every ``_YOUNG_THRESHOLD`` allocations instead of Python's 700, so that a poll's or a
-  request's short-lived objects die before they are promoted: the oldest generation grows
+* The allocator, with the proxy benchmark on 500 KB responses through the front. Each read from
+  a socket becomes a new ``bytes`` of up to 256 KB (uvloop's read size), which glibc serves
+  from the heap top and hands back on free; once the free top passes the trim threshold (which
+  glibc raises only as far as the largest chunk freed so far) it shrinks the heap with ``brk``,
+  and the next read grows it again, faulting in and zeroing fresh pages. ``strace -c`` counted
+  1.5 ``brk`` per read; fixing the thresholds removed every one of them and doubled the front's
+  throughput (893 -> 2,061 req/s of 500 KB, same machine, same minute). The cost is at most
+  ``_TRIM_THRESHOLD`` of freed heap kept mapped.
+* The collector, with bench/scale.py: at 10,000 containers a replica's full collections took
+  0.22-0.35 s, several times a minute, and blocked the event loop (every proxied request, every
+  poll) while they ran, and polls were read 0.2-0.3 s late. What start-up built (modules, the
+  app: about 200,000 objects) is frozen out of every pass, and the youngest generation is
+  collected every ``_YOUNG_THRESHOLD`` allocations instead of Python's 700, so that a poll's or
+  a request's short-lived objects die before they are promoted: the oldest generation grows
   slowly and a full pass is rare (none in 30 s of bench/scale.py against one every few
   seconds). Cycles made after start-up are still collected, only later.
 * uvloop instead of asyncio's default loop: the bench has always measured the front on uvloop,
