@@ -8,8 +8,12 @@ script of answers (refused connection, or a status document) instead of an HTTP 
 from __future__ import annotations
 
 import asyncio
+import gc
+import inspect
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from api_kit import PINS
@@ -266,24 +270,7 @@ def test_containers_taken_on_together_are_read_again_spread_over_the_interval(
 
     async def body(rig: Rig) -> None:
         rig.agent.answer = READY
-        registry = rig.registry
-        owner = accounts.get_user(registry.db, "alice")
-        for _ in range(199):
-            container = registry.allocate(
-                owner=owner,
-                runtime="node",
-                version="22",
-                addons=[],
-                pins=PINS,
-                quota=Quota(1000, 1000),
-            )
-            registry.update(
-                container.vmid,
-                state=ContainerState.READY,
-                address="10.0.3.2",
-                agent_port=7100,
-                code_server_port=6000,
-            )
+        _add_ready_containers(rig.registry, 199)
         started = rig.now
         await rig.poller.poll_once()
         assert rig.agent.polls == 200
@@ -300,3 +287,48 @@ def test_containers_taken_on_together_are_read_again_spread_over_the_interval(
         assert all(t.due == t.launched + 5.0 for t in rig.poller._targets.values())
 
     run_rig(tmp_path, ContainerState.READY, body)
+
+
+def test_a_reload_runs_no_garbage_collection_and_leaves_the_collector_on(tmp_path: Path) -> None:
+    """A reload's rows are garbage when it returns: a collection while it runs would only
+    promote them towards the oldest generation, whose full passes stop the event loop."""
+
+    async def body(rig: Rig) -> None:
+        _add_ready_containers(rig.registry, 299)
+        collections: list[int] = []
+
+        reload_code = inspect.unwrap(Poller._reload).__code__
+
+        def seen(phase: str, info: dict[str, int]) -> None:
+            frame: FrameType | None = sys._getframe(1)
+            while phase == "start" and frame is not None:
+                if frame.f_code is reload_code:
+                    collections.append(info["generation"])
+                frame = frame.f_back
+
+        gc.callbacks.append(seen)
+        try:
+            rig.poller._reload()
+        finally:
+            gc.callbacks.remove(seen)
+        assert len(rig.poller._targets) == 300
+        assert collections == []
+        assert gc.isenabled()
+
+    run_rig(tmp_path, ContainerState.READY, body)
+
+
+def _add_ready_containers(registry: ContainerRegistry, count: int) -> None:
+    """``count`` more ready containers of alice's beside the rig's."""
+    owner = accounts.get_user(registry.db, "alice")
+    for _ in range(count):
+        container = registry.allocate(
+            owner=owner, runtime="node", version="22", addons=[], pins=PINS, quota=Quota(999, 999)
+        )
+        registry.update(
+            container.vmid,
+            state=ContainerState.READY,
+            address="10.0.3.2",
+            agent_port=7100,
+            code_server_port=6000,
+        )
