@@ -19,7 +19,8 @@ This bench needs it there and uses nothing else outside the repository.
 ``WORKERS=N`` runs the front as ``zlh up --workers N`` does: this process plus N-1 front workers
 (zlh.api.frontworkers) on the same ports, which learn the route over the feed socket. The
 harness's nginx runs 2 workers (``worker_processes 2``), so ``WORKERS=2`` compares like with
-like on a 2-core machine.
+like on a 2-core machine. Every front process runs under ``SCHED_BATCH``, as ``zlh up``'s do
+(setting ``front_scheduling``); ``FRONT_SCHEDULING=normal`` gives them the default policy.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from zlh.proxy.tickets import IDE_COOKIE, Ticket, TicketDesk
 
@@ -51,6 +52,9 @@ BENCH_DIR = Path(os.environ.get("BENCH_DIR", "/tmp/zlh-proxy-bench"))  # noqa: S
 BASE_PORT = int(os.environ.get("BASE_PORT", "18000"))
 USER = "7"  # the bench user's id (the route feed names users by number)
 WORKERS = int(os.environ.get("WORKERS", "1"))
+SCHEDULING: Literal["batch", "normal"] = (
+    "normal" if os.environ.get("FRONT_SCHEDULING") == "normal" else "batch"
+)
 
 
 def serve(port: int, key: bytes) -> None:
@@ -88,7 +92,7 @@ def serve(port: int, key: bytes) -> None:
             await workers.close()
         await front.close()
 
-    run(main())
+    run(main(), batch=SCHEDULING == "batch")
 
 
 def start_workers(key: bytes, portal_port: int, ide_port: int) -> FrontWorkers:
@@ -120,6 +124,7 @@ def start_workers(key: bytes, portal_port: int, ide_port: int) -> FrontWorkers:
         run_dir=run_dir,
         ledger=run_dir / "tickets",
         drain_timeout_s=0,
+        scheduling=SCHEDULING,
     )
     return FrontWorkers(
         WORKERS - 1, config, feed, on_ide_open=lambda *_: None, on_activity=lambda *_: None

@@ -192,6 +192,25 @@ class ConsoleClient:
         return next(c for c in self.controls if c["type"] == kind)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process under ``pid`` (its children, theirs, ...), by their parent pids."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int(entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:  # gone meanwhile
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
 def pid_gone(pid: int) -> bool:
     """The process has exited (a zombie only its reaper, init, still has to collect)."""
     try:

@@ -277,3 +277,14 @@ def test_a_busy_or_malformed_metrics_listen_is_one_line(
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode in (1, 2)
     assert len(errors) == 1 and named in errors[0], result.stderr
+
+
+def test_an_unknown_front_scheduling_is_one_line_naming_it(tmp_path: Path) -> None:
+    config = tmp_path / "api.toml"
+    config.write_text('front_scheduling = "realtime"\n')
+    argv = ["up", "--backend", "process", "--data-dir", str(tmp_path / "up"), "--config"]
+    result = run(tmp_path, [*argv, str(config), "--listen", f"127.0.0.1:{free_port_pair()}"])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("zlh")]
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode in (1, 2)
+    assert len(errors) == 1 and "front_scheduling" in errors[0], result.stderr

@@ -10,6 +10,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -19,7 +23,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from api_kit import add_cli_users, login, sse_events, wait_for, zlh_up
-from support import ConsoleClient, free_port, free_port_pair
+from support import ConsoleClient, descendants, free_port, free_port_pair
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +50,29 @@ def front_workers(pid: int) -> list[int]:
         if b"zlh.proxy.worker" in cmdline:
             found.append(int(child))
     return found
+
+
+@dataclass
+class ReadyUp:
+    proc: subprocess.Popen[bytes]
+    client: httpx.Client
+    alice: dict[str, str]
+    vmid: int
+    port: int
+
+
+@contextmanager
+def alices_ready_container(node_store: Path, tmp_path: Path, config: str) -> Iterator[ReadyUp]:
+    """``zlh up`` with ``config`` as its api.toml, and a node container of alice's, ready."""
+    add_cli_users(tmp_path)
+    port = free_port_pair()
+    (tmp_path / "api.toml").write_text(config)
+    base = f"http://127.0.0.1:{port}"
+    with zlh_up(tmp_path, node_store, port) as proc, httpx.Client(base_url=base) as client:
+        alice = login(client, "alice")
+        vmid = client.post("/api/dev", json={"runtime": "node"}, headers=alice).json()["vmid"]
+        assert sse_events(client, f"/api/dev/{vmid}/events", alice)[-1]["state"] == "ready"
+        yield ReadyUp(proc, client, alice, vmid, port)
 
 
 def alive(pid: int) -> bool:
@@ -77,6 +104,27 @@ def test_two_front_workers_share_the_public_port(tmp_path: Path) -> None:
         assert counts["0"] > 0 and counts["1"] > 0, counts
 
 
+def test_the_front_runs_batch_scheduled_and_the_agents_it_starts_do_not(
+    node_store: Path, tmp_path: Path
+) -> None:
+    """SCHED_BATCH (front_scheduling) is inherited by every child: an agent, and the
+    customer's processes it starts, must still run under the default policy."""
+    with alices_ready_container(node_store, tmp_path, "front_workers = 2\n") as up:
+        proc = up.proc
+        workers = front_workers(proc.pid)
+        agents = [
+            pid
+            for pid in descendants(proc.pid)
+            if pid not in workers and b"agent" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert len(workers) == 1 and len(agents) == 1, (workers, agents)
+        assert os.sched_getscheduler(proc.pid) == os.SCHED_BATCH
+        assert os.sched_getscheduler(workers[0]) == os.SCHED_BATCH
+        tenant = [agents[0], *descendants(agents[0])]
+        policies = {pid: os.sched_getscheduler(pid) for pid in tenant}
+        assert set(policies.values()) == {os.SCHED_OTHER}, policies
+
+
 def test_no_front_worker_outlives_a_sigkilled_api(tmp_path: Path) -> None:
     store = tmp_path / "store"
     store.mkdir()
@@ -96,14 +144,10 @@ def test_no_front_worker_outlives_a_sigkilled_api(tmp_path: Path) -> None:
 def test_sigterm_drains_readiness_says_so_and_an_open_websocket_runs_to_its_end(
     node_store: Path, tmp_path: Path
 ) -> None:
-    add_cli_users(tmp_path)
-    port = free_port_pair()
-    (tmp_path / "api.toml").write_text("front_workers = 2\ndrain_timeout_s = 120\n")
-    base = f"http://127.0.0.1:{port}"
-    with zlh_up(tmp_path, node_store, port) as proc, httpx.Client(base_url=base) as client:
-        alice = login(client, "alice")
-        vmid = client.post("/api/dev", json={"runtime": "node"}, headers=alice).json()["vmid"]
-        assert sse_events(client, f"/api/dev/{vmid}/events", alice)[-1]["state"] == "ready"
+    config = "front_workers = 2\ndrain_timeout_s = 120\n"
+    with alices_ready_container(node_store, tmp_path, config) as up:
+        proc, client, alice, vmid, port = up.proc, up.client, up.alice, up.vmid, up.port
+        base = f"http://127.0.0.1:{port}"
         assert client.get("/api/health/ready").json() == {"ready": True}
         url = f"ws://127.0.0.1:{port}/api/dev/{vmid}/console"
         with connect(url, additional_headers=alice, open_timeout=10) as ws:

@@ -33,7 +33,7 @@ from lxc_kit import (
     up,
 )
 
-from support import free_port, serve_store, zlh
+from support import descendants, free_port, serve_store, zlh
 from zlh.api.commands import container_artifact_url
 from zlh.api.settings import ApiSettings
 from zlh.backends import (
@@ -287,6 +287,31 @@ def test_creating_an_existing_vmid_fails_without_touching_it(backend: LxcBackend
     assert asyncio.run(backend.status(C)) == before
     token = backend._layers(C)[1] / "etc/zlh/agent-token"
     assert token.read_text() == f"secret-{C}"
+
+
+def test_a_container_started_from_a_batch_scheduled_thread_runs_under_the_default_policy(
+    backend: LxcBackend,
+) -> None:
+    """The front runs under SCHED_BATCH (zlh.proxy.serving), which children inherit; a
+    container the API starts, the tenant's processes, must not."""
+    asyncio.run(backend.destroy(C))
+    failures: list[BaseException] = []
+
+    def start_as_the_front_would() -> None:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))  # this thread only
+        try:
+            up(backend, C)
+        except BaseException as exc:  # reported by the test's thread below
+            failures.append(exc)
+
+    starter = threading.Thread(target=start_as_the_front_would)
+    starter.start()
+    starter.join()
+    assert not failures, failures
+    init = int(backend._lxc("lxc-info", C, "-p", "-H", what="init pid").strip())
+    inside = [init, *descendants(init)]
+    policies = {pid: os.sched_getscheduler(pid) for pid in inside}
+    assert len(inside) > 1 and set(policies.values()) == {os.SCHED_OTHER}, policies
 
 
 def write_wheel(path: Path, content: bytes, *, year: int) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import pytest
@@ -43,7 +44,9 @@ class Workers:
 
 
 @contextmanager
-def child_workers(h: Harness, *, drain_timeout_s: float = 30.0) -> Iterator[Workers]:
+def child_workers(
+    h: Harness, *, drain_timeout_s: float = 30.0, scheduling: Literal["batch", "normal"] = "batch"
+) -> Iterator[Workers]:
     port = free_port_pair()
     run_dir = Path(tempfile.mkdtemp(prefix="zlh-workers-"))
     ledger = run_dir / "tickets"
@@ -58,6 +61,7 @@ def child_workers(h: Harness, *, drain_timeout_s: float = 30.0) -> Iterator[Work
         run_dir=run_dir,
         ledger=ledger,
         drain_timeout_s=drain_timeout_s,
+        scheduling=scheduling,
     )
     feed = RouteFeed()
     opened: list[tuple[str, int]] = []
@@ -178,6 +182,15 @@ def test_ide_page_loads_and_counters_of_a_child_worker_reach_the_api(
         lambda: workers.workers.totals()["ide"][0] >= 2, timeout_s=10, what="ide requests counted"
     )
     assert workers.workers.requests_by_worker()[1] >= 2
+
+
+def test_a_child_worker_runs_under_batch_scheduling_and_normal_turns_it_off(
+    harness: Harness, workers: Workers
+) -> None:
+    assert os.sched_getscheduler(child_pid(workers)) == os.SCHED_BATCH
+    with child_workers(harness, scheduling="normal") as normal:
+        assert os.sched_getscheduler(child_pid(normal)) == os.SCHED_OTHER
+        served_route(harness, normal)  # and it serves (a WebSocket to a new route opens)
 
 
 def test_a_killed_child_worker_is_started_again_and_serves(

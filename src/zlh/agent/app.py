@@ -14,7 +14,9 @@ behind the two middlewares (bearer secret, error envelope).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 from pathlib import Path
 
 from aiohttp import web
@@ -62,8 +64,17 @@ def read_token(path: Path) -> str:
     return token
 
 
+def default_scheduling() -> None:
+    """Put the agent, and so everything it starts for the customer, under the default Linux
+    scheduling policy, whatever the process that started it had: the platform's front runs
+    under ``SCHED_BATCH`` (zlh.proxy.serving), which children inherit."""
+    with contextlib.suppress(AttributeError, OSError):  # not Linux: nothing to undo
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
 def serve(args: argparse.Namespace) -> int:
     """Run the agent until it is stopped (``zlh agent``, through ``zlh.agent.main``)."""
+    default_scheduling()
     host, port = _listen(args.listen)
     secret = read_token(args.token_file)
     require_free(host, port)

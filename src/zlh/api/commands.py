@@ -269,7 +269,7 @@ def serve(app: Any, settings: ApiSettings) -> None:
     from zlh.proxy.serving import run
 
     raise_open_files_limit()
-    run(_serve(app, settings))
+    run(_serve(app, settings), batch=settings.front_scheduling == "batch")
 
 
 OPEN_FILES_WANTED = 65536  # what deploy/zlh.service sets (LimitNOFILE)
@@ -368,6 +368,7 @@ async def _serve(app: Any, settings: ApiSettings) -> None:
                 ledger=ledger_dir,
                 ticket_db=ticket_db,
                 drain_timeout_s=settings.drain_timeout_s,
+                scheduling=settings.front_scheduling,
             ),
             services.feed,
             on_ide_open=ide_opened,

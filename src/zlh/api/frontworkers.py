@@ -27,7 +27,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from zlh import feedwire
 from zlh.routefeed import RouteFeed
@@ -65,6 +65,7 @@ class WorkerConfig:
     ledger: Path  # the tickets taken (zlh.proxy.tickets), an existing private directory
     drain_timeout_s: float
     ticket_db: str | None = None  # the replicas' database, which holds the tickets taken then
+    scheduling: Literal["batch", "normal"] = "batch"  # their scheduling (zlh.proxy.serving)
 
 
 @dataclass
@@ -208,6 +209,7 @@ class FrontWorkers:
                 "key": config.key.hex(),
                 "issuer": config.issuer,
                 "drain_timeout_s": config.drain_timeout_s,
+                "scheduling": config.scheduling,
             }
         ).encode()
 

@@ -12,8 +12,9 @@ It reads its configuration as one JSON object on stdin (the signing key is in it
 never on a command line or in the environment); it listens only after the feed's first
 snapshot, so it never answers with routes it does not know yet. It dies with the API: the
 kernel sends it SIGKILL when its parent exits (``PR_SET_PDEATHSIG``), and it stops when the feed
-socket closes. SIGTERM drains it: new WebSockets get 503, open ones run until they end or
-``drain_timeout_s``, then it exits 0.
+socket closes. It runs under ``SCHED_BATCH`` unless told ``"scheduling": "normal"`` (setting
+``front_scheduling``; zlh.proxy.serving says why and what it costs). SIGTERM drains it: new
+WebSockets get 503, open ones run until they end or ``drain_timeout_s``, then it exits 0.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def main() -> int:
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s %(name)s[{config['index']}] %(message)s"
     )
-    return run(_serve(config))
+    return run(_serve(config), batch=config.get("scheduling", "batch") == "batch")
 
 
 if __name__ == "__main__":
