@@ -24,7 +24,7 @@ Each was measured (docs/performance.md):
   does not preempt the task running on its CPU (on a busy host: the container that sent the
   packet, the other front process, the client) but runs at the next scheduling point, and then
   serves every connection that became ready meanwhile. Fewer, fuller wake-ups: about 1.15x the
-  requests per second of small GETs at 0.85x the CPU per request, with lower p50 and p99
+  requests per second of small GETs at 0.89x the CPU per request, with lower p50 and p99
   latency, on a saturated box. Its price is latency when every core is busy with work that
   does not sleep: a front process may wait for the end of the running task's slice (a few
   ms) instead of taking the CPU at once. It is not a priority: nice value and CPU share stay.
