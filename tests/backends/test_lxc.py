@@ -39,6 +39,7 @@ from zlh.api.settings import ApiSettings
 from zlh.backends import (
     BackendUnavailable,
     ContainerExists,
+    ContainerInfo,
     ContainerSpec,
     RunState,
     create_backend,
@@ -295,12 +296,13 @@ def test_a_container_started_from_a_batch_scheduled_thread_runs_under_the_defaul
     """The front runs under SCHED_BATCH (zlh.proxy.serving), which children inherit; a
     container the API starts, the tenant's processes, must not."""
     asyncio.run(backend.destroy(C))
+    started: list[ContainerInfo] = []
     failures: list[BaseException] = []
 
     def start_as_the_front_would() -> None:
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))  # this thread only
         try:
-            up(backend, C)
+            started.append(up(backend, C))
         except BaseException as exc:  # reported by the test's thread below
             failures.append(exc)
 
@@ -308,10 +310,15 @@ def test_a_container_started_from_a_batch_scheduled_thread_runs_under_the_defaul
     starter.start()
     starter.join()
     assert not failures, failures
+    assert agent_status(started[0], f"secret-{C}") == 200  # its agent runs: a tenant process
     init = int(backend._lxc("lxc-info", C, "-p", "-H", what="init pid").strip())
-    inside = [init, *descendants(init)]
-    policies = {pid: os.sched_getscheduler(pid) for pid in inside}
-    assert len(inside) > 1 and set(policies.values()) == {os.SCHED_OTHER}, policies
+    policies: dict[bytes, int] = {}
+    for pid in [init, *descendants(init)]:
+        with contextlib.suppress(OSError):  # a short-lived process gone meanwhile
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            policies[command] = os.sched_getscheduler(pid)
+    assert any(b"agent" in command for command in policies), policies
+    assert set(policies.values()) == {os.SCHED_OTHER}, policies
 
 
 def write_wheel(path: Path, content: bytes, *, year: int) -> None:
