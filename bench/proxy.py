@@ -36,8 +36,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
+from zlh.proxy.serving import Scheduling
 from zlh.proxy.tickets import IDE_COOKIE, Ticket, TicketDesk
 
 if TYPE_CHECKING:
@@ -52,9 +53,7 @@ BENCH_DIR = Path(os.environ.get("BENCH_DIR", "/tmp/zlh-proxy-bench"))  # noqa: S
 BASE_PORT = int(os.environ.get("BASE_PORT", "18000"))
 USER = "7"  # the bench user's id (the route feed names users by number)
 WORKERS = int(os.environ.get("WORKERS", "1"))
-SCHEDULING: Literal["batch", "normal"] = (
-    "normal" if os.environ.get("FRONT_SCHEDULING") == "normal" else "batch"
-)
+SCHEDULING: Scheduling = "normal" if os.environ.get("FRONT_SCHEDULING") == "normal" else "batch"
 
 
 def serve(port: int, key: bytes) -> None:
@@ -92,7 +91,7 @@ def serve(port: int, key: bytes) -> None:
             await workers.close()
         await front.close()
 
-    run(main(), batch=SCHEDULING == "batch")
+    run(main(), scheduling=SCHEDULING)
 
 
 def start_workers(key: bytes, portal_port: int, ide_port: int) -> FrontWorkers:

@@ -36,11 +36,11 @@ from pathlib import Path
 from statistics import median
 
 from proxy import BENCH_DIR, bench_session, free_port, start_upstream, wait_for_port
+from proxy_floor import cpu_seconds
 
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 DURATION = int(os.environ.get("DURATION", "5"))
 HOGS = int(os.environ.get("HOGS", "2"))
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PATH = "/dev/100/ide/small.json"
 SERVERS = ("front batch", "front normal", "nginx", "nginx batch")
 TESTS = {"load": 32, "busy": 1}
@@ -65,14 +65,6 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    return total
-
-
 def milliseconds(text: str) -> float:
     value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
@@ -80,14 +72,14 @@ def milliseconds(text: str) -> float:
 
 def turn(pid: int, url: str, cookie: str, connections: int) -> dict[str, float]:
     pids = descendants(pid)
-    before = cpu_seconds(pids)
+    before = sum(cpu_seconds(pid) for pid in pids)
     out = subprocess.run(
         [*WRK, f"-c{connections}", f"-d{DURATION}s", "-H", f"Cookie: {cookie}", url],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    used = cpu_seconds(pids) - before
+    used = sum(cpu_seconds(pid) for pid in pids) - before
     if "Non-2xx or 3xx responses" in out:
         raise SystemExit(f"{url} answered errors under load:\n{out}")
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]

@@ -510,8 +510,8 @@ def main() -> None:
     if args.serve_agents:
         run_loop(serve_agents(args.serve_agents, args.key))
     elif args.replica:
-        # as zlh api runs (front_scheduling "batch")
-        serving.run(replica(args.replica, args.db, args.key, args), batch=True)
+        # as zlh api runs (front_scheduling's default)
+        serving.run(replica(args.replica, args.db, args.key, args), scheduling="batch")
     else:
         # A SIGTERM (timeout, CI) unwinds: the replicas, the simulator and the cluster end too.
         signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit("terminated"))

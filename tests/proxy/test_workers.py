@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import httpx
 import pytest
@@ -29,6 +28,7 @@ from websockets.sync.client import ClientConnection, connect
 from support import free_port_pair
 from zlh.api.frontworkers import FrontWorkers, WorkerConfig
 from zlh.proxy import ProxySettings
+from zlh.proxy.serving import Scheduling
 from zlh.routefeed import FeedRoute, RouteFeed
 
 OWNER = 7  # the route's owner, as the feed names users (the cookie's subject is "7")
@@ -45,7 +45,7 @@ class Workers:
 
 @contextmanager
 def child_workers(
-    h: Harness, *, drain_timeout_s: float = 30.0, scheduling: Literal["batch", "normal"] = "batch"
+    h: Harness, *, drain_timeout_s: float = 30.0, scheduling: Scheduling = "batch"
 ) -> Iterator[Workers]:
     port = free_port_pair()
     run_dir = Path(tempfile.mkdtemp(prefix="zlh-workers-"))

@@ -269,7 +269,7 @@ def serve(app: Any, settings: ApiSettings) -> None:
     from zlh.proxy.serving import run
 
     raise_open_files_limit()
-    run(_serve(app, settings), batch=settings.front_scheduling == "batch")
+    run(_serve(app, settings), scheduling=settings.front_scheduling)
 
 
 OPEN_FILES_WANTED = 65536  # what deploy/zlh.service sets (LimitNOFILE)

@@ -27,9 +27,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from zlh import feedwire
+from zlh.proxy.serving import Scheduling
 from zlh.routefeed import RouteFeed
 
 __all__ = ["FrontWorkers", "WorkerConfig", "default_workers"]
@@ -65,7 +66,7 @@ class WorkerConfig:
     ledger: Path  # the tickets taken (zlh.proxy.tickets), an existing private directory
     drain_timeout_s: float
     ticket_db: str | None = None  # the replicas' database, which holds the tickets taken then
-    scheduling: Literal["batch", "normal"] = "batch"  # their scheduling (zlh.proxy.serving)
+    scheduling: Scheduling = "batch"
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -27,6 +27,7 @@ from zlh.api.tailnet.headscale import HeadscaleSettings
 from zlh.backends import BackendName
 from zlh.listen import parse_listen
 from zlh.proxy.ideorigin import IdeOrigin
+from zlh.proxy.serving import Scheduling
 from zlh.proxy.settings import ProxySettings
 from zlh.retired_settings import drop_retired
 from zlh.schemas import RuntimeName
@@ -103,7 +104,7 @@ class ApiSettings(BaseSettings):
         "in the API's process, the others its children, restarted if they die. Default: the "
         "number of cores, at most 8. 1: the front in the API's process only.",
     )
-    front_scheduling: Literal["batch", "normal"] = Field(
+    front_scheduling: Scheduling = Field(
         "batch",
         description="Linux scheduling policy of the processes that run the front (the API's "
         "and its front workers): `batch` (SCHED_BATCH) lets a process woken by traffic wait "

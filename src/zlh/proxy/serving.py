@@ -43,11 +43,14 @@ import gc
 import logging
 import os
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
-__all__ = ["keep_heap_memory", "run", "schedule_as_batch", "tune_collector"]
+__all__ = ["Scheduling", "keep_heap_memory", "run", "schedule_as_batch", "tune_collector"]
 
 T = TypeVar("T")
+# The front processes' Linux scheduling policy (setting front_scheduling): "normal" keeps the
+# one the process was started with.
+Scheduling = Literal["batch", "normal"]
 
 log = logging.getLogger(__name__)
 
@@ -87,24 +90,22 @@ def tune_collector() -> None:
     gc.set_threshold(_YOUNG_THRESHOLD, middle, oldest)
 
 
-def schedule_as_batch() -> bool:
+def schedule_as_batch() -> None:
     """Put this thread (and the threads and processes it starts from now on) under Linux's
-    ``SCHED_BATCH``; False, and the default policy kept, where the system does not allow it."""
+    ``SCHED_BATCH``; where the system does not allow it, say so and keep the policy."""
     try:
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     except (AttributeError, OSError) as exc:  # not Linux, or refused (seccomp, a sandbox)
         log.info("batch scheduling not available (%s): the default policy stays", exc)
-        return False
-    return True
 
 
-def run(main: Coroutine[Any, Any, T], *, batch: bool = False) -> T:
-    """Run ``main`` as the front's process: allocator and collector tuned, on uvloop; under
-    ``SCHED_BATCH`` when ``batch``."""
+def run(main: Coroutine[Any, Any, T], *, scheduling: Scheduling = "normal") -> T:
+    """Run ``main`` as the front's process: allocator and collector tuned, on uvloop, under
+    ``scheduling``."""
     import uvloop
 
     keep_heap_memory()
     tune_collector()
-    if batch:
+    if scheduling == "batch":
         schedule_as_batch()
     return uvloop.run(main)

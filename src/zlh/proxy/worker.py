@@ -160,7 +160,7 @@ def main() -> int:
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s %(name)s[{config['index']}] %(message)s"
     )
-    return run(_serve(config), batch=config.get("scheduling", "batch") == "batch")
+    return run(_serve(config), scheduling=config.get("scheduling", "batch"))
 
 
 if __name__ == "__main__":
